@@ -1,0 +1,39 @@
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+VERSION = re.search(r'^__version__ = "([^"]+)"', Path("paka_hf/__init__.py").read_text(), re.M).group(1)
+
+setup(
+    name="paka_hf",
+    version=VERSION,
+    description="PaKA (Patch-level Kernel Alignment) post-training of DINOv2 dense features on the Hugging Face stack",
+    long_description=Path("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=find_packages(include=["paka_hf", "paka_hf.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "torchvision>=0.19",
+        "transformers>=4.56",
+        "datasets>=3.0",
+        "accelerate>=1.0",
+        "huggingface-hub>=0.34",
+        "evaluate>=0.4",
+        "safetensors>=0.4",
+        "pillow>=10.0",
+        "numpy>=1.24",
+        "pyyaml>=6.0",
+        "scipy>=1.10",
+        "scikit-learn>=1.3",
+        "tqdm>=4.60",
+    ],
+    extras_require={"test": ["pytest>=8.0"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: Apache Software License",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
