@@ -1,0 +1,119 @@
+"""Alignment: resample the teacher's and the student's patch grids over the region both views see.
+
+For a pair (global box ``G`` seen by the teacher, local box ``L`` seen by the student), with boxes
+in original-image pixels, the shared region is ``I = G ∩ L``. A view rendered from box
+``V = (v_x1, v_y1, v_x2, v_y2)`` onto a patch grid of ``h × w`` cells maps an image point
+``(x, y)`` to continuous grid coordinates
+
+.. math::
+
+    g_x = \\frac{x - v_{x1}}{v_{x2} - v_{x1}}\\, w, \\qquad g_y = \\frac{y - v_{y1}}{v_{y2} - v_{y1}}\\, h
+
+where cell ``i`` spans ``[i, i + 1)``; this is the convention of ``torchvision.ops.roi_align``
+with ``aligned=True``. Mapping ``I`` into both grids and RoI-aligning each onto a ``roi_size ×
+roi_size`` grid gives ``N = roi_size²`` tokens per side that describe the same image locations.
+Horizontal flips recorded at rendering are undone on the grids first. Pairs whose boxes do not
+intersect (possible only with ``min_intersection = 0``) are returned fully masked.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torchvision.ops import roi_align
+
+
+class AlignedTokens(NamedTuple):
+    """``teacher`` (P, N, d_t) and ``student`` (P, N, d_s) tokens, and ``mask`` (P, N), True = ignore.
+
+    P = B · n_local pairs in (image, local view) order; N = roi_size².
+    """
+
+    teacher: torch.Tensor
+    student: torch.Tensor
+    mask: torch.Tensor
+
+
+def intersect(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Intersection boxes ``(..., 4)`` of ``a`` and ``b``, and whether each has positive area."""
+    box = torch.cat([torch.maximum(a[..., :2], b[..., :2]), torch.minimum(a[..., 2:], b[..., 2:])], dim=-1)
+    nonempty = (box[..., 2] > box[..., 0]) & (box[..., 3] > box[..., 1])
+    return box, nonempty
+
+
+def to_grid_coordinates(boxes: torch.Tensor, view_boxes: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
+    """Map image-pixel ``boxes`` (P, 4) into the patch-grid coordinates of views cut from ``view_boxes`` (P, 4)."""
+    origin = view_boxes[:, [0, 1, 0, 1]]
+    extent = (view_boxes[:, 2:] - view_boxes[:, :2]).clamp_min(torch.finfo(view_boxes.dtype).tiny)
+    scale = torch.tensor([grid_w, grid_h, grid_w, grid_h], dtype=boxes.dtype, device=boxes.device)
+    return (boxes - origin) / extent.repeat(1, 2) * scale
+
+
+def unflip(grids: torch.Tensor, flips: torch.Tensor | None) -> torch.Tensor:
+    """Undo horizontal flips on ``grids`` (V, d, h, w) where ``flips`` (V,) is True."""
+    if flips is None:
+        return grids
+    return torch.where(flips.to(grids.device)[:, None, None, None], grids.flip(-1), grids)
+
+
+def _roi_tokens(grids: torch.Tensor, index: torch.Tensor, boxes: torch.Tensor, roi_size: int, sampling_ratio: int) -> torch.Tensor:
+    rois = torch.cat([index[:, None].to(grids.dtype), boxes.to(grids.dtype)], dim=1)
+    pooled = roi_align(grids, rois, output_size=roi_size, spatial_scale=1.0, sampling_ratio=sampling_ratio, aligned=True)
+    return pooled.flatten(2).transpose(1, 2)  # (P, d, r, r) -> (P, r*r, d)
+
+
+def align_pairs(
+    teacher_grids: torch.Tensor,
+    student_grids: torch.Tensor,
+    global_boxes: torch.Tensor,
+    local_boxes: torch.Tensor,
+    pair_index: torch.Tensor,
+    global_flips: torch.Tensor | None = None,
+    local_flips: torch.Tensor | None = None,
+    roi_size: int = 7,
+    sampling_ratio: int = 2,
+) -> AlignedTokens:
+    """RoI-align every (global, local) pair of a batch onto ``roi_size²`` tokens per side.
+
+    Args:
+        teacher_grids: (B · n_global, d_t, h_t, w_t) patch grids of the global views, image-major.
+        student_grids: (B · n_local, d_s, h_s, w_s) patch grids of the local views, image-major.
+        global_boxes: (B, n_global, 4) and local_boxes: (B, n_local, 4) pixel boxes.
+        pair_index: (B, n_local) index of the global view each local view pairs with.
+        global_flips, local_flips: (B, n_global) / (B, n_local) bool, or None for no flips.
+        roi_size: side of the output token grid (N = roi_size²).
+        sampling_ratio: bilinear samples per output bin and axis (see ``torchvision.ops.roi_align``).
+    """
+    batch, n_global = global_boxes.shape[:2]
+    n_local = local_boxes.shape[1]
+    if teacher_grids.shape[0] != batch * n_global or student_grids.shape[0] != batch * n_local:
+        raise ValueError(
+            f"expected {batch}x{n_global} teacher grids and {batch}x{n_local} student grids, got "
+            f"teacher {tuple(teacher_grids.shape)} and student {tuple(student_grids.shape)}"
+        )
+    if pair_index.shape != (batch, n_local):
+        raise ValueError(f"pair_index must have shape {(batch, n_local)}, got {tuple(pair_index.shape)}")
+    device = student_grids.device
+    global_boxes, local_boxes = global_boxes.to(device).float(), local_boxes.to(device).float()
+    pair_index = pair_index.to(device)
+
+    paired_globals = torch.gather(global_boxes, 1, pair_index[..., None].expand(-1, -1, 4))  # (B, n_local, 4)
+    shared, nonempty = intersect(paired_globals, local_boxes)
+    shared, nonempty = shared.reshape(-1, 4), nonempty.reshape(-1)
+    paired_globals, local_flat = paired_globals.reshape(-1, 4), local_boxes.reshape(-1, 4)
+
+    image_index = torch.arange(batch, device=device).repeat_interleave(n_local)
+    teacher_index = image_index * n_global + pair_index.reshape(-1)
+    student_index = torch.arange(batch * n_local, device=device)
+
+    flat = lambda f: None if f is None else f.reshape(-1)  # noqa: E731
+    teacher_grids = unflip(teacher_grids, flat(global_flips))
+    student_grids = unflip(student_grids, flat(local_flips))
+    t_boxes = to_grid_coordinates(shared, paired_globals, *teacher_grids.shape[-2:])
+    s_boxes = to_grid_coordinates(shared, local_flat, *student_grids.shape[-2:])
+
+    teacher = _roi_tokens(teacher_grids, teacher_index, t_boxes, roi_size, sampling_ratio)
+    student = _roi_tokens(student_grids, student_index, s_boxes, roi_size, sampling_ratio)
+    mask = (~nonempty)[:, None].expand(-1, roi_size * roi_size)
+    return AlignedTokens(teacher, student, mask)

@@ -1,0 +1,51 @@
+"""Turning any decoded PIL image into the 8-bit RGB image the views are cut from.
+
+Handles what real image collections contain: EXIF orientation, grayscale and bilevel, palette
+(with or without transparency), RGBA / LA (composited on white, as ``transformers`` does),
+CMYK, YCbCr / LAB / HSV, 16-bit and 32-bit integer and float images (rescaled to 8 bits rather
+than clipped to white).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageOps
+
+_WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def _wide_to_8bit(image: Image.Image) -> Image.Image:
+    """16/32-bit integer or float grayscale → 8-bit 'L', scaled by the range the data uses.
+
+    Float images are taken as [0, 1] when they fit in it, else as [0, 255]; integer images as
+    8-bit when their peak is ≤ 255, 16-bit when ≤ 65535, and by their own peak beyond that.
+    """
+    array = np.nan_to_num(np.asarray(image, dtype=np.float64))
+    peak = float(array.max()) if array.size else 0.0
+    if image.mode == "F":
+        full_scale = 1.0 if peak <= 1.0 else 255.0
+    else:
+        full_scale = 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else peak
+    eight = np.clip(array / full_scale * 255.0, 0, 255).round().astype(np.uint8)
+    return Image.fromarray(eight)  # uint8 2-D → mode "L"
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Return ``image`` as an upright 8-bit RGB ``PIL.Image``.
+
+    Raises ``ValueError`` for an empty (0-pixel) image, since no view can be cut from it.
+    """
+    if image.width < 1 or image.height < 1:
+        raise ValueError(f"image has no pixels (size {image.width}x{image.height})")
+    image = ImageOps.exif_transpose(image)
+    if image.mode == "RGB":
+        return image
+    if image.mode in _WIDE_MODES:
+        return _wide_to_8bit(image).convert("RGB")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")

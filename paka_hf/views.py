@@ -1,0 +1,264 @@
+"""GLIM views (global–local intersection maximization): sampling crop boxes and rendering views.
+
+From each image we sample ``n_global`` (2) *global* boxes, random resized crops with area scale
+in ``global_scale`` (0.25–1) and aspect ratio in ``ratio`` (3/4–4/3), and ``n_local`` (4) *local*
+boxes with area scale in ``local_scale`` (0.05–0.25). Local box ``j`` is paired with global box
+``j mod n_global``, and is kept only if its *containment* in that global box is high enough:
+
+.. math::
+
+    c(L, G) = \\frac{|L \\cap G|}{|L|} \\ge \\tau \\qquad (\\tau = \\texttt{min\\_intersection}, 0.9)
+
+Candidates are drawn in a vectorized batch and the first one that fits is kept; if none does,
+the local box is drawn inside ``G`` itself (containment 1). ``τ = 0`` gives plain random crops.
+Boxes are float ``(x1, y1, x2, y2)`` in original-image pixels, so the alignment step can map
+their intersection onto each view's patch grid exactly.
+
+Rendering (:class:`GlimTransform`): each box is resampled straight from the source image to
+``global_size`` / ``local_size`` pixels (PIL ``resize`` with a float ``box``, bicubic). Teacher
+(global) views are clean: resize and normalize only. Student (local) views get DINO photometric
+augmentation (:mod:`paka_hf.augment`). An optional horizontal flip is recorded per view so that
+it can be undone on the feature grid.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as F
+
+from .augment import PhotometricAugment
+from .imaging import to_rgb
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CONTAINMENT_TOLERANCE = 1e-6  # float round-off allowance when comparing containment to τ
+
+
+class GlimBoxes(NamedTuple):
+    """Boxes of one image: ``global_boxes`` (n_global, 4), ``local_boxes`` (n_local, 4) float32
+    ``(x1, y1, x2, y2)`` pixels, and ``pair_index`` (n_local,) int64, the global each local pairs with."""
+
+    global_boxes: torch.Tensor
+    local_boxes: torch.Tensor
+    pair_index: torch.Tensor
+
+
+def containment(inner: torch.Tensor, outer: torch.Tensor) -> torch.Tensor:
+    """``|inner ∩ outer| / |inner|`` for boxes ``(..., 4)`` broadcast against each other."""
+    x1 = torch.maximum(inner[..., 0], outer[..., 0])
+    y1 = torch.maximum(inner[..., 1], outer[..., 1])
+    x2 = torch.minimum(inner[..., 2], outer[..., 2])
+    y2 = torch.minimum(inner[..., 3], outer[..., 3])
+    overlap = (x2 - x1).clamp_min(0) * (y2 - y1).clamp_min(0)
+    area = (inner[..., 2] - inner[..., 0]) * (inner[..., 3] - inner[..., 1])
+    return overlap / area.clamp_min(torch.finfo(inner.dtype).tiny)
+
+
+def _check_range(name: str, value: Sequence[float], low: float, high: float) -> tuple[float, float]:
+    lo, hi = float(value[0]), float(value[1])
+    if not (low <= lo <= hi <= high) or hi <= 0:
+        raise ValueError(f"{name} must be (min, max) with {low} <= min <= max <= {high} and max > 0, got {tuple(value)}")
+    return lo, hi
+
+
+def _candidate_sizes(
+    count: int, area: float, scale: tuple[float, float], ratio: tuple[float, float], generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` random (w, h) with area ∈ scale·area and log-uniform aspect ratio w/h ∈ ratio."""
+    u = torch.rand(count, 2, generator=generator, dtype=torch.float64)
+    target = area * (scale[0] + (scale[1] - scale[0]) * u[:, 0])
+    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
+    aspect = torch.exp(log_r)
+    return torch.sqrt(target * aspect), torch.sqrt(target / aspect)
+
+
+def _place(w: torch.Tensor, h: torch.Tensor, region: torch.Tensor, generator) -> torch.Tensor:
+    """Boxes of size (w, h) at uniform positions inside ``region`` (x1, y1, x2, y2); (count, 4)."""
+    u = torch.rand(len(w), 2, generator=generator, dtype=torch.float64)
+    x1 = region[0] + (region[2] - region[0] - w).clamp_min(0) * u[:, 0]
+    y1 = region[1] + (region[3] - region[1] - h).clamp_min(0) * u[:, 1]
+    return torch.stack([x1, y1, x1 + w, y1 + h], dim=1)
+
+
+def _global_box(height: int, width: int, scale, ratio, tries: int, generator) -> torch.Tensor:
+    """A random resized crop (torchvision's rule: ``tries`` draws, else the largest centred box
+    whose aspect ratio is clamped into ``ratio``)."""
+    w, h = _candidate_sizes(tries, height * width, scale, ratio, generator)
+    fits = (w <= width) & (h <= height)
+    image = torch.tensor([0.0, 0.0, width, height], dtype=torch.float64)
+    boxes = _place(w, h, image, generator)
+    if fits.any():
+        return boxes[int(fits.nonzero()[0])]
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        fw, fh = float(width), width / ratio[0]
+    elif in_ratio > ratio[1]:
+        fw, fh = height * ratio[1], float(height)
+    else:
+        fw, fh = float(width), float(height)
+    x1, y1 = (width - fw) / 2, (height - fh) / 2
+    return torch.tensor([x1, y1, x1 + fw, y1 + fh], dtype=torch.float64)
+
+
+def _local_box(height, width, paired_global, scale, ratio, min_intersection, tries, generator) -> torch.Tensor:
+    w, h = _candidate_sizes(tries, height * width, scale, ratio, generator)
+    image = torch.tensor([0.0, 0.0, width, height], dtype=torch.float64)
+    boxes = _place(w, h, image, generator)
+    ok = (w <= width) & (h <= height)
+    ok &= containment(boxes, paired_global) >= min_intersection - CONTAINMENT_TOLERANCE
+    if ok.any():
+        return boxes[int(ok.nonzero()[0])]
+    # Fallback: a local box drawn inside the global box (containment 1), shrunk to fit if needed.
+    gw, gh = paired_global[2] - paired_global[0], paired_global[3] - paired_global[1]
+    w, h = _candidate_sizes(1, height * width, scale, ratio, generator)
+    return _place(w.clamp_max(gw), h.clamp_max(gh), paired_global, generator)[0]
+
+
+def sample_boxes(
+    height: int,
+    width: int,
+    n_local: int = 4,
+    *,
+    n_global: int = 2,
+    global_scale: Sequence[float] = (0.25, 1.0),
+    local_scale: Sequence[float] = (0.05, 0.25),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    min_intersection: float = 0.9,
+    max_tries: int = 64,
+    generator: torch.Generator | None = None,
+) -> GlimBoxes:
+    """Sample the GLIM boxes of one ``height`` × ``width`` image (see the module docstring).
+
+    Every local box lies inside the image and has containment ≥ ``min_intersection`` in global
+    box ``pair_index[j] = j mod n_global``. ``max_tries`` candidates are drawn per box in one
+    vectorized batch. A seeded ``generator`` makes the result deterministic.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"image must be at least 1x1 pixels, got {width}x{height}")
+    if n_global < 1 or n_local < 1:
+        raise ValueError(f"need n_global >= 1 and n_local >= 1, got {n_global} and {n_local}")
+    if not 0.0 <= min_intersection <= 1.0:
+        raise ValueError(f"min_intersection must be in [0, 1], got {min_intersection}")
+    if max_tries < 1:
+        raise ValueError(f"max_tries must be >= 1, got {max_tries}")
+    global_scale = _check_range("global_scale", global_scale, 0.0, 1.0)
+    local_scale = _check_range("local_scale", local_scale, 0.0, 1.0)
+    ratio = _check_range("ratio", ratio, 1e-6, 1e6)
+
+    globals_ = torch.stack(
+        [_global_box(height, width, global_scale, ratio, max_tries, generator) for _ in range(n_global)]
+    )
+    pair_index = torch.arange(n_local) % n_global
+    locals_ = torch.stack(
+        [
+            _local_box(height, width, globals_[g], local_scale, ratio, min_intersection, max_tries, generator)
+            for g in pair_index.tolist()
+        ]
+    )
+    # Clamp float round-off so every box lies inside the image.
+    limits = torch.tensor([width, height, width, height], dtype=torch.float64)
+    globals_ = torch.minimum(globals_.clamp_min(0), limits)
+    locals_ = torch.minimum(locals_.clamp_min(0), limits)
+    return GlimBoxes(globals_.float(), locals_.float(), pair_index)
+
+
+class GlimTransform:
+    """PIL image → clean teacher global views, augmented student local views, boxes and flips.
+
+    Returns a dict of tensors:
+
+    - ``global_views`` (n_global, 3, global_size, global_size) float32, normalized
+    - ``local_views`` (n_local, 3, local_size, local_size) float32, normalized
+    - ``global_boxes`` (n_global, 4), ``local_boxes`` (n_local, 4) float32 pixel boxes
+    - ``pair_index`` (n_local,) int64; ``global_flips`` (n_global,), ``local_flips`` (n_local,) bool
+
+    Any PIL mode and size (down to 1×1, any aspect ratio) is accepted: see :func:`paka_hf.imaging.to_rgb`.
+    """
+
+    def __init__(
+        self,
+        global_size: int = 224,
+        local_size: int = 98,
+        n_local: int = 4,
+        *,
+        n_global: int = 2,
+        global_scale: Sequence[float] = (0.25, 1.0),
+        local_scale: Sequence[float] = (0.05, 0.25),
+        ratio: Sequence[float] = (3 / 4, 4 / 3),
+        min_intersection: float = 0.9,
+        max_tries: int = 64,
+        flip: bool = False,
+        teacher_augment: bool = False,
+        student_augment: bool = True,
+        augment: PhotometricAugment | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        patch_size: int | None = None,
+    ):
+        if global_size < 1 or local_size < 1:
+            raise ValueError(f"view sizes must be positive, got global {global_size}, local {local_size}")
+        if patch_size is not None:
+            for name, size in (("global_size", global_size), ("local_size", local_size)):
+                if size % patch_size:
+                    raise ValueError(
+                        f"{name}={size} is not a multiple of the patch size {patch_size}; "
+                        f"use {max(patch_size, round(size / patch_size) * patch_size)}"
+                    )
+        self.global_size, self.local_size = int(global_size), int(local_size)
+        self.n_global, self.n_local = int(n_global), int(n_local)
+        self.box_kwargs = dict(
+            n_global=self.n_global,
+            global_scale=tuple(global_scale),
+            local_scale=tuple(local_scale),
+            ratio=tuple(ratio),
+            min_intersection=float(min_intersection),
+            max_tries=int(max_tries),
+        )
+        sample_boxes(8, 8, self.n_local, **self.box_kwargs)  # validate the settings now, not per image
+        self.flip = bool(flip)
+        self.teacher_augment, self.student_augment = bool(teacher_augment), bool(student_augment)
+        self.augment = augment if augment is not None else PhotometricAugment()
+        self.mean, self.std = list(mean), list(std)
+
+    def _render(self, image: Image.Image, box: torch.Tensor, size: int, augment: bool, generator) -> tuple[torch.Tensor, bool]:
+        view = image.resize((size, size), resample=Image.Resampling.BICUBIC, box=tuple(box.tolist()))
+        tensor = F.pil_to_tensor(view)  # (3, size, size) uint8
+        if augment:
+            tensor = self.augment(tensor, generator)
+        flipped = self.flip and torch.rand((), generator=generator).item() < 0.5
+        if flipped:
+            tensor = F.horizontal_flip(tensor)
+        return F.normalize(F.to_dtype(tensor, torch.float32, scale=True), self.mean, self.std), flipped
+
+    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        image = to_rgb(image)
+        boxes = sample_boxes(image.height, image.width, self.n_local, generator=generator, **self.box_kwargs)
+        global_views, global_flips = zip(
+            *(self._render(image, b, self.global_size, self.teacher_augment, generator) for b in boxes.global_boxes)
+        )
+        local_views, local_flips = zip(
+            *(self._render(image, b, self.local_size, self.student_augment, generator) for b in boxes.local_boxes)
+        )
+        return {
+            "global_views": torch.stack(global_views),
+            "local_views": torch.stack(local_views),
+            "global_boxes": boxes.global_boxes,
+            "local_boxes": boxes.local_boxes,
+            "pair_index": boxes.pair_index,
+            "global_flips": torch.tensor(global_flips, dtype=torch.bool),
+            "local_flips": torch.tensor(local_flips, dtype=torch.bool),
+        }
+
+
+VIEW_KEYS = ("global_views", "local_views", "global_boxes", "local_boxes", "pair_index", "global_flips", "local_flips")
+
+
+def collate_views(samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack per-image view dicts into a batch: every tensor gains a leading batch dimension B."""
+    if not samples:
+        raise ValueError("cannot collate an empty list of samples")
+    return {key: torch.stack([sample[key] for sample in samples]) for key in VIEW_KEYS}
