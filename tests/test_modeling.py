@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import tiny_dinov2_config
+from paka_hf.backbones import PatchBackbone, ProjectionHead
+from paka_hf.losses import cka_loss
+from paka_hf.modeling import PaKAModel
+from paka_hf.views import GlimTransform, collate_views
+
+
+def batch_of_views(n_images=2, global_size=56, local_size=28, seed=0):
+    rng = np.random.default_rng(seed)
+    transform = GlimTransform(global_size, local_size, n_local=4, flip=True, patch_size=14)
+    images = [Image.fromarray(rng.integers(0, 255, (60 + 10 * i, 80, 3), dtype=np.uint8)) for i in range(n_images)]
+    g = torch.Generator().manual_seed(seed)
+    return collate_views([transform(im, g) for im in images])
+
+
+@pytest.mark.parametrize("with_head", [False, True])
+@pytest.mark.parametrize("registers", [0, 4])
+def test_forward_backward_trains_the_student_only(with_head, registers):
+    backbone = PatchBackbone.from_config(tiny_dinov2_config(registers=registers))
+    head = ProjectionHead(32, hidden_dim=48, out_dim=16) if with_head else None
+    model = PaKAModel(backbone, head, roi_size=5).train()
+    assert not model.teacher.training
+    out = model(**batch_of_views())
+    assert out.loss.dtype == torch.float32 and 0.0 <= out.loss.item() <= 2.0
+    assert out.num_pairs.item() == 8
+    assert 0.0 <= out.cka.item() <= 1.0 + 1e-6
+    out.loss.backward()
+    assert all(p.grad is None for p in model.teacher.parameters())
+    grads = [p.grad for p in model.student.parameters() if p.requires_grad]
+    assert sum(g.abs().sum() for g in grads if g is not None) > 0
+    if with_head:
+        assert model.student_head.mlp[0].weight.grad is not None
+        assert all(p.grad is None for p in model.teacher_head.parameters())
+
+
+def test_loss_matches_manual_composition():
+    torch.manual_seed(0)
+    model = PaKAModel(PatchBackbone.from_config(tiny_dinov2_config()), roi_size=4).eval()
+    batch = batch_of_views()
+    from paka_hf.align import align_pairs
+
+    with torch.no_grad():
+        t = model.teacher(batch["global_views"].flatten(0, 1))
+        s = model.student(batch["local_views"].flatten(0, 1))
+        aligned = align_pairs(t, s, batch["global_boxes"], batch["local_boxes"], batch["pair_index"],
+                              batch["global_flips"], batch["local_flips"], roi_size=4)
+        expected = cka_loss(aligned.student, aligned.teacher, aligned.mask)
+        assert torch.allclose(model(**batch).loss, expected)
+
+
+def test_update_teacher_moves_backbone_and_head():
+    model = PaKAModel(PatchBackbone.from_config(tiny_dinov2_config()), ProjectionHead(32, 48, 16))
+    with torch.no_grad():
+        for p in model.student.parameters():
+            p.add_(1.0)
+        for p in model.student_head.parameters():
+            p.add_(1.0)
+    model.update_teacher(0.0)
+    for a, b in zip(model.teacher.parameters(), model.student.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(model.teacher_head.parameters(), model.student_head.parameters()):
+        assert torch.equal(a, b)
+    state = model.state_dict()
+    assert any(k.startswith("teacher.") for k in state) and any(k.startswith("teacher_head.") for k in state)
+
+
+def test_bf16_autocast_loss_close_to_fp32():
+    torch.manual_seed(0)
+    model = PaKAModel(PatchBackbone.from_config(tiny_dinov2_config()), roi_size=5).eval()
+    batch = batch_of_views()
+    with torch.no_grad():
+        reference = model(**batch).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(**batch).loss
+    assert low.dtype == torch.float32
+    assert abs(low.item() - reference.item()) < 0.05
