@@ -1,0 +1,114 @@
+"""Cost of the PaKA parts (alignment + loss) against the bare backbone step, on CPU.
+
+One step, ViT-S/14 shape (random init), B images, 2 global views of 224 and 4 local views of 98:
+
+    full:      render views → teacher fwd (globals) → student fwd (locals) → RoIAlign → 1 − CKA → backward
+    baseline:  render views → teacher fwd (globals) → student fwd (locals) → sum of student tokens → backward
+
+Steps are interleaved (full, baseline, full, ...) so that machine noise hits both alike; the
+ratio of medians is reported, with the absolute times. ``--head`` adds the projection head
+(2048/2048/256) to the full step only, to show its own cost.
+
+    python benchmarks/core_step.py [--batch 2] [--repeats 10] [--threads 2] [--head]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import Dinov2Config
+
+from paka_hf.backbones import PatchBackbone, ProjectionHead
+from paka_hf.modeling import PaKAModel
+from paka_hf.views import GlimTransform, collate_views
+
+
+def vit_s14() -> Dinov2Config:
+    return Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, mlp_ratio=4,
+                        patch_size=14, image_size=518, drop_path_rate=0.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--head", action="store_true", help="add the projection head to the full step")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (360, 480, 3), dtype=np.uint8)) for _ in range(args.batch)]
+    transform = GlimTransform(224, 98, n_local=4, patch_size=14)
+    head = ProjectionHead(384) if args.head else None
+    model = PaKAModel(PatchBackbone.from_config(vit_s14()), head).train()
+
+    def views():
+        return collate_views([transform(im) for im in images])
+
+    def full_step() -> dict[str, float]:
+        t0 = time.perf_counter()
+        batch = views()
+        t1 = time.perf_counter()
+        loss = model(**batch).loss
+        loss.backward()
+        t2 = time.perf_counter()
+        model.zero_grad(set_to_none=True)
+        return {"views": t1 - t0, "model": t2 - t1, "total": t2 - t0}
+
+    def baseline_step() -> dict[str, float]:
+        t0 = time.perf_counter()
+        batch = views()
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            model.teacher(batch["global_views"].flatten(0, 1))
+        student_grids = model.student(batch["local_views"].flatten(0, 1))
+        student_grids.sum().backward()
+        t2 = time.perf_counter()
+        model.zero_grad(set_to_none=True)
+        return {"views": t1 - t0, "model": t2 - t1, "total": t2 - t0}
+
+    # PaKA parts alone (alignment + loss + backward through them), on grids of the real shapes.
+    d, b = 384, args.batch
+    t_grids = torch.randn(b * 2, d, 16, 16)
+    s_grids = torch.randn(b * 4, d, 7, 7, requires_grad=True)
+    batch = views()
+
+    def paka_parts() -> float:
+        from paka_hf.align import align_pairs
+        from paka_hf.losses import cka_loss
+
+        t0 = time.perf_counter()
+        a = align_pairs(t_grids, s_grids, batch["global_boxes"], batch["local_boxes"], batch["pair_index"],
+                        batch["global_flips"], batch["local_flips"])
+        cka_loss(a.student, a.teacher, a.mask).backward()
+        return time.perf_counter() - t0
+
+    for _ in range(2):  # warm-up
+        full_step(), baseline_step(), paka_parts()
+    full, base, parts = [], [], []
+    for _ in range(args.repeats):
+        full.append(full_step())
+        base.append(baseline_step())
+        parts.append(paka_parts())
+
+    med = lambda rows, key: statistics.median(r[key] for r in rows)  # noqa: E731
+    print(f"ViT-S/14 random init, batch {args.batch} images, 2x224 + 4x98 views, threads {args.threads}, "
+          f"head {'on (full step only)' if args.head else 'off'}, repeats {args.repeats}")
+    print(f"{'':28s}{'views':>10s}{'model':>10s}{'total':>10s}   (median seconds)")
+    print(f"{'full PaKA step':28s}{med(full, 'views'):10.4f}{med(full, 'model'):10.4f}{med(full, 'total'):10.4f}")
+    print(f"{'baseline (sum of tokens)':28s}{med(base, 'views'):10.4f}{med(base, 'model'):10.4f}{med(base, 'total'):10.4f}")
+    print(f"alignment + loss + their backward alone: {statistics.median(parts) * 1e3:.2f} ms")
+    ratio = med(full, "total") / med(base, "total")
+    print(f"ratio full / baseline (total): {ratio:.3f}  -> PaKA parts add {100 * (ratio - 1):+.1f} %")
+    print(f"alignment + loss as a share of the baseline step: {100 * statistics.median(parts) / med(base, 'total'):.2f} %")
+
+
+if __name__ == "__main__":
+    main()
