@@ -56,16 +56,27 @@ class PaKAModel(nn.Module):
         loss: str = "cka",
         kernel: str = "linear",
         kernel_scope: str = "pair",
+        student_views: str = "local",
     ):
         super().__init__()
+        if student_views not in ("local", "all"):
+            raise ValueError(f"student_views must be 'local' or 'all', got {student_views!r}")
         if roi_size < 2:
             raise ValueError(f"roi_size must be >= 2 (CKA needs at least two tokens), got {roi_size}")
+        # DINOv2's mask token only serves masked-image modelling; frozen so that DDP sees no unused parameter.
+        for name, param in backbone.named_parameters():
+            if name.endswith("mask_token"):
+                param.requires_grad_(False)
         self.student = backbone
         self.student_head = head
         self.teacher = make_teacher(backbone)
         self.teacher_head = make_teacher(head) if head is not None else None
         self.criterion = PaKALoss(loss, kernel=kernel, scope=kernel_scope)
         self.roi_size, self.sampling_ratio = int(roi_size), int(sampling_ratio)
+        self.student_views = student_views
+
+    # ``Trainer`` must not pass ``num_items_in_batch``: the loss is a per-batch mean.
+    accepts_loss_kwargs = False
 
     def train(self, mode: bool = True) -> "PaKAModel":
         super().train(mode)
@@ -107,6 +118,23 @@ class PaKAModel(nn.Module):
             roi_size=self.roi_size,
             sampling_ratio=self.sampling_ratio,
         )
+        if self.student_views == "all":
+            # The student's global view g is aligned with the teacher's global view g + 1 (mod n_global).
+            batch, n_global = global_boxes.shape[:2]
+            other = (torch.arange(n_global, device=global_boxes.device) + 1) % n_global
+            student_global = self.student(global_views.flatten(0, 1))
+            crossed = align_pairs(
+                teacher_grids,
+                student_global,
+                global_boxes,
+                global_boxes,
+                other.expand(batch, -1),
+                global_flips,
+                global_flips,
+                roi_size=self.roi_size,
+                sampling_ratio=self.sampling_ratio,
+            )
+            aligned = type(aligned)(*(torch.cat(pair, dim=0) for pair in zip(aligned, crossed)))
         teacher_tokens, student_tokens = aligned.teacher, aligned.student
         if self.student_head is not None:
             with torch.no_grad():

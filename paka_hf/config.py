@@ -1,0 +1,191 @@
+"""``PaKAConfig``: every setting of a PaKA run, as ``TrainingArguments`` plus the method's fields.
+
+One dataclass drives ``scripts/train.py --help``, the YAML configs in ``configs/`` (any field,
+overridable on the command line), validation (``__post_init__``, with errors that say what to
+change) and the training configuration stored beside the exported model.
+
+Defaults are the paper-scale recipe of SPEC §1 (NeCo's published optimisation settings): AdamW,
+lr 1e-5 (backbone) and 1e-4 (head), cosine to 0, weight decay cosine 0.04 → 0.5 with biases and
+1-D parameters (norms, layer scales) excluded, batch 64, drop-path 0.1 on the student, teacher
+momentum 0.9995 → 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from transformers import TrainingArguments
+
+from .losses import KERNELS, LOSSES, SCOPES
+
+EXPORTS = ("student", "teacher")
+STUDENT_VIEWS = ("local", "all")
+
+
+def _help(text: str, **kwargs) -> Any:
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class PaKAConfig(TrainingArguments):
+    """Training arguments for PaKA post-training (Yeo, Jang, Kim, arXiv 2509.05606)."""
+
+    _paper_title = "PaKA: Patch-level Kernel Alignment"
+    _paper_id = "2509.05606"
+
+    # ---- model ------------------------------------------------------------------------------
+    model_name_or_path: str = _help(
+        "DINOv2 or DINOv2-with-registers checkpoint: a Hub id or a local directory.",
+        default="facebook/dinov2-with-registers-small",
+    )
+    model_revision: str | None = _help("Hub revision (branch, tag or commit) of the model.", default=None)
+    drop_path_rate: float = _help("Stochastic depth on the student backbone.", default=0.1)
+    attn_implementation: str = _help("Attention kernel of the backbone ('sdpa' or 'eager').", default="sdpa")
+
+    # ---- data -------------------------------------------------------------------------------
+    dataset_name: str = _help(
+        "Images to train on: a Hub dataset id, or a local folder of images, parquet or webdataset (.tar) files, "
+        "or one such file.",
+        default="detection-datasets/coco",
+    )
+    dataset_config_name: str | None = _help("Configuration (subset) of the Hub dataset.", default=None)
+    dataset_split: str = _help("Split of the dataset to train on.", default="train")
+    image_column_name: str = _help("Column that holds the images.", default="image")
+    dataset_revision: str | None = _help("Hub revision of the dataset.", default=None)
+    streaming: bool = _help("Stream the dataset instead of downloading it first.", default=True)
+    shuffle_buffer_size: int = _help("Size of the streaming shuffle buffer (0 = no shuffling).", default=10_000)
+    dataset_num_images: int = _help(
+        "Images per epoch, used with num_train_epochs to derive max_steps when max_steps is not set "
+        "(COCO train2017: 118287).",
+        default=0,
+    )
+    record_rank_diagnostics: bool = _help(
+        "Write rank_diagnostics/rank{r}.json to output_dir: the images each process saw and checksums of its "
+        "student and teacher weights (for checking multi-process runs).",
+        default=False,
+    )
+
+    # ---- views (GLIM) -----------------------------------------------------------------------
+    global_size: int = _help("Side of the teacher's global views in pixels (multiple of the patch size).", default=224)
+    local_size: int = _help("Side of the student's local views in pixels (multiple of the patch size).", default=98)
+    n_local: int = _help("Local views per image; local j pairs with global j mod 2.", default=4)
+    global_scale: list[float] = _help("Area scale range of global crops.", default_factory=lambda: [0.25, 1.0])
+    local_scale: list[float] = _help("Area scale range of local crops.", default_factory=lambda: [0.05, 0.25])
+    crop_ratio: list[float] = _help("Aspect-ratio range of all crops.", default_factory=lambda: [3 / 4, 4 / 3])
+    min_intersection: float = _help(
+        "Minimum containment |L ∩ G| / |L| of a local crop in its global crop (0 = plain random crops).", default=0.9
+    )
+    max_box_tries: int = _help("Candidate boxes drawn per crop before the fallback.", default=64)
+    flip: bool = _help("Random horizontal flips (recorded and undone on the feature grid).", default=False)
+    teacher_augment: bool = _help("Photometric augmentation on the teacher's views too (ablation).", default=False)
+    student_views: str = _help(
+        "Views the student encodes: 'local', or 'all' (its global views are also aligned with the other global).",
+        default="local",
+    )
+
+    # ---- method -----------------------------------------------------------------------------
+    roi_size: int = _help("Side of the RoIAlign grid per pair (N = roi_size² tokens).", default=7)
+    loss: str = _help("'cka' (PaKA), 'gram' (Gram matching) or 'cosine' (feature distillation).", default="cka")
+    kernel: str = _help("Kernel for cka/gram: 'linear' or 'rbf' (median heuristic).", default="linear")
+    kernel_scope: str = _help("'pair': one kernel per crop pair; 'batch': one over the whole batch.", default="pair")
+    use_head: bool = _help("Train through a projection head (its teacher is an EMA too); never exported.", default=True)
+    head_hidden_dim: int = _help("Hidden width of the projection head.", default=2048)
+    head_out_dim: int = _help("Output width of the projection head.", default=256)
+    head_learning_rate: float = _help("Peak learning rate of the projection head.", default=1e-4)
+    weight_decay_end: float = _help("Final weight decay of the cosine weight-decay schedule.", default=0.5)
+    teacher_momentum: float = _help(
+        "Fraction of the teacher kept at each EMA step at the start; follows a cosine to 1.0.", default=0.9995
+    )
+    export: str = _help("Network written to output_dir at the end: 'student' or 'teacher'.", default="student")
+
+    # ---- Trainer defaults changed for PaKA --------------------------------------------------
+    learning_rate: float = _help("Peak learning rate of the backbone.", default=1e-5)
+    weight_decay: float = _help("Initial weight decay (cosine schedule to weight_decay_end).", default=0.04)
+    lr_scheduler_type: str = _help("Learning-rate schedule.", default="cosine")
+    per_device_train_batch_size: int = _help("Images per device and step.", default=64)
+    logging_steps: float = _help("Log every N optimizer steps.", default=10)
+    save_steps: float = _help("Checkpoint every N optimizer steps.", default=1000)
+    save_total_limit: int | None = _help("Keep at most this many checkpoints.", default=2)
+    remove_unused_columns: bool = _help("Must stay False: the collator needs the raw image column.", default=False)
+    ignore_data_skip: bool = _help(
+        "Kept True: the stream restores its own position on resume instead of replaying batches.", default=True
+    )
+    dataloader_num_workers: int = _help("Data-loading worker processes per device.", default=4)
+
+    def __post_init__(self):
+        self._validate_method_fields()
+        if self.remove_unused_columns:
+            raise ValueError(
+                "remove_unused_columns must be False for PaKA: with True the collator never sees the image column"
+            )
+        if not self.ignore_data_skip:
+            raise ValueError(
+                "ignore_data_skip must stay True: the PaKA stream resumes from its saved position; replaying "
+                "batches would decode every image again"
+            )
+        super().__post_init__()
+        if self.max_steps is None or self.max_steps <= 0:
+            if self.dataset_num_images <= 0:
+                raise ValueError(
+                    "a streamed dataset has no length: set max_steps, or dataset_num_images together with "
+                    "num_train_epochs (max_steps is then derived)"
+                )
+            images_per_step = self.per_device_train_batch_size * self.world_size * self.gradient_accumulation_steps
+            self.max_steps = math.ceil(self.num_train_epochs * self.dataset_num_images / images_per_step)
+
+    def _validate_method_fields(self) -> None:
+        def choice(name: str, allowed: tuple[str, ...]) -> None:
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+        choice("loss", LOSSES)
+        choice("kernel", KERNELS)
+        choice("kernel_scope", SCOPES)
+        choice("export", EXPORTS)
+        choice("student_views", STUDENT_VIEWS)
+        if not 0.0 <= self.min_intersection <= 1.0:
+            raise ValueError(f"min_intersection must be in [0, 1] (a containment fraction), got {self.min_intersection}")
+        if not 0.0 <= self.teacher_momentum <= 1.0:
+            raise ValueError(
+                f"teacher_momentum is the fraction of the teacher kept per step and must be in [0, 1], got "
+                f"{self.teacher_momentum} (the paper uses 0.9995)"
+            )
+        for name in ("global_scale", "local_scale", "crop_ratio"):
+            value = getattr(self, name)
+            if len(value) != 2 or not 0 < value[0] <= value[1]:
+                raise ValueError(f"{name} must be two numbers [min, max] with 0 < min <= max, got {value}")
+        for name in ("global_scale", "local_scale"):
+            if getattr(self, name)[1] > 1.0:
+                raise ValueError(f"{name} is a fraction of the image area; its max must be <= 1, got {getattr(self, name)}")
+        for name in ("global_size", "local_size", "n_local", "roi_size", "head_hidden_dim", "head_out_dim", "max_box_tries"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.roi_size < 2:
+            raise ValueError(f"roi_size must be >= 2 (a kernel needs two tokens), got {self.roi_size}")
+        if self.loss == "cosine" and self.kernel_scope != "pair":
+            raise ValueError("kernel_scope applies to loss 'cka' and 'gram' only; leave it at 'pair' for 'cosine'")
+        if self.shuffle_buffer_size < 0:
+            raise ValueError(f"shuffle_buffer_size must be >= 0, got {self.shuffle_buffer_size}")
+
+    def check_patch_size(self, patch_size: int) -> None:
+        """Raise if a view size is not a multiple of the backbone's patch size."""
+        for name in ("global_size", "local_size"):
+            size = getattr(self, name)
+            if size % patch_size:
+                suggestion = max(patch_size, round(size / patch_size) * patch_size)
+                raise ValueError(
+                    f"{name}={size} is not a multiple of the model's patch size {patch_size}; use for example "
+                    f"{name}={suggestion}"
+                )
+
+    def paka_dict(self) -> dict[str, Any]:
+        """The PaKA-specific fields plus the main optimisation settings, for the model card and YAML export."""
+        keep = {f.name for f in fields(PaKAConfig) if f.name not in {f.name for f in fields(TrainingArguments)}}
+        keep |= {
+            "learning_rate", "weight_decay", "lr_scheduler_type", "per_device_train_batch_size",
+            "gradient_accumulation_steps", "max_steps", "num_train_epochs", "seed", "bf16", "warmup_steps",
+        }
+        values = self.to_dict()  # enums as their values, tokens masked
+        return {k: values[k] for k in sorted(keep) if k in values}

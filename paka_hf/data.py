@@ -1,0 +1,366 @@
+"""Streaming image sources and the resumable stream of PaKA views.
+
+**Sources** (:func:`load_image_source`): a Hub dataset id (``detection-datasets/coco`` by default,
+streamed with ``streaming=True``), a local folder of images (``imagefolder``), a local folder or
+file of parquet shards, or webdataset ``.tar`` shards. The image column is cast to
+``Image(decode=False)``: we decode ourselves, because one corrupt file would otherwise end a
+``datasets`` stream (SPEC §3).
+
+**Stream** (:class:`PaKAViewStream`): a ``torch.utils.data.IterableDataset`` that
+
+- splits the source between processes *and* data-loader workers with
+  ``datasets.distributed.split_dataset_by_node``: stream ``s = rank · W + worker`` of
+  ``world_size · W``. Whole shards go to each stream when the shard count divides the stream
+  count; otherwise every stream reads all rows and keeps one in ``world_size · W`` (a warning
+  says so, and how to avoid it);
+- decodes each row (skipping and counting corrupt, truncated and empty files), converts it to RGB
+  and renders its GLIM views with a generator seeded by ``(seed, epoch, stream, row)``, so a
+  sample's views do not depend on timing, worker scheduling or resumption;
+- runs epoch after epoch (``set_epoch`` reshuffles) until the trainer stops at ``max_steps``;
+- records, in every batch, which stream produced it and how far that stream has read
+  (``stream_*`` fields); the trainer checkpoints these positions and a resumed stream skips
+  exactly the rows already consumed, without decoding them.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import struct
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .imaging import to_rgb
+from .views import VIEW_KEYS, GlimTransform
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
+STREAM_KEYS = ("stream_index", "stream_epoch", "stream_position", "num_skipped")
+
+
+# ---------------------------------------------------------------------------------------------
+# sources
+# ---------------------------------------------------------------------------------------------
+
+
+def _local_builder(path: Path) -> tuple[str, dict[str, Any]]:
+    """The ``datasets`` builder and arguments for a local file or folder."""
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".parquet":
+            return "parquet", {"data_files": {"train": str(path)}}
+        if suffix == ".tar":
+            return "webdataset", {"data_files": {"train": str(path)}}
+        raise ValueError(f"{path} is a file but not a .parquet or .tar shard; pass a folder of images instead")
+    files = [p for p in path.rglob("*") if p.is_file()]
+    parquet = sorted(str(p) for p in files if p.suffix.lower() == ".parquet")
+    tars = sorted(str(p) for p in files if p.suffix.lower() == ".tar")
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    if parquet:
+        return "parquet", {"data_files": {"train": parquet}}
+    if tars:
+        return "webdataset", {"data_files": {"train": tars}}
+    if images:
+        return "imagefolder", {"data_dir": str(path), "drop_labels": True}
+    raise ValueError(f"found no images, .parquet or .tar files under {path}")
+
+
+def load_image_source(
+    dataset_name: str,
+    dataset_config_name: str | None = None,
+    split: str = "train",
+    image_column: str = "image",
+    streaming: bool = True,
+    revision: str | None = None,
+    token: str | bool | None = None,
+):
+    """Load a dataset of images and return it as a ``datasets.IterableDataset`` with one column,
+    ``image``, holding undecoded ``{"bytes", "path"}`` dicts.
+
+    ``dataset_name`` is a Hub id or a local path (folder of images, parquet or webdataset shards).
+    With ``streaming=False`` the dataset is downloaded/prepared first and then iterated as a stream.
+    """
+    import datasets
+
+    path = Path(dataset_name).expanduser()
+    if path.exists():
+        builder, kwargs = _local_builder(path)
+        split = "train"
+        source = datasets.load_dataset(builder, split=split, streaming=streaming, **kwargs)
+        if builder == "webdataset" and image_column not in (source.column_names or []):
+            image_column = _webdataset_image_column(source.column_names or [], image_column)
+    else:
+        source = datasets.load_dataset(
+            dataset_name, dataset_config_name, split=split, streaming=streaming, revision=revision, token=token
+        )
+    if not streaming:
+        source = source.to_iterable_dataset(num_shards=max(1, min(64, len(source))))
+    columns = source.column_names
+    if columns is not None and image_column not in columns:
+        raise ValueError(
+            f"dataset {dataset_name!r} has no column {image_column!r}; its columns are {columns}. "
+            "Pass --image_column_name with the column that holds the images."
+        )
+    source = source.select_columns([image_column])
+    if image_column != "image":
+        source = source.rename_column(image_column, "image")
+    return source.cast_column("image", datasets.Image(decode=False))
+
+
+def _webdataset_image_column(columns: Sequence[str], requested: str) -> str:
+    for name in columns:
+        if name.lower() in {"jpg", "jpeg", "png", "webp"}:
+            return name
+    raise ValueError(f"webdataset shards have no image column ({requested!r} not in {list(columns)})")
+
+
+def decode_image(value: Any) -> Image.Image:
+    """Decode one undecoded ``datasets`` image value (``{"bytes", "path"}``, raw bytes or a path).
+
+    Forces the full decode (``Image.load``) so truncated files fail here, not later. Raises one of
+    :data:`DECODE_ERRORS` for unreadable data.
+    """
+    if isinstance(value, dict):
+        data, path = value.get("bytes"), value.get("path")
+    elif isinstance(value, (bytes, bytearray)):
+        data, path = bytes(value), None
+    else:
+        data, path = None, value
+    if data is not None:
+        if len(data) == 0:
+            raise ValueError("empty image file (0 bytes)")
+        image = Image.open(io.BytesIO(data))
+    elif path:
+        if os.path.getsize(path) == 0:
+            raise ValueError(f"empty image file (0 bytes): {path}")
+        image = Image.open(path)
+    else:
+        raise ValueError("image value holds neither bytes nor a path")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image.load()
+    return image
+
+
+def image_key(value: Any) -> str:
+    """A short identity for an image value: its path when it has one, else a hash of its bytes."""
+    import hashlib
+
+    if isinstance(value, dict):
+        if value.get("path"):
+            return str(value["path"])
+        value = value.get("bytes") or b""
+    if isinstance(value, (bytes, bytearray)):
+        return hashlib.sha1(value).hexdigest()
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# the stream of views
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StreamPosition:
+    """How far one stream has read: ``epoch`` and rows of that epoch consumed (decoded or skipped)."""
+
+    epoch: int = 0
+    row: int = 0
+
+
+@dataclass
+class StreamState:
+    """Positions of all streams of one process, and how many batches it has consumed."""
+
+    num_workers: int
+    world_size: int
+    batches_consumed: int = 0
+    positions: list[StreamPosition] = field(default_factory=list)
+    images_skipped: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "num_workers": self.num_workers,
+            "world_size": self.world_size,
+            "batches_consumed": self.batches_consumed,
+            "images_skipped": self.images_skipped,
+            "positions": [[p.epoch, p.row] for p in self.positions],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "StreamState":
+        return cls(
+            num_workers=int(data["num_workers"]),
+            world_size=int(data["world_size"]),
+            batches_consumed=int(data["batches_consumed"]),
+            images_skipped=int(data.get("images_skipped", 0)),
+            positions=[StreamPosition(int(e), int(r)) for e, r in data["positions"]],
+        )
+
+    @classmethod
+    def fresh(cls, num_workers: int, world_size: int) -> "StreamState":
+        return cls(num_workers, world_size, 0, [StreamPosition() for _ in range(max(1, num_workers))])
+
+    def record(self, batch: dict[str, torch.Tensor]) -> None:
+        """Update from a consumed batch's ``stream_*`` fields."""
+        index = int(batch["stream_index"])
+        self.positions[index] = StreamPosition(int(batch["stream_epoch"]), int(batch["stream_position"]))
+        self.images_skipped += int(batch["num_skipped"])
+        self.batches_consumed += 1
+
+
+def sample_seed(seed: int, epoch: int, stream: int, row: int) -> int:
+    """A 63-bit seed that depends only on (seed, epoch, stream, row)."""
+    return int(np.random.SeedSequence([seed, epoch, stream, row]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+class PaKAViewStream(torch.utils.data.IterableDataset):
+    """Endless, resumable stream of GLIM view samples from an image source (see module docstring).
+
+    Args:
+        source: ``datasets.IterableDataset`` from :func:`load_image_source`.
+        transform: the :class:`GlimTransform` that renders the views.
+        seed: base seed for shuffling and view sampling.
+        shuffle_buffer_size: streaming shuffle buffer (0 = keep the source order).
+        rank, world_size: this process and the number of processes.
+        num_workers: data-loader workers of this process (0 = load in the main process).
+        state: a :class:`StreamState` to resume from (None = from the start).
+        record_keys: also yield ``image_key`` per sample (for diagnostics).
+    """
+
+    def __init__(
+        self,
+        source,
+        transform: GlimTransform,
+        *,
+        seed: int = 0,
+        shuffle_buffer_size: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        state: StreamState | None = None,
+        record_keys: bool = False,
+    ):
+        super().__init__()
+        self.source, self.transform = source, transform
+        self.seed, self.shuffle_buffer_size = int(seed), int(shuffle_buffer_size)
+        self.rank, self.world_size, self.num_workers = int(rank), int(world_size), int(num_workers)
+        self.num_streams = max(1, self.num_workers)
+        if state is None:
+            state = StreamState.fresh(self.num_workers, self.world_size)
+        elif (state.num_workers, state.world_size) != (self.num_workers, self.world_size):
+            raise ValueError(
+                f"cannot resume this data stream: the checkpoint was written with {state.world_size} process(es) x "
+                f"{state.num_workers} data-loader worker(s), this run has {self.world_size} x {self.num_workers}. "
+                "Resume with the same number of processes and dataloader_num_workers."
+            )
+        self.state = state
+        self.record_keys = record_keys
+        self._warned_stride = False
+
+    def _stream_source(self, stream: int, epoch: int):
+        from datasets.distributed import split_dataset_by_node
+
+        source = self.source
+        if self.shuffle_buffer_size > 0:
+            source = source.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer_size)
+        source.set_epoch(epoch)
+        total = self.world_size * self.num_streams
+        if total > 1:
+            n_shards = source.num_shards
+            if n_shards % total and not self._warned_stride:
+                logger.warning(
+                    "the dataset has %d shards, not a multiple of %d streams (%d processes x %d workers): every stream "
+                    "reads all rows and keeps 1 in %d. Choose dataloader_num_workers so that processes x workers "
+                    "divides the shard count to read each shard once.",
+                    n_shards, total, self.world_size, self.num_streams, total,
+                )
+                self._warned_stride = True
+            source = split_dataset_by_node(source, rank=self.rank * self.num_streams + stream, world_size=total)
+        return source
+
+    def _rows(self, stream: int, epoch: int) -> Iterator[dict[str, Any]]:
+        # ``.iter`` rather than ``iter()``: inside a DataLoader worker, ``datasets`` would otherwise split
+        # the stream between workers a second time.
+        for batch in self._stream_source(stream, epoch).iter(batch_size=1):
+            yield {key: values[0] for key, values in batch.items()}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        workers = info.num_workers if info is not None else 1
+        if workers != self.num_streams:
+            raise RuntimeError(
+                f"PaKAViewStream was built for {self.num_workers} workers but runs under {workers}; pass the same "
+                "num_workers to the stream and the DataLoader"
+            )
+        # The DataLoader serves workers round-robin from worker 0; after n consumed batches the next batch
+        # must come from stream n mod W, so worker i takes the role of stream (i + n) mod W.
+        stream = (worker + self.state.batches_consumed) % self.num_streams
+        stream_global = self.rank * self.num_streams + stream
+        position = self.state.positions[stream]
+        epoch, start_row = position.epoch, position.row
+        skipped = 0  # undecodable rows since the last yielded sample (carried across epochs)
+        while True:
+            rows_read, produced = 0, 0
+            for row_index, row in enumerate(self._rows(stream, epoch)):
+                rows_read = row_index + 1
+                if row_index < start_row:
+                    continue  # consumed before the checkpoint: skip without decoding
+                try:
+                    image = to_rgb(decode_image(row["image"]))
+                except DECODE_ERRORS as error:
+                    skipped += 1
+                    logger.debug("skipping undecodable image %s: %s", image_key(row["image"]), error)
+                    continue
+                generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, stream_global, row_index))
+                sample = self.transform(image, generator)
+                sample.update(
+                    stream_index=stream,
+                    stream_epoch=epoch,
+                    stream_position=rows_read,
+                    num_skipped=skipped,
+                )
+                if self.record_keys:
+                    sample["image_key"] = image_key(row["image"])
+                skipped = 0
+                produced += 1
+                yield sample
+            if produced == 0 and start_row == 0:
+                raise RuntimeError(
+                    f"stream {stream} of process {self.rank} found no decodable image in epoch {epoch} "
+                    f"({rows_read} rows read, {skipped} undecodable). The dataset may be empty, all corrupt, or "
+                    f"smaller than processes x workers ({self.world_size} x {self.num_streams})."
+                )
+            epoch, start_row = epoch + 1, 0
+
+
+class PaKACollator:
+    """Stack samples of one stream into a batch: the view tensors of :func:`collate_views` plus the
+    stream bookkeeping of the *last* sample (its stream, epoch and position) and the number of
+    images skipped while the batch was read."""
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        if not samples:
+            raise ValueError("cannot collate an empty list of samples")
+        batch: dict[str, Any] = {key: torch.stack([s[key] for s in samples]) for key in VIEW_KEYS}
+        last = samples[-1]
+        if "stream_index" in last:
+            if len({s["stream_index"] for s in samples}) != 1:
+                raise ValueError("a batch mixes samples of different streams; batch inside the stream's worker")
+            batch["stream_index"] = torch.tensor(last["stream_index"])
+            batch["stream_epoch"] = torch.tensor(last["stream_epoch"])
+            batch["stream_position"] = torch.tensor(last["stream_position"])
+            batch["num_skipped"] = torch.tensor(sum(s["num_skipped"] for s in samples))
+        if "image_key" in last:
+            batch["image_keys"] = [s["image_key"] for s in samples]
+        return batch

@@ -1,0 +1,95 @@
+"""Offline demo assets: a tiny random-init DINOv2-with-registers and a folder of generated images.
+
+``python -m paka_hf.demo DIR`` writes ``DIR/model`` (a ``transformers`` model folder with its
+image processor) and ``DIR/images`` (procedural scenes: smooth colour fields with rectangles,
+discs and stripes, as JPEG and PNG in several sizes and modes), so that ``configs/demo.yaml``
+trains end to end with no network. Deterministic for a given seed; skips what already exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+TINY_MODEL = dict(
+    patch_size=14, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, mlp_ratio=2,
+    image_size=112, num_register_tokens=4, layerscale_value=1.0,
+)
+
+
+def make_tiny_model(path: Path, seed: int = 0) -> Path:
+    """A random-init ``Dinov2WithRegistersModel`` (patch 14, width 64, 3 layers, 4 registers)."""
+    import torch
+    from transformers import AutoModel, Dinov2WithRegistersConfig
+
+    from .trainer import load_image_processor
+
+    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        return path
+    torch.manual_seed(seed)
+    model = AutoModel.from_config(Dinov2WithRegistersConfig(**TINY_MODEL))
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    load_image_processor(str(path)).save_pretrained(path)
+    return path
+
+
+def synthetic_scene(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    """A smooth colour field with a few flat-coloured shapes: regions a dense model can separate."""
+    y, x = np.mgrid[0:height, 0:width] / max(width, height)
+    base = np.stack([0.5 + 0.4 * np.sin(2 * np.pi * (f * x + g * y) + p) for f, g, p in rng.uniform(0.2, 1.5, (3, 3))], -1)
+    image = Image.fromarray((base * 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(2, 6))):
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        x0, y0 = int(rng.integers(0, width - 8)), int(rng.integers(0, height - 8))
+        x1, y1 = x0 + int(rng.integers(8, max(9, width // 2))), y0 + int(rng.integers(8, max(9, height // 2)))
+        kind = rng.integers(0, 3)
+        if kind == 0:
+            draw.rectangle([x0, y0, x1, y1], fill=colour)
+        elif kind == 1:
+            draw.ellipse([x0, y0, x1, y1], fill=colour)
+        else:
+            for offset in range(x0, x1, 6):
+                draw.line([offset, y0, offset, y1], fill=colour, width=2)
+    return image
+
+
+def make_images(path: Path, count: int = 96, seed: int = 0) -> Path:
+    """``count`` generated images, 96–320 px wide, mostly JPEG RGB, some PNG grayscale / RGBA."""
+    path.mkdir(parents=True, exist_ok=True)
+    if len(list(path.glob("*.*"))) >= count:
+        return path
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        width, height = int(rng.integers(96, 321)), int(rng.integers(72, 241))
+        image = synthetic_scene(rng, width, height)
+        if index % 8 == 3:
+            image.convert("L").save(path / f"scene_{index:04d}.png")
+        elif index % 8 == 5:
+            image.convert("RGBA").save(path / f"scene_{index:04d}.png")
+        else:
+            image.save(path / f"scene_{index:04d}.jpg", quality=90)
+    return path
+
+
+def make_demo_assets(root: str | Path, num_images: int = 96, seed: int = 0) -> dict[str, Path]:
+    root = Path(root)
+    return {"model": make_tiny_model(root / "model", seed), "images": make_images(root / "images", num_images, seed)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", nargs="?", default=".demo", help="folder for model/ and images/ (default .demo)")
+    parser.add_argument("--num_images", type=int, default=96)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    paths = make_demo_assets(args.root, args.num_images, args.seed)
+    print(f"demo model: {paths['model']}\ndemo images: {paths['images']}")
+
+
+if __name__ == "__main__":
+    main()

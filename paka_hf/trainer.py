@@ -1,0 +1,523 @@
+"""``PaKATrainer``: the Hugging Face ``Trainer`` for PaKA post-training.
+
+What it adds to ``Trainer`` (the rest — mixed precision, DDP/FSDP through ``accelerate``,
+gradient accumulation, logging, checkpoint rotation, the progress bar — is ``Trainer``'s own):
+
+- the model is a :class:`~paka_hf.modeling.PaKAModel` (student, EMA teacher, head, loss) built
+  from :class:`~paka_hf.config.PaKAConfig`; the teacher is a registered submodule, so every
+  checkpoint holds it;
+- data comes from a resumable :class:`~paka_hf.data.PaKAViewStream`, split between processes
+  and workers by the stream itself (the DataLoader is not re-sharded by ``accelerate``);
+- the EMA teacher update and the weight-decay schedule run once per *optimizer* step, as
+  callbacks (``on_step_end`` / ``on_step_begin``), never per micro-batch;
+- AdamW parameter groups: backbone lr and head lr, no weight decay on biases and 1-D
+  parameters (norms, layer scales);
+- logs, each logging step: loss, mean CKA, teacher momentum, learning rates, weight decay,
+  images/s and images skipped;
+- checkpoints are marked complete only once every file of every process is written, and
+  resuming picks the newest complete one and loads it strictly (SPEC §3: ``Trainer``'s own
+  loader is not strict), restoring the stream position, so a resumed run is bit-identical to
+  an uninterrupted one on CPU;
+- ``save_model(dir)`` writes the bare backbone (student or teacher, ``export``) as a plain
+  ``transformers`` model with its image processor: ``AutoModel.from_pretrained(dir)`` works with
+  no custom code.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+import yaml
+from torch.utils.data import DataLoader
+from transformers import AutoImageProcessor, BitImageProcessor, Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from .backbones import PatchBackbone, ProjectionHead
+from .config import PaKAConfig
+from .export import save_backbone
+from .data import STREAM_KEYS, PaKACollator, PaKAViewStream, StreamState, load_image_source
+from .modeling import PaKAModel
+from .teacher import teacher_momentum_at
+from .views import GlimTransform
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_MARKER = "paka_checkpoint_complete.json"
+STREAM_STATE_FILE = "paka_stream_rank{rank}.json"
+TRAINING_CONFIG_FILE = "training_config.yaml"
+TRAINING_SUMMARY_FILE = "training_summary.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# building blocks from a config
+# ---------------------------------------------------------------------------------------------
+
+
+def build_model(config: PaKAConfig) -> PaKAModel:
+    """Student backbone from ``model_name_or_path`` (with ``drop_path_rate``), optional head, teacher."""
+    backbone = PatchBackbone.from_pretrained(
+        config.model_name_or_path,
+        drop_path_rate=config.drop_path_rate,
+        attn_implementation=config.attn_implementation,
+        revision=config.model_revision,
+    )
+    config.check_patch_size(backbone.patch_size)
+    head = ProjectionHead(backbone.hidden_size, config.head_hidden_dim, config.head_out_dim) if config.use_head else None
+    return PaKAModel(
+        backbone,
+        head,
+        roi_size=config.roi_size,
+        loss=config.loss,
+        kernel=config.kernel,
+        kernel_scope=config.kernel_scope,
+        student_views=config.student_views,
+    )
+
+
+def build_transform(config: PaKAConfig, patch_size: int) -> GlimTransform:
+    return GlimTransform(
+        config.global_size,
+        config.local_size,
+        config.n_local,
+        global_scale=config.global_scale,
+        local_scale=config.local_scale,
+        ratio=config.crop_ratio,
+        min_intersection=config.min_intersection,
+        max_tries=config.max_box_tries,
+        flip=config.flip,
+        teacher_augment=config.teacher_augment,
+        patch_size=patch_size,
+    )
+
+
+def load_image_processor(model_name_or_path: str, revision: str | None = None):
+    """The checkpoint's image processor, or DINOv2's standard one when it has none."""
+    try:
+        return AutoImageProcessor.from_pretrained(model_name_or_path, revision=revision)
+    except (OSError, ValueError) as error:
+        logger.info("no image processor with %s (%s); using the standard DINOv2 BitImageProcessor", model_name_or_path, error)
+        return BitImageProcessor(
+            do_resize=True, size={"shortest_edge": 256}, resample=3, do_center_crop=True,
+            crop_size={"height": 224, "width": 224}, do_rescale=True, rescale_factor=1 / 255,
+            do_normalize=True, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+            do_convert_rgb=True,
+        )
+
+
+def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Checkpoint folders of ``output_dir`` marked complete, oldest first."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", path.name)
+        if match and path.is_dir() and (path / CHECKPOINT_MARKER).is_file():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def state_checksum(module: torch.nn.Module) -> str:
+    """SHA-256 over the names and bytes of a module's state dict (for cross-process comparisons)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _cosine(start: float, end: float, step: int, total: int) -> float:
+    progress = min(max(step / max(total, 1), 0.0), 1.0)
+    return end + (start - end) * (1.0 + math.cos(math.pi * progress)) / 2.0
+
+
+# ---------------------------------------------------------------------------------------------
+# callbacks: once per optimizer step
+# ---------------------------------------------------------------------------------------------
+
+
+class TeacherEMACallback(TrainerCallback):
+    """After each optimizer step ``k`` (1-based): ``θ_t ← m θ_t + (1 − m) θ_s`` with
+    ``m = teacher_momentum_at(k − 1, max_steps)`` (cosine from ``teacher_momentum`` to 1)."""
+
+    def __init__(self):
+        self.momentum = None
+        self.updates = 0
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.momentum = teacher_momentum_at(state.global_step - 1, state.max_steps, args.teacher_momentum, 1.0)
+        model.update_teacher(self.momentum)
+        self.updates += 1
+
+
+class WeightDecayScheduleCallback(TrainerCallback):
+    """Before each optimizer step: weight decay of the decayed groups on a cosine from
+    ``weight_decay`` to ``weight_decay_end``."""
+
+    def __init__(self):
+        self.value = None
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        self.value = _cosine(args.weight_decay, args.weight_decay_end, state.global_step, state.max_steps)
+        for group in optimizer.param_groups:
+            if group.get("paka_decay"):
+                group["weight_decay"] = self.value
+
+
+# ---------------------------------------------------------------------------------------------
+# the trainer
+# ---------------------------------------------------------------------------------------------
+
+
+class PaKATrainer(Trainer):
+    """Trainer for PaKA post-training; see the module docstring.
+
+    Args:
+        model: a :class:`PaKAModel`; built from ``args`` when omitted.
+        args: the :class:`PaKAConfig`.
+        image_source: a ``datasets.IterableDataset`` of undecoded images (column ``image``); loaded
+            from ``args.dataset_name`` when omitted.
+        image_processor: saved with checkpoints and the exported backbone; loaded from
+            ``args.model_name_or_path`` (or DINOv2's standard one) when omitted.
+        callbacks: extra ``TrainerCallback``s.
+    """
+
+    _tag_names = ["paka", "dinov2", "self-supervised-learning", "dense-features"]
+    _paper = {"title": PaKAConfig._paper_title, "id": PaKAConfig._paper_id}
+    # compute_loss returns a per-batch mean: Trainer divides it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        model: PaKAModel | None = None,
+        args: PaKAConfig | None = None,
+        image_source=None,
+        image_processor=None,
+        callbacks: list[TrainerCallback] | None = None,
+        **kwargs: Any,
+    ):
+        if not isinstance(args, PaKAConfig):
+            raise TypeError(f"PaKATrainer needs a PaKAConfig as args, got {type(args).__name__}")
+        if model is None:
+            model = build_model(args)
+        if not isinstance(model, PaKAModel):
+            raise TypeError(f"PaKATrainer trains a PaKAModel, got {type(model).__name__}; use build_model(config)")
+        if image_source is None:
+            image_source = load_image_source(
+                args.dataset_name, args.dataset_config_name, args.dataset_split, args.image_column_name,
+                streaming=args.streaming, revision=args.dataset_revision, token=args.hub_token,
+            )
+        if image_processor is None:
+            image_processor = load_image_processor(args.model_name_or_path, args.model_revision)
+        self.image_source = image_source
+        self.view_transform = build_transform(args, model.student.patch_size)
+        self.ema_callback = TeacherEMACallback()
+        self.weight_decay_callback = WeightDecayScheduleCallback()
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=self._make_stream(args, None),
+            data_collator=PaKACollator(),
+            processing_class=image_processor,
+            callbacks=[self.ema_callback, self.weight_decay_callback, *(callbacks or [])],
+            **kwargs,
+        )
+        self.stream_state = StreamState.fresh(args.dataloader_num_workers, args.world_size)
+        self._resume_stream_state: StreamState | None = None
+        self._reset_log_accumulators()
+        self._images_seen = 0
+        self._seen_keys: list[str] = []
+        self._train_start = None
+
+    # ---- data ---------------------------------------------------------------------------------
+
+    def _make_stream(self, args: PaKAConfig, state: StreamState | None) -> PaKAViewStream:
+        return PaKAViewStream(
+            self.image_source,
+            self.view_transform,
+            seed=args.data_seed if args.data_seed is not None else args.seed,
+            shuffle_buffer_size=args.shuffle_buffer_size,
+            rank=args.process_index,
+            world_size=args.world_size,
+            num_workers=args.dataloader_num_workers,
+            state=copy.deepcopy(state),
+            record_keys=args.record_rank_diagnostics,
+        )
+
+    def get_train_dataloader(self) -> DataLoader:
+        """Our own DataLoader over the view stream (not passed to ``accelerator.prepare``: the stream
+        already splits data between processes and workers, and restores its position on resume)."""
+        stream = self._make_stream(self.args, self._resume_stream_state)
+        self.stream_state = copy.deepcopy(stream.state)
+        args = self.args
+        generator = torch.Generator().manual_seed(args.seed)  # worker seeds must not draw from the global RNG
+        return DataLoader(
+            stream,
+            batch_size=self._train_batch_size,
+            collate_fn=self.data_collator,
+            num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory and torch.cuda.is_available(),
+            prefetch_factor=args.dataloader_prefetch_factor if args.dataloader_num_workers > 0 else None,
+            persistent_workers=False,
+            generator=generator,
+        )
+
+    # ---- optimisation ---------------------------------------------------------------------------
+
+    def create_optimizer(self, model=None):
+        """AdamW (or ``args.optim``) with four groups: backbone/head × decayed/not decayed.
+
+        Not decayed: biases and every parameter with at most one dimension (norms, layer scales),
+        as in DINO. The decayed groups carry ``paka_decay=True`` for the weight-decay schedule.
+        """
+        if self.optimizer is not None:
+            return self.optimizer
+        model = self.model
+        groups = []
+        for part, lr in (("student", self.args.learning_rate), ("student_head", self.args.head_learning_rate)):
+            module = getattr(model, part)
+            if module is None:
+                continue
+            decay, no_decay = [], []
+            for name, param in module.named_parameters():
+                if not param.requires_grad:
+                    continue
+                (no_decay if name.endswith(".bias") or param.ndim <= 1 else decay).append(param)
+            groups.append({"params": decay, "lr": lr, "weight_decay": self.args.weight_decay, "paka_decay": True, "name": f"{part}/decay"})
+            groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "paka_decay": False, "name": f"{part}/no_decay"})
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        optimizer_kwargs = {k: v for k, v in optimizer_kwargs.items() if k not in ("lr", "weight_decay")}
+        self.optimizer = optimizer_cls([g for g in groups if g["params"]], **optimizer_kwargs)
+        return self.optimizer
+
+    # ---- the step -------------------------------------------------------------------------------
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if "stream_index" in inputs:  # bookkeeping on CPU tensors, before they move to the device
+            self.stream_state.record({key: inputs.pop(key) for key in STREAM_KEYS})
+        keys = inputs.pop("image_keys", None)
+        if keys is not None and self.args.record_rank_diagnostics:
+            self._seen_keys.extend(keys)
+        batch_images = int(inputs["global_views"].shape[0])
+        self._images_since_log += batch_images
+        self._images_seen += batch_images
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        if model.training:
+            self._cka_sum = self._cka_sum + outputs["cka"].detach().float()
+            self._cka_batches += 1
+        return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
+
+    # ---- logging --------------------------------------------------------------------------------
+
+    def _reset_log_accumulators(self) -> None:
+        self._cka_sum = torch.zeros(())
+        self._cka_batches = 0
+        self._images_since_log = 0
+        self._last_log_time = time.perf_counter()
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            now = time.perf_counter()
+            stats = torch.tensor(
+                [
+                    float(self._cka_sum) if self._cka_batches else 0.0,
+                    float(self._cka_batches),
+                    float(self._images_since_log),
+                    float(self.stream_state.images_skipped),
+                ],
+                dtype=torch.float64,
+                device=self.args.device,
+            )
+            if self.args.world_size > 1:
+                stats = self.accelerator.reduce(stats, reduction="sum")
+            cka_sum, cka_batches, images, skipped = stats.tolist()
+            if cka_batches:
+                logs["cka"] = round(cka_sum / cka_batches, 6)
+            if self.ema_callback.momentum is not None:
+                logs["teacher_momentum"] = self.ema_callback.momentum
+            if self.weight_decay_callback.value is not None:
+                logs["weight_decay"] = round(self.weight_decay_callback.value, 6)
+            if self.optimizer is not None:
+                for group in self.optimizer.param_groups:
+                    if group.get("name") == "student_head/decay":
+                        logs["learning_rate_head"] = group["lr"]
+            logs["images_per_second"] = round(images / max(now - self._last_log_time, 1e-9), 2)
+            logs["images_skipped"] = int(skipped)
+            self._reset_log_accumulators()
+        super().log(logs, start_time)
+
+    # ---- checkpoints and resume -----------------------------------------------------------------
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """``Trainer``'s checkpoint plus the stream state of every process, then a completion marker;
+        old checkpoints are rotated only after the marker exists."""
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(folder / STREAM_STATE_FILE.format(rank=self.args.process_index), self.stream_state.to_dict())
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            _write_json_atomic(
+                folder / CHECKPOINT_MARKER,
+                {"global_step": self.state.global_step, "world_size": self.args.world_size,
+                 "num_workers": self.args.dataloader_num_workers},
+            )
+            self._rotate_complete_checkpoints()
+        self.accelerator.wait_for_everyone()
+
+    def _rotate_complete_checkpoints(self) -> None:
+        limit = self.args.save_total_limit
+        if not limit or limit <= 0:
+            return
+        import shutil
+
+        complete = complete_checkpoints(self.args.output_dir)
+        for stale in complete[: max(0, len(complete) - limit)]:
+            logger.info("deleting older checkpoint %s (save_total_limit=%d)", stale, limit)
+            shutil.rmtree(stale, ignore_errors=True)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Strict load of the whole PaKAModel (student, teacher, heads): a missing or renamed tensor is an error."""
+        model = model if model is not None else self.model
+        weights = Path(resume_from_checkpoint) / "model.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights} not found: {resume_from_checkpoint} is not a PaKA checkpoint")
+        state = safetensors.torch.load_file(str(weights), device="cpu")
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as error:
+            raise RuntimeError(
+                f"checkpoint {resume_from_checkpoint} does not match this model (different architecture or head "
+                f"settings?): {error}"
+            ) from error
+
+    def resolve_checkpoint(self, resume_from_checkpoint: str | bool | None) -> str | None:
+        """``True``/"latest" → newest complete checkpoint of ``output_dir``; a path must be complete."""
+        if resume_from_checkpoint in (None, False, "", "false", "False", "none", "None"):
+            return None
+        if resume_from_checkpoint in (True, "true", "True", "latest"):
+            complete = complete_checkpoints(self.args.output_dir)
+            if not complete:
+                raise ValueError(f"no complete checkpoint in {self.args.output_dir} to resume from")
+            return str(complete[-1])
+        path = Path(resume_from_checkpoint)
+        if not (path / CHECKPOINT_MARKER).is_file():
+            newest = complete_checkpoints(path.parent)
+            hint = f"; the newest complete one is {newest[-1]}" if newest else ""
+            raise ValueError(
+                f"{path} is not a complete PaKA checkpoint (no {CHECKPOINT_MARKER}: the run was interrupted while "
+                f"saving it, or it is not a checkpoint){hint}"
+            )
+        return str(path)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        checkpoint = self.resolve_checkpoint(resume_from_checkpoint)
+        self._resume_stream_state = None
+        if checkpoint is not None:
+            state_file = Path(checkpoint) / STREAM_STATE_FILE.format(rank=self.args.process_index)
+            if not state_file.is_file():
+                raise FileNotFoundError(f"{state_file} is missing: the checkpoint was written by fewer processes")
+            self._resume_stream_state = StreamState.from_dict(json.loads(state_file.read_text()))
+        self._train_start = time.perf_counter()
+        self._reset_log_accumulators()
+        output = super().train(resume_from_checkpoint=checkpoint, **kwargs)
+        if self.args.record_rank_diagnostics:
+            self._write_rank_diagnostics()
+        return output
+
+    def _write_rank_diagnostics(self) -> None:
+        folder = Path(self.args.output_dir) / "rank_diagnostics"
+        folder.mkdir(parents=True, exist_ok=True)
+        model = self.accelerator.unwrap_model(self.model)
+        _write_json_atomic(
+            folder / f"rank{self.args.process_index}.json",
+            {
+                "rank": self.args.process_index,
+                "images": self._seen_keys,
+                "student_sha256": state_checksum(model.student),
+                "teacher_sha256": state_checksum(model.teacher),
+                "global_step": self.state.global_step,
+            },
+        )
+
+    # ---- export ---------------------------------------------------------------------------------
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Checkpoints (internal calls) keep the whole PaKAModel; a user's ``save_model`` exports the backbone."""
+        if _internal_call:
+            return super().save_model(output_dir, _internal_call=True)
+        self.export_backbone(output_dir)
+
+    def export_backbone(self, output_dir: str | None = None) -> Path:
+        """Write the ``export`` network (student or teacher) as a plain ``transformers`` model:
+        ``config.json``, ``model.safetensors``, ``preprocessor_config.json``, plus
+        ``training_config.yaml`` and ``training_summary.json``."""
+        output_dir = Path(output_dir or self.args.output_dir)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            model = self.accelerator.unwrap_model(self.model)
+            network = (model.student if self.args.export == "student" else model.teacher).model
+            base_rate = _base_drop_path_rate(self.args)
+            trained_rate = network.config.drop_path_rate
+            network.config.drop_path_rate = base_rate  # stochastic depth was a training setting
+            try:
+                    save_backbone(network, output_dir, image_processor=self.processing_class)
+            finally:
+                network.config.drop_path_rate = trained_rate
+            (output_dir / TRAINING_CONFIG_FILE).write_text(yaml.safe_dump(self.args.paka_dict(), sort_keys=True))
+            summary = {
+                "train_runtime_s": round(time.perf_counter() - self._train_start, 1) if self._train_start else None,
+                "global_step": self.state.global_step,
+                "images_seen": self._images_seen * self.args.world_size,
+                "images_skipped": self.stream_state.images_skipped,
+                "device": _device_name(self.args.device),
+                "num_processes": self.args.world_size,
+                "exported": self.args.export,
+            }
+            (output_dir / TRAINING_SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        self.accelerator.wait_for_everyone()
+        return output_dir
+
+
+def _base_drop_path_rate(config: PaKAConfig) -> float:
+    from transformers import AutoConfig
+
+    try:
+        return float(AutoConfig.from_pretrained(config.model_name_or_path, revision=config.model_revision).drop_path_rate)
+    except (OSError, ValueError):
+        return 0.0
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({os.cpu_count()} cores)"
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON via a temporary file and ``os.replace``, fsynced: never a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as handle:
+        json.dump(data, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
