@@ -41,7 +41,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 from transformers import AutoImageProcessor, BitImageProcessor, Trainer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, enable_full_determinism, set_seed
 
 from .backbones import PatchBackbone, ProjectionHead
 from .config import PaKAConfig
@@ -210,6 +210,8 @@ class PaKATrainer(Trainer):
         if not isinstance(args, PaKAConfig):
             raise TypeError(f"PaKATrainer needs a PaKAConfig as args, got {type(args).__name__}")
         if model is None:
+            # Seed before building, as Trainer seeds before its model_init: the head's init draws from the RNG.
+            enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
             model = build_model(args)
         if not isinstance(model, PaKAModel):
             raise TypeError(f"PaKATrainer trains a PaKAModel, got {type(model).__name__}; use build_model(config)")

@@ -1,0 +1,164 @@
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from paka_hf.data import PaKACollator, PaKAViewStream, StreamState, decode_image, load_image_source
+from paka_hf.views import GlimTransform
+
+
+def write_images(folder: Path, count: int, size=(64, 48)) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        path = folder / f"img_{i:03d}.jpg"
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def add_bad_files(folder: Path) -> None:
+    (folder / "zero.jpg").write_bytes(b"")
+    (folder / "garbage.png").write_bytes(b"this is not an image at all" * 10)
+    good = io.BytesIO()
+    Image.fromarray(np.zeros((200, 200, 3), dtype=np.uint8) + 90).save(good, format="JPEG")
+    (folder / "truncated.jpg").write_bytes(good.getvalue()[: len(good.getvalue()) // 3])
+
+
+def small_transform():
+    return GlimTransform(28, 14, n_local=2, patch_size=14)
+
+
+def take(stream, count):
+    out = []
+    for sample in stream:
+        out.append(sample)
+        if len(out) == count:
+            return out
+    return out
+
+
+def test_corrupt_truncated_and_empty_files_are_skipped_and_counted(tmp_path):
+    write_images(tmp_path / "imgs", 5)
+    add_bad_files(tmp_path / "imgs")
+    source = load_image_source(str(tmp_path / "imgs"))
+    stream = PaKAViewStream(source, small_transform(), seed=0)
+    samples = take(stream, 10)  # two epochs of 5 good images
+    assert len(samples) == 10
+    # Files are read in name order: garbage.png, img_000..004.jpg, truncated.jpg, zero.jpg.
+    # The first sample of epoch 0 counts garbage.png; the first of epoch 1 counts the two files that
+    # ended epoch 0 and garbage.png again.
+    assert [s["num_skipped"] for s in samples] == [1, 0, 0, 0, 0, 3, 0, 0, 0, 0]
+    assert {s["stream_epoch"] for s in samples} == {0, 1}
+    assert all(s["global_views"].shape == (2, 3, 28, 28) for s in samples)
+
+
+@pytest.mark.parametrize("kind", ["L", "RGBA", "CMYK", "P", "I;16", "exif"])
+def test_image_kinds_decode_to_correct_rgb(kind):
+    buffer = io.BytesIO()
+    if kind == "I;16":
+        Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16)).save(buffer, format="PNG")
+        expected = [255, 255, 255]
+    elif kind == "exif":
+        image = Image.new("RGB", (30, 10), (0, 200, 0))
+        exif = Image.Exif()
+        exif[0x0112] = 8
+        image.save(buffer, format="JPEG", exif=exif.tobytes(), quality=100)
+        expected = None
+    elif kind == "CMYK":
+        Image.new("CMYK", (8, 8), (255, 0, 255, 0)).save(buffer, format="JPEG", quality=100)  # green
+        expected = [0, 255, 0]
+    elif kind == "P":
+        Image.new("RGB", (8, 8), (10, 20, 200)).convert("P", palette=Image.Palette.ADAPTIVE).save(buffer, format="PNG")
+        expected = [10, 20, 200]
+    elif kind == "RGBA":
+        Image.new("RGBA", (8, 8), (0, 0, 255, 255)).save(buffer, format="PNG")
+        expected = [0, 0, 255]
+    else:
+        Image.new("L", (8, 8), 77).save(buffer, format="PNG")
+        expected = [77, 77, 77]
+    from paka_hf.imaging import to_rgb
+
+    rgb = to_rgb(decode_image({"bytes": buffer.getvalue(), "path": None}))
+    assert rgb.mode == "RGB"
+    if kind == "exif":
+        assert rgb.size == (10, 30)
+    else:
+        np.testing.assert_allclose(np.asarray(rgb)[4, 4], expected, atol=3)
+
+
+def test_decode_errors_name_the_problem(tmp_path):
+    with pytest.raises(ValueError, match="0 bytes"):
+        decode_image({"bytes": b"", "path": None})
+    empty = tmp_path / "e.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match="0 bytes"):
+        decode_image({"bytes": None, "path": str(empty)})
+
+
+def test_parquet_source_and_missing_column(tmp_path):
+    import datasets
+
+    paths = write_images(tmp_path / "imgs", 4)
+    table = datasets.Dataset.from_dict({"picture": [str(p) for p in paths]}).cast_column("picture", datasets.Image())
+    table.to_parquet(str(tmp_path / "data.parquet"))
+    source = load_image_source(str(tmp_path / "data.parquet"), image_column="picture")
+    samples = take(PaKAViewStream(source, small_transform()), 4)
+    assert len(samples) == 4
+    with pytest.raises(ValueError, match="no column 'image'.*--image_column_name"):
+        load_image_source(str(tmp_path / "data.parquet"))
+
+
+def test_stream_resumes_exactly_where_it_stopped(tmp_path):
+    write_images(tmp_path / "imgs", 7)
+    add_bad_files(tmp_path / "imgs")
+    source = load_image_source(str(tmp_path / "imgs"))
+    full = take(PaKAViewStream(source, small_transform(), seed=3, shuffle_buffer_size=4), 12)
+    collate = PaKACollator()
+    state = StreamState.fresh(0, 1)
+    for i in range(0, 6, 2):  # consume three batches of 2
+        state.record(collate(full[i : i + 2]))
+    resumed = take(PaKAViewStream(source, small_transform(), seed=3, shuffle_buffer_size=4, state=state), 6)
+    for a, b in zip(full[6:], resumed):
+        assert torch.equal(a["local_views"], b["local_views"])
+        assert torch.equal(a["global_boxes"], b["global_boxes"])
+    assert state.images_skipped == sum(s["num_skipped"] for s in full[:6])
+
+
+def test_resume_with_other_worker_count_is_refused(tmp_path):
+    write_images(tmp_path / "imgs", 2)
+    source = load_image_source(str(tmp_path / "imgs"))
+    with pytest.raises(ValueError, match="same number of processes and dataloader_num_workers"):
+        PaKAViewStream(source, small_transform(), num_workers=2, state=StreamState.fresh(0, 1))
+
+
+def test_workers_read_disjoint_rows_and_batches_keep_one_stream(tmp_path):
+    write_images(tmp_path / "imgs", 8)
+    source = load_image_source(str(tmp_path / "imgs"))
+    stream = PaKAViewStream(source, small_transform(), num_workers=2, record_keys=True)
+    loader = torch.utils.data.DataLoader(stream, batch_size=2, num_workers=2, collate_fn=PaKACollator())
+    batches = []
+    for batch in loader:
+        batches.append(batch)
+        if len(batches) == 4:
+            break
+    assert [int(b["stream_index"]) for b in batches] == [0, 1, 0, 1]
+    keys = [k for b in batches for k in b["image_keys"]]
+    assert len(keys) == len(set(keys)) == 8
+
+
+def test_empty_source_raises_a_clear_error(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "bad.jpg").write_bytes(b"nope")
+    source = load_image_source(str(folder))
+    with pytest.raises(RuntimeError, match="no decodable image"):
+        take(PaKAViewStream(source, small_transform()), 1)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="found no images"):
+        load_image_source(str(empty))

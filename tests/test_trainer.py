@@ -1,0 +1,232 @@
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModel, TrainerCallback, pipeline
+
+from conftest import REPO_ROOT, tiny_dinov2_config
+from paka_hf import PaKAConfig, PaKATrainer
+from paka_hf.trainer import CHECKPOINT_MARKER, complete_checkpoints
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("assets")
+    config = tiny_dinov2_config(registers=2)
+    config.drop_path_rate = 0.0
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(root / "model")
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir()
+    for i in range(16):
+        h, w = int(rng.integers(40, 90)), int(rng.integers(40, 90))
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / "images" / f"{i:02d}.jpg")
+    return root
+
+
+def run_config(assets, output_dir, **overrides) -> PaKAConfig:
+    values = dict(
+        output_dir=str(output_dir),
+        model_name_or_path=str(assets / "model"),
+        dataset_name=str(assets / "images"),
+        max_steps=6,
+        per_device_train_batch_size=2,
+        global_size=56,
+        local_size=28,
+        n_local=2,
+        head_hidden_dim=32,
+        head_out_dim=16,
+        learning_rate=1e-3,
+        head_learning_rate=1e-2,
+        teacher_momentum=0.9,
+        drop_path_rate=0.1,
+        dataloader_num_workers=0,
+        shuffle_buffer_size=8,
+        logging_steps=2,
+        save_steps=3,
+        save_total_limit=3,
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    values.update(overrides)
+    return PaKAConfig(**values)
+
+
+def states(trainer):
+    model = trainer.model
+    return {k: v.clone() for k, v in model.student.state_dict().items()}, {
+        k: v.clone() for k, v in model.teacher.state_dict().items()
+    }
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_ema_runs_once_per_optimizer_step_with_gradient_accumulation(assets, tmp_path):
+    trainer = PaKATrainer(args=run_config(assets, tmp_path, max_steps=3, gradient_accumulation_steps=4, save_steps=100))
+    initial_teacher = {k: v.clone() for k, v in trainer.model.teacher.state_dict().items()}
+    trainer.train()
+    assert trainer.state.global_step == 3
+    assert trainer.ema_callback.updates == 3
+    assert trainer.stream_state.batches_consumed == 12
+    teacher, student = trainer.model.teacher.state_dict(), trainer.model.student.state_dict()
+    name = "model.encoder.layer.0.attention.q_proj.weight"
+    assert not torch.equal(teacher[name], initial_teacher[name])  # the teacher moved ...
+    assert not torch.equal(teacher[name], student[name])  # ... but trails the student
+    assert all(not p.requires_grad for p in trainer.model.teacher.parameters())
+
+
+def test_logs_and_parameter_groups(assets, tmp_path):
+    trainer = PaKATrainer(args=run_config(assets, tmp_path, max_steps=4, save_steps=100))
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logged) == 2
+    for key in ("cka", "teacher_momentum", "learning_rate", "learning_rate_head", "weight_decay", "images_per_second", "images_skipped"):
+        assert key in logged[-1], key
+    assert 0.0 <= logged[-1]["cka"] <= 1.0
+    groups = {g["name"]: g for g in trainer.optimizer.param_groups}
+    assert set(groups) == {"student/decay", "student/no_decay", "student_head/decay", "student_head/no_decay"}
+    assert groups["student/no_decay"]["weight_decay"] == 0.0
+    assert groups["student/decay"]["weight_decay"] > 0.04  # the cosine schedule has moved it up
+    decayed = {id(p) for p in groups["student/decay"]["params"]}
+    for name, param in trainer.model.student.named_parameters():
+        if name.endswith(".bias") or "layernorm" in name or "norm" in name.split(".")[-2]:
+            assert id(param) not in decayed, name
+    assert all(p.ndim >= 2 for p in groups["student/decay"]["params"])
+    assert all(not p.requires_grad for n, p in trainer.model.student.named_parameters() if n.endswith("mask_token"))
+
+
+@pytest.mark.parametrize("export", ["student", "teacher"])
+def test_export_loads_with_no_custom_code_and_matches(assets, tmp_path, export):
+    trainer = PaKATrainer(args=run_config(assets, tmp_path / "run", max_steps=2, save_steps=100, export=export))
+    trainer.train()
+    out = trainer.export_backbone(tmp_path / "export")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "model.safetensors", "preprocessor_config.json", "training_config.yaml", "training_summary.json",
+    ]
+    loaded = AutoModel.from_pretrained(out).eval()
+    assert loaded.config.drop_path_rate == 0.0  # the training-time stochastic depth is not exported
+    trained = (trainer.model.student if export == "student" else trainer.model.teacher).model.eval()
+    pixels = torch.randn(2, 3, 56, 70)
+    with torch.no_grad():
+        assert torch.equal(loaded(pixel_values=pixels).last_hidden_state, trained(pixel_values=pixels).last_hidden_state)
+    extractor = pipeline("image-feature-extraction", model=str(out), device="cpu")
+    features = extractor(Image.new("RGB", (64, 48), (120, 30, 200)), return_tensors=True)
+    assert features.shape[-1] == 32
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(assets, tmp_path, workers):
+    straight = PaKATrainer(args=run_config(assets, tmp_path / "a", dataloader_num_workers=workers))
+    straight.train()
+    student_a, teacher_a = states(straight)
+
+    first = PaKATrainer(args=run_config(assets, tmp_path / "b", dataloader_num_workers=workers), callbacks=[StopAt(3)])
+    first.train()
+    assert first.state.global_step == 3
+    resumed = PaKATrainer(args=run_config(assets, tmp_path / "b", dataloader_num_workers=workers))
+    resumed.train(resume_from_checkpoint="latest")
+    assert resumed.state.global_step == 6
+    student_b, teacher_b = states(resumed)
+    for name in student_a:
+        assert torch.equal(student_a[name], student_b[name]), f"student {name}"
+    for name in teacher_a:
+        assert torch.equal(teacher_a[name], teacher_b[name]), f"teacher {name}"
+
+
+def test_a_run_killed_while_checkpointing_never_leaves_a_resumable_broken_checkpoint(assets, tmp_path):
+    output = tmp_path / "run"
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(REPO_ROOT / 'tests')!r})
+        from paka_hf import PaKATrainer
+        from test_trainer import run_config
+        from pathlib import Path
+
+        class Killed(PaKATrainer):
+            def _save_rng_state(self, output_dir):
+                if self.state.global_step == 4:
+                    os.kill(os.getpid(), signal.SIGKILL)  # model and optimizer written, marker not
+                return super()._save_rng_state(output_dir)
+
+        Killed(args=run_config(Path({str(tmp_path)!r}), {str(output)!r}, save_steps=2)).train()
+        """
+    )
+    # the assets of this module live elsewhere: link them where the script looks
+    (tmp_path / "model").symlink_to(assets / "model")
+    (tmp_path / "images").symlink_to(assets / "images")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    assert (output / "checkpoint-4" / "model.safetensors").exists()
+    assert not (output / "checkpoint-4" / CHECKPOINT_MARKER).exists()
+    assert [p.name for p in complete_checkpoints(output)] == ["checkpoint-2"]
+
+    trainer = PaKATrainer(args=run_config(tmp_path, output, save_steps=2))
+    with pytest.raises(ValueError, match="not a complete PaKA checkpoint.*newest complete one is .*checkpoint-2"):
+        trainer.train(resume_from_checkpoint=str(output / "checkpoint-4"))
+    assert trainer.resolve_checkpoint("latest").endswith("checkpoint-2")
+    trainer.train(resume_from_checkpoint="latest")
+    assert trainer.state.global_step == 6
+
+
+def test_config_errors_say_what_to_change(assets, tmp_path):
+    with pytest.raises(ValueError, match=r"min_intersection must be in \[0, 1\]"):
+        run_config(assets, tmp_path, min_intersection=1.2)
+    with pytest.raises(ValueError, match="fraction of the teacher kept"):
+        run_config(assets, tmp_path, teacher_momentum=1.5)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        run_config(assets, tmp_path, loss="mse")
+    with pytest.raises(ValueError, match="set max_steps, or dataset_num_images"):
+        run_config(assets, tmp_path, max_steps=-1)
+    derived = run_config(assets, tmp_path, max_steps=-1, dataset_num_images=100, num_train_epochs=3)
+    assert derived.max_steps == 150  # ceil(3 * 100 / 2)
+    with pytest.raises(ValueError, match="local_size=30 is not a multiple of the model's patch size 14"):
+        PaKATrainer(args=run_config(assets, tmp_path, local_size=30))
+    with pytest.raises(ValueError, match="remove_unused_columns must be False"):
+        run_config(assets, tmp_path, remove_unused_columns=True)
+
+
+def load_train_script():
+    spec = importlib.util.spec_from_file_location("train_script", REPO_ROOT / "scripts" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_yaml_config_with_command_line_overrides(tmp_path):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(
+        "model_name_or_path: some/model\nmax_steps: 10\nglobal_scale: [0.3, 0.9]\nflip: true\nuse_cpu: true\n"
+        f"output_dir: {tmp_path / 'out'}\n"
+    )
+    config = load_train_script().parse_config(
+        ["--config", str(config_file), "--max_steps", "20", "--min_intersection", "0.5"]
+    )
+    assert config.model_name_or_path == "some/model"
+    assert config.max_steps == 20 and config.min_intersection == 0.5
+    assert config.global_scale == [0.3, 0.9] and config.flip is True
+    assert config.learning_rate == 1e-5 and config.teacher_momentum == 0.9995  # paper defaults
+    with pytest.raises(SystemExit):
+        load_train_script().parse_config(["--config", str(config_file), "--no_such_field", "1"])
+
+
+@pytest.mark.parametrize("name", ["dinov2r_s14_coco.yaml", "dinov2r_b14_coco.yaml", "demo.yaml"])
+def test_shipped_configs_parse(name):
+    config = load_train_script().parse_config(["--config", str(REPO_ROOT / "configs" / name), "--use_cpu", "true"])
+    assert config.max_steps > 0
