@@ -113,6 +113,9 @@ class PaKAConfig(TrainingArguments):
         "Kept True: the stream restores its own position on resume instead of replaying batches.", default=True
     )
     dataloader_num_workers: int = _help("Data-loading worker processes per device.", default=4)
+    ddp_find_unused_parameters: bool | None = _help(
+        "Every trainable parameter is used each step (the mask token is frozen), so DDP need not search.", default=False
+    )
 
     def __post_init__(self):
         self._validate_method_fields()
