@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv test bench-core clean
+.PHONY: venv demo test bench-core bench-train clean
 
 venv: $(VENV)/.installed
 
@@ -14,11 +14,21 @@ $(VENV)/.installed: requirements-ci.txt setup.py
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
+# The main job, offline: generate a tiny model and images in .demo/, post-train, export to out/demo.
+demo: venv
+	$(PY) -m paka_hf.demo .demo
+	rm -rf out/demo
+	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		scripts/train.py --config configs/demo.yaml
+
 test: venv
 	$(PY) -m pytest -q tests
 
 bench-core: venv
 	$(PY) benchmarks/core_step.py
 
+bench-train: venv
+	$(PY) benchmarks/train_step.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info .demo out
