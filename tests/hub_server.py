@@ -153,7 +153,7 @@ class HubStandIn:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="hub-stand-in", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="hub-stand-in", daemon=True)
         self._thread.start()
         self._timer = threading.Timer(self.max_lifetime_s, self.stop)  # stops by itself if a test forgets
         self._timer.daemon = True
