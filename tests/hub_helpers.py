@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 SECRET = "hf_do_not_leak_0123456789abcdef"
+TOKEN = "hf_standin_write_token"  # the write token the stand-in Hub accepts (tests/hub_server.py)
 
 TRAINING_CONFIG = f"""\
 model_name_or_path: facebook/dinov2-with-registers-small
@@ -62,3 +63,19 @@ def make_export_folder(path: Path, config, *, seed: int = 0, summary: bool = Tru
     if summary:
         (path / "training_summary.json").write_text(json.dumps(TRAINING_SUMMARY))
     return model
+
+
+def go_online(monkeypatch, url: str | None = None) -> None:
+    """Let huggingface_hub talk HTTP in this test and, with ``url``, point every Hub call at it.
+
+    tests/conftest.py sets ``HF_HUB_OFFLINE=1`` for the suite. ``HF_ENDPOINT`` is read by paka_hf.hub at
+    call time; the import-time constants are patched for code that uses them directly (the download path
+    of ``transformers`` and ``ModelCard.load``).
+    """
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    if url is not None:
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        monkeypatch.setattr(constants, "ENDPOINT", url)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")

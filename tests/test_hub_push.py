@@ -9,7 +9,6 @@ and Xet (the stand-in takes binary files over classic Git-LFS).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
@@ -18,28 +17,19 @@ import torch
 from huggingface_hub import HfApi, ModelCard, constants
 from transformers import AutoImageProcessor, AutoModel
 
-from hub_helpers import SECRET, eval_file, make_export_folder
+from hub_helpers import SECRET, TOKEN, go_online, eval_file, make_export_folder
 from hub_server import HubStandIn
 from paka_hf import hub
 
-TOKEN = "hf_standin_write_token"
 REPO = "paka-org/dinov2-paka-tiny"
 EXPECTED = {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "training_config.yaml",
             "pictures/pca.png"}
 
 
-def _online(monkeypatch, url: str | None = None) -> None:
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    if url is not None:
-        monkeypatch.setenv("HF_ENDPOINT", url)
-        monkeypatch.setattr(constants, "ENDPOINT", url)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
-
-
 @pytest.fixture
 def server(monkeypatch, tmp_path):
     with HubStandIn(max_lifetime_s=120) as stand_in:
-        _online(monkeypatch, stand_in.url)
+        go_online(monkeypatch, stand_in.url)
         monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
         monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no stray stored token
         monkeypatch.delenv("HF_TOKEN", raising=False)
@@ -191,7 +181,7 @@ def test_push_to_a_branch(server, out):
 def test_regular_upload_route_with_xet_enabled(monkeypatch, tmp_path, out):
     """With lfs=False the stand-in takes every file inline, so the default client (Xet on) works unpatched."""
     with HubStandIn(lfs=False, max_lifetime_s=60) as stand_in:
-        _online(monkeypatch)
+        go_online(monkeypatch)
         monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", False)
         hub.push_to_hub(out, REPO, token=TOKEN, endpoint=stand_in.url, backoff_s=0.01)
         assert stand_in.count("PUT", "") == 0 and stand_in.count("POST", r"lfs") == 0
@@ -220,7 +210,7 @@ def test_real_hub_round_trip(out, tmp_path, monkeypatch):
     """Push to a private repo of the token's user on the real Hub, download, compare, delete the repo."""
     import uuid
 
-    _online(monkeypatch)
+    go_online(monkeypatch)
     monkeypatch.delenv("HF_ENDPOINT", raising=False)
     endpoint = "https://huggingface.co"
     api = HfApi(endpoint=endpoint)
