@@ -572,6 +572,8 @@ def _is_transient(err: BaseException) -> bool:
         return status == 429 or status >= 500
     if isinstance(err, (httpx2.TransportError, ConnectionError, TimeoutError)):
         return True
+    if isinstance(err, json.JSONDecodeError):  # an HTML error page from a gateway instead of the Hub's JSON
+        return True
     cause = err.__cause__ or err.__context__
     return cause is not None and cause is not err and _is_transient(cause)
 

@@ -111,6 +111,8 @@ class Fault:
     pattern: re.Pattern
     status: int  # HTTP status to answer, or 0 to drop the connection without an answer
     times: int  # remaining; -1 forever
+    after: bool = False  # handle the request normally, then drop the connection instead of answering
+    body: bytes = b'{"error": "injected failure"}'
     hits: int = 0
 
 
@@ -182,10 +184,16 @@ class HubStandIn:
 
     # ----- test helpers -----
 
-    def fail(self, method: str, path_regex: str, status: int = 500, times: int = 1) -> Fault:
+    def fail(
+        self, method: str, path_regex: str, status: int = 500, times: int = 1, *, after: bool = False,
+        body: bytes | None = None,
+    ) -> Fault:
         """Answer the next ``times`` requests matching ``method`` and ``path_regex`` with ``status``
-        (``times=-1``: all of them; ``status=0``: close the connection without answering)."""
-        fault = Fault(method.upper(), re.compile(path_regex), status, times)
+        (``times=-1``: all of them; ``status=0``: close the connection without answering; ``after=True``:
+        carry the request out, then lose the answer; ``body``: the error body, JSON by default)."""
+        fault = Fault(method.upper(), re.compile(path_regex), status, times, after)
+        if body is not None:
+            fault.body = body
         with self.lock:
             self.faults.append(fault)
         return fault
@@ -279,7 +287,17 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
+    def _drop(self) -> None:
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
     def _send(self, status: int, body: bytes = b"", headers: dict | None = None, content_type="application/json"):
+        if getattr(self, "_lose_answer", False):  # the work is done, the answer is lost on the way
+            self.hub.requests.append((self.command, urlsplit(self.path).path, 0))
+            return self._drop()
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -297,16 +315,13 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         body = self._read_body() if self.command in ("POST", "PUT") else b""
         fault = self.hub._match_fault(self.command, path)
-        if fault is not None:
+        self._lose_answer = fault is not None and fault.after
+        if fault is not None and not fault.after:
             if fault.status == 0:  # drop the connection: the client sees a protocol/network error
                 self.hub.requests.append((self.command, path, 0))
-                self.close_connection = True
-                try:
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                return
-            return self._json(fault.status, {"error": "injected failure"}, {"X-Error-Message": "injected failure"})
+                return self._drop()
+            return self._send(fault.status, fault.body, {"X-Error-Message": "injected failure"},
+                              content_type="application/json" if fault.body.startswith(b"{") else "text/html")
         try:
             self._route(path, body)
         except _HubError as err:

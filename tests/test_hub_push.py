@@ -115,6 +115,25 @@ def test_transient_failures_are_retried(server, out, caplog):
     assert caplog.text.count("retry") == 3
 
 
+def test_lost_commit_answer_is_retried_without_a_duplicate_commit(server, out, tiny_config):
+    """The commit lands but its answer is lost: the retry finds nothing changed and reports the same commit."""
+    _push(out)
+    make_export_folder(out, tiny_config(registers=4), seed=3)
+    server.fail("POST", r"/commit/", after=True, times=1)
+    info = _push(out, commit_message="Update")
+    titles = [c.title for c in HfApi(endpoint=server.url).list_repo_commits(REPO, token=TOKEN)]
+    assert titles == ["Update", hub.DEFAULT_COMMIT_MESSAGE, "initial commit"]  # exactly one new commit
+    assert info.oid == server.head(REPO)
+    assert server.snapshot(REPO)["model.safetensors"] == (out / "model.safetensors").read_bytes()
+
+
+def test_gateway_error_page_is_retried(server, out):
+    """A 502 with an HTML body (a proxy, not the Hub) on the README check is transient too."""
+    server.fail("POST", r"/api/validate-yaml", status=502, times=1, body=b"<html>502 Bad Gateway</html>")
+    info = _push(out)
+    assert server.head(REPO) == info.oid and server.count("POST", r"/api/validate-yaml") == 2
+
+
 @pytest.mark.parametrize("case", ["no-token", "wrong-token", "foreign-namespace"])
 def test_authentication_errors_say_how_to_log_in(server, out, case, capsys, caplog):
     caplog.set_level(logging.DEBUG)
