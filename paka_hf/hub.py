@@ -180,8 +180,8 @@ _PICTURE_TEXT = {
     ),
     "clusters": (
         "Overclustering",
-        "k-means on the L2-normalised patch tokens of each model (one clustering per image), overlaid on the "
-        "image. Segments that follow object boundaries indicate semantically grouped features.",
+        "k-means on the L2-normalised patch tokens of each model (one clustering over all images shown), "
+        "overlaid on the images. Segments that follow object boundaries indicate semantically grouped features.",
     ),
     "retrieval": (
         "Nearest-patch retrieval",
@@ -192,10 +192,13 @@ _PICTURE_TEXT = {
 
 
 def find_pictures(output_dir: str | os.PathLike) -> list[Picture]:
-    """The PNG files under ``output_dir/pictures`` (sorted), titled from their name prefix."""
+    """The PNG files under ``output_dir/pictures`` (PCA, clusters, retrieval first), titled by name prefix."""
     folder = Path(output_dir) / PICTURES_DIR
+    order = {kind: i for i, kind in enumerate(_PICTURE_TEXT)}  # pca, clusters, retrieval, then the rest
+    pngs = sorted(folder.glob("*.png"), key=lambda p: (order.get(p.stem.split("_")[0], len(order)), p.name)) \
+        if folder.is_dir() else []
     pictures = []
-    for png in sorted(folder.glob("*.png")) if folder.is_dir() else []:
+    for png in pngs:
         kind = png.stem.split("_")[0]
         title, caption = _PICTURE_TEXT.get(kind, (png.stem.replace("_", " ").capitalize(), ""))
         pictures.append(Picture(path=f"{PICTURES_DIR}/{png.name}", title=title, caption=caption))

@@ -130,6 +130,7 @@ def test_card_embeds_pictures(export_dir):
     for name in ("pca.png", "clusters.png", "retrieval.png"):
         assert f"](pictures/{name})" in text
     assert "PCA of patch features" in text and "Overclustering" in text and "Nearest-patch retrieval" in text
+    assert text.index("pictures/pca.png") < text.index("pictures/clusters.png") < text.index("pictures/retrieval.png")
 
 
 def test_eval_results_errors_name_the_file(tmp_path):

@@ -224,6 +224,41 @@ def test_push_from_training_args(server, out):
     assert "End of training" == HfApi(endpoint=server.url).list_repo_commits(REPO, token=TOKEN)[0].title
 
 
+def test_training_callback_and_final_push_end_to_end(server, tmp_path, tiny_config):
+    """every_save pushes the exported student at each save; the final push after evaluation adds results."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from hub_helpers import TRAINING_CONFIG
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "training_config.yaml").write_text(TRAINING_CONFIG)
+    torch.manual_seed(0)
+    student = AutoModel.from_config(tiny_config()).eval()
+    args = TrainingArguments(output_dir=str(run), push_to_hub=True, hub_model_id=REPO, hub_strategy="every_save",
+                             hub_token=TOKEN, report_to=[])
+    callback = hub.HubPushCallback.from_training_args(
+        args, export_fn=lambda d: hub.save_backbone(student, d), backoff_s=0.01)
+    state = TrainerState()
+    for step in (5, 10):
+        state.global_step = step
+        with torch.no_grad():
+            student.embeddings.cls_token.add_(1.0)  # "training" changes the weights between saves
+        callback.on_save(args, state, TrainerControl())
+    assert len(callback.pushes) == 2
+    assert not (run / "README.md").exists()  # in-progress pushes stage their files outside the run folder
+
+    hub.save_backbone(student, run)  # final export, then evaluation, then the final push
+    info = hub.push_from_training_args(run, args, eval_results=[eval_file(REPO, 44.0, 35.0)], backoff_s=0.01)
+    titles = [c.title for c in HfApi(endpoint=server.url).list_repo_commits(REPO, token=TOKEN)]
+    assert titles == ["End of training", "Training in progress, step 10", "Training in progress, step 5",
+                      "initial commit"]
+    assert info.oid == server.head(REPO)
+    card = ModelCard.load(REPO)
+    assert card.data.pipeline_tag == "image-feature-extraction" and card.data.eval_results[0].metric_value == 44.0
+    assert server.snapshot(REPO)["model.safetensors"] == (run / "model.safetensors").read_bytes()
+
+
 @pytest.mark.skipif(not os.environ.get("HF_TOKEN"), reason="real-Hub test: set HF_TOKEN (and network) to run it")
 def test_real_hub_round_trip(out, tmp_path, monkeypatch):
     """Push to a private repo of the token's user on the real Hub, download, compare, delete the repo."""
