@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from transformers import TrainerCallback
 
 logger = logging.getLogger(__name__)
 
@@ -728,8 +729,7 @@ def push_to_hub(
 _SUPPORTED_STRATEGIES = ("end", "every_save")
 
 
-def _hub_settings(args: Any) -> dict[str, Any]:
-    strategy = getattr(args, "hub_strategy", "every_save")
+def _check_strategy(strategy: Any) -> str:
     strategy = getattr(strategy, "value", strategy)  # transformers.trainer_utils.HubStrategy enum
     if strategy not in _SUPPORTED_STRATEGIES:
         raise ValueError(
@@ -737,6 +737,11 @@ def _hub_settings(args: Any) -> dict[str, Any]:
             "upload Trainer checkpoints (optimizer and RNG state are pickles, and the teacher and head are not "
             "a loadable model). Use 'every_save' (push the exported backbone at every save) or 'end'."
         )
+    return strategy
+
+
+def _hub_settings(args: Any) -> dict[str, Any]:
+    strategy = _check_strategy(getattr(args, "hub_strategy", "every_save"))
     repo_id = getattr(args, "hub_model_id", None)
     if not repo_id:
         raise ValueError(
@@ -780,15 +785,7 @@ def push_from_training_args(
     )
 
 
-def _load_trainer_callback_base():
-    try:
-        from transformers import TrainerCallback
-    except ImportError:  # pragma: no cover - transformers is a hard dependency
-        return object
-    return TrainerCallback
-
-
-class HubPushCallback(_load_trainer_callback_base()):
+class HubPushCallback(TrainerCallback):
     """Push the exported backbone at every save (``hub_strategy="every_save"``), through :func:`push_to_hub`.
 
     At each ``on_save`` on process zero, ``export_fn(staging_dir)`` writes the current backbone (use
@@ -815,8 +812,7 @@ class HubPushCallback(_load_trainer_callback_base()):
         push_fn: Callable[..., Any] | None = None,
         **push_kwargs: Any,
     ):
-        if strategy not in _SUPPORTED_STRATEGIES:
-            _hub_settings(type("A", (), {"hub_strategy": strategy, "hub_model_id": repo_id})())  # raises
+        strategy = _check_strategy(strategy)
         self.repo_id, self.strategy, self.private, self.revision = repo_id, strategy, private, revision
         self._token = token
         self.export_fn = export_fn

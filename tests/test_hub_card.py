@@ -212,6 +212,8 @@ def test_callback_end_strategy_and_disabled(tmp_path):
 def test_training_settings_are_validated(tmp_path):
     with pytest.raises(ValueError, match="'every_save'.*'end'"):
         hub.HubPushCallback.from_training_args(_args(tmp_path, hub_strategy="checkpoint"))
+    with pytest.raises(ValueError, match="pickles"):
+        hub.HubPushCallback("paka-org/run", strategy="all_checkpoints")
     with pytest.raises(ValueError, match="hub_model_id"):
         hub.push_from_training_args(tmp_path, _args(tmp_path, hub_model_id=None))
 
