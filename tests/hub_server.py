@@ -6,7 +6,7 @@ No Hub-compatible server installs from a package registry (SPEC §3), so this is
 
 =========================================================  ==============================================
 ``GET  /api/whoami-v2``                                     who the bearer token belongs to
-``POST /api/repos/create``                                  create a model repository (409 if it exists)
+``POST /api/repos/create``, ``DELETE /api/repos/delete``    create (409 if it exists) / delete a model repo
 ``POST /api/validate-yaml``                                 README metadata check run by ``create_commit``
 ``POST /api/models/{repo}/preupload/{rev}``                 per-file upload mode ("lfs" / "regular") and
                                                             the remote oid, so unchanged files are skipped
@@ -313,7 +313,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self):
         path = urlsplit(self.path).path
-        body = self._read_body() if self.command in ("POST", "PUT") else b""
+        body = self._read_body() if self.command in ("POST", "PUT", "DELETE") else b""
         fault = self.hub._match_fault(self.command, path)
         self._lose_answer = fault is not None and fault.after
         if fault is not None and not fault.after:
@@ -330,7 +330,7 @@ class _Handler(BaseHTTPRequestHandler):
                 headers["X-Error-Code"] = err.code
             self._json(err.status, {"error": err.message}, headers)
 
-    do_GET = do_POST = do_PUT = do_HEAD = _handle
+    do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = _handle
 
     # ----- routes -----
 
@@ -341,6 +341,7 @@ class _Handler(BaseHTTPRequestHandler):
         routes = [
             ("GET", r"/api/whoami-v2", self.whoami),
             ("POST", r"/api/repos/create", self.create_repo),
+            ("DELETE", r"/api/repos/delete", self.delete_repo),
             ("POST", r"/api/validate-yaml", self.validate_yaml),
             ("POST", rf"/api/models/{self._REPO}/preupload/(?P<rev>.+)", self.preupload),
             ("POST", rf"/api/models/{self._REPO}/commit/(?P<rev>.+)", self.commit),
@@ -386,6 +387,14 @@ class _Handler(BaseHTTPRequestHandler):
         repo.branches["main"] = initial.oid
         self.hub.repos[repo_id] = repo
         self._json(200, {"url": f"{self.hub.url}/{repo_id}", "name": repo_id, "id": repo_id})
+
+    def delete_repo(self, body):
+        payload = json.loads(body or b"{}")
+        user = self.hub._require_user(self.headers)
+        repo_id = f"{payload.get('organization') or user}/{payload['name']}"
+        self.hub._repo(repo_id, self.headers, write=True)  # 404 / 403 as the Hub would
+        del self.hub.repos[repo_id]
+        self._json(200, {})
 
     def validate_yaml(self, body):
         content = json.loads(body).get("content", "")

@@ -259,22 +259,17 @@ def test_training_callback_and_final_push_end_to_end(server, tmp_path, tiny_conf
     assert server.snapshot(REPO)["model.safetensors"] == (run / "model.safetensors").read_bytes()
 
 
-@pytest.mark.skipif(not os.environ.get("HF_TOKEN"), reason="real-Hub test: set HF_TOKEN (and network) to run it")
-def test_real_hub_round_trip(out, tmp_path, monkeypatch):
-    """Push to a private repo of the token's user on the real Hub, download, compare, delete the repo."""
+def _round_trip(out, tmp_path, endpoint: str) -> None:
+    """Push to a new private repo of the token's user, list, download, compare outputs, delete the repo."""
     import uuid
 
-    go_online(monkeypatch)
-    monkeypatch.delenv("HF_ENDPOINT", raising=False)
-    endpoint = "https://huggingface.co"
     api = HfApi(endpoint=endpoint)
     user = api.whoami()["name"]
     repo = f"{user}/paka-hf-test-{uuid.uuid4().hex[:8]}"
     try:
         hub.push_to_hub(out, repo, private=True, endpoint=endpoint)
-        files = set(api.list_repo_files(repo))
-        assert files == EXPECTED | {".gitattributes"}
-        local_dir = api.snapshot_download(repo, local_dir=tmp_path / "dl")
+        assert set(api.list_repo_files(repo)) == EXPECTED | {".gitattributes"}
+        local_dir = api.snapshot_download(repo, local_dir=tmp_path / "download")
         remote = AutoModel.from_pretrained(local_dir).eval()
         local = AutoModel.from_pretrained(out).eval()
         pixels = torch.randn(1, 3, 56, 56)
@@ -283,3 +278,21 @@ def test_real_hub_round_trip(out, tmp_path, monkeypatch):
                                local(pixel_values=pixels).last_hidden_state)
     finally:
         api.delete_repo(repo, missing_ok=True)
+    assert not api.repo_exists(repo)
+
+
+def test_round_trip_helper_on_the_stand_in(server, out, tmp_path, monkeypatch):
+    """The exact code of the real-Hub test, run against the stand-in (token from HF_TOKEN, as there)."""
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    server.orgs.clear()  # the repo goes under the token's own user, as on the real Hub
+    _round_trip(out, tmp_path, server.url)
+    assert server.repos == {}
+
+
+@pytest.mark.skipif(not os.environ.get("HF_TOKEN"), reason="real-Hub test: set HF_TOKEN (and have network) to run it")
+def test_real_hub_round_trip(out, tmp_path, monkeypatch):
+    """Against huggingface.co itself, with the token in HF_TOKEN (needs network and write access)."""
+    go_online(monkeypatch)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", False)
+    _round_trip(out, tmp_path, constants._HF_DEFAULT_ENDPOINT)
