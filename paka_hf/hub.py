@@ -256,15 +256,22 @@ def split_eval_results(
     """Split evaluation files into (base, adapted) result entries.
 
     A file whose ``model`` is ``base_model`` (same string or same local folder) holds base results; every
-    other file is taken as the adapted model's. ``adapted_model`` (repo id or output folder), when given,
-    also claims files that name it, which matters only if a file names neither.
+    other file is taken as the adapted model's (a file naming ``adapted_model`` never counts as base, in
+    case both names point at one folder). When several entries measure the same thing (same protocol,
+    dataset, split and metric), the one from the later file wins, so re-running an evaluation and passing
+    both files does not list a result twice.
     """
-    base, adapted = [], []
+    base: dict[tuple, dict] = {}
+    adapted: dict[tuple, dict] = {}
     for data in files:
         model = data.get("model")
         is_base = _same_model(model, base_model) and not _same_model(model, adapted_model)
-        (base if is_base else adapted).extend(dict(r) for r in data["results"])
-    return base, adapted
+        target = base if is_base else adapted
+        for entry in data["results"]:
+            key = _result_key(entry)
+            target.pop(key, None)  # keep the order of the latest occurrence
+            target[key] = dict(entry)
+    return list(base.values()), list(adapted.values())
 
 
 def _result_key(entry: Mapping[str, Any]) -> tuple:
@@ -468,8 +475,9 @@ def render_model_card(
     base_entries, adapted_entries = split_eval_results(
         load_eval_results(eval_sources), base_model=base_source, adapted_model=adapted_ref
     )
-    for data in load_eval_results(base_eval_results):
-        base_entries.extend(dict(r) for r in data["results"])
+    forced = [dict(r) for data in load_eval_results(base_eval_results) for r in data["results"]]
+    if forced:
+        base_entries = list({**{_result_key(e): e for e in base_entries}, **{_result_key(e): e for e in forced}}.values())
 
     model_name = repo_id.split("/")[-1] if repo_id else out.resolve().name
     card_data = ModelCardData(

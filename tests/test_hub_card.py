@@ -133,6 +133,22 @@ def test_card_embeds_pictures(export_dir):
     assert text.index("pictures/pca.png") < text.index("pictures/clusters.png") < text.index("pictures/retrieval.png")
 
 
+def test_split_eval_results_dedupes_and_finds_the_base():
+    base = eval_file("facebook/dinov2-with-registers-small", 40.0, 30.0)
+    first, rerun = eval_file("out/", 41.0, 31.0), eval_file("out/", 42.0, 32.0)
+    b, a = hub.split_eval_results([base, first, rerun], base_model="facebook/dinov2-with-registers-small")
+    assert [e["value"] for e in b] == [40.0, 30.0]
+    assert [e["value"] for e in a] == [42.0, 32.0]  # the re-run replaces the first run
+
+
+def test_base_eval_results_force_the_base_column(export_dir):
+    out, _ = export_dir
+    card = hub.render_model_card(out, "paka-org/x", eval_results=[eval_file("paka-org/x", 45.0, 35.0)],
+                                 base_eval_results=[eval_file("/some/local/copy/of/the/base", 41.0, 31.0)])
+    assert "| linear | CamVid | val | mIoU (linear) | 41.0 | 45.0 | +4.0 |" in card.text
+    assert {r.metric_value for r in card.data.eval_results} == {45.0, 35.0}
+
+
 def test_eval_results_errors_name_the_file(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"model": "x"}))
