@@ -885,3 +885,67 @@ class HubPushCallback(TrainerCallback):
                 shutil.copy2(checkpoint / name, staging / name)
         if not (staging / "preprocessor_config.json").is_file():
             default_image_processor().save_pretrained(staging)
+
+
+class HubPushMixin:
+    """Route a ``Trainer`` subclass's Hub settings through :mod:`paka_hf.hub` instead of ``Trainer``'s own push.
+
+    ``Trainer`` would upload the whole output folder (``training_args.bin`` is a pickle, checkpoints hold the
+    teacher and head) and overwrite ``README.md`` with its generic card. Put this mixin before ``Trainer``
+    and define ``export_backbone(output_dir)``::
+
+        class PaKATrainer(HubPushMixin, Trainer):
+            def export_backbone(self, output_dir):
+                save_backbone(self.student_backbone, output_dir, self.processing_class)
+
+    Then, with ``push_to_hub=True`` in the arguments: ``hub_strategy="every_save"`` pushes the exported backbone
+    at every save (a :class:`HubPushCallback` is added when ``Trainer.__init__`` calls ``init_hf_repo``);
+    ``trainer.push_to_hub(eval_results=[...])`` after evaluation exports and pushes with the PaKA card
+    (``trainer.save_model()`` calls it too, as in ``Trainer``). The repository is created by the first push.
+    """
+
+    def export_backbone(self, output_dir: str) -> None:  # pragma: no cover - the trainer defines it
+        raise NotImplementedError(
+            f"{type(self).__name__} must define export_backbone(output_dir), e.g. "
+            "paka_hf.hub.save_backbone(student_backbone, output_dir, processing_class)"
+        )
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        self.hub_model_id = self.args.hub_model_id
+        self.push_in_progress = None
+        _hub_settings(self.args)  # fail at start-up, not at the first save, on a bad hub_strategy / missing id
+        callback = HubPushCallback.from_training_args(self.args, export_fn=self.export_backbone)
+        if callback is not None and callback.strategy == "every_save":
+            self.add_callback(callback)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        return  # HubPushCallback pushes the exported backbone, not the checkpoint folder
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        eval_results: Iterable[str | os.PathLike | Mapping[str, Any]] = (),
+        **kwargs: Any,
+    ):
+        """Export the backbone to ``args.output_dir`` and push it with the PaKA card (process zero only)."""
+        if not self.is_world_process_zero():
+            return None
+        if getattr(self.args, "hub_model_id", None) is None:
+            raise ValueError("set hub_model_id (org/name) in the training config to push to the Hub")
+        settings = _hub_settings(self.args)
+        self.export_backbone(self.args.output_dir)
+        return push_to_hub(
+            self.args.output_dir,
+            settings["repo_id"],
+            private=settings["private"] if private is None else private,
+            eval_results=eval_results,
+            revision=revision or settings["revision"],
+            token=token or settings["token"],
+            commit_message=commit_message or "End of training",
+            **kwargs,
+        )
+

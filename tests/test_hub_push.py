@@ -296,3 +296,49 @@ def test_real_hub_round_trip(out, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_ENDPOINT", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", False)
     _round_trip(out, tmp_path, constants._HF_DEFAULT_ENDPOINT)
+
+
+def test_trainer_with_mixin_pushes_paka_files_only(server, tmp_path, tiny_config):
+    """A real Trainer run: every_save pushes go through paka_hf.hub, never Trainer's folder upload or card."""
+    from torch import nn
+    from transformers import Trainer, TrainingArguments
+
+    from hub_helpers import TRAINING_CONFIG
+
+    class Wrapper(nn.Module):  # stands in for the PaKA training module: backbone + a loss
+        def __init__(self):
+            super().__init__()
+            self.backbone = AutoModel.from_config(tiny_config())
+
+        def forward(self, pixel_values):
+            return {"loss": self.backbone(pixel_values=pixel_values).last_hidden_state.pow(2).mean()}
+
+    class ToyTrainer(hub.HubPushMixin, Trainer):
+        def export_backbone(self, output_dir):
+            hub.save_backbone(self.model.backbone, output_dir)
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "training_config.yaml").write_text(TRAINING_CONFIG)
+    args = TrainingArguments(output_dir=str(run), push_to_hub=True, hub_model_id=REPO, hub_strategy="every_save",
+                             hub_token=TOKEN, max_steps=2, save_steps=1, per_device_train_batch_size=2,
+                             learning_rate=1e-2, report_to=[], use_cpu=True, disable_tqdm=True, save_only_model=True)
+    data = [{"pixel_values": torch.randn(3, 28, 28)} for _ in range(4)]
+    trainer = ToyTrainer(model=Wrapper(), args=args, train_dataset=data)
+    trainer.train()
+    info = trainer.push_to_hub(eval_results=[eval_file(REPO, 44.0, 35.0)], backoff_s=0.01)
+
+    titles = [c.title for c in HfApi(endpoint=server.url).list_repo_commits(REPO, token=TOKEN)]
+    assert titles == ["End of training", "Training in progress, step 2", "Training in progress, step 1",
+                      "initial commit"]
+    assert info.oid == server.head(REPO)
+    files = server.snapshot(REPO)
+    assert set(files) == {".gitattributes", "README.md", "config.json", "model.safetensors",
+                          "preprocessor_config.json", "training_config.yaml"}
+    assert b"pipeline_tag: image-feature-extraction" in files["README.md"]
+    assert b"generated_from_trainer" not in files["README.md"]
+    remote = AutoModel.from_pretrained(REPO, cache_dir=tmp_path / "cache").eval()
+    pixels = torch.randn(1, 3, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(remote(pixel_values=pixels).last_hidden_state,
+                           trainer.model.backbone.eval()(pixel_values=pixels).last_hidden_state)
