@@ -15,9 +15,10 @@ The end product of PaKA is a plain ``transformers`` DINOv2 on the Hub that anyon
    back-off; 401/403 raise :class:`HubAuthenticationError`, which says how to log in. The token is never
    printed or logged, and token-like keys in ``training_config.yaml`` are redacted before upload.
 
-During training, :class:`HubPushCallback` (``hub_strategy="every_save"``) and
-:func:`push_from_training_args` (end of training, after evaluation) push through the same code, so the
-repository always carries this module's card rather than a bare ``Trainer`` card.
+During training, :class:`HubPushMixin` (mixed into the trainer), :class:`HubPushCallback`
+(``hub_strategy="every_save"``) and :func:`push_from_training_args` (end of training, after evaluation)
+push through the same code, so the repository always carries this module's card rather than a bare
+``Trainer`` card, and never ``Trainer``'s pickles.
 
 Example::
 
