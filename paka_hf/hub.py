@@ -577,13 +577,26 @@ def _status_code(err: BaseException) -> int | None:
     return getattr(response, "status_code", None)
 
 
-def _is_transient(err: BaseException) -> bool:
-    import httpx2
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Network-level exception types of the HTTP client huggingface_hub uses (httpx2 in hub 2.x)."""
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for module_name in ("httpx2", "httpx", "requests"):
+        try:
+            module = __import__(module_name)
+        except ImportError:
+            continue
+        for name in ("TransportError", "ConnectionError", "Timeout"):
+            kind = getattr(module, name, None)
+            if isinstance(kind, type) and issubclass(kind, BaseException):
+                errors.append(kind)
+    return tuple(errors)
 
+
+def _is_transient(err: BaseException) -> bool:
     status = _status_code(err)
     if status is not None:
         return status == 429 or status >= 500
-    if isinstance(err, (httpx2.TransportError, ConnectionError, TimeoutError)):
+    if isinstance(err, _transport_errors()):
         return True
     if isinstance(err, json.JSONDecodeError):  # an HTML error page from a gateway instead of the Hub's JSON
         return True
