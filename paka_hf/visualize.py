@@ -1,0 +1,334 @@
+"""Pictures of dense features for the model card: PCA-to-RGB maps, overclustering overlays, patch retrieval.
+
+Each picture puts the base model and the PaKA-adapted model side by side on the same images, so a reader
+sees what post-training changed:
+
+* ``pca.png`` -- the first three principal components of each model's last-layer patch tokens as RGB
+  (PCA fitted per model, jointly over all images shown, so colours are comparable across images).
+* ``clusters.png`` -- k-means with ``n_clusters`` clusters on the L2-normalised patch tokens of each model
+  (one clustering over all images), overlaid on the images.
+* ``retrieval.png`` -- cosine similarity of every patch to one query patch (white box), for each model,
+  with the ``top_k`` most similar patches of the other images boxed in black.
+
+Only PIL, NumPy and scikit-learn are used (no matplotlib). Example::
+
+    >>> from paka_hf.visualize import make_pictures
+    >>> make_pictures("facebook/dinov2-with-registers-small", "out/", ["a.jpg", "b.jpg"], "out/pictures")
+    {'pca': PosixPath('out/pictures/pca.png'), 'clusters': ..., 'retrieval': ...}
+
+The files go to ``<output_dir>/pictures/`` where :func:`paka_hf.hub.render_model_card` finds and embeds them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from .backbones import PatchBackbone
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# 20 well-separated colours (the "tab20" hues) for cluster overlays.
+PALETTE = np.array(
+    [
+        (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+        (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (174, 199, 232), (255, 187, 120),
+        (152, 223, 138), (255, 152, 150), (197, 176, 213), (196, 156, 148), (247, 182, 210), (199, 199, 199),
+        (219, 219, 141), (158, 218, 229),
+    ],
+    dtype=np.uint8,
+)
+# Anchors of the "viridis" colour map (dark blue = dissimilar, yellow = similar).
+_VIRIDIS = np.array(
+    [(68, 1, 84), (72, 40, 120), (62, 74, 137), (49, 104, 142), (38, 130, 142), (31, 158, 137),
+     (53, 183, 121), (109, 205, 89), (180, 222, 44), (253, 231, 37)],
+    dtype=np.float32,
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Features
+# ----------------------------------------------------------------------------------------------
+
+
+def as_backbone(model: Any, **load_kwargs: Any) -> PatchBackbone:
+    """A :class:`PatchBackbone` in eval mode from a Hub id, a local folder, a transformers model or a backbone."""
+    if isinstance(model, PatchBackbone):
+        backbone = model
+    elif isinstance(model, (str, os.PathLike)):
+        backbone = PatchBackbone.from_pretrained(model, **load_kwargs)
+    else:
+        backbone = PatchBackbone(model)
+    return backbone.eval()
+
+
+def resize_and_crop(image: Image.Image, resolution: int, patch_size: int, resample: int = Image.BICUBIC) -> Image.Image:
+    """Resize so the short side is ``resolution``, then center-crop both sides to multiples of ``patch_size``.
+
+    Use ``resample=Image.NEAREST`` to bring a label mask onto the same pixels as its image.
+    """
+    if resolution < patch_size:
+        raise ValueError(f"resolution {resolution} is smaller than the patch size {patch_size}")
+    scale = resolution / min(image.size)
+    width, height = max(patch_size, round(image.width * scale)), max(patch_size, round(image.height * scale))
+    image = image.resize((width, height), resample)
+    crop_w, crop_h = width // patch_size * patch_size, height // patch_size * patch_size
+    left, top = (width - crop_w) // 2, (height - crop_h) // 2
+    return image.crop((left, top, left + crop_w, top + crop_h))
+
+
+def prepare_image(image: Image.Image | str | os.PathLike, resolution: int, patch_size: int) -> tuple[Image.Image, torch.Tensor]:
+    """:func:`resize_and_crop` an image (RGB) and normalize it with the ImageNet mean and std.
+
+    Returns the resized image (what the pictures show) and its ``(1, 3, H, W)`` tensor.
+    """
+    if not isinstance(image, Image.Image):
+        image = Image.open(image)
+    image = resize_and_crop(image.convert("RGB"), resolution, patch_size)
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    array = (array - np.array(IMAGENET_MEAN, dtype=np.float32)) / np.array(IMAGENET_STD, dtype=np.float32)
+    return image, torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+@torch.no_grad()
+def patch_features(backbone: PatchBackbone, pixel_values: torch.Tensor) -> np.ndarray:
+    """Last-layer patch tokens of one image as an ``(h, w, D)`` float32 array."""
+    param = next(backbone.parameters())
+    grid = backbone(pixel_values.to(device=param.device, dtype=param.dtype))
+    return grid[0].permute(1, 2, 0).float().cpu().numpy()
+
+
+# ----------------------------------------------------------------------------------------------
+# Analyses (pure NumPy / scikit-learn, tested on their own)
+# ----------------------------------------------------------------------------------------------
+
+
+def pca_rgb(feature_maps: Sequence[np.ndarray], clip_percentile: float = 1.0) -> list[np.ndarray]:
+    """Project ``(h, w, D)`` maps on their first 3 principal components (fitted jointly) as uint8 RGB.
+
+    Each component is rescaled to [0, 255] between its ``clip_percentile`` and ``100 - clip_percentile``
+    percentiles over all patches, so a few extreme patches do not wash out the picture. The sign of each
+    component is fixed so its mean over the first image's patches is non-negative, making the colours
+    reproducible.
+    """
+    flat = np.concatenate([f.reshape(-1, f.shape[-1]) for f in feature_maps]).astype(np.float64)
+    if flat.shape[0] < 3 or flat.shape[1] < 3:
+        raise ValueError(f"PCA to RGB needs at least 3 patches and 3 feature dims, got {flat.shape}")
+    mean = flat.mean(0)
+    _, _, vt = np.linalg.svd(flat - mean, full_matrices=False)
+    components = vt[:3]
+    first = feature_maps[0].reshape(-1, flat.shape[1])
+    signs = np.sign(((first - mean) @ components.T).mean(0))
+    components = components * np.where(signs == 0, 1.0, signs)[:, None]
+    projected = (flat - mean) @ components.T
+    low = np.percentile(projected, clip_percentile, axis=0)
+    high = np.percentile(projected, 100 - clip_percentile, axis=0)
+    scaled = np.clip((projected - low) / np.maximum(high - low, 1e-12), 0, 1)
+    out, start = [], 0
+    for f in feature_maps:
+        n = f.shape[0] * f.shape[1]
+        out.append((scaled[start : start + n].reshape(f.shape[0], f.shape[1], 3) * 255).round().astype(np.uint8))
+        start += n
+    return out
+
+
+def _l2_normalize(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def cluster_labels(feature_maps: Sequence[np.ndarray], n_clusters: int, seed: int = 0) -> list[np.ndarray]:
+    """k-means (scikit-learn) on the L2-normalised patch tokens of all maps jointly; ``(h, w)`` int labels."""
+    from sklearn.cluster import KMeans
+
+    flat = np.concatenate([f.reshape(-1, f.shape[-1]) for f in feature_maps])
+    n_clusters = int(min(n_clusters, len(flat)))
+    kmeans = KMeans(n_clusters=n_clusters, n_init=3, random_state=seed).fit(_l2_normalize(flat))
+    out, start = [], 0
+    for f in feature_maps:
+        n = f.shape[0] * f.shape[1]
+        out.append(kmeans.labels_[start : start + n].reshape(f.shape[:2]).astype(np.int64))
+        start += n
+    return out
+
+
+def similarity_maps(feature_maps: Sequence[np.ndarray], query: tuple[int, int, int]) -> list[np.ndarray]:
+    """Cosine similarity of every patch of every map to the query patch ``(image index, row, col)``."""
+    index, row, col = query
+    q = _l2_normalize(feature_maps[index][row, col])
+    return [(_l2_normalize(f) @ q).astype(np.float32) for f in feature_maps]
+
+
+def top_matches(similarity: np.ndarray, k: int) -> list[tuple[int, int]]:
+    """The ``k`` (row, col) positions of highest similarity, best first."""
+    order = np.argsort(similarity.ravel())[::-1][:k]
+    return [tuple(int(v) for v in np.unravel_index(i, similarity.shape)) for i in order]
+
+
+# ----------------------------------------------------------------------------------------------
+# Drawing
+# ----------------------------------------------------------------------------------------------
+
+
+def colorize_labels(labels: np.ndarray) -> np.ndarray:
+    return PALETTE[labels % len(PALETTE)]
+
+
+def colorize_similarity(similarity: np.ndarray, low: float = 0.0, high: float = 1.0) -> np.ndarray:
+    """Map values in [low, high] to viridis RGB (uint8); the fixed range keeps the two models comparable
+    (cosine similarities of dense features are rarely negative, so negatives are clipped to ``low``)."""
+    t = np.clip((similarity - low) / max(high - low, 1e-12), 0, 1) * (len(_VIRIDIS) - 1)
+    lo = np.floor(t).astype(int)
+    hi = np.minimum(lo + 1, len(_VIRIDIS) - 1)
+    frac = (t - lo)[..., None]
+    return (_VIRIDIS[lo] * (1 - frac) + _VIRIDIS[hi] * frac).round().astype(np.uint8)
+
+
+def _upsample(array: np.ndarray, size: tuple[int, int], nearest: bool = False) -> Image.Image:
+    return Image.fromarray(array).resize(size, Image.NEAREST if nearest else Image.BILINEAR)
+
+
+def _blend(image: Image.Image, overlay: Image.Image, alpha: float) -> Image.Image:
+    return Image.blend(image.convert("RGB"), overlay.convert("RGB"), alpha)
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def _box(draw: ImageDraw.ImageDraw, row: int, col: int, cell: tuple[float, float], colour, width: int = 2) -> None:
+    ch, cw = cell
+    draw.rectangle([col * cw, row * ch, (col + 1) * cw - 1, (row + 1) * ch - 1], outline=colour, width=width)
+
+
+def compose_grid(
+    rows: Sequence[Sequence[Image.Image]], column_titles: Sequence[str], row_titles: Sequence[str] | None = None,
+    title: str | None = None, pad: int = 6,
+) -> Image.Image:
+    """Paste equally-sized tiles into a labelled grid on a white background."""
+    tile_w = max(t.width for r in rows for t in r)
+    tile_h = max(t.height for r in rows for t in r)
+    font = _font(max(12, tile_h // 18))
+    text_h = font.getbbox("Ag")[3] + 2 * pad
+    left = 0
+    if row_titles:
+        left = max(int(font.getlength(t)) for t in row_titles) + 2 * pad
+    top = text_h * (2 if title else 1)
+    n_cols = max(len(r) for r in rows)
+    canvas = Image.new("RGB", (left + n_cols * (tile_w + pad) + pad, top + len(rows) * (tile_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((pad, pad), title, fill="black", font=font)
+    for c, name in enumerate(column_titles):
+        x = left + pad + c * (tile_w + pad)
+        draw.text((x + (tile_w - font.getlength(name)) / 2, top - text_h + pad), name, fill="black", font=font)
+    for r, tiles in enumerate(rows):
+        y = top + pad + r * (tile_h + pad)
+        if row_titles:
+            draw.text((pad, y + tile_h / 2 - text_h / 2 + pad), row_titles[r], fill="black", font=font)
+        for c, tile in enumerate(tiles):
+            canvas.paste(tile, (left + pad + c * (tile_w + pad), y))
+    return canvas
+
+
+# ----------------------------------------------------------------------------------------------
+# The three pictures
+# ----------------------------------------------------------------------------------------------
+
+
+def make_pictures(
+    base: Any,
+    adapted: Any,
+    images: Sequence[Image.Image | str | os.PathLike],
+    output_dir: str | os.PathLike,
+    *,
+    resolution: int = 448,
+    n_clusters: int = 10,
+    query: tuple[float, float] = (0.6, 0.5),
+    top_k: int = 5,
+    seed: int = 0,
+    labels: tuple[str, str] = ("Base", "PaKA"),
+) -> dict[str, Path]:
+    """Write ``pca.png``, ``clusters.png`` and ``retrieval.png`` comparing ``base`` and ``adapted``.
+
+    ``base`` / ``adapted``: Hub id, local folder, ``transformers`` DINOv2 model or ``PatchBackbone``.
+    ``images``: paths or PIL images (2–4 read best). ``resolution``: short side in pixels before cropping to
+    multiples of the patch size. ``query``: the query patch of ``retrieval.png`` as (row, col) fractions of
+    the first image. Returns ``{"pca": path, "clusters": path, "retrieval": path}``.
+    """
+    if not images:
+        raise ValueError("make_pictures needs at least one image")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    backbones = [as_backbone(base), as_backbone(adapted)]
+    patch = backbones[0].patch_size
+    if backbones[1].patch_size != patch:
+        raise ValueError(f"base and adapted models have different patch sizes ({patch} vs {backbones[1].patch_size})")
+
+    shown, features = [], [[], []]
+    for image in images:
+        resized, pixels = prepare_image(image, resolution, patch)
+        shown.append(resized)
+        for m, backbone in enumerate(backbones):
+            features[m].append(patch_features(backbone, pixels))
+    size = shown[0].size
+
+    def tiles_for(maps_per_model, render):
+        return [[image] + [render(maps_per_model[m][i], image) for m in range(2)] for i, image in enumerate(shown)]
+
+    paths = {}
+    # 1. PCA to RGB
+    pca = [pca_rgb(features[m]) for m in range(2)]
+    grid = compose_grid(
+        tiles_for(pca, lambda rgb, image: _upsample(rgb, image.size)),
+        ["Image", f"{labels[0]}: PCA", f"{labels[1]}: PCA"],
+    )
+    paths["pca"] = out / "pca.png"
+    grid.save(paths["pca"])
+
+    # 2. Overclustering overlays
+    clusters = [cluster_labels(features[m], n_clusters, seed) for m in range(2)]
+    grid = compose_grid(
+        tiles_for(clusters, lambda lab, image: _blend(image, _upsample(colorize_labels(lab), image.size, True), 0.6)),
+        ["Image", f"{labels[0]}: k-means, K={n_clusters}", f"{labels[1]}: k-means, K={n_clusters}"],
+    )
+    paths["clusters"] = out / "clusters.png"
+    grid.save(paths["clusters"])
+
+    # 3. Nearest-patch retrieval
+    h, w = features[0][0].shape[:2]
+    q = (0, min(h - 1, int(query[0] * h)), min(w - 1, int(query[1] * w)))
+    cell = (size[1] / h, size[0] / w)
+    rows, row_titles = [], []
+    query_tile = shown[0].copy()
+    _box(ImageDraw.Draw(query_tile), q[1], q[2], cell, "white", 3)
+    rows.append([query_tile] + [s for s in shown[1:]])
+    row_titles.append("Images")
+    for m in range(2):
+        sims = similarity_maps(features[m], q)
+        tiles = []
+        for i, (sim, image) in enumerate(zip(sims, shown)):
+            tile = _blend(image, _upsample(colorize_similarity(sim), image.size), 0.7)
+            draw = ImageDraw.Draw(tile)
+            if i == 0:
+                _box(draw, q[1], q[2], cell, "white", 3)
+            else:
+                cell_i = (image.size[1] / sim.shape[0], image.size[0] / sim.shape[1])
+                for r, c in top_matches(sim, top_k):
+                    _box(draw, r, c, cell_i, "black", 2)
+            tiles.append(tile)
+        rows.append(tiles)
+        row_titles.append(labels[m])
+    grid = compose_grid(rows, ["Query image"] + [f"Image {i + 1}" for i in range(1, len(shown))], row_titles)
+    paths["retrieval"] = out / "retrieval.png"
+    grid.save(paths["retrieval"])
+    return paths

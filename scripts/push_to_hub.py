@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""Publish a PaKA training output folder to the Hugging Face Hub in one commit.
+
+Uploads exactly model.safetensors, config.json, preprocessor_config.json, README.md (the model card,
+rendered now from the folder, the training configuration and the evaluation results), pictures/*.png
+(from scripts/visualize.py) and training_config.yaml (token-like values redacted). Nothing else in the
+folder (checkpoints, optimizer state, logs, pickles) is uploaded. The push is a single commit: if it
+fails, the repository is left exactly as it was. Transient HTTP errors are retried with back-off.
+
+Authentication: run `hf auth login` once, or set HF_TOKEN to a token with write access. There is
+deliberately no --token option (command lines are visible to other users of the machine).
+Set HF_ENDPOINT to push to another Hub deployment.
+
+Examples:
+    python scripts/push_to_hub.py out/ --repo_id my-org/dinov2-paka
+    python scripts/push_to_hub.py out/ --repo_id my-org/dinov2-paka --private \\
+        --eval_results eval_base.json eval_paka.json --revision experiment-1
+    python scripts/push_to_hub.py out/ --repo_id my-org/dinov2-paka --dry_run   # card + file list only
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from paka_hf import hub  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="push_to_hub.py",
+        description=__doc__.split("\n\n")[0],
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="training output folder (written by scripts/train.py)")
+    parser.add_argument("--repo_id", "--repo-id", required=True, metavar="ORG/NAME", help="target model repository")
+    parser.add_argument("--private", action="store_true", help="create the repository as private (ignored if it exists)")
+    parser.add_argument("--eval_results", "--eval-results", nargs="+", default=[], metavar="JSON",
+                        help="evaluation results from scripts/evaluate.py, base and adapted model alike "
+                             "(default: OUTPUT_DIR/eval_results*.json)")
+    parser.add_argument("--revision", metavar="BRANCH", help="branch to commit to (created if missing; default main)")
+    parser.add_argument("--commit_message", "--commit-message", default=hub.DEFAULT_COMMIT_MESSAGE,
+                        help=f"commit title (default: {hub.DEFAULT_COMMIT_MESSAGE!r})")
+    parser.add_argument("--license", default="apache-2.0", help="license in the card metadata (default apache-2.0)")
+    parser.add_argument("--base_model", "--base-model", metavar="HUB_ID",
+                        help="base model for the card metadata (default: model_name_or_path of training_config.yaml)")
+    parser.add_argument("--dry_run", "--dry-run", action="store_true",
+                        help="write OUTPUT_DIR/README.md and list what would be uploaded, without contacting the Hub")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.dry_run:
+            files = hub.collect_upload_files(args.output_dir)
+            card = hub.write_model_card(args.output_dir, args.repo_id, eval_results=args.eval_results,
+                                        license=args.license, base_model=args.base_model)
+            print(f"Would push to {args.repo_id} ({args.revision or 'main'}):")
+            for name in sorted([*files, hub.CARD_FILE]):
+                print(f"  {name}")
+            print(f"Model card written to {card}")
+            return 0
+        info = hub.push_to_hub(
+            args.output_dir, args.repo_id, private=args.private, eval_results=args.eval_results,
+            revision=args.revision, commit_message=args.commit_message, license=args.license,
+            base_model=args.base_model,
+        )
+    except hub.HubAuthenticationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"Pushed {args.repo_id}: {info.commit_url}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

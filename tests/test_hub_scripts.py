@@ -1,0 +1,95 @@
+"""The two command-line entry points: scripts/push_to_hub.py and scripts/visualize.py (run in-process)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hub_helpers import TOKEN, go_online, eval_file, make_export_folder
+from hub_server import HubStandIn
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def out(tmp_path, tiny_config):
+    folder = tmp_path / "out"
+    make_export_folder(folder, tiny_config())
+    return folder
+
+
+def test_push_script_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _load("push_to_hub").main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("OUTPUT_DIR", "--repo_id", "--private", "--eval_results", "--revision", "hf auth login", "HF_TOKEN"):
+        assert option in text
+
+
+def test_push_script_pushes_with_env_token(out, tmp_path, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    (tmp_path / "base.json").write_text(json.dumps(eval_file("facebook/dinov2-with-registers-small", 40.0, 30.0)))
+    (tmp_path / "paka.json").write_text(json.dumps(eval_file(str(out), 43.0, 34.0)))
+    with HubStandIn(max_lifetime_s=60) as server:
+        go_online(monkeypatch, server.url)
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        code = _load("push_to_hub").main([str(out), "--repo_id", "paka-org/cli", "--private", "--eval_results",
+                                          str(tmp_path / "base.json"), str(tmp_path / "paka.json")])
+        assert code == 0
+        files = server.snapshot("paka-org/cli")
+        assert server.repos["paka-org/cli"].private
+    assert set(files) == {".gitattributes", "README.md", "config.json", "model.safetensors",
+                          "preprocessor_config.json", "training_config.yaml"}
+    assert b"| 40.0 | 43.0 | +3.0 |" in files["README.md"]
+    captured = capsys.readouterr()
+    assert "Pushed paka-org/cli" in captured.out and TOKEN not in captured.out + captured.err
+
+
+def test_push_script_auth_failure_exit_code(out, tmp_path, monkeypatch, capsys):
+    with HubStandIn(max_lifetime_s=60) as server:
+        go_online(monkeypatch, server.url)
+        monkeypatch.setenv("HF_TOKEN", "hf_not_a_valid_token")
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+        assert _load("push_to_hub").main([str(out), "--repo_id", "paka-org/cli"]) == 1
+    err = capsys.readouterr().err
+    assert "hf auth login" in err and "hf_not_a_valid_token" not in err
+
+
+def test_push_script_dry_run_contacts_nobody(out, capsys, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # would fail if anything were sent
+    assert _load("push_to_hub").main([str(out), "--repo_id", "paka-org/cli", "--dry_run"]) == 0
+    text = capsys.readouterr().out
+    assert "model.safetensors" in text and "README.md" in text and (out / "README.md").is_file()
+
+
+def test_visualize_script_writes_pictures_the_card_embeds(out, tmp_path, tiny_config, capsys):
+    from paka_hf.hub import render_model_card
+
+    base = tmp_path / "base"
+    make_export_folder(base, tiny_config(), seed=5)
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(images / f"{i}.jpg")
+    code = _load("visualize").main([str(out), "--base", str(base), "--image_dir", str(images), "--num_images", "2",
+                                    "--resolution", "42", "--n_clusters", "3"])
+    assert code == 0
+    assert sorted(p.name for p in (out / "pictures").iterdir()) == ["clusters.png", "pca.png", "retrieval.png"]
+    text = render_model_card(out).text
+    assert "](pictures/pca.png)" in text and "](pictures/retrieval.png)" in text
