@@ -29,6 +29,7 @@ setup(
         "scipy>=1.10",
         "scikit-learn>=1.3",
         "tqdm>=4.60",
+        "jinja2>=3.0",
     ],
     extras_require={"test": ["pytest>=8.0"]},
     classifiers=[

@@ -40,12 +40,12 @@ import safetensors.torch
 import torch
 import yaml
 from torch.utils.data import DataLoader
-from transformers import AutoImageProcessor, BitImageProcessor, Trainer, TrainerCallback
+from transformers import AutoImageProcessor, Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, enable_full_determinism, set_seed
 
 from .backbones import PatchBackbone, ProjectionHead
 from .config import PaKAConfig
-from .export import save_backbone
+from .hub import HubPushMixin, default_image_processor, save_backbone
 from .data import STREAM_KEYS, PaKACollator, PaKAViewStream, StreamState, load_image_source
 from .modeling import PaKAModel
 from .teacher import teacher_momentum_at
@@ -107,12 +107,7 @@ def load_image_processor(model_name_or_path: str, revision: str | None = None):
         return AutoImageProcessor.from_pretrained(model_name_or_path, revision=revision)
     except (OSError, ValueError) as error:
         logger.info("no image processor with %s (%s); using the standard DINOv2 BitImageProcessor", model_name_or_path, error)
-        return BitImageProcessor(
-            do_resize=True, size={"shortest_edge": 256}, resample=3, do_center_crop=True,
-            crop_size={"height": 224, "width": 224}, do_rescale=True, rescale_factor=1 / 255,
-            do_normalize=True, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
-            do_convert_rgb=True,
-        )
+        return default_image_processor()
 
 
 def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
@@ -180,7 +175,7 @@ class WeightDecayScheduleCallback(TrainerCallback):
 # ---------------------------------------------------------------------------------------------
 
 
-class PaKATrainer(Trainer):
+class PaKATrainer(HubPushMixin, Trainer):
     """Trainer for PaKA post-training; see the module docstring.
 
     Args:
@@ -441,6 +436,8 @@ class PaKATrainer(Trainer):
             self._resume_stream_state = StreamState.from_dict(json.loads(state_file.read_text()))
         self._train_start = time.perf_counter()
         self._reset_log_accumulators()
+        if self.args.should_save:  # beside the checkpoints from the start; every Hub push carries it
+            self._write_training_config(self.args.output_dir)
         output = super().train(resume_from_checkpoint=checkpoint, **kwargs)
         if self.args.record_rank_diagnostics:
             self._write_rank_diagnostics()
@@ -469,44 +466,34 @@ class PaKATrainer(Trainer):
             return super().save_model(output_dir, _internal_call=True)
         self.export_backbone(output_dir)
 
-    def export_backbone(self, output_dir: str | None = None) -> Path:
-        """Write the ``export`` network (student or teacher) as a plain ``transformers`` model:
-        ``config.json``, ``model.safetensors``, ``preprocessor_config.json``, plus
-        ``training_config.yaml`` and ``training_summary.json``."""
+    def export_backbone(self, output_dir: str | os.PathLike | None = None) -> Path:
+        """Write the ``export`` network (student or teacher) as a plain ``transformers`` model —
+        ``config.json``, ``model.safetensors``, ``preprocessor_config.json`` — plus
+        ``training_config.yaml`` and ``training_summary.json``. Process zero writes; no collective
+        call, so the Hub callback may call it from process zero alone."""
         output_dir = Path(output_dir or self.args.output_dir)
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            model = self.accelerator.unwrap_model(self.model)
-            network = (model.student if self.args.export == "student" else model.teacher).model
-            base_rate = _base_drop_path_rate(self.args)
-            trained_rate = network.config.drop_path_rate
-            network.config.drop_path_rate = base_rate  # stochastic depth was a training setting
-            try:
-                    save_backbone(network, output_dir, image_processor=self.processing_class)
-            finally:
-                network.config.drop_path_rate = trained_rate
-            (output_dir / TRAINING_CONFIG_FILE).write_text(yaml.safe_dump(self.args.paka_dict(), sort_keys=True))
-            summary = {
-                "train_runtime_s": round(time.perf_counter() - self._train_start, 1) if self._train_start else None,
-                "global_step": self.state.global_step,
-                "images_seen": self._images_seen * self.args.world_size,
-                "images_skipped": self.stream_state.images_skipped,
-                "device": _device_name(self.args.device),
-                "num_processes": self.args.world_size,
-                "exported": self.args.export,
-            }
-            (output_dir / TRAINING_SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-        self.accelerator.wait_for_everyone()
+        if not self.args.should_save:
+            return output_dir
+        model = self.accelerator.unwrap_model(self.model)
+        network = model.student if self.args.export == "student" else model.teacher
+        save_backbone(network, output_dir, image_processor=self.processing_class)
+        self._write_training_config(output_dir)
+        summary = {
+            "train_runtime_s": round(time.perf_counter() - self._train_start, 1) if self._train_start else None,
+            "global_step": self.state.global_step,
+            "images_seen": self._images_seen * self.args.world_size,
+            "images_skipped": self.stream_state.images_skipped,
+            "device": _device_name(self.args.device),
+            "num_processes": self.args.world_size,
+            "exported": self.args.export,
+        }
+        (output_dir / TRAINING_SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         return output_dir
 
-
-def _base_drop_path_rate(config: PaKAConfig) -> float:
-    from transformers import AutoConfig
-
-    try:
-        return float(AutoConfig.from_pretrained(config.model_name_or_path, revision=config.model_revision).drop_path_rate)
-    except (OSError, ValueError):
-        return 0.0
+    def _write_training_config(self, output_dir: str | os.PathLike) -> None:
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / TRAINING_CONFIG_FILE).write_text(yaml.safe_dump(self.args.paka_dict(), sort_keys=True))
 
 
 def _device_name(device: torch.device) -> str:

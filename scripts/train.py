@@ -68,6 +68,13 @@ def main(argv: list[str] | None = None) -> None:
     output = trainer.export_backbone(config.output_dir)
     if config.should_save:
         print(f"adapted backbone ({config.export}) written to {output}; load it with AutoModel.from_pretrained({str(output)!r})")
+    if config.push_to_hub:
+        # One commit with the backbone, a regenerated model card and the training configuration; evaluation
+        # results written as output_dir/eval_results*.json by then are included in the card.
+        results = sorted(Path(config.output_dir).glob("eval_results*.json"))
+        info = trainer.push_to_hub(eval_results=results)
+        if info is not None:
+            print(f"pushed to {config.hub_model_id}: {getattr(info, 'commit_url', info)}")
 
 
 if __name__ == "__main__":
