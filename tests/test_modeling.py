@@ -79,3 +79,17 @@ def test_bf16_autocast_loss_close_to_fp32():
             low = model(**batch).loss
     assert low.dtype == torch.float32
     assert abs(low.item() - reference.item()) < 0.05
+
+
+def test_student_views_all_adds_global_to_global_pairs():
+    torch.manual_seed(0)
+    local_only = PaKAModel(PatchBackbone.from_config(tiny_dinov2_config()), roi_size=4)
+    everything = PaKAModel(PatchBackbone.from_config(tiny_dinov2_config()), roi_size=4, student_views="all")
+    everything.load_state_dict(local_only.state_dict())
+    batch = batch_of_views(n_images=3)
+    assert local_only(**batch).num_pairs.item() == 3 * 4
+    out = everything(**batch)
+    assert out.num_pairs.item() == 3 * (4 + 2)
+    out.loss.backward()
+    with pytest.raises(ValueError, match="student_views must be 'local' or 'all'"):
+        PaKAModel(PatchBackbone.from_config(tiny_dinov2_config()), student_views="globals")
