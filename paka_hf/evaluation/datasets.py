@@ -156,8 +156,17 @@ class SegmentationDataset(Dataset):
         self.dataset_type = dataset_type or self.name
         self.dataset_config = dataset_config
         self.split = split
-        self.stats: Counter = Counter()
+        self.build_stats: Counter = Counter()  # counted when the dataset is built (skipped files...)
+        self._item_stats: dict[int, Counter] = {}  # per item, so reading an item twice counts it once
         self._items: list[Any] = []
+
+    @property
+    def stats(self) -> Counter:
+        """What was skipped, resized or ignored so far (each item counted once however often it is read)."""
+        total = Counter(self.build_stats)
+        for item in self._item_stats.values():
+            total.update(item)
+        return total
 
     # subclasses --------------------------------------------------------------------------------
     def _load_raw(self, index: int) -> tuple[Image.Image, np.ndarray, str]:
@@ -171,6 +180,7 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Image.Image, np.ndarray]:
         image, raw, where = self._load_raw(index)
         image = image.convert("RGB")
+        issues: Counter = Counter()
         if raw.ndim == 3:  # an RGB(A) mask: labels must be single-channel ids
             raise DatasetError(
                 f"mask {where} has {raw.shape[2]} channels; masks must be single-channel class-id images "
@@ -183,11 +193,14 @@ class SegmentationDataset(Dataset):
                     "fix the data, or pass on_size_mismatch='resize' (--on_size_mismatch resize) to resize masks "
                     "with nearest-neighbour"
                 )
-            self.stats["masks_resized"] += 1
+            issues["masks_resized"] += 1
             raw = np.asarray(Image.fromarray(raw.astype(np.int32)).resize(image.size, Image.NEAREST))
-        return image, self.map_labels(raw, where)
+        mask = self.map_labels(raw, where, issues)
+        if issues:
+            self._item_stats[index] = issues
+        return image, mask
 
-    def map_labels(self, raw: np.ndarray, where: str = "mask") -> np.ndarray:
+    def map_labels(self, raw: np.ndarray, where: str = "mask", issues: Counter | None = None) -> np.ndarray:
         """Map a raw mask through the label table; unknown values raise or become ``ignore_index``."""
         raw = np.asarray(raw).astype(np.int64, copy=False)
         inside = (raw >= 0) & (raw < len(self._table))
@@ -203,9 +216,10 @@ class SegmentationDataset(Dataset):
                     "--num_classes/--class_names/--ignore_index, or pass on_unknown_label='ignore' "
                     "(--on_unknown_label ignore) to ignore these pixels and count them"
                 )
+            issues = self.build_stats if issues is None else issues
             for value, count in zip(values.tolist(), counts.tolist()):
-                self.stats[f"unknown_label_{value}_pixels"] += count
-            self.stats["masks_with_unknown_labels"] += 1
+                issues[f"unknown_label_{value}_pixels"] += count
+            issues["masks_with_unknown_labels"] += 1
             mapped[unknown] = self.ignore_index
         return mapped
 
@@ -300,11 +314,11 @@ class FolderSegmentation(_FileDataset):
         images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not images:
             raise DatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {image_dir}")
-        self._items = _pair_files(images, mask_dir, on_missing, self.stats)
+        self._items = _pair_files(images, mask_dir, on_missing, self.build_stats)
         stems = {p.stem for p in images}
         orphans = [m for m in mask_dir.glob("*.png") if m.stem not in stems]
         if orphans:
-            self.stats["masks_without_image"] += len(orphans)
+            self.build_stats["masks_without_image"] += len(orphans)
         self._display_name = display_name or root.name
 
 
@@ -342,7 +356,7 @@ class VOCSegmentation(_FileDataset):
         absent = [p.name for p in images if not p.is_file()]
         if absent:
             raise DatasetError(f"{len(absent)} image(s) listed in {list_file} are missing from JPEGImages: {absent[:5]}")
-        self._items = _pair_files(images, base / mask_dir, on_missing, self.stats)
+        self._items = _pair_files(images, base / mask_dir, on_missing, self.build_stats)
         self._display_name = "Pascal VOC 2012"
 
 
@@ -369,7 +383,7 @@ class ADE20K(_FileDataset):
         if not image_dir.is_dir():
             raise DatasetError(f"{image_dir} not found; expected ADEChallengeData2016/images/{sub}")
         images = sorted(image_dir.glob("*.jpg"))
-        self._items = _pair_files(images, base / "annotations" / sub, on_missing, self.stats)
+        self._items = _pair_files(images, base / "annotations" / sub, on_missing, self.build_stats)
         self._display_name = "ADE20K"
 
 
@@ -414,7 +428,7 @@ class COCOSegmentation(_FileDataset):
         if not image_dir.is_dir():
             raise DatasetError(f"{image_dir} not found; expected images in images/{split}2017")
         images = sorted(image_dir.glob("*.jpg"))
-        self._items = _pair_files(images, root / mask_dir, on_missing, self.stats)
+        self._items = _pair_files(images, root / mask_dir, on_missing, self.build_stats)
         self._display_name = "COCO-Things" if kind == "things" else "COCO-Stuff"
         self.name = f"coco-{kind}"
 
