@@ -185,3 +185,20 @@ def test_real_camvid_asset_is_consistent(camvid_path):
     assert len(ds) == 101
     image, mask = ds[0]
     assert mask.shape == (image.height, image.width) and mask.max() <= 11
+
+
+def test_ade20k_from_the_hub_keeps_the_label_convention(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    mask = Image.fromarray(np.array([[0, 1, 150]], np.uint8))
+    data = datasets.Dataset.from_dict({"image": [Image.new("RGB", (3, 1))], "annotation": [mask]})
+    calls = []
+
+    def fake_load(repo_id, config, split):
+        calls.append((repo_id, config, split))
+        return data
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    ds = load_segmentation_dataset("ade20k", "val")
+    assert calls == [("zhoubolei/scene_parse_150", "scene_parsing", "validation")]
+    np.testing.assert_array_equal(ds[0][1], [[255, 0, 149]])
+    assert ds.published_extra_zero_classes == 1 and ds.display_name == "ADE20K"

@@ -587,7 +587,10 @@ def load_segmentation_dataset(
                 "--hub_dataset_id with --image_column/--mask_column for a Hub copy with the same label convention"
             )
         names, ignore, label_map, display = _convention(key, class_names, ignore_index, spec)
-        return HubSegmentation(spec, split, names, ignore, label_map, display_name=display, **kwargs)
+        dataset = HubSegmentation(spec, split, names, ignore, label_map, display_name=display, **kwargs)
+        if key == "ade20k":
+            dataset.published_extra_zero_classes = ADE20K.published_extra_zero_classes
+        return dataset
     if key == "voc":
         return VOCSegmentation(data_dir, split, **kwargs)
     if key == "ade20k":

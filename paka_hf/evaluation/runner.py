@@ -83,6 +83,7 @@ def run_evaluation(
     backbone: torch.nn.Module | None = None,
     datasets: tuple[SegmentationDataset, SegmentationDataset] | None = None,
     timings: dict[str, float] | None = None,
+    feature_cache: FeatureCache | None = None,
     **dataset_kwargs: Any,
 ) -> EvaluationReport:
     """Evaluate ``model_name_or_path`` (Hub id or local directory) on ``dataset_name``.
@@ -90,6 +91,8 @@ def run_evaluation(
     ``backbone`` (a :class:`~paka_hf.backbones.PatchBackbone`) and ``datasets`` (train, val) skip
     loading; ``timings`` (a dict) receives wall seconds per step: ``features/<split>/...`` for each
     extraction and ``<protocol>`` for each protocol's own work (features excluded).
+    ``feature_cache``: a :class:`~.features.FeatureCache` on the same ``backbone`` to reuse features
+    across calls (e.g. the same features with two linear schedules).
     ``dataset_kwargs`` go to :func:`~.datasets.load_segmentation_dataset`.
     """
     from paka_hf.backbones import PatchBackbone
@@ -111,8 +114,11 @@ def run_evaluation(
     else:
         train_ds, val_ds = datasets
     extra_zero = int(getattr(val_ds, "published_extra_zero_classes", 0)) if cfg.published_conventions else 0
-    cache = FeatureCache(backbone, batch_size=cfg.batch_size, num_workers=cfg.num_workers, device=cfg.device,
-                         crop_scale=cfg.crop_scale, progress=cfg.progress, seed=cfg.seed)  # fmt: skip
+    if feature_cache is not None and feature_cache.backbone is not backbone:
+        raise ValueError("feature_cache was built on another backbone; pass the same backbone or no cache")
+    cache = feature_cache if feature_cache is not None else FeatureCache(backbone, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                                          device=cfg.device, crop_scale=cfg.crop_scale, progress=cfg.progress,
+                                          seed=cfg.seed)  # fmt: skip
     max_train = cfg.max_train_images if cfg.max_train_images is not None else cfg.max_images
 
     def features(dataset, split: str, protocol: str, augment: bool, std=IMAGENET_STD):
