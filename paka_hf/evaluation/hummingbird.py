@@ -49,6 +49,7 @@ class HummingbirdConfig:
     query_chunk: int = 1024
     key_chunk: int = 32768
     seed: int = 0
+    device: str | None = None  # where the k-NN search runs (None: CPU); the runner passes its --device
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,12 +106,13 @@ def _faiss():
 
 
 def knn_search(queries: torch.Tensor, keys: torch.Tensor, k: int, *, backend: str = "auto",
-               query_chunk: int = 1024, key_chunk: int = 32768, progress: bool = True
-               ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+               query_chunk: int = 1024, key_chunk: int = 32768, progress: bool = True,
+               device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Exact top-``k`` inner-product search; returns similarities and indices, both ``(Q, k)``.
 
     ``backend``: ``"torch"`` (chunked; peak extra memory ≈ ``query_chunk × (key_chunk + k)`` floats),
-    ``"faiss"`` (``IndexFlatIP``), or ``"auto"`` (faiss when importable).
+    ``"faiss"`` (``IndexFlatIP``), or ``"auto"`` (faiss when importable). ``device``: where the torch
+    search runs (e.g. ``"cuda"``; keys are copied there once); results come back on the CPU.
     """
     if queries.shape[1] != keys.shape[1]:
         raise ValueError(f"queries {tuple(queries.shape)} and keys {tuple(keys.shape)} differ in dimension")
@@ -120,16 +122,18 @@ def knn_search(queries: torch.Tensor, keys: torch.Tensor, k: int, *, backend: st
         raise ImportError("backend='faiss' needs the faiss package (pip install faiss-cpu); or use backend='torch'")
     if backend not in ("auto", "faiss", "torch"):
         raise ValueError(f"backend must be 'auto', 'torch' or 'faiss', got {backend!r}")
-    if faiss is not None:
+    if faiss is not None and (device is None or torch.device(device).type == "cpu"):
         index = faiss.IndexFlatIP(keys.shape[1])
         index.add(keys.float().contiguous().numpy())
         sims, idx = index.search(queries.float().contiguous().numpy(), k)
         return torch.from_numpy(sims), torch.from_numpy(idx).long()
+    device = torch.device(device or "cpu")
+    keys = keys.to(device)
     all_sims, all_idx = [], []
     for qs in tqdm(range(0, queries.shape[0], query_chunk), desc="k-NN search", unit="chunk", disable=not progress):
-        q = queries[qs : qs + query_chunk].float()
-        best_s = torch.full((q.shape[0], 0), float("-inf"))
-        best_i = torch.zeros((q.shape[0], 0), dtype=torch.long)
+        q = queries[qs : qs + query_chunk].to(device).float()
+        best_s = torch.full((q.shape[0], 0), float("-inf"), device=device)
+        best_i = torch.zeros((q.shape[0], 0), dtype=torch.long, device=device)
         for ks in range(0, keys.shape[0], key_chunk):
             sims = q @ keys[ks : ks + key_chunk].float().T
             top_s, top_i = sims.topk(min(k, sims.shape[1]), dim=1)
@@ -137,8 +141,8 @@ def knn_search(queries: torch.Tensor, keys: torch.Tensor, k: int, *, backend: st
             merged_i = torch.cat([best_i, top_i + ks], 1)
             best_s, pos = merged_s.topk(min(k, merged_s.shape[1]), dim=1)
             best_i = merged_i.gather(1, pos)
-        all_sims.append(best_s)
-        all_idx.append(best_i)
+        all_sims.append(best_s.cpu())
+        all_idx.append(best_i.cpu())
     return torch.cat(all_sims), torch.cat(all_idx)
 
 
@@ -162,7 +166,7 @@ def hummingbird(train: DenseFeatures, val: DenseFeatures, config: HummingbirdCon
         b = feats.shape[0]
         queries = F.normalize(feats.permute(0, 2, 3, 1).reshape(-1, d).float(), dim=-1)
         sims, idx = knn_search(queries, keys, cfg.num_neighbors, backend=cfg.backend, query_chunk=cfg.query_chunk,
-                               key_chunk=cfg.key_chunk, progress=False)  # fmt: skip
+                               key_chunk=cfg.key_chunk, progress=False, device=cfg.device)  # fmt: skip
         weights = torch.softmax(sims / cfg.temperature, dim=1)  # (Q, k)
         soft = torch.einsum("qk,qkc->qc", weights, labels[idx])  # (Q, C)
         soft = soft.reshape(b, h, w, -1).permute(0, 3, 1, 2)

@@ -46,6 +46,7 @@ class LinearProbeConfig:
     lr_gamma: float = 0.1
     eval_size: int = 100
     seed: int = 0
+    device: str | None = None  # where the head trains (None: CPU); the runner passes its --device
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,7 +81,8 @@ def train_linear_probe(
     torch.manual_seed(cfg.seed)
     images = _views(train, num_views)
     dim = train.features.shape[1]
-    head = nn.Conv2d(dim, train.num_classes, kernel_size=1)
+    device = torch.device(cfg.device or "cpu")
+    head = nn.Conv2d(dim, train.num_classes, kernel_size=1).to(device)
     optimizer = torch.optim.SGD(head.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step_epoch, gamma=cfg.lr_gamma)
     targets = resize_masks(train.masks, cfg.eval_size).to(train.masks.dtype)  # compact; .long() per batch
@@ -90,9 +92,9 @@ def train_linear_probe(
         order = torch.randperm(images, generator=generator) + offset
         for start in range(0, images, cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
-            feats = train.features[idx].float()
+            feats = train.features[idx].to(device).float()
             logits = F.interpolate(head(feats), size=size, mode="bilinear", align_corners=False)
-            loss = F.cross_entropy(logits, targets[idx].long(), ignore_index=train.ignore_index)
+            loss = F.cross_entropy(logits, targets[idx].to(device).long(), ignore_index=train.ignore_index)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -104,9 +106,10 @@ def train_linear_probe(
 def predict_linear(head: nn.Module, features: torch.Tensor, size: tuple[int, int], batch_size: int = 64) -> torch.Tensor:
     """Argmax class map ``(N, *size)`` of the bilinearly upsampled logits."""
     preds = []
+    device = next(head.parameters()).device
     for start in range(0, features.shape[0], batch_size):
-        logits = head(features[start : start + batch_size].float())
-        preds.append(F.interpolate(logits, size=size, mode="bilinear", align_corners=False).argmax(1))
+        logits = head(features[start : start + batch_size].to(device).float())
+        preds.append(F.interpolate(logits, size=size, mode="bilinear", align_corners=False).argmax(1).cpu())
     return torch.cat(preds)
 
 

@@ -98,6 +98,10 @@ def run_evaluation(
     from paka_hf.backbones import PatchBackbone
 
     cfg = settings or EvaluationSettings()
+    if cfg.linear.device is None:
+        cfg = replace(cfg, linear=replace(cfg.linear, device=cfg.device))
+    if cfg.hummingbird.device is None:
+        cfg = replace(cfg, hummingbird=replace(cfg.hummingbird, device=cfg.device))
     protocols = list(protocols)
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown or not protocols:
