@@ -271,8 +271,8 @@ class _FileDataset(SegmentationDataset):
         with Image.open(image_path) as image:
             image.load()
         with Image.open(mask_path) as mask:
-            raw = np.asarray(mask if mask.mode in ("L", "P", "I", "I;16", "1") else mask)
-        return image, np.array(raw), str(mask_path)
+            raw = np.array(mask)  # palette ("P") masks give their indices, as VOC's class ids
+        return image, raw, str(mask_path)
 
 
 class FolderSegmentation(_FileDataset):

@@ -22,6 +22,7 @@ so protocols run together (``--protocol all``) reuse the same features.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -190,8 +191,6 @@ class FeatureCache:
         self.seconds: dict[tuple, float] = {}
 
     def get(self, dataset: Any, **kwargs: Any) -> DenseFeatures:
-        import time
-
         options = {**self.defaults, **kwargs}
         key = (
             id(dataset), getattr(dataset, "split", None), as_size(options.get("input_size", 448)),

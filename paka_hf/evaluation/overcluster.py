@@ -69,6 +69,14 @@ class OverclusterResult:
     per_seed: list[SegmentationScores] = field(default_factory=list, repr=False)
 
 
+def _nanmean_rows(values: np.ndarray) -> np.ndarray:
+    """Column means ignoring NaN; a column that is NaN for every seed stays NaN (no warning)."""
+    finite = np.isfinite(values)
+    sums = np.where(finite, values, 0.0).sum(0)
+    counts = finite.sum(0)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
 def _tokens(features: torch.Tensor) -> np.ndarray:
     n, d, h, w = features.shape
     return features.permute(0, 2, 3, 1).reshape(n * h * w, d).float().numpy()
@@ -122,9 +130,7 @@ def overcluster(
                 std=float(np.std(values, ddof=1)) if len(values) > 1 else None,
                 seed_values=values,
                 seeds=list(cfg.seeds),
-                per_class_iou=np.nanmean(np.stack([s.per_class_iou for s in per_seed]), axis=0)
-                if any(np.isfinite(s.per_class_iou).any() for s in per_seed)
-                else per_seed[0].per_class_iou,
+                per_class_iou=_nanmean_rows(np.stack([s.per_class_iou for s in per_seed])),
                 pixel_accuracy=float(np.mean([s.pixel_accuracy for s in per_seed])),
                 matching="hungarian" if k <= val.num_classes else "greedy",
                 per_seed=per_seed,
