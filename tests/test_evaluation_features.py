@@ -73,3 +73,23 @@ def test_extract_features_shapes_and_cache(tiny_config):
     assert len(cache) == 2  # another normalisation is another extraction
     with pytest.raises(ValueError, match="multiple of the patch size"):
         extract_features(backbone, data, input_size=30, progress=False)
+
+
+def test_pretrained_features_beat_random_init_on_camvid(small_model_path, camvid_path):
+    """Real data smoke test (skipped without the assets): 12 train / 6 val CamVid images at 112x154."""
+    from transformers import AutoConfig
+
+    from paka_hf.evaluation import CamVid, HummingbirdConfig, hummingbird
+
+    torch.set_num_threads(1)
+    train, val = CamVid(camvid_path, "train"), CamVid(camvid_path, "val")
+    scores = {}
+    for name, backbone in (
+        ("pretrained", PatchBackbone.from_pretrained(small_model_path)),
+        ("random", PatchBackbone.from_config(AutoConfig.from_pretrained(small_model_path))),
+    ):
+        kwargs = dict(input_size=(112, 154), batch_size=6, progress=False)
+        train_f = extract_features(backbone, train, max_images=12, **kwargs)
+        val_f = extract_features(backbone, val, max_images=6, **kwargs)
+        scores[name] = hummingbird(train_f, val_f, HummingbirdConfig(), progress=False)[0].mean_iou
+    assert scores["pretrained"] > scores["random"] + 5.0, scores
