@@ -52,6 +52,7 @@ def main() -> None:
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--output_dir", default="outputs/bench_camvid")
     p.add_argument("--models", default="pretrained,random")
+    p.add_argument("--protocols", default="linear,overcluster,hummingbird")
     p.add_argument("--long_linear_epochs", type=int, default=100,
                    help="also train the linear probe this long on the same features (0: skip); the 25-epoch "
                    "schedule is sized for VOC and under-trains on CamVid's 367 images")
@@ -84,10 +85,10 @@ def main() -> None:
         timings: dict[str, float] = {}
         cache = FeatureCache(backbone, batch_size=settings.batch_size, crop_scale=settings.crop_scale, seed=0)
         start = time.perf_counter()
-        report = run_evaluation(name, "camvid", ["linear", "overcluster", "hummingbird"], backbone=backbone,
+        report = run_evaluation(name, "camvid", args.protocols.split(","), backbone=backbone,
                                 datasets=(train, val), settings=settings, timings=timings,
                                 feature_cache=cache)  # fmt: skip
-        if args.long_linear_epochs:
+        if args.long_linear_epochs and "linear" in args.protocols:
             long_settings = replace(settings, linear=LinearProbeConfig(
                 epochs=args.long_linear_epochs, lr_step_epoch=int(0.8 * args.long_linear_epochs)))
             long_timings: dict[str, float] = {}
