@@ -131,3 +131,23 @@ def test_script_reports_broken_data(tmp_path, tiny_config):
     _load_script().main(args + ["--on_unknown_label", "ignore"])
     (entry,) = json.loads((tmp_path / "r.json").read_text())["results"]
     assert entry["settings"]["data_issues"]["val"]["unknown_label_9_pixels"] == 2000  # one image, counted once
+
+
+def test_overclustering_needs_no_train_split(tmp_path, tiny_config):
+    from transformers import Dinov2Model
+
+    model_dir = tmp_path / "tiny-model"
+    Dinov2Model(tiny_config()).save_pretrained(model_dir)
+    data_dir = tmp_path / "data"
+    _tiny_dataset(data_dir, np.random.default_rng(3))
+    import shutil
+
+    shutil.rmtree(data_dir / "train")
+    out = tmp_path / "r.json"
+    _load_script().main([
+        "--model_name_or_path", str(model_dir), "--dataset_name", "folder", "--data_dir", str(data_dir),
+        "--class_names", "sky,road,car", "--protocol", "overcluster", "--num_clusters", "3", "--seeds", "0",
+        "--input_size", "28", "--output_file", str(out), "--no_progress", "--device", "cpu",
+    ])  # fmt: skip
+    (entry,) = json.loads(out.read_text())["results"]
+    assert entry["settings"]["train_split"] is None and entry["settings"]["train_images"] == 0

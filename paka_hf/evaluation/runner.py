@@ -112,9 +112,10 @@ def run_evaluation(
     backbone = backbone.to(cfg.device).eval()
     for param in backbone.parameters():
         param.requires_grad_(False)
+    needs_train = any(p != "overcluster" for p in protocols)  # overclustering only reads the val split
     if datasets is None:
-        train_ds = load_segmentation_dataset(dataset_name, train_split, data_dir, **dataset_kwargs)
         val_ds = load_segmentation_dataset(dataset_name, val_split, data_dir, **dataset_kwargs)
+        train_ds = load_segmentation_dataset(dataset_name, train_split, data_dir, **dataset_kwargs) if needs_train else None
     else:
         train_ds, val_ds = datasets
     extra_zero = int(getattr(val_ds, "published_extra_zero_classes", 0)) if cfg.published_conventions else 0
@@ -144,7 +145,7 @@ def run_evaluation(
         "backbone_patch_size": backbone.patch_size,
         "num_classes": val_ds.num_classes,
         "ignore_index": val_ds.ignore_index,
-        "train_split": train_ds.split,
+        "train_split": train_ds.split if train_ds is not None else None,
         "train_images": None,
         "val_images": None,
         "published_conventions": cfg.published_conventions,
@@ -209,7 +210,7 @@ def run_evaluation(
                 pixel_accuracy=scores.pixel_accuracy, **common,
             ))  # fmt: skip
     for ds in (train_ds, val_ds):
-        if ds.stats:
+        if ds is not None and ds.stats:
             logger.warning("%s/%s data issues handled: %s", ds.display_name, ds.split, dict(ds.stats))
             for result in report.results:
                 result.settings.setdefault("data_issues", {})[ds.split] = dict(ds.stats)
