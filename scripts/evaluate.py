@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--on_missing", choices=["raise", "skip"], default="raise", help="image without mask")
     g.add_argument("--on_size_mismatch", choices=["raise", "resize"], default="raise", help="mask size != image size")
     g.add_argument("--on_unknown_label", choices=["raise", "ignore"], default="raise", help="unexpected mask values")
+    g.add_argument("--mask_dir", default=None,
+                   help="voc: mask folder inside VOC2012 (SegmentationClassAug with --train_split trainaug); "
+                   "coco-*: mask folder relative to --data_dir")
     g.add_argument("--hub_dataset_id", default=None, help="Hub dataset id (overrides the benchmark's default)")
     g.add_argument("--hub_config", default=None)
     g.add_argument("--image_column", default="image")
@@ -137,6 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
     dataset_kwargs = dict(on_size_mismatch=args.on_size_mismatch, on_unknown_label=args.on_unknown_label)
     if args.data_dir is not None:
         dataset_kwargs["on_missing"] = args.on_missing
+    if args.mask_dir:
+        dataset_kwargs["mask_dir"] = args.mask_dir
     if args.class_names:
         dataset_kwargs["class_names"] = read_class_names(args.class_names)
     if args.ignore_index is not None:

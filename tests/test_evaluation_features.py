@@ -79,7 +79,7 @@ def test_pretrained_features_beat_random_init_on_camvid(small_model_path, camvid
     """Real data smoke test (skipped without the assets): 12 train / 6 val CamVid images at 112x154."""
     from transformers import AutoConfig
 
-    from paka_hf.evaluation import CamVid, HummingbirdConfig, hummingbird
+    from paka_hf.evaluation import CamVid, HummingbirdConfig, hummingbird_retrieval
 
     torch.set_num_threads(1)
     train, val = CamVid(camvid_path, "train"), CamVid(camvid_path, "val")
@@ -91,5 +91,5 @@ def test_pretrained_features_beat_random_init_on_camvid(small_model_path, camvid
         kwargs = dict(input_size=(112, 154), batch_size=6, progress=False)
         train_f = extract_features(backbone, train, max_images=12, **kwargs)
         val_f = extract_features(backbone, val, max_images=6, **kwargs)
-        scores[name] = hummingbird(train_f, val_f, HummingbirdConfig(), progress=False)[0].mean_iou
+        scores[name] = hummingbird_retrieval(train_f, val_f, HummingbirdConfig(), progress=False)[0].mean_iou
     assert scores["pretrained"] > scores["random"] + 5.0, scores

@@ -17,10 +17,10 @@ from paka_hf.evaluation import (
     LinearProbeConfig,
     OverclusterConfig,
     build_memory_bank,
-    hummingbird,
+    hummingbird_retrieval,
     knn_search,
     linear_probe,
-    overcluster,
+    overclustering,
 )
 
 C, P, H, W, D = 4, 14, 4, 4, 16
@@ -82,7 +82,7 @@ def test_linear_probe_uses_views_per_epoch():
 
 @pytest.mark.parametrize("k", [C, 9])
 def test_overclustering_perfect_on_label_features(k):
-    (result,) = overcluster(synthetic(12, 2), OverclusterConfig(num_clusters=[k], seeds=[0, 1]), progress=False)
+    (result,) = overclustering(synthetic(12, 2), OverclusterConfig(num_clusters=[k], seeds=[0, 1]), progress=False)
     assert result.matching == ("hungarian" if k == C else "greedy")
     assert result.mean_iou == pytest.approx(100.0)
     assert result.std == pytest.approx(0.0)
@@ -90,19 +90,19 @@ def test_overclustering_perfect_on_label_features(k):
 
 
 def test_overclustering_chance_on_shuffled_features():
-    results = overcluster(synthetic(12, 2, shuffle=True), OverclusterConfig(num_clusters=[C, 9], seeds=[0]),
+    results = overclustering(synthetic(12, 2, shuffle=True), OverclusterConfig(num_clusters=[C, 9], seeds=[0]),
                           progress=False)  # fmt: skip
     assert all(r.mean_iou < 30.0 for r in results)
 
 
 def test_hummingbird_perfect_on_label_features():
-    scores, _, bank = hummingbird(synthetic(16, 3), synthetic(6, 4), progress=False)
+    scores, _, bank = hummingbird_retrieval(synthetic(16, 3), synthetic(6, 4), progress=False)
     assert scores.mean_iou == pytest.approx(100.0)
     assert bank == 16 * H * W  # every patch has labelled pixels (the corner patch keeps 196 - 9)
 
 
 def test_hummingbird_chance_on_shuffled_features():
-    scores, _, _ = hummingbird(synthetic(16, 3, shuffle=True), synthetic(6, 4, shuffle=True), progress=False)
+    scores, _, _ = hummingbird_retrieval(synthetic(16, 3, shuffle=True), synthetic(6, 4, shuffle=True), progress=False)
     assert scores.mean_iou < 30.0
 
 
@@ -131,5 +131,37 @@ def test_knn_search_exact_and_chunked():
 def test_hummingbird_respects_temperature_and_k():
     train, val = synthetic(16, 3), synthetic(6, 4)
     cfg = HummingbirdConfig(num_neighbors=1, temperature=1.0, memory_size=64, backend="torch")
-    scores, _, bank = hummingbird(train, val, cfg, progress=False)
+    scores, _, bank = hummingbird_retrieval(train, val, cfg, progress=False)
     assert bank == 64 and scores.mean_iou == pytest.approx(100.0)
+
+
+def test_knn_faiss_backend_wiring(monkeypatch):
+    """The faiss branch (faiss is optional): a stand-in IndexFlatIP with faiss's API must give the torch answer."""
+    import numpy as np
+
+    from paka_hf.evaluation import hummingbird as hb  # the module (the function is hummingbird_retrieval)
+
+    class FlatIP:
+        def __init__(self, dim):
+            self.dim, self.data = dim, np.zeros((0, dim), np.float32)
+
+        def add(self, x):
+            assert x.dtype == np.float32 and x.shape[1] == self.dim
+            self.data = np.concatenate([self.data, x])
+
+        def search(self, q, k):
+            sims = q @ self.data.T
+            idx = np.argsort(-sims, axis=1)[:, :k]
+            return np.take_along_axis(sims, idx, 1), idx.astype(np.int64)
+
+    monkeypatch.setattr(hb, "_faiss", lambda: type("faiss", (), {"IndexFlatIP": FlatIP}))
+    g = torch.Generator().manual_seed(1)
+    queries = torch.nn.functional.normalize(torch.randn(20, 8, generator=g), dim=1)
+    keys = torch.nn.functional.normalize(torch.randn(50, 8, generator=g), dim=1)
+    sims, idx = knn_search(queries, keys, 3, backend="faiss", progress=False)
+    ref_s, ref_i = knn_search(queries, keys, 3, backend="torch", progress=False)
+    torch.testing.assert_close(sims, ref_s)
+    assert torch.equal(idx, ref_i)
+    monkeypatch.setattr(hb, "_faiss", lambda: None)
+    with pytest.raises(ImportError, match="faiss"):
+        knn_search(queries, keys, 3, backend="faiss", progress=False)

@@ -145,7 +145,7 @@ def knn_search(queries: torch.Tensor, keys: torch.Tensor, k: int, *, backend: st
     return torch.cat(all_sims), torch.cat(all_idx)
 
 
-def hummingbird(train: DenseFeatures, val: DenseFeatures, config: HummingbirdConfig | None = None, *,
+def hummingbird_retrieval(train: DenseFeatures, val: DenseFeatures, config: HummingbirdConfig | None = None, *,
                 extra_zero_classes: int = 0, progress: bool = True) -> tuple[SegmentationScores, torch.Tensor, int]:  # fmt: skip
     """Build the bank from ``train``, segment ``val`` by retrieval.
 

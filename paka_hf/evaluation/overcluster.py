@@ -89,7 +89,7 @@ def project_tokens(val: DenseFeatures, pca_dim: int = 50, seed: int = 0) -> np.n
     return PCA(n_components=dim, random_state=seed).fit_transform(x).astype(np.float32)
 
 
-def overcluster(
+def overclustering(
     val: DenseFeatures,
     config: OverclusterConfig | None = None,
     *,

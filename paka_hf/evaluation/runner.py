@@ -32,9 +32,9 @@ import torch
 
 from .datasets import SegmentationDataset, load_segmentation_dataset
 from .features import HUMMINGBIRD_PUBLISHED_STD, IMAGENET_MEAN, IMAGENET_STD, FeatureCache, as_size
-from .hummingbird import HummingbirdConfig, hummingbird
+from .hummingbird import HummingbirdConfig, hummingbird_retrieval
 from .linear import LinearProbeConfig, linear_probe
-from .overcluster import OverclusterConfig, overcluster
+from .overcluster import OverclusterConfig, overclustering
 from .results import EvaluationReport, MetricResult
 
 logger = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ def run_evaluation(
             if oc_cfg.num_clusters is None:
                 oc_cfg = replace(oc_cfg, num_clusters=[val_ds.num_classes, 100, 300, 500])
             start = time.perf_counter()
-            results = overcluster(val_f, oc_cfg, extra_zero_classes=extra_zero, progress=cfg.progress)
+            results = overclustering(val_f, oc_cfg, extra_zero_classes=extra_zero, progress=cfg.progress)
             timings["overcluster"] = time.perf_counter() - start
             for res in results:
                 run_settings = {
@@ -196,7 +196,7 @@ def run_evaluation(
             train_f, size = features(train_ds, "train", "hummingbird", augment=cfg.augment_passes > 0, std=std)
             val_f, _ = features(val_ds, "val", "hummingbird", augment=False, std=std)
             start = time.perf_counter()
-            scores, _, bank = hummingbird(train_f, val_f, cfg.hummingbird, extra_zero_classes=extra_zero,
+            scores, _, bank = hummingbird_retrieval(train_f, val_f, cfg.hummingbird, extra_zero_classes=extra_zero,
                                           progress=cfg.progress)  # fmt: skip
             timings["hummingbird"] = time.perf_counter() - start
             run_settings = {
