@@ -93,3 +93,12 @@ def test_pretrained_features_beat_random_init_on_camvid(small_model_path, camvid
         val_f = extract_features(backbone, val, max_images=6, **kwargs)
         scores[name] = hummingbird_retrieval(train_f, val_f, HummingbirdConfig(), progress=False)[0].mean_iou
     assert scores["pretrained"] > scores["random"] + 5.0, scores
+
+
+def test_extraction_leaves_the_global_rng_alone(tiny_config):
+    backbone = PatchBackbone.from_config(tiny_config())
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    extract_features(backbone, ColourCoded(2), input_size=28, augment=True, passes=2, progress=False)
+    assert torch.equal(torch.rand(3), expected)

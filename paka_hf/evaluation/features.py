@@ -161,9 +161,9 @@ def extract_features(
     backbone.eval()
     feats, masks = [], []
     total = len(dataset_view) * passes
-    with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
+    with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar, torch.random.fork_rng(devices=[]):
         for j in range(passes):
-            torch.manual_seed(seed + j)  # augmentations draw from the global generator in the main process
+            torch.manual_seed(seed + j)  # augmentations draw from the global generator (restored afterwards)
             loader = DataLoader(
                 _TransformedDataset(dataset_view, transform), batch_size=batch_size, shuffle=False,
                 num_workers=num_workers,
