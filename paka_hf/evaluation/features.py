@@ -1,0 +1,208 @@
+"""Frozen dense features, computed once per run and shared by the protocols.
+
+:func:`extract_features` runs a frozen :class:`~paka_hf.backbones.PatchBackbone` over a
+segmentation dataset and returns a :class:`DenseFeatures`: the last-layer patch grids
+``(N, D, h, w)`` (kept in ``float16`` to halve memory) and the ground-truth masks after the same
+geometric transform, ``(N, H, W)`` with ``H = h · p`` and ``W = w · p`` (``p`` the patch size).
+
+Preprocessing (torchvision ``transforms.v2``, applied jointly to image and mask, masks always
+with nearest-neighbour):
+
+* evaluation: ``Resize(input_size)`` (the whole image, not a crop; aspect is changed when
+  ``input_size`` is square, as in the published protocols);
+* augmented passes (linear training views and the Hummingbird memory bank):
+  ``RandomResizedCrop(input_size, scale=(0.8, 1.0)) + RandomHorizontalFlip()``; pass ``j`` of
+  ``passes`` is seeded with ``seed + j`` so a run is reproducible;
+* then ``ToDtype(float32, scale=True)`` and ``Normalize(mean, std)`` (ImageNet statistics; the
+  published Hummingbird code used std ``(0.229, 0.224, 0.255)``, see ``--published_conventions``).
+
+:class:`FeatureCache` memoises extraction by (dataset, split, size, augmentation, passes, normalisation),
+so protocols run together (``--protocol all``) reuse the same features.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from tqdm.auto import tqdm
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HUMMINGBIRD_PUBLISHED_STD = (0.229, 0.224, 0.255)  # the typo in the published Hummingbird evaluation code
+
+
+def as_size(size: int | Sequence[int]) -> tuple[int, int]:
+    """``448`` → ``(448, 448)``; ``(H, W)`` stays."""
+    if isinstance(size, int):
+        return (size, size)
+    size = tuple(int(s) for s in size)
+    if len(size) != 2:
+        raise ValueError(f"input size must be an int or (height, width), got {size}")
+    return size  # type: ignore[return-value]
+
+
+@dataclass
+class DenseFeatures:
+    """Frozen patch features with their aligned masks.
+
+    ``features``: ``(N, D, h, w)``; ``masks``: ``(N, h·p, w·p)`` integer class ids or the ignore
+    index; ``patch_size``: ``p``. ``N`` counts images × passes (pass-major order).
+    """
+
+    features: torch.Tensor
+    masks: torch.Tensor
+    patch_size: int
+    num_classes: int
+    ignore_index: int
+
+    def __post_init__(self):
+        if self.features.ndim != 4 or self.masks.ndim != 3:
+            raise ValueError(
+                f"features must be (N, D, h, w) and masks (N, H, W); got {tuple(self.features.shape)} and "
+                f"{tuple(self.masks.shape)}"
+            )
+        n, _, h, w = self.features.shape
+        if self.masks.shape != (n, h * self.patch_size, w * self.patch_size):
+            raise ValueError(
+                f"masks {tuple(self.masks.shape)} do not match features {tuple(self.features.shape)} with "
+                f"patch size {self.patch_size}: expected ({n}, {h * self.patch_size}, {w * self.patch_size})"
+            )
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return tuple(self.features.shape[-2:])  # type: ignore[return-value]
+
+
+class _TransformedDataset(Dataset):
+    def __init__(self, dataset: Dataset, transform: v2.Transform):
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.dataset[index]
+        image = tv_tensors.Image(v2.functional.pil_to_tensor(image))
+        mask = tv_tensors.Mask(torch.as_tensor(mask, dtype=torch.int64)[None])
+        image, mask = self.transform(image, mask)
+        return image, mask[0]
+
+
+def build_transform(
+    input_size: int | Sequence[int],
+    *,
+    augment: bool,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    crop_scale: tuple[float, float] = (0.8, 1.0),
+) -> v2.Transform:
+    """The joint image/mask transform described in the module docstring."""
+    size = as_size(input_size)
+    geometric = (
+        [v2.RandomResizedCrop(size, scale=crop_scale, antialias=True), v2.RandomHorizontalFlip()]
+        if augment
+        else [v2.Resize(size, antialias=True)]
+    )
+    return v2.Compose([*geometric, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+
+
+@torch.inference_mode()
+def extract_features(
+    backbone: torch.nn.Module,
+    dataset: Any,
+    *,
+    input_size: int | Sequence[int] = 448,
+    augment: bool = False,
+    passes: int = 1,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    crop_scale: tuple[float, float] = (0.8, 1.0),
+    batch_size: int = 16,
+    max_images: int | None = None,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    feature_dtype: torch.dtype = torch.float16,
+    seed: int = 0,
+    desc: str = "features",
+    progress: bool = True,
+) -> DenseFeatures:
+    """Run a frozen patch backbone over ``dataset`` (``passes`` times) and keep grids and masks.
+
+    ``backbone(pixel_values)`` must return ``(B, D, h, w)`` and expose ``patch_size``.
+    ``max_images`` keeps the first images only (quick CPU runs). Returns features in
+    ``feature_dtype`` and masks as ``uint8`` when every id fits, otherwise ``int16``.
+    """
+    size = as_size(input_size)
+    patch = int(backbone.patch_size)
+    if size[0] % patch or size[1] % patch:
+        raise ValueError(f"input size {size} must be a multiple of the patch size {patch}")
+    if not augment and passes != 1:
+        raise ValueError("several passes only make sense with augment=True")
+    if max_images is not None:
+        dataset_view = Subset(dataset, range(min(int(max_images), len(dataset))))
+    else:
+        dataset_view = dataset
+    if len(dataset_view) == 0:
+        raise ValueError("the dataset is empty; nothing to extract")
+    ignore = int(dataset.ignore_index)
+    mask_dtype = torch.uint8 if max(ignore, dataset.num_classes - 1) < 256 and ignore >= 0 else torch.int16
+    transform = build_transform(size, augment=augment, mean=mean, std=std, crop_scale=crop_scale)
+    was_training = backbone.training
+    backbone.eval()
+    feats, masks = [], []
+    total = len(dataset_view) * passes
+    with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar, torch.random.fork_rng(devices=[]):
+        for j in range(passes):
+            torch.manual_seed(seed + j)  # augmentations draw from the global generator (restored afterwards)
+            loader = DataLoader(
+                _TransformedDataset(dataset_view, transform), batch_size=batch_size, shuffle=False,
+                num_workers=num_workers,
+            )  # fmt: skip
+            for pixels, target in loader:
+                grid = backbone(pixels.to(device))
+                feats.append(grid.to("cpu", feature_dtype))
+                masks.append(target.to(mask_dtype))
+                bar.update(pixels.shape[0])
+    backbone.train(was_training)
+    return DenseFeatures(torch.cat(feats), torch.cat(masks), patch, dataset.num_classes, ignore)
+
+
+class FeatureCache:
+    """Memoise :func:`extract_features` within one run (same backbone, several protocols).
+
+    ``cache.get(dataset, input_size=..., augment=..., passes=..., std=...)`` computes once per distinct
+    key ``(id(dataset), split, size, augment, passes, mean, std, crop_scale, max_images, seed)``.
+    """
+
+    def __init__(self, backbone: torch.nn.Module, **defaults: Any):
+        self.backbone = backbone
+        self.defaults = defaults
+        self._store: dict[tuple, DenseFeatures] = {}
+        self.seconds: dict[tuple, float] = {}
+
+    def get(self, dataset: Any, **kwargs: Any) -> DenseFeatures:
+        options = {**self.defaults, **kwargs}
+        key = (
+            id(dataset), getattr(dataset, "split", None), as_size(options.get("input_size", 448)),
+            bool(options.get("augment", False)), int(options.get("passes", 1)),
+            tuple(options.get("mean", IMAGENET_MEAN)), tuple(options.get("std", IMAGENET_STD)),
+            tuple(options.get("crop_scale", (0.8, 1.0))), options.get("max_images"), int(options.get("seed", 0)),
+        )  # fmt: skip
+        if key not in self._store:
+            start = time.perf_counter()
+            self._store[key] = extract_features(self.backbone, dataset, **options)
+            self.seconds[key] = time.perf_counter() - start
+        return self._store[key]
+
+    def __len__(self) -> int:
+        return len(self._store)

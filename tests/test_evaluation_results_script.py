@@ -1,0 +1,153 @@
+"""Results JSON round trip and scripts/evaluate.py end to end on a tiny random-init model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from paka_hf import __version__
+from paka_hf.evaluation.results import RESULT_KEYS, TOP_KEYS, EvaluationReport, MetricResult
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_results_json_round_trip(tmp_path):
+    report = EvaluationReport(model="org/model")
+    report.results.append(MetricResult(
+        protocol="overcluster", dataset_name="CamVid", dataset_type="camvid", split="val",
+        metric_name="mIoU (overclustering, K=100)", value=np.float64(41.23456),
+        settings={"num_clusters": 100, "seeds": (0, 1)}, per_class_iou={"Sky": 90.0, "Pole": float("nan")},
+        pixel_accuracy=80.0, std=1.5, seeds=[0, 1],
+    ))  # fmt: skip
+    path = tmp_path / "sub" / "results.json"
+    report.save(path)
+    raw = json.loads(path.read_text())
+    assert tuple(raw) == TOP_KEYS and tuple(raw["results"][0]) == RESULT_KEYS
+    assert raw["paka_hf_version"] == __version__
+    entry = raw["results"][0]
+    assert entry["value"] == 41.2346 and entry["per_class_iou"]["Pole"] is None and entry["std"] == 1.5
+    assert entry["task_type"] == "semantic-segmentation" and entry["metric_type"] == "mean_iou"
+    assert entry["dataset_config"] is None
+    loaded = EvaluationReport.load(path)
+    assert loaded.to_dict() == raw
+    with pytest.raises(ValueError, match="lacks keys"):
+        EvaluationReport.from_dict({"model": "m"})
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "scripts" / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _tiny_dataset(root: Path, rng: np.random.Generator):
+    for split, n in (("train", 4), ("val", 3)):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "masks").mkdir(parents=True)
+        for i in range(n):
+            mask = np.zeros((40, 50), np.uint8)
+            mask[:, 20:] = 1
+            mask[25:, :] = 2
+            mask[:3, :3] = 255
+            image = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
+            image[mask == 1] //= 4  # the classes look different
+            Image.fromarray(image).save(root / split / "images" / f"{i}.png")
+            Image.fromarray(mask).save(root / split / "masks" / f"{i}.png")
+
+
+def test_script_end_to_end_on_tiny_model(tmp_path, tiny_config):
+    from transformers import Dinov2Model
+
+    model_dir = tmp_path / "tiny-model"
+    Dinov2Model(tiny_config()).save_pretrained(model_dir)
+    data_dir = tmp_path / "data"
+    _tiny_dataset(data_dir, np.random.default_rng(0))
+    out = tmp_path / "results.json"
+    script = _load_script()
+    result = script.main([
+        "--model_name_or_path", str(model_dir), "--dataset_name", "folder", "--data_dir", str(data_dir),
+        "--class_names", "sky,road,car", "--ignore_index", "255", "--protocol", "all",
+        "--input_size", "28,42", "--epochs", "2", "--num_clusters", "3,5", "--seeds", "0,1",
+        "--batch_size", "2", "--output_file", str(out), "--no_progress", "--device", "cpu",
+    ])  # fmt: skip
+    saved = json.loads(out.read_text())
+    assert saved == result
+    assert saved["model"] == str(model_dir)
+    names = [r["metric_name"] for r in saved["results"]]
+    assert names == ["mIoU (linear)", "mIoU (overclustering, K=3)", "mIoU (overclustering, K=5)", "mIoU (hummingbird)"]
+    for entry in saved["results"]:
+        assert tuple(entry) == RESULT_KEYS
+        assert 0.0 <= entry["value"] <= 100.0 and math.isfinite(entry["value"])
+        assert entry["dataset_name"] == "data" and entry["split"] == "val"
+        assert set(entry["per_class_iou"]) == {"sky", "road", "car"}
+        assert entry["settings"]["input_size"] == [28, 42]
+    linear, k3, _, hbird = saved["results"]
+    assert linear["settings"]["train_images"] == 4 and linear["settings"]["val_images"] == 3
+    assert k3["seeds"] == [0, 1] and k3["std"] is not None and k3["settings"]["matching"] == "hungarian"
+    assert hbird["settings"]["memory_bank_size"] == 4 * 2 * 2 * 3  # 4 images x 2 passes x (2 x 3) patches
+    assert linear["std"] is None and linear["seeds"] is None
+
+
+def test_script_published_conventions_changes_hummingbird_std(tmp_path, tiny_config):
+    from transformers import Dinov2Model
+
+    model_dir = tmp_path / "tiny-model"
+    Dinov2Model(tiny_config()).save_pretrained(model_dir)
+    data_dir = tmp_path / "data"
+    _tiny_dataset(data_dir, np.random.default_rng(1))
+    out = tmp_path / "r.json"
+    _load_script().main([
+        "--model_name_or_path", str(model_dir), "--dataset_name", "folder", "--data_dir", str(data_dir),
+        "--class_names", "sky,road,car", "--protocol", "hummingbird", "--input_size", "28",
+        "--published_conventions", "--output_file", str(out), "--no_progress", "--device", "cpu",
+    ])  # fmt: skip
+    (entry,) = json.loads(out.read_text())["results"]
+    assert entry["settings"]["normalize_std"] == [0.229, 0.224, 0.255]
+    assert entry["settings"]["published_conventions"] is True
+
+
+def test_script_reports_broken_data(tmp_path, tiny_config):
+    from transformers import Dinov2Model
+
+    from paka_hf.evaluation import DatasetError
+
+    model_dir = tmp_path / "tiny-model"
+    Dinov2Model(tiny_config()).save_pretrained(model_dir)
+    data_dir = tmp_path / "data"
+    _tiny_dataset(data_dir, np.random.default_rng(2))
+    Image.fromarray(np.full((40, 50), 9, np.uint8)).save(data_dir / "val" / "masks" / "0.png")
+    args = ["--model_name_or_path", str(model_dir), "--dataset_name", "folder", "--data_dir", str(data_dir),
+            "--class_names", "sky,road,car", "--protocol", "overcluster", "--num_clusters", "3", "--seeds", "0",
+            "--input_size", "28", "--output_file", str(tmp_path / "r.json"), "--no_progress", "--device", "cpu"]  # fmt: skip
+    with pytest.raises(DatasetError, match=r"label values \[9\]"):
+        _load_script().main(args)
+    _load_script().main(args + ["--on_unknown_label", "ignore"])
+    (entry,) = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert entry["settings"]["data_issues"]["val"]["unknown_label_9_pixels"] == 2000  # one image, counted once
+
+
+def test_overclustering_needs_no_train_split(tmp_path, tiny_config):
+    from transformers import Dinov2Model
+
+    model_dir = tmp_path / "tiny-model"
+    Dinov2Model(tiny_config()).save_pretrained(model_dir)
+    data_dir = tmp_path / "data"
+    _tiny_dataset(data_dir, np.random.default_rng(3))
+    import shutil
+
+    shutil.rmtree(data_dir / "train")
+    out = tmp_path / "r.json"
+    _load_script().main([
+        "--model_name_or_path", str(model_dir), "--dataset_name", "folder", "--data_dir", str(data_dir),
+        "--class_names", "sky,road,car", "--protocol", "overcluster", "--num_clusters", "3", "--seeds", "0",
+        "--input_size", "28", "--output_file", str(out), "--no_progress", "--device", "cpu",
+    ])  # fmt: skip
+    (entry,) = json.loads(out.read_text())["results"]
+    assert entry["settings"]["train_split"] is None and entry["settings"]["train_images"] == 0
