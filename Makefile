@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv demo test bench-core bench-train clean
+.PHONY: venv demo test bench-core bench-train bench-eval clean
 
 venv: $(VENV)/.installed
 
@@ -29,6 +29,10 @@ bench-core: venv
 
 bench-train: venv
 	$(PY) benchmarks/train_step.py
+
+bench-eval: venv
+	OMP_NUM_THREADS=1 $(PY) benchmarks/eval_camvid.py --model_dir ../shared/models/dinov2-small-imgfocus \
+		--data_dir ../shared/datasets/camvid
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info .demo out
