@@ -1,8 +1,34 @@
 """paka_hf: PaKA (Patch-level Kernel Alignment, arXiv 2509.05606) post-training for DINOv2 on the Hugging Face stack."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from .config import PaKAConfig  # noqa: E402
-from .trainer import PaKATrainer  # noqa: E402
+# ``PaKAConfig`` and ``PaKATrainer`` are imported on first access (PEP 562), so that the model
+# modules (``paka_hf.modeling``, ``.backbones``, ``.views``, ``.align``, ``.losses``, ``.teacher``)
+# import without pulling in ``transformers.Trainer``, the data stream or the Hub code — for
+# example on a benchmark machine that has no ``datasets``.
+_LAZY = {"PaKAConfig": ".config", "PaKATrainer": ".trainer"}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import PaKAConfig
+    from .trainer import PaKATrainer
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = ["PaKAConfig", "PaKATrainer", "__version__"]

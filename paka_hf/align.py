@@ -46,8 +46,11 @@ def to_grid_coordinates(boxes: torch.Tensor, view_boxes: torch.Tensor, grid_h: i
     """Map image-pixel ``boxes`` (P, 4) into the patch-grid coordinates of views cut from ``view_boxes`` (P, 4)."""
     origin = view_boxes[:, [0, 1, 0, 1]]
     extent = (view_boxes[:, 2:] - view_boxes[:, :2]).clamp_min(torch.finfo(view_boxes.dtype).tiny)
-    scale = torch.tensor([grid_w, grid_h, grid_w, grid_h], dtype=boxes.dtype, device=boxes.device)
-    return (boxes - origin) / extent.repeat(1, 2) * scale
+    fraction = (boxes - origin) / extent.repeat(1, 2)  # (P, 4): x1, y1, x2, y2 as fractions of the view
+    # Scale x by grid_w and y by grid_h with Python scalars: a (4,) scale tensor built with
+    # torch.tensor(..., device=cuda) would be a blocking host-to-device copy (a stream sync) every step.
+    scaled = torch.stack([fraction[:, 0::2] * grid_w, fraction[:, 1::2] * grid_h], dim=2)  # (P, 2 corners, xy)
+    return scaled.flatten(1)
 
 
 def unflip(grids: torch.Tensor, flips: torch.Tensor | None) -> torch.Tensor:

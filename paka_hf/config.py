@@ -113,6 +113,11 @@ class PaKAConfig(TrainingArguments):
         "Kept True: the stream restores its own position on resume instead of replaying batches.", default=True
     )
     dataloader_num_workers: int = _help("Data-loading worker processes per device.", default=4)
+    logging_nan_inf_filter: bool = _help(
+        "Off: Trainer's filter reads the loss on the host after every micro-batch (a device sync per step) "
+        "and only hides a NaN/inf loss from the logs; the update is applied either way.",
+        default=False,
+    )
     ddp_find_unused_parameters: bool | None = _help(
         "Every trainable parameter is used each step (the mask token is frozen), so DDP need not search.", default=False
     )

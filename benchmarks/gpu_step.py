@@ -1,0 +1,570 @@
+"""The PaKA training step on one accelerator at paper crops: throughput, memory, MFU, and its cost over the bare backbones.
+
+For each model (ViT-S/14 and ViT-B/14 with DINOv2-with-registers shapes: hidden 384 / 768, 12 layers,
+6 / 12 heads, mlp_ratio 4, patch 14, 4 registers; random init, SDPA attention), B images per step
+(default 64), 2 global views of 518 for the teacher and 4 local views of 98 for the student, the
+projection head 2048/2048/256, bf16 autocast for the networks (the loss is computed in fp32 by
+``paka_hf.losses`` whatever the autocast dtype). Two steps are timed on the same views, in
+alternating blocks so that clock and thermal drift hit both alike:
+
+    full:  teacher fwd (no_grad) → student fwd → RoIAlign → heads → 1 − CKA → backward → clip → AdamW → EMA
+    bare:  teacher fwd (no_grad) + student fwd/backward (loss = sum of the student's patch tokens)
+
+and the script prints, per model: ms per step of each, their ratio (the cost of everything that is not
+the backbones' own arithmetic), images/s of the full step, peak memory (``torch.cuda.max_memory_allocated``),
+model FLOPs utilisation and the projected wall time of the paper schedule (25 epochs of COCO train2017,
+25 × 118,287 = 2,957,175 images; input pipeline not included). On CUDA it also runs one full step under
+``torch.cuda.set_sync_debug_mode("warn")`` and reports every host–device synchronisation it finds.
+
+Model FLOPs (recomputation under gradient checkpointing is not counted, as usual for MFU). For a view of
+S × S pixels, patch p, n = (S/p)² patches, N = n + 1 + registers tokens, L layers, width D:
+
+    F_view(S) = 2 · P_tok · N  +  2 · P_emb · n  +  4 · L · N² · D
+
+where P_tok = weights of the encoder's linear layers (12 · L · D² at mlp_ratio 4: qkv, output, MLP) and
+P_emb = weights of the patch-embedding convolution (3 · p² · D); 4 · L · N² · D is QKᵀ and AV. The heads
+run on the T = B · n_local · roi² aligned tokens: F_head = 2 · P_head · T. One step:
+
+    F_step = 3 · (B · n_local · F_view(98) + F_head)      student fwd + bwd (bwd ≈ 2 × fwd)
+           + 1 · (B · n_global · F_view(518) + F_head)    teacher fwd
+    MFU    = F_step / t_step / peak                       (peak: --peak_tflops, 989 = H100 SXM bf16 dense)
+
+The bare step counts F_step without the heads. RoIAlign, the loss, AdamW and EMA are not counted.
+
+Timing: ``--warmup`` untimed steps of each kind (compilation happens there), then ``--steps`` of each
+kind in ``--rounds`` alternating blocks, each block timed with CUDA events and synchronized only at its
+ends; the figures are medians over blocks. ``--compile`` compiles both backbones with ``dynamic=False``
+(they run one code path at two input sizes; automatic dynamic shapes would trace symbolic sizes, and
+AOTAutograd fails on the backward of DINOv2's antialiased bicubic position-embedding interpolation then).
+A model is skipped when ``--time_budget`` would likely be exceeded; each model's row is printed and
+``--json`` rewritten as soon as it is measured, so a run cut short keeps what it had.
+
+Data are synthetic and made on the device: normalized random views, GLIM boxes from
+``paka_hf.views.sample_boxes`` on a 640 × 480 image. Nothing is downloaded. Only the model modules of
+``paka_hf`` are imported (no ``datasets``, no ``Trainer``); where torchvision or Pillow do not import,
+stand-ins take their place (RoIAlign in plain torch, same numbers) and the header says so.
+
+    python benchmarks/gpu_step.py [--models s14 b14] [--batch 64] [--steps 30] [--warmup 3]
+                                  [--compile] [--grad_checkpointing] [--json PATH]
+    python benchmarks/gpu_step.py --smoke      # tiny shapes, 2 steps, a few seconds on CPU (test suite)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.machinery
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+import types
+import warnings
+from pathlib import Path
+
+import torch
+import transformers
+from torch import nn
+from transformers import Dinov2WithRegistersConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+
+# ---------------------------------------------------------------------------------------------
+# stand-ins for what a bare device machine may lack
+# ---------------------------------------------------------------------------------------------
+
+
+def roi_align_stand_in(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+    """``torchvision.ops.roi_align`` in plain torch (bilinear ``grid_sample`` + average pool), same numbers.
+
+    Used only when torchvision does not import. Needs a fixed ``sampling_ratio`` (paka_hf uses 2).
+    torchvision's rule: samples outside [-1, size] count 0, others are clamped into the grid (border).
+    """
+    if sampling_ratio <= 0:
+        raise NotImplementedError("the roi_align stand-in needs a fixed sampling_ratio > 0")
+    out_h, out_w = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+    height, width = input.shape[-2:]
+    boxes = boxes.float()
+    offset = 0.5 if aligned else 0.0
+    x1, y1, x2, y2 = (boxes[:, i] * spatial_scale - offset for i in range(1, 5))
+    roi_w, roi_h = x2 - x1, y2 - y1
+    if not aligned:
+        roi_w, roi_h = roi_w.clamp_min(1.0), roi_h.clamp_min(1.0)
+    ratio = sampling_ratio
+    steps_x = (torch.arange(out_w * ratio, device=input.device, dtype=torch.float32) + 0.5) / ratio  # in bins
+    steps_y = (torch.arange(out_h * ratio, device=input.device, dtype=torch.float32) + 0.5) / ratio
+    xs = x1[:, None] + steps_x[None] * (roi_w / out_w)[:, None]  # (K, out_w · ratio) grid coordinates
+    ys = y1[:, None] + steps_y[None] * (roi_h / out_h)[:, None]
+    inside = ((ys >= -1) & (ys <= height))[:, :, None] & ((xs >= -1) & (xs <= width))[:, None, :]
+    gx = 2 * xs / (width - 1) - 1 if width > 1 else torch.zeros_like(xs)
+    gy = 2 * ys / (height - 1) - 1 if height > 1 else torch.zeros_like(ys)
+    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
+    crops = input.float()[boxes[:, 0].long()]
+    sampled = nn.functional.grid_sample(crops, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return nn.functional.avg_pool2d(sampled * inside[:, None], ratio).to(input.dtype)
+
+
+def _stub(name: str, **attributes) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, loader=None, is_package=True)
+    module.__path__ = []
+
+    def missing(attribute: str):
+        raise AttributeError(f"{name}.{attribute}: {name.split('.')[0]} is not installed here; benchmarks/gpu_step.py "
+                             "put a stand-in in its place that only lets paka_hf's model modules import")
+
+    module.__getattr__ = missing
+    for key, value in attributes.items():
+        setattr(module, key, value)
+    sys.modules[name] = module
+    return module
+
+
+def install_stand_ins() -> list[str]:
+    """Make the model modules importable on a machine without torchvision or Pillow.
+
+    ``paka_hf.align`` needs ``torchvision.ops.roi_align`` (replaced by :func:`roi_align_stand_in`);
+    ``paka_hf.views`` imports Pillow and torchvision's transforms for view *rendering*, which this
+    script never does (it only calls ``sample_boxes``). Returns the names replaced (normally none).
+    """
+    replaced = []
+    try:
+        from torchvision.ops import roi_align
+        from torchvision.transforms.v2 import functional  # noqa: F401
+
+        roi_align(torch.zeros(1, 1, 2, 2), torch.tensor([[0.0, 0.0, 0.0, 1.0, 1.0]]), 1, sampling_ratio=1)
+    except Exception:  # absent, or built for another torch (its C++ ops fail to register)
+        for key in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
+            del sys.modules[key]
+        functional = _stub("torchvision.transforms.v2.functional")
+        v2 = _stub("torchvision.transforms.v2", functional=functional)
+        transforms = _stub("torchvision.transforms", v2=v2)
+        ops = _stub("torchvision.ops", roi_align=roi_align_stand_in)
+        _stub("torchvision", ops=ops, transforms=transforms)
+        replaced.append("torchvision")
+    try:
+        from PIL import Image, ImageOps  # noqa: F401
+    except Exception:
+        for key in [k for k in sys.modules if k == "PIL" or k.startswith("PIL.")]:
+            del sys.modules[key]
+        _stub("PIL", Image=_stub("PIL.Image"), ImageOps=_stub("PIL.ImageOps"))
+        replaced.append("PIL")
+    return replaced
+
+
+STAND_INS = install_stand_ins()
+
+from paka_hf.backbones import PatchBackbone, ProjectionHead  # noqa: E402
+from paka_hf.modeling import PaKAModel  # noqa: E402
+from paka_hf.views import IMAGENET_MEAN, IMAGENET_STD, sample_boxes  # noqa: E402
+
+PAPER_IMAGES = 25 * 118_287  # 2,957,175: 25 epochs of COCO train2017
+IMAGE_HW = (480, 640)  # boxes are sampled on a COCO-sized image
+TEACHER_FRACTION = 0.9995  # EMA: share of the teacher kept per step
+MODELS = {
+    "s14": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6),
+    "b14": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12),
+    "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2),  # --smoke
+}
+LABELS = {"s14": "ViT-S/14", "b14": "ViT-B/14", "tiny": "tiny"}
+
+
+def log(*parts) -> None:
+    print(*parts, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# model, data and FLOPs
+# ---------------------------------------------------------------------------------------------
+
+
+def backbone_config(name: str, drop_path_rate: float) -> Dinov2WithRegistersConfig:
+    return Dinov2WithRegistersConfig(
+        **MODELS[name], mlp_ratio=4, patch_size=14, image_size=518, num_register_tokens=4,
+        drop_path_rate=drop_path_rate,
+    )
+
+
+def enable_checkpointing(backbone: PatchBackbone) -> None:
+    """Activation checkpointing of every layer of the HF model, non-reentrant (works under torch.compile).
+
+    transformers 5.24 renamed ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable``
+    (the old name warns); earlier 5.x only has the old one.
+    """
+    hf = backbone.model
+    if hasattr(hf, "activation_checkpointing_enable"):
+        hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def build_model(name: str, args) -> PaKAModel:
+    backbone = PatchBackbone.from_config(backbone_config(name, args.drop_path), attn_implementation="sdpa")
+    head = ProjectionHead(backbone.hidden_size, args.head_hidden, args.head_out)
+    model = PaKAModel(backbone, head)  # roi 7, 1 − CKA, linear kernel: the defaults of the trainer
+    if args.grad_checkpointing:  # the student only: the teacher runs in eval mode under no_grad
+        enable_checkpointing(model.student)
+    return model.to(args.device).train()
+
+
+def make_optimizer(model: PaKAModel, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with PaKATrainer's groups: backbone lr 1e-5 / head 1e-4; no decay on biases and 1-D params."""
+    groups = []
+    for module, lr in ((model.student, 1e-5), (model.student_head, 1e-4)):
+        decay = [p for n, p in module.named_parameters() if p.requires_grad and not (n.endswith(".bias") or p.ndim <= 1)]
+        no_decay = [p for n, p in module.named_parameters() if p.requires_grad and (n.endswith(".bias") or p.ndim <= 1)]
+        groups += [{"params": decay, "lr": lr, "weight_decay": 0.04}, {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
+    # PaKAConfig's optim is Trainer's default, adamw_torch_fused.
+    return torch.optim.AdamW(groups, fused=device.type in ("cuda", "cpu"))
+
+
+def synthetic_batch(batch: int, global_size: int, local_size: int, n_local: int, device: torch.device) -> dict:
+    """Normalized random views and GLIM boxes (640 × 480 image), already on ``device``."""
+    generator = torch.Generator().manual_seed(0)
+    boxes = [sample_boxes(*IMAGE_HW, n_local, generator=generator) for _ in range(batch)]
+    mean = torch.tensor(IMAGENET_MEAN, device=device)[:, None, None]
+    std = torch.tensor(IMAGENET_STD, device=device)[:, None, None]
+    n_global = boxes[0].global_boxes.shape[0]
+
+    def views(count: int, size: int) -> torch.Tensor:
+        return (torch.rand(batch, count, 3, size, size, device=device) - mean) / std
+
+    return {
+        "global_views": views(n_global, global_size),
+        "local_views": views(n_local, local_size),
+        "global_boxes": torch.stack([b.global_boxes for b in boxes]).to(device),
+        "local_boxes": torch.stack([b.local_boxes for b in boxes]).to(device),
+        "pair_index": torch.stack([b.pair_index for b in boxes]).to(device),
+        "global_flips": torch.zeros(batch, n_global, dtype=torch.bool, device=device),
+        "local_flips": torch.zeros(batch, n_local, dtype=torch.bool, device=device),
+    }
+
+
+def view_flops(backbone: PatchBackbone, size: int) -> float:
+    """F_view(S) = 2 · P_tok · N + 2 · P_emb · n + 4 · L · N² · D (see the module docstring)."""
+    hf = backbone.model
+    p_tok = sum(m.weight.numel() for m in hf.encoder.modules() if isinstance(m, nn.Linear))
+    p_emb = hf.embeddings.patch_embeddings.projection.weight.numel()
+    n = (size // backbone.patch_size) ** 2
+    tokens = n + backbone.num_prefix_tokens
+    layers, width = hf.config.num_hidden_layers, hf.config.hidden_size
+    return 2.0 * p_tok * tokens + 2.0 * p_emb * n + 4.0 * layers * tokens**2 * width
+
+
+def step_flops(model: PaKAModel, batch: dict) -> tuple[float, float]:
+    """Model FLOPs of the (full, bare) step."""
+    b, n_global = batch["global_boxes"].shape[:2]
+    n_local = batch["local_boxes"].shape[1]
+    student = b * n_local * view_flops(model.student, batch["local_views"].shape[-1])
+    teacher = b * n_global * view_flops(model.teacher, batch["global_views"].shape[-1])
+    head_params = sum(m.weight.numel() for m in model.student_head.modules() if isinstance(m, nn.Linear))
+    head = 2.0 * head_params * b * n_local * model.roi_size**2
+    return 3 * (student + head) + teacher + head, 3 * student + teacher
+
+
+# ---------------------------------------------------------------------------------------------
+# the two steps and their timing
+# ---------------------------------------------------------------------------------------------
+
+
+class Steps:
+    """``full()`` and ``bare()`` on one model and batch; neither reads a value back to the host."""
+
+    def __init__(self, model: PaKAModel, batch: dict, args):
+        self.model, self.batch, self.args = model, batch, args
+        self.optimizer = make_optimizer(model, args.device)
+        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.autocast = torch.autocast(args.device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+        self.last_loss = None
+
+    def full(self) -> None:
+        model = self.model
+        with self.autocast:
+            loss = model(**self.batch).loss
+        loss.backward()
+        if self.args.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.args.max_grad_norm, foreach=True)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        model.update_teacher(TEACHER_FRACTION)
+        self.last_loss = loss.detach()
+
+    def bare(self) -> None:
+        model, batch = self.model, self.batch
+        with self.autocast:
+            with torch.no_grad():
+                model.teacher(batch["global_views"].flatten(0, 1))
+            student_grids = model.student(batch["local_views"].flatten(0, 1))
+        student_grids.float().sum().backward()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_block(step, count: int, device: torch.device) -> float:
+    """Seconds per step over ``count`` back-to-back steps; the device is synchronized only at the ends."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        for _ in range(count):
+            step()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / count
+    t0 = time.perf_counter()
+    for _ in range(count):
+        step()
+    return (time.perf_counter() - t0) / count
+
+
+def find_syncs(step, device: torch.device) -> list[str] | None:
+    """Run ``step`` once under ``torch.cuda.set_sync_debug_mode("warn")``; the Python lines that synchronized."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize(device)
+    sites = [f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message).lower()]
+    return sorted(set(sites))
+
+
+def run_model(name: str, args) -> dict:
+    device = args.device
+    torch.manual_seed(0)
+    t_build = time.perf_counter()
+    model = build_model(name, args)
+    batch = synthetic_batch(args.batch, args.global_size, args.local_size, args.n_local, device)
+    if args.compile:
+        model.student.compile(**args.compile_kwargs)
+        model.teacher.compile(**args.compile_kwargs)
+    steps = Steps(model, batch, args)
+    full_flops, bare_flops = step_flops(model, batch)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    build_s = time.perf_counter() - t_build
+
+    t_warm = time.perf_counter()
+    for _ in range(args.warmup):  # the first steps compile (with --compile) and fill the allocator's cache
+        steps.full()
+        steps.bare()
+    synchronize(device)
+    warmup_s = time.perf_counter() - t_warm
+
+    blocks = max(1, min(args.rounds, args.steps))
+    per_block = [args.steps // blocks + (i < args.steps % blocks) for i in range(blocks)]
+    full_times, bare_times, peak_full, peak_bare = [], [], 0, 0
+    for count in per_block:
+        for kind, step, times in (("full", steps.full, full_times), ("bare", steps.bare, bare_times)):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            times.append(time_block(step, count, device))
+            if device.type == "cuda":
+                peak = torch.cuda.max_memory_allocated(device)
+                peak_full, peak_bare = (max(peak_full, peak), peak_bare) if kind == "full" else (peak_full, max(peak_bare, peak))
+    syncs = find_syncs(steps.full, device) if args.sync_check else None
+    last_loss = float(steps.last_loss)  # read back after the timed region
+
+    t_full, t_bare = statistics.median(full_times), statistics.median(bare_times)
+    images_per_s = args.batch / t_full
+    peak_flops = args.peak_tflops * 1e12 if args.peak_tflops else None
+    result = {
+        "model": LABELS[name],
+        "params_student": sum(p.numel() for p in model.student.parameters()),
+        "params_head": sum(p.numel() for p in model.student_head.parameters()),
+        "batch": args.batch,
+        "full_ms": 1e3 * t_full,
+        "bare_ms": 1e3 * t_bare,
+        "ratio_full_over_bare": t_full / t_bare,
+        "full_ms_blocks": [1e3 * t for t in full_times],
+        "bare_ms_blocks": [1e3 * t for t in bare_times],
+        "images_per_s": images_per_s,
+        "peak_memory_gib": peak_full / 2**30 if device.type == "cuda" else None,
+        "peak_memory_bare_gib": peak_bare / 2**30 if device.type == "cuda" else None,
+        "tflop_per_step": full_flops / 1e12,
+        "tflop_per_bare_step": bare_flops / 1e12,
+        "achieved_tflops": full_flops / t_full / 1e12,
+        "mfu": full_flops / t_full / peak_flops if peak_flops else None,
+        "mfu_bare": bare_flops / t_bare / peak_flops if peak_flops else None,
+        "paper_schedule_hours": PAPER_IMAGES / images_per_s / 3600,
+        "host_device_syncs_in_full_step": syncs,
+        "last_loss": last_loss,
+        "loss_finite": math.isfinite(last_loss),
+        "build_s": build_s,
+        "warmup_s": warmup_s,
+    }
+    del steps, model, batch
+    if args.compile:
+        torch._dynamo.reset()  # the next model starts with empty compile caches
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["s14", "b14"], choices=["s14", "b14"])
+    parser.add_argument("--batch", type=int, default=64, help="images per step")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps of each kind (full, bare)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating timed blocks the steps are split into")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps of each kind first (compile happens here)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the student and teacher backbones")
+    parser.add_argument("--compile_backend", default="inductor")
+    parser.add_argument("--compile_mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
+    parser.add_argument("--grad_checkpointing", action="store_true", help="activation checkpointing in the student")
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="autocast dtype of the networks")
+    parser.add_argument("--peak_tflops", type=float, default=None,
+                        help="peak dense bf16 TFLOP/s for MFU (default 989, H100 SXM, on CUDA; none on CPU)")
+    parser.add_argument("--global_size", type=int, default=518)
+    parser.add_argument("--local_size", type=int, default=98)
+    parser.add_argument("--n_local", type=int, default=4)
+    parser.add_argument("--head_hidden", type=int, default=2048)
+    parser.add_argument("--head_out", type=int, default=256)
+    parser.add_argument("--drop_path", type=float, default=0.1, help="stochastic depth of the student (paper: 0.1)")
+    parser.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping as in Trainer (0: off)")
+    parser.add_argument("--no_sync_check", dest="sync_check", action="store_false",
+                        help="skip the extra step under torch.cuda.set_sync_debug_mode")
+    parser.add_argument("--time_budget", type=float, default=420.0,
+                        help="seconds; a model is skipped when the run would likely exceed this")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes, 2 steps: a few seconds on CPU")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.models = ["tiny"]
+        args.batch, args.steps, args.rounds, args.warmup = 2, 2, 2, 1
+        args.global_size, args.local_size = 56, 28
+        args.head_hidden, args.head_out = 64, 32
+    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.peak_tflops is None and args.device.type == "cuda":
+        args.peak_tflops = 989.0
+    # dynamic=False: teacher and student run the same code at two input sizes; with automatic dynamic
+    # shapes the second compile traces symbolic sizes, and the backward of the antialiased bicubic
+    # position-embedding interpolation fails under AOTAutograd then (torch 2.14).
+    args.compile_kwargs = {"backend": args.compile_backend, "dynamic": False}
+    if args.compile_mode:
+        args.compile_kwargs["mode"] = args.compile_mode
+    return args
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+HEADER = (f"{'model':9s}{'full ms':>9s}{'bare ms':>9s}{'ratio':>7s}{'img/s':>9s}{'peak GiB':>9s}"
+          f"{'TFLOP/st':>9s}{'TFLOP/s':>9s}{'MFU':>7s}{'MFU bare':>9s}{'paper h':>9s}")
+
+
+def table_row(r: dict) -> str:
+    def cell(value, width: int, spec: str, scale: float = 1.0, suffix: str = "") -> str:
+        return f"{'n/a' if value is None else format(value * scale, spec) + suffix:>{width}s}"
+
+    if "error" in r:
+        return f"{r['model']:9s}failed: {r['error'][:100]}"
+    return (f"{r['model']:9s}{r['full_ms']:9.2f}{r['bare_ms']:9.2f}{r['ratio_full_over_bare']:7.3f}"
+            f"{r['images_per_s']:9.1f}{cell(r['peak_memory_gib'], 9, '.2f')}{r['tflop_per_step']:9.3f}"
+            f"{r['achieved_tflops']:9.1f}{cell(r['mfu'], 7, '.1f', 100, '%')}{cell(r['mfu_bare'], 9, '.1f', 100, '%')}"
+            f"{r['paper_schedule_hours']:9.2f}")
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    log(f"PaKA step on {device_name(args.device)} | torch {torch.__version__} | transformers {transformers.__version__}")
+    if STAND_INS:
+        log(f"not importable here, replaced by stand-ins: {', '.join(STAND_INS)} (RoIAlign in plain torch: "
+            "same numbers, its own speed)")
+    log(f"batch {args.batch}: 2 global views {args.global_size}px (teacher) + {args.n_local} local views "
+        f"{args.local_size}px (student), head {args.head_hidden}/{args.head_hidden}/{args.head_out}, "
+        f"{args.precision} autocast, sdpa, compile {'on (' + args.compile_backend + ')' if args.compile else 'off'}, "
+        f"grad checkpointing {'on' if args.grad_checkpointing else 'off'}, drop_path {args.drop_path}, "
+        f"{args.steps} timed steps of each kind in {args.rounds} alternating blocks after {args.warmup} warm-up")
+    report = {
+        "device": device_name(args.device),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "settings": {k: (str(v) if isinstance(v, (Path, torch.device)) else v) for k, v in vars(args).items()},
+        "stand_ins": STAND_INS,
+        "paper_images": PAPER_IMAGES,
+        "flops_formula": "3*(B*n_local*F_view(local) + F_head) + B*n_global*F_view(global) + F_head; "
+                         "F_view(S) = 2*P_tok*N + 2*P_emb*n + 4*L*N^2*D; F_head = 2*P_head*B*n_local*roi^2",
+        "results": [],
+        "skipped": [],
+        "complete": False,
+    }
+
+    def save() -> None:  # after every model, so that a run cut short keeps what it measured
+        report["total_s"] = time.perf_counter() - started
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=1) + "\n")
+
+    results, expected = report["results"], 0.0
+    for name in args.models:
+        elapsed = time.perf_counter() - started
+        if results and elapsed + expected > args.time_budget:
+            log(f"{LABELS[name]}: skipped, {elapsed:.0f} s spent and about {expected:.0f} s more expected "
+                f"(--time_budget {args.time_budget:.0f} s)")
+            report["skipped"].append(LABELS[name])
+            continue
+        t0 = time.perf_counter()
+        try:
+            result = run_model(name, args)
+        except Exception as error:  # report and go on: one model's failure should not cost the other's figures
+            if args.smoke:
+                raise
+            result = {"model": LABELS[name], "error": f"{type(error).__name__}: {error}"}
+            gc.collect()
+            if args.device.type == "cuda":
+                torch.cuda.empty_cache()
+        result["model_s"] = time.perf_counter() - t0
+        results.append(result)
+        if "error" not in result:
+            log(f"{LABELS[name]}: done in {result['model_s']:.0f} s (build {result['build_s']:.0f} s, warm-up "
+                f"{result['warmup_s']:.0f} s), last loss {result['last_loss']:.4f} | {table_row(result)}")
+            # The next model: compile and set-up about as long, timed steps up to 3.5x (b14 after s14).
+            fixed = result["build_s"] + result["warmup_s"]
+            expected = 1.3 * fixed + 3.5 * (result["model_s"] - fixed)
+        else:
+            log(table_row(result))
+            expected = 1.3 * result["model_s"]
+        save()
+
+    log("")
+    log(HEADER)
+    for r in results:
+        log(table_row(r))
+    log("ratio = full PaKA step / (teacher fwd + student fwd/bwd) on the same views; paper h = "
+        f"{PAPER_IMAGES:,} images / img/s (input pipeline not included); MFU against {args.peak_tflops or 'n/a'} TFLOP/s")
+    for r in results:
+        if r.get("host_device_syncs_in_full_step") is not None:
+            sites = r["host_device_syncs_in_full_step"]
+            log(f"{r['model']}: host-device syncs in one full step: {', '.join(sites) if sites else 'none'}")
+    report["complete"] = True
+    save()
+    log(f"total {report['total_s']:.0f} s")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""The accelerator step paths, checked on CPU: bf16 autocast, torch.compile and gradient checkpointing
+give the loss (and gradients) of the eager fp32 step; ``benchmarks/gpu_step.py --smoke`` runs; the
+model modules import without the trainer stack. One test needs CUDA: no host–device sync in the step."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT, tiny_dinov2_config
+from paka_hf.backbones import PatchBackbone, ProjectionHead
+from paka_hf.modeling import PaKAModel
+from paka_hf.views import sample_boxes
+
+# bf16 keeps 8 significant bits (relative rounding 2^-9 ≈ 0.2 % per op). Through a 2-layer ViT, the head
+# and RoIAlign, the fp32 loss moves by at most ~1e-3 on these models (measured over 6 seeds); the
+# tolerance leaves 5x margin. Gradients keep their direction: cosine ≥ 0.995 (measured ≥ 0.9994).
+BF16_LOSS_ATOL = 5e-3
+BF16_GRAD_COSINE = 0.995
+# aot_eager runs the same ATen ops as eager, regrouped by AOTAutograd: round-off level differences only.
+COMPILE_LOSS_ATOL = 1e-5
+COMPILE_GRAD_RTOL, COMPILE_GRAD_ATOL = 1e-4, 1e-6
+
+
+def tiny_model(seed: int = 0) -> PaKAModel:
+    """A PaKA model at DINOv2R structure (4 registers, head), small enough for milliseconds on CPU."""
+    torch.manual_seed(seed)
+    backbone = PatchBackbone.from_config(tiny_dinov2_config(registers=4, hidden_size=64))
+    return PaKAModel(backbone, ProjectionHead(64, 128, 32)).train()
+
+
+def synthetic_batch(n_images: int = 2, global_size: int = 56, local_size: int = 28, seed: int = 0) -> dict:
+    """Normalized random views and GLIM boxes sampled on a 640 × 480 image, as the benchmark builds them."""
+    generator = torch.Generator().manual_seed(seed)
+    boxes = [sample_boxes(480, 640, 4, generator=generator) for _ in range(n_images)]
+    return {
+        "global_views": torch.randn(n_images, 2, 3, global_size, global_size, generator=generator),
+        "local_views": torch.randn(n_images, 4, 3, local_size, local_size, generator=generator),
+        "global_boxes": torch.stack([b.global_boxes for b in boxes]),
+        "local_boxes": torch.stack([b.local_boxes for b in boxes]),
+        "pair_index": torch.stack([b.pair_index for b in boxes]),
+        "global_flips": torch.tensor([[False, True]] * n_images),
+        "local_flips": torch.tensor([[True, False, False, True]] * n_images),
+    }
+
+
+def loss_and_grads(model: PaKAModel, batch: dict, autocast: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = model(**batch).loss
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return loss.detach(), grads
+
+
+def gpu_step():
+    """benchmarks/gpu_step.py as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("gpu_step", REPO_ROOT / "benchmarks" / "gpu_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def flat(grads: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.cat([grads[name].flatten().float() for name in sorted(grads)])
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_gpu_step_smoke_runs_on_cpu_and_prints_the_table(tmp_path):
+    out = tmp_path / "figures.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "gpu_step.py"), "--smoke", "--device", "cpu", "--json", str(out)],
+        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("model"))
+    for column in ("full ms", "bare ms", "ratio", "img/s", "peak GiB", "MFU", "paper h"):
+        assert column in header
+    assert any(line.startswith("tiny") and len(line.split()) == 11 for line in lines), result.stdout
+    report = json.loads(out.read_text())
+    (row,) = report["results"]
+    assert row["loss_finite"] and 0.0 <= row["last_loss"] <= 2.0
+    assert row["ratio_full_over_bare"] > 0 and row["images_per_s"] > 0
+    assert row["tflop_per_step"] > row["tflop_per_bare_step"] > 0  # the heads add FLOPs
+    assert report["paper_images"] == 2_957_175
+
+
+def test_flops_formula_at_vit_s14_paper_crops():
+    """F_view(518) of ViT-S/14 with 4 registers, by hand: 2·P_tok·N + 2·P_emb·n + 4·L·N²·D."""
+    script = gpu_step()
+    backbone = PatchBackbone.from_config(script.backbone_config("s14", 0.0))
+    d, layers, n = 384, 12, 37 * 37
+    tokens = n + 1 + 4
+    expected = 2 * (12 * layers * d * d) * tokens + 2 * (3 * 14 * 14 * d) * n + 4 * layers * tokens**2 * d
+    assert script.view_flops(backbone, 518) == pytest.approx(expected, rel=1e-12)
+
+
+def test_roi_align_stand_in_matches_torchvision():
+    """The plain-torch RoIAlign the device script falls back to when torchvision does not import."""
+    from torchvision.ops import roi_align
+
+    stand_in = gpu_step().roi_align_stand_in
+    generator = torch.Generator().manual_seed(0)
+    for height, width in ((37, 37), (7, 7), (4, 6)):
+        grids = torch.randn(6, 8, height, width, generator=generator)
+        size = torch.tensor([width, height], dtype=torch.float32)
+        corner = torch.rand(40, 2, generator=generator) * size * 1.1 - 0.1 * size  # some boxes cross the edges
+        extent = torch.rand(40, 2, generator=generator) * size * 0.8 + 0.01
+        boxes = torch.cat([torch.randint(0, 6, (40, 1), generator=generator).float(), corner, corner + extent], dim=1)
+        for aligned in (True, False):
+            expected = roi_align(grids, boxes, output_size=7, spatial_scale=1.0, sampling_ratio=2, aligned=aligned)
+            torch.testing.assert_close(stand_in(grids, boxes, 7, 1.0, 2, aligned), expected, rtol=0, atol=1e-4)
+
+
+def test_bf16_autocast_loss_matches_fp32_eager():
+    model, batch = tiny_model(), synthetic_batch()
+    loss32, grads32 = loss_and_grads(model, batch)
+    loss16, grads16 = loss_and_grads(model, batch, autocast=True)
+    assert loss16.dtype == torch.float32  # the loss is computed in fp32 under autocast
+    assert abs(loss16.item() - loss32.item()) <= BF16_LOSS_ATOL, (loss16.item(), loss32.item())
+    assert grads16.keys() == grads32.keys()
+    cosine = torch.nn.functional.cosine_similarity(flat(grads16), flat(grads32), dim=0).item()
+    assert cosine >= BF16_GRAD_COSINE, cosine
+
+
+def test_compiled_backbones_give_the_eager_loss_and_gradients():
+    if not torch._dynamo.is_dynamo_supported():
+        pytest.skip(f"torch.compile is not supported on this Python/platform (Python {sys.version.split()[0]})")
+    model, batch = tiny_model(), synthetic_batch()
+    loss_eager, grads_eager = loss_and_grads(model, batch)
+    torch._dynamo.reset()
+    try:
+        # As benchmarks/gpu_step.py --compile, on CPU with the aot_eager backend (dynamo + AOTAutograd, no
+        # codegen: inductor's C++ compile takes minutes on 2 cores). dynamic=False as there: the teacher and
+        # the student run one code path at two input sizes.
+        model.student.compile(backend="aot_eager", dynamic=False)
+        model.teacher.compile(backend="aot_eager", dynamic=False)
+        loss_compiled, grads_compiled = loss_and_grads(model, batch)
+        loss_again, _ = loss_and_grads(model, batch)  # the cached graphs, no recompilation
+    finally:
+        torch._dynamo.reset()
+    assert abs(loss_compiled.item() - loss_eager.item()) <= COMPILE_LOSS_ATOL
+    assert abs(loss_again.item() - loss_eager.item()) <= COMPILE_LOSS_ATOL
+    assert grads_compiled.keys() == grads_eager.keys()
+    for name in grads_eager:
+        torch.testing.assert_close(grads_compiled[name], grads_eager[name], rtol=COMPILE_GRAD_RTOL,
+                                   atol=COMPILE_GRAD_ATOL, msg=lambda m: f"{name}: {m}")
+    # the state-dict names are untouched (Module.compile, not a wrapper): EMA and checkpoints still match
+    assert set(dict(model.student.named_parameters())) == set(dict(model.teacher.named_parameters()))
+    model.update_teacher(0.5)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    model, batch = tiny_model(), synthetic_batch()
+    loss_plain, grads_plain = loss_and_grads(model, batch)
+    gpu_step().enable_checkpointing(model.student)  # what --grad_checkpointing does
+    assert any(getattr(m, "gradient_checkpointing", False) for m in model.student.modules())
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in model.teacher.modules())
+    loss_ckpt, grads_ckpt = loss_and_grads(model, batch)
+    assert torch.allclose(loss_ckpt, loss_plain, rtol=0, atol=1e-7)
+    assert grads_ckpt.keys() == grads_plain.keys()
+    for name in grads_plain:
+        torch.testing.assert_close(grads_ckpt[name], grads_plain[name], rtol=1e-5, atol=1e-8)
+
+
+def test_model_modules_import_without_the_trainer_stack():
+    """What the device script imports must not pull in Trainer, the data stream or datasets."""
+    code = (
+        "import sys\n"
+        "import paka_hf.modeling, paka_hf.backbones, paka_hf.views, paka_hf.teacher, paka_hf.losses, paka_hf.align\n"
+        "heavy = [m for m in ('paka_hf.trainer', 'paka_hf.data', 'paka_hf.hub', 'datasets', 'evaluate', 'sklearn') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "from paka_hf import PaKAConfig, PaKATrainer\n"
+        "import paka_hf\n"
+        "assert paka_hf.PaKATrainer is PaKATrainer and 'PaKAConfig' in dir(paka_hf)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+
+
+def test_trainer_loop_does_not_read_the_loss_every_step():
+    """Trainer's logging_nan_inf_filter evaluates isnan(loss) on the host after each micro-batch: off by default."""
+    from paka_hf.config import PaKAConfig
+
+    assert {f.name: f.default for f in fields(PaKAConfig)}["logging_nan_inf_filter"] is False
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: torch.cuda.set_sync_debug_mode")
+def test_full_step_has_no_host_device_sync_on_cuda():
+    device = torch.device("cuda")
+    model = tiny_model().to(device)
+    batch = {k: v.to(device) for k, v in synthetic_batch().items()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], fused=True)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.student.parameters(), 1.0, foreach=True)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        model.update_teacher(0.9995)
+
+    step()  # allocations and lazy initialisation first
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
