@@ -341,6 +341,24 @@ def find_syncs(step, device: torch.device) -> list[str] | None:
     return sorted(set(sites))
 
 
+def profile_full_step(steps, device: torch.device, label: str, repeats: int = 3) -> None:
+    """Print where a full step's time goes: torch.profiler over ``repeats`` full steps, the ops with the
+    most device time and those with the most host time (launch-bound work shows up in the second)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(repeats):
+            steps.full()
+        synchronize(device)
+    averages = prof.key_averages()
+    device_key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"--- {label}: profile of {repeats} full steps, by device time", flush=True)
+    print(averages.table(sort_by=device_key, row_limit=25), flush=True)
+    print(f"--- {label}: by host time", flush=True)
+    print(averages.table(sort_by="self_cpu_time_total", row_limit=15), flush=True)
+
+
 def run_model(name: str, args) -> dict:
     device = args.device
     torch.manual_seed(0)
@@ -375,6 +393,8 @@ def run_model(name: str, args) -> dict:
                 peak = torch.cuda.max_memory_allocated(device)
                 peak_full, peak_bare = (max(peak_full, peak), peak_bare) if kind == "full" else (peak_full, max(peak_bare, peak))
     syncs = find_syncs(steps.full, device) if args.sync_check else None
+    if args.profile:
+        profile_full_step(steps, device, LABELS[name])
     last_loss = float(steps.last_loss)  # read back after the timed region
 
     t_full, t_bare = statistics.median(full_times), statistics.median(bare_times)
@@ -427,6 +447,7 @@ def parse_args(argv=None):
     parser.add_argument("--rounds", type=int, default=3, help="alternating timed blocks the steps are split into")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps of each kind first (compile happens here)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the student and teacher backbones")
+    parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of the full step per model")
     parser.add_argument("--compile_backend", default="inductor")
     parser.add_argument("--compile_mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
     parser.add_argument("--grad_checkpointing", action="store_true", help="activation checkpointing in the student")

@@ -44,7 +44,7 @@ def intersect(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 def to_grid_coordinates(boxes: torch.Tensor, view_boxes: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
     """Map image-pixel ``boxes`` (P, 4) into the patch-grid coordinates of views cut from ``view_boxes`` (P, 4)."""
-    origin = view_boxes[:, [0, 1, 0, 1]]
+    origin = view_boxes[:, :2].repeat(1, 2)  # slicing, not a list index: no host-to-device index copy
     extent = (view_boxes[:, 2:] - view_boxes[:, :2]).clamp_min(torch.finfo(view_boxes.dtype).tiny)
     fraction = (boxes - origin) / extent.repeat(1, 2)  # (P, 4): x1, y1, x2, y2 as fractions of the view
     # Scale x by grid_w and y by grid_h with Python scalars: a (4,) scale tensor built with
@@ -61,8 +61,10 @@ def unflip(grids: torch.Tensor, flips: torch.Tensor | None) -> torch.Tensor:
 
 
 def _roi_tokens(grids: torch.Tensor, index: torch.Tensor, boxes: torch.Tensor, roi_size: int, sampling_ratio: int) -> torch.Tensor:
-    rois = torch.cat([index[:, None].to(grids.dtype), boxes.to(grids.dtype)], dim=1)
-    pooled = roi_align(grids, rois, output_size=roi_size, spatial_scale=1.0, sampling_ratio=sampling_ratio, aligned=True)
+    # In float32 whatever the grids' dtype: bf16 cannot hold view indices above 256 or box coordinates
+    # exactly, and torchvision's autocast rule runs roi_align in float32 anyway.
+    rois = torch.cat([index[:, None].float(), boxes.float()], dim=1)
+    pooled = roi_align(grids.float(), rois, output_size=roi_size, spatial_scale=1.0, sampling_ratio=sampling_ratio, aligned=True)
     return pooled.flatten(2).transpose(1, 2)  # (P, d, r, r) -> (P, r*r, d)
 
 

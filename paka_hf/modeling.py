@@ -85,6 +85,11 @@ class PaKAModel(nn.Module):
             self.teacher_head.eval()
         return self
 
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Activation checkpointing of the student backbone's layers (what ``gradient_checkpointing=True``
+        asks of ``Trainer``); the teacher runs without gradients and needs none."""
+        self.student.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+
     @torch.no_grad()
     def update_teacher(self, teacher_fraction: float) -> None:
         """EMA step on backbone and head: ``θ_t ← m θ_t + (1 − m) θ_s`` with ``m = teacher_fraction``."""

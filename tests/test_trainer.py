@@ -230,3 +230,10 @@ def test_yaml_config_with_command_line_overrides(tmp_path):
 def test_shipped_configs_parse(name):
     config = load_train_script().parse_config(["--config", str(REPO_ROOT / "configs" / name), "--use_cpu", "true"])
     assert config.max_steps > 0
+
+
+def test_gradient_checkpointing_through_the_trainer(assets, tmp_path):
+    trainer = PaKATrainer(args=run_config(assets, tmp_path, max_steps=2, save_steps=100, gradient_checkpointing=True))
+    trainer.train()
+    assert trainer.model.student.model.is_gradient_checkpointing
+    assert trainer.state.global_step == 2
