@@ -85,10 +85,16 @@ class PaKAModel(nn.Module):
             self.teacher_head.eval()
         return self
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        """Activation checkpointing of the student backbone's layers (what ``gradient_checkpointing=True``
-        asks of ``Trainer``); the teacher runs without gradients and needs none."""
-        self.student.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+    def activation_checkpointing_enable(self, **kwargs) -> None:
+        """Activation checkpointing of the student backbone's layers (what ``Trainer`` calls for
+        ``activation_checkpointing`` / ``gradient_checkpointing``); keyword arguments go to the
+        backbone's own method. The teacher runs without gradients and needs none."""
+        backbone = self.student.model
+        enable = getattr(backbone, "activation_checkpointing_enable", None) or backbone.gradient_checkpointing_enable
+        enable(**kwargs)
+
+    # transformers < 5.20 calls it by its older name, with ``gradient_checkpointing_kwargs``
+    gradient_checkpointing_enable = activation_checkpointing_enable
 
     @torch.no_grad()
     def update_teacher(self, teacher_fraction: float) -> None:
