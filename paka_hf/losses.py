@@ -88,6 +88,13 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
+def _validate_kernel_inputs(student, teacher, mask, kernel: str, scope: str) -> None:
+    """Checks shared by the kernel losses (CKA, Gram): shapes, mask, kernel and scope names."""
+    _validate(student, teacher, mask, need_same_dim=False)
+    _check_choice("kernel", kernel, KERNELS)
+    _check_choice("scope", scope, SCOPES)
+
+
 def _prepare(
     student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None, scope: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -170,9 +177,7 @@ def cka_per_pair(
     A pair qualifies when it has at least two valid tokens; the CKA of a pair that does not is 0.
     See the module docstring for the maths; ``eps`` clamps the two self-HSIC terms.
     """
-    _validate(student, teacher, mask, need_same_dim=False)
-    _check_choice("kernel", kernel, KERNELS)
-    _check_choice("scope", scope, SCOPES)
+    _validate_kernel_inputs(student, teacher, mask, kernel, scope)
     with torch.autocast(device_type=student.device.type, enabled=False):
         s, t, weights = _prepare(student, teacher, mask, scope)
         qualifies = _qualifying_pairs(weights)
@@ -230,9 +235,7 @@ def gram_loss(
     ``N`` is the number of valid tokens of the pair. Unlike CKA this is not scale invariant:
     the student must reproduce the teacher's kernel values, not only their structure.
     """
-    _validate(student, teacher, mask, need_same_dim=False)
-    _check_choice("kernel", kernel, KERNELS)
-    _check_choice("scope", scope, SCOPES)
+    _validate_kernel_inputs(student, teacher, mask, kernel, scope)
     with torch.autocast(device_type=student.device.type, enabled=False):
         s, t, weights = _prepare(student, teacher, mask, scope)
         qualifies = _qualifying_pairs(weights)
