@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+import weakref
 from pathlib import Path
 
 import torch
@@ -65,12 +68,19 @@ def make_export_folder(path: Path, config, *, seed: int = 0, summary: bool = Tru
     return model
 
 
-def go_online(monkeypatch, url: str | None = None) -> None:
+def go_online(monkeypatch, url: str | None = None, home: Path | None = None) -> None:
     """Let huggingface_hub talk HTTP in this test and, with ``url``, point every Hub call at it.
 
     tests/conftest.py sets ``HF_HUB_OFFLINE=1`` for the suite. ``HF_ENDPOINT`` is read by paka_hf.hub at
     call time; the import-time constants are patched for code that uses them directly (the download path
-    of ``transformers`` and ``ModelCard.load``).
+    of ``transformers`` and ``ModelCard.load``). ``transformers`` also keeps one ``HfApi`` for the whole
+    process (``transformers.utils.hub.hf_api()``, used by ``from_pretrained`` to resolve ``main`` to a commit
+    first), and an ``HfApi`` fixes its endpoint when it is built: it is reset here, or ``from_pretrained``
+    would ask the stand-in of whichever test built it first.
+
+    Everything huggingface_hub writes or reads under ``HF_HOME`` (download cache, stored tokens, Xet cache,
+    assets) goes to ``home`` (a fresh temporary folder when not given), never to ``~/.cache/huggingface``;
+    those paths are import-time constants too, so setting the environment alone would not do.
     """
     from huggingface_hub import constants
 
@@ -79,3 +89,25 @@ def go_online(monkeypatch, url: str | None = None) -> None:
         monkeypatch.setenv("HF_ENDPOINT", url)
         monkeypatch.setattr(constants, "ENDPOINT", url)
         monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+    try:
+        import transformers.utils.hub as transformers_hub
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+    else:
+        monkeypatch.setattr(transformers_hub, "_hf_api", None)  # rebuilt on first use, with the endpoint above
+
+    if home is None:
+        home = Path(tempfile.mkdtemp(prefix="paka-hf-home-"))
+        weakref.finalize(monkeypatch, shutil.rmtree, home, ignore_errors=True)
+    home = Path(home)
+    monkeypatch.setenv("HF_HOME", str(home))
+    paths = {
+        "HF_HOME": home,
+        "HF_HUB_CACHE": home / "hub",
+        "HF_ASSETS_CACHE": home / "assets",
+        "HF_XET_CACHE": home / "xet",
+        "HF_TOKEN_PATH": home / "token",
+        "HF_STORED_TOKENS_PATH": home / "stored_tokens",
+    }
+    for name, path in paths.items():
+        monkeypatch.setattr(constants, name, str(path))

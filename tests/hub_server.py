@@ -29,7 +29,8 @@ does); with ``lfs=False`` every file is "regular" (base64 inside the commit) and
 
 A commit is validated completely (every LFS object uploaded, parent commit current) before the branch
 moves, so a failure leaves the repository exactly as it was. Faults are injected with :meth:`fail`.
-The server stops on :meth:`stop` or by itself after ``max_lifetime_s``.
+The server stops on :meth:`stop` or by itself after ``max_lifetime_s``; stopping also closes the open keep-alive
+connections, so a stopped stand-in answers nothing more.
 """
 
 from __future__ import annotations
@@ -144,6 +145,8 @@ class HubStandIn:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._timer: threading.Timer | None = None
+        self._connections: set[socket.socket] = set()  # open client connections (HTTP/1.1 keep-alive)
+        self._stopped = False
 
     # ----- lifecycle -----
 
@@ -163,12 +166,36 @@ class HubStandIn:
         return self
 
     def stop(self) -> None:
+        """Stop listening and close every open connection.
+
+        ``shutdown()`` only ends the accept loop: a handler thread keeps serving its keep-alive connection,
+        and clients pool those (``huggingface_hub`` shares one ``httpx`` client per process). Without closing
+        them, a stopped stand-in would go on answering, with its own repositories, any later request that
+        reuses such a connection: one sent to its URL by an ``HfApi`` built while it ran (``transformers`` keeps
+        one per process), or one meant for a later stand-in that happens to get the same port.
+        """
         if self._timer is not None:
             self._timer.cancel()
-        if self._server is not None:
+        with self.lock:
+            self._stopped = True
             server, self._server = self._server, None
+            connections, self._connections = list(self._connections), set()
+        if server is not None:
             server.shutdown()
             server.server_close()
+        for connection in connections:
+            _close_socket(connection)
+
+    def _track(self, connection: socket.socket) -> None:
+        with self.lock:
+            if not self._stopped:
+                self._connections.add(connection)
+                return
+        _close_socket(connection)  # accepted just as the server stopped
+
+    def _untrack(self, connection: socket.socket) -> None:
+        with self.lock:
+            self._connections.discard(connection)
 
     @property
     def url(self) -> str:
@@ -270,6 +297,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format, *args):  # keep pytest output clean
         return
+
+    def setup(self):
+        super().setup()
+        self.hub._track(self.connection)
+
+    def finish(self):
+        try:
+            super().finish()
+        finally:
+            self.hub._untrack(self.connection)
 
     # ----- plumbing -----
 
@@ -568,6 +605,14 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             headers["ETag"] = f'"{f.oid}"'
         self._send(200, f.content, headers, content_type="application/octet-stream")
+
+
+def _close_socket(connection: socket.socket) -> None:
+    """End a connection from the server side: the peer reads EOF, a blocked handler thread returns."""
+    try:
+        connection.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def _make_commit(repo: Repo, parent: str | None, title: str, message: str, files: dict[str, RemoteFile]) -> Commit:

@@ -2,9 +2,11 @@
 
 ``huggingface_hub`` reads ``HF_ENDPOINT`` once at import, so the fixture both sets the environment
 variable (``paka_hf.hub`` reads it when it runs, see ``resolve_endpoint``) and patches the import-time
-constants that the download path of ``transformers`` uses (``ENDPOINT``, ``HUGGINGFACE_CO_URL_TEMPLATE``).
-It also turns off offline mode (tests/conftest.py sets ``HF_HUB_OFFLINE=1`` for the rest of the suite)
-and Xet (the stand-in takes binary files over classic Git-LFS).
+constants that the download path of ``transformers`` uses (``ENDPOINT``, ``HUGGINGFACE_CO_URL_TEMPLATE``),
+resets ``transformers``' process-wide ``HfApi`` (it keeps the endpoint it was built with) and gives each test
+its own ``HF_HOME`` (download cache, tokens), see ``hub_helpers.go_online``. It also turns off offline mode
+(tests/conftest.py sets ``HF_HUB_OFFLINE=1`` for the rest of the suite) and Xet (the stand-in takes binary
+files over classic Git-LFS).
 """
 
 from __future__ import annotations
@@ -29,9 +31,8 @@ EXPECTED = {"model.safetensors", "config.json", "preprocessor_config.json", "REA
 @pytest.fixture
 def server(monkeypatch, tmp_path):
     with HubStandIn(max_lifetime_s=120) as stand_in:
-        go_online(monkeypatch, stand_in.url)
+        go_online(monkeypatch, stand_in.url, home=tmp_path / "hf_home")  # per-test cache, no stray stored token
         monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no stray stored token
         monkeypatch.delenv("HF_TOKEN", raising=False)
         yield stand_in
 
@@ -205,6 +206,31 @@ def test_regular_upload_route_with_xet_enabled(monkeypatch, tmp_path, out):
         hub.push_to_hub(out, REPO, token=TOKEN, endpoint=stand_in.url, backoff_s=0.01)
         assert stand_in.count("PUT", "") == 0 and stand_in.count("POST", r"lfs") == 0
         assert stand_in.snapshot(REPO)["model.safetensors"] == (out / "model.safetensors").read_bytes()
+
+
+def test_stopped_stand_in_answers_nothing_on_pooled_connections(monkeypatch):
+    """huggingface_hub pools keep-alive connections process-wide: a stopped stand-in must close them, or it
+    would go on answering (with its own repositories) requests meant for the URL of a later test."""
+    import httpx2
+    from huggingface_hub.utils import get_session
+
+    go_online(monkeypatch)
+    session, auth = get_session(), {"Authorization": f"Bearer {TOKEN}"}
+    with HubStandIn(max_lifetime_s=30) as stand_in:
+        url = stand_in.url
+        assert session.get(f"{url}/api/whoami-v2", headers=auth).status_code == 200  # leaves a pooled connection
+    with pytest.raises(httpx2.TransportError):
+        session.get(f"{url}/api/whoami-v2", headers=auth)
+
+
+def test_go_online_resets_transformers_hub_client(server, monkeypatch):
+    """transformers resolves ``main`` with one process-wide HfApi whose endpoint is fixed when it is built."""
+    from transformers.utils import hub as transformers_hub
+
+    assert transformers_hub.hf_api().endpoint == server.url
+    with HubStandIn(max_lifetime_s=30) as other:
+        go_online(monkeypatch, other.url)
+        assert transformers_hub.hf_api().endpoint == other.url
 
 
 def test_missing_files_are_reported_before_anything_is_sent(server, out):
