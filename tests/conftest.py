@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
+# Hermetic: every Hugging Face cache (hub, datasets, evaluate modules) lives in a folder of this test
+# session, removed at exit; set before any test module imports those libraries (they read it at import).
+_HF_HOME = tempfile.mkdtemp(prefix="paka_tests_hf_home_")
+atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
+os.environ["HF_HOME"] = _HF_HOME
+for _variable in ("HF_HUB_CACHE", "HF_DATASETS_CACHE", "HF_EVALUATE_CACHE", "HF_MODULES_CACHE", "TRANSFORMERS_CACHE"):
+    os.environ.pop(_variable, None)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
