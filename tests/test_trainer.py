@@ -1,10 +1,8 @@
 import importlib.util
-import os
 import signal
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
