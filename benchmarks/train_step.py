@@ -27,7 +27,7 @@ from transformers import AutoModel, Dinov2Config, TrainerCallback
 
 from paka_hf import PaKAConfig, PaKATrainer
 from paka_hf.demo import synthetic_scene
-from paka_hf.views import collate_views
+from paka_hf.views import collate_views, normalize_views
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "camvid" / "train" / "images"
 
@@ -81,6 +81,7 @@ def main() -> None:
     transform = trainer.view_transform
     files = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in {".jpg", ".png", ".jpeg"})[: args.batch]
     batch = collate_views([transform(Image.open(f).convert("RGB")) for f in files])
+    batch = {k: normalize_views(v) if k.endswith("_views") else v for k, v in batch.items()}  # the model's own first op
     bare_steps = []
     for i in range(args.steps):
         t0 = time.perf_counter()

@@ -31,6 +31,7 @@ from .align import align_pairs
 from .backbones import PatchBackbone, ProjectionHead
 from .losses import PaKALoss, cka_per_pair
 from .teacher import ema_update_, make_teacher
+from .views import IMAGENET_MEAN, IMAGENET_STD, normalize_views
 
 
 @dataclass
@@ -74,6 +75,9 @@ class PaKAModel(nn.Module):
         self.criterion = PaKALoss(loss, kernel=kernel, scope=kernel_scope)
         self.roi_size, self.sampling_ratio = int(roi_size), int(sampling_ratio)
         self.student_views = student_views
+        # uint8 views (what the training stream ships) are normalized here, on the model's device.
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD), persistent=False)
 
     # ``Trainer`` must not pass ``num_items_in_batch``: the loss is a per-batch mean.
     accepts_loss_kwargs = False
@@ -114,7 +118,10 @@ class PaKAModel(nn.Module):
         local_flips: torch.Tensor | None = None,
         **unused,
     ) -> PaKAOutput:
-        """Shapes: views (B, V, 3, S, S); boxes (B, V, 4); pair_index (B, n_local); flips (B, V)."""
+        """Shapes: views (B, V, 3, S, S), float32 normalized or uint8; boxes (B, V, 4);
+        pair_index (B, n_local); flips (B, V)."""
+        global_views = normalize_views(global_views, self.pixel_mean, self.pixel_std)
+        local_views = normalize_views(local_views, self.pixel_mean, self.pixel_std)
         with torch.no_grad():
             teacher_grids = self.teacher(global_views.flatten(0, 1))
         student_grids = self.student(local_views.flatten(0, 1))

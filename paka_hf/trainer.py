@@ -98,6 +98,7 @@ def build_transform(config: PaKAConfig, patch_size: int) -> GlimTransform:
         flip=config.flip,
         teacher_augment=config.teacher_augment,
         patch_size=patch_size,
+        normalize=False,  # uint8 views; PaKAModel normalizes them on its device
     )
 
 

@@ -93,3 +93,20 @@ def test_student_views_all_adds_global_to_global_pairs():
     out.loss.backward()
     with pytest.raises(ValueError, match="student_views must be 'local' or 'all'"):
         PaKAModel(PatchBackbone.from_config(tiny_dinov2_config()), student_views="globals")
+
+
+def test_uint8_views_are_normalized_by_the_model_like_float_views():
+    rng = np.random.default_rng(3)
+    image = Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8))
+    as_float = GlimTransform(56, 28, patch_size=14)(image, torch.Generator().manual_seed(5))
+    as_uint8 = GlimTransform(56, 28, patch_size=14, normalize=False)(image, torch.Generator().manual_seed(5))
+    assert as_uint8["global_views"].dtype == torch.uint8 and as_uint8["local_views"].dtype == torch.uint8
+    from paka_hf.views import normalize_views
+
+    assert torch.allclose(normalize_views(as_uint8["global_views"]), as_float["global_views"], atol=1e-6)
+    model = PaKAModel(PatchBackbone.from_config(tiny_dinov2_config()), roi_size=4).eval()
+    with torch.no_grad():
+        a = model(**collate_views([as_float])).loss
+        b = model(**collate_views([as_uint8])).loss
+    assert torch.allclose(a, b, atol=1e-6)
+    assert "pixel_mean" not in model.state_dict()  # not a checkpointed tensor
