@@ -17,22 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from paka_hf.data import PaKACollator, PaKAViewStream, load_image_source
-from paka_hf.demo import synthetic_scene
+from paka_hf.demo import synthetic_jpegs
 from paka_hf.views import GlimTransform
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "camvid" / "train" / "images"
-
-
-def synthetic_jpegs(folder: Path, count: int) -> Path:
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        synthetic_scene(rng, 640, 480).save(folder / f"{i:04d}.jpg", quality=90)
-    return folder
 
 
 def measure(images: Path, global_size: int, workers: int, batch: int, batches: int, warmup: int, normalize: bool) -> float:

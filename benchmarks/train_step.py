@@ -26,7 +26,7 @@ from PIL import Image
 from transformers import AutoModel, Dinov2Config, TrainerCallback
 
 from paka_hf import PaKAConfig, PaKATrainer
-from paka_hf.demo import synthetic_scene
+from paka_hf.demo import synthetic_jpegs
 from paka_hf.views import collate_views, normalize_views
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "camvid" / "train" / "images"
@@ -38,14 +38,6 @@ class StepTimer(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.ends.append(time.perf_counter())
-
-
-def synthetic_jpegs(folder: Path, count: int) -> Path:
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        synthetic_scene(rng, 640, 480).save(folder / f"{i:04d}.jpg", quality=90)
-    return folder
 
 
 def main() -> None:

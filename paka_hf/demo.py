@@ -76,6 +76,15 @@ def make_images(path: Path, count: int = 96, seed: int = 0) -> Path:
     return path
 
 
+def synthetic_jpegs(path: Path, count: int, width: int = 640, height: int = 480, seed: int = 0) -> Path:
+    """``count`` JPEG scenes of one size (640 × 480 like COCO's by default), for benchmarks."""
+    rng = np.random.default_rng(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        synthetic_scene(rng, width, height).save(path / f"{index:04d}.jpg", quality=90)
+    return path
+
+
 def make_demo_assets(root: str | Path, num_images: int = 96, seed: int = 0) -> dict[str, Path]:
     root = Path(root)
     return {"model": make_tiny_model(root / "model", seed), "images": make_images(root / "images", num_images, seed)}
