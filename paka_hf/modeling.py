@@ -160,7 +160,13 @@ class PaKAModel(nn.Module):
             student_tokens = self.student_head(student_tokens)
         loss = self.criterion(student_tokens, teacher_tokens, aligned.mask)
         with torch.no_grad():
-            cka, qualifies = cka_per_pair(student_tokens.detach(), teacher_tokens, aligned.mask)
-            num_pairs = qualifies.sum()
-            mean_cka = (cka * qualifies).sum() / num_pairs.clamp_min(1)
+            criterion = self.criterion
+            if (criterion.loss, criterion.kernel, criterion.scope) == ("cka", "linear", "pair"):
+                # The loss already is 1 − mean linear CKA over the qualifying pairs: don't compute it twice.
+                num_pairs = ((~aligned.mask).sum(1) >= 2).sum()
+                mean_cka = torch.where(num_pairs > 0, 1.0 - loss.detach(), torch.zeros_like(loss))
+            else:  # log linear pairwise CKA whatever the training loss, so runs stay comparable
+                cka, qualifies = cka_per_pair(student_tokens.detach(), teacher_tokens, aligned.mask)
+                num_pairs = qualifies.sum()
+                mean_cka = (cka * qualifies).sum() / num_pairs.clamp_min(1)
         return PaKAOutput(loss=loss, cka=mean_cka, num_pairs=num_pairs)

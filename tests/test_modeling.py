@@ -110,3 +110,22 @@ def test_uint8_views_are_normalized_by_the_model_like_float_views():
         b = model(**collate_views([as_uint8])).loss
     assert torch.allclose(a, b, atol=1e-6)
     assert "pixel_mean" not in model.state_dict()  # not a checkpointed tensor
+
+
+def test_logged_cka_is_mean_linear_cka_whatever_the_loss():
+    from paka_hf.align import align_pairs
+    from paka_hf.losses import cka_per_pair
+
+    batch = batch_of_views()
+    for loss in ("cka", "gram"):
+        torch.manual_seed(0)
+        model = PaKAModel(PatchBackbone.from_config(tiny_dinov2_config()), roi_size=4, loss=loss).eval()
+        with torch.no_grad():
+            t = model.teacher(batch["global_views"].flatten(0, 1))
+            s = model.student(batch["local_views"].flatten(0, 1))
+            aligned = align_pairs(t, s, batch["global_boxes"], batch["local_boxes"], batch["pair_index"],
+                                  batch["global_flips"], batch["local_flips"], roi_size=4)
+            cka, qualifies = cka_per_pair(aligned.student, aligned.teacher, aligned.mask)
+            out = model(**batch)
+        assert out.num_pairs.item() == qualifies.sum().item() == 8
+        assert torch.allclose(out.cka, cka.mean(), atol=1e-6), loss
