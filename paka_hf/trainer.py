@@ -467,17 +467,21 @@ class PaKATrainer(HubPushMixin, Trainer):
             return super().save_model(output_dir, _internal_call=True)
         self.export_backbone(output_dir)
 
-    def export_backbone(self, output_dir: str | os.PathLike | None = None) -> Path:
+    def export_backbone(self, output_dir: str | os.PathLike | None = None, network: str | None = None) -> Path:
         """Write the ``export`` network (student or teacher) as a plain ``transformers`` model —
         ``config.json``, ``model.safetensors``, ``preprocessor_config.json`` — plus
-        ``training_config.yaml`` and ``training_summary.json``. Process zero writes; no collective
-        call, so the Hub callback may call it from process zero alone."""
+        ``training_config.yaml`` and ``training_summary.json``. ``network`` ('student' or 'teacher')
+        overrides ``args.export`` for this call, e.g. to write the other network beside the exported one.
+        Process zero writes; no collective call, so the Hub callback may call it from process zero alone."""
         output_dir = Path(output_dir or self.args.output_dir)
+        which = self.args.export if network is None else network
+        if which not in ("student", "teacher"):
+            raise ValueError(f"network must be 'student' or 'teacher', got {network!r}")
         if not self.args.should_save:
             return output_dir
         model = self.accelerator.unwrap_model(self.model)
-        network = model.student if self.args.export == "student" else model.teacher
-        save_backbone(network, output_dir, image_processor=self.processing_class)
+        network_module = model.student if which == "student" else model.teacher
+        save_backbone(network_module, output_dir, image_processor=self.processing_class)
         self._write_training_config(output_dir)
         summary = {
             "train_runtime_s": round(time.perf_counter() - self._train_start, 1) if self._train_start else None,
@@ -486,7 +490,7 @@ class PaKATrainer(HubPushMixin, Trainer):
             "images_skipped": self.stream_state.images_skipped,
             "device": _device_name(self.args.device),
             "num_processes": self.args.world_size,
-            "exported": self.args.export,
+            "exported": which,
         }
         (output_dir / TRAINING_SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         return output_dir

@@ -1,4 +1,5 @@
 import importlib.util
+import json
 import signal
 import subprocess
 import sys
@@ -126,6 +127,25 @@ def test_export_loads_with_no_custom_code_and_matches(assets, tmp_path, export):
     extractor = pipeline("image-feature-extraction", model=str(out), device="cpu")
     features = extractor(Image.new("RGB", (64, 48), (120, 30, 200)), return_tensors=True)
     assert features.shape[-1] == 32
+
+
+def test_export_network_override_writes_the_other_network(assets, tmp_path):
+    trainer = PaKATrainer(args=run_config(assets, tmp_path / "run", max_steps=2, save_steps=100, export="student"))
+    trainer.train()
+    student_dir = trainer.export_backbone(tmp_path / "student")
+    teacher_dir = trainer.export_backbone(tmp_path / "teacher", network="teacher")
+    pixels = torch.randn(1, 3, 56, 56)
+    with torch.no_grad():
+        for out, net in ((student_dir, trainer.model.student), (teacher_dir, trainer.model.teacher)):
+            loaded = AutoModel.from_pretrained(out).eval()
+            assert torch.equal(loaded(pixel_values=pixels).last_hidden_state, net.model.eval()(pixel_values=pixels).last_hidden_state)
+            assert json.loads((out / "training_summary.json").read_text())["exported"] == out.name
+        assert not torch.equal(  # two optimizer steps moved the student away from its EMA
+            AutoModel.from_pretrained(student_dir)(pixel_values=pixels).last_hidden_state,
+            AutoModel.from_pretrained(teacher_dir)(pixel_values=pixels).last_hidden_state,
+        )
+    with pytest.raises(ValueError, match="'student' or 'teacher'"):
+        trainer.export_backbone(tmp_path / "x", network="head")
 
 
 @pytest.mark.parametrize("workers", [0, 2])
