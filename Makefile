@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv demo test bench-core bench-train bench-eval clean
+.PHONY: venv demo test bench-core bench-train bench-eval repro clean
 
 venv: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ bench-train: venv
 bench-eval: venv
 	OMP_NUM_THREADS=1 $(PY) benchmarks/eval_camvid.py --model_dir ../shared/models/dinov2-small-imgfocus \
 		--data_dir ../shared/datasets/camvid
+
+# Issue 6: PaKA on the real ViT-S/14 and CamVid in ../shared, controls and ablations (~1.5 h on 2 cores).
+repro: venv
+	$(PY) benchmarks/repro_camvid.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info .demo out
