@@ -25,8 +25,9 @@ def driver():
 
 def test_every_run_has_a_config_that_changes_exactly_one_field_of_the_main_recipe(driver):
     main = yaml.safe_load((REPRO / "paka.yaml").read_text())
-    assert set(driver.DEFAULT_RUNS) == {p.stem for p in REPRO.glob("*.yaml")}
-    for run in driver.DEFAULT_RUNS:
+    configs = {p.stem for p in REPRO.glob("*.yaml")}
+    assert set(driver.DEFAULT_RUNS) <= configs
+    for run in configs:
         if run == "paka":
             continue
         values = yaml.safe_load((REPRO / f"{run}.yaml").read_text())
