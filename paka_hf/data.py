@@ -38,7 +38,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .imaging import to_rgb
-from .views import VIEW_KEYS, GlimTransform
+from .views import GlimTransform, collate_views
 
 logger = logging.getLogger(__name__)
 
@@ -345,14 +345,15 @@ class PaKAViewStream(torch.utils.data.IterableDataset):
 
 
 class PaKACollator:
-    """Stack samples of one stream into a batch: the view tensors of :func:`collate_views` plus the
-    stream bookkeeping of the *last* sample (its stream, epoch and position) and the number of
-    images skipped while the batch was read."""
+    """Stack samples of one stream into a batch: the tensors of :func:`collate_views` (rendered
+    views, or images and draws for rendering on the device) plus the stream bookkeeping of the
+    *last* sample (its stream, epoch and position) and the number of images skipped while the batch
+    was read."""
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if not samples:
             raise ValueError("cannot collate an empty list of samples")
-        batch: dict[str, Any] = {key: torch.stack([s[key] for s in samples]) for key in VIEW_KEYS}
+        batch: dict[str, Any] = collate_views(samples)
         last = samples[-1]
         if "stream_index" in last:
             if len({s["stream_index"] for s in samples}) != 1:

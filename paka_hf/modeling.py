@@ -31,7 +31,7 @@ from .align import align_pairs
 from .backbones import PatchBackbone, ProjectionHead
 from .losses import PaKALoss, cka_per_pair
 from .teacher import ema_update_, make_teacher
-from .views import IMAGENET_MEAN, IMAGENET_STD, normalize_views
+from .views import IMAGENET_MEAN, IMAGENET_STD, normalize_views, render_views
 
 
 @dataclass
@@ -109,17 +109,40 @@ class PaKAModel(nn.Module):
 
     def forward(
         self,
-        global_views: torch.Tensor,
-        local_views: torch.Tensor,
-        global_boxes: torch.Tensor,
-        local_boxes: torch.Tensor,
-        pair_index: torch.Tensor,
+        global_views: torch.Tensor | None = None,
+        local_views: torch.Tensor | None = None,
+        global_boxes: torch.Tensor | None = None,
+        local_boxes: torch.Tensor | None = None,
+        pair_index: torch.Tensor | None = None,
         global_flips: torch.Tensor | None = None,
         local_flips: torch.Tensor | None = None,
+        images: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        view_spec: dict[str, int] | None = None,
+        global_color: torch.Tensor | None = None,
+        local_color: torch.Tensor | None = None,
         **unused,
     ) -> PaKAOutput:
         """Shapes: views (B, V, 3, S, S), float32 normalized or uint8; boxes (B, V, 4);
-        pair_index (B, n_local); flips (B, V)."""
+        pair_index (B, n_local); flips (B, V).
+
+        Or, for views rendered here on the model's device (``view_rendering: device``), instead of
+        the views: ``images`` (B, H, W, 3) uint8, ``image_sizes`` (B, 2), ``view_spec`` and the
+        photometric parameters ``global_color``/``local_color`` (B, V, P) — see
+        :func:`paka_hf.views.render_views`. Flips are then folded into the rendering and recorded
+        as usual.
+        """
+        if images is not None:
+            if global_views is not None or local_views is not None:
+                raise ValueError("pass either rendered views (global_views, local_views) or images to render, not both")
+            if image_sizes is None or view_spec is None:
+                raise ValueError("rendering views on the device needs images, image_sizes and view_spec (collate_views makes them)")
+            global_views, local_views = render_views(
+                images, image_sizes, global_boxes, local_boxes, view_spec,
+                global_flips, local_flips, global_color, local_color,
+            )
+        elif global_views is None or local_views is None:
+            raise ValueError("PaKAModel needs global_views and local_views, or images (with image_sizes, view_spec) to render")
         global_views = normalize_views(global_views, self.pixel_mean, self.pixel_std)
         local_views = normalize_views(local_views, self.pixel_mean, self.pixel_std)
         with torch.no_grad():
