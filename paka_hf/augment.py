@@ -87,15 +87,13 @@ class PhotometricAugment:
         The draws, in order: jitter?, then (if jittered) the op order and each op's factor in that
         order, grayscale?, blur?, then (if blurred) σ — one ``torch.rand``/``randperm`` each.
         """
-        params = torch.zeros(NUM_PARAMS, dtype=torch.float64)
-        params[1:5] = torch.arange(4, dtype=torch.float64)
-        params[5:9] = torch.tensor(_IDENTITY, dtype=torch.float64)
+        params = [0.0, 0.0, 1.0, 2.0, 3.0, *_IDENTITY, 0.0, 0.0]  # plain floats: a tensor at the end, once
         if _chance(self.jitter_p, generator):
             params[0] = 1.0
-            order = torch.randperm(4, generator=generator)
-            params[1:5] = order.double()
+            order = torch.randperm(4, generator=generator).tolist()
+            params[1:5] = [float(i) for i in order]
             ranges = self._ranges()
-            for index in order.tolist():
+            for index in order:
                 low, high = ranges[index]
                 if high > low:
                     params[5 + index] = _uniform(low, high, generator)
@@ -103,7 +101,7 @@ class PhotometricAugment:
             params[9] = 1.0
         if _chance(self.blur_p, generator):
             params[10] = _uniform(*self.blur_sigma, generator)
-        return params
+        return torch.tensor(params, dtype=torch.float64)
 
     def apply(self, view: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """One ``uint8`` view ``(3, H, W)`` with torchvision's ops (the CPU path, and the reference)."""

@@ -74,34 +74,55 @@ def _check_range(name: str, value: Sequence[float], low: float, high: float) -> 
     return lo, hi
 
 
+# The samplers below draw with torch (one ``torch.rand`` per batch of candidates, from the caller's
+# generator) and compute in numpy float64: the same IEEE operations as the torch version they replace
+# (so the same boxes), at a fraction of the per-call overhead of tiny torch ops, which dominated the
+# data workers' time once the views moved to the device.
+
+
+def _rand(count: int, generator) -> np.ndarray:
+    return torch.rand(count, 2, generator=generator, dtype=torch.float64).numpy()
+
+
 def _candidate_sizes(
     count: int, area: float, scale: tuple[float, float], ratio: tuple[float, float], generator
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[np.ndarray, np.ndarray]:
     """``count`` random (w, h) with area ∈ scale·area and log-uniform aspect ratio w/h ∈ ratio."""
-    u = torch.rand(count, 2, generator=generator, dtype=torch.float64)
+    u = _rand(count, generator)
     target = area * (scale[0] + (scale[1] - scale[0]) * u[:, 0])
     log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
-    aspect = torch.exp(log_r)
-    return torch.sqrt(target * aspect), torch.sqrt(target / aspect)
+    aspect = torch.exp(torch.from_numpy(log_r)).numpy()  # torch's exp, as ever: the same last bit
+    return np.sqrt(target * aspect), np.sqrt(target / aspect)
 
 
-def _place(w: torch.Tensor, h: torch.Tensor, region: torch.Tensor, generator) -> torch.Tensor:
+def _place(w: np.ndarray, h: np.ndarray, region: np.ndarray, generator) -> np.ndarray:
     """Boxes of size (w, h) at uniform positions inside ``region`` (x1, y1, x2, y2); (count, 4)."""
-    u = torch.rand(len(w), 2, generator=generator, dtype=torch.float64)
-    x1 = region[0] + (region[2] - region[0] - w).clamp_min(0) * u[:, 0]
-    y1 = region[1] + (region[3] - region[1] - h).clamp_min(0) * u[:, 1]
-    return torch.stack([x1, y1, x1 + w, y1 + h], dim=1)
+    u = _rand(len(w), generator)
+    x1 = region[0] + np.maximum(region[2] - region[0] - w, 0) * u[:, 0]
+    y1 = region[1] + np.maximum(region[3] - region[1] - h, 0) * u[:, 1]
+    return np.stack([x1, y1, x1 + w, y1 + h], axis=1)
 
 
-def _global_box(height: int, width: int, scale, ratio, tries: int, generator) -> torch.Tensor:
+def _containment(inner: np.ndarray, outer: np.ndarray) -> np.ndarray:
+    """:func:`containment` in numpy float64."""
+    x1 = np.maximum(inner[..., 0], outer[..., 0])
+    y1 = np.maximum(inner[..., 1], outer[..., 1])
+    x2 = np.minimum(inner[..., 2], outer[..., 2])
+    y2 = np.minimum(inner[..., 3], outer[..., 3])
+    overlap = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
+    area = (inner[..., 2] - inner[..., 0]) * (inner[..., 3] - inner[..., 1])
+    return overlap / np.maximum(area, np.finfo(np.float64).tiny)
+
+
+def _global_box(height: int, width: int, scale, ratio, tries: int, generator) -> np.ndarray:
     """A random resized crop (torchvision's rule: ``tries`` draws, else the largest centred box
     whose aspect ratio is clamped into ``ratio``)."""
     w, h = _candidate_sizes(tries, height * width, scale, ratio, generator)
     fits = (w <= width) & (h <= height)
-    image = torch.tensor([0.0, 0.0, width, height], dtype=torch.float64)
+    image = np.array([0.0, 0.0, width, height])
     boxes = _place(w, h, image, generator)
     if fits.any():
-        return boxes[int(fits.nonzero()[0])]
+        return boxes[int(fits.argmax())]
     in_ratio = width / height
     if in_ratio < ratio[0]:
         fw, fh = float(width), width / ratio[0]
@@ -110,21 +131,21 @@ def _global_box(height: int, width: int, scale, ratio, tries: int, generator) ->
     else:
         fw, fh = float(width), float(height)
     x1, y1 = (width - fw) / 2, (height - fh) / 2
-    return torch.tensor([x1, y1, x1 + fw, y1 + fh], dtype=torch.float64)
+    return np.array([x1, y1, x1 + fw, y1 + fh])
 
 
-def _local_box(height, width, paired_global, scale, ratio, min_intersection, tries, generator) -> torch.Tensor:
+def _local_box(height, width, paired_global, scale, ratio, min_intersection, tries, generator) -> np.ndarray:
     w, h = _candidate_sizes(tries, height * width, scale, ratio, generator)
-    image = torch.tensor([0.0, 0.0, width, height], dtype=torch.float64)
+    image = np.array([0.0, 0.0, width, height])
     boxes = _place(w, h, image, generator)
     ok = (w <= width) & (h <= height)
-    ok &= containment(boxes, paired_global) >= min_intersection - CONTAINMENT_TOLERANCE
+    ok &= _containment(boxes, paired_global) >= min_intersection - CONTAINMENT_TOLERANCE
     if ok.any():
-        return boxes[int(ok.nonzero()[0])]
+        return boxes[int(ok.argmax())]
     # Fallback: a local box drawn inside the global box (containment 1), shrunk to fit if needed.
     gw, gh = paired_global[2] - paired_global[0], paired_global[3] - paired_global[1]
     w, h = _candidate_sizes(1, height * width, scale, ratio, generator)
-    return _place(w.clamp_max(gw), h.clamp_max(gh), paired_global, generator)[0]
+    return _place(np.minimum(w, gw), np.minimum(h, gh), paired_global, generator)[0]
 
 
 def sample_boxes(
@@ -158,20 +179,16 @@ def sample_boxes(
     local_scale = _check_range("local_scale", local_scale, 0.0, 1.0)
     ratio = _check_range("ratio", ratio, 1e-6, 1e6)
 
-    globals_ = torch.stack(
-        [_global_box(height, width, global_scale, ratio, max_tries, generator) for _ in range(n_global)]
-    )
-    pair_index = torch.arange(n_local) % n_global
-    locals_ = torch.stack(
-        [
-            _local_box(height, width, globals_[g], local_scale, ratio, min_intersection, max_tries, generator)
-            for g in pair_index.tolist()
-        ]
+    globals_ = np.stack([_global_box(height, width, global_scale, ratio, max_tries, generator) for _ in range(n_global)])
+    pair_index = [j % n_global for j in range(n_local)]
+    locals_ = np.stack(
+        [_local_box(height, width, globals_[g], local_scale, ratio, min_intersection, max_tries, generator) for g in pair_index]
     )
     # Clamp float round-off so every box lies inside the image.
-    limits = torch.tensor([width, height, width, height], dtype=torch.float64)
-    globals_ = torch.minimum(globals_.clamp_min(0), limits)
-    locals_ = torch.minimum(locals_.clamp_min(0), limits)
+    limits = np.array([width, height, width, height], dtype=np.float64)
+    globals_ = torch.from_numpy(np.minimum(np.maximum(globals_, 0), limits))
+    locals_ = torch.from_numpy(np.minimum(np.maximum(locals_, 0), limits))
+    pair_index = torch.tensor(pair_index, dtype=torch.int64)
     return GlimBoxes(globals_.float(), locals_.float(), pair_index)
 
 
@@ -210,7 +227,7 @@ class GlimTransform:
     With ``rendering="device"`` it renders nothing: it returns the decoded image and every random
     draw, and :func:`render_views` renders the views of a whole batch later, on the accelerator:
 
-    - ``image`` (H, W, 3) uint8, as decoded; ``image_size`` (2,) int64 (H, W)
+    - ``image`` (H, W, 3) uint8 numpy array (read-only), as decoded; ``image_size`` (2,) int64 (H, W)
     - the boxes, ``pair_index`` and flips as above
     - ``local_color`` (n_local, P) float64, the photometric parameters of each local view
       (:mod:`paka_hf.augment`), and ``global_color`` (n_global, P) when ``teacher_augment``
@@ -330,15 +347,29 @@ class GlimTransform:
             ])
         return views
 
-    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        image = to_rgb(image)
-        draws = self.sample(image.height, image.width, generator)
-        if self.rendering == "device":
-            pixels = torch.from_numpy(np.asarray(image).copy())  # (H, W, 3) uint8; one copy, no layout change
-            return {"image": pixels, "image_size": torch.tensor([image.height, image.width]), **draws,
-                    "view_spec": self.view_spec()}
-        views = self.render(image, draws)
-        return {**views, **{key: draws[key] for key in VIEW_KEYS if key in draws}}
+    def __call__(self, image: Image.Image | np.ndarray, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Views (or, with ``rendering="device"``, pixels and draws) of one image.
+
+        ``image``: a PIL image of any mode, or — for ``rendering="device"`` — an RGB ``(H, W, 3)``
+        uint8 array as :func:`paka_hf.data.decode_rgb_pixels` makes it.
+        """
+        if isinstance(image, np.ndarray):
+            if self.rendering != "device" or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise ValueError(
+                    f"an array image must be RGB (H, W, 3) uint8 and needs rendering='device', got {image.dtype} "
+                    f"{image.shape} with rendering={self.rendering!r}; pass a PIL image otherwise"
+                )
+            pixels = image
+        else:
+            image = to_rgb(image)
+            if self.rendering == "cpu":
+                draws = self.sample(image.height, image.width, generator)
+                views = self.render(image, draws)
+                return {**views, **{key: draws[key] for key in VIEW_KEYS if key in draws}}
+            pixels = np.asarray(image)  # (H, W, 3) uint8, read-only: copied once, into the padded batch
+        height, width = pixels.shape[:2]
+        draws = self.sample(height, width, generator)
+        return {"image": pixels, "image_size": torch.tensor([height, width]), **draws, "view_spec": self.view_spec()}
 
 
 VIEW_KEYS = ("global_views", "local_views", "global_boxes", "local_boxes", "pair_index", "global_flips", "local_flips")
@@ -346,13 +377,26 @@ DEVICE_KEYS = ("image_size", "global_boxes", "local_boxes", "pair_index", "globa
 COLOR_KEYS = ("global_color", "local_color")
 
 
-def pad_images(images: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``(H_i, W_i, 3)`` uint8 images → one zero-padded ``(B, max H, max W, 3)`` batch."""
+def pad_images(images: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
+    """``(H_i, W_i, 3)`` uint8 images → one zero-padded ``(B, max H, max W, 3)`` uint8 tensor.
+
+    Inside a DataLoader worker the batch is allocated in shared memory, as ``default_collate`` does,
+    so that sending it to the main process copies nothing; only the padding is zeroed.
+    """
     height = max(image.shape[0] for image in images)
     width = max(image.shape[1] for image in images)
-    batch = torch.zeros(len(images), height, width, 3, dtype=torch.uint8)
-    for out, image in zip(batch, images):
-        out[: image.shape[0], : image.shape[1]] = image
+    shape = (len(images), height, width, 3)
+    if torch.utils.data.get_worker_info() is not None:
+        storage = torch.UntypedStorage._new_shared(math.prod(shape))
+        batch = torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+    else:
+        batch = torch.empty(shape, dtype=torch.uint8)
+    target = batch.numpy()
+    for out, image in zip(target, images):
+        h, w = image.shape[:2]
+        np.copyto(out[:h, :w], np.asarray(image))
+        out[h:] = 0
+        out[:h, w:] = 0
     return batch
 
 
