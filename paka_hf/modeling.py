@@ -30,7 +30,7 @@ from transformers.utils import ModelOutput
 from .align import align_pairs
 from .backbones import PatchBackbone, ProjectionHead
 from .losses import PaKALoss, cka_per_pair
-from .teacher import ema_update_, make_teacher
+from .teacher import EMAPairs, ema_apply_, ema_pairs, make_teacher
 from .views import IMAGENET_MEAN, IMAGENET_STD, normalize_views, render_views
 
 
@@ -78,6 +78,7 @@ class PaKAModel(nn.Module):
         # uint8 views (what the training stream ships) are normalized here, on the model's device.
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD), persistent=False)
+        self._ema_pairs: EMAPairs | None = None
 
     # ``Trainer`` must not pass ``num_items_in_batch``: the loss is a per-batch mean.
     accepts_loss_kwargs = False
@@ -102,10 +103,21 @@ class PaKAModel(nn.Module):
 
     @torch.no_grad()
     def update_teacher(self, teacher_fraction: float) -> None:
-        """EMA step on backbone and head: ``θ_t ← m θ_t + (1 − m) θ_s`` with ``m = teacher_fraction``."""
-        ema_update_(self.teacher, self.student, teacher_fraction)
-        if self.student_head is not None:
-            ema_update_(self.teacher_head, self.student_head, teacher_fraction)
+        """EMA step on backbone and head: ``θ_t ← m θ_t + (1 − m) θ_s`` with ``m = teacher_fraction``.
+
+        One ``_foreach_lerp_`` over the parameter lists of both networks, matched by name once
+        (:func:`~paka_hf.teacher.ema_pairs`) and kept until the module is moved or cast.
+        """
+        if self._ema_pairs is None:
+            pairs = ema_pairs(self.teacher, self.student)
+            if self.student_head is not None:
+                pairs = pairs + ema_pairs(self.teacher_head, self.student_head)
+            self._ema_pairs = pairs
+        ema_apply_(self._ema_pairs, teacher_fraction)
+
+    def _apply(self, fn, recurse=True):
+        self._ema_pairs = None  # .to(), .cuda(), .half() ...: buffers may be new tensors; list them again
+        return super()._apply(fn, recurse)
 
     def forward(
         self,
