@@ -213,3 +213,32 @@ def test_collate_refuses_mixed_view_sizes():
         collate_views([a, b])
     with pytest.raises(ValueError, match="rendering must be one of"):
         GlimTransform(56, 28, rendering="gpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_rendering_matches_cpu_rendering_without_host_device_sync():
+    """The renderer on the GPU: the CPU renderer's views (fp32 matmuls; cuBLAS/cuDNN sum in another order,
+    so a rare pixel may round the other way), and no host–device synchronisation in the whole rendering."""
+    images = [textured_image(480, 640, i) for i in range(4)]
+    transform = GlimTransform(224, 98, flip=True, teacher_augment=True, rendering="device")
+    batch = collate_views([transform(im, torch.Generator().manual_seed(i)) for i, im in enumerate(images)])
+    keys = ("images", "image_sizes", "global_boxes", "local_boxes", "view_spec", "global_flips", "local_flips",
+            "global_color", "local_color")
+    cpu_views = render_views(*(batch[k] for k in keys))
+    cuda_batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        render_views(*(cuda_batch[k] for k in keys))  # first call: lazy initialisation, cached tables
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            cuda_views = render_views(*(cuda_batch[k] for k in keys))
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+    for on_cpu, on_cuda in zip(cpu_views, cuda_views):
+        diff = (on_cuda.cpu().float() - on_cpu.float()).abs()
+        assert diff.mean().item() <= CROP_MEAN_ABS_LEVELS, diff.mean().item()
+        assert (diff > 0).float().mean().item() <= CROP_FRACTION_DIFFERENT
