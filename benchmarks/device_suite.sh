@@ -17,7 +17,7 @@ else
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/nvidia_smi.txt"
   timeout 45 $PY -m pytest -q -p no:cacheprovider tests/test_render.py tests/test_gpu_step.py -k "cuda" 2>&1 | tail -5 | tee "$OUT/cuda_tests.txt"
 fi
-timeout $((BUDGET_EAGER + 30)) $PY benchmarks/gpu_step.py "${EXTRA[@]}" --view_rendering cpu device \
+timeout $((BUDGET_EAGER + 30)) $PY benchmarks/gpu_step.py "${EXTRA[@]}" --view_rendering cpu device --profile_render \
   --time_budget $BUDGET_EAGER --json "$OUT/eager.json" 2>&1 | tee "$OUT/eager.log"
 timeout $((BUDGET_COMPILE + 45)) $PY benchmarks/gpu_step.py "${EXTRA[@]}" "${COMPILE[@]}" --view_rendering cpu device \
   --time_budget $BUDGET_COMPILE --json "$OUT/compiled.json" 2>&1 | tee "$OUT/compiled.log"

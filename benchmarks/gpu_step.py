@@ -394,6 +394,20 @@ def profile_full_step(steps, device: torch.device, label: str, repeats: int = 3)
     print(averages.table(sort_by="self_cpu_time_total", row_limit=15), flush=True)
 
 
+def profile_render(steps, device: torch.device, label: str, repeats: int = 3) -> None:
+    """Where the rendering's device time goes: torch.profiler over ``repeats`` renderings."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(repeats):
+            steps.render()
+        synchronize(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"--- {label}: profile of {repeats} renderings of {steps.args.batch} images, by device time", flush=True)
+    print(prof.key_averages().table(sort_by=key, row_limit=22), flush=True)
+
+
 def run_model(name: str, args) -> dict:
     device = args.device
     torch.manual_seed(0)
@@ -458,6 +472,8 @@ def run_model(name: str, args) -> dict:
         render["host_device_syncs_in_full_render_step"] = find_syncs(steps.full_render, device)
     if args.profile:
         profile_full_step(steps, device, LABELS[name])
+    if args.profile_render and rendering:
+        profile_render(steps, device, LABELS[name])
     last_loss = float(steps.last_loss)  # read back after the timed region
 
     t_full, t_bare = statistics.median(full_times), statistics.median(bare_times)
@@ -512,6 +528,8 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps of each kind first (compile happens here)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the student and teacher backbones")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of the full step per model")
+    parser.add_argument("--profile_render", action="store_true",
+                        help="with --view_rendering device: a torch.profiler table of the rendering alone")
     parser.add_argument("--compile_backend", default="inductor")
     parser.add_argument("--compile_mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
     parser.add_argument("--grad_checkpointing", action="store_true", help="activation checkpointing in the student")

@@ -127,10 +127,13 @@ class PhotometricAugment:
         """A batch ``(V, 3, H, W)`` (float, integral values in [0, 255]) with per-view ``params`` ``(V, P)``.
 
         Same result as :meth:`apply` on each view (:mod:`paka_hf.photometric` follows torchvision's
-        ``uint8`` definitions), without any branch on the parameters' values: at each of the four
-        jitter positions every view goes through one blend — brightness, contrast or saturation,
-        whichever its order puts there, factor 1 (identity) when it has hue there or no jitter —
-        and through a hue rotation kept only where hue is its op at that position.
+        ``uint8`` definitions), without any branch on the parameters' values. A view's jitter is a
+        sequence of blends (brightness, contrast, saturation: one formula, blend with 0, the mean
+        gray or the gray) with one hue rotation somewhere in it. So: the blends before each view's
+        hue (positions 0–2; factor 1, the identity, where a view has no blend there), one hue
+        rotation for the whole batch (kept where the view has one), the blends after it
+        (positions 1–3); then grayscale and blur where drawn. The expensive hue runs once, not at
+        each of the four positions.
         """
         if params.ndim != 2 or params.shape != (views.shape[0], NUM_PARAMS):
             raise ValueError(
@@ -140,18 +143,27 @@ class PhotometricAugment:
         jitter = params[:, 0] > 0
         order = params[:, 1:5].long()
         factors = params[:, 5:9]
-        for position in range(4):
-            op = order[:, position]
-            factor = factors.gather(1, op[:, None]).squeeze(1)
-            blend_factor = torch.where(jitter & (op != HUE), factor, torch.ones_like(factor))
-            gray = photometric.grayscale(views)
-            mean = gray.mean(dim=(-3, -2, -1), keepdim=True)
-            op_ = op.view(-1, 1, 1, 1)
-            other = torch.where(op_ == BRIGHTNESS, torch.zeros_like(mean), torch.where(op_ == CONTRAST, mean, gray))
-            views = photometric.blend(views, other, blend_factor)
-            hue = jitter & (op == HUE) & (factor != 0)
-            rotated = photometric.adjust_hue(views, torch.where(hue, factor, torch.zeros_like(factor)))
-            views = torch.where(hue.view(-1, 1, 1, 1), rotated, views)
+        hue_position = (order == HUE).long().argmax(dim=1)  # (V,)
+
+        def blends(views: torch.Tensor, positions: range, before_hue: bool) -> torch.Tensor:
+            for position in positions:
+                op = order[:, position]
+                factor = factors.gather(1, op[:, None]).squeeze(1)
+                here = (position < hue_position) if before_hue else (position > hue_position)
+                active = jitter & here & (op != HUE)
+                gray = photometric.grayscale(views)
+                mean = gray.mean(dim=(-3, -2, -1), keepdim=True)
+                op_ = op.view(-1, 1, 1, 1)
+                other = torch.where(op_ == BRIGHTNESS, torch.zeros_like(mean), torch.where(op_ == CONTRAST, mean, gray))
+                views = photometric.blend(views, other, torch.where(active, factor, torch.ones_like(factor)))
+            return views
+
+        views = blends(views, range(0, 3), before_hue=True)
+        hue = factors[:, HUE]
+        rotate = jitter & (hue != 0)
+        rotated = photometric.adjust_hue(views, torch.where(rotate, hue, torch.zeros_like(hue)))
+        views = torch.where(rotate.view(-1, 1, 1, 1), rotated, views)
+        views = blends(views, range(1, 4), before_hue=False)
         gray_views = photometric.rgb_to_grayscale(views)
         views = torch.where((params[:, 9] > 0).view(-1, 1, 1, 1), gray_views, views)
         return photometric.gaussian_blur(views, params[:, 10], kernel_size)

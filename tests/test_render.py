@@ -149,6 +149,17 @@ def test_batched_augmentation_matches_the_per_view_cpu_augmentation():
         augment.apply_batch(views.float(), params[:3])
 
 
+@pytest.mark.parametrize("settings", [dict(hue=0.0), dict(brightness=0.0, saturation=0.0, grayscale_p=1.0), dict(jitter_p=1.0, blur_p=0.0)])
+def test_batched_augmentation_with_skipped_ops_matches_per_view(settings):
+    """Empty factor ranges (an op skipped), certain grayscale, no blur: still the per-view result."""
+    augment = PhotometricAugment(**settings)
+    views = uint8_views(32, seed=3)
+    generator = torch.Generator().manual_seed(4)
+    params = torch.stack([augment.sample(generator) for _ in views])
+    expected = torch.stack([augment.apply(view, p) for view, p in zip(views, params)])
+    assert torch.equal(augment.apply_batch(views.float(), params, augment.blur_kernel_size), expected.float())
+
+
 def test_sample_then_apply_is_the_seeded_augmentation():
     augment, view = PhotometricAugment(), uint8_views(1)[0]
     for seed in range(8):
