@@ -56,7 +56,8 @@ stand-ins take their place (RoIAlign in plain torch, same numbers) and the heade
                   per-view colour jitter / grayscale / blur) → the full step as above
 
 so its ratio to the bare step *includes* the rendering, and the rendering alone is timed too (fp32
-matmuls, and TF32 ones, which ``--tf32`` of Trainer turns on). This is what training costs on the
+flag off, and with ``torch.backends.cuda.matmul.allow_tf32`` on, which ``--tf32`` of Trainer sets; the
+resampling's products are float32-accurate pairs of TF32 products either way, see ``paka_hf.resample``). This is what training costs on the
 device when the data workers only decode JPEGs (``view_rendering: device``).
 """
 
@@ -674,9 +675,10 @@ def main(argv=None) -> dict:
                 f"{r['images_per_s_full_render']:9.1f}{'n/a' if peak is None else format(peak, '.2f'):>9s}"
                 f"{r['render_ms']:10.2f}{'n/a' if tf32 is None else format(tf32, '.2f'):>12s}"
                 f"{r['paper_schedule_hours_full_render']:9.2f}")
-        log("full+render = the full step from uint8 images, views rendered by the model on the device (fp32 matmuls); "
-            "ratio = full+render / bare (bare: teacher fwd + student fwd/bwd on views already rendered); render ms = "
-            "the rendering alone (fp32, and with TF32 matmuls)")
+        log("full+render = the full step from uint8 images, views rendered by the model on the device; ratio = "
+            "full+render / bare (bare: teacher fwd + student fwd/bwd on views already rendered); render ms = the rendering "
+            "alone (on CUDA its products are float32-accurate pairs of TF32 products whatever the TF32 flag; 'render tf32' "
+            "= with torch.backends.cuda.matmul.allow_tf32 on, for comparison)")
     for r in results:
         for key, step in (("host_device_syncs_in_full_step", "full"), ("host_device_syncs_in_full_render_step", "full+render")):
             if r.get(key) is not None:
