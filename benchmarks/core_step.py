@@ -7,7 +7,9 @@ One step, ViT-S/14 shape (random init), B images, 2 global views of 224 and 4 lo
 
 Steps are interleaved (full, baseline, full, ...) so that machine noise hits both alike; the
 ratio of medians is reported, with the absolute times. ``--head`` adds the projection head
-(2048/2048/256) to the full step only, to show its own cost.
+(2048/2048/256) to the full step, and measures a third step, ``baseline + heads``: the baseline plus both
+heads on as many tokens as the full step aligns (B · n_local · roi² per side, straight from the grids),
+so that full / (baseline + heads) is the cost of alignment and loss over the method's own arithmetic.
 
     python benchmarks/core_step.py [--batch 2] [--repeats 10] [--threads 2] [--head]
 """
@@ -62,13 +64,20 @@ def main() -> None:
         model.zero_grad(set_to_none=True)
         return {"views": t1 - t0, "model": t2 - t1, "total": t2 - t0}
 
-    def baseline_step() -> dict[str, float]:
+    roi_tokens = model.roi_size**2
+
+    def baseline_step(with_heads: bool = False) -> dict[str, float]:
         t0 = time.perf_counter()
         batch = views()
         t1 = time.perf_counter()
         with torch.no_grad():
-            model.teacher(batch["global_views"].flatten(0, 1))
+            teacher_grids = model.teacher(batch["global_views"].flatten(0, 1))
         student_grids = model.student(batch["local_views"].flatten(0, 1))
+        if with_heads:  # both heads on as many tokens as the full step aligns, straight from the grids
+            teacher_index = (torch.arange(args.batch)[:, None] * 2 + batch["pair_index"]).flatten()
+            with torch.no_grad():
+                model.teacher_head(teacher_grids.flatten(2).transpose(1, 2)[teacher_index, :roi_tokens])
+            student_grids = model.student_head(student_grids.flatten(2).transpose(1, 2)[:, :roi_tokens])
         student_grids.sum().backward()
         t2 = time.perf_counter()
         model.zero_grad(set_to_none=True)
@@ -92,10 +101,12 @@ def main() -> None:
 
     for _ in range(2):  # warm-up
         full_step(), baseline_step(), paka_parts()
-    full, base, parts = [], [], []
+    full, base, base_heads, parts = [], [], [], []
     for _ in range(args.repeats):
         full.append(full_step())
         base.append(baseline_step())
+        if args.head:
+            base_heads.append(baseline_step(with_heads=True))
         parts.append(paka_parts())
 
     med = lambda rows, key: statistics.median(r[key] for r in rows)  # noqa: E731
@@ -105,8 +116,15 @@ def main() -> None:
     print(f"{'full PaKA step':28s}{med(full, 'views'):10.4f}{med(full, 'model'):10.4f}{med(full, 'total'):10.4f}")
     print(f"{'baseline (sum of tokens)':28s}{med(base, 'views'):10.4f}{med(base, 'model'):10.4f}{med(base, 'total'):10.4f}")
     print(f"alignment + loss + their backward alone: {statistics.median(parts) * 1e3:.2f} ms")
+    if args.head:
+        print(f"{'baseline + heads':28s}{med(base_heads, 'views'):10.4f}{med(base_heads, 'model'):10.4f}"
+              f"{med(base_heads, 'total'):10.4f}")
     ratio = med(full, "total") / med(base, "total")
     print(f"ratio full / baseline (total): {ratio:.3f}  -> PaKA parts add {100 * (ratio - 1):+.1f} %")
+    if args.head:
+        ratio_heads = med(full, "total") / med(base_heads, "total")
+        print(f"ratio full / (baseline + heads) (total): {ratio_heads:.3f}  -> alignment + loss add "
+              f"{100 * (ratio_heads - 1):+.1f} % over the backbones and heads")
     print(f"alignment + loss as a share of the baseline step: {100 * statistics.median(parts) / med(base, 'total'):.2f} %")
 
 

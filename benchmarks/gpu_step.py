@@ -46,7 +46,19 @@ stand-ins take their place (RoIAlign in plain torch, same numbers) and the heade
 
     python benchmarks/gpu_step.py [--models s14 b14] [--batch 64] [--steps 30] [--warmup 3]
                                   [--compile] [--grad_checkpointing] [--json PATH]
+    python benchmarks/gpu_step.py --view_rendering cpu device   # also the full step from uint8 images (below)
     python benchmarks/gpu_step.py --smoke      # tiny shapes, 2 steps, a few seconds on CPU (test suite)
+
+``--view_rendering device`` adds a third step, timed in the same alternating blocks:
+
+    full+render:  B uint8 640 × 480 images + draws → PaKAModel renders the views on the device
+                  (``paka_hf.views.render_views``: Pillow-exact bicubic crop-resize as batched matmuls,
+                  per-view colour jitter / grayscale / blur) → the full step as above
+
+so its ratio to the bare step *includes* the rendering, and the rendering alone is timed too (fp32
+flag off, and with ``torch.backends.cuda.matmul.allow_tf32`` on, which ``--tf32`` of Trainer sets; the
+resampling's products are float32-accurate pairs of TF32 products either way, see ``paka_hf.resample``). This is what training costs on the
+device when the data workers only decode JPEGs (``view_rendering: device``).
 """
 
 from __future__ import annotations
@@ -159,7 +171,7 @@ STAND_INS = install_stand_ins()
 
 from paka_hf.backbones import PatchBackbone, ProjectionHead  # noqa: E402
 from paka_hf.modeling import PaKAModel  # noqa: E402
-from paka_hf.views import IMAGENET_MEAN, IMAGENET_STD, sample_boxes  # noqa: E402
+from paka_hf.views import IMAGENET_MEAN, IMAGENET_STD, GlimTransform, collate_views, render_views, sample_boxes  # noqa: E402
 
 PAPER_IMAGES = 25 * 118_287  # 2,957,175: 25 epochs of COCO train2017
 IMAGE_HW = (480, 640)  # boxes are sampled on a COCO-sized image
@@ -243,6 +255,19 @@ def synthetic_batch(batch: int, global_size: int, local_size: int, n_local: int,
     }
 
 
+def synthetic_render_batch(batch: int, global_size: int, local_size: int, n_local: int, device: torch.device) -> dict:
+    """What the data workers ship with ``view_rendering: device``, on ``device``: B random 640 × 480
+    uint8 images (noise: no cheap all-equal case) and the draws of :meth:`GlimTransform.sample`
+    (boxes, random flips, photometric parameters of the local views)."""
+    transform = GlimTransform(global_size, local_size, n_local, flip=True, rendering="device")
+    generator = torch.Generator().manual_seed(1)
+    height, width = IMAGE_HW
+    images = torch.randint(0, 256, (batch, height, width, 3), dtype=torch.uint8, generator=generator).numpy()
+    samples = [transform(image, generator) for image in images]
+    out = collate_views(samples)
+    return {key: value.to(device) if torch.is_tensor(value) else value for key, value in out.items()}
+
+
 def view_flops(backbone: PatchBackbone, size: int) -> float:
     """F_view(S) = 2 · P_tok · N + 2 · P_emb · n + 4 · L · N² · D (see the module docstring)."""
     hf = backbone.model
@@ -273,17 +298,18 @@ def step_flops(model: PaKAModel, batch: dict) -> tuple[float, float]:
 class Steps:
     """``full()`` and ``bare()`` on one model and batch; neither reads a value back to the host."""
 
-    def __init__(self, model: PaKAModel, batch: dict, args):
+    def __init__(self, model: PaKAModel, batch: dict, args, render_batch: dict | None = None):
         self.model, self.batch, self.args = model, batch, args
+        self.render_batch = render_batch  # images + draws: the full step with views rendered on the device
         self.optimizer = make_optimizer(model, args.device)
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.autocast = torch.autocast(args.device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
         self.last_loss = None
 
-    def full(self) -> None:
+    def full(self, batch: dict | None = None) -> None:
         model = self.model
         with self.autocast:
-            loss = model(**self.batch).loss
+            loss = model(**(batch or self.batch)).loss
         loss.backward()
         if self.args.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.args.max_grad_norm, foreach=True)
@@ -291,6 +317,16 @@ class Steps:
         self.optimizer.zero_grad(set_to_none=True)
         model.update_teacher(TEACHER_FRACTION)
         self.last_loss = loss.detach()
+
+    def full_render(self) -> None:
+        """The full step from images: PaKAModel renders the views (crop, resize, colour) on the device first."""
+        self.full(self.render_batch)
+
+    def render(self) -> None:
+        """The rendering alone (what ``full_render`` adds to ``full``)."""
+        b = self.render_batch
+        render_views(b["images"], b["image_sizes"], b["global_boxes"], b["local_boxes"], b["view_spec"],
+                     b["global_flips"], b["local_flips"], b.get("global_color"), b.get("local_color"))
 
     def bare(self) -> None:
         model, batch = self.model, self.batch
@@ -359,16 +395,32 @@ def profile_full_step(steps, device: torch.device, label: str, repeats: int = 3)
     print(averages.table(sort_by="self_cpu_time_total", row_limit=15), flush=True)
 
 
+def profile_render(steps, device: torch.device, label: str, repeats: int = 3) -> None:
+    """Where the rendering's device time goes: torch.profiler over ``repeats`` renderings."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(repeats):
+            steps.render()
+        synchronize(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"--- {label}: profile of {repeats} renderings of {steps.args.batch} images, by device time", flush=True)
+    print(prof.key_averages().table(sort_by=key, row_limit=22), flush=True)
+
+
 def run_model(name: str, args) -> dict:
     device = args.device
     torch.manual_seed(0)
     t_build = time.perf_counter()
     model = build_model(name, args)
     batch = synthetic_batch(args.batch, args.global_size, args.local_size, args.n_local, device)
+    rendering = "device" in args.view_rendering
+    render_batch = synthetic_render_batch(args.batch, args.global_size, args.local_size, args.n_local, device) if rendering else None
     if args.compile:
         model.student.compile(**args.compile_kwargs)
         model.teacher.compile(**args.compile_kwargs)
-    steps = Steps(model, batch, args)
+    steps = Steps(model, batch, args, render_batch)
     full_flops, bare_flops = step_flops(model, batch)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -378,23 +430,51 @@ def run_model(name: str, args) -> dict:
     for _ in range(args.warmup):  # the first steps compile (with --compile) and fill the allocator's cache
         steps.full()
         steps.bare()
+        if rendering:
+            steps.full_render()
     synchronize(device)
     warmup_s = time.perf_counter() - t_warm
 
     blocks = max(1, min(args.rounds, args.steps))
     per_block = [args.steps // blocks + (i < args.steps % blocks) for i in range(blocks)]
-    full_times, bare_times, peak_full, peak_bare = [], [], 0, 0
+    kinds = {"full": steps.full, "bare": steps.bare, **({"full_render": steps.full_render} if rendering else {})}
+    times = {kind: [] for kind in kinds}
+    peaks = {kind: 0 for kind in kinds}
     for count in per_block:
-        for kind, step, times in (("full", steps.full, full_times), ("bare", steps.bare, bare_times)):
+        for kind, step in kinds.items():
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            times.append(time_block(step, count, device))
+            times[kind].append(time_block(step, count, device))
             if device.type == "cuda":
-                peak = torch.cuda.max_memory_allocated(device)
-                peak_full, peak_bare = (max(peak_full, peak), peak_bare) if kind == "full" else (peak_full, max(peak_bare, peak))
+                peaks[kind] = max(peaks[kind], torch.cuda.max_memory_allocated(device))
+    full_times, bare_times, peak_full, peak_bare = times["full"], times["bare"], peaks["full"], peaks["bare"]
+    render: dict = {}
+    if rendering:  # the rendering alone, in fp32 and (CUDA) with TF32 matmuls, which Trainer's --tf32 turns on
+        render["render_ms"] = 1e3 * time_block(steps.render, args.steps, device)
+        if device.type == "cuda":
+            previous = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = True
+            try:
+                steps.render()
+                render["render_ms_tf32"] = 1e3 * time_block(steps.render, args.steps, device)
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = previous
+        t_render = statistics.median(times["full_render"])
+        render.update(
+            full_render_ms=1e3 * t_render,
+            full_render_ms_blocks=[1e3 * t for t in times["full_render"]],
+            ratio_full_render_over_bare=t_render / statistics.median(bare_times),
+            images_per_s_full_render=args.batch / t_render,
+            peak_memory_full_render_gib=peaks["full_render"] / 2**30 if device.type == "cuda" else None,
+            paper_schedule_hours_full_render=PAPER_IMAGES / (args.batch / t_render) / 3600,
+        )
     syncs = find_syncs(steps.full, device) if args.sync_check else None
+    if rendering and args.sync_check:
+        render["host_device_syncs_in_full_render_step"] = find_syncs(steps.full_render, device)
     if args.profile:
         profile_full_step(steps, device, LABELS[name])
+    if args.profile_render and rendering:
+        profile_render(steps, device, LABELS[name])
     last_loss = float(steps.last_loss)  # read back after the timed region
 
     t_full, t_bare = statistics.median(full_times), statistics.median(bare_times)
@@ -424,8 +504,9 @@ def run_model(name: str, args) -> dict:
         "loss_finite": math.isfinite(last_loss),
         "build_s": build_s,
         "warmup_s": warmup_s,
+        **render,
     }
-    del steps, model, batch
+    del steps, model, batch, render_batch
     if args.compile:
         torch._dynamo.reset()  # the next model starts with empty compile caches
     gc.collect()
@@ -448,9 +529,14 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps of each kind first (compile happens here)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the student and teacher backbones")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of the full step per model")
+    parser.add_argument("--profile_render", action="store_true",
+                        help="with --view_rendering device: a torch.profiler table of the rendering alone")
     parser.add_argument("--compile_backend", default="inductor")
     parser.add_argument("--compile_mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
     parser.add_argument("--grad_checkpointing", action="store_true", help="activation checkpointing in the student")
+    parser.add_argument("--view_rendering", nargs="+", choices=["cpu", "device"], default=["cpu"],
+                        help="'device' also times the full step from 640x480 uint8 images, the model rendering the "
+                             "views (crop, resize, colour) on the device, and the rendering alone")
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="autocast dtype of the networks")
     parser.add_argument("--peak_tflops", type=float, default=None,
                         help="peak dense bf16 TFLOP/s for MFU (default 989, H100 SXM, on CUDA; none on CPU)")
@@ -577,10 +663,27 @@ def main(argv=None) -> dict:
         log(table_row(r))
     log("ratio = full PaKA step / (teacher fwd + student fwd/bwd) on the same views; paper h = "
         f"{PAPER_IMAGES:,} images / img/s (input pipeline not included); MFU against {args.peak_tflops or 'n/a'} TFLOP/s")
+    rendered = [r for r in results if "full_render_ms" in r]
+    if rendered:
+        log("")
+        log(f"{'model':9s}{'full+render ms':>15s}{'bare ms':>9s}{'ratio':>7s}{'img/s':>9s}{'peak GiB':>9s}"
+            f"{'render ms':>10s}{'render tf32':>12s}{'paper h':>9s}")
+        for r in rendered:
+            tf32 = r.get("render_ms_tf32")
+            peak = r["peak_memory_full_render_gib"]
+            log(f"{r['model']:9s}{r['full_render_ms']:15.2f}{r['bare_ms']:9.2f}{r['ratio_full_render_over_bare']:7.3f}"
+                f"{r['images_per_s_full_render']:9.1f}{'n/a' if peak is None else format(peak, '.2f'):>9s}"
+                f"{r['render_ms']:10.2f}{'n/a' if tf32 is None else format(tf32, '.2f'):>12s}"
+                f"{r['paper_schedule_hours_full_render']:9.2f}")
+        log("full+render = the full step from uint8 images, views rendered by the model on the device; ratio = "
+            "full+render / bare (bare: teacher fwd + student fwd/bwd on views already rendered); render ms = the rendering "
+            "alone (on CUDA its products are float32-accurate pairs of TF32 products whatever the TF32 flag; 'render tf32' "
+            "= with torch.backends.cuda.matmul.allow_tf32 on, for comparison)")
     for r in results:
-        if r.get("host_device_syncs_in_full_step") is not None:
-            sites = r["host_device_syncs_in_full_step"]
-            log(f"{r['model']}: host-device syncs in one full step: {', '.join(sites) if sites else 'none'}")
+        for key, step in (("host_device_syncs_in_full_step", "full"), ("host_device_syncs_in_full_render_step", "full+render")):
+            if r.get(key) is not None:
+                sites = r[key]
+                log(f"{r['model']}: host-device syncs in one {step} step: {', '.join(sites) if sites else 'none'}")
     report["complete"] = True
     save()
     log(f"total {report['total_s']:.0f} s")

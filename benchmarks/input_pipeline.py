@@ -6,7 +6,13 @@ and paper-scale 518/98 views (uint8, as training ships them; ``--float_views`` f
 synthetic 640 × 480 JPEGs like COCO's. Each worker process uses one torch thread (the DataLoader
 default), so images/s per worker is images/s per core.
 
+With ``--view_rendering device`` the workers only decode the JPEG and make the random draws (boxes,
+flips, photometric parameters); the views are rendered later by the model on its device
+(``benchmarks/gpu_step.py --view_rendering device`` times that part). The figure is then the CPU side
+alone: how many images/s one core can feed an accelerator.
+
     python benchmarks/input_pipeline.py [--batch 16] [--batches 12] [--workers 1 2] [--sizes 224 518]
+                                        [--view_rendering cpu device]
 """
 
 from __future__ import annotations
@@ -26,10 +32,11 @@ from paka_hf.views import GlimTransform
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "camvid" / "train" / "images"
 
 
-def measure(images: Path, global_size: int, workers: int, batch: int, batches: int, warmup: int, normalize: bool) -> float:
+def measure(images: Path, global_size: int, workers: int, batch: int, batches: int, warmup: int, normalize: bool,
+            rendering: str = "cpu") -> float:
     """Images/s of the DataLoader after ``warmup`` batches (worker start-up excluded)."""
     source = load_image_source(str(images))
-    transform = GlimTransform(global_size, 98, 4, patch_size=14, normalize=normalize)
+    transform = GlimTransform(global_size, 98, 4, patch_size=14, normalize=normalize, rendering=rendering)
     stream = PaKAViewStream(source, transform, seed=0, shuffle_buffer_size=0, num_workers=workers)
     loader = torch.utils.data.DataLoader(
         stream, batch_size=batch, num_workers=workers, collate_fn=PaKACollator(),
@@ -55,6 +62,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 518], help="global view sizes (local: 98)")
     parser.add_argument("--float_views", action="store_true",
                         help="normalize to float32 in the workers (the old path) instead of shipping uint8 views")
+    parser.add_argument("--view_rendering", nargs="+", choices=["cpu", "device"], default=["cpu"],
+                        help="'cpu': workers render the views; 'device': workers decode and draw only (the model "
+                             "renders on its device, not timed here). Several: measured side by side, same run")
     args = parser.parse_args()
     logging.getLogger("paka_hf.data").setLevel(logging.ERROR)  # the stride warning, once per worker
 
@@ -63,12 +73,15 @@ def main() -> None:
         sets = {"CamVid 480x360": CAMVID, **sets}
     print(f"batch {args.batch}, {args.batches} timed batches after {args.warmup}; 2 global + 4 local (98) views per image, "
           f"{'float32 normalized' if args.float_views else 'uint8'} views")
-    print(f"{'images':20s}{'global':>8s}{'workers':>9s}{'images/s':>10s}{'per worker':>12s}", flush=True)
+    print(f"{'images':20s}{'global':>8s}{'workers':>9s}{'rendering':>11s}{'images/s':>10s}{'per worker':>12s}", flush=True)
     for name, folder in sets.items():
         for size in args.sizes:
             for workers in args.workers:
-                rate = measure(folder, size, workers, args.batch, args.batches, args.warmup, normalize=args.float_views)
-                print(f"{name:20s}{size:8d}{workers:9d}{rate:10.1f}{rate / max(workers, 1):12.1f}", flush=True)
+                for rendering in args.view_rendering:
+                    rate = measure(folder, size, workers, args.batch, args.batches, args.warmup,
+                                   normalize=args.float_views, rendering=rendering)
+                    print(f"{name:20s}{size:8d}{workers:9d}{rendering:>11s}{rate:10.1f}{rate / max(workers, 1):12.1f}",
+                          flush=True)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from .losses import KERNELS, LOSSES, SCOPES
 
 EXPORTS = ("student", "teacher")
 STUDENT_VIEWS = ("local", "all")
+VIEW_RENDERINGS = ("cpu", "device")
 
 
 def _help(text: str, **kwargs) -> Any:
@@ -80,6 +81,12 @@ class PaKAConfig(TrainingArguments):
     max_box_tries: int = _help("Candidate boxes drawn per crop before the fallback.", default=64)
     flip: bool = _help("Random horizontal flips (recorded and undone on the feature grid).", default=False)
     teacher_augment: bool = _help("Photometric augmentation on the teacher's views too (ablation).", default=False)
+    view_rendering: str = _help(
+        "Where the views are rendered: 'cpu' (data workers, Pillow + torchvision, one view at a time) or 'device' "
+        "(workers only decode and draw the random parameters; the model crops, resizes and augments the whole batch "
+        "on its device, with the same arithmetic). 'device' needs far fewer CPU cores per GPU.",
+        default="cpu",
+    )
     student_views: str = _help(
         "Views the student encodes: 'local', or 'all' (its global views are also aligned with the other global).",
         default="local",
@@ -153,6 +160,7 @@ class PaKAConfig(TrainingArguments):
         choice("kernel_scope", SCOPES)
         choice("export", EXPORTS)
         choice("student_views", STUDENT_VIEWS)
+        choice("view_rendering", VIEW_RENDERINGS)
         if not 0.0 <= self.min_intersection <= 1.0:
             raise ValueError(f"min_intersection must be in [0, 1] (a containment fraction), got {self.min_intersection}")
         if not 0.0 <= self.teacher_momentum <= 1.0:

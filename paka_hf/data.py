@@ -38,7 +38,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .imaging import to_rgb
-from .views import VIEW_KEYS, GlimTransform
+from .views import GlimTransform, collate_views
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +149,52 @@ def decode_image(value: Any) -> Image.Image:
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         image.load()
     return image
+
+
+def _raw_bytes(value: Any) -> bytes | None:
+    if isinstance(value, dict):
+        data, path = value.get("bytes"), value.get("path")
+        if data is None and path:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        return data
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, (str, os.PathLike)):
+        with open(value, "rb") as handle:
+            return handle.read()
+    return None
+
+
+def decode_rgb_pixels(value: Any) -> np.ndarray:
+    """Decode one image value to an upright RGB ``(H, W, 3)`` uint8 array (what the device rendering ships).
+
+    Colour JPEGs go straight through libjpeg-turbo (``torchvision.io.decode_jpeg``, EXIF orientation
+    applied): the pixels Pillow decodes, without building a Pillow image and converting it to an
+    array (about a third of the data workers' time with ``view_rendering: device``). Everything
+    else — grayscale and CMYK JPEGs, other formats, anything libjpeg refuses — takes the Pillow path
+    (:func:`decode_image` + :func:`~paka_hf.imaging.to_rgb`), which raises :data:`DECODE_ERRORS`
+    for unreadable data.
+    """
+    try:
+        data = _raw_bytes(value)
+    except OSError:
+        data = None
+    if data and data[:3] == b"\xff\xd8\xff":
+        try:
+            with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for torchcodec's; they still work
+                warnings.simplefilter("ignore", DeprecationWarning)
+                from torchvision.io import decode_jpeg
+
+            pixels = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), apply_exif_orientation=True)
+            if pixels.shape[0] == 3:
+                limit = Image.MAX_IMAGE_PIXELS
+                if limit and pixels.shape[1] * pixels.shape[2] > limit:  # as decode_image refuses it
+                    raise Image.DecompressionBombError(f"image of {pixels.shape[2]}x{pixels.shape[1]} pixels exceeds {limit}")
+                return pixels.permute(1, 2, 0).numpy()  # decode_jpeg's storage is (H, W, 3): no copy
+        except (RuntimeError, ImportError):  # truncated or exotic JPEGs: Pillow decides (and names the error)
+            pass
+    return np.asarray(to_rgb(decode_image(value)))
 
 
 def image_key(value: Any) -> str:
@@ -317,7 +363,10 @@ class PaKAViewStream(torch.utils.data.IterableDataset):
                 if row_index < start_row:
                     continue  # consumed before the checkpoint: skip without decoding
                 try:
-                    image = to_rgb(decode_image(row["image"]))
+                    if self.transform.rendering == "device":  # the views are rendered later: pixels suffice
+                        image = decode_rgb_pixels(row["image"])
+                    else:
+                        image = to_rgb(decode_image(row["image"]))
                 except DECODE_ERRORS as error:
                     skipped += 1
                     logger.debug("skipping undecodable image %s: %s", image_key(row["image"]), error)
@@ -345,14 +394,15 @@ class PaKAViewStream(torch.utils.data.IterableDataset):
 
 
 class PaKACollator:
-    """Stack samples of one stream into a batch: the view tensors of :func:`collate_views` plus the
-    stream bookkeeping of the *last* sample (its stream, epoch and position) and the number of
-    images skipped while the batch was read."""
+    """Stack samples of one stream into a batch: the tensors of :func:`collate_views` (rendered
+    views, or images and draws for rendering on the device) plus the stream bookkeeping of the
+    *last* sample (its stream, epoch and position) and the number of images skipped while the batch
+    was read."""
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if not samples:
             raise ValueError("cannot collate an empty list of samples")
-        batch: dict[str, Any] = {key: torch.stack([s[key] for s in samples]) for key in VIEW_KEYS}
+        batch: dict[str, Any] = collate_views(samples)
         last = samples[-1]
         if "stream_index" in last:
             if len({s["stream_index"] for s in samples}) != 1:

@@ -9,7 +9,7 @@ than clipped to white).
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 _WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
@@ -37,7 +37,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """
     if image.width < 1 or image.height < 1:
         raise ValueError(f"image has no pixels (size {image.width}x{image.height})")
-    image = ImageOps.exif_transpose(image)
+    if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:  # exif_transpose copies even an upright image
+        image = ImageOps.exif_transpose(image)
     if image.mode == "RGB":
         return image
     if image.mode in _WIDE_MODES:

@@ -30,8 +30,8 @@ from transformers.utils import ModelOutput
 from .align import align_pairs
 from .backbones import PatchBackbone, ProjectionHead
 from .losses import PaKALoss, cka_per_pair
-from .teacher import ema_update_, make_teacher
-from .views import IMAGENET_MEAN, IMAGENET_STD, normalize_views
+from .teacher import EMAPairs, ema_apply_, ema_pairs, make_teacher
+from .views import IMAGENET_MEAN, IMAGENET_STD, normalize_views, render_views
 
 
 @dataclass
@@ -78,6 +78,7 @@ class PaKAModel(nn.Module):
         # uint8 views (what the training stream ships) are normalized here, on the model's device.
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD), persistent=False)
+        self._ema_pairs: EMAPairs | None = None
 
     # ``Trainer`` must not pass ``num_items_in_batch``: the loss is a per-batch mean.
     accepts_loss_kwargs = False
@@ -102,24 +103,58 @@ class PaKAModel(nn.Module):
 
     @torch.no_grad()
     def update_teacher(self, teacher_fraction: float) -> None:
-        """EMA step on backbone and head: ``θ_t ← m θ_t + (1 − m) θ_s`` with ``m = teacher_fraction``."""
-        ema_update_(self.teacher, self.student, teacher_fraction)
-        if self.student_head is not None:
-            ema_update_(self.teacher_head, self.student_head, teacher_fraction)
+        """EMA step on backbone and head: ``θ_t ← m θ_t + (1 − m) θ_s`` with ``m = teacher_fraction``.
+
+        One ``_foreach_lerp_`` over the parameter lists of both networks, matched by name once
+        (:func:`~paka_hf.teacher.ema_pairs`) and kept until the module is moved or cast.
+        """
+        if self._ema_pairs is None:
+            pairs = ema_pairs(self.teacher, self.student)
+            if self.student_head is not None:
+                pairs = pairs + ema_pairs(self.teacher_head, self.student_head)
+            self._ema_pairs = pairs
+        ema_apply_(self._ema_pairs, teacher_fraction)
+
+    def _apply(self, fn, recurse=True):
+        self._ema_pairs = None  # .to(), .cuda(), .half() ...: buffers may be new tensors; list them again
+        return super()._apply(fn, recurse)
 
     def forward(
         self,
-        global_views: torch.Tensor,
-        local_views: torch.Tensor,
-        global_boxes: torch.Tensor,
-        local_boxes: torch.Tensor,
-        pair_index: torch.Tensor,
+        global_views: torch.Tensor | None = None,
+        local_views: torch.Tensor | None = None,
+        global_boxes: torch.Tensor | None = None,
+        local_boxes: torch.Tensor | None = None,
+        pair_index: torch.Tensor | None = None,
         global_flips: torch.Tensor | None = None,
         local_flips: torch.Tensor | None = None,
+        images: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        view_spec: dict[str, int] | None = None,
+        global_color: torch.Tensor | None = None,
+        local_color: torch.Tensor | None = None,
         **unused,
     ) -> PaKAOutput:
         """Shapes: views (B, V, 3, S, S), float32 normalized or uint8; boxes (B, V, 4);
-        pair_index (B, n_local); flips (B, V)."""
+        pair_index (B, n_local); flips (B, V).
+
+        Or, for views rendered here on the model's device (``view_rendering: device``), instead of
+        the views: ``images`` (B, H, W, 3) uint8, ``image_sizes`` (B, 2), ``view_spec`` and the
+        photometric parameters ``global_color``/``local_color`` (B, V, P) — see
+        :func:`paka_hf.views.render_views`. Flips are then folded into the rendering and recorded
+        as usual.
+        """
+        if images is not None:
+            if global_views is not None or local_views is not None:
+                raise ValueError("pass either rendered views (global_views, local_views) or images to render, not both")
+            if image_sizes is None or view_spec is None:
+                raise ValueError("rendering views on the device needs images, image_sizes and view_spec (collate_views makes them)")
+            global_views, local_views = render_views(
+                images, image_sizes, global_boxes, local_boxes, view_spec,
+                global_flips, local_flips, global_color, local_color,
+            )
+        elif global_views is None or local_views is None:
+            raise ValueError("PaKAModel needs global_views and local_views, or images (with image_sizes, view_spec) to render")
         global_views = normalize_views(global_views, self.pixel_mean, self.pixel_std)
         local_views = normalize_views(local_views, self.pixel_mean, self.pixel_std)
         with torch.no_grad():

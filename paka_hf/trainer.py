@@ -99,6 +99,7 @@ def build_transform(config: PaKAConfig, patch_size: int) -> GlimTransform:
         teacher_augment=config.teacher_augment,
         patch_size=patch_size,
         normalize=False,  # uint8 views; PaKAModel normalizes them on its device
+        rendering=config.view_rendering,  # "device": PaKAModel renders the views from the decoded images
     )
 
 
@@ -307,7 +308,7 @@ class PaKATrainer(HubPushMixin, Trainer):
         keys = inputs.pop("image_keys", None)
         if keys is not None and self.args.record_rank_diagnostics:
             self._seen_keys.extend(keys)
-        batch_images = int(inputs["global_views"].shape[0])
+        batch_images = int(inputs["global_boxes"].shape[0])
         self._images_since_log += batch_images
         self._images_seen += batch_images
         return super().training_step(model, inputs, num_items_in_batch)

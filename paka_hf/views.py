@@ -19,19 +19,28 @@ Rendering (:class:`GlimTransform`): each box is resampled straight from the sour
 (global) views are clean: resize and normalize only. Student (local) views get DINO photometric
 augmentation (:mod:`paka_hf.augment`). An optional horizontal flip is recorded per view so that
 it can be undone on the feature grid.
+
+Where the views are rendered is a choice (``rendering``): on the CPU, in the data workers, with
+Pillow and torchvision, one view at a time; or on the accelerator, a batch at a time
+(:func:`render_views`): the workers then only decode the image and make the random draws (the same
+draws, through the same :meth:`GlimTransform.sample`), and the model renders the views on its device
+with the same arithmetic — Pillow's bicubic weights (:mod:`paka_hf.resample`) and torchvision's
+``uint8`` colour operations with a factor per view (:mod:`paka_hf.photometric`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from .augment import PhotometricAugment
 from .imaging import to_rgb
+from .resample import resample_boxes
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -65,34 +74,55 @@ def _check_range(name: str, value: Sequence[float], low: float, high: float) -> 
     return lo, hi
 
 
+# The samplers below draw with torch (one ``torch.rand`` per batch of candidates, from the caller's
+# generator) and compute in numpy float64: the same IEEE operations as the torch version they replace
+# (so the same boxes), at a fraction of the per-call overhead of tiny torch ops, which dominated the
+# data workers' time once the views moved to the device.
+
+
+def _rand(count: int, generator) -> np.ndarray:
+    return torch.rand(count, 2, generator=generator, dtype=torch.float64).numpy()
+
+
 def _candidate_sizes(
     count: int, area: float, scale: tuple[float, float], ratio: tuple[float, float], generator
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[np.ndarray, np.ndarray]:
     """``count`` random (w, h) with area ∈ scale·area and log-uniform aspect ratio w/h ∈ ratio."""
-    u = torch.rand(count, 2, generator=generator, dtype=torch.float64)
+    u = _rand(count, generator)
     target = area * (scale[0] + (scale[1] - scale[0]) * u[:, 0])
     log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
-    aspect = torch.exp(log_r)
-    return torch.sqrt(target * aspect), torch.sqrt(target / aspect)
+    aspect = torch.exp(torch.from_numpy(log_r)).numpy()  # torch's exp, as ever: the same last bit
+    return np.sqrt(target * aspect), np.sqrt(target / aspect)
 
 
-def _place(w: torch.Tensor, h: torch.Tensor, region: torch.Tensor, generator) -> torch.Tensor:
+def _place(w: np.ndarray, h: np.ndarray, region: np.ndarray, generator) -> np.ndarray:
     """Boxes of size (w, h) at uniform positions inside ``region`` (x1, y1, x2, y2); (count, 4)."""
-    u = torch.rand(len(w), 2, generator=generator, dtype=torch.float64)
-    x1 = region[0] + (region[2] - region[0] - w).clamp_min(0) * u[:, 0]
-    y1 = region[1] + (region[3] - region[1] - h).clamp_min(0) * u[:, 1]
-    return torch.stack([x1, y1, x1 + w, y1 + h], dim=1)
+    u = _rand(len(w), generator)
+    x1 = region[0] + np.maximum(region[2] - region[0] - w, 0) * u[:, 0]
+    y1 = region[1] + np.maximum(region[3] - region[1] - h, 0) * u[:, 1]
+    return np.stack([x1, y1, x1 + w, y1 + h], axis=1)
 
 
-def _global_box(height: int, width: int, scale, ratio, tries: int, generator) -> torch.Tensor:
+def _containment(inner: np.ndarray, outer: np.ndarray) -> np.ndarray:
+    """:func:`containment` in numpy float64."""
+    x1 = np.maximum(inner[..., 0], outer[..., 0])
+    y1 = np.maximum(inner[..., 1], outer[..., 1])
+    x2 = np.minimum(inner[..., 2], outer[..., 2])
+    y2 = np.minimum(inner[..., 3], outer[..., 3])
+    overlap = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
+    area = (inner[..., 2] - inner[..., 0]) * (inner[..., 3] - inner[..., 1])
+    return overlap / np.maximum(area, np.finfo(np.float64).tiny)
+
+
+def _global_box(height: int, width: int, scale, ratio, tries: int, generator) -> np.ndarray:
     """A random resized crop (torchvision's rule: ``tries`` draws, else the largest centred box
     whose aspect ratio is clamped into ``ratio``)."""
     w, h = _candidate_sizes(tries, height * width, scale, ratio, generator)
     fits = (w <= width) & (h <= height)
-    image = torch.tensor([0.0, 0.0, width, height], dtype=torch.float64)
+    image = np.array([0.0, 0.0, width, height])
     boxes = _place(w, h, image, generator)
     if fits.any():
-        return boxes[int(fits.nonzero()[0])]
+        return boxes[int(fits.argmax())]
     in_ratio = width / height
     if in_ratio < ratio[0]:
         fw, fh = float(width), width / ratio[0]
@@ -101,21 +131,21 @@ def _global_box(height: int, width: int, scale, ratio, tries: int, generator) ->
     else:
         fw, fh = float(width), float(height)
     x1, y1 = (width - fw) / 2, (height - fh) / 2
-    return torch.tensor([x1, y1, x1 + fw, y1 + fh], dtype=torch.float64)
+    return np.array([x1, y1, x1 + fw, y1 + fh])
 
 
-def _local_box(height, width, paired_global, scale, ratio, min_intersection, tries, generator) -> torch.Tensor:
+def _local_box(height, width, paired_global, scale, ratio, min_intersection, tries, generator) -> np.ndarray:
     w, h = _candidate_sizes(tries, height * width, scale, ratio, generator)
-    image = torch.tensor([0.0, 0.0, width, height], dtype=torch.float64)
+    image = np.array([0.0, 0.0, width, height])
     boxes = _place(w, h, image, generator)
     ok = (w <= width) & (h <= height)
-    ok &= containment(boxes, paired_global) >= min_intersection - CONTAINMENT_TOLERANCE
+    ok &= _containment(boxes, paired_global) >= min_intersection - CONTAINMENT_TOLERANCE
     if ok.any():
-        return boxes[int(ok.nonzero()[0])]
+        return boxes[int(ok.argmax())]
     # Fallback: a local box drawn inside the global box (containment 1), shrunk to fit if needed.
     gw, gh = paired_global[2] - paired_global[0], paired_global[3] - paired_global[1]
     w, h = _candidate_sizes(1, height * width, scale, ratio, generator)
-    return _place(w.clamp_max(gw), h.clamp_max(gh), paired_global, generator)[0]
+    return _place(np.minimum(w, gw), np.minimum(h, gh), paired_global, generator)[0]
 
 
 def sample_boxes(
@@ -149,20 +179,16 @@ def sample_boxes(
     local_scale = _check_range("local_scale", local_scale, 0.0, 1.0)
     ratio = _check_range("ratio", ratio, 1e-6, 1e6)
 
-    globals_ = torch.stack(
-        [_global_box(height, width, global_scale, ratio, max_tries, generator) for _ in range(n_global)]
-    )
-    pair_index = torch.arange(n_local) % n_global
-    locals_ = torch.stack(
-        [
-            _local_box(height, width, globals_[g], local_scale, ratio, min_intersection, max_tries, generator)
-            for g in pair_index.tolist()
-        ]
+    globals_ = np.stack([_global_box(height, width, global_scale, ratio, max_tries, generator) for _ in range(n_global)])
+    pair_index = [j % n_global for j in range(n_local)]
+    locals_ = np.stack(
+        [_local_box(height, width, globals_[g], local_scale, ratio, min_intersection, max_tries, generator) for g in pair_index]
     )
     # Clamp float round-off so every box lies inside the image.
-    limits = torch.tensor([width, height, width, height], dtype=torch.float64)
-    globals_ = torch.minimum(globals_.clamp_min(0), limits)
-    locals_ = torch.minimum(locals_.clamp_min(0), limits)
+    limits = np.array([width, height, width, height], dtype=np.float64)
+    globals_ = torch.from_numpy(np.minimum(np.maximum(globals_, 0), limits))
+    locals_ = torch.from_numpy(np.minimum(np.maximum(locals_, 0), limits))
+    pair_index = torch.tensor(pair_index, dtype=torch.int64)
     return GlimBoxes(globals_.float(), locals_.float(), pair_index)
 
 
@@ -183,10 +209,13 @@ def normalize_views(
     return (views.float().div_(255.0) - mean_t).div_(std_t)
 
 
+RENDERINGS = ("cpu", "device")
+
+
 class GlimTransform:
     """PIL image → clean teacher global views, augmented student local views, boxes and flips.
 
-    Returns a dict of tensors:
+    With ``rendering="cpu"`` (default) it returns a dict of tensors:
 
     - ``global_views`` (n_global, 3, global_size, global_size) float32, normalized — or uint8 with
       ``normalize=False`` (what training uses: 4× less data between workers and the device, where
@@ -194,6 +223,18 @@ class GlimTransform:
     - ``local_views`` (n_local, 3, local_size, local_size), likewise
     - ``global_boxes`` (n_global, 4), ``local_boxes`` (n_local, 4) float32 pixel boxes
     - ``pair_index`` (n_local,) int64; ``global_flips`` (n_global,), ``local_flips`` (n_local,) bool
+
+    With ``rendering="device"`` it renders nothing: it returns the decoded image and every random
+    draw, and :func:`render_views` renders the views of a whole batch later, on the accelerator:
+
+    - ``image`` (H, W, 3) uint8 numpy array (read-only), as decoded; ``image_size`` (2,) int64 (H, W)
+    - the boxes, ``pair_index`` and flips as above
+    - ``local_color`` (n_local, P) float64, the photometric parameters of each local view
+      (:mod:`paka_hf.augment`), and ``global_color`` (n_global, P) when ``teacher_augment``
+    - ``view_spec``: the view sizes and blur kernel size (:meth:`view_spec`), plain ints
+
+    Both modes draw from the generator through one method, :meth:`sample`, in the same order, so a
+    seed gives the same boxes, flips and photometric parameters whichever side renders.
 
     Any PIL mode and size (down to 1×1, any aspect ratio) is accepted: see :func:`paka_hf.imaging.to_rgb`.
     """
@@ -218,9 +259,12 @@ class GlimTransform:
         std: Sequence[float] = IMAGENET_STD,
         patch_size: int | None = None,
         normalize: bool = True,
+        rendering: str = "cpu",
     ):
         if global_size < 1 or local_size < 1:
             raise ValueError(f"view sizes must be positive, got global {global_size}, local {local_size}")
+        if rendering not in RENDERINGS:
+            raise ValueError(f"rendering must be one of {RENDERINGS}, got {rendering!r}")
         if patch_size is not None:
             for name, size in (("global_size", global_size), ("local_size", local_size)):
                 if size % patch_size:
@@ -244,44 +288,179 @@ class GlimTransform:
         self.augment = augment if augment is not None else PhotometricAugment()
         self.mean, self.std = list(mean), list(std)
         self.normalize = bool(normalize)
+        self.rendering = rendering
 
-    def _render(self, image: Image.Image, box: torch.Tensor, size: int, augment: bool, generator) -> tuple[torch.Tensor, bool]:
-        view = image.resize((size, size), resample=Image.Resampling.BICUBIC, box=tuple(box.tolist()))
-        tensor = F.pil_to_tensor(view)  # (3, size, size) uint8
-        if augment:
-            tensor = self.augment(tensor, generator)
-        flipped = self.flip and torch.rand((), generator=generator).item() < 0.5
-        if flipped:
-            tensor = F.horizontal_flip(tensor)
-        if not self.normalize:
-            return tensor.contiguous(), flipped  # uint8, 4x less to collate and ship; normalize_views() on the device
-        return normalize_views(tensor, self.mean, self.std), flipped
+    def view_spec(self) -> dict[str, int]:
+        """What :func:`render_views` needs besides the per-sample draws (plain ints, carried in each batch)."""
+        return {"global_size": self.global_size, "local_size": self.local_size,
+                "blur_kernel_size": self.augment.blur_kernel_size}
 
-    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        image = to_rgb(image)
-        boxes = sample_boxes(image.height, image.width, self.n_local, generator=generator, **self.box_kwargs)
-        global_views, global_flips = zip(
-            *(self._render(image, b, self.global_size, self.teacher_augment, generator) for b in boxes.global_boxes)
-        )
-        local_views, local_flips = zip(
-            *(self._render(image, b, self.local_size, self.student_augment, generator) for b in boxes.local_boxes)
-        )
-        return {
-            "global_views": torch.stack(global_views),
-            "local_views": torch.stack(local_views),
+    def _sample_views(self, count: int, augment: bool, generator) -> tuple[torch.Tensor | None, torch.Tensor]:
+        colors, flips = [], []
+        for _ in range(count):  # per view: its photometric draws, then its flip (the order of the CPU path ever since)
+            if augment:
+                colors.append(self.augment.sample(generator))
+            flips.append(self.flip and torch.rand((), generator=generator).item() < 0.5)
+        return (torch.stack(colors) if augment else None), torch.tensor(flips, dtype=torch.bool)
+
+    def sample(self, height: int, width: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Every random draw for one ``height`` × ``width`` image: boxes, flips, photometric parameters.
+
+        Returns the box fields of :func:`sample_boxes`, ``global_flips``/``local_flips``, and
+        ``global_color``/``local_color`` ``(n, P)`` float64 for the views that are augmented.
+        """
+        boxes = sample_boxes(height, width, self.n_local, generator=generator, **self.box_kwargs)
+        global_color, global_flips = self._sample_views(self.n_global, self.teacher_augment, generator)
+        local_color, local_flips = self._sample_views(self.n_local, self.student_augment, generator)
+        draws = {
             "global_boxes": boxes.global_boxes,
             "local_boxes": boxes.local_boxes,
             "pair_index": boxes.pair_index,
-            "global_flips": torch.tensor(global_flips, dtype=torch.bool),
-            "local_flips": torch.tensor(local_flips, dtype=torch.bool),
+            "global_flips": global_flips,
+            "local_flips": local_flips,
         }
+        if global_color is not None:
+            draws["global_color"] = global_color
+        if local_color is not None:
+            draws["local_color"] = local_color
+        return draws
+
+    def _render(self, image: Image.Image, box: torch.Tensor, size: int, color: torch.Tensor | None, flipped: bool) -> torch.Tensor:
+        view = image.resize((size, size), resample=Image.Resampling.BICUBIC, box=tuple(box.tolist()))
+        tensor = F.pil_to_tensor(view)  # (3, size, size) uint8
+        if color is not None:
+            tensor = self.augment.apply(tensor, color)
+        if flipped:
+            tensor = F.horizontal_flip(tensor)
+        if not self.normalize:
+            return tensor.contiguous()  # uint8, 4x less to collate and ship; normalize_views() on the device
+        return normalize_views(tensor, self.mean, self.std)
+
+    def render(self, image: Image.Image, draws: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The views of :meth:`sample`'s ``draws`` rendered on the CPU with Pillow and torchvision."""
+        views = {}
+        for kind, size in (("global", self.global_size), ("local", self.local_size)):
+            colors = draws.get(f"{kind}_color")
+            views[f"{kind}_views"] = torch.stack([
+                self._render(image, box, size, None if colors is None else colors[i], bool(flipped))
+                for i, (box, flipped) in enumerate(zip(draws[f"{kind}_boxes"], draws[f"{kind}_flips"]))
+            ])
+        return views
+
+    def __call__(self, image: Image.Image | np.ndarray, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Views (or, with ``rendering="device"``, pixels and draws) of one image.
+
+        ``image``: a PIL image of any mode, or — for ``rendering="device"`` — an RGB ``(H, W, 3)``
+        uint8 array as :func:`paka_hf.data.decode_rgb_pixels` makes it.
+        """
+        if isinstance(image, np.ndarray):
+            if self.rendering != "device" or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise ValueError(
+                    f"an array image must be RGB (H, W, 3) uint8 and needs rendering='device', got {image.dtype} "
+                    f"{image.shape} with rendering={self.rendering!r}; pass a PIL image otherwise"
+                )
+            pixels = image
+        else:
+            image = to_rgb(image)
+            if self.rendering == "cpu":
+                draws = self.sample(image.height, image.width, generator)
+                views = self.render(image, draws)
+                return {**views, **{key: draws[key] for key in VIEW_KEYS if key in draws}}
+            pixels = np.asarray(image)  # (H, W, 3) uint8, read-only: copied once, into the padded batch
+        height, width = pixels.shape[:2]
+        draws = self.sample(height, width, generator)
+        return {"image": pixels, "image_size": torch.tensor([height, width]), **draws, "view_spec": self.view_spec()}
 
 
 VIEW_KEYS = ("global_views", "local_views", "global_boxes", "local_boxes", "pair_index", "global_flips", "local_flips")
+DEVICE_KEYS = ("image_size", "global_boxes", "local_boxes", "pair_index", "global_flips", "local_flips")
+COLOR_KEYS = ("global_color", "local_color")
 
 
-def collate_views(samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack per-image view dicts into a batch: every tensor gains a leading batch dimension B."""
+def pad_images(images: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
+    """``(H_i, W_i, 3)`` uint8 images → one zero-padded ``(B, max H, max W, 3)`` uint8 tensor.
+
+    Inside a DataLoader worker the batch is allocated in shared memory, as ``default_collate`` does,
+    so that sending it to the main process copies nothing; only the padding is zeroed.
+    """
+    height = max(image.shape[0] for image in images)
+    width = max(image.shape[1] for image in images)
+    shape = (len(images), height, width, 3)
+    if torch.utils.data.get_worker_info() is not None:
+        storage = torch.UntypedStorage._new_shared(math.prod(shape))
+        batch = torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+    else:
+        batch = torch.empty(shape, dtype=torch.uint8)
+    target = batch.numpy()
+    for out, image in zip(target, images):
+        h, w = image.shape[:2]
+        np.copyto(out[:h, :w], np.asarray(image))
+        out[h:] = 0
+        out[:h, w:] = 0
+    return batch
+
+
+def collate_views(samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """Stack per-image view dicts into a batch: every tensor gains a leading batch dimension B.
+
+    Samples of ``rendering="device"`` become ``images`` (B, H, W, 3) uint8, zero-padded to the
+    largest image, ``image_sizes`` (B, 2), the draws stacked, and ``view_spec`` (plain ints).
+    """
     if not samples:
         raise ValueError("cannot collate an empty list of samples")
-    return {key: torch.stack([sample[key] for sample in samples]) for key in VIEW_KEYS}
+    if "image" not in samples[0]:
+        return {key: torch.stack([sample[key] for sample in samples]) for key in VIEW_KEYS}
+    keys = DEVICE_KEYS + tuple(key for key in COLOR_KEYS if key in samples[0])
+    batch: dict[str, Any] = {key: torch.stack([sample[key] for sample in samples]) for key in keys}
+    batch["image_sizes"] = batch.pop("image_size")
+    batch["images"] = pad_images([sample["image"] for sample in samples])
+    specs = {tuple(sorted(sample["view_spec"].items())) for sample in samples}
+    if len(specs) != 1:
+        raise ValueError(f"samples of one batch must share view sizes, got {sorted(specs)}")
+    batch["view_spec"] = dict(samples[0]["view_spec"])
+    return batch
+
+
+def render_views(
+    images: torch.Tensor,
+    image_sizes: torch.Tensor,
+    global_boxes: torch.Tensor,
+    local_boxes: torch.Tensor,
+    view_spec: dict[str, int],
+    global_flips: torch.Tensor | None = None,
+    local_flips: torch.Tensor | None = None,
+    global_color: torch.Tensor | None = None,
+    local_color: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Render a batch's views on the images' device: what :meth:`GlimTransform.render` does on the CPU.
+
+    Crop-and-resize of every box with Pillow's bicubic (:func:`paka_hf.resample.resample_boxes`,
+    flips folded in), then the photometric parameters per view
+    (:meth:`~paka_hf.augment.PhotometricAugment.apply_batch`). Flipping before the photometric ops
+    instead of after changes nothing: they are per pixel, per-view means, or a symmetric blur with
+    symmetric (reflect) padding.
+
+    Args:
+        images: ``(B, H, W, 3)`` uint8, zero-padded; ``image_sizes`` ``(B, 2)`` true (height, width).
+        global_boxes, local_boxes: ``(B, n, 4)``; flips ``(B, n)`` bool; colors ``(B, n, P)`` or None.
+        view_spec: ``global_size``, ``local_size``, ``blur_kernel_size`` (:meth:`GlimTransform.view_spec`).
+
+    Returns:
+        ``global_views`` ``(B, n_global, 3, S_g, S_g)`` and ``local_views`` ``(B, n_local, 3, S_l, S_l)`` uint8.
+    """
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != torch.uint8:
+        raise ValueError(f"images must be uint8 (B, H, W, 3) as collate_views makes them, got {images.dtype} {tuple(images.shape)}")
+    with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
+        pixels = images.permute(0, 3, 1, 2).float()
+        out = []
+        for boxes, flips, color, size in (
+            (global_boxes, global_flips, global_color, view_spec["global_size"]),
+            (local_boxes, local_flips, local_color, view_spec["local_size"]),
+        ):
+            views = resample_boxes(pixels, image_sizes, boxes, size, flips)
+            if color is not None:
+                batch, n = views.shape[:2]
+                flat = PhotometricAugment.apply_batch(views.flatten(0, 1), color.flatten(0, 1), view_spec["blur_kernel_size"])
+                views = flat.view(batch, n, *flat.shape[1:])
+            out.append(views.to(torch.uint8))
+    return out[0], out[1]

@@ -162,3 +162,53 @@ def test_empty_source_raises_a_clear_error(tmp_path):
     empty.mkdir()
     with pytest.raises(ValueError, match="found no images"):
         load_image_source(str(empty))
+
+
+@pytest.mark.parametrize("kind", ["rgb", "L", "CMYK", "exif", "png", "truncated"])
+def test_device_rendering_decode_gives_the_pillow_pixels(kind, tmp_path):
+    """decode_rgb_pixels (libjpeg through torchvision for colour JPEGs) = Pillow decode + to_rgb."""
+    from paka_hf.data import DECODE_ERRORS, decode_rgb_pixels
+    from paka_hf.imaging import to_rgb
+
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    array = rng.integers(0, 255, (24, 40, 3), dtype=np.uint8)
+    if kind == "exif":
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        Image.fromarray(array).save(buffer, format="JPEG", exif=exif.tobytes())
+    elif kind == "png":
+        Image.fromarray(array).save(buffer, format="PNG")
+    else:
+        image = Image.fromarray(array)
+        image = image.convert(kind) if kind in ("L", "CMYK") else image
+        image.save(buffer, format="JPEG", quality=90)
+    data = buffer.getvalue()
+    if kind == "truncated":
+        with pytest.raises(DECODE_ERRORS):
+            decode_rgb_pixels({"bytes": data[: len(data) // 3], "path": None})
+        return
+    path = tmp_path / "image.bin"
+    path.write_bytes(data)
+    expected = np.asarray(to_rgb(decode_image({"bytes": data, "path": None})))
+    for value in ({"bytes": data, "path": None}, {"bytes": None, "path": str(path)}, data):
+        pixels = decode_rgb_pixels(value)
+        assert pixels.dtype == np.uint8 and pixels.shape == expected.shape
+        np.testing.assert_array_equal(pixels, expected)
+    if kind == "exif":
+        assert expected.shape == (40, 24, 3)  # orientation 6: rotated upright
+
+
+def test_device_rendering_stream_yields_pixels_and_draws(tmp_path):
+    write_images(tmp_path / "imgs", 4)
+    add_bad_files(tmp_path / "imgs")
+    source = load_image_source(str(tmp_path / "imgs"))
+    transform = GlimTransform(28, 14, n_local=2, patch_size=14, rendering="device")
+    samples = take(PaKAViewStream(source, transform, seed=0), 4)
+    assert [s["num_skipped"] for s in samples] == [1, 0, 0, 0]  # garbage.png before img_000, as on the CPU path
+    assert all(s["image"].shape == (48, 64, 3) and "global_views" not in s for s in samples)
+    reference = take(PaKAViewStream(load_image_source(str(tmp_path / "imgs")), small_transform(), seed=0), 4)
+    for sample, ref in zip(samples, reference):  # same seed per row: same boxes whichever side renders
+        assert torch.equal(sample["local_boxes"], ref["local_boxes"])
+    batch = PaKACollator()(samples)
+    assert batch["images"].shape == (4, 48, 64, 3) and batch["stream_position"].item() == 5

@@ -78,7 +78,8 @@ def flat(grads: dict[str, torch.Tensor]) -> torch.Tensor:
 def test_gpu_step_smoke_runs_on_cpu_and_prints_the_table(tmp_path):
     out = tmp_path / "figures.json"
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "gpu_step.py"), "--smoke", "--device", "cpu", "--json", str(out)],
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "gpu_step.py"), "--smoke", "--device", "cpu", "--json", str(out),
+         "--view_rendering", "cpu", "device"],
         capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -93,6 +94,10 @@ def test_gpu_step_smoke_runs_on_cpu_and_prints_the_table(tmp_path):
     assert row["ratio_full_over_bare"] > 0 and row["images_per_s"] > 0
     assert row["tflop_per_step"] > row["tflop_per_bare_step"] > 0  # the heads add FLOPs
     assert report["paper_images"] == 2_957_175
+    # the full step from uint8 images (views rendered by the model) costs more than from rendered views
+    assert "full+render ms" in result.stdout
+    assert row["render_ms"] > 0 and row["full_render_ms"] > 0
+    assert row["ratio_full_render_over_bare"] == pytest.approx(row["full_render_ms"] / row["bare_ms"])
 
 
 def test_flops_formula_at_vit_s14_paper_crops():

@@ -129,3 +129,16 @@ def test_logged_cka_is_mean_linear_cka_whatever_the_loss():
             out = model(**batch)
         assert out.num_pairs.item() == qualifies.sum().item() == 8
         assert torch.allclose(out.cka, cka.mean(), atol=1e-6), loss
+
+
+def test_teacher_update_keeps_working_after_the_model_is_cast():
+    """update_teacher lists the parameter pairs once; a cast (.double(), .to(device)) lists them again."""
+    model = PaKAModel(PatchBackbone.from_config(tiny_dinov2_config()), ProjectionHead(32, 64, 16))
+    model.update_teacher(0.5)
+    model.double()
+    with torch.no_grad():
+        for param in model.student.parameters():
+            param.add_(1.0)
+    model.update_teacher(0.0)  # copy the student
+    for (name, s), t in zip(model.student.named_parameters(), model.teacher.parameters()):
+        assert t.dtype == torch.float64 and torch.equal(s, t), name

@@ -148,16 +148,18 @@ def test_export_network_override_writes_the_other_network(assets, tmp_path):
         trainer.export_backbone(tmp_path / "x", network="head")
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_resume_is_bit_identical_to_an_uninterrupted_run(assets, tmp_path, workers):
-    straight = PaKATrainer(args=run_config(assets, tmp_path / "a", dataloader_num_workers=workers))
+@pytest.mark.parametrize("workers, rendering", [(0, "cpu"), (2, "cpu"), (0, "device")])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(assets, tmp_path, workers, rendering):
+    kwargs = dict(dataloader_num_workers=workers, view_rendering=rendering)
+    straight = PaKATrainer(args=run_config(assets, tmp_path / "a", **kwargs))
     straight.train()
     student_a, teacher_a = states(straight)
+    assert straight.view_transform.rendering == rendering
 
-    first = PaKATrainer(args=run_config(assets, tmp_path / "b", dataloader_num_workers=workers), callbacks=[StopAt(3)])
+    first = PaKATrainer(args=run_config(assets, tmp_path / "b", **kwargs), callbacks=[StopAt(3)])
     first.train()
     assert first.state.global_step == 3
-    resumed = PaKATrainer(args=run_config(assets, tmp_path / "b", dataloader_num_workers=workers))
+    resumed = PaKATrainer(args=run_config(assets, tmp_path / "b", **kwargs))
     resumed.train(resume_from_checkpoint="latest")
     assert resumed.state.global_step == 6
     student_b, teacher_b = states(resumed)
@@ -210,6 +212,8 @@ def test_config_errors_say_what_to_change(assets, tmp_path):
         run_config(assets, tmp_path, teacher_momentum=1.5)
     with pytest.raises(ValueError, match="loss must be one of"):
         run_config(assets, tmp_path, loss="mse")
+    with pytest.raises(ValueError, match=r"view_rendering must be one of \('cpu', 'device'\)"):
+        run_config(assets, tmp_path, view_rendering="gpu")
     with pytest.raises(ValueError, match="set max_steps, or dataset_num_images"):
         run_config(assets, tmp_path, max_steps=-1)
     derived = run_config(assets, tmp_path, max_steps=-1, dataset_num_images=100, num_train_epochs=3)

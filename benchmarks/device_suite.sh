@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# One device session for issue 7: CUDA tests of the step and the renderer, then benchmarks/gpu_step.py
+# eager and compiled, ViT-S/14 and ViT-B/14, each with the full step from rendered views and from uint8
+# images (views rendered on the device). Writes JSON and logs to $OUT (default: ./gpu_out).
+#   bash benchmarks/device_suite.sh            # on the GPU machine, at most ~7 minutes
+#   bash benchmarks/device_suite.sh --smoke    # the same sequence with tiny shapes, on CPU, seconds
+set -u
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+PY=${PYTHON:-python3}
+if [ "${1:-}" = "--smoke" ]; then
+  EXTRA=(--smoke --device cpu); BUDGET_EAGER=60; BUDGET_COMPILE=60; COMPILE=(--compile --compile_backend aot_eager)
+else
+  EXTRA=(); BUDGET_EAGER=100; BUDGET_COMPILE=190; COMPILE=(--compile)
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/nvidia_smi.txt"
+  timeout 45 $PY -m pytest -q -p no:cacheprovider tests/test_render.py tests/test_gpu_step.py -k "cuda" 2>&1 | tail -5 | tee "$OUT/cuda_tests.txt"
+fi
+timeout $((BUDGET_EAGER + 30)) $PY benchmarks/gpu_step.py "${EXTRA[@]}" --view_rendering cpu device --profile_render \
+  --time_budget $BUDGET_EAGER --json "$OUT/eager.json" 2>&1 | tee "$OUT/eager.log"
+timeout $((BUDGET_COMPILE + 45)) $PY benchmarks/gpu_step.py "${EXTRA[@]}" "${COMPILE[@]}" --view_rendering cpu device \
+  --time_budget $BUDGET_COMPILE --json "$OUT/compiled.json" 2>&1 | tee "$OUT/compiled.log"
