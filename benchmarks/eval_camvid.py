@@ -41,6 +41,28 @@ from paka_hf.evaluation import (  # noqa: E402
 )
 
 
+def evaluate_camvid(backbone, name: str, datasets, settings: EvaluationSettings, protocols, long_linear_epochs: int,
+                    timings: dict[str, float]):
+    """``protocols`` on one backbone, plus (when ``long_linear_epochs`` and the linear protocol) the linear
+    probe trained ``long_linear_epochs`` on the same cached features, reported second as
+    ``mIoU (linear, N epochs)`` with its wall time in ``timings["linear_long"]``. Returns the report."""
+    cache = FeatureCache(backbone, batch_size=settings.batch_size, crop_scale=settings.crop_scale, seed=0,
+                         progress=settings.progress)  # fmt: skip
+    report = run_evaluation(name, "camvid", list(protocols), backbone=backbone, datasets=datasets,
+                            settings=settings, timings=timings, feature_cache=cache)  # fmt: skip
+    if long_linear_epochs and "linear" in protocols:
+        long_settings = replace(settings, linear=LinearProbeConfig(
+            epochs=long_linear_epochs, lr_step_epoch=int(0.8 * long_linear_epochs)))
+        long_timings: dict[str, float] = {}
+        extra = run_evaluation(name, "camvid", ["linear"], backbone=backbone, datasets=datasets,
+                               settings=long_settings, timings=long_timings, feature_cache=cache)  # fmt: skip
+        assert not any(k.startswith("features/") for k in long_timings), "features were recomputed"
+        extra.results[0].metric_name = f"mIoU (linear, {long_linear_epochs} epochs)"
+        report.results.insert(1, extra.results[0])
+        timings["linear_long"] = long_timings["linear"]
+    return report
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_dir", default="../shared/models/dinov2-small-imgfocus")
@@ -83,21 +105,9 @@ def main() -> None:
             backbone = PatchBackbone.from_config(AutoConfig.from_pretrained(args.model_dir))
             name = f"random-init ViT-S/14 ({args.model_dir} config)"
         timings: dict[str, float] = {}
-        cache = FeatureCache(backbone, batch_size=settings.batch_size, crop_scale=settings.crop_scale, seed=0)
         start = time.perf_counter()
-        report = run_evaluation(name, "camvid", args.protocols.split(","), backbone=backbone,
-                                datasets=(train, val), settings=settings, timings=timings,
-                                feature_cache=cache)  # fmt: skip
-        if args.long_linear_epochs and "linear" in args.protocols:
-            long_settings = replace(settings, linear=LinearProbeConfig(
-                epochs=args.long_linear_epochs, lr_step_epoch=int(0.8 * args.long_linear_epochs)))
-            long_timings: dict[str, float] = {}
-            extra = run_evaluation(name, "camvid", ["linear"], backbone=backbone, datasets=(train, val),
-                                   settings=long_settings, timings=long_timings, feature_cache=cache)  # fmt: skip
-            assert not any(k.startswith("features/") for k in long_timings), "features were recomputed"
-            extra.results[0].metric_name = f"mIoU (linear, {args.long_linear_epochs} epochs)"
-            report.results.insert(1, extra.results[0])
-            timings["linear_long"] = long_timings["linear"]
+        report = evaluate_camvid(backbone, name, (train, val), settings, args.protocols.split(","),
+                                 args.long_linear_epochs, timings)  # fmt: skip
         total = time.perf_counter() - start
         report.save(out / f"{which}.json")
         (out / f"{which}_timings.json").write_text(json.dumps({**timings, "total": total}, indent=2))

@@ -41,7 +41,6 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -50,22 +49,25 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from paka_hf.backbones import PatchBackbone  # noqa: E402
-from paka_hf.evaluation import (  # noqa: E402
-    CamVid,
-    EvaluationSettings,
-    FeatureCache,
-    HummingbirdConfig,
-    LinearProbeConfig,
-    OverclusterConfig,
-    run_evaluation,
-)
+from paka_hf.evaluation import CamVid, EvaluationSettings, HummingbirdConfig, LinearProbeConfig, OverclusterConfig  # noqa: E402
+
+
+def _load_script(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+EVAL_CAMVID = _load_script(REPO / "benchmarks" / "eval_camvid.py", "paka_eval_camvid")  # its evaluate_camvid
+LONG_LINEAR_EPOCHS = 100
 
 CONFIG_DIR = REPO / "configs" / "repro"
 SHARED = REPO.parent / "shared"
 # Run order: the main recipe and its control first (they carry the targets), then the ablations.
 DEFAULT_RUNS = ("paka", "cosine", "gram", "min_intersection_0", "min_intersection_0.5", "teacher_augment", "head")
 METRICS = {  # key: (metric name in the EvaluationReport, column title)
-    "linear": ("mIoU (linear, 100 epochs)", "linear (100 ep)"),
+    "linear": (f"mIoU (linear, {LONG_LINEAR_EPOCHS} epochs)", "linear (100 ep)"),
     "linear25": ("mIoU (linear)", "linear (25 ep)"),
     "overcluster11": ("mIoU (overclustering, K=11)", "overcl. K=11"),
     "overcluster100": ("mIoU (overclustering, K=100)", "overcl. K=100"),
@@ -103,17 +105,12 @@ def evaluate(model_dir: Path, name: str, data_dir: Path, settings: EvaluationSet
     torch.manual_seed(0)
     backbone = PatchBackbone.from_pretrained(model_dir)
     datasets = (CamVid(data_dir, "train"), CamVid(data_dir, "val"))
-    cache = FeatureCache(backbone, batch_size=settings.batch_size, crop_scale=settings.crop_scale, seed=0, progress=False)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    report = run_evaluation(name, "camvid", ["linear", "overcluster", "hummingbird"], backbone=backbone,
-                            datasets=datasets, settings=settings, timings=timings, feature_cache=cache)  # fmt: skip
-    long = replace(settings, linear=LinearProbeConfig(epochs=100, lr_step_epoch=80))
-    extra = run_evaluation(name, "camvid", ["linear"], backbone=backbone, datasets=datasets, settings=long,
-                           timings=(long_timings := {}), feature_cache=cache)  # fmt: skip
-    extra.results[0].metric_name = METRICS["linear"][0]
-    timings["linear_100_epochs"] = long_timings["linear"]
-    results = {r.metric_name: r.value for r in report.results + extra.results}
+    report = EVAL_CAMVID.evaluate_camvid(backbone, name, datasets, settings, ["linear", "overcluster", "hummingbird"],
+                                         LONG_LINEAR_EPOCHS, timings)  # fmt: skip
+    timings["linear_100_epochs"] = timings.pop("linear_long")
+    results = {r.metric_name: r.value for r in report.results}
     spreads = {r.metric_name: r.std for r in report.results if r.std is not None}
     data = {"model": str(model_dir), "results": results, "std_over_kmeans_seeds": spreads,
             "timings_s": {**timings, "total": time.perf_counter() - start}}  # fmt: skip
@@ -124,9 +121,7 @@ def evaluate(model_dir: Path, name: str, data_dir: Path, settings: EvaluationSet
 
 def train_one(config: Path, seed: int, output_dir: Path, extra: list[str]) -> None:
     """In a fresh process: PaKA training exactly as ``scripts/train.py`` runs it; writes student and teacher."""
-    spec = importlib.util.spec_from_file_location("paka_train_script", REPO / "scripts" / "train.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _load_script(REPO / "scripts" / "train.py", "paka_train_script")
     from paka_hf import PaKATrainer
 
     args = script.parse_config(["--config", str(config), "--seed", str(seed), "--output_dir", str(output_dir), *extra])
@@ -212,9 +207,8 @@ def summarize(found: dict[str, list[dict]]) -> tuple[str, dict]:
         train = [e["train_wall_s"] / 60 for e in evals if "train_wall_s" in e]
         evaluation = [e["timings_s"]["total"] / 60 for e in evals]
         seeds = ",".join(str(e["seed"]) for e in evals) if run != "base" else "–"
-        lines.append(f"| {run} | {seeds} | " + " | ".join(cells)
-                     + f" | {statistics.fmean(train):.1f} | {statistics.fmean(evaluation):.1f} |" if train else
-                     f"| {run} | {seeds} | " + " | ".join(cells) + f" | – | {statistics.fmean(evaluation):.1f} |")  # fmt: skip
+        train_text = f"{statistics.fmean(train):.1f}" if train else "–"
+        lines.append(f"| {run} | {seeds} | " + " | ".join(cells) + f" | {train_text} | {statistics.fmean(evaluation):.1f} |")
     summary = {"runs": stats, "targets": [], "claims": []}
     lines += ["", "| target (paka − base, mean over seeds) | needed | measured | met |", "| --- | ---: | ---: | --- |"]
     for key, needed in TARGETS.items():
