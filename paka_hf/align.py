@@ -12,8 +12,19 @@ in original-image pixels, the shared region is ``I = G ∩ L``. A view rendered 
 where cell ``i`` spans ``[i, i + 1)``; this is the convention of ``torchvision.ops.roi_align``
 with ``aligned=True``. Mapping ``I`` into both grids and RoI-aligning each onto a ``roi_size ×
 roi_size`` grid gives ``N = roi_size²`` tokens per side that describe the same image locations.
-Horizontal flips recorded at rendering are undone on the grids first. Pairs whose boxes do not
-intersect (possible only with ``min_intersection = 0``) are returned fully masked.
+Horizontal flips recorded at rendering are undone without touching the grids: a view flipped
+left-right has the grid ``F[:, :, x] = G[:, :, w - 1 - x]``, and RoIAlign commutes with the mirror,
+
+.. math::
+
+    \mathrm{RoIAlign}(G, [x_1, y_1, x_2, y_2]) = \mathrm{flip}_x\,\mathrm{RoIAlign}(F, [w - x_2, y_1, w - x_1, y_2])
+
+(the bins' sample points map to ``w − x``, and torchvision's border rule, zero outside ``[-1, w]``
+and clamped inside, is symmetric under it). So the boxes of flipped views are mirrored and the
+``roi_size²`` output of those pairs is flipped back: O(P · d · roi²) work instead of copies of
+every ``(V, d, h, w)`` grid (at paper crops the teacher's are 128 × 384 × 37², ~270 MB in fp32).
+Pairs whose boxes do not intersect (possible only with ``min_intersection = 0``) are returned
+fully masked.
 """
 
 from __future__ import annotations
@@ -53,18 +64,31 @@ def to_grid_coordinates(boxes: torch.Tensor, view_boxes: torch.Tensor, grid_h: i
     return scaled.flatten(1)
 
 
-def unflip(grids: torch.Tensor, flips: torch.Tensor | None) -> torch.Tensor:
-    """Undo horizontal flips on ``grids`` (V, d, h, w) where ``flips`` (V,) is True."""
+def mirror_boxes(boxes: torch.Tensor, flips: torch.Tensor | None, grid_w: int) -> torch.Tensor:
+    """Grid-coordinate boxes (P, 4) mirrored left-right, ``x → grid_w − x``, where ``flips`` (P,) is True."""
     if flips is None:
-        return grids
-    return torch.where(flips.to(grids.device)[:, None, None, None], grids.flip(-1), grids)
+        return boxes
+    mirrored = torch.stack([grid_w - boxes[:, 2], boxes[:, 1], grid_w - boxes[:, 0], boxes[:, 3]], dim=1)
+    return torch.where(flips[:, None], mirrored, boxes)
 
 
-def _roi_tokens(grids: torch.Tensor, index: torch.Tensor, boxes: torch.Tensor, roi_size: int, sampling_ratio: int) -> torch.Tensor:
+def _roi_tokens(
+    grids: torch.Tensor,
+    index: torch.Tensor,
+    boxes: torch.Tensor,
+    flips: torch.Tensor | None,
+    roi_size: int,
+    sampling_ratio: int,
+) -> torch.Tensor:
+    """RoIAlign ``boxes`` (P, 4, grid coordinates of the unflipped view) of ``grids[index]`` → (P, r², d);
+    ``flips`` (P,) marks pairs whose grid is of a flipped view."""
     # In float32 whatever the grids' dtype: bf16 cannot hold view indices above 256 or box coordinates
     # exactly, and torchvision's autocast rule runs roi_align in float32 anyway.
-    rois = torch.cat([index[:, None].float(), boxes.float()], dim=1)
+    boxes = mirror_boxes(boxes.float(), flips, grids.shape[-1])
+    rois = torch.cat([index[:, None].float(), boxes], dim=1)
     pooled = roi_align(grids.float(), rois, output_size=roi_size, spatial_scale=1.0, sampling_ratio=sampling_ratio, aligned=True)
+    if flips is not None:
+        pooled = torch.where(flips[:, None, None, None], pooled.flip(-1), pooled)
     return pooled.flatten(2).transpose(1, 2)  # (P, d, r, r) -> (P, r*r, d)
 
 
@@ -112,13 +136,13 @@ def align_pairs(
     teacher_index = image_index * n_global + pair_index.reshape(-1)
     student_index = torch.arange(batch * n_local, device=device)
 
-    flat = lambda f: None if f is None else f.reshape(-1)  # noqa: E731
-    teacher_grids = unflip(teacher_grids, flat(global_flips))
-    student_grids = unflip(student_grids, flat(local_flips))
+    # per pair: is the grid it reads from that of a flipped view?
+    teacher_flips = None if global_flips is None else global_flips.to(device).reshape(-1)[teacher_index]
+    student_flips = None if local_flips is None else local_flips.to(device).reshape(-1)
     t_boxes = to_grid_coordinates(shared, paired_globals, *teacher_grids.shape[-2:])
     s_boxes = to_grid_coordinates(shared, local_flat, *student_grids.shape[-2:])
 
-    teacher = _roi_tokens(teacher_grids, teacher_index, t_boxes, roi_size, sampling_ratio)
-    student = _roi_tokens(student_grids, student_index, s_boxes, roi_size, sampling_ratio)
+    teacher = _roi_tokens(teacher_grids, teacher_index, t_boxes, teacher_flips, roi_size, sampling_ratio)
+    student = _roi_tokens(student_grids, student_index, s_boxes, student_flips, roi_size, sampling_ratio)
     mask = (~nonempty)[:, None].expand(-1, roi_size * roi_size)
     return AlignedTokens(teacher, student, mask)

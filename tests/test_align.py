@@ -125,3 +125,41 @@ def test_gradients_reach_the_student_grid():
 def test_shape_errors():
     with pytest.raises(ValueError, match="expected 1x2 teacher grids and 1x2 student grids"):
         align_pairs(torch.randn(3, 4, 8, 8), torch.randn(2, 4, 7, 7), torch.zeros(1, 2, 4), torch.zeros(1, 2, 4), torch.zeros(1, 2, dtype=torch.long))
+
+
+def test_flips_by_mirrored_boxes_equal_flipping_the_grids_first():
+    """align_pairs undoes flips by mirroring boxes and flipping the roi² output; the result must be that
+    of flipping every flipped view's whole grid back first (values and student gradients), also for
+    non-square grids and boxes that reach past the grid's edges (torchvision's border rule)."""
+    generator = torch.Generator().manual_seed(3)
+    batch, n_global, n_local, dim = 3, 2, 4, 5
+    teacher = torch.randn(batch * n_global, dim, 9, 13, generator=generator)
+    student = torch.randn(batch * n_local, dim, 6, 6, generator=generator)
+    global_boxes = torch.tensor([[0.0, 0.0, 640.0, 480.0], [100.0, 50.0, 500.0, 400.0]]).expand(batch, -1, -1)
+    corner = torch.rand(batch, n_local, 2, generator=generator) * torch.tensor([600.0, 440.0]) - 40.0  # some outside
+    local_boxes = torch.cat([corner, corner + 60.0 + 150.0 * torch.rand(batch, n_local, 2, generator=generator)], -1)
+    pair_index = torch.tensor([[0, 1, 0, 1]]).expand(batch, -1)
+    global_flips = torch.tensor([[True, False], [False, True], [True, True]])
+    local_flips = torch.rand(batch, n_local, generator=generator) < 0.5
+    local_flips[0, 0], local_flips[0, 1] = True, False
+
+    def aligned_tokens(flip_grids_first: bool):
+        s = student.clone().requires_grad_(True)
+        if flip_grids_first:
+            t_in = torch.where(global_flips.reshape(-1)[:, None, None, None], teacher.flip(-1), teacher)
+            s_in = torch.where(local_flips.reshape(-1)[:, None, None, None], s.flip(-1), s)
+            out = align_pairs(t_in, s_in, global_boxes, local_boxes, pair_index, roi_size=4, sampling_ratio=2)
+        else:
+            out = align_pairs(teacher, s, global_boxes, local_boxes, pair_index, global_flips, local_flips,
+                              roi_size=4, sampling_ratio=2)
+        (out.student * torch.arange(16.0)[None, :, None]).sum().backward()  # position-dependent gradient
+        return out, s.grad
+
+    mirrored, mirrored_grad = aligned_tokens(False)
+    reference, reference_grad = aligned_tokens(True)
+    torch.testing.assert_close(mirrored.teacher, reference.teacher, rtol=0, atol=1e-5)
+    torch.testing.assert_close(mirrored.student, reference.student, rtol=0, atol=1e-5)
+    torch.testing.assert_close(mirrored_grad, reference_grad, rtol=0, atol=1e-5)
+    assert torch.equal(mirrored.mask, reference.mask)
+    assert (reference.student - align_pairs(teacher, student, global_boxes, local_boxes, pair_index,
+                                            roi_size=4).student).abs().max() > 0.1  # the flips do matter here
