@@ -7,11 +7,15 @@ projection head 2048/2048/256, bf16 autocast for the networks (the loss is compu
 ``paka_hf.losses`` whatever the autocast dtype). Two steps are timed on the same views, in
 alternating blocks so that clock and thermal drift hit both alike:
 
-    full:  teacher fwd (no_grad) → student fwd → RoIAlign → heads → 1 − CKA → backward → clip → AdamW → EMA
-    bare:  teacher fwd (no_grad) + student fwd/backward (loss = sum of the student's patch tokens)
+    full:        teacher fwd (no_grad) → student fwd → RoIAlign → heads → 1 − CKA → backward → clip → AdamW → EMA
+    bare:        teacher fwd (no_grad) + student fwd/backward (loss = sum of the student's patch tokens)
+    bare+heads:  bare, plus the teacher's head (no_grad) and the student's head (fwd/bwd) on as many tokens
+                 as the full step aligns (B · n_local · roi² per side, straight from the grids, no RoIAlign)
 
-and the script prints, per model: ms per step of each, their ratio (the cost of everything that is not
-the backbones' own arithmetic), images/s of the full step, peak memory (``torch.cuda.max_memory_allocated``),
+and the script prints, per model: ms per step of each, full / bare (the issue's ratio: the cost of
+everything that is not the backbones' own arithmetic) and full / (bare+heads) (the cost of what is
+not the method's own arithmetic: alignment, loss, clipping, AdamW, EMA), images/s of the full step,
+peak memory (``torch.cuda.max_memory_allocated``),
 model FLOPs utilisation and the projected wall time of the paper schedule (25 epochs of COCO train2017,
 25 × 118,287 = 2,957,175 images; input pipeline not included). On CUDA it also runs one full step under
 ``torch.cuda.set_sync_debug_mode("warn")`` and reports every host–device synchronisation it finds.
@@ -33,9 +37,13 @@ The bare step counts F_step without the heads. RoIAlign, the loss, AdamW and EMA
 
 Timing: ``--warmup`` untimed steps of each kind (compilation happens there), then ``--steps`` of each
 kind in ``--rounds`` alternating blocks, each block timed with CUDA events and synchronized only at its
-ends; the figures are medians over blocks. ``--compile`` compiles both backbones with ``dynamic=False``
-(they run one code path at two input sizes; automatic dynamic shapes would trace symbolic sizes, and
-AOTAutograd fails on the backward of DINOv2's antialiased bicubic position-embedding interpolation then).
+ends; the figures are medians over blocks. ``--compile`` compiles with ``dynamic=False``, by default the
+whole ``PaKAModel`` (``--compile_scope model``: backbones, alignment, heads and loss in one graph, what
+``torch_compile: true`` in a training config does through ``Trainer``; the bare steps are compiled the
+same way, as one function each), or only the two backbones (``--compile_scope backbones``: each
+backbone module runs at two input sizes; with automatic dynamic shapes its second compile would trace
+symbolic sizes, and AOTAutograd fails on the backward of DINOv2's antialiased bicubic
+position-embedding interpolation then). Clipping, AdamW and the EMA run eagerly in both, as in ``Trainer``.
 A model is skipped when ``--time_budget`` would likely be exceeded; each model's row is printed and
 ``--json`` rewritten as soon as it is measured, so a run cut short keeps what it had.
 
@@ -45,7 +53,7 @@ Data are synthetic and made on the device: normalized random views, GLIM boxes f
 stand-ins take their place (RoIAlign in plain torch, same numbers) and the header says so.
 
     python benchmarks/gpu_step.py [--models s14 b14] [--batch 64] [--steps 30] [--warmup 3]
-                                  [--compile] [--grad_checkpointing] [--json PATH]
+                                  [--compile [--compile_scope model|backbones]] [--grad_checkpointing] [--json PATH]
     python benchmarks/gpu_step.py --view_rendering cpu device   # also the full step from uint8 images (below)
     python benchmarks/gpu_step.py --smoke      # tiny shapes, 2 steps, a few seconds on CPU (test suite)
 
@@ -295,6 +303,22 @@ def step_flops(model: PaKAModel, batch: dict) -> tuple[float, float]:
 # ---------------------------------------------------------------------------------------------
 
 
+def bare_loss(model: PaKAModel, global_views: torch.Tensor, local_views: torch.Tensor,
+              teacher_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bare step's forward: (loss to backpropagate, teacher output). With ``teacher_index`` (P,), both heads
+    run on P · roi² tokens per side taken straight from the grids. The teacher's output is returned so that a
+    compiled version cannot drop the teacher's forward as dead code."""
+    with torch.no_grad():
+        teacher_out = model.teacher(global_views.flatten(0, 1))
+    student_out = model.student(local_views.flatten(0, 1))
+    if teacher_index is not None:
+        tokens = model.roi_size**2
+        with torch.no_grad():
+            teacher_out = model.teacher_head(teacher_out.flatten(2).transpose(1, 2)[teacher_index, :tokens])
+        student_out = model.student_head(student_out.flatten(2).transpose(1, 2)[:, :tokens])
+    return student_out.float().sum(), teacher_out
+
+
 class Steps:
     """``full()`` and ``bare()`` on one model and batch; neither reads a value back to the host."""
 
@@ -305,6 +329,12 @@ class Steps:
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.autocast = torch.autocast(args.device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
         self.last_loss = None
+        # the teacher view each aligned pair reads (image-major), for the heads of the bare+heads step
+        n_global = batch["global_boxes"].shape[1]
+        image = torch.arange(batch["pair_index"].shape[0], device=args.device)[:, None]
+        self.teacher_index = (image * n_global + batch["pair_index"]).flatten()
+        whole_model = args.compile and args.compile_scope == "model"
+        self.bare_loss = torch.compile(bare_loss, **args.compile_kwargs) if whole_model else bare_loss
 
     def full(self, batch: dict | None = None) -> None:
         model = self.model
@@ -328,14 +358,16 @@ class Steps:
         render_views(b["images"], b["image_sizes"], b["global_boxes"], b["local_boxes"], b["view_spec"],
                      b["global_flips"], b["local_flips"], b.get("global_color"), b.get("local_color"))
 
-    def bare(self) -> None:
-        model, batch = self.model, self.batch
+    def bare(self, with_heads: bool = False) -> None:
+        batch = self.batch
         with self.autocast:
-            with torch.no_grad():
-                model.teacher(batch["global_views"].flatten(0, 1))
-            student_grids = model.student(batch["local_views"].flatten(0, 1))
-        student_grids.float().sum().backward()
+            loss, _ = self.bare_loss(self.model, batch["global_views"], batch["local_views"],
+                                     self.teacher_index if with_heads else None)
+        loss.backward()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def bare_heads(self) -> None:
+        self.bare(with_heads=True)
 
 
 def synchronize(device: torch.device) -> None:
@@ -417,7 +449,9 @@ def run_model(name: str, args) -> dict:
     batch = synthetic_batch(args.batch, args.global_size, args.local_size, args.n_local, device)
     rendering = "device" in args.view_rendering
     render_batch = synthetic_render_batch(args.batch, args.global_size, args.local_size, args.n_local, device) if rendering else None
-    if args.compile:
+    if args.compile and args.compile_scope == "model":
+        model.compile(**args.compile_kwargs)
+    elif args.compile:
         model.student.compile(**args.compile_kwargs)
         model.teacher.compile(**args.compile_kwargs)
     steps = Steps(model, batch, args, render_batch)
@@ -430,6 +464,7 @@ def run_model(name: str, args) -> dict:
     for _ in range(args.warmup):  # the first steps compile (with --compile) and fill the allocator's cache
         steps.full()
         steps.bare()
+        steps.bare_heads()
         if rendering:
             steps.full_render()
     synchronize(device)
@@ -437,7 +472,8 @@ def run_model(name: str, args) -> dict:
 
     blocks = max(1, min(args.rounds, args.steps))
     per_block = [args.steps // blocks + (i < args.steps % blocks) for i in range(blocks)]
-    kinds = {"full": steps.full, "bare": steps.bare, **({"full_render": steps.full_render} if rendering else {})}
+    kinds = {"full": steps.full, "bare": steps.bare, "bare_heads": steps.bare_heads,
+             **({"full_render": steps.full_render} if rendering else {})}
     times = {kind: [] for kind in kinds}
     peaks = {kind: 0 for kind in kinds}
     for count in per_block:
@@ -478,6 +514,7 @@ def run_model(name: str, args) -> dict:
     last_loss = float(steps.last_loss)  # read back after the timed region
 
     t_full, t_bare = statistics.median(full_times), statistics.median(bare_times)
+    t_bare_heads = statistics.median(times["bare_heads"])
     images_per_s = args.batch / t_full
     peak_flops = args.peak_tflops * 1e12 if args.peak_tflops else None
     result = {
@@ -488,8 +525,11 @@ def run_model(name: str, args) -> dict:
         "full_ms": 1e3 * t_full,
         "bare_ms": 1e3 * t_bare,
         "ratio_full_over_bare": t_full / t_bare,
+        "bare_heads_ms": 1e3 * t_bare_heads,
+        "ratio_full_over_bare_heads": t_full / t_bare_heads,
         "full_ms_blocks": [1e3 * t for t in full_times],
         "bare_ms_blocks": [1e3 * t for t in bare_times],
+        "bare_heads_ms_blocks": [1e3 * t for t in times["bare_heads"]],
         "images_per_s": images_per_s,
         "peak_memory_gib": peak_full / 2**30 if device.type == "cuda" else None,
         "peak_memory_bare_gib": peak_bare / 2**30 if device.type == "cuda" else None,
@@ -527,7 +567,10 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=30, help="timed steps of each kind (full, bare)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating timed blocks the steps are split into")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps of each kind first (compile happens here)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the student and teacher backbones")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the step (see --compile_scope)")
+    parser.add_argument("--compile_scope", choices=["model", "backbones"], default="model",
+                        help="with --compile: the whole PaKAModel and each bare step as one function (as Trainer's "
+                             "torch_compile), or only the student and teacher backbones")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of the full step per model")
     parser.add_argument("--profile_render", action="store_true",
                         help="with --view_rendering device: a torch.profiler table of the rendering alone")
@@ -563,9 +606,10 @@ def parse_args(argv=None):
     args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.peak_tflops is None and args.device.type == "cuda":
         args.peak_tflops = 989.0
-    # dynamic=False: teacher and student run the same code at two input sizes; with automatic dynamic
-    # shapes the second compile traces symbolic sizes, and the backward of the antialiased bicubic
-    # position-embedding interpolation fails under AOTAutograd then (torch 2.14).
+    # dynamic=False: with --compile_scope backbones, teacher and student run the same compiled code at two
+    # input sizes; with automatic dynamic shapes the second compile traces symbolic sizes, and the backward
+    # of the antialiased bicubic position-embedding interpolation fails under AOTAutograd then (torch 2.14).
+    # The shapes never change within a run, so it costs the whole-model scope nothing.
     args.compile_kwargs = {"backend": args.compile_backend, "dynamic": False}
     if args.compile_mode:
         args.compile_kwargs["mode"] = args.compile_mode
@@ -578,7 +622,8 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-HEADER = (f"{'model':9s}{'full ms':>9s}{'bare ms':>9s}{'ratio':>7s}{'img/s':>9s}{'peak GiB':>9s}"
+HEADER = (f"{'model':9s}{'full ms':>9s}{'bare ms':>9s}{'ratio':>7s}{'b+h ms':>9s}{'ratio b+h':>10s}"
+          f"{'img/s':>9s}{'peak GiB':>9s}"
           f"{'TFLOP/st':>9s}{'TFLOP/s':>9s}{'MFU':>7s}{'MFU bare':>9s}{'paper h':>9s}")
 
 
@@ -589,7 +634,7 @@ def table_row(r: dict) -> str:
     if "error" in r:
         return f"{r['model']:9s}failed: {r['error'][:100]}"
     return (f"{r['model']:9s}{r['full_ms']:9.2f}{r['bare_ms']:9.2f}{r['ratio_full_over_bare']:7.3f}"
-            f"{r['images_per_s']:9.1f}{cell(r['peak_memory_gib'], 9, '.2f')}{r['tflop_per_step']:9.3f}"
+            f"{r['bare_heads_ms']:9.2f}{r['ratio_full_over_bare_heads']:10.3f}{r['images_per_s']:9.1f}{cell(r['peak_memory_gib'], 9, '.2f')}{r['tflop_per_step']:9.3f}"
             f"{r['achieved_tflops']:9.1f}{cell(r['mfu'], 7, '.1f', 100, '%')}{cell(r['mfu_bare'], 9, '.1f', 100, '%')}"
             f"{r['paper_schedule_hours']:9.2f}")
 
@@ -603,7 +648,8 @@ def main(argv=None) -> dict:
             "same numbers, its own speed)")
     log(f"batch {args.batch}: 2 global views {args.global_size}px (teacher) + {args.n_local} local views "
         f"{args.local_size}px (student), head {args.head_hidden}/{args.head_hidden}/{args.head_out}, "
-        f"{args.precision} autocast, sdpa, compile {'on (' + args.compile_backend + ')' if args.compile else 'off'}, "
+        f"{args.precision} autocast, sdpa, compile "
+        f"{f'on ({args.compile_backend}, {args.compile_scope})' if args.compile else 'off'}, "
         f"grad checkpointing {'on' if args.grad_checkpointing else 'off'}, drop_path {args.drop_path}, "
         f"{args.steps} timed steps of each kind in {args.rounds} alternating blocks after {args.warmup} warm-up")
     report = {
@@ -661,7 +707,8 @@ def main(argv=None) -> dict:
     log(HEADER)
     for r in results:
         log(table_row(r))
-    log("ratio = full PaKA step / (teacher fwd + student fwd/bwd) on the same views; paper h = "
+    log("ratio = full PaKA step / bare (teacher fwd + student fwd/bwd) on the same views; b+h = bare + both heads "
+        "on the aligned token count; ratio b+h = full / (b+h); paper h = "
         f"{PAPER_IMAGES:,} images / img/s (input pipeline not included); MFU against {args.peak_tflops or 'n/a'} TFLOP/s")
     rendered = [r for r in results if "full_render_ms" in r]
     if rendered:

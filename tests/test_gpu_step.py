@@ -87,11 +87,13 @@ def test_gpu_step_smoke_runs_on_cpu_and_prints_the_table(tmp_path):
     header = next(line for line in lines if line.startswith("model"))
     for column in ("full ms", "bare ms", "ratio", "img/s", "peak GiB", "MFU", "paper h"):
         assert column in header
-    assert any(line.startswith("tiny") and len(line.split()) == 11 for line in lines), result.stdout
+    assert "ratio b+h" in header
+    assert any(line.startswith("tiny") and len(line.split()) == 13 for line in lines), result.stdout
     report = json.loads(out.read_text())
     (row,) = report["results"]
     assert row["loss_finite"] and 0.0 <= row["last_loss"] <= 2.0
     assert row["ratio_full_over_bare"] > 0 and row["images_per_s"] > 0
+    assert row["ratio_full_over_bare_heads"] == pytest.approx(row["full_ms"] / row["bare_heads_ms"])
     assert row["tflop_per_step"] > row["tflop_per_bare_step"] > 0  # the heads add FLOPs
     assert report["paper_images"] == 2_957_175
     # the full step from uint8 images (views rendered by the model) costs more than from rendered views
@@ -163,6 +165,32 @@ def test_compiled_backbones_give_the_eager_loss_and_gradients():
     # the state-dict names are untouched (Module.compile, not a wrapper): EMA and checkpoints still match
     assert set(dict(model.student.named_parameters())) == set(dict(model.teacher.named_parameters()))
     model.update_teacher(0.5)
+
+
+def test_compiled_whole_model_gives_the_eager_loss_and_gradients():
+    """``torch.compile`` of the whole PaKAModel, what ``torch_compile: true`` does through Trainer and
+    ``gpu_step.py --compile`` times: one graph (no break) from views and from images rendered on the
+    device, and the eager loss and gradients."""
+    if not torch._dynamo.is_dynamo_supported():
+        pytest.skip(f"torch.compile is not supported on this Python/platform (Python {sys.version.split()[0]})")
+    model, batch = tiny_model(), synthetic_batch()
+    render_batch = gpu_step().synthetic_render_batch(2, 56, 28, 4, torch.device("cpu"))
+    loss_eager, grads_eager = loss_and_grads(model, batch)
+    torch._dynamo.reset()
+    try:
+        for inputs in (batch, render_batch):  # a graph break would split the step and cost a launch boundary
+            explained = torch._dynamo.explain(model)(**inputs)
+            assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+        torch._dynamo.reset()
+        model.compile(backend="aot_eager", dynamic=False)
+        loss_compiled, grads_compiled = loss_and_grads(model, batch)
+    finally:
+        torch._dynamo.reset()
+    assert abs(loss_compiled.item() - loss_eager.item()) <= COMPILE_LOSS_ATOL
+    assert grads_compiled.keys() == grads_eager.keys()
+    for name in grads_eager:
+        torch.testing.assert_close(grads_compiled[name], grads_eager[name], rtol=COMPILE_GRAD_RTOL,
+                                   atol=COMPILE_GRAD_ATOL, msg=lambda m: f"{name}: {m}")
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients():

@@ -259,3 +259,38 @@ def test_gradient_checkpointing_through_the_trainer(assets, tmp_path):
     trainer.train()
     assert trainer.model.student.model.is_gradient_checkpointing
     assert trainer.state.global_step == 2
+
+
+def test_torch_compile_through_the_trainer_gives_the_eager_run(assets, tmp_path):
+    """``torch_compile: true`` (Trainer compiles the whole PaKAModel through accelerate) trains to the eager
+    run's losses, and the EMA, checkpoints and export see the plain module's parameter names. aot_eager:
+    dynamo + AOTAutograd without code generation, which on this CPU would take minutes."""
+    if not torch._dynamo.is_dynamo_supported():
+        pytest.skip("torch.compile is not supported on this Python/platform")
+
+    def losses(output_dir, **compile_args):
+        torch._dynamo.reset()
+        try:
+            trainer = PaKATrainer(args=run_config(assets, output_dir, max_steps=3, logging_steps=1, save_steps=3,
+                                                  **compile_args))
+            trainer.train()
+        finally:
+            torch._dynamo.reset()
+        return trainer, [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+    eager, eager_losses = losses(tmp_path / "eager")
+    compiled, compiled_losses = losses(tmp_path / "compiled", torch_compile=True, torch_compile_backend="aot_eager")
+    assert type(compiled.model_wrapped).__name__ == "OptimizedModule"  # it did compile
+    assert len(compiled_losses) == len(eager_losses) == 3
+    assert compiled_losses == pytest.approx(eager_losses, abs=1e-5)
+    student_compiled, teacher_compiled = states(compiled)
+    student_eager, teacher_eager = states(eager)
+    assert student_compiled.keys() == student_eager.keys()
+    for name in teacher_eager:  # the EMA ran on the same parameters
+        torch.testing.assert_close(teacher_compiled[name], teacher_eager[name], rtol=1e-4, atol=1e-5)
+    from safetensors.torch import load_file
+
+    checkpoint = load_file(tmp_path / "compiled" / "checkpoint-3" / "model.safetensors")
+    assert checkpoint.keys() == load_file(tmp_path / "eager" / "checkpoint-3" / "model.safetensors").keys()
+    exported = AutoModel.from_pretrained(compiled.export_backbone(tmp_path / "export"))  # a plain checkpoint
+    torch.testing.assert_close(exported.state_dict(), compiled.model.student.model.state_dict())
