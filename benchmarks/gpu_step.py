@@ -177,6 +177,7 @@ def install_stand_ins() -> list[str]:
 
 STAND_INS = install_stand_ins()
 
+from paka_hf.align import align_pairs  # noqa: E402
 from paka_hf.backbones import PatchBackbone, ProjectionHead  # noqa: E402
 from paka_hf.modeling import PaKAModel  # noqa: E402
 from paka_hf.views import IMAGENET_MEAN, IMAGENET_STD, GlimTransform, collate_views, render_views, sample_boxes  # noqa: E402
@@ -319,6 +320,20 @@ def bare_loss(model: PaKAModel, global_views: torch.Tensor, local_views: torch.T
     return student_out.float().sum(), teacher_out
 
 
+def objective(model: PaKAModel, teacher_grids: torch.Tensor, student_grids: torch.Tensor, batch: dict,
+              with_heads: bool) -> torch.Tensor:
+    """PaKAModel.forward after the backbones: RoIAlign of every pair, the heads, the loss."""
+    aligned = align_pairs(teacher_grids, student_grids, batch["global_boxes"], batch["local_boxes"],
+                          batch["pair_index"], batch["global_flips"], batch["local_flips"],
+                          roi_size=model.roi_size, sampling_ratio=model.sampling_ratio)
+    teacher, student = aligned.teacher, aligned.student
+    if with_heads:
+        with torch.no_grad():
+            teacher = model.teacher_head(teacher)
+        student = model.student_head(student)
+    return model.criterion(student, teacher, aligned.mask)
+
+
 class Steps:
     """``full()`` and ``bare()`` on one model and batch; neither reads a value back to the host."""
 
@@ -347,6 +362,41 @@ class Steps:
         self.optimizer.zero_grad(set_to_none=True)
         model.update_teacher(TEACHER_FRACTION)
         self.last_loss = loss.detach()
+
+    # --- the parts of the full step that the bare step lacks, each alone (--breakdown) ---------------
+
+    def prepare_parts(self) -> None:
+        """Backbone outputs to start the objective from (teacher grids, student grids as a leaf that takes
+        gradients), and gradients on every parameter for the optimizer tail."""
+        batch = self.batch
+        with self.autocast, torch.no_grad():
+            self.teacher_grids = self.model.teacher(batch["global_views"].flatten(0, 1))
+            self.student_grids = self.model.student(batch["local_views"].flatten(0, 1))
+        self.student_grids.requires_grad_(True)
+        whole_model = self.args.compile and self.args.compile_scope == "model"
+        self.objective_fn = torch.compile(objective, **self.args.compile_kwargs) if whole_model else objective
+        with self.autocast:
+            loss = self.model(**batch).loss
+        loss.backward()  # gradients for tail(); the optimizer never zeroes them there
+
+    def objective(self, with_heads: bool = True) -> None:
+        """RoIAlign → (heads) → 1 − CKA, forward and backward, from the backbones' outputs."""
+        with self.autocast:
+            loss = self.objective_fn(self.model, self.teacher_grids, self.student_grids, self.batch, with_heads)
+        loss.backward()
+        self.student_grids.grad = None
+        for param in self.model.student_head.parameters():
+            param.grad = None
+
+    def objective_without_heads(self) -> None:
+        self.objective(with_heads=False)
+
+    def tail(self) -> None:
+        """What follows the backward in the full step: clipping, AdamW, EMA."""
+        if self.args.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.args.max_grad_norm, foreach=True)
+        self.optimizer.step()
+        self.model.update_teacher(TEACHER_FRACTION)
 
     def full_render(self) -> None:
         """The full step from images: PaKAModel renders the views (crop, resize, colour) on the device first."""
@@ -504,6 +554,18 @@ def run_model(name: str, args) -> dict:
             peak_memory_full_render_gib=peaks["full_render"] / 2**30 if device.type == "cuda" else None,
             paper_schedule_hours_full_render=PAPER_IMAGES / (args.batch / t_render) / 3600,
         )
+    breakdown: dict = {}
+    if args.breakdown:  # the full step's extra parts alone, after the alternating blocks (they change nothing)
+        steps.prepare_parts()
+        parts = {"objective_ms": steps.objective, "objective_without_heads_ms": steps.objective_without_heads,
+                 "tail_ms": steps.tail}
+        for key, step in parts.items():
+            step()  # compiles (with --compile), fills the allocator's cache
+            breakdown[key] = 1e3 * time_block(step, args.steps, device)
+        breakdown["heads_ms"] = breakdown["objective_ms"] - breakdown["objective_without_heads_ms"]
+        breakdown["parts_sum_ms"] = breakdown["objective_ms"] + breakdown["tail_ms"]
+        breakdown["full_minus_bare_ms"] = 1e3 * (statistics.median(full_times) - statistics.median(bare_times))
+        del steps.teacher_grids, steps.student_grids
     syncs = find_syncs(steps.full, device) if args.sync_check else None
     if rendering and args.sync_check:
         render["host_device_syncs_in_full_render_step"] = find_syncs(steps.full_render, device)
@@ -540,6 +602,7 @@ def run_model(name: str, args) -> dict:
         "mfu_bare": bare_flops / t_bare / peak_flops if peak_flops else None,
         "paper_schedule_hours": PAPER_IMAGES / images_per_s / 3600,
         "host_device_syncs_in_full_step": syncs,
+        "breakdown": breakdown or None,
         "last_loss": last_loss,
         "loss_finite": math.isfinite(last_loss),
         "build_s": build_s,
@@ -590,6 +653,8 @@ def parse_args(argv=None):
     parser.add_argument("--head_out", type=int, default=256)
     parser.add_argument("--drop_path", type=float, default=0.1, help="stochastic depth of the student (paper: 0.1)")
     parser.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping as in Trainer (0: off)")
+    parser.add_argument("--no_breakdown", dest="breakdown", action="store_false",
+                        help="skip timing the full step's extra parts alone (alignment + heads + loss, clip + AdamW + EMA)")
     parser.add_argument("--no_sync_check", dest="sync_check", action="store_false",
                         help="skip the extra step under torch.cuda.set_sync_debug_mode")
     parser.add_argument("--time_budget", type=float, default=420.0,
@@ -726,6 +791,12 @@ def main(argv=None) -> dict:
             "full+render / bare (bare: teacher fwd + student fwd/bwd on views already rendered); render ms = the rendering "
             "alone (on CUDA its products are float32-accurate pairs of TF32 products whatever the TF32 flag; 'render tf32' "
             "= with torch.backends.cuda.matmul.allow_tf32 on, for comparison)")
+    for r in results:
+        b = r.get("breakdown")
+        if b:
+            log(f"{r['model']}: what the full step adds, each part alone (ms): alignment + heads + loss fwd/bwd "
+                f"{b['objective_ms']:.2f} (heads {b['heads_ms']:.2f}), clip + AdamW + EMA {b['tail_ms']:.2f}; "
+                f"sum {b['parts_sum_ms']:.2f} against full − bare {b['full_minus_bare_ms']:.2f}")
     for r in results:
         for key, step in (("host_device_syncs_in_full_step", "full"), ("host_device_syncs_in_full_render_step", "full+render")):
             if r.get(key) is not None:

@@ -94,6 +94,10 @@ def test_gpu_step_smoke_runs_on_cpu_and_prints_the_table(tmp_path):
     assert row["loss_finite"] and 0.0 <= row["last_loss"] <= 2.0
     assert row["ratio_full_over_bare"] > 0 and row["images_per_s"] > 0
     assert row["ratio_full_over_bare_heads"] == pytest.approx(row["full_ms"] / row["bare_heads_ms"])
+    parts = row["breakdown"]  # the full step's extra parts, each timed alone
+    assert parts["objective_ms"] > 0 and parts["tail_ms"] > 0
+    assert parts["parts_sum_ms"] == pytest.approx(parts["objective_ms"] + parts["tail_ms"])
+    assert "what the full step adds" in result.stdout
     assert row["tflop_per_step"] > row["tflop_per_bare_step"] > 0  # the heads add FLOPs
     assert report["paper_images"] == 2_957_175
     # the full step from uint8 images (views rendered by the model) costs more than from rendered views
