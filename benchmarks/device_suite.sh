@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One device session for issue 7: CUDA tests of the step and the renderer, then benchmarks/gpu_step.py
-# eager and compiled, ViT-S/14 and ViT-B/14, each with the full step from rendered views and from uint8
-# images (views rendered on the device). Writes JSON and logs to $OUT (default: ./gpu_out).
+# eager and compiled (the whole PaKAModel, as torch_compile: true in Trainer), ViT-S/14 and ViT-B/14, each
+# with the full step from rendered views and from uint8 images (views rendered on the device), the
+# bare+heads baseline and the breakdown of what the full step adds. Writes JSON and logs to $OUT
+# (default: ./gpu_out).
 #   bash benchmarks/device_suite.sh            # on the GPU machine, at most ~7 minutes
 #   bash benchmarks/device_suite.sh --smoke    # the same sequence with tiny shapes, on CPU, seconds
 set -u
