@@ -137,8 +137,8 @@ def align_pairs(
     student_index = torch.arange(batch * n_local, device=device)
 
     # per pair: is the grid it reads from that of a flipped view?
-    teacher_flips = None if global_flips is None else global_flips.to(device).reshape(-1)[teacher_index]
-    student_flips = None if local_flips is None else local_flips.to(device).reshape(-1)
+    teacher_flips = None if global_flips is None else global_flips.to(device, torch.bool).reshape(-1)[teacher_index]
+    student_flips = None if local_flips is None else local_flips.to(device, torch.bool).reshape(-1)
     t_boxes = to_grid_coordinates(shared, paired_globals, *teacher_grids.shape[-2:])
     s_boxes = to_grid_coordinates(shared, local_flat, *student_grids.shape[-2:])
 
