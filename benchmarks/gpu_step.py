@@ -177,7 +177,6 @@ def install_stand_ins() -> list[str]:
 
 STAND_INS = install_stand_ins()
 
-from paka_hf.align import align_pairs  # noqa: E402
 from paka_hf.backbones import PatchBackbone, ProjectionHead  # noqa: E402
 from paka_hf.modeling import PaKAModel  # noqa: E402
 from paka_hf.views import IMAGENET_MEAN, IMAGENET_STD, GlimTransform, collate_views, render_views, sample_boxes  # noqa: E402
@@ -320,18 +319,11 @@ def bare_loss(model: PaKAModel, global_views: torch.Tensor, local_views: torch.T
     return student_out.float().sum(), teacher_out
 
 
-def objective(model: PaKAModel, teacher_grids: torch.Tensor, student_grids: torch.Tensor, batch: dict,
-              with_heads: bool) -> torch.Tensor:
-    """PaKAModel.forward after the backbones: RoIAlign of every pair, the heads, the loss."""
-    aligned = align_pairs(teacher_grids, student_grids, batch["global_boxes"], batch["local_boxes"],
-                          batch["pair_index"], batch["global_flips"], batch["local_flips"],
-                          roi_size=model.roi_size, sampling_ratio=model.sampling_ratio)
-    teacher, student = aligned.teacher, aligned.student
-    if with_heads:
-        with torch.no_grad():
-            teacher = model.teacher_head(teacher)
-        student = model.student_head(student)
-    return model.criterion(student, teacher, aligned.mask)
+def objective(model: PaKAModel, teacher_grids: torch.Tensor, student_grids: torch.Tensor, batch: dict) -> torch.Tensor:
+    """PaKAModel.forward after the backbones (``PaKAModel.objective``: RoIAlign, heads, loss)."""
+    loss, _ = model.objective(teacher_grids, student_grids, batch["global_boxes"], batch["local_boxes"],
+                              batch["pair_index"], batch["global_flips"], batch["local_flips"])
+    return loss
 
 
 class Steps:
@@ -379,17 +371,25 @@ class Steps:
             loss = self.model(**batch).loss
         loss.backward()  # gradients for tail(); the optimizer never zeroes them there
 
-    def objective(self, with_heads: bool = True) -> None:
-        """RoIAlign → (heads) → 1 − CKA, forward and backward, from the backbones' outputs."""
+    def objective(self) -> None:
+        """RoIAlign → heads → 1 − CKA, forward and backward, from the backbones' outputs."""
         with self.autocast:
-            loss = self.objective_fn(self.model, self.teacher_grids, self.student_grids, self.batch, with_heads)
+            loss = self.objective_fn(self.model, self.teacher_grids, self.student_grids, self.batch)
         loss.backward()
         self.student_grids.grad = None
-        for param in self.model.student_head.parameters():
-            param.grad = None
+        if self.model.student_head is not None:
+            for param in self.model.student_head.parameters():
+                param.grad = None
 
     def objective_without_heads(self) -> None:
-        self.objective(with_heads=False)
+        """The same with the heads taken out of the model for the call (the loss compares the aligned tokens)."""
+        model = self.model
+        heads = model.student_head, model.teacher_head
+        model.student_head = model.teacher_head = None
+        try:
+            self.objective()
+        finally:
+            model.student_head, model.teacher_head = heads
 
     def tail(self) -> None:
         """What follows the backward in the full step: clipping, AdamW, EMA."""

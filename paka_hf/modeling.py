@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .align import align_pairs
+from .align import AlignedTokens, align_pairs
 from .backbones import PatchBackbone, ProjectionHead
 from .losses import PaKALoss, cka_per_pair
 from .teacher import EMAPairs, ema_apply_, ema_pairs, make_teacher
@@ -119,6 +119,44 @@ class PaKAModel(nn.Module):
         self._ema_pairs = None  # .to(), .cuda(), .half() ...: buffers may be new tensors; list them again
         return super()._apply(fn, recurse)
 
+    def objective(
+        self,
+        teacher_grids: torch.Tensor,
+        student_grids: torch.Tensor,
+        global_boxes: torch.Tensor,
+        local_boxes: torch.Tensor,
+        pair_index: torch.Tensor,
+        global_flips: torch.Tensor | None = None,
+        local_flips: torch.Tensor | None = None,
+        student_global_grids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, AlignedTokens]:
+        """Everything after the backbones: RoIAlign of every pair, the heads, the loss.
+
+        Grids ``(B·n_global | B·n_local, d, h, w)`` as the backbones return them; boxes, ``pair_index`` and
+        flips as in :meth:`forward`. With ``student_views="all"``, ``student_global_grids`` (the student on
+        the global views) adds the pairs (student global g, teacher global g + 1 mod n_global).
+        Returns the loss and the tokens it compared: ``(P, N, d_out)`` per side after the heads, and the mask.
+        """
+        aligned = align_pairs(
+            teacher_grids, student_grids, global_boxes, local_boxes, pair_index, global_flips, local_flips,
+            roi_size=self.roi_size, sampling_ratio=self.sampling_ratio,
+        )
+        if student_global_grids is not None:
+            batch, n_global = global_boxes.shape[:2]
+            other = (torch.arange(n_global, device=global_boxes.device) + 1) % n_global
+            crossed = align_pairs(
+                teacher_grids, student_global_grids, global_boxes, global_boxes, other.expand(batch, -1),
+                global_flips, global_flips, roi_size=self.roi_size, sampling_ratio=self.sampling_ratio,
+            )
+            aligned = AlignedTokens(*(torch.cat(pair, dim=0) for pair in zip(aligned, crossed)))
+        teacher_tokens, student_tokens = aligned.teacher, aligned.student
+        if self.student_head is not None:
+            with torch.no_grad():
+                teacher_tokens = self.teacher_head(teacher_tokens)
+            student_tokens = self.student_head(student_tokens)
+        loss = self.criterion(student_tokens, teacher_tokens, aligned.mask)
+        return loss, AlignedTokens(teacher_tokens, student_tokens, aligned.mask)
+
     def forward(
         self,
         global_views: torch.Tensor | None = None,
@@ -160,48 +198,20 @@ class PaKAModel(nn.Module):
         with torch.no_grad():
             teacher_grids = self.teacher(global_views.flatten(0, 1))
         student_grids = self.student(local_views.flatten(0, 1))
-        aligned = align_pairs(
-            teacher_grids,
-            student_grids,
-            global_boxes,
-            local_boxes,
-            pair_index,
-            global_flips,
-            local_flips,
-            roi_size=self.roi_size,
-            sampling_ratio=self.sampling_ratio,
+        student_global_grids = self.student(global_views.flatten(0, 1)) if self.student_views == "all" else None
+        loss, tokens = self.objective(
+            teacher_grids, student_grids, global_boxes, local_boxes, pair_index, global_flips, local_flips,
+            student_global_grids=student_global_grids,
         )
-        if self.student_views == "all":
-            # The student's global view g is aligned with the teacher's global view g + 1 (mod n_global).
-            batch, n_global = global_boxes.shape[:2]
-            other = (torch.arange(n_global, device=global_boxes.device) + 1) % n_global
-            student_global = self.student(global_views.flatten(0, 1))
-            crossed = align_pairs(
-                teacher_grids,
-                student_global,
-                global_boxes,
-                global_boxes,
-                other.expand(batch, -1),
-                global_flips,
-                global_flips,
-                roi_size=self.roi_size,
-                sampling_ratio=self.sampling_ratio,
-            )
-            aligned = type(aligned)(*(torch.cat(pair, dim=0) for pair in zip(aligned, crossed)))
-        teacher_tokens, student_tokens = aligned.teacher, aligned.student
-        if self.student_head is not None:
-            with torch.no_grad():
-                teacher_tokens = self.teacher_head(teacher_tokens)
-            student_tokens = self.student_head(student_tokens)
-        loss = self.criterion(student_tokens, teacher_tokens, aligned.mask)
+        teacher_tokens, student_tokens = tokens.teacher, tokens.student
         with torch.no_grad():
             criterion = self.criterion
             if (criterion.loss, criterion.kernel, criterion.scope) == ("cka", "linear", "pair"):
                 # The loss already is 1 − mean linear CKA over the qualifying pairs: don't compute it twice.
-                num_pairs = ((~aligned.mask).sum(1) >= 2).sum()
+                num_pairs = ((~tokens.mask).sum(1) >= 2).sum()
                 mean_cka = torch.where(num_pairs > 0, 1.0 - loss.detach(), torch.zeros_like(loss))
             else:  # log linear pairwise CKA whatever the training loss, so runs stay comparable
-                cka, qualifies = cka_per_pair(student_tokens.detach(), teacher_tokens, aligned.mask)
+                cka, qualifies = cka_per_pair(student_tokens.detach(), teacher_tokens, tokens.mask)
                 num_pairs = qualifies.sum()
                 mean_cka = (cka * qualifies).sum() / num_pairs.clamp_min(1)
         return PaKAOutput(loss=loss, cka=mean_cka, num_pairs=num_pairs)
