@@ -4,8 +4,8 @@ For each model (ViT-S/14 and ViT-B/14 with DINOv2-with-registers shapes: hidden 
 6 / 12 heads, mlp_ratio 4, patch 14, 4 registers; random init, SDPA attention), B images per step
 (default 64), 2 global views of 518 for the teacher and 4 local views of 98 for the student, the
 projection head 2048/2048/256, bf16 autocast for the networks (the loss is computed in fp32 by
-``paka_hf.losses`` whatever the autocast dtype). Two steps are timed on the same views, in
-alternating blocks so that clock and thermal drift hit both alike:
+``paka_hf.losses`` whatever the autocast dtype). Three steps are timed on the same views, in
+alternating blocks so that clock and thermal drift hit them alike:
 
     full:        teacher fwd (no_grad) → student fwd → RoIAlign → heads → 1 − CKA → backward → clip → AdamW → EMA
     bare:        teacher fwd (no_grad) + student fwd/backward (loss = sum of the student's patch tokens)
@@ -17,7 +17,10 @@ everything that is not the backbones' own arithmetic) and full / (bare+heads) (t
 not the method's own arithmetic: alignment, loss, clipping, AdamW, EMA), images/s of the full step,
 peak memory (``torch.cuda.max_memory_allocated``),
 model FLOPs utilisation and the projected wall time of the paper schedule (25 epochs of COCO train2017,
-25 × 118,287 = 2,957,175 images; input pipeline not included). On CUDA it also runs one full step under
+25 × 118,287 = 2,957,175 images; input pipeline not included). Then (``--no_breakdown`` skips it) it times
+what the full step adds, each part alone: ``PaKAModel.objective`` (RoIAlign → heads → loss, forward and
+backward, from the backbones' outputs), the same without the heads, and clip + AdamW + EMA, and prints
+their sum beside full − bare. On CUDA it also runs one full step under
 ``torch.cuda.set_sync_debug_mode("warn")`` and reports every host–device synchronisation it finds.
 
 Model FLOPs (recomputation under gradient checkpointing is not counted, as usual for MFU). For a view of
