@@ -343,8 +343,12 @@ class Steps:
         n_global = batch["global_boxes"].shape[1]
         image = torch.arange(batch["pair_index"].shape[0], device=args.device)[:, None]
         self.teacher_index = (image * n_global + batch["pair_index"]).flatten()
-        whole_model = args.compile and args.compile_scope == "model"
-        self.bare_loss = torch.compile(bare_loss, **args.compile_kwargs) if whole_model else bare_loss
+        self.bare_loss = self.compiled(bare_loss)
+
+    def compiled(self, function):
+        """``function`` compiled as one graph when the whole model is (``--compile_scope model``), else as is."""
+        args = self.args
+        return torch.compile(function, **args.compile_kwargs) if args.compile and args.compile_scope == "model" else function
 
     def full(self, batch: dict | None = None) -> None:
         model = self.model
@@ -368,8 +372,7 @@ class Steps:
             self.teacher_grids = self.model.teacher(batch["global_views"].flatten(0, 1))
             self.student_grids = self.model.student(batch["local_views"].flatten(0, 1))
         self.student_grids.requires_grad_(True)
-        whole_model = self.args.compile and self.args.compile_scope == "model"
-        self.objective_fn = torch.compile(objective, **self.args.compile_kwargs) if whole_model else objective
+        self.objective_fn = self.compiled(objective)
         with self.autocast:
             loss = self.model(**batch).loss
         loss.backward()  # gradients for tail(); the optimizer never zeroes them there
@@ -537,6 +540,7 @@ def run_model(name: str, args) -> dict:
             if device.type == "cuda":
                 peaks[kind] = max(peaks[kind], torch.cuda.max_memory_allocated(device))
     full_times, bare_times, peak_full, peak_bare = times["full"], times["bare"], peaks["full"], peaks["bare"]
+    t_full, t_bare = statistics.median(full_times), statistics.median(bare_times)
     render: dict = {}
     if rendering:  # the rendering alone, in fp32 and (CUDA) with TF32 matmuls, which Trainer's --tf32 turns on
         render["render_ms"] = 1e3 * time_block(steps.render, args.steps, device)
@@ -552,7 +556,7 @@ def run_model(name: str, args) -> dict:
         render.update(
             full_render_ms=1e3 * t_render,
             full_render_ms_blocks=[1e3 * t for t in times["full_render"]],
-            ratio_full_render_over_bare=t_render / statistics.median(bare_times),
+            ratio_full_render_over_bare=t_render / t_bare,
             images_per_s_full_render=args.batch / t_render,
             peak_memory_full_render_gib=peaks["full_render"] / 2**30 if device.type == "cuda" else None,
             paper_schedule_hours_full_render=PAPER_IMAGES / (args.batch / t_render) / 3600,
@@ -567,7 +571,7 @@ def run_model(name: str, args) -> dict:
             breakdown[key] = 1e3 * time_block(step, args.steps, device)
         breakdown["heads_ms"] = breakdown["objective_ms"] - breakdown["objective_without_heads_ms"]
         breakdown["parts_sum_ms"] = breakdown["objective_ms"] + breakdown["tail_ms"]
-        breakdown["full_minus_bare_ms"] = 1e3 * (statistics.median(full_times) - statistics.median(bare_times))
+        breakdown["full_minus_bare_ms"] = 1e3 * (t_full - t_bare)
         del steps.teacher_grids, steps.student_grids
     syncs = find_syncs(steps.full, device) if args.sync_check else None
     if rendering and args.sync_check:
@@ -578,7 +582,6 @@ def run_model(name: str, args) -> dict:
         profile_render(steps, device, LABELS[name])
     last_loss = float(steps.last_loss)  # read back after the timed region
 
-    t_full, t_bare = statistics.median(full_times), statistics.median(bare_times)
     t_bare_heads = statistics.median(times["bare_heads"])
     images_per_s = args.batch / t_full
     peak_flops = args.peak_tflops * 1e12 if args.peak_tflops else None
@@ -630,7 +633,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["s14", "b14"], choices=["s14", "b14"])
     parser.add_argument("--batch", type=int, default=64, help="images per step")
-    parser.add_argument("--steps", type=int, default=30, help="timed steps of each kind (full, bare)")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps of each kind (full, bare, bare+heads)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating timed blocks the steps are split into")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps of each kind first (compile happens here)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the step (see --compile_scope)")
