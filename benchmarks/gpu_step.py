@@ -719,7 +719,7 @@ def main(argv=None) -> dict:
             "same numbers, its own speed)")
     log(f"batch {args.batch}: 2 global views {args.global_size}px (teacher) + {args.n_local} local views "
         f"{args.local_size}px (student), head {args.head_hidden}/{args.head_hidden}/{args.head_out}, "
-        f"{args.precision} autocast, sdpa, compile "
+        f"{'bf16 autocast' if args.precision == 'bf16' else 'fp32 (no autocast)'}, sdpa, compile "
         f"{f'on ({args.compile_backend}, {args.compile_scope})' if args.compile else 'off'}, "
         f"grad checkpointing {'on' if args.grad_checkpointing else 'off'}, drop_path {args.drop_path}, "
         f"{args.steps} timed steps of each kind in {args.rounds} alternating blocks after {args.warmup} warm-up")
