@@ -1,4 +1,4 @@
-"""Alignment: resample the teacher's and the student's patch grids over the region both views see.
+r"""Alignment: resample the teacher's and the student's patch grids over the region both views see.
 
 For a pair (global box ``G`` seen by the teacher, local box ``L`` seen by the student), with boxes
 in original-image pixels, the shared region is ``I = G ∩ L``. A view rendered from box

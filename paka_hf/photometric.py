@@ -116,10 +116,19 @@ def _rgb_to_hsv(image: torch.Tensor) -> torch.Tensor:
     return torch.stack((h, s, maxc), dim=-3)
 
 
-@functools.lru_cache(maxsize=None)
-def _hsv_select_table(device: torch.device) -> torch.Tensor:
-    """The (3, 6) sector table, made once per device (torchvision copies it to the device on every call)."""
+def _make_hsv_select_table(device: torch.device) -> torch.Tensor:
     return torch.tensor(_HSV_SELECT, dtype=torch.long, device=device)
+
+
+_cached_hsv_select_table = functools.lru_cache(maxsize=None)(_make_hsv_select_table)
+
+
+def _hsv_select_table(device: torch.device) -> torch.Tensor:
+    """The (3, 6) sector table, made once per device (torchvision copies it to the device on every call).
+    Under ``torch.compile`` it becomes a constant of the graph: no cache there (Dynamo would bypass it, and warn)."""
+    if torch.compiler.is_compiling():
+        return _make_hsv_select_table(device)
+    return _cached_hsv_select_table(device)
 
 
 def _hsv_to_rgb(img: torch.Tensor) -> torch.Tensor:

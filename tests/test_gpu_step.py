@@ -256,3 +256,32 @@ def test_full_step_has_no_host_device_sync_on_cuda():
     finally:
         torch.cuda.set_sync_debug_mode(0)
     torch.cuda.synchronize()
+
+
+def test_step_ops_lists_what_the_full_step_adds_over_the_bare_step(capsys):
+    """benchmarks/step_ops.py: the ops the full step adds are the alignment, the heads, the loss and the optimizer
+    tail, with the bytes they touch; the bare step runs none of them; view ops are not counted."""
+    spec = importlib.util.spec_from_file_location("step_ops", REPO_ROOT / "benchmarks" / "step_ops.py")
+    step_ops = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(step_ops)
+    (report,) = step_ops.main(["--smoke", "--device", "cpu"]).values()
+    added = {row["op"]: row for row in report["added"]}
+    bare = report["ops"]["bare"]
+    # RoIAlign on the teacher's and the student's grids; backward for the student's only
+    assert added["torchvision.roi_align.default"]["calls"] == 2
+    assert added["torchvision._roi_align_backward.default"]["calls"] == 1
+    assert "torchvision.roi_align.default" not in bare
+    # the tail: one fused AdamW per parameter group (backbone and head, with and without decay), the EMA as
+    # a single foreach op over the (teacher, student) pairs, clipping as one foreach norm
+    assert added["aten._fused_adamw_.default"]["calls"] == 4
+    assert added["aten._foreach_lerp_.Scalar"]["calls"] == 1
+    assert added["aten._foreach_norm.Scalar"]["calls"] == 1
+    lerp_bytes = added["aten._foreach_lerp_.Scalar"]["bytes_in"]
+    assert lerp_bytes == 2 * 4 * report["ema_parameters"]  # teacher and student, fp32
+    adamw_bytes = added["aten._fused_adamw_.default"]["bytes_in"]
+    assert adamw_bytes == pytest.approx(4 * 4 * report["optimized_parameters"], rel=1e-2)  # p, g, m, v
+    assert not any(op in step_ops.VIEW_OPS for kind in report["ops"].values() for op in kind)
+    # the heads' matmuls: the full and bare+heads steps run more of them than the bare step
+    assert report["ops"]["bare+heads"]["aten.addmm.default"] > bare.get("aten.addmm.default", 0)
+    out = capsys.readouterr().out
+    assert "what the full step runs beyond the bare step" in out and "_fused_adamw_" in out
