@@ -143,7 +143,7 @@ def main(argv=None) -> dict:
     args.top = own.top
     precision = "bf16 autocast" if args.precision == "bf16" else "fp32 (no autocast)"
     print(f"ATen ops of one step on {gpu_step.device_name(args.device)} | torch {torch.__version__} | batch "
-          f"{args.batch}, {args.global_size}/{args.local_size} px views, head {args.head_hidden}/{args.head_out}, "
+          f"{args.batch}, {args.global_size}/{args.local_size} px views, head {args.head_hidden}/{args.head_hidden}/{args.head_out}, "
           f"{precision}")
     return {name: run_model(name, args) for name in args.models}
 
