@@ -2,7 +2,8 @@
 # One device session for issue 7: CUDA tests of the step and the renderer, then benchmarks/gpu_step.py
 # eager and compiled (the whole PaKAModel, as torch_compile: true in Trainer), ViT-S/14 and ViT-B/14, each
 # with the full step from rendered views and from uint8 images (views rendered on the device), the
-# bare+heads baseline and the breakdown of what the full step adds. Writes JSON and logs to $OUT
+# bare+heads baseline and the breakdown of what the full step adds; then the ATen ops the full step adds
+# under CUDA's autocast rules, at batch 64 (benchmarks/step_ops.py, seconds). Writes JSON and logs to $OUT
 # (default: ./gpu_out).
 #   bash benchmarks/device_suite.sh            # on the GPU machine, at most ~7 minutes
 #   bash benchmarks/device_suite.sh --smoke    # the same sequence with tiny shapes, on CPU, seconds
@@ -28,3 +29,6 @@ if $PY -c "import json, sys; r = json.load(open(sys.argv[1]))['results']; sys.ex
   timeout $((BUDGET_COMPILE + 45)) $PY benchmarks/gpu_step.py "${EXTRA[@]}" "${COMPILE[@]}" --compile_scope backbones \
     --view_rendering cpu device --time_budget $BUDGET_COMPILE --json "$OUT/compiled_backbones.json" 2>&1 | tee "$OUT/compiled_backbones.log"
 fi
+# What the full step runs beyond the bare step under CUDA's autocast rules, at the benchmark's batch (seconds).
+if [ "${1:-}" = "--smoke" ]; then OPS=(--smoke --device cpu); else OPS=(--batch 64 --models s14 b14); fi
+timeout 90 $PY benchmarks/step_ops.py "${OPS[@]}" 2>&1 | tee "$OUT/step_ops.log"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from dataclasses import fields
@@ -285,3 +286,23 @@ def test_step_ops_lists_what_the_full_step_adds_over_the_bare_step(capsys):
     assert report["ops"]["bare+heads"]["aten.addmm.default"] > bare.get("aten.addmm.default", 0)
     out = capsys.readouterr().out
     assert "what the full step runs beyond the bare step" in out and "_fused_adamw_" in out
+
+
+def test_device_suite_smoke_writes_every_figure(tmp_path):
+    """benchmarks/device_suite.sh is what a lent GPU runs, once: its whole sequence (eager and whole-model
+    compiled gpu_step, step_ops) runs with tiny shapes on CPU and leaves every result in $OUT."""
+    out = tmp_path / "device_out"
+    result = subprocess.run(
+        ["bash", str(REPO_ROOT / "benchmarks" / "device_suite.sh"), "--smoke"],
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+        env={**os.environ, "OUT": str(out), "PYTHON": sys.executable},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for run in ("eager", "compiled"):
+        report = json.loads((out / f"{run}.json").read_text())
+        (row,) = report["results"]
+        assert "error" not in row and row["loss_finite"], row
+        assert row["full_render_ms"] > 0  # the device-rendering step ran too
+    assert json.loads((out / "compiled.json").read_text())["settings"]["compile"] is True
+    assert not (out / "compiled_backbones.json").exists()  # the fallback runs only when the whole-model compile fails
+    assert "what the full step runs beyond the bare step" in (out / "step_ops.log").read_text()
