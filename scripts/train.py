@@ -12,6 +12,7 @@ interrupted run with ``--resume_from_checkpoint latest`` (or a checkpoint folder
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -39,6 +40,33 @@ def yaml_to_argv(values: dict) -> list[str]:
     return argv
 
 
+# transformers 5.20 renamed ``gradient_checkpointing[_kwargs]`` to ``activation_checkpointing[_kwargs]``: the old
+# names warn and go in v6, and versions before 5.20 know only them. A config may use either name; it is passed on
+# under the one the installed transformers has.
+CHECKPOINTING_RENAMES = {
+    "gradient_checkpointing": "activation_checkpointing",
+    "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs",
+}
+
+
+def to_installed_names(argv: list[str], field_names: set[str]) -> list[str]:
+    """``--gradient_checkpointing true`` → ``--activation_checkpointing true`` where ``field_names`` has the new
+    name, and the reverse where it has only the old one; every other argument as is."""
+    renames = {}
+    for old, new in CHECKPOINTING_RENAMES.items():
+        if new in field_names:
+            renames[old] = new
+        else:
+            renames[new] = old
+    out = []
+    for token in argv:
+        if token.startswith("--"):
+            key, equals, value = token[2:].partition("=")
+            token = f"--{renames.get(key, key)}{equals}{value}"
+        out.append(token)
+    return out
+
+
 def parse_config(argv: list[str]) -> PaKAConfig:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", type=Path, default=None)
@@ -53,7 +81,8 @@ def parse_config(argv: list[str]) -> PaKAConfig:
         from_file = yaml_to_argv(values)
     parser = HfArgumentParser(PaKAConfig, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=None, help="YAML file of PaKAConfig fields; command-line flags override it")
-    parsed = parser.parse_args_into_dataclasses(args=from_file + rest, return_remaining_strings=True)
+    args = to_installed_names(from_file + rest, {f.name for f in dataclasses.fields(PaKAConfig)})
+    parsed = parser.parse_args_into_dataclasses(args=args, return_remaining_strings=True)
     config, unknown = parsed[0], parsed[-1]  # (PaKAConfig, namespace holding --config, remaining strings)
     if unknown:
         parser.error(f"unknown arguments: {' '.join(unknown)}")

@@ -4,6 +4,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import warnings
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -254,10 +256,37 @@ def test_shipped_configs_parse(name):
     assert config.max_steps > 0
 
 
+# transformers >= 5.20 names it activation_checkpointing (the old name warns); older versions know only gradient_checkpointing
+CHECKPOINTING_FIELD = next(name for name in ("activation_checkpointing", "gradient_checkpointing")
+                           if name in {f.name for f in fields(PaKAConfig)})
+
+
+def test_checkpointing_flag_under_either_name_reaches_the_installed_field(tmp_path):
+    train = load_train_script()
+    # both directions of the rename (the installed transformers exercises one of them below)
+    assert train.to_installed_names(["--gradient_checkpointing", "true", "--max_steps=3"], {"activation_checkpointing"}) == [
+        "--activation_checkpointing", "true", "--max_steps=3"]
+    assert train.to_installed_names(["--activation_checkpointing=true", "--gradient_checkpointing_kwargs", "{}"],
+                                    {"gradient_checkpointing", "gradient_checkpointing_kwargs"}) == [
+        "--gradient_checkpointing=true", "--gradient_checkpointing_kwargs", "{}"]
+    for name in ("gradient_checkpointing", "activation_checkpointing"):
+        config_file = tmp_path / f"{name}.yaml"
+        config_file.write_text(f"model_name_or_path: some/model\nmax_steps: 3\nuse_cpu: true\n{name}: true\n"
+                               f"output_dir: {tmp_path / 'out'}\n")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)  # the deprecated name is not passed on
+            from_yaml = train.parse_config(["--config", str(config_file)])
+            from_flag = train.parse_config(["--config", str(config_file), f"--{name}", "false"])
+        assert getattr(from_yaml, CHECKPOINTING_FIELD) is True
+        assert getattr(from_flag, CHECKPOINTING_FIELD) is False
+
+
 def test_gradient_checkpointing_through_the_trainer(assets, tmp_path):
-    trainer = PaKATrainer(args=run_config(assets, tmp_path, max_steps=2, save_steps=100, gradient_checkpointing=True))
+    trainer = PaKATrainer(args=run_config(assets, tmp_path, max_steps=2, save_steps=100, **{CHECKPOINTING_FIELD: True}))
     trainer.train()
-    assert trainer.model.student.model.is_gradient_checkpointing
+    hf_model = trainer.model.student.model
+    assert getattr(hf_model, "is_activation_checkpointing" if CHECKPOINTING_FIELD.startswith("activation") else
+                   "is_gradient_checkpointing")
     assert trainer.state.global_step == 2
 
 
