@@ -1,6 +1,6 @@
 """``PaKATrainer``: the Hugging Face ``Trainer`` for PaKA post-training.
 
-What it adds to ``Trainer`` (the rest — mixed precision, DDP/FSDP through ``accelerate``,
+What it adds to ``Trainer`` (the rest — mixed precision, DDP through ``accelerate``,
 gradient accumulation, logging, checkpoint rotation, the progress bar — is ``Trainer``'s own):
 
 - the model is a :class:`~paka_hf.modeling.PaKAModel` (student, EMA teacher, head, loss) built
@@ -232,6 +232,13 @@ class PaKATrainer(HubPushMixin, Trainer):
             callbacks=[self.ema_callback, self.weight_decay_callback, *(callbacks or [])],
             **kwargs,
         )
+        if self.is_fsdp_enabled:
+            raise ValueError(
+                "PaKATrainer does not support FSDP yet: resuming (a strict load of the whole PaKAModel) and exporting "
+                "the backbone from process zero assume that every process holds whole parameters, which FSDP shards. "
+                "Train with DDP instead (configs/accelerate/8gpu.yaml, multinode.yaml): every DINOv2 size fits on one "
+                "GPU (ViT-g/14's weights, gradients, AdamW state and EMA teacher in fp32: ~23 GB, before activations)."
+            )
         self.stream_state = StreamState.fresh(args.dataloader_num_workers, args.world_size)
         self._resume_stream_state: StreamState | None = None
         self._reset_log_accumulators()

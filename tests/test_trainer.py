@@ -290,6 +290,21 @@ def test_gradient_checkpointing_through_the_trainer(assets, tmp_path):
     assert trainer.state.global_step == 2
 
 
+def test_fsdp_is_refused_at_the_start_with_what_to_use_instead(assets, tmp_path, monkeypatch):
+    """Under FSDP resume and export would fail after hours of training (sharded parameters): refuse it when the
+    trainer is built. accelerate enables FSDP only for GPU-type setups, so its flag is set here by hand, where
+    Trainer sets it from the accelerator state."""
+    original = PaKATrainer.create_accelerator_and_postprocess
+
+    def with_fsdp(self):
+        original(self)
+        self.is_fsdp_enabled = True
+
+    monkeypatch.setattr(PaKATrainer, "create_accelerator_and_postprocess", with_fsdp)
+    with pytest.raises(ValueError, match="does not support FSDP.*8gpu.yaml"):
+        PaKATrainer(args=run_config(assets, tmp_path))
+
+
 def test_torch_compile_through_the_trainer_gives_the_eager_run(assets, tmp_path):
     """``torch_compile: true`` (Trainer compiles the whole PaKAModel through accelerate) trains to the eager
     run's losses, and the EMA, checkpoints and export see the plain module's parameter names. aot_eager:
