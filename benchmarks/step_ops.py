@@ -107,7 +107,8 @@ def run_model(name: str, args) -> dict:
     model = gpu_step.build_model(name, args)
     batch = gpu_step.synthetic_batch(args.batch, args.global_size, args.local_size, args.n_local, args.device)
     steps = gpu_step.Steps(model, batch, args)
-    steps.full(), steps.bare(), steps.bare_heads()  # lazy state (optimizer moments, autocast caches) first
+    for step in (steps.full, steps.bare, steps.bare_heads):  # lazy state first (optimizer moments, step counters)
+        step()
     tallies = {"full": record(steps.full), "bare": record(steps.bare), "bare+heads": record(steps.bare_heads)}
     rows = added_ops(tallies["full"], tallies["bare"])
     print(f"\n{gpu_step.LABELS[name]}: non-view ATen ops per step: "
