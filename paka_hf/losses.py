@@ -118,13 +118,30 @@ def _center_features(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 def _center_kernel(k: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """H K H over the valid tokens only, zero elsewhere. k (P, N, N), weights (P, N)."""
-    w = weights
-    count = w.sum(1).clamp_min(1.0)  # (P,)
-    row_mean = (k * w[:, None, :]).sum(2) / count[:, None]  # (P, N): mean over valid j of K_ij
-    total_mean = (row_mean * w).sum(1) / count  # (P,)
+    """H K H over the valid tokens only, zero elsewhere. k (P, N, N) symmetric, weights (P, N).
+
+    With ``w`` the 0/1 weights and ``n = Σ w``: ``(H K H)_ij = w_i w_j (K_ij − r_i − r_j + r̄)`` where
+    ``r_i = Σ_j w_j K_ij / n`` and ``r̄ = Σ_i w_i r_i / n``. The row means are one batched mat-vec.
+    """
+    count = weights.sum(1).clamp_min(1.0)  # (P,)
+    row_mean = torch.bmm(k, weights[..., None]).squeeze(-1) / count[:, None]  # (P, N): mean over valid j of K_ij
+    total_mean = (row_mean * weights).sum(1) / count  # (P,)
     centered = k - row_mean[:, :, None] - row_mean[:, None, :] + total_mean[:, None, None]
-    return centered * w[:, :, None] * w[:, None, :]
+    return centered * (weights[:, :, None] * weights[:, None, :])
+
+
+def _linear_kernel(x: torch.Tensor) -> torch.Tensor:
+    """``X Xᵀ`` (P, N, N) of the tokens shifted by their batch mean.
+
+    CKA and the centred Gram loss are invariant to shifting all tokens of a pair by one vector, so the
+    shift changes neither the value nor the gradient (hence detached: it carries no gradient to compute).
+    It keeps the kernel's entries of the order of the tokens' spread rather than of their mean: ViT
+    features share a large mean, and centring an N×N kernel of un-shifted tokens in float32 would
+    subtract nearly equal large numbers. Centring the N×N kernel afterwards is cheaper than centring the
+    N×d features when N < d (49 tokens of 256 dims per pair by default).
+    """
+    x = x - x.detach().mean((0, 1))
+    return x @ x.transpose(1, 2)
 
 
 def _sq_dists(x: torch.Tensor) -> torch.Tensor:
@@ -149,10 +166,8 @@ def _rbf_kernel(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 def _centered_kernels(x: torch.Tensor, weights: torch.Tensor, kernel: str) -> torch.Tensor:
-    if kernel == "linear":
-        xc = _center_features(x, weights)
-        return xc @ xc.transpose(1, 2)  # (X - mean)(X - mean)ᵀ = H (X Xᵀ) H on valid tokens
-    return _center_kernel(_rbf_kernel(x, weights), weights)
+    raw = _linear_kernel(x) if kernel == "linear" else _rbf_kernel(x, weights)
+    return _center_kernel(raw, weights)
 
 
 def _qualifying_pairs(weights: torch.Tensor) -> torch.Tensor:

@@ -182,3 +182,30 @@ def test_cosine_distillation_and_module_dispatch():
     assert PaKALoss("cosine")(s, t) == cosine_distillation_loss(s, t)
     with pytest.raises(ValueError, match="loss must be one of"):
         PaKALoss("mse")
+
+
+@pytest.mark.parametrize("loss_fn", [cka_loss, gram_loss])
+def test_value_and_gradient_hold_when_features_share_a_large_mean(loss_fn):
+    """ViT tokens share a mean far larger than their spread. Both losses are invariant to shifting a
+    pair's tokens by one vector, so the float32 loss and gradient must not change with the shift.
+
+    Centring the N×N kernel of the raw tokens in float32 (as a plain implementation does) gets this
+    wrong by ~1e-4 at a shared mean of 100× the spread and entirely at 1000×.
+    """
+    generator = torch.Generator().manual_seed(3)
+    student = torch.randn(16, 49, 256, generator=generator)
+    teacher = torch.randn(16, 49, 256, generator=generator)
+    shared = 1000 * torch.randn(256, generator=generator)
+    per_pair = 10 * torch.randn(16, 1, 256, generator=generator)
+    mask = torch.rand(16, 49, generator=generator) < 0.1
+
+    def value_and_grad(s, t):
+        s = s.clone().requires_grad_(True)
+        value = loss_fn(s, t, mask)
+        value.backward()
+        return value.item(), s.grad
+
+    plain, plain_grad = value_and_grad(student, teacher)
+    shifted, shifted_grad = value_and_grad(student + shared + per_pair, teacher + shared)
+    assert shifted == pytest.approx(plain, rel=1e-4, abs=1e-6)
+    assert torch.allclose(shifted_grad, plain_grad, rtol=1e-3, atol=1e-3 * plain_grad.abs().max().item())
