@@ -26,7 +26,7 @@ what it means there) and writes both networks.
 
 Evaluation settings (fixed before any run, the same for every backbone): input 224 × 308 (CamVid's
 aspect; the protocol's 448 would take ≈ 4× longer), 2 augmented passes of the train split, the linear
-probe at the SPEC schedule (25 epochs) and at 100 epochs on the same features (the 25-epoch schedule
+probe at the protocol's schedule (25 epochs) and at 100 epochs on the same features (the 25-epoch schedule
 under-trains 367 images: docs/EVALUATION.md), overclustering K = 11 (Hungarian) and K = 100
 (many-to-one) over 5 seeds, Hummingbird retrieval with the full memory bank.
 """
@@ -83,7 +83,7 @@ CLAIMS = (
     ("high intersection helps: min_intersection 0.9 > 0 (plain random crops)", "paka", "min_intersection_0", "overcluster100", 0.0),
     ("a clean teacher helps: clean > augmented teacher", "paka", "teacher_augment", "overcluster100", 0.0),
     ("the paper's projection head: head on ≥ head off", "head", "paka", "overcluster100", 0.0),
-    ("the SPEC exports the student: student ≥ teacher", "paka", "paka/teacher", "overcluster100", 0.0),
+    ("the student is exported: student ≥ teacher", "paka", "paka/teacher", "overcluster100", 0.0),
 )
 
 

@@ -1,6 +1,6 @@
 """DINO-style photometric augmentation of a student view, with parameters from a ``torch.Generator``.
 
-SPEC §1: colour jitter (brightness, contrast, saturation 0.8, hue 0.2) applied with p = 0.8 in a
+DINO's recipe (Caron et al., 2021; docs/METHOD.md §2): colour jitter (brightness, contrast, saturation 0.8, hue 0.2) applied with p = 0.8 in a
 random order, grayscale with p = 0.2, Gaussian blur with σ ~ U[0.1, 2] and p = 0.5. The operations
 are torchvision's (``transforms.v2.functional``) on ``uint8`` tensors; only the random draws are
 ours, so that a seeded generator makes a sample reproducible (``transforms.v2.ColorJitter`` draws

@@ -10,7 +10,7 @@ Examples::
     python scripts/evaluate.py --model_name_or_path out/ --dataset_name camvid --data_dir data/camvid \\
         --protocol all --input_size 224,308 --max_images 50     # a quick CPU run
 
-Defaults are the settings of SPEC §4 (see docs/EVALUATION.md); ``--published_conventions`` reproduces
+Defaults are the protocols' settings (docs/EVALUATION.md); ``--published_conventions`` reproduces
 the published ADE20K-over-151-classes and Hummingbird std-0.255 conventions.
 """
 

@@ -1,7 +1,7 @@
 """Views rendered on the device (``view_rendering: device``) are the CPU path's views.
 
 The CPU path (Pillow bicubic crop-resize, torchvision's uint8 colour ops, one view at a time) is the
-reference of SPEC §1. The device path must draw the same random parameters (shared sampler) and
+reference of docs/METHOD.md §1. The device path must draw the same random parameters (shared sampler) and
 render them with the same arithmetic: crops match Pillow to a small fraction of one uint8 level on
 average (Pillow's 22-bit fixed-point weights against our float32 ones: a pixel whose sum sits
 within round-off of a half rounds the other way), colour ops match torchvision exactly on CPU.

@@ -1,4 +1,4 @@
-"""Hummingbird dense retrieval (Balažević et al., 2023; SPEC §4): in-context segmentation by k-NN.
+"""Hummingbird dense retrieval (Balažević et al., NeurIPS 2023; docs/EVALUATION.md): in-context segmentation by k-NN.
 
 Memory bank (from the training split, ``passes = 2`` augmented passes by default):
 
@@ -38,7 +38,7 @@ from .metrics import SegmentationScores, confusion_matrix, segmentation_scores
 
 @dataclass
 class HummingbirdConfig:
-    """Settings of the Hummingbird protocol (defaults = SPEC §4, full memory bank)."""
+    """Settings of the Hummingbird protocol (defaults: docs/EVALUATION.md, full memory bank)."""
 
     num_neighbors: int = 30
     temperature: float = 0.02

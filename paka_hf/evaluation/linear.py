@@ -1,4 +1,4 @@
-"""Linear segmentation probe on frozen patch tokens (SPEC §4, the Leopart / NeCo protocol).
+"""Linear segmentation probe on frozen patch tokens (the Leopart / NeCo protocol; docs/EVALUATION.md).
 
 A ``1 × 1`` convolution ``W ∈ R^{C × D}, b ∈ R^C`` maps each patch token ``f ∈ R^D`` to class logits.
 The published protocol upsamples the tokens bilinearly to ``100 × 100`` and then applies the
@@ -35,7 +35,7 @@ from .metrics import SegmentationScores, confusion_matrix, segmentation_scores
 
 @dataclass
 class LinearProbeConfig:
-    """Settings of the linear protocol (defaults = SPEC §4)."""
+    """Settings of the linear protocol (defaults: docs/EVALUATION.md)."""
 
     epochs: int = 25
     batch_size: int = 128

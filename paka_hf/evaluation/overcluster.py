@@ -1,4 +1,4 @@
-"""Overclustering: unsupervised k-means on frozen patch tokens (SPEC §4, the Leopart / NeCo protocol).
+"""Overclustering: unsupervised k-means on frozen patch tokens (the Leopart / NeCo protocol; docs/EVALUATION.md).
 
 For the ``N`` evaluation images with patch grids ``F_n ∈ R^{D × h × w}``:
 
@@ -38,7 +38,7 @@ from .metrics import SegmentationScores, confusion_matrix, match_clusters, match
 
 @dataclass
 class OverclusterConfig:
-    """Settings of the overclustering protocol (defaults = SPEC §4 with K = #classes and 100)."""
+    """Settings of the overclustering protocol (defaults: docs/EVALUATION.md, with K = #classes and 100)."""
 
     num_clusters: Sequence[int] | None = None  # None: (#classes, 100, 300, 500)
     seeds: Sequence[int] = (0, 1, 2, 3, 4)

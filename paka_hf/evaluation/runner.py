@@ -45,7 +45,7 @@ DEFAULT_INPUT_SIZE = {"linear": 448, "overcluster": 448, "hummingbird": 504}
 
 @dataclass
 class EvaluationSettings:
-    """Everything a run needs besides the model and the data (defaults = SPEC §4)."""
+    """Everything a run needs besides the model and the data (defaults: docs/EVALUATION.md)."""
 
     linear: LinearProbeConfig = field(default_factory=LinearProbeConfig)
     overcluster: OverclusterConfig = field(default_factory=OverclusterConfig)
