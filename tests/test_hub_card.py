@@ -15,7 +15,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModel
 
 from hub_helpers import SECRET, TRAINING_CONFIG, eval_file, make_export_folder
-from paka_hf import hub
+from paka_hf import hub, trainer_hub
 
 
 @pytest.fixture
@@ -198,7 +198,7 @@ def test_callback_every_save_pushes_exported_backbone(tmp_path, tiny_config):
 
     args = TrainingArguments(output_dir=str(out), push_to_hub=True, hub_model_id="paka-org/run",
                              hub_strategy="every_save", hub_private_repo=True, report_to=[])
-    callback = hub.HubPushCallback.from_training_args(
+    callback = trainer_hub.HubPushCallback.from_training_args(
         args, export_fn=lambda d: hub.save_backbone(student, d), push_fn=fake_push)
     assert "token" not in repr(callback)
     state = TrainerState()
@@ -217,28 +217,28 @@ def test_callback_every_save_pushes_exported_backbone(tmp_path, tiny_config):
 
 def test_callback_end_strategy_and_disabled(tmp_path):
     pushed = []
-    cb = hub.HubPushCallback.from_training_args(_args(tmp_path, hub_strategy="end"),
+    cb = trainer_hub.HubPushCallback.from_training_args(_args(tmp_path, hub_strategy="end"),
                                                 push_fn=lambda *a, **k: pushed.append(a))
     cb.on_save(_args(tmp_path, hub_strategy="end"), _State(global_step=1, is_world_process_zero=True), None)
     assert pushed == []
-    assert hub.HubPushCallback.from_training_args(_args(tmp_path, push_to_hub=False)) is None
-    assert hub.push_from_training_args(tmp_path, _args(tmp_path, push_to_hub=False)) is None
+    assert trainer_hub.HubPushCallback.from_training_args(_args(tmp_path, push_to_hub=False)) is None
+    assert trainer_hub.push_from_training_args(tmp_path, _args(tmp_path, push_to_hub=False)) is None
 
 
 def test_training_settings_are_validated(tmp_path):
     with pytest.raises(ValueError, match="'every_save'.*'end'"):
-        hub.HubPushCallback.from_training_args(_args(tmp_path, hub_strategy="checkpoint"))
+        trainer_hub.HubPushCallback.from_training_args(_args(tmp_path, hub_strategy="checkpoint"))
     with pytest.raises(ValueError, match="pickles"):
-        hub.HubPushCallback("paka-org/run", strategy="all_checkpoints")
+        trainer_hub.HubPushCallback("paka-org/run", strategy="all_checkpoints")
     with pytest.raises(ValueError, match="hub_model_id"):
-        hub.push_from_training_args(tmp_path, _args(tmp_path, hub_model_id=None))
+        trainer_hub.push_from_training_args(tmp_path, _args(tmp_path, hub_model_id=None))
 
 
 def test_callback_without_export_fn_needs_a_plain_checkpoint(tmp_path):
     out = tmp_path / "run"
     (out / "checkpoint-3").mkdir(parents=True)
     (out / "checkpoint-3" / "config.json").write_text(json.dumps({"model_type": "paka_training_module"}))
-    cb = hub.HubPushCallback("paka-org/run", push_fn=lambda *a, **k: None)
+    cb = trainer_hub.HubPushCallback("paka-org/run", push_fn=lambda *a, **k: None)
     with pytest.raises(RuntimeError, match="export_fn"):
         cb.on_save(_args(out), _State(global_step=3, is_world_process_zero=True), None)
 
@@ -254,7 +254,7 @@ def test_failed_intermediate_push_does_not_stop_training(tmp_path, tiny_config, 
     def auth_push(*args, **kwargs):
         raise hub.HubAuthenticationError("log in")
 
-    cb = hub.HubPushCallback("paka-org/run", export_fn=lambda d: hub.save_backbone(student, d), push_fn=broken_push)
+    cb = trainer_hub.HubPushCallback("paka-org/run", export_fn=lambda d: hub.save_backbone(student, d), push_fn=broken_push)
     cb.on_save(_args(out), _State(global_step=2, is_world_process_zero=True), None)
     assert cb.pushes == [] and "training continues" in caplog.text
     cb.push_fn = auth_push

@@ -21,7 +21,7 @@ from transformers import AutoImageProcessor, AutoModel
 
 from hub_helpers import SECRET, TOKEN, go_online, eval_file, make_export_folder
 from hub_server import HubStandIn
-from paka_hf import hub
+from paka_hf import hub, trainer_hub
 
 REPO = "paka-org/dinov2-paka-tiny"
 EXPECTED = {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "training_config.yaml",
@@ -245,7 +245,7 @@ def test_push_from_training_args(server, out):
 
     args = SimpleNamespace(push_to_hub=True, hub_model_id=REPO, hub_strategy="end", hub_private_repo=False,
                            hub_token=TOKEN, hub_revision=None)
-    info = hub.push_from_training_args(out, args, eval_results=[eval_file(REPO, 41.0, 31.0)], backoff_s=0.01)
+    info = trainer_hub.push_from_training_args(out, args, eval_results=[eval_file(REPO, 41.0, 31.0)], backoff_s=0.01)
     assert server.head(REPO) == info.oid
     assert "End of training" == HfApi(endpoint=server.url).list_repo_commits(REPO, token=TOKEN)[0].title
 
@@ -263,7 +263,7 @@ def test_training_callback_and_final_push_end_to_end(server, tmp_path, tiny_conf
     student = AutoModel.from_config(tiny_config()).eval()
     args = TrainingArguments(output_dir=str(run), push_to_hub=True, hub_model_id=REPO, hub_strategy="every_save",
                              hub_token=TOKEN, report_to=[])
-    callback = hub.HubPushCallback.from_training_args(
+    callback = trainer_hub.HubPushCallback.from_training_args(
         args, export_fn=lambda d: hub.save_backbone(student, d), backoff_s=0.01)
     state = TrainerState()
     for step in (5, 10):
@@ -275,7 +275,7 @@ def test_training_callback_and_final_push_end_to_end(server, tmp_path, tiny_conf
     assert not (run / "README.md").exists()  # in-progress pushes stage their files outside the run folder
 
     hub.save_backbone(student, run)  # final export, then evaluation, then the final push
-    info = hub.push_from_training_args(run, args, eval_results=[eval_file(REPO, 44.0, 35.0)], backoff_s=0.01)
+    info = trainer_hub.push_from_training_args(run, args, eval_results=[eval_file(REPO, 44.0, 35.0)], backoff_s=0.01)
     titles = [c.title for c in HfApi(endpoint=server.url).list_repo_commits(REPO, token=TOKEN)]
     assert titles == ["End of training", "Training in progress, step 10", "Training in progress, step 5",
                       "initial commit"]
@@ -339,7 +339,7 @@ def test_trainer_with_mixin_pushes_paka_files_only(server, tmp_path, tiny_config
         def forward(self, pixel_values):
             return {"loss": self.backbone(pixel_values=pixel_values).last_hidden_state.pow(2).mean()}
 
-    class ToyTrainer(hub.HubPushMixin, Trainer):
+    class ToyTrainer(trainer_hub.HubPushMixin, Trainer):
         def export_backbone(self, output_dir):
             hub.save_backbone(self.model.backbone, output_dir)
 

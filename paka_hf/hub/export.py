@@ -1,0 +1,86 @@
+"""Export: the backbone as a plain ``transformers`` model folder that ``AutoModel.from_pretrained`` loads.
+
+:func:`save_backbone` writes ``config.json``, ``model.safetensors`` (never a pickle) and
+``preprocessor_config.json``; the names of every file the Hub code reads from or writes to an output
+folder are defined here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+EXPORT_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
+#: The training configuration written by the trainer, pushed next to the model (token-like keys redacted).
+TRAINING_CONFIG_FILE = "training_config.yaml"
+TRAINING_SUMMARY_FILE = "training_summary.json"
+
+CARD_FILE = "README.md"
+#: Sub-folder of the output folder (and of the repository) that holds the card's pictures.
+PICTURES_DIR = "pictures"
+
+_SUPPORTED_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
+
+def default_image_processor(crop_size: int = 224):
+    """The DINOv2 preprocessing of the ``facebook/dinov2-*`` checkpoints as a ``BitImageProcessor``.
+
+    Resize the shortest edge to ``crop_size * 8 / 7`` (256 for 224), center-crop ``crop_size``, scale to
+    [0, 1], normalize with ImageNet mean and std.
+    """
+    from transformers import BitImageProcessor
+
+    return BitImageProcessor(
+        do_resize=True,
+        size={"shortest_edge": round(crop_size * 8 / 7)},
+        resample=3,  # PIL bicubic
+        do_center_crop=True,
+        crop_size={"height": crop_size, "width": crop_size},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+        do_convert_rgb=True,
+    )
+
+
+def save_backbone(model: Any, output_dir: str | os.PathLike, image_processor: Any = None) -> Path:
+    """Write ``config.json``, ``model.safetensors`` and ``preprocessor_config.json`` to ``output_dir``.
+
+    ``model`` is a ``Dinov2Model`` / ``Dinov2WithRegistersModel`` or a
+    :class:`paka_hf.backbones.PatchBackbone` (its ``.model`` is saved). The weights go to safetensors
+    only; a stale ``pytorch_model.bin`` left in the folder by an earlier run is removed so the folder never
+    offers a pickle. The saved config has ``drop_path_rate = 0.0`` (stochastic depth is a training setting
+    of the student, not part of the published model); the in-memory model is left unchanged.
+    ``image_processor`` defaults to :func:`default_image_processor`. Returns the folder.
+    """
+    backbone = getattr(model, "model", model)  # PatchBackbone -> the transformers model inside
+    config = getattr(backbone, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in _SUPPORTED_MODEL_TYPES:
+        raise TypeError(
+            f"save_backbone expects a Dinov2Model / Dinov2WithRegistersModel (or a PatchBackbone around one), "
+            f"got {type(model).__name__} with model_type={model_type!r}. Pass the student backbone, not the "
+            "PaKA training module or the projection head."
+        )
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    saved_drop_path = getattr(config, "drop_path_rate", None)
+    try:
+        if saved_drop_path:
+            config.drop_path_rate = 0.0
+        backbone.save_pretrained(out)
+    finally:
+        if saved_drop_path:
+            config.drop_path_rate = saved_drop_path
+    for pickle_name in ("pytorch_model.bin", "pytorch_model.bin.index.json"):
+        (out / pickle_name).unlink(missing_ok=True)
+    if not (out / "model.safetensors").is_file():
+        raise RuntimeError(
+            f"save_pretrained did not write {out / 'model.safetensors'} (sharded or non-safetensors output?); "
+            "paka_hf publishes a single safetensors file."
+        )
+    (image_processor if image_processor is not None else default_image_processor()).save_pretrained(out)
+    return out
+
