@@ -1,236 +1,256 @@
-"""Pushes during training: ``hub_strategy="every_save"`` and the final push, through :mod:`paka_hf.hub`."""
+"""Hub pushes during training, through ``Trainer``'s own hooks (the way TRL's trainers override them).
+
+``Trainer`` would upload the whole output folder (``training_args.bin`` is a pickle, checkpoints hold the
+teacher and head), overwrite ``README.md`` with its generic card and create the repository at start-up
+(public unless asked). :class:`HubPushMixin` keeps ``Trainer``'s flow and settings (``push_to_hub``,
+``hub_model_id``, ``hub_strategy``, ``hub_private_repo``, ``hub_revision``, ``hub_always_push``) and
+overrides its hooks so every push goes through :func:`paka_hf.hub.push_to_hub`:
+
+- ``init_hf_repo``: checks the settings at start-up; creates nothing (the first push creates the
+  repository with the requested visibility, and deletes it again if that first commit fails);
+- ``_push_from_checkpoint`` (``hub_strategy="every_save"``, called by ``Trainer._save_checkpoint`` on
+  process zero): exports the backbone to a fresh temporary folder, then uploads it **on a worker thread**.
+  Training never waits for the network, and never stops for a push: an error at any point (a full disk
+  while exporting, refused credentials, an unreachable Hub) is logged and training goes on. While a push
+  is still running, a new save is not pushed (as in ``Trainer``; ``hub_always_push=True`` queues it);
+- ``_finish_current_push`` (called by ``Trainer`` at the end of ``train``): waits for the running push;
+- ``push_to_hub``: the final push (after evaluation, with its results); waits for the background push,
+  exports to ``output_dir`` and pushes in the calling thread, so its errors reach the caller.
+
+The export for an in-progress push is written on process zero inside the checkpoint save, as the
+checkpoint itself is; the other processes wait at the checkpoint's barrier for that local write (seconds),
+never for the upload.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
-
-from .hub.export import _SUPPORTED_MODEL_TYPES, EXPORT_FILES, PICTURES_DIR, TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE
-from .hub.export import default_image_processor
+from .errors import ConfigError
+from .hub.card import find_pictures
+from .hub.export import TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE
 from .hub.push import HubAuthenticationError, push_to_hub
 
 logger = logging.getLogger(__name__)
 
-_SUPPORTED_STRATEGIES = ("end", "every_save")
+#: ``hub_strategy`` values paka_hf supports ('checkpoint' / 'all_checkpoints' would upload Trainer checkpoints).
+SUPPORTED_STRATEGIES = ("end", "every_save")
 
 
-def _check_strategy(strategy: Any) -> str:
-    strategy = getattr(strategy, "value", strategy)  # transformers.trainer_utils.HubStrategy enum
-    if strategy not in _SUPPORTED_STRATEGIES:
-        raise ValueError(
-            f"hub_strategy={strategy!r} is not supported by paka_hf: 'checkpoint' and 'all_checkpoints' would "
-            "upload Trainer checkpoints (optimizer and RNG state are pickles, and the teacher and head are not "
-            "a loadable model). Use 'every_save' (push the exported backbone at every save) or 'end'."
-        )
-    return strategy
+@dataclass(frozen=True)
+class HubSettings:
+    """The Hub settings of a training run, read from ``TrainingArguments``-style ``args``.
 
-
-def _hub_settings(args: Any) -> dict[str, Any]:
-    strategy = _check_strategy(getattr(args, "hub_strategy", "every_save"))
-    repo_id = getattr(args, "hub_model_id", None)
-    if not repo_id:
-        raise ValueError(
-            "push_to_hub is true but hub_model_id is not set; set hub_model_id: org/name in the training config."
-        )
-    return dict(
-        repo_id=repo_id,
-        strategy=strategy,
-        private=bool(getattr(args, "hub_private_repo", False)),
-        token=getattr(args, "hub_token", None),
-        revision=getattr(args, "hub_revision", None),
-    )
-
-
-def push_from_training_args(
-    output_dir: str | os.PathLike,
-    args: Any,
-    eval_results: Iterable[str | os.PathLike | Mapping[str, Any]] = (),
-    commit_message: str = "End of training",
-    **kwargs: Any,
-):
-    """End-of-training push driven by ``TrainingArguments``-style settings; ``None`` if not requested.
-
-    Call it after the final export (and after evaluation, so the card carries the results). Reads
-    ``args.push_to_hub``, ``hub_model_id``, ``hub_strategy`` (``end`` or ``every_save``; both push here),
-    ``hub_private_repo``, ``hub_token`` and ``hub_revision``; only process zero should call it
-    (``trainer.is_world_process_zero()``). ``kwargs`` go to :func:`push_to_hub`.
-    """
-    if not getattr(args, "push_to_hub", False):
-        return None
-    settings = _hub_settings(args)
-    return push_to_hub(
-        output_dir,
-        settings["repo_id"],
-        private=settings["private"],
-        eval_results=eval_results,
-        revision=settings["revision"],
-        token=settings["token"],
-        commit_message=commit_message,
-        **kwargs,
-    )
-
-
-class HubPushCallback(TrainerCallback):
-    """Push the exported backbone at every save (``hub_strategy="every_save"``), through :func:`push_to_hub`.
-
-    At each ``on_save`` on process zero, ``export_fn(staging_dir)`` writes the current backbone (use
-    ``lambda d: save_backbone(student, d, processor)``); when ``export_fn`` is ``None`` the new
-    ``checkpoint-{step}`` folder is used if it holds a plain DINOv2 export. ``training_config.yaml``,
-    ``training_summary.json`` and ``pictures/`` are copied from ``args.output_dir`` when present; the card is
-    regenerated each time, so the repository never carries a bare ``Trainer`` card. Commit message:
-    ``"Training in progress, step N"``. With ``hub_strategy="end"`` the callback does nothing; call
-    :func:`push_from_training_args` after the final export and evaluation in both cases.
-
-    A failed in-progress push is logged and training continues (the next save or the final push
-    retries); an authentication error is raised at once.
+    ``private`` is ``args.hub_private_repo`` as given: ``None`` (unset) leaves a new repository's visibility
+    to the namespace's default.
     """
 
-    def __init__(
-        self,
-        repo_id: str,
-        *,
-        strategy: str = "every_save",
-        private: bool = False,
-        token: str | None = None,
-        revision: str | None = None,
-        export_fn: Callable[[str], Any] | None = None,
-        push_fn: Callable[..., Any] | None = None,
-        **push_kwargs: Any,
-    ):
-        strategy = _check_strategy(strategy)
-        self.repo_id, self.strategy, self.private, self.revision = repo_id, strategy, private, revision
-        self._token = token
-        self.export_fn = export_fn
-        self.push_fn = push_fn or push_to_hub
-        self.push_kwargs = push_kwargs
-        self.pushes: list[Any] = []  # CommitInfo of every successful in-progress push
-
-    def __repr__(self) -> str:  # never show the token
-        return f"HubPushCallback(repo_id={self.repo_id!r}, strategy={self.strategy!r}, revision={self.revision!r})"
+    repo_id: str
+    strategy: str
+    private: bool | None
+    revision: str | None
+    always_push: bool
 
     @classmethod
-    def from_training_args(cls, args: Any, **kwargs: Any) -> "HubPushCallback | None":
-        """Build from ``args.push_to_hub`` / ``hub_model_id`` / ``hub_strategy`` ...; ``None`` if not pushing."""
-        if not getattr(args, "push_to_hub", False):
-            return None
-        settings = _hub_settings(args)
+    def from_args(cls, args: Any) -> "HubSettings":
+        strategy = getattr(args, "hub_strategy", "every_save")
+        strategy = getattr(strategy, "value", strategy)  # transformers.trainer_utils.HubStrategy enum
+        if strategy not in SUPPORTED_STRATEGIES:
+            raise ConfigError(
+                f"hub_strategy={strategy!r} is not supported by paka_hf: 'checkpoint' and 'all_checkpoints' would "
+                "upload Trainer checkpoints (optimizer and RNG state are pickles, and the teacher and head are not "
+                "a loadable model). Use 'every_save' (push the exported backbone at every save) or 'end'."
+            )
+        repo_id = getattr(args, "hub_model_id", None)
+        if not repo_id:
+            raise ConfigError(
+                "push_to_hub is true but hub_model_id is not set; set hub_model_id: org/name in the training config."
+            )
         return cls(
-            settings["repo_id"], strategy=settings["strategy"], private=settings["private"],
-            token=settings["token"], revision=settings["revision"], **kwargs,
+            repo_id=repo_id,
+            strategy=strategy,
+            private=getattr(args, "hub_private_repo", None),
+            revision=getattr(args, "hub_revision", None),
+            always_push=bool(getattr(args, "hub_always_push", False)),
         )
 
-    def on_save(self, args, state, control, **kwargs):
-        if self.strategy != "every_save" or not getattr(state, "is_world_process_zero", True):
-            return control
-        step = int(getattr(state, "global_step", 0))
-        output_dir = Path(args.output_dir)
-        with tempfile.TemporaryDirectory(prefix="paka-hub-") as staging:
-            staging_dir = Path(staging)
-            if self.export_fn is not None:
-                self.export_fn(str(staging_dir))
-            else:
-                self._copy_checkpoint_export(output_dir / f"checkpoint-{step}", staging_dir)
-            for name in (TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE):
-                if (output_dir / name).is_file():
-                    shutil.copy2(output_dir / name, staging_dir / name)
-            if (output_dir / PICTURES_DIR).is_dir():
-                shutil.copytree(output_dir / PICTURES_DIR, staging_dir / PICTURES_DIR)
-            try:
-                info = self.push_fn(
-                    staging_dir, self.repo_id, private=self.private, revision=self.revision, token=self._token,
-                    commit_message=f"Training in progress, step {step}", **self.push_kwargs,
-                )
-            except HubAuthenticationError:
-                raise
-            except Exception as err:  # noqa: BLE001 - a failed intermediate push must not end training
-                logger.error("Hub push at step %d failed, training continues: %s", step, err)
-                return control
-        self.pushes.append(info)
-        return control
 
-    @staticmethod
-    def _copy_checkpoint_export(checkpoint: Path, staging: Path) -> None:
-        config = checkpoint / "config.json"
-        model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
-        if model_type not in _SUPPORTED_MODEL_TYPES or not (checkpoint / "model.safetensors").is_file():
-            raise RuntimeError(
-                f"{checkpoint} does not hold a plain DINOv2 export (config.json + model.safetensors); give "
-                "HubPushCallback an export_fn, e.g. lambda d: paka_hf.hub.save_backbone(student_backbone, d)."
-            )
-        for name in EXPORT_FILES:
-            if (checkpoint / name).is_file():
-                shutil.copy2(checkpoint / name, staging / name)
-        if not (staging / "preprocessor_config.json").is_file():
-            default_image_processor().save_pretrained(staging)
+class BackgroundPusher:
+    """Runs pushes one at a time on a worker thread; records what each did, never raises into training.
+
+    ``pushes`` holds the ``CommitInfo`` of every successful push, ``errors`` a ``(step, exception)`` per
+    failed one. After a :class:`~paka_hf.hub.HubAuthenticationError` no further push is tried (each would
+    fail the same way); the final push reports it to the caller.
+    """
+
+    def __init__(self):
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paka-hub-push")
+        self._futures: list[Future] = []
+        self._lock = threading.Lock()
+        self.pushes: list[Any] = []
+        self.errors: list[tuple[int, BaseException]] = []
+        self.auth_failed = False
+
+    def busy(self) -> bool:
+        with self._lock:
+            return any(not future.done() for future in self._futures)
+
+    def submit(self, step: int, staging: Path, push_kwargs: Mapping[str, Any]) -> Future:
+        """Push ``staging`` (then delete it) on the worker thread."""
+
+        def job():
+            try:
+                info = push_to_hub(staging, **push_kwargs)
+            except HubAuthenticationError as err:
+                self.auth_failed = True
+                self.errors.append((step, err))
+                logger.error("Hub push at step %d failed, training continues without in-progress pushes: %s",
+                             step, err)
+            except Exception as err:  # a failed in-progress push must never end training
+                self.errors.append((step, err))
+                logger.error("Hub push at step %d failed, training continues (the next save or the final push "
+                             "tries again): %s: %s", step, type(err).__name__, err)
+            else:
+                self.pushes.append(info)
+                logger.info("Hub push at step %d done: %s", step, getattr(info, "commit_url", info))
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+
+        with self._lock:
+            self._futures = [f for f in self._futures if not f.done()]
+            future = self._executor.submit(job)
+            self._futures.append(future)
+        return future
+
+    def wait(self) -> None:
+        """Block until every submitted push has finished (successfully or not)."""
+        with self._lock:
+            futures = list(self._futures)
+        for future in futures:
+            future.result()
 
 
 class HubPushMixin:
-    """Route a ``Trainer`` subclass's Hub settings through :mod:`paka_hf.hub` instead of ``Trainer``'s own push.
+    """Route a ``Trainer`` subclass's Hub pushes through :mod:`paka_hf.hub`; see the module docstring.
 
-    ``Trainer`` would upload the whole output folder (``training_args.bin`` is a pickle, checkpoints hold the
-    teacher and head) and overwrite ``README.md`` with its generic card. Put this mixin before ``Trainer``
-    and define ``export_backbone(output_dir)``::
+    Put it before ``Trainer`` and define ``export_backbone(output_dir)`` (write ``config.json``,
+    ``model.safetensors`` and ``preprocessor_config.json`` there, e.g. with
+    :func:`paka_hf.hub.save_backbone`); :class:`~paka_hf.trainer.PaKATrainer` does::
 
         class PaKATrainer(HubPushMixin, Trainer):
             def export_backbone(self, output_dir):
-                save_backbone(self.student_backbone, output_dir, self.processing_class)
+                save_backbone(self.accelerator.unwrap_model(self.model).student, output_dir, self.processing_class)
 
-    Then, with ``push_to_hub=True`` in the arguments: ``hub_strategy="every_save"`` pushes the exported backbone
-    at every save (a :class:`HubPushCallback` is added when ``Trainer.__init__`` calls ``init_hf_repo``);
-    ``trainer.push_to_hub(eval_results=[...])`` after evaluation exports and pushes with the PaKA card
-    (``trainer.save_model()`` calls it too, as in ``Trainer``). The repository is created by the first push.
+    ``training_config.yaml`` and ``training_summary.json`` of ``args.output_dir`` go with an in-progress push
+    when ``export_backbone`` does not write them, and so do the pictures of ``output_dir/pictures``.
     """
 
-    def export_backbone(self, output_dir: str) -> None:  # pragma: no cover - the trainer defines it
+    #: Extra keyword arguments of every push: card options (``license``, ``pipeline_tag``, ``notice``...)
+    #: and retry settings (``max_retries``, ``backoff_s``); see :func:`paka_hf.hub.push_to_hub`.
+    hub_push_options: Mapping[str, Any] = {}
+
+    def export_backbone(self, output_dir: str | os.PathLike) -> Any:  # pragma: no cover - the trainer defines it
         raise NotImplementedError(
-            f"{type(self).__name__} must define export_backbone(output_dir), e.g. "
-            "paka_hf.hub.save_backbone(student_backbone, output_dir, processing_class)"
+            f"{type(self).__name__} must define export_backbone(output_dir), e.g. with paka_hf.hub.save_backbone"
         )
 
+    @property
+    def hub_pusher(self) -> BackgroundPusher:
+        """The worker that runs this trainer's in-progress pushes (made on first use)."""
+        if getattr(self, "_hub_pusher", None) is None:
+            self._hub_pusher = BackgroundPusher()
+        return self._hub_pusher
+
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
-        self.hub_model_id = self.args.hub_model_id
+        """Check the Hub settings at start-up (not at the first save); the repository is made by the first push."""
+        settings = HubSettings.from_args(self.args)
+        self.hub_model_id = settings.repo_id
         self.push_in_progress = None
-        _hub_settings(self.args)  # fail at start-up, not at the first save, on a bad hub_strategy / missing id
-        callback = HubPushCallback.from_training_args(self.args, export_fn=self.export_backbone)
-        if callback is not None and callback.strategy == "every_save":
-            self.add_callback(callback)
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        return  # HubPushCallback pushes the exported backbone, not the checkpoint folder
+        """``hub_strategy="every_save"``: export the backbone to a temporary folder and push it in the background."""
+        if not self.is_world_process_zero():
+            return
+        settings = HubSettings.from_args(self.args)
+        step = self.state.global_step
+        pusher = self.hub_pusher
+        if settings.strategy != "every_save":
+            return
+        if pusher.auth_failed:
+            logger.warning("Hub push at step %d skipped: the Hub refused the credentials earlier", step)
+            return
+        if pusher.busy() and not settings.always_push:
+            logger.info("Hub push at step %d skipped: the previous push is still running", step)
+            return
+        staging = None
+        try:
+            staging = Path(tempfile.mkdtemp(prefix="paka-hub-"))
+            self.export_backbone(staging)
+            _copy_run_files(Path(self.args.output_dir), staging)
+        except Exception as err:  # a full disk or any export error must not end training
+            logger.error("Hub push at step %d skipped, training continues: exporting the backbone to a temporary "
+                         "folder failed: %s: %s", step, type(err).__name__, err)
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+            return
+        pusher.submit(step, staging, self._push_kwargs(settings, f"Training in progress, step {step}"))
+
+    def _finish_current_push(self) -> None:
+        """Wait for the in-progress push (``Trainer`` calls this at the end of ``train`` and before a push)."""
+        if getattr(self, "_hub_pusher", None) is not None:
+            self._hub_pusher.wait()
 
     def push_to_hub(
         self,
         commit_message: str | None = "End of training",
-        blocking: bool = True,
         token: str | None = None,
         revision: str | None = None,
         private: bool | None = None,
         eval_results: Iterable[str | os.PathLike | Mapping[str, Any]] = (),
         **kwargs: Any,
     ):
-        """Export the backbone to ``args.output_dir`` and push it with the PaKA card (process zero only)."""
+        """The final push: wait for in-progress pushes, export to ``args.output_dir``, push with the PaKA card.
+
+        Process zero only (others return ``None``). ``eval_results`` and ``kwargs`` (card options, retry
+        settings) go to :func:`paka_hf.hub.push_to_hub`; errors are raised, unlike in-progress pushes.
+        """
         if not self.is_world_process_zero():
             return None
-        if getattr(self.args, "hub_model_id", None) is None:
-            raise ValueError("set hub_model_id (org/name) in the training config to push to the Hub")
-        settings = _hub_settings(self.args)
+        settings = HubSettings.from_args(self.args)
+        self._finish_current_push()
         self.export_backbone(self.args.output_dir)
-        return push_to_hub(
-            self.args.output_dir,
-            settings["repo_id"],
-            private=settings["private"] if private is None else private,
-            eval_results=eval_results,
-            revision=revision or settings["revision"],
-            token=token or settings["token"],
-            commit_message=commit_message or "End of training",
-            **kwargs,
+        push_kwargs = self._push_kwargs(settings, commit_message or "End of training")
+        if token is not None:
+            push_kwargs["token"] = token
+        if revision is not None:
+            push_kwargs["revision"] = revision
+        if private is not None:
+            push_kwargs["private"] = private
+        return push_to_hub(self.args.output_dir, eval_results=eval_results, **{**push_kwargs, **kwargs})
+
+    def _push_kwargs(self, settings: HubSettings, commit_message: str) -> dict[str, Any]:
+        return dict(
+            repo_id=settings.repo_id, private=settings.private, revision=settings.revision,
+            token=getattr(self.args, "hub_token", None), commit_message=commit_message,
+            **self.hub_push_options,
         )
 
+
+def _copy_run_files(output_dir: Path, staging: Path) -> None:
+    """Copy the run's configuration, summary and pictures into an export staged for an in-progress push."""
+    for name in (TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE):
+        if not (staging / name).is_file() and (output_dir / name).is_file():
+            shutil.copy2(output_dir / name, staging / name)
+    for picture in find_pictures(output_dir):  # skips symlinks out of output_dir
+        target = staging / picture.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(output_dir / picture.path, target)

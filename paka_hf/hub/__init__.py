@@ -7,7 +7,8 @@ The end product of PaKA is a plain ``transformers`` model on the Hub that anyone
   ``model.safetensors``, ``preprocessor_config.json``);
 - :mod:`~paka_hf.hub.results`: which evaluation results belong to which model;
 - :mod:`~paka_hf.hub.card`: :func:`render_model_card` (template, results table, metadata);
-- :mod:`~paka_hf.hub.push`: :func:`push_to_hub` (one commit, retries, errors).
+- :mod:`~paka_hf.hub.push`: :func:`push_to_hub` (one commit that makes the remote exactly the export,
+  visibility checks, retries, errors).
 
 Pushes during training live with the trainer (:mod:`paka_hf.trainer_hub`).
 
@@ -19,12 +20,24 @@ Example::
 """
 
 from .card import (
-    CITATION, DEFAULT_TAGS, PAPER_URL, TEMPLATE_PATH, Picture, find_pictures, read_training_config, redact_secrets,
-    render_model_card, results_table, write_model_card,
+    CITATION, DEFAULT_LICENSE, DEFAULT_PIPELINE_TAG, DEFAULT_TAGS, PAPER_URL, TEMPLATE_PATH, Picture, find_pictures,
+    read_training_config, redact_secrets, render_model_card, results_table,
 )
 from .export import (
-    CARD_FILE, EXPORT_FILES, PICTURES_DIR, TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE, default_image_processor,
-    save_backbone,
+    CARD_FILE, EXPORT_FILES, PICTURES_DIR, TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE, WEIGHTS_FILE,
+    default_image_processor, save_backbone, weights_sha256,
 )
-from .push import DEFAULT_COMMIT_MESSAGE, HubAuthenticationError, collect_upload_files, push_to_hub, resolve_endpoint
-from .results import load_eval_results, split_eval_results
+from .push import (
+    DEFAULT_COMMIT_MESSAGE, HubAuthenticationError, HubVisibilityError, UnsafeUploadError, collect_upload_files,
+    push_to_hub, resolve_endpoint,
+)
+from .results import EvalResultsError, MislabelledResultsError, attribute_eval_results, load_eval_results
+
+__all__ = [
+    "CARD_FILE", "CITATION", "DEFAULT_COMMIT_MESSAGE", "DEFAULT_LICENSE", "DEFAULT_PIPELINE_TAG", "DEFAULT_TAGS",
+    "EXPORT_FILES", "EvalResultsError", "HubAuthenticationError", "HubVisibilityError", "MislabelledResultsError",
+    "PAPER_URL", "PICTURES_DIR", "Picture", "TEMPLATE_PATH", "TRAINING_CONFIG_FILE", "TRAINING_SUMMARY_FILE",
+    "UnsafeUploadError", "WEIGHTS_FILE", "attribute_eval_results", "collect_upload_files", "default_image_processor",
+    "find_pictures", "load_eval_results", "push_to_hub", "read_training_config", "redact_secrets",
+    "render_model_card", "resolve_endpoint", "results_table", "save_backbone", "weights_sha256",
+]

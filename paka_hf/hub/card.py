@@ -8,6 +8,7 @@ compute, pictures from :mod:`paka_hf.visualize` and the paper's citation.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -17,8 +18,10 @@ from typing import Any
 
 import yaml
 
-from .export import CARD_FILE, PICTURES_DIR, TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE
-from .results import _result_key, load_eval_results, split_eval_results
+from .export import PICTURES_DIR, TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE, WEIGHTS_FILE, is_inside, weights_sha256
+from .results import attribute_eval_results, load_eval_results, result_key
+
+logger = logging.getLogger(__name__)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -34,6 +37,9 @@ CITATION = """@misc{yeo2025paka,
   archivePrefix = {arXiv},
   url           = {https://arxiv.org/abs/2509.05606}
 }"""
+#: Card metadata for DINOv2 backbones; a backbone family with other terms passes its own to render_model_card.
+DEFAULT_LICENSE = "apache-2.0"
+DEFAULT_PIPELINE_TAG = "image-feature-extraction"
 DEFAULT_TAGS = ("dinov2", "paka", "vision", "self-supervised-learning", "dense-features", "arxiv:2509.05606")
 
 _SECRET_KEY = re.compile(r"(token|secret|password|api_key)", re.IGNORECASE)
@@ -78,13 +84,21 @@ _PICTURE_TEXT = {
 
 
 def find_pictures(output_dir: str | os.PathLike) -> list[Picture]:
-    """The PNG files under ``output_dir/pictures`` (PCA, clusters, retrieval first), titled by name prefix."""
+    """The PNG files under ``output_dir/pictures`` (PCA, clusters, retrieval first), titled by name prefix.
+
+    A picture that resolves outside ``output_dir`` (a symlink, or a ``pictures`` folder that is one) is skipped
+    with a warning, so neither the card nor the upload ever carries content from elsewhere on the disk.
+    """
     folder = Path(output_dir) / PICTURES_DIR
     order = {kind: i for i, kind in enumerate(_PICTURE_TEXT)}  # pca, clusters, retrieval, then the rest
     pngs = sorted(folder.glob("*.png"), key=lambda p: (order.get(p.stem.split("_")[0], len(order)), p.name)) \
         if folder.is_dir() else []
     pictures = []
     for png in pngs:
+        if not is_inside(png, output_dir):
+            logger.warning("Skipping %s: a symlink to %s, outside %s (only the folder's own files are published)",
+                           png, png.resolve(), output_dir)
+            continue
         kind = png.stem.split("_")[0]
         title, caption = _PICTURE_TEXT.get(kind, (png.stem.replace("_", " ").capitalize(), ""))
         pictures.append(Picture(path=f"{PICTURES_DIR}/{png.name}", title=title, caption=caption))
@@ -129,7 +143,7 @@ def results_table(base: Sequence[Mapping[str, Any]], adapted: Sequence[Mapping[s
     rows: dict[tuple, dict[str, Any]] = {}
     for column, entries in (("base", base), ("paka", adapted)):
         for entry in entries:
-            rows.setdefault(_result_key(entry), {})[column] = entry
+            rows.setdefault(result_key(entry), {})[column] = entry
     if not rows:
         return ""
     lines = ["| Protocol | Dataset | Split | Metric | Base | PaKA | Δ |", "| --- | --- | --- | --- | ---: | ---: | ---: |"]
@@ -233,7 +247,11 @@ def render_model_card(
     base_eval_results: Iterable[str | os.PathLike | Mapping[str, Any]] = (),
     base_model: str | None = None,
     datasets: Sequence[str] | None = None,
-    license: str = "apache-2.0",
+    license: str = DEFAULT_LICENSE,
+    license_name: str | None = None,
+    license_link: str | None = None,
+    pipeline_tag: str = DEFAULT_PIPELINE_TAG,
+    notice: str | None = None,
     tags: Sequence[str] = (),
     template_path: str | os.PathLike | None = None,
 ):
@@ -243,8 +261,14 @@ def render_model_card(
     ``training_config.yaml`` (settings; ``model_name_or_path`` is the base model, ``dataset_name`` the
     training data), ``training_summary.json`` (compute) and ``pictures/*.png``. ``eval_results`` are
     evaluation JSON files or dicts; when none are given, ``output_dir/eval_results*.json`` are used. Files
-    whose ``model`` is the base model fill the *Base* column, the others the *PaKA* column and the
-    ``model-index``; ``base_eval_results`` forces files into the base column.
+    of the base model fill the *Base* column, files of this model (same weights hash, or same path / Hub
+    id) the *PaKA* column and the ``model-index``; any other file, or two files measuring the same thing
+    for one model, raise :class:`~paka_hf.hub.results.MislabelledResultsError` (rule:
+    :func:`~paka_hf.hub.results.attribute_eval_results`). ``base_eval_results`` are taken as the base's.
+
+    Metadata: ``license`` (an SPDX-like Hub id; ``"other"`` with ``license_name`` / ``license_link`` for a
+    custom licence), ``pipeline_tag`` and ``notice`` (extra text shown under the introduction, e.g. the
+    terms of a gated base model) default to the values for DINOv2 (Apache-2.0, image feature extraction).
 
     ``repo_id`` goes into the usage snippet and the ``model-index`` name (the folder path is used when
     ``None``). Metadata ``base_model`` / ``datasets`` are set only for Hub ids (the Hub rejects local
@@ -281,18 +305,21 @@ def render_model_card(
     if not eval_sources:
         eval_sources = sorted(out.glob("eval_results*.json"))
     adapted_ref = repo_id or os.fspath(out)
-    base_entries, adapted_entries = split_eval_results(
-        load_eval_results(eval_sources), base_model=base_source, adapted_model=adapted_ref
+    base_entries, adapted_entries = attribute_eval_results(
+        load_eval_results(eval_sources),
+        adapted_refs=[os.fspath(out), *([repo_id] if repo_id else [])],
+        adapted_sha256=weights_sha256(out / WEIGHTS_FILE),
+        base_model=base_source,
+        base_files=load_eval_results(base_eval_results),
     )
-    forced = [dict(r) for data in load_eval_results(base_eval_results) for r in data["results"]]
-    if forced:
-        base_entries = list({**{_result_key(e): e for e in base_entries}, **{_result_key(e): e for e in forced}}.values())
 
     model_name = repo_id.split("/")[-1] if repo_id else out.resolve().name
     card_data = ModelCardData(
         library_name="transformers",
-        pipeline_tag="image-feature-extraction",
+        pipeline_tag=pipeline_tag,
         license=license,
+        license_name=license_name,
+        license_link=license_link,
         base_model=base_model_meta,
         datasets=list(datasets) if datasets else None,
         tags=list(dict.fromkeys([*DEFAULT_TAGS, *tags])),
@@ -319,6 +346,7 @@ def render_model_card(
         config_table=_md_table(config_pairs, ("Setting", "Value")) if config_pairs
         else "No `training_config.yaml` was found in the output folder.",
         compute_table=_compute_table(summary),
+        notice=notice,
         citation=CITATION,
         paka_hf_version=__version__,
     )
@@ -358,12 +386,3 @@ def _count_parameters(path: Path) -> int | None:
                 n *= dim
             total += n
     return total
-
-
-def write_model_card(output_dir: str | os.PathLike, repo_id: str | None = None, **kwargs: Any) -> Path:
-    """Render the card (see :func:`render_model_card`) and save it as ``output_dir/README.md``."""
-    card = render_model_card(output_dir, repo_id, **kwargs)
-    path = Path(output_dir) / CARD_FILE
-    card.save(path)
-    return path
-

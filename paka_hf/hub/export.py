@@ -7,20 +7,25 @@ folder are defined here.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
-EXPORT_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
+#: The weights file; its sha256 identifies the model an evaluation measured (see :func:`weights_sha256`).
+WEIGHTS_FILE = "model.safetensors"
+#: Files of the export folder that make the model loadable with ``AutoModel`` / ``AutoImageProcessor``.
+EXPORT_FILES = ("config.json", WEIGHTS_FILE, "preprocessor_config.json")
 #: The training configuration written by the trainer, pushed next to the model (token-like keys redacted).
 TRAINING_CONFIG_FILE = "training_config.yaml"
 TRAINING_SUMMARY_FILE = "training_summary.json"
-
+#: The model card in the repository (rendered at each push, never written into the output folder).
 CARD_FILE = "README.md"
 #: Sub-folder of the output folder (and of the repository) that holds the card's pictures.
 PICTURES_DIR = "pictures"
 
 _SUPPORTED_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
+
 
 def default_image_processor(crop_size: int = 224):
     """The DINOv2 preprocessing of the ``facebook/dinov2-*`` checkpoints as a ``BitImageProcessor``.
@@ -84,3 +89,26 @@ def save_backbone(model: Any, output_dir: str | os.PathLike, image_processor: An
     (image_processor if image_processor is not None else default_image_processor()).save_pretrained(out)
     return out
 
+
+
+def weights_sha256(path: str | os.PathLike) -> str | None:
+    """sha256 (hex) of ``path``, or of ``path/model.safetensors`` for a folder; ``None`` when there is no such file.
+
+    This is the identity of a model's weights that evaluation results record and the push checks: the same
+    digest the Hub shows as the LFS ``sha256`` of ``model.safetensors``.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / WEIGHTS_FILE
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether ``path``, with every symlink followed, lies inside ``folder`` (also resolved)."""
+    return Path(path).resolve().is_relative_to(Path(folder).resolve())
