@@ -116,3 +116,16 @@ def test_visualize_script_writes_pictures_the_card_embeds(out, tmp_path, tiny_co
     assert sorted(p.name for p in (out / "pictures").iterdir()) == ["clusters.png", "pca.png", "retrieval.png"]
     text = render_model_card(out).text
     assert "](pictures/pca.png)" in text and "](pictures/retrieval.png)" in text
+
+
+def test_push_script_without_private_keeps_the_namespace_default(out, monkeypatch):
+    """No --private: nothing is asked, so an organization whose new repositories are private keeps it so
+    (before: the script sent private=False and published the model)."""
+    from huggingface_hub import constants
+
+    with HubStandIn(max_lifetime_s=60, private_by_default={"paka-org"}) as server:
+        go_online(monkeypatch, server.url)
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        assert _load("push_to_hub").main([str(out), "--repo_id", "paka-org/cli"]) == 0
+        assert server.repos["paka-org/cli"].private is True

@@ -102,9 +102,9 @@ def test_in_progress_push_runs_in_the_background(server, tmp_path, tiny_config, 
     released = []
     real_push = trainer_hub.push_to_hub
 
-    def slow_push(folder, **kwargs):
+    def slow_push(*args, **kwargs):
         released.append(reached_last_step.wait(timeout=10))
-        return real_push(folder, **kwargs)
+        return real_push(*args, **kwargs)
 
     class Progress(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
