@@ -18,12 +18,13 @@ from typing import Any
 
 import yaml
 
-from .export import PICTURES_DIR, TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE, WEIGHTS_FILE, is_inside, weights_sha256
+from .export import (
+    PICTURES_DIR, REPO_ID_PATTERN, TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE, WEIGHTS_FILE, is_inside,
+    weights_sha256,
+)
 from .results import attribute_eval_results, load_eval_results, result_key
 
 logger = logging.getLogger(__name__)
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "model_cards" / "paka_model_card.md"
 
@@ -236,7 +237,7 @@ print(patch_grid.shape)'''
 
 
 def _is_hub_id(value: Any) -> bool:
-    return isinstance(value, str) and bool(_HUB_ID.match(value)) and not Path(value).expanduser().exists()
+    return isinstance(value, str) and bool(REPO_ID_PATTERN.match(value)) and not Path(value).expanduser().exists()
 
 
 def render_model_card(

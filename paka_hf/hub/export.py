@@ -2,13 +2,14 @@
 
 :func:`save_backbone` writes ``config.json``, ``model.safetensors`` (never a pickle) and
 ``preprocessor_config.json``; the names of every file the Hub code reads from or writes to an output
-folder are defined here.
+folder, and the form of a repository id, are defined here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,9 @@ TRAINING_SUMMARY_FILE = "training_summary.json"
 CARD_FILE = "README.md"
 #: Sub-folder of the output folder (and of the repository) that holds the card's pictures.
 PICTURES_DIR = "pictures"
+
+#: A Hub repository id, ``namespace/name``.
+REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 _SUPPORTED_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
 

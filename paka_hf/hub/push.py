@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -35,15 +34,13 @@ import yaml
 
 from ..errors import ConfigError, MissingPathError, PaKAUserError
 from .card import find_pictures, redact_secrets, render_model_card
-from .export import CARD_FILE, EXPORT_FILES, TRAINING_CONFIG_FILE, is_inside
+from .export import CARD_FILE, EXPORT_FILES, REPO_ID_PATTERN, TRAINING_CONFIG_FILE, is_inside
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_COMMIT_MESSAGE = "Upload PaKA-adapted DINOv2 backbone"
 #: Remote files a push never deletes: ``.gitattributes`` is the Hub's own (LFS rules made at creation).
 KEEP_REMOTE = (".gitattributes",)
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class HubAuthenticationError(PaKAUserError, PermissionError):
@@ -208,7 +205,7 @@ def push_to_hub(
     """
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
-    if not isinstance(repo_id, str) or not _HUB_ID.match(repo_id):
+    if not isinstance(repo_id, str) or not REPO_ID_PATTERN.match(repo_id):
         raise ConfigError(f"repo_id must look like 'org/name' (got {repo_id!r})")
     out = Path(output_dir)
     files = collect_upload_files(out)
@@ -243,7 +240,9 @@ def push_to_hub(
     created = _ensure_repo(api, repo_id, private, retry)
     try:
         if branch != "main":
-            _with_retries(lambda: api.create_branch(repo_id, branch=branch, exist_ok=True), what="create_branch", **retry)
+            _with_retries(
+                lambda: api.create_branch(repo_id, branch=branch, exist_ok=True), what="create_branch", **retry
+            )
         logger.info("Pushing %d files from %s to %s (%s)", len(uploads), out, repo_id, branch)
         info = _with_retries(commit, what="create_commit", **retry)
     except BaseException:
