@@ -397,3 +397,22 @@ def test_mislabelled_results_stop_the_push_before_anything_is_sent(server, out):
     with pytest.raises(hub.MislabelledResultsError, match="someone/else"):
         _push(out, eval_results=[eval_file("someone/else", 50.0, 40.0)])
     assert server.requests == [] and REPO not in server.repos
+
+
+def test_results_of_the_previous_push_never_label_new_weights(server, out, tiny_config):
+    """Evaluate the pushed model by its Hub id (weights from the cache), retrain, push again with that file:
+    the recorded hash is the previous push's, so the push stops instead of showing old numbers as new."""
+    from paka_hf.evaluation.results import EvaluationReport
+
+    _push(out)
+    AutoModel.from_pretrained(REPO)  # what scripts/evaluate.py does first: the weights land in the cache
+    report = EvaluationReport.for_model(REPO)
+    assert report.model_sha256 == hub.weights_sha256(out)
+    evaluated = {**report.to_dict(), "results": eval_file(REPO, 44.0, 34.0)["results"]}
+    _push(out, eval_results=[evaluated], commit_message="with results")  # same weights: the numbers count
+    assert b"| 44.0 |" in server.snapshot(REPO)["README.md"]
+
+    make_export_folder(out, tiny_config(registers=4), seed=11)
+    with pytest.raises(hub.MislabelledResultsError, match="with other weights"):
+        _push(out, eval_results=[evaluated])
+    assert [c.title for c in HfApi(endpoint=server.url).list_repo_commits(REPO, token=TOKEN)][0] == "with results"
