@@ -173,3 +173,37 @@ def test_end_strategy_pushes_only_at_the_end(server, tmp_path, tiny_config):
     assert REPO not in server.repos
     trainer.push_to_hub()
     assert _titles(server) == ["End of training", "initial commit"]
+
+
+def test_paka_trainer_every_save_pushes_the_exported_student(server, tmp_path, monkeypatch):
+    """The real PaKATrainer (HubPushMixin + export_backbone): each save pushes the student as a plain model."""
+    import numpy as np
+    from PIL import Image
+
+    from conftest import tiny_dinov2_config
+    from paka_hf import PaKAConfig, PaKATrainer
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)  # the token from the environment, as scripts/train.py takes it
+    torch.manual_seed(0)
+    AutoModel.from_config(tiny_dinov2_config(registers=2)).save_pretrained(tmp_path / "model")
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (60, 70, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{i}.jpg")
+    args = PaKAConfig(
+        output_dir=str(tmp_path / "run"), model_name_or_path=str(tmp_path / "model"),
+        dataset_name=str(tmp_path / "images"), max_steps=2, save_steps=1, per_device_train_batch_size=2,
+        global_size=56, local_size=28, n_local=2, head_hidden_dim=32, head_out_dim=16, dataloader_num_workers=0,
+        shuffle_buffer_size=4, use_cpu=True, disable_tqdm=True, report_to=[], seed=0,
+        push_to_hub=True, hub_model_id=REPO, hub_strategy="every_save", hub_always_push=True,
+    )
+    trainer = PaKATrainer(args=args)
+    trainer.train()
+    trainer.push_to_hub()
+    assert _titles(server) == ["End of training", "Training in progress, step 2", "Training in progress, step 1",
+                               "initial commit"]
+    files = server.snapshot(REPO)
+    assert set(files) == {".gitattributes", "README.md", "config.json", "model.safetensors",
+                          "preprocessor_config.json", "training_config.yaml"}
+    assert files["model.safetensors"] == (tmp_path / "run" / "model.safetensors").read_bytes()
+    assert server.repos[REPO].private is True  # hub_private_repo unset: the namespace's default
