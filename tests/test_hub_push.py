@@ -145,6 +145,7 @@ def test_authentication_errors_say_how_to_log_in(server, out, case, capsys, capl
     with pytest.raises(hub.HubAuthenticationError) as excinfo:
         hub.push_to_hub(out, repo, backoff_s=0.01, **kwargs)
     message = str(excinfo.value)
+    assert isinstance(excinfo.value, PaKAUserError) and isinstance(excinfo.value, PermissionError)
     assert "hf auth login" in message and "HF_TOKEN" in message
     assert ("HTTP 403" if case == "foreign-namespace" else "HTTP 401") in message
     assert REPO not in server.repos and "someone-else/model" not in server.repos
