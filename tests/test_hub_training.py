@@ -95,8 +95,8 @@ def test_trainer_pushes_paka_files_only_and_the_final_push_waits(server, tmp_pat
 
 
 def test_in_progress_push_runs_in_the_background(server, tmp_path, tiny_config, monkeypatch):
-    """The push of step 1 cannot finish until training has reached its last step: training must go on while
-    it runs (before: the push ran inside on_save and training stood still for its whole duration)."""
+    """The push of step 1 cannot finish until training has done all its steps and saves: training must go on
+    while it runs (before: the push ran inside on_save and training stood still for its whole duration)."""
     steps = 3
     reached_last_step = threading.Event()
     released = []
@@ -107,7 +107,7 @@ def test_in_progress_push_runs_in_the_background(server, tmp_path, tiny_config, 
         return real_push(*args, **kwargs)
 
     class Progress(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
+        def on_train_end(self, args, state, control, **kwargs):  # after the last step and its save
             if state.global_step == steps:
                 reached_last_step.set()
 
