@@ -45,7 +45,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, enable_full_determ
 
 from .backbones import PatchBackbone, ProjectionHead
 from .config import PaKAConfig
-from .hub import HubPushMixin, default_image_processor, save_backbone
+from .hub import default_image_processor, save_backbone
+from .trainer_hub import HubPushMixin
 from .data import STREAM_KEYS, PaKACollator, PaKAViewStream, StreamState, load_image_source
 from .modeling import PaKAModel
 from .teacher import teacher_momentum_at

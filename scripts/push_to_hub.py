@@ -2,10 +2,20 @@
 """Publish a PaKA training output folder to the Hugging Face Hub in one commit.
 
 Uploads exactly model.safetensors, config.json, preprocessor_config.json, README.md (the model card,
-rendered now from the folder, the training configuration and the evaluation results), pictures/*.png
-(from scripts/visualize.py) and training_config.yaml (token-like values redacted). Nothing else in the
-folder (checkpoints, optimizer state, logs, pickles) is uploaded. The push is a single commit: if it
-fails, the repository is left exactly as it was. Transient HTTP errors are retried with back-off.
+rendered now from the folder, the training configuration and the evaluation results; a README.md of
+your own in the folder is neither uploaded nor overwritten), pictures/*.png (from scripts/visualize.py)
+and training_config.yaml (token-like values redacted). Nothing else in the folder (checkpoints,
+optimizer state, logs, pickles) is uploaded, and remote files the export does not contain are deleted
+in the same commit: the repository then holds exactly this export. The push is a single commit: if it
+fails, the repository is left exactly as it was (a repository the push created is deleted again).
+Transient HTTP errors are retried with back-off.
+
+Visibility: without --private a new repository gets the namespace's default visibility; with --private
+it is created private, and an existing public repository stops the push. A push never changes the
+visibility of an existing repository.
+
+Evaluation results go on the card only for the model they measured (same weights, or same folder / Hub
+id) and its base; any other file, or two files measuring the same metric for one model, stops the push.
 
 Authentication: run `hf auth login` once, or set HF_TOKEN to a token with write access. There is
 deliberately no --token option (command lines are visible to other users of the machine).
@@ -28,6 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from paka_hf import hub  # noqa: E402
+from paka_hf.errors import PaKAUserError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="training output folder (written by scripts/train.py)")
     parser.add_argument("--repo_id", "--repo-id", required=True, metavar="ORG/NAME", help="target model repository")
-    parser.add_argument("--private", action="store_true", help="create the repository as private (ignored if it exists)")
+    parser.add_argument("--private", action="store_const", const=True, default=None,
+                        help="create the repository private; refuse to push if it exists and is public "
+                             "(default: a new repository gets the namespace's default visibility)")
     parser.add_argument("--eval_results", "--eval-results", nargs="+", default=[], metavar="JSON",
                         help="evaluation results from scripts/evaluate.py, base and adapted model alike "
                              "(default: OUTPUT_DIR/eval_results*.json)")
@@ -50,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--base_model", "--base-model", metavar="HUB_ID",
                         help="base model for the card metadata (default: model_name_or_path of training_config.yaml)")
     parser.add_argument("--dry_run", "--dry-run", action="store_true",
-                        help="write OUTPUT_DIR/README.md and list what would be uploaded, without contacting the Hub")
+                        help="print what would be uploaded and the model card, without contacting the Hub or "
+                             "writing anything")
     return parser
 
 
@@ -60,22 +74,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.dry_run:
             files = hub.collect_upload_files(args.output_dir)
-            card = hub.write_model_card(args.output_dir, args.repo_id, eval_results=args.eval_results,
-                                        license=args.license, base_model=args.base_model)
-            print(f"Would push to {args.repo_id} ({args.revision or 'main'}):")
+            card = hub.render_model_card(args.output_dir, args.repo_id, eval_results=args.eval_results,
+                                         license=args.license, base_model=args.base_model)
+            print(f"Would push to {args.repo_id} ({args.revision or 'main'}), deleting any other remote file:")
             for name in sorted([*files, hub.CARD_FILE]):
                 print(f"  {name}")
-            print(f"Model card written to {card}")
+            print(f"\n{hub.CARD_FILE} (the model card):\n\n{card.content}")
             return 0
         info = hub.push_to_hub(
             args.output_dir, args.repo_id, private=args.private, eval_results=args.eval_results,
             revision=args.revision, commit_message=args.commit_message, license=args.license,
             base_model=args.base_model,
         )
-    except hub.HubAuthenticationError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except (FileNotFoundError, ValueError) as err:
+    except (PaKAUserError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"Pushed {args.repo_id}: {info.commit_url}")

@@ -1,12 +1,13 @@
 """A loopback stand-in for the Hugging Face Hub, for testing pushes and downloads without a network.
 
-No Hub-compatible server installs from a package registry (SPEC §3), so this is a small stdlib
+No Hub-compatible server installs from a package registry, so this is a small stdlib
 ``http.server`` on 127.0.0.1 (ephemeral port, daemon thread) that speaks the endpoints the installed
 ``huggingface_hub`` (2.4) calls, with the same JSON shapes, headers and error codes:
 
 =========================================================  ==============================================
 ``GET  /api/whoami-v2``                                     who the bearer token belongs to
-``POST /api/repos/create``, ``DELETE /api/repos/delete``    create (409 if it exists) / delete a model repo
+``POST /api/repos/create``, ``DELETE /api/repos/delete``    create (409 if it exists; visibility as asked,
+                                                            else the namespace's default) / delete a repo
 ``POST /api/validate-yaml``                                 README metadata check run by ``create_commit``
 ``POST /api/models/{repo}/preupload/{rev}``                 per-file upload mode ("lfs" / "regular") and
                                                             the remote oid, so unchanged files are skipped
@@ -42,6 +43,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -132,10 +134,14 @@ class HubStandIn:
         orgs: dict[str, list[str]] | None = None,
         lfs: bool = True,
         max_lifetime_s: float = 300.0,
+        private_by_default: Iterable[str] = (),
     ):
         self.tokens = dict(tokens if tokens is not None else {"hf_standin_write_token": "stand-in-user"})
         self.orgs = dict(orgs if orgs is not None else {"stand-in-user": ["paka-org"]})
         self.lfs = lfs
+        # Namespaces whose new repositories are private unless the request says "public" (the Hub's
+        # organization setting "default repository visibility"); elsewhere the default is public.
+        self.private_by_default = set(private_by_default)
         self.repos: dict[str, Repo] = {}
         self.lfs_objects: dict[str, bytes] = {}  # sha256 -> content, uploaded but maybe not committed yet
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
@@ -417,7 +423,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HubError(403, f"You don't have the rights to create a model under the namespace {repo_id.split('/')[0]}")
         if repo_id in self.hub.repos:
             return self._json(409, {"error": "You already created this model repo", "url": f"{self.hub.url}/{repo_id}"})
-        private = payload.get("visibility") == "private" or bool(payload.get("private"))
+        visibility = payload.get("visibility") or ("private" if payload.get("private") else None)
+        private = visibility == "private" if visibility else repo_id.split("/")[0] in self.hub.private_by_default
         repo = Repo(repo_id, private=private)
         initial = _make_commit(repo, None, "initial commit", "", {
             ".gitattributes": RemoteFile(b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n", lfs=False)})

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import re
 import runpy
-from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,6 +14,7 @@ from transformers import AutoImageProcessor, AutoModel
 
 from hub_helpers import SECRET, TRAINING_CONFIG, eval_file, make_export_folder
 from paka_hf import hub
+from paka_hf.errors import PaKAUserError
 
 
 @pytest.fixture
@@ -133,12 +132,60 @@ def test_card_embeds_pictures(export_dir):
     assert text.index("pictures/pca.png") < text.index("pictures/clusters.png") < text.index("pictures/retrieval.png")
 
 
-def test_split_eval_results_dedupes_and_finds_the_base():
+def _hashed(model: str, sha256: str | None, linear: float, retrieval: float) -> dict:
+    return {**eval_file(model, linear, retrieval), "model_sha256": sha256}
+
+
+def test_results_of_another_model_stop_the_card(export_dir, tmp_path):
+    """A results file of a third model is never shown as this model's (before: it filled the PaKA column)."""
+    out, _ = export_dir
+    files = {"base.json": eval_file("facebook/dinov2-with-registers-small", 40.0, 30.0),
+             "paka.json": eval_file(str(out), 44.0, 34.0),
+             "other.json": eval_file("someone/another-model", 60.0, 50.0)}
+    for name, data in files.items():
+        (tmp_path / name).write_text(json.dumps(data))
+    with pytest.raises(hub.MislabelledResultsError, match=r"other\.json measured 'someone/another-model'") as err:
+        hub.render_model_card(out, "paka-org/x", eval_results=[tmp_path / name for name in files])
+    assert "base.json" not in str(err.value) and "paka.json" not in str(err.value)
+    assert isinstance(err.value, PaKAUserError)
+
+
+def test_results_of_earlier_weights_in_the_same_folder_stop_the_card(export_dir, tmp_path, tiny_config):
+    """Evaluated, then retrained into the same folder: the recorded hash no longer matches the weights."""
+    out, _ = export_dir
+    stale = tmp_path / "eval_old.json"
+    stale.write_text(json.dumps(_hashed(str(out), hub.weights_sha256(out), 44.0, 34.0)))
+    make_export_folder(out, tiny_config(registers=4), seed=7)  # the new run's weights
+    with pytest.raises(hub.MislabelledResultsError, match=r"eval_old\.json measured .* with other weights"):
+        hub.render_model_card(out, "paka-org/x", eval_results=[stale])
+    # the same weights evaluated under another name (a copy of the folder, the Hub id) do count
+    fresh = _hashed("/elsewhere/copy-of-out", hub.weights_sha256(out), 45.0, 35.0)
+    card = hub.render_model_card(out, "paka-org/x", eval_results=[fresh])
+    assert {r.metric_value for r in card.data.eval_results} == {45.0, 35.0}
+
+
+def test_two_files_measuring_the_same_metric_stop_the_card(export_dir, tmp_path):
+    """Two runs of one protocol for one model: the card cannot pick one (before: the later file won silently)."""
+    out, _ = export_dir
+    for name, linear in (("first.json", 41.0), ("rerun.json", 42.0)):
+        (tmp_path / name).write_text(json.dumps(eval_file(str(out), linear, 31.0)))
     base = eval_file("facebook/dinov2-with-registers-small", 40.0, 30.0)
-    first, rerun = eval_file("out/", 41.0, 31.0), eval_file("out/", 42.0, 32.0)
-    b, a = hub.split_eval_results([base, first, rerun], base_model="facebook/dinov2-with-registers-small")
-    assert [e["value"] for e in b] == [40.0, 30.0]
-    assert [e["value"] for e in a] == [42.0, 32.0]  # the re-run replaces the first run
+    with pytest.raises(hub.MislabelledResultsError, match=r"first\.json and .*rerun\.json both measure linear"):
+        hub.render_model_card(out, "paka-org/x", eval_results=[base, tmp_path / "first.json", tmp_path / "rerun.json"])
+
+
+def test_evaluation_report_records_the_weights_it_measured(export_dir, tmp_path):
+    import hashlib
+
+    from paka_hf.evaluation.results import EvaluationReport
+
+    out, _ = export_dir
+    report = EvaluationReport.for_model(out)
+    assert report.model == str(out)
+    assert report.model_sha256 == hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+    report.save(tmp_path / "eval.json")
+    assert json.loads((tmp_path / "eval.json").read_text())["model_sha256"] == report.model_sha256
+    assert EvaluationReport.for_model(tmp_path / "no-such-model").model_sha256 is None
 
 
 def test_base_eval_results_force_the_base_column(export_dir):
@@ -165,98 +212,3 @@ def test_redaction_of_training_config():
     assert redacted["hub_token"] == "<redacted>" and redacted["learning_rate"] == 1e-5
     assert hub.redact_secrets({"nested": {"api_key": "k", "hub_token": None}}) == {
         "nested": {"api_key": "<redacted>", "hub_token": None}}
-
-
-# ----- during training -----
-
-
-class _State(SimpleNamespace):
-    pass
-
-
-def _args(output_dir, **kw):
-    base = dict(output_dir=str(output_dir), push_to_hub=True, hub_model_id="paka-org/run", hub_strategy="every_save",
-                hub_private_repo=True, hub_token=SECRET, hub_revision=None)
-    base.update(kw)
-    return SimpleNamespace(**base)
-
-
-def test_callback_every_save_pushes_exported_backbone(tmp_path, tiny_config):
-    from transformers import TrainerControl, TrainerState, TrainingArguments
-
-    out = tmp_path / "run"
-    out.mkdir()
-    (out / "training_config.yaml").write_text(TRAINING_CONFIG)
-    torch.manual_seed(0)
-    student = AutoModel.from_config(tiny_config()).eval()
-    calls = []
-
-    def fake_push(folder, repo_id, **kwargs):
-        folder = Path(folder)
-        calls.append(dict(repo_id=repo_id, files=sorted(p.name for p in folder.iterdir()), **kwargs))
-        return f"commit-{len(calls)}"
-
-    args = TrainingArguments(output_dir=str(out), push_to_hub=True, hub_model_id="paka-org/run",
-                             hub_strategy="every_save", hub_private_repo=True, report_to=[])
-    callback = hub.HubPushCallback.from_training_args(
-        args, export_fn=lambda d: hub.save_backbone(student, d), push_fn=fake_push)
-    assert "token" not in repr(callback)
-    state = TrainerState()
-    state.global_step = 7
-    callback.on_save(args, state, TrainerControl())
-    assert callback.pushes == ["commit-1"]
-    (call,) = calls
-    assert call["repo_id"] == "paka-org/run" and call["private"] is True
-    assert call["commit_message"] == "Training in progress, step 7"
-    assert call["files"] == sorted([*hub.EXPORT_FILES, "training_config.yaml"])
-
-    state.is_world_process_zero = False  # other ranks never push
-    callback.on_save(args, state, TrainerControl())
-    assert len(calls) == 1
-
-
-def test_callback_end_strategy_and_disabled(tmp_path):
-    pushed = []
-    cb = hub.HubPushCallback.from_training_args(_args(tmp_path, hub_strategy="end"),
-                                                push_fn=lambda *a, **k: pushed.append(a))
-    cb.on_save(_args(tmp_path, hub_strategy="end"), _State(global_step=1, is_world_process_zero=True), None)
-    assert pushed == []
-    assert hub.HubPushCallback.from_training_args(_args(tmp_path, push_to_hub=False)) is None
-    assert hub.push_from_training_args(tmp_path, _args(tmp_path, push_to_hub=False)) is None
-
-
-def test_training_settings_are_validated(tmp_path):
-    with pytest.raises(ValueError, match="'every_save'.*'end'"):
-        hub.HubPushCallback.from_training_args(_args(tmp_path, hub_strategy="checkpoint"))
-    with pytest.raises(ValueError, match="pickles"):
-        hub.HubPushCallback("paka-org/run", strategy="all_checkpoints")
-    with pytest.raises(ValueError, match="hub_model_id"):
-        hub.push_from_training_args(tmp_path, _args(tmp_path, hub_model_id=None))
-
-
-def test_callback_without_export_fn_needs_a_plain_checkpoint(tmp_path):
-    out = tmp_path / "run"
-    (out / "checkpoint-3").mkdir(parents=True)
-    (out / "checkpoint-3" / "config.json").write_text(json.dumps({"model_type": "paka_training_module"}))
-    cb = hub.HubPushCallback("paka-org/run", push_fn=lambda *a, **k: None)
-    with pytest.raises(RuntimeError, match="export_fn"):
-        cb.on_save(_args(out), _State(global_step=3, is_world_process_zero=True), None)
-
-
-def test_failed_intermediate_push_does_not_stop_training(tmp_path, tiny_config, caplog):
-    out = tmp_path / "run"
-    out.mkdir()
-    student = AutoModel.from_config(tiny_config())
-
-    def broken_push(*args, **kwargs):
-        raise ConnectionError("hub unreachable")
-
-    def auth_push(*args, **kwargs):
-        raise hub.HubAuthenticationError("log in")
-
-    cb = hub.HubPushCallback("paka-org/run", export_fn=lambda d: hub.save_backbone(student, d), push_fn=broken_push)
-    cb.on_save(_args(out), _State(global_step=2, is_world_process_zero=True), None)
-    assert cb.pushes == [] and "training continues" in caplog.text
-    cb.push_fn = auth_push
-    with pytest.raises(hub.HubAuthenticationError):
-        cb.on_save(_args(out), _State(global_step=4, is_world_process_zero=True), None)

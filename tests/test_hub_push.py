@@ -22,6 +22,7 @@ from transformers import AutoImageProcessor, AutoModel
 from hub_helpers import SECRET, TOKEN, go_online, eval_file, make_export_folder
 from hub_server import HubStandIn
 from paka_hf import hub
+from paka_hf.errors import PaKAUserError
 
 REPO = "paka-org/dinov2-paka-tiny"
 EXPECTED = {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "training_config.yaml",
@@ -62,7 +63,8 @@ def test_create_push_and_exact_file_set(server, out):
     files = server.snapshot(REPO)
     assert set(files) == EXPECTED | {".gitattributes"}  # .gitattributes: made by the Hub at creation
     assert files["model.safetensors"] == (out / "model.safetensors").read_bytes()
-    assert files["README.md"] == (out / "README.md").read_bytes()
+    assert files["README.md"].startswith(b"---\n") and b"# paka-org/dinov2-paka-tiny" in files["README.md"]
+    assert not (out / "README.md").exists()  # the card goes into the upload, never into the output folder
     assert SECRET.encode() not in files["training_config.yaml"]
     assert b"hub_token: <redacted>" in files["training_config.yaml"]
     assert server.repos[REPO].private is True
@@ -143,6 +145,7 @@ def test_authentication_errors_say_how_to_log_in(server, out, case, capsys, capl
     with pytest.raises(hub.HubAuthenticationError) as excinfo:
         hub.push_to_hub(out, repo, backoff_s=0.01, **kwargs)
     message = str(excinfo.value)
+    assert isinstance(excinfo.value, PaKAUserError) and isinstance(excinfo.value, PermissionError)
     assert "hf auth login" in message and "HF_TOKEN" in message
     assert ("HTTP 403" if case == "foreign-namespace" else "HTTP 401") in message
     assert REPO not in server.repos and "someone-else/model" not in server.repos
@@ -240,51 +243,6 @@ def test_missing_files_are_reported_before_anything_is_sent(server, out):
     assert server.requests == []
 
 
-def test_push_from_training_args(server, out):
-    from types import SimpleNamespace
-
-    args = SimpleNamespace(push_to_hub=True, hub_model_id=REPO, hub_strategy="end", hub_private_repo=False,
-                           hub_token=TOKEN, hub_revision=None)
-    info = hub.push_from_training_args(out, args, eval_results=[eval_file(REPO, 41.0, 31.0)], backoff_s=0.01)
-    assert server.head(REPO) == info.oid
-    assert "End of training" == HfApi(endpoint=server.url).list_repo_commits(REPO, token=TOKEN)[0].title
-
-
-def test_training_callback_and_final_push_end_to_end(server, tmp_path, tiny_config):
-    """every_save pushes the exported student at each save; the final push after evaluation adds results."""
-    from transformers import TrainerControl, TrainerState, TrainingArguments
-
-    from hub_helpers import TRAINING_CONFIG
-
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "training_config.yaml").write_text(TRAINING_CONFIG)
-    torch.manual_seed(0)
-    student = AutoModel.from_config(tiny_config()).eval()
-    args = TrainingArguments(output_dir=str(run), push_to_hub=True, hub_model_id=REPO, hub_strategy="every_save",
-                             hub_token=TOKEN, report_to=[])
-    callback = hub.HubPushCallback.from_training_args(
-        args, export_fn=lambda d: hub.save_backbone(student, d), backoff_s=0.01)
-    state = TrainerState()
-    for step in (5, 10):
-        state.global_step = step
-        with torch.no_grad():
-            student.embeddings.cls_token.add_(1.0)  # "training" changes the weights between saves
-        callback.on_save(args, state, TrainerControl())
-    assert len(callback.pushes) == 2
-    assert not (run / "README.md").exists()  # in-progress pushes stage their files outside the run folder
-
-    hub.save_backbone(student, run)  # final export, then evaluation, then the final push
-    info = hub.push_from_training_args(run, args, eval_results=[eval_file(REPO, 44.0, 35.0)], backoff_s=0.01)
-    titles = [c.title for c in HfApi(endpoint=server.url).list_repo_commits(REPO, token=TOKEN)]
-    assert titles == ["End of training", "Training in progress, step 10", "Training in progress, step 5",
-                      "initial commit"]
-    assert info.oid == server.head(REPO)
-    card = ModelCard.load(REPO)
-    assert card.data.pipeline_tag == "image-feature-extraction" and card.data.eval_results[0].metric_value == 44.0
-    assert server.snapshot(REPO)["model.safetensors"] == (run / "model.safetensors").read_bytes()
-
-
 def _round_trip(out, tmp_path, endpoint: str) -> None:
     """Push to a new private repo of the token's user, list, download, compare outputs, delete the repo."""
     import uuid
@@ -324,47 +282,138 @@ def test_real_hub_round_trip(out, tmp_path, monkeypatch):
     _round_trip(out, tmp_path, constants._HF_DEFAULT_ENDPOINT)
 
 
-def test_trainer_with_mixin_pushes_paka_files_only(server, tmp_path, tiny_config):
-    """A real Trainer run: every_save pushes go through paka_hf.hub, never Trainer's folder upload or card."""
-    from torch import nn
-    from transformers import Trainer, TrainingArguments
+# ----- privacy is the user's (issue 13 item 5) -----
 
-    from hub_helpers import TRAINING_CONFIG
 
-    class Wrapper(nn.Module):  # stands in for the PaKA training module: backbone + a loss
-        def __init__(self):
-            super().__init__()
-            self.backbone = AutoModel.from_config(tiny_config())
+@pytest.mark.parametrize("private, expected", [(None, True), (False, False), (True, True)])
+def test_unset_privacy_follows_the_namespace_default(monkeypatch, tmp_path, out, private, expected):
+    """``private`` unset is sent as nothing at all, so an organization whose default is private gets a private
+    repository (before: ``private=False`` was sent, which published the model)."""
+    with HubStandIn(private_by_default={"paka-org"}, max_lifetime_s=60) as stand_in:
+        go_online(monkeypatch, stand_in.url, home=tmp_path / "hf_home")
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        _push(out, private=private, endpoint=stand_in.url)
+        assert stand_in.repos[REPO].private is expected
 
-        def forward(self, pixel_values):
-            return {"loss": self.backbone(pixel_values=pixel_values).last_hidden_state.pow(2).mean()}
 
-    class ToyTrainer(hub.HubPushMixin, Trainer):
-        def export_backbone(self, output_dir):
-            hub.save_backbone(self.model.backbone, output_dir)
+def test_private_push_into_an_existing_public_repo_stops(server, out, tiny_config):
+    _push(out, private=False)
+    before_head, before_files = server.head(REPO), server.snapshot(REPO)
+    make_export_folder(out, tiny_config(registers=4), seed=5)
+    with pytest.raises(hub.HubVisibilityError, match="already exists and is public") as err:
+        _push(out, private=True)
+    assert isinstance(err.value, PaKAUserError)
+    assert server.head(REPO) == before_head and server.snapshot(REPO) == before_files
+    assert server.repos[REPO].private is False
+    assert server.count("POST", r"/commit/") == 1  # only the first push's commit
+    _push(out)  # without --private the push goes on into the public repository the user chose before
 
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "training_config.yaml").write_text(TRAINING_CONFIG)
-    args = TrainingArguments(output_dir=str(run), push_to_hub=True, hub_model_id=REPO, hub_strategy="every_save",
-                             hub_token=TOKEN, max_steps=2, save_steps=1, per_device_train_batch_size=2,
-                             learning_rate=1e-2, report_to=[], use_cpu=True, disable_tqdm=True, save_only_model=True)
-    data = [{"pixel_values": torch.randn(3, 28, 28)} for _ in range(4)]
-    trainer = ToyTrainer(model=Wrapper(), args=args, train_dataset=data)
-    trainer.train()
-    info = trainer.push_to_hub(eval_results=[eval_file(REPO, 44.0, 35.0)], backoff_s=0.01)
 
-    titles = [c.title for c in HfApi(endpoint=server.url).list_repo_commits(REPO, token=TOKEN)]
-    assert titles == ["End of training", "Training in progress, step 2", "Training in progress, step 1",
-                      "initial commit"]
-    assert info.oid == server.head(REPO)
+@pytest.mark.parametrize("failure", ["commit-500", "lfs-upload-dropped"])
+def test_failed_first_push_leaves_no_repository(server, out, caplog, failure):
+    """The repository this push created is deleted again when its first commit fails (before: an empty
+    repository with the namespace's or a public visibility was left behind)."""
+    if failure == "commit-500":
+        server.fail("POST", r"/commit/", status=500, times=-1)
+    else:
+        server.fail("PUT", r"^/lfs-upload/", status=0, times=-1)
+    with pytest.raises(Exception):
+        _push(out, max_retries=1)
+    assert REPO not in server.repos
+    assert "deleted the repository it had created" in caplog.text
+
+
+def test_failed_push_to_an_existing_repo_never_deletes_it(server, out, tiny_config):
+    _push(out)
+    make_export_folder(out, tiny_config(registers=4), seed=9)
+    server.fail("POST", r"/commit/", status=500, times=-1)
+    with pytest.raises(Exception):
+        _push(out, max_retries=0, commit_message="fails")
+    assert REPO in server.repos and server.count("DELETE", r"/api/repos/delete") == 0
+
+
+# ----- the remote is exactly what was pushed (issue 13 item 6) -----
+
+
+def test_push_deletes_stale_remote_files_in_the_same_commit(server, out):
+    _push(out)
+    # an older upload left a pickle and a picture the new export no longer has
+    api = HfApi(endpoint=server.url, token=TOKEN)
+    from huggingface_hub import CommitOperationAdd
+
+    api.create_commit(REPO, [CommitOperationAdd("pytorch_model.bin", b"old pickle"),
+                             CommitOperationAdd("pictures/old_pca.png", b"\x89PNG old")], commit_message="old run")
+    (out / "pictures" / "pca.png").unlink()
+    info = _push(out, commit_message="New export")
     files = server.snapshot(REPO)
-    assert set(files) == {".gitattributes", "README.md", "config.json", "model.safetensors",
-                          "preprocessor_config.json", "training_config.yaml"}
-    assert b"pipeline_tag: image-feature-extraction" in files["README.md"]
-    assert b"generated_from_trainer" not in files["README.md"]
-    remote = AutoModel.from_pretrained(REPO, cache_dir=tmp_path / "cache").eval()
-    pixels = torch.randn(1, 3, 28, 28)
-    with torch.no_grad():
-        assert torch.equal(remote(pixel_values=pixels).last_hidden_state,
-                           trainer.model.backbone.eval()(pixel_values=pixels).last_hidden_state)
+    assert set(files) == (EXPECTED - {"pictures/pca.png"}) | {".gitattributes"}
+    titles = [c.title for c in api.list_repo_commits(REPO)]
+    assert titles == ["New export", "old run", hub.DEFAULT_COMMIT_MESSAGE, "initial commit"]  # one commit
+    assert info.oid == server.head(REPO)
+
+
+def test_symlinked_pictures_outside_the_folder_are_skipped(server, out, tmp_path, caplog):
+    from PIL import Image
+
+    private = tmp_path / "private"
+    private.mkdir()
+    Image.new("RGB", (4, 4), "blue").save(private / "holiday.png")
+    (out / "pictures" / "pca_leak.png").symlink_to(private / "holiday.png")
+    (out / "pictures" / "pca_inside.png").symlink_to(out / "pictures" / "pca.png")  # inside: fine
+    _push(out)
+    files = server.snapshot(REPO)
+    assert "pictures/pca_leak.png" not in files and "pictures/pca_inside.png" in files
+    assert b"pca_leak" not in files["README.md"]
+    assert "pca_leak.png" in caplog.text and "outside" in caplog.text
+
+
+def test_symlinked_pictures_folder_outside_is_skipped(server, out, tmp_path):
+    import shutil
+
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(out / "pictures", elsewhere)
+    (out / "pictures").symlink_to(elsewhere, target_is_directory=True)
+    _push(out)
+    assert not any(name.startswith("pictures/") for name in server.snapshot(REPO))
+
+
+def test_export_file_symlinked_outside_the_folder_is_refused(server, out, tmp_path):
+    outside = tmp_path / "someone_elses.safetensors"
+    (out / "model.safetensors").rename(outside)
+    (out / "model.safetensors").symlink_to(outside)
+    with pytest.raises(hub.UnsafeUploadError, match="model.safetensors -> .*someone_elses.safetensors"):
+        _push(out)
+    assert server.requests == []
+
+
+def test_own_readme_is_never_overwritten_nor_uploaded(server, out):
+    (out / "README.md").write_text("my own notes about this run\n")
+    _push(out)
+    assert (out / "README.md").read_text() == "my own notes about this run\n"
+    remote = server.snapshot(REPO)["README.md"]
+    assert b"pipeline_tag: image-feature-extraction" in remote and b"my own notes" not in remote
+
+
+def test_mislabelled_results_stop_the_push_before_anything_is_sent(server, out):
+    with pytest.raises(hub.MislabelledResultsError, match="someone/else"):
+        _push(out, eval_results=[eval_file("someone/else", 50.0, 40.0)])
+    assert server.requests == [] and REPO not in server.repos
+
+
+def test_results_of_the_previous_push_never_label_new_weights(server, out, tiny_config):
+    """Evaluate the pushed model by its Hub id (weights from the cache), retrain, push again with that file:
+    the recorded hash is the previous push's, so the push stops instead of showing old numbers as new."""
+    from paka_hf.evaluation.results import EvaluationReport
+
+    _push(out)
+    AutoModel.from_pretrained(REPO)  # what scripts/evaluate.py does first: the weights land in the cache
+    report = EvaluationReport.for_model(REPO)
+    assert report.model_sha256 == hub.weights_sha256(out)
+    evaluated = {**report.to_dict(), "results": eval_file(REPO, 44.0, 34.0)["results"]}
+    _push(out, eval_results=[evaluated], commit_message="with results")  # same weights: the numbers count
+    assert b"| 44.0 |" in server.snapshot(REPO)["README.md"]
+
+    make_export_folder(out, tiny_config(registers=4), seed=11)
+    with pytest.raises(hub.MislabelledResultsError, match="with other weights"):
+        _push(out, eval_results=[evaluated])
+    assert [c.title for c in HfApi(endpoint=server.url).list_repo_commits(REPO, token=TOKEN)][0] == "with results"

@@ -65,16 +65,39 @@ def test_push_script_auth_failure_exit_code(out, tmp_path, monkeypatch, capsys):
         go_online(monkeypatch, server.url)
         monkeypatch.setenv("HF_TOKEN", "hf_not_a_valid_token")
         monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
-        assert _load("push_to_hub").main([str(out), "--repo_id", "paka-org/cli"]) == 1
+        assert _load("push_to_hub").main([str(out), "--repo_id", "paka-org/cli"]) == 2  # a user error
     err = capsys.readouterr().err
     assert "hf auth login" in err and "hf_not_a_valid_token" not in err
 
 
-def test_push_script_dry_run_contacts_nobody(out, capsys, monkeypatch):
+def _tree(folder):
+    return {p.relative_to(folder): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
+
+
+def test_push_script_dry_run_contacts_nobody_and_writes_nothing(out, capsys, monkeypatch):
+    """--dry_run prints the file list and the card (before: it wrote OUTPUT_DIR/README.md)."""
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # would fail if anything were sent
+    before = _tree(out)
     assert _load("push_to_hub").main([str(out), "--repo_id", "paka-org/cli", "--dry_run"]) == 0
     text = capsys.readouterr().out
-    assert "model.safetensors" in text and "README.md" in text and (out / "README.md").is_file()
+    assert "  model.safetensors" in text and "  README.md" in text and "pipeline_tag: image-feature-extraction" in text
+    assert _tree(out) == before
+
+
+def test_push_script_private_on_existing_public_repo_stops(out, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    with HubStandIn(max_lifetime_s=60) as server:
+        go_online(monkeypatch, server.url)
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        script = _load("push_to_hub")
+        assert script.main([str(out), "--repo_id", "paka-org/cli"]) == 0  # namespace default: public here
+        capsys.readouterr()
+        assert script.main([str(out), "--repo_id", "paka-org/cli", "--private"]) == 2
+        assert server.repos["paka-org/cli"].private is False
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: paka-org/cli already exists and is public")
 
 
 def test_visualize_script_writes_pictures_the_card_embeds(out, tmp_path, tiny_config, capsys):
@@ -93,3 +116,16 @@ def test_visualize_script_writes_pictures_the_card_embeds(out, tmp_path, tiny_co
     assert sorted(p.name for p in (out / "pictures").iterdir()) == ["clusters.png", "pca.png", "retrieval.png"]
     text = render_model_card(out).text
     assert "](pictures/pca.png)" in text and "](pictures/retrieval.png)" in text
+
+
+def test_push_script_without_private_keeps_the_namespace_default(out, monkeypatch):
+    """No --private: nothing is asked, so an organization whose new repositories are private keeps it so
+    (before: the script sent private=False and published the model)."""
+    from huggingface_hub import constants
+
+    with HubStandIn(max_lifetime_s=60, private_by_default={"paka-org"}) as server:
+        go_online(monkeypatch, server.url)
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        assert _load("push_to_hub").main([str(out), "--repo_id", "paka-org/cli"]) == 0
+        assert server.repos["paka-org/cli"].private is True

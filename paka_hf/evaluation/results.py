@@ -4,11 +4,18 @@ Schema (keys fixed; ``value``, ``per_class_iou`` and ``pixel_accuracy`` in perce
 ``seeds`` only for multi-seed protocols, ``null`` otherwise)::
 
     {"paka_hf_version": "0.1.0", "date": "2026-01-01T00:00:00+00:00", "model": "<id or path>",
+     "model_sha256": "<sha256 of the model's model.safetensors, or null>",
      "results": [{"protocol": "linear", "task_type": "semantic-segmentation",
                   "dataset_name": "CamVid", "dataset_type": "camvid", "dataset_config": null, "split": "val",
                   "metric_type": "mean_iou", "metric_name": "mIoU (linear)", "value": 42.1,
                   "settings": {...}, "per_class_iou": {"Sky": 90.1, ...}, "pixel_accuracy": 80.0,
                   "std": null, "seeds": null}]}
+
+``model`` and ``model_sha256`` say which model was measured: the push to the Hub puts a file's numbers on a
+model card only for the model it records (:mod:`paka_hf.hub.results`), so an evaluation of an earlier run
+in the same folder, or of the previous push of a repository, is never shown for new weights.
+``model_sha256`` is ``null`` when the weights are not one local ``model.safetensors`` (a sharded model, a
+Hub id not in the local cache); files written before it existed load with ``null`` too.
 
 Each entry maps onto one Hub ``model-index`` result: ``task_type`` → ``task.type``,
 ``dataset_*`` → ``dataset.{name,type,config,split}``, ``metric_*``/``value`` → ``metrics[0]``.
@@ -26,12 +33,13 @@ from typing import Any
 import numpy as np
 
 from paka_hf import __version__
+from paka_hf.hub.export import WEIGHTS_FILE, weights_sha256
 
 RESULT_KEYS = (
     "protocol", "task_type", "dataset_name", "dataset_type", "dataset_config", "split", "metric_type",
     "metric_name", "value", "settings", "per_class_iou", "pixel_accuracy", "std", "seeds",
 )  # fmt: skip
-TOP_KEYS = ("paka_hf_version", "date", "model", "results")
+TOP_KEYS = ("paka_hf_version", "date", "model", "model_sha256", "results")
 
 
 def _clean(value: Any) -> Any:
@@ -84,12 +92,32 @@ class MetricResult:
         return cls(**{k: data[k] for k in RESULT_KEYS})
 
 
+def model_weights_sha256(model_name_or_path: str | os.PathLike, revision: str | None = None) -> str | None:
+    """sha256 of the ``model.safetensors`` that ``from_pretrained(model_name_or_path)`` loads, if it is one file.
+
+    A local folder: its own file. A Hub id: the file in the local Hugging Face cache (where ``from_pretrained``
+    has just put it; the network is never used). ``None`` otherwise (sharded weights, nothing cached).
+    """
+    local = weights_sha256(model_name_or_path)
+    if local is not None or os.path.isdir(os.path.expanduser(os.fspath(model_name_or_path))):
+        return local
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(os.fspath(model_name_or_path), WEIGHTS_FILE, revision=revision)
+    except Exception:  # not a valid repo id: nothing to record
+        return None
+    return weights_sha256(cached) if isinstance(cached, str) else None
+
+
 @dataclass
 class EvaluationReport:
-    """A run's results: model, package version, UTC date and a list of :class:`MetricResult`."""
+    """A run's results: the model measured (id or path, and the sha256 of its weights), package version, UTC
+    date and a list of :class:`MetricResult`. Build it with :meth:`for_model` to record the weights' hash."""
 
     model: str
     results: list[MetricResult] = field(default_factory=list)
+    model_sha256: str | None = None
     date: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     paka_hf_version: str = __version__
 
@@ -98,6 +126,7 @@ class EvaluationReport:
             "paka_hf_version": self.paka_hf_version,
             "date": self.date,
             "model": str(self.model),
+            "model_sha256": self.model_sha256,
             "results": [r.to_dict() for r in self.results],
         }
 
@@ -112,12 +141,18 @@ class EvaluationReport:
             handle.write(self.to_json() + "\n")
 
     @classmethod
+    def for_model(cls, model_name_or_path: str | os.PathLike, revision: str | None = None) -> "EvaluationReport":
+        """An empty report for ``model_name_or_path`` that records the sha256 of its weights."""
+        return cls(model=str(model_name_or_path), model_sha256=model_weights_sha256(model_name_or_path, revision))
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EvaluationReport":
-        missing = [k for k in TOP_KEYS if k not in data]
+        missing = [k for k in TOP_KEYS if k not in data and k != "model_sha256"]  # files of 0.1 have no hash
         if missing:
             raise ValueError(f"results JSON lacks keys {missing}; expected {list(TOP_KEYS)}")
         return cls(
             model=data["model"],
+            model_sha256=data.get("model_sha256"),
             results=[MetricResult.from_dict(r) for r in data["results"]],
             date=data["date"],
             paka_hf_version=data["paka_hf_version"],

@@ -140,7 +140,7 @@ def run_evaluation(
         return out, size
 
     common = {**val_ds.describe(), "split": val_ds.split}
-    report = EvaluationReport(model=str(model_name_or_path))
+    report = EvaluationReport.for_model(model_name_or_path)
     base_settings = {
         "backbone_patch_size": backbone.patch_size,
         "num_classes": val_ds.num_classes,

@@ -1,0 +1,43 @@
+"""Hub publishing: export the backbone, render the model card, push everything in one commit.
+
+The end product of PaKA is a plain ``transformers`` model on the Hub that anyone loads with
+``AutoModel.from_pretrained("org/dinov2-paka")``. One module per job:
+
+- :mod:`~paka_hf.hub.export`: :func:`save_backbone` writes the export folder (``config.json``,
+  ``model.safetensors``, ``preprocessor_config.json``);
+- :mod:`~paka_hf.hub.results`: which evaluation results belong to which model;
+- :mod:`~paka_hf.hub.card`: :func:`render_model_card` (template, results table, metadata);
+- :mod:`~paka_hf.hub.push`: :func:`push_to_hub` (one commit that makes the remote exactly the export,
+  visibility checks, retries, errors).
+
+Pushes during training live with the trainer (:mod:`paka_hf.trainer_hub`).
+
+Example::
+
+    >>> from paka_hf.hub import save_backbone, push_to_hub
+    >>> save_backbone(backbone, "out/")
+    >>> push_to_hub("out/", "org/dinov2-paka", eval_results=["base.json", "paka.json"])
+"""
+
+from .card import (
+    CITATION, DEFAULT_LICENSE, DEFAULT_PIPELINE_TAG, DEFAULT_TAGS, PAPER_URL, TEMPLATE_PATH, Picture, find_pictures,
+    read_training_config, redact_secrets, render_model_card, results_table,
+)
+from .export import (
+    CARD_FILE, EXPORT_FILES, PICTURES_DIR, TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE, WEIGHTS_FILE,
+    default_image_processor, save_backbone, weights_sha256,
+)
+from .push import (
+    DEFAULT_COMMIT_MESSAGE, HubAuthenticationError, HubVisibilityError, UnsafeUploadError, collect_upload_files,
+    push_to_hub, resolve_endpoint,
+)
+from .results import EvalResultsError, MislabelledResultsError, attribute_eval_results, load_eval_results
+
+__all__ = [
+    "CARD_FILE", "CITATION", "DEFAULT_COMMIT_MESSAGE", "DEFAULT_LICENSE", "DEFAULT_PIPELINE_TAG", "DEFAULT_TAGS",
+    "EXPORT_FILES", "EvalResultsError", "HubAuthenticationError", "HubVisibilityError", "MislabelledResultsError",
+    "PAPER_URL", "PICTURES_DIR", "Picture", "TEMPLATE_PATH", "TRAINING_CONFIG_FILE", "TRAINING_SUMMARY_FILE",
+    "UnsafeUploadError", "WEIGHTS_FILE", "attribute_eval_results", "collect_upload_files", "default_image_processor",
+    "find_pictures", "load_eval_results", "push_to_hub", "read_training_config", "redact_secrets",
+    "render_model_card", "resolve_endpoint", "results_table", "save_backbone", "weights_sha256",
+]

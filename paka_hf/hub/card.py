@@ -1,0 +1,389 @@
+"""The model card: ``model_cards/paka_model_card.md`` rendered with ``huggingface_hub.ModelCard``.
+
+Hub metadata, a ``model-index`` with every evaluation result of the adapted model, a base-vs-PaKA
+results table, a usage snippet that runs as written, the training configuration (secrets redacted) and
+compute, pictures from :mod:`paka_hf.visualize` and the paper's citation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .export import (
+    PICTURES_DIR, REPO_ID_PATTERN, TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE, WEIGHTS_FILE, is_inside,
+    weights_sha256,
+)
+from .results import attribute_eval_results, load_eval_results, result_key
+
+logger = logging.getLogger(__name__)
+
+TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "model_cards" / "paka_model_card.md"
+
+PAPER_URL = "https://arxiv.org/abs/2509.05606"
+# Title, authors and arXiv id as given on the arXiv listing of 2509.05606 (surnames only).
+CITATION = """@misc{yeo2025paka,
+  title         = {PaKA: Patch-level Kernel Alignment},
+  author        = {Yeo and Jang and Kim},
+  year          = {2025},
+  eprint        = {2509.05606},
+  archivePrefix = {arXiv},
+  url           = {https://arxiv.org/abs/2509.05606}
+}"""
+#: Card metadata for DINOv2 backbones; a backbone family with other terms passes its own to render_model_card.
+DEFAULT_LICENSE = "apache-2.0"
+DEFAULT_PIPELINE_TAG = "image-feature-extraction"
+DEFAULT_TAGS = ("dinov2", "paka", "vision", "self-supervised-learning", "dense-features", "arxiv:2509.05606")
+
+_SECRET_KEY = re.compile(r"(token|secret|password|api_key)", re.IGNORECASE)
+_REDACTED = "<redacted>"
+
+# Settings of training_config.yaml shown in the card's table, in this order (the full file is linked).
+_CARD_CONFIG_KEYS = (
+    "model_name_or_path", "dataset_name", "max_steps", "num_train_epochs", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "learning_rate", "head_learning_rate", "weight_decay", "global_size",
+    "local_size", "n_local", "min_intersection", "loss", "kernel", "kernel_scope", "roi_size",
+    "teacher_momentum", "use_head", "drop_path_rate", "bf16", "fp16", "seed", "export",
+)
+
+
+@dataclass
+class Picture:
+    """A PNG under ``pictures/`` with its title and caption, as embedded in the card."""
+
+    path: str  # relative to the repository root, e.g. "pictures/pca.png"
+    title: str
+    caption: str
+
+
+_PICTURE_TEXT = {
+    "pca": (
+        "PCA of patch features",
+        "Image, base model and PaKA model. The first three principal components of each model's last-layer "
+        "patch tokens are shown as RGB (PCA fitted per model over the images shown): regions that look alike "
+        "to the model get similar colours.",
+    ),
+    "clusters": (
+        "Overclustering",
+        "k-means on the L2-normalised patch tokens of each model (one clustering over all images shown), "
+        "overlaid on the images. Segments that follow object boundaries indicate semantically grouped features.",
+    ),
+    "retrieval": (
+        "Nearest-patch retrieval",
+        "A query patch (white box) and the cosine similarity of every patch to it, for the base and PaKA "
+        "models; black boxes mark the most similar patches in the other images.",
+    ),
+}
+
+
+def find_pictures(output_dir: str | os.PathLike) -> list[Picture]:
+    """The PNG files under ``output_dir/pictures`` (PCA, clusters, retrieval first), titled by name prefix.
+
+    A picture that resolves outside ``output_dir`` (a symlink, or a ``pictures`` folder that is one) is skipped
+    with a warning, so neither the card nor the upload ever carries content from elsewhere on the disk.
+    """
+    folder = Path(output_dir) / PICTURES_DIR
+    order = {kind: i for i, kind in enumerate(_PICTURE_TEXT)}  # pca, clusters, retrieval, then the rest
+    pngs = sorted(folder.glob("*.png"), key=lambda p: (order.get(p.stem.split("_")[0], len(order)), p.name)) \
+        if folder.is_dir() else []
+    pictures = []
+    for png in pngs:
+        if not is_inside(png, output_dir):
+            logger.warning("Skipping %s: a symlink to %s, outside %s (only the folder's own files are published)",
+                           png, png.resolve(), output_dir)
+            continue
+        kind = png.stem.split("_")[0]
+        title, caption = _PICTURE_TEXT.get(kind, (png.stem.replace("_", " ").capitalize(), ""))
+        pictures.append(Picture(path=f"{PICTURES_DIR}/{png.name}", title=title, caption=caption))
+    return pictures
+
+def _eval_result(entry: Mapping[str, Any]):
+    """One evaluation entry as a ``huggingface_hub.EvalResult`` (the card's ``model-index``)."""
+    from huggingface_hub import EvalResult
+
+    settings = entry.get("settings")
+    return EvalResult(
+        task_type=entry["task_type"],
+        task_name=entry.get("task_name") or entry["task_type"].replace("-", " ").capitalize(),
+        dataset_type=entry.get("dataset_type") or entry["dataset_name"],
+        dataset_name=entry["dataset_name"],
+        dataset_config=entry.get("dataset_config"),
+        dataset_split=entry.get("split"),
+        metric_type=entry["metric_type"],
+        metric_name=entry.get("metric_name"),
+        metric_value=round(float(entry["value"]), 4),
+        metric_config=entry.get("protocol"),
+        metric_args=_json_clean(settings) if isinstance(settings, Mapping) and settings else None,
+    )
+
+
+def _json_clean(value: Any) -> Any:
+    """Plain JSON/YAML types only (tuples to lists, numpy scalars to Python)."""
+    return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def _fmt_value(entry: Mapping[str, Any] | None) -> str:
+    if entry is None:
+        return "–"
+    text = f"{float(entry['value']):.1f}"
+    if entry.get("std") is not None:
+        text += f" ± {float(entry['std']):.1f}"
+    return text
+
+
+def results_table(base: Sequence[Mapping[str, Any]], adapted: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown table: one row per (protocol, dataset, split, metric), columns Base, PaKA and the change."""
+    rows: dict[tuple, dict[str, Any]] = {}
+    for column, entries in (("base", base), ("paka", adapted)):
+        for entry in entries:
+            rows.setdefault(result_key(entry), {})[column] = entry
+    if not rows:
+        return ""
+    lines = ["| Protocol | Dataset | Split | Metric | Base | PaKA | Δ |", "| --- | --- | --- | --- | ---: | ---: | ---: |"]
+    for key, cells in rows.items():
+        protocol, dataset, config, split, metric_type, metric_name = key
+        b, p = cells.get("base"), cells.get("paka")
+        delta = f"{float(p['value']) - float(b['value']):+.1f}" if b is not None and p is not None else "–"
+        dataset_text = f"{dataset} ({config})" if config else str(dataset)
+        lines.append(
+            f"| {protocol or '–'} | {dataset_text} | {split or '–'} | {metric_name or metric_type} | "
+            f"{_fmt_value(b)} | {_fmt_value(p)} | {delta} |"
+        )
+    return "\n".join(lines)
+
+
+def read_training_config(output_dir: str | os.PathLike) -> dict[str, Any]:
+    """``training_config.yaml`` of the output folder as a dict ({} if absent), secrets redacted."""
+    path = Path(output_dir) / TRAINING_CONFIG_FILE
+    if not path.is_file():
+        return {}
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a YAML mapping of training settings, got {type(data).__name__}")
+    return redact_secrets(data)
+
+
+def redact_secrets(value: Any) -> Any:
+    """Replace the values of token/secret/password-like keys (at any depth) with ``"<redacted>"``."""
+    if isinstance(value, Mapping):
+        return {
+            k: (_REDACTED if _SECRET_KEY.search(str(k)) and v not in (None, "", False) else redact_secrets(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redact_secrets(v) for v in value]
+    return value
+
+
+def _md_table(pairs: Sequence[tuple[str, Any]], header: tuple[str, str]) -> str:
+    lines = [f"| {header[0]} | {header[1]} |", "| --- | --- |"]
+    for key, value in pairs:
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value)
+        lines.append(f"| `{key}` | {str(value).replace('|', '/')} |")
+    return "\n".join(lines)
+
+
+def _compute_table(summary: Mapping[str, Any]) -> str:
+    if not summary:
+        return "No `training_summary.json` was found in the output folder, so compute is not reported."
+    pairs = []
+    runtime = summary.get("train_runtime_s")
+    if runtime is not None:
+        pairs.append(("train_runtime", f"{float(runtime) / 3600:.2f} h ({float(runtime):.0f} s)"))
+    if summary.get("device") is not None:
+        pairs.append(("device", summary["device"]))
+    if summary.get("num_processes") is not None:
+        pairs.append(("num_processes", summary["num_processes"]))
+        if runtime is not None:
+            pairs.append(("device_hours", f"{float(runtime) * int(summary['num_processes']) / 3600:.2f}"))
+    for key in ("images_seen", "images_skipped"):
+        if summary.get(key) is not None:
+            pairs.append((key, f"{int(summary[key]):,}"))
+    for key, value in summary.items():
+        if key not in {"train_runtime_s", "device", "num_processes", "images_seen", "images_skipped"}:
+            pairs.append((key, value))
+    return _md_table(pairs, ("Quantity", "Value"))
+
+
+def _usage_snippet(model_ref: str) -> str:
+    return f'''import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModel
+
+model_id = "{model_ref}"
+processor = AutoImageProcessor.from_pretrained(model_id)
+model = AutoModel.from_pretrained(model_id).eval()
+
+image = Image.radial_gradient("L").convert("RGB")  # your picture: Image.open("photo.jpg").convert("RGB")
+inputs = processor(images=image, return_tensors="pt")
+with torch.no_grad():
+    hidden = model(**inputs).last_hidden_state  # (1, 1 + registers + h*w, D)
+
+num_prefix = 1 + (getattr(model.config, "num_register_tokens", 0) or 0)  # CLS (+ register) tokens
+height, width = inputs["pixel_values"].shape[-2:]
+h, w = height // model.config.patch_size, width // model.config.patch_size
+patch_tokens = hidden[:, num_prefix:]  # (1, h*w, D): one feature per patch
+patch_grid = patch_tokens.transpose(1, 2).reshape(1, -1, h, w)  # (1, D, h, w) dense feature map
+print(patch_grid.shape)'''
+
+
+def _is_hub_id(value: Any) -> bool:
+    return isinstance(value, str) and bool(REPO_ID_PATTERN.match(value)) and not Path(value).expanduser().exists()
+
+
+def render_model_card(
+    output_dir: str | os.PathLike,
+    repo_id: str | None = None,
+    *,
+    eval_results: Iterable[str | os.PathLike | Mapping[str, Any]] = (),
+    base_eval_results: Iterable[str | os.PathLike | Mapping[str, Any]] = (),
+    base_model: str | None = None,
+    datasets: Sequence[str] | None = None,
+    license: str = DEFAULT_LICENSE,
+    license_name: str | None = None,
+    license_link: str | None = None,
+    pipeline_tag: str = DEFAULT_PIPELINE_TAG,
+    notice: str | None = None,
+    tags: Sequence[str] = (),
+    template_path: str | os.PathLike | None = None,
+):
+    """Render the PaKA model card for ``output_dir`` and return a ``huggingface_hub.ModelCard``.
+
+    Reads from the output folder: ``config.json`` (architecture), ``preprocessor_config.json``,
+    ``training_config.yaml`` (settings; ``model_name_or_path`` is the base model, ``dataset_name`` the
+    training data), ``training_summary.json`` (compute) and ``pictures/*.png``. ``eval_results`` are
+    evaluation JSON files or dicts; when none are given, ``output_dir/eval_results*.json`` are used. Files
+    of the base model fill the *Base* column, files of this model (same weights hash, or same path / Hub
+    id) the *PaKA* column and the ``model-index``; any other file, or two files measuring the same thing
+    for one model, raise :class:`~paka_hf.hub.results.MislabelledResultsError` (rule:
+    :func:`~paka_hf.hub.results.attribute_eval_results`). ``base_eval_results`` are taken as the base's.
+
+    Metadata: ``license`` (an SPDX-like Hub id; ``"other"`` with ``license_name`` / ``license_link`` for a
+    custom licence), ``pipeline_tag`` and ``notice`` (extra text shown under the introduction, e.g. the
+    terms of a gated base model) default to the values for DINOv2 (Apache-2.0, image feature extraction).
+
+    ``repo_id`` goes into the usage snippet and the ``model-index`` name (the folder path is used when
+    ``None``). Metadata ``base_model`` / ``datasets`` are set only for Hub ids (the Hub rejects local
+    paths); override with ``base_model=`` / ``datasets=``. The card is not written to disk: call
+    ``card.save(path)``.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from .. import __version__
+
+    out = Path(output_dir)
+    config_path = out / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"{config_path} not found: render_model_card needs an export folder written by "
+            "paka_hf.hub.save_backbone (config.json, model.safetensors, preprocessor_config.json)."
+        )
+    model_config = json.loads(config_path.read_text(encoding="utf-8"))
+    preprocessor = {}
+    if (out / "preprocessor_config.json").is_file():
+        preprocessor = json.loads((out / "preprocessor_config.json").read_text(encoding="utf-8"))
+    training_config = read_training_config(out)
+    summary = {}
+    if (out / TRAINING_SUMMARY_FILE).is_file():
+        summary = json.loads((out / TRAINING_SUMMARY_FILE).read_text(encoding="utf-8"))
+
+    base_source = base_model or training_config.get("model_name_or_path")
+    base_model_meta = base_model or (base_source if _is_hub_id(base_source) else None)
+    dataset_source = training_config.get("dataset_name")
+    if datasets is None:
+        datasets = [dataset_source] if _is_hub_id(dataset_source) else None
+
+    eval_sources = list(eval_results)
+    if not eval_sources:
+        eval_sources = sorted(out.glob("eval_results*.json"))
+    adapted_ref = repo_id or os.fspath(out)
+    base_entries, adapted_entries = attribute_eval_results(
+        load_eval_results(eval_sources),
+        adapted_refs=[os.fspath(out), *([repo_id] if repo_id else [])],
+        adapted_sha256=weights_sha256(out / WEIGHTS_FILE),
+        base_model=base_source,
+        base_files=load_eval_results(base_eval_results),
+    )
+
+    model_name = repo_id.split("/")[-1] if repo_id else out.resolve().name
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag=pipeline_tag,
+        license=license,
+        license_name=license_name,
+        license_link=license_link,
+        base_model=base_model_meta,
+        datasets=list(datasets) if datasets else None,
+        tags=list(dict.fromkeys([*DEFAULT_TAGS, *tags])),
+        model_name=model_name if adapted_entries else None,
+        eval_results=[_eval_result(e) for e in adapted_entries] or None,
+    )
+
+    config_pairs = [(k, training_config[k]) for k in _CARD_CONFIG_KEYS if k in training_config]
+    crop = preprocessor.get("crop_size") or {}
+    num_params = _count_parameters(out / "model.safetensors")
+    kwargs = dict(
+        model_title=repo_id or model_name,
+        base_model_display=base_source,
+        dataset_display=dataset_source,
+        architecture=(model_config.get("architectures") or [model_config.get("model_type")])[0],
+        num_parameters=f"{num_params:,}" if num_params else "an unknown number of",
+        patch_size=model_config.get("patch_size", 14),
+        num_register_tokens=model_config.get("num_register_tokens", 0),
+        crop_size=f"{crop.get('height', '?')}×{crop.get('width', '?')}" if crop else "its configured size",
+        usage_snippet=_usage_snippet(adapted_ref),
+        results_table=results_table(base_entries, adapted_entries),
+        results_notes=_results_notes(base_entries + adapted_entries),
+        pictures=find_pictures(out),
+        config_table=_md_table(config_pairs, ("Setting", "Value")) if config_pairs
+        else "No `training_config.yaml` was found in the output folder.",
+        compute_table=_compute_table(summary),
+        notice=notice,
+        citation=CITATION,
+        paka_hf_version=__version__,
+    )
+    template = Path(template_path) if template_path is not None else TEMPLATE_PATH
+    if not template.is_file():
+        raise FileNotFoundError(
+            f"model card template {template} not found; run from a source checkout of paka_hf "
+            "(pip install -e .) or pass template_path="
+        )
+    return ModelCard.from_template(card_data, template_path=str(template), **kwargs)
+
+
+def _results_notes(entries: Sequence[Mapping[str, Any]]) -> str:
+    """One line per protocol with the settings that matter for reading the table."""
+    seen, lines = set(), []
+    for entry in entries:
+        settings = entry.get("settings") or {}
+        protocol = entry.get("protocol")
+        if not settings or protocol in seen:
+            continue
+        seen.add(protocol)
+        shown = ", ".join(f"{k}={v}" for k, v in list(settings.items())[:8] if not isinstance(v, (dict, list)))
+        lines.append(f"- *{protocol}*: {shown}")
+    return "\n".join(lines)
+
+
+def _count_parameters(path: Path) -> int | None:
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():
+            n = 1
+            for dim in f.get_slice(key).get_shape():
+                n *= dim
+            total += n
+    return total

@@ -1,0 +1,149 @@
+"""Which evaluation results belong on a model card: the pushed model's, its base's, and nothing else.
+
+``scripts/evaluate.py`` writes one JSON per (model, run) with the model it measured (``model``: Hub id or
+path) and the sha256 of that model's ``model.safetensors`` (``model_sha256``, see
+:mod:`paka_hf.evaluation.results`). :func:`attribute_eval_results` sorts files into the *PaKA* and *Base*
+columns of the card by that record:
+
+- a file counts for the pushed model when it recorded the same weights (sha256 of the export's
+  ``model.safetensors``), or, for a file that recorded no hash, the same path or Hub id;
+- a file counts for the base model when its ``model`` is the base (same Hub id, or same folder);
+- anything else stops the push with :class:`MislabelledResultsError` naming the files: a file of another
+  model, a file naming the pushed model but recording other weights (an evaluation of an earlier run in
+  the same folder or of the previous push), and two files that measure the same metric (protocol,
+  dataset, split, metric) for the same model, since the card could show only one of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import MissingPathError, PaKAUserError
+
+
+class EvalResultsError(PaKAUserError, ValueError):
+    """An evaluation-results file is not valid JSON or not in the schema of ``scripts/evaluate.py``."""
+
+
+class MislabelledResultsError(PaKAUserError, ValueError):
+    """Evaluation results that do not belong to the pushed model or its base, or that contradict each other."""
+
+
+def load_eval_results(sources: Iterable[str | os.PathLike | Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Read evaluation-results JSON files (or already-loaded dicts) written by ``scripts/evaluate.py``.
+
+    Each has ``model``, ``model_sha256`` (``None`` in files of paka_hf 0.1) and ``results`` (a list of
+    entries with ``protocol``, ``task_type``, ``dataset_name``, ``dataset_type``, ``split``, ``metric_type``,
+    ``metric_name``, ``value`` in percent...). The file name is kept as ``_source`` for messages. Raises
+    :class:`EvalResultsError` naming the file when the shape is wrong.
+    """
+    loaded = []
+    for number, source in enumerate(sources):
+        if isinstance(source, Mapping):
+            data, name = dict(source), f"<results #{number}>"
+        else:
+            name = os.fspath(source)
+            try:
+                data = json.loads(Path(name).read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                raise MissingPathError(f"evaluation results file {name} does not exist") from None
+            except json.JSONDecodeError as err:
+                raise EvalResultsError(f"evaluation results file {name} is not valid JSON: {err}") from None
+        results = data.get("results") if isinstance(data, dict) else None
+        if not isinstance(results, list):
+            raise EvalResultsError(
+                f"{name} has no 'results' list; expected the JSON written by scripts/evaluate.py "
+                '({"model": ..., "results": [{"protocol": ..., "value": ...}, ...]})'
+            )
+        for i, entry in enumerate(results):
+            missing = [k for k in ("task_type", "dataset_name", "metric_type", "value") if entry.get(k) is None]
+            if missing:
+                raise EvalResultsError(f"{name}: results[{i}] lacks {', '.join(missing)}")
+        data.setdefault("model", None)
+        data.setdefault("model_sha256", None)
+        data["_source"] = name
+        loaded.append(data)
+    return loaded
+
+
+def same_model(a: str | None, b: str | None) -> bool:
+    """Whether two model references name the same model: equal strings, or paths of one existing folder."""
+    if not a or not b:
+        return False
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+def result_key(entry: Mapping[str, Any]) -> tuple:
+    """What one result measures: (protocol, dataset, config, split, metric type, metric name)."""
+    return (
+        entry.get("protocol"), entry.get("dataset_name"), entry.get("dataset_config"), entry.get("split"),
+        entry.get("metric_type"), entry.get("metric_name"),
+    )
+
+
+def attribute_eval_results(
+    files: Sequence[Mapping[str, Any]],
+    *,
+    adapted_refs: Sequence[str],
+    adapted_sha256: str | None,
+    base_model: str | None,
+    base_files: Sequence[Mapping[str, Any]] = (),
+) -> tuple[list[dict], list[dict]]:
+    """Split loaded evaluation files (:func:`load_eval_results`) into (base, adapted) result entries.
+
+    ``adapted_refs``: the names the pushed model goes by (its output folder, its Hub id);
+    ``adapted_sha256``: the sha256 of its ``model.safetensors``; ``base_model``: the base model's Hub id or
+    path. ``base_files`` are taken as the base's on the caller's word (their ``model`` is not checked).
+    Raises :class:`MislabelledResultsError` naming every file that belongs to neither model, and every pair
+    of files that measure the same thing for the same model; see the module docstring for the rule.
+    """
+    columns: dict[str, dict[tuple, tuple[str, dict]]] = {"base": {}, "adapted": {}}
+    problems: list[str] = []
+    pushed = f"the pushed model ({', '.join(map(str, adapted_refs))}" + (
+        f", sha256 {adapted_sha256[:12]}…)" if adapted_sha256 else ")")
+
+    def add(column: str, data: Mapping[str, Any]) -> None:
+        for entry in data["results"]:
+            key = result_key(entry)
+            earlier = columns[column].get(key)
+            if earlier is not None and earlier[0] != data["_source"]:
+                what = "/".join(str(part) for part in key if part is not None)
+                problems.append(
+                    f"{earlier[0]} and {data['_source']} both measure {what} for the "
+                    f"{'base' if column == 'base' else 'pushed'} model"
+                )
+                continue
+            columns[column][key] = (data["_source"], dict(entry))
+
+    for data in base_files:
+        add("base", data)
+    for data in files:
+        model, sha = data.get("model"), data.get("model_sha256")
+        source = data["_source"]
+        names_adapted = any(same_model(model, ref) for ref in adapted_refs)
+        if sha is not None and adapted_sha256 is not None and sha == adapted_sha256:
+            add("adapted", data)
+        elif names_adapted and sha is not None and sha != adapted_sha256:
+            problems.append(
+                f"{source} measured {model} with other weights (sha256 {sha[:12]}…) than {pushed}: an evaluation "
+                "of an earlier run or an earlier push; evaluate the model again"
+            )
+        elif names_adapted:
+            add("adapted", data)
+        elif same_model(model, base_model):
+            add("base", data)
+        else:
+            problems.append(f"{source} measured {model!r}, which is neither {pushed} nor the base {base_model!r}")
+    if problems:
+        raise MislabelledResultsError(
+            "evaluation results that the card cannot show, nothing was pushed: " + "; ".join(dict.fromkeys(problems))
+            + ". Pass only this model's and its base's results files (--eval_results)."
+        )
+    return [entry for _, entry in columns["base"].values()], [entry for _, entry in columns["adapted"].values()]
