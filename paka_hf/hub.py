@@ -48,6 +48,8 @@ from typing import Any
 import yaml
 from transformers import TrainerCallback
 
+from .errors import PaKAUserError
+
 logger = logging.getLogger(__name__)
 
 #: Files of the export folder that make the model loadable with ``AutoModel`` / ``AutoImageProcessor``.
@@ -87,7 +89,7 @@ _CARD_CONFIG_KEYS = (
 )
 
 
-class HubAuthenticationError(PermissionError):
+class HubAuthenticationError(PaKAUserError, PermissionError):
     """The Hub refused the credentials (HTTP 401/403). The message says how to log in."""
 
 
