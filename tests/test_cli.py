@@ -178,6 +178,9 @@ def _in_process_cases(root):
                                                   "--data_dir", images, "--device", "cpu", "--output_file",
                                                   str(root / "r.json")],
                                      ["unknown dataset 'no_such_benchmark'"], False),
+        "evaluate_bad_protocol": ("evaluate", ["--model_name_or_path", model, "--dataset_name", "camvid",
+                                               "--protocol", "knn", "--device", "cpu"],
+                                  ["unknown protocol(s) ['knn']"], True),
         "visualize_output_dir": ("visualize", [str(root / "no_such_out"), "--images", "x.jpg"],
                                  ["OUTPUT_DIR", "no such folder"], True),
         "push_output_dir": ("push_to_hub", [str(root / "no_such_out"), "--repo_id", "org/name"],
@@ -186,7 +189,8 @@ def _in_process_cases(root):
 
 
 @pytest.mark.parametrize("case", ["bad_value", "missing_config", "no_checkpoint", "used_output_dir",
-                                  "evaluate_model_path", "evaluate_unknown_dataset", "visualize_output_dir",
+                                  "evaluate_model_path", "evaluate_unknown_dataset", "evaluate_bad_protocol",
+                                  "visualize_output_dir",
                                   "push_output_dir"])
 def test_user_errors_of_every_script_are_one_line_and_exit_2(runs, case, capsys, monkeypatch):
     """The same wrapper as ``python scripts/X.py``, called in this process (no torch import per case)."""

@@ -396,26 +396,30 @@ def test_a_crash_while_rewriting_a_complete_checkpoint_leaves_it_unmarked(assets
 
     output = tmp_path / "run"
     trainer = PaKATrainer(args=run_config(assets, output, max_steps=4, save_steps=2))
-    synced = []
-    fsync_tree = trainer_module._fsync_tree
-    monkeypatch.setattr(trainer_module, "_fsync_tree", lambda folder: (synced.append(
-        sorted(p.name for p in folder.iterdir())), fsync_tree(folder)))
     trainer.train()
     assert checkpoint_names(output) == ["checkpoint-2", "checkpoint-4"]
-    assert CHECKPOINT_MARKER not in synced[-1]  # the last fsync of checkpoint-4 came before its marker ...
-    assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
-            "paka_stream_rank0.json", "training_config.yaml", "training_summary.json"} <= set(synced[-1])  # ... over all
 
     def crash(output_dir):
         raise RuntimeError("power cut")
 
-    monkeypatch.setattr(trainer, "_save_rng_state", crash)  # weights and optimizer rewritten, RNG state not
-    with pytest.raises(RuntimeError, match="power cut"):
-        trainer._save_checkpoint(trainer.model, None)  # global_step is 4: into the complete checkpoint-4
+    with monkeypatch.context() as patched:
+        patched.setattr(trainer, "_save_rng_state", crash)  # weights and optimizer rewritten, RNG state not
+        with pytest.raises(RuntimeError, match="power cut"):
+            trainer._save_checkpoint(trainer.model, None)  # global_step is 4: into the complete checkpoint-4
     assert (output / "checkpoint-4" / "model.safetensors").is_file()
     assert not (output / "checkpoint-4" / CHECKPOINT_MARKER).exists()  # before: still marked, with mixed files
     assert checkpoint_names(output) == ["checkpoint-2"]
     assert trainer.resolve_checkpoint("latest").endswith("checkpoint-2")
+
+    synced = []  # what each fsync of the folder saw
+    fsync_tree = trainer_module._fsync_tree
+    monkeypatch.setattr(trainer_module, "_fsync_tree", lambda folder: (synced.append(
+        sorted(p.name for p in folder.iterdir())), fsync_tree(folder)))
+    trainer._save_checkpoint(trainer.model, None)  # the same save, uninterrupted
+    assert checkpoint_names(output) == ["checkpoint-2", "checkpoint-4"]
+    assert CHECKPOINT_MARKER not in synced[-1]  # the fsync came before the marker ...
+    assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
+            "paka_stream_rank0.json", "training_config.yaml", "training_summary.json"} <= set(synced[-1])  # ... of all
 
 
 def test_summary_adds_up_across_resumes_and_config_is_written_with_its_weights(assets, tmp_path, monkeypatch):
