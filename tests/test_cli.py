@@ -13,7 +13,6 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -226,6 +225,16 @@ def test_no_token_in_any_file_or_log_of_a_training_run(runs):
         assert token not in out + err
     assert "--hub_token on the command line is visible to every user of this machine" in err
     assert "HF_TOKEN" in err
+
+
+def test_a_token_in_a_config_file_warns_without_showing_it(tmp_path, caplog):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(f"max_steps: 2\nuse_cpu: true\nhub_token: {TOKEN_IN_ENVIRONMENT}\noutput_dir: {tmp_path}\n")
+    with caplog.at_level("WARNING", logger="train"):
+        config, origins = _load_script("train").parse_config_and_origins(["--config", str(config_file)])
+    assert f"hub_token in {config_file}: a token in a config file travels with the file" in caplog.text
+    assert "HF_TOKEN" in caplog.text and TOKEN_IN_ENVIRONMENT not in caplog.text
+    assert origins["hub_token"] == str(config_file) and config.hub_token == TOKEN_IN_ENVIRONMENT  # still used
 
 
 # ---- the wrapper itself, in process ----------------------------------------------------------------------

@@ -372,6 +372,10 @@ def test_a_fresh_run_never_mixes_with_the_checkpoints_of_an_earlier_one(assets, 
     assert checkpoint_names(output) == ["checkpoint-1", "checkpoint-2"]
     assert json.loads((output / "checkpoint-2" / "trainer_state.json").read_text())["max_steps"] == 2  # the new run's
     assert (output / "notes.txt").read_text() == "mine"
+    both = PaKATrainer(args=run_config(assets, output, overwrite_output_dir=True))
+    with pytest.raises(ConfigError, match="--overwrite_output_dir would remove .*checkpoint-2, the checkpoint to resume"):
+        both.train(resume_from_checkpoint="latest")
+    assert checkpoint_names(output) == ["checkpoint-1", "checkpoint-2"]
 
 
 def test_resuming_from_an_older_checkpoint_removes_the_later_ones_and_keeps_every_new_save(assets, tmp_path, caplog):
