@@ -23,6 +23,8 @@ from .losses import KERNELS, LOSSES, SCOPES
 from .paths import check_local_path
 
 EXPORTS = ("student", "teacher")
+STUDENT_VIEWS = ("local", "all")
+VIEW_RENDERINGS = ("cpu", "device")
 #: Fields read as a local path when they look like one (paka_hf.paths.looks_like_local_path).
 PATH_FIELDS = ("model_name_or_path", "dataset_name")
 #: A field whose name ends so holds a secret (the rule TrainingArguments.to_dict masks by).
@@ -32,8 +34,6 @@ SECRET_FIELD_SUFFIX = "_token"
 def secret_fields(names) -> list[str]:
     """The names among ``names`` that hold secrets (``hub_token``, ...)."""
     return [name for name in names if name.endswith(SECRET_FIELD_SUFFIX)]
-STUDENT_VIEWS = ("local", "all")
-VIEW_RENDERINGS = ("cpu", "device")
 
 
 def _help(text: str, **kwargs) -> Any:
@@ -238,6 +238,7 @@ class PaKAConfig(TrainingArguments):
     def paka_dict(self) -> dict[str, Any]:
         """The PaKA-specific fields plus the main optimisation settings, for the model card and YAML export."""
         keep = {f.name for f in fields(PaKAConfig) if f.name not in {f.name for f in fields(TrainingArguments)}}
+        keep.discard("overwrite_output_dir")  # what to do with an earlier run's folder, not a training setting
         keep |= {
             "learning_rate", "weight_decay", "lr_scheduler_type", "per_device_train_batch_size",
             "gradient_accumulation_steps", "max_steps", "num_train_epochs", "seed", "bf16", "warmup_steps",
