@@ -18,11 +18,22 @@ from typing import Any
 
 from transformers import TrainingArguments
 
+from .errors import ConfigError
 from .losses import KERNELS, LOSSES, SCOPES
+from .paths import check_local_path
 
 EXPORTS = ("student", "teacher")
 STUDENT_VIEWS = ("local", "all")
 VIEW_RENDERINGS = ("cpu", "device")
+#: Fields read as a local path when they look like one (paka_hf.paths.looks_like_local_path).
+PATH_FIELDS = ("model_name_or_path", "dataset_name")
+#: A field whose name ends so holds a secret (the rule TrainingArguments.to_dict masks by).
+SECRET_FIELD_SUFFIX = "_token"
+
+
+def secret_fields(names) -> list[str]:
+    """The names among ``names`` that hold secrets (``hub_token``, ...)."""
+    return [name for name in names if name.endswith(SECRET_FIELD_SUFFIX)]
 
 
 def _help(text: str, **kwargs) -> Any:
@@ -125,6 +136,12 @@ class PaKAConfig(TrainingArguments):
         "and only hides a NaN/inf loss from the logs; the update is applied either way.",
         default=False,
     )
+    overwrite_output_dir: bool = _help(
+        "Start a new run in an output_dir that holds checkpoints of an earlier one: remove those checkpoints (and "
+        "nothing else) first. Without it such a run stops at start-up; --resume_from_checkpoint latest continues "
+        "the earlier run instead.",
+        default=False,
+    )
     ddp_find_unused_parameters: bool | None = _help(
         "Every trainable parameter is used each step (the mask token is frozen), so DDP need not search.", default=False
     )
@@ -132,18 +149,21 @@ class PaKAConfig(TrainingArguments):
     def __post_init__(self):
         self._validate_method_fields()
         if self.remove_unused_columns:
-            raise ValueError(
+            raise ConfigError(
                 "remove_unused_columns must be False for PaKA: with True the collator never sees the image column"
             )
         if not self.ignore_data_skip:
-            raise ValueError(
+            raise ConfigError(
                 "ignore_data_skip must stay True: the PaKA stream resumes from its saved position; replaying "
                 "batches would decode every image again"
             )
-        super().__post_init__()
+        try:
+            super().__post_init__()
+        except ValueError as error:  # TrainingArguments' own validation: a value the user set
+            raise ConfigError(str(error)) from error
         if self.max_steps is None or self.max_steps <= 0:
             if self.dataset_num_images <= 0:
-                raise ValueError(
+                raise ConfigError(
                     "a streamed dataset has no length: set max_steps, or dataset_num_images together with "
                     "num_train_epochs (max_steps is then derived)"
                 )
@@ -153,7 +173,7 @@ class PaKAConfig(TrainingArguments):
     def _validate_method_fields(self) -> None:
         def choice(name: str, allowed: tuple[str, ...]) -> None:
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
         choice("loss", LOSSES)
         choice("kernel", KERNELS)
@@ -162,28 +182,47 @@ class PaKAConfig(TrainingArguments):
         choice("student_views", STUDENT_VIEWS)
         choice("view_rendering", VIEW_RENDERINGS)
         if not 0.0 <= self.min_intersection <= 1.0:
-            raise ValueError(f"min_intersection must be in [0, 1] (a containment fraction), got {self.min_intersection}")
+            raise ConfigError(f"min_intersection must be in [0, 1] (a containment fraction), got {self.min_intersection}")
         if not 0.0 <= self.teacher_momentum <= 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"teacher_momentum is the fraction of the teacher kept per step and must be in [0, 1], got "
                 f"{self.teacher_momentum} (the paper uses 0.9995)"
             )
         for name in ("global_scale", "local_scale", "crop_ratio"):
             value = getattr(self, name)
             if len(value) != 2 or not 0 < value[0] <= value[1]:
-                raise ValueError(f"{name} must be two numbers [min, max] with 0 < min <= max, got {value}")
+                raise ConfigError(f"{name} must be two numbers [min, max] with 0 < min <= max, got {value}")
         for name in ("global_scale", "local_scale"):
             if getattr(self, name)[1] > 1.0:
-                raise ValueError(f"{name} is a fraction of the image area; its max must be <= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} is a fraction of the image area; its max must be <= 1, got {getattr(self, name)}")
         for name in ("global_size", "local_size", "n_local", "roi_size", "head_hidden_dim", "head_out_dim", "max_box_tries"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.roi_size < 2:
-            raise ValueError(f"roi_size must be >= 2 (a kernel needs two tokens), got {self.roi_size}")
+            raise ConfigError(f"roi_size must be >= 2 (a kernel needs two tokens), got {self.roi_size}")
         if self.loss == "cosine" and self.kernel_scope != "pair":
-            raise ValueError("kernel_scope applies to loss 'cka' and 'gram' only; leave it at 'pair' for 'cosine'")
+            raise ConfigError("kernel_scope applies to loss 'cka' and 'gram' only; leave it at 'pair' for 'cosine'")
         if self.shuffle_buffer_size < 0:
-            raise ValueError(f"shuffle_buffer_size must be >= 0, got {self.shuffle_buffer_size}")
+            raise ConfigError(f"shuffle_buffer_size must be >= 0, got {self.shuffle_buffer_size}")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What pickling keeps: every field except the secrets (:data:`SECRET_FIELD_SUFFIX`), which become ``None``.
+
+        ``Trainer`` pickles its arguments into every checkpoint (``training_args.bin``); a token there would be
+        readable by anyone who gets the folder. The token stays in this object only (and ``huggingface_hub``
+        falls back to ``HF_TOKEN`` or the stored login when it is ``None``)."""
+        state = dict(self.__dict__)
+        for name in secret_fields(state):
+            state[name] = None
+        return state
+
+    def check_local_paths(self, origins: dict[str, str] | None = None) -> None:
+        """Raise :class:`~paka_hf.errors.MissingPathError` if ``model_name_or_path`` or ``dataset_name`` looks like
+        a local path (``./x``, ``/x``, ``~/x``, ``a/b/c``) that does not exist, before anything asks the Hub.
+        ``origins`` maps a field to where it was set (a config file) for the message."""
+        origins = origins or {}
+        for name in PATH_FIELDS:
+            check_local_path(getattr(self, name), f"--{name}", origins.get(name))
 
     def check_patch_size(self, patch_size: int) -> None:
         """Raise if a view size is not a multiple of the backbone's patch size."""
@@ -191,7 +230,7 @@ class PaKAConfig(TrainingArguments):
             size = getattr(self, name)
             if size % patch_size:
                 suggestion = max(patch_size, round(size / patch_size) * patch_size)
-                raise ValueError(
+                raise ConfigError(
                     f"{name}={size} is not a multiple of the model's patch size {patch_size}; use for example "
                     f"{name}={suggestion}"
                 )
@@ -199,6 +238,7 @@ class PaKAConfig(TrainingArguments):
     def paka_dict(self) -> dict[str, Any]:
         """The PaKA-specific fields plus the main optimisation settings, for the model card and YAML export."""
         keep = {f.name for f in fields(PaKAConfig) if f.name not in {f.name for f in fields(TrainingArguments)}}
+        keep.discard("overwrite_output_dir")  # what to do with an earlier run's folder, not a training setting
         keep |= {
             "learning_rate", "weight_decay", "lr_scheduler_type", "per_device_train_batch_size",
             "gradient_accumulation_steps", "max_steps", "num_train_epochs", "seed", "bf16", "warmup_steps",

@@ -14,10 +14,17 @@ gradient accumulation, logging, checkpoint rotation, the progress bar — is ``T
   parameters (norms, layer scales);
 - logs, each logging step: loss, mean CKA, teacher momentum, learning rates, weight decay,
   images/s and images skipped;
-- checkpoints are marked complete only once every file of every process is written, and
-  resuming picks the newest complete one and loads it strictly (SPEC §3: ``Trainer``'s own
-  loader is not strict), restoring the stream position, so a resumed run is bit-identical to
-  an uninterrupted one on CPU;
+- checkpoints are marked complete only once every file of every process is written and
+  fsynced (the marker of a folder being rewritten is removed first), and resuming picks the
+  newest complete one and loads it strictly (SPEC §3: ``Trainer``'s own loader is not strict),
+  restoring the stream position, so a resumed run is bit-identical to an uninterrupted one on
+  CPU;
+- ``output_dir`` belongs to one run: a fresh run stops if it holds checkpoints (unless
+  ``overwrite_output_dir``), a resume from ``checkpoint-N`` removes the higher-numbered ones (an
+  abandoned future), so rotation (``save_total_limit``) only ever removes older saves;
+- every checkpoint and every export carries its own ``training_config.yaml`` and
+  ``training_summary.json`` (written atomically, totals over every process and every resume);
+  pickled arguments (``training_args.bin``) never hold a token;
 - ``save_model(dir)`` writes the bare backbone (student or teacher, ``export``) as a plain
   ``transformers`` model with its image processor: ``AutoModel.from_pretrained(dir)`` works with
   no custom code.
@@ -26,12 +33,14 @@ gradient accumulation, logging, checkpoint rotation, the progress bar — is ``T
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
 import math
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +54,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, enable_full_determ
 
 from .backbones import PatchBackbone, ProjectionHead
 from .config import PaKAConfig
+from .errors import ConfigError, MissingPathError
 from .hub import default_image_processor, save_backbone
 from .trainer_hub import HubPushMixin
 from .data import STREAM_KEYS, PaKACollator, PaKAViewStream, StreamState, load_image_source
@@ -113,17 +123,36 @@ def load_image_processor(model_name_or_path: str, revision: str | None = None):
         return default_image_processor()
 
 
-def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """Checkpoint folders of ``output_dir`` marked complete, oldest first."""
+def checkpoint_folders(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Every ``checkpoint-N`` folder of ``output_dir``, complete or not, as ``(N, path)`` by increasing N."""
     root = Path(output_dir)
     if not root.is_dir():
         return []
     found = []
     for path in root.iterdir():
         match = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", path.name)
-        if match and path.is_dir() and (path / CHECKPOINT_MARKER).is_file():
+        if match and path.is_dir():
             found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found)]
+    return sorted(found)
+
+
+def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Checkpoint folders of ``output_dir`` marked complete, oldest (lowest step) first."""
+    return [path for _, path in checkpoint_folders(output_dir) if (path / CHECKPOINT_MARKER).is_file()]
+
+
+def remove_checkpoint(folder: Path) -> None:
+    """Unmark ``folder`` durably (marker gone, parent folder fsynced), then delete it: an interrupted
+    removal leaves an unmarked folder, which is never resumed, never a marked partial one."""
+    _unmark_checkpoint(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _unmark_checkpoint(folder: Path) -> None:
+    marker = folder / CHECKPOINT_MARKER
+    if marker.exists():
+        marker.unlink()
+        _fsync_directory(folder)
 
 
 def state_checksum(module: torch.nn.Module) -> str:
@@ -207,6 +236,8 @@ class PaKATrainer(HubPushMixin, Trainer):
     ):
         if not isinstance(args, PaKAConfig):
             raise TypeError(f"PaKATrainer needs a PaKAConfig as args, got {type(args).__name__}")
+        if model is None or image_source is None:
+            args.check_local_paths()  # a mistyped folder is "no such folder", never a Hub lookup
         if model is None:
             # Seed before building, as Trainer seeds before its model_init: the head's init draws from the RNG.
             enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
@@ -234,7 +265,7 @@ class PaKATrainer(HubPushMixin, Trainer):
             **kwargs,
         )
         if self.is_fsdp_enabled:
-            raise ValueError(
+            raise ConfigError(
                 "PaKATrainer does not support FSDP yet: resuming (a strict load of the whole PaKAModel) and exporting "
                 "the backbone from process zero assume that every process holds whole parameters, which FSDP shards. "
                 "Train with DDP instead (configs/accelerate/8gpu.yaml, multinode.yaml): every DINOv2 size fits on one "
@@ -243,9 +274,11 @@ class PaKATrainer(HubPushMixin, Trainer):
         self.stream_state = StreamState.fresh(args.dataloader_num_workers, args.world_size)
         self._resume_stream_state: StreamState | None = None
         self._reset_log_accumulators()
-        self._images_seen = 0
+        self._images_seen = 0  # this process, this session (training_step)
         self._seen_keys: list[str] = []
         self._train_start = None
+        self._totals_before = RunTotals()  # from the checkpoint resumed, over every process
+        self._totals: RunTotals | None = None  # last gathered over every process (checkpoint saves, end of train)
 
     # ---- data ---------------------------------------------------------------------------------
 
@@ -368,51 +401,113 @@ class PaKATrainer(HubPushMixin, Trainer):
         super().log(logs, start_time)
 
     # ---- checkpoints and resume -----------------------------------------------------------------
+    #
+    # A checkpoint-N folder is resumable only while it holds CHECKPOINT_MARKER, and the marker is written
+    # last: after every process has written its files (weights, optimizer, scheduler, RNG, stream state,
+    # training_config.yaml, training_summary.json) and fsynced them and the folder. Before a folder is
+    # (re)written its marker is removed durably, so a crash at any point leaves the previous complete state
+    # or no marker. Rotation removes only complete checkpoints older than the one just written.
 
     def _save_checkpoint(self, model, trial) -> None:
-        """``Trainer``'s checkpoint plus the stream state of every process, then a completion marker;
-        old checkpoints are rotated only after the marker exists."""
+        """``Trainer``'s checkpoint plus the stream state of every process, the run's configuration and
+        summary, fsynced; then the completion marker; then rotation (``save_total_limit``)."""
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save and folder.exists():
+            # Rewriting a folder (a torn save of an earlier attempt): unmark it first, then start it empty so
+            # it holds exactly what this save writes (no file of another world size).
+            logger.warning("checkpoint folder %s exists; it is rewritten", folder)
+            remove_checkpoint(folder)
+        self.accelerator.wait_for_everyone()  # no process writes into the folder before it is unmarked
         limit = self.args.save_total_limit
-        self.args.save_total_limit = None
+        self.args.save_total_limit = None  # Trainer's rotation would run before the marker exists
         try:
             super()._save_checkpoint(model, trial)
         finally:
             self.args.save_total_limit = limit
-        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         folder.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(folder / STREAM_STATE_FILE.format(rank=self.args.process_index), self.stream_state.to_dict())
+        _write_text_atomic(
+            folder / STREAM_STATE_FILE.format(rank=self.args.process_index), json.dumps(self.stream_state.to_dict())
+        )
+        totals = self._gather_totals()  # a collective: every process is here
+        if self.args.should_save:
+            self._write_training_config(folder)
+            self._write_training_summary(folder, totals, exported=None)
+        self.accelerator.wait_for_everyone()  # every file of every process is written ...
+        _fsync_tree(folder)  # ... and each process has flushed what it sees of them to disk
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            _write_json_atomic(
+            _write_text_atomic(
                 folder / CHECKPOINT_MARKER,
-                {"global_step": self.state.global_step, "world_size": self.args.world_size,
-                 "num_workers": self.args.dataloader_num_workers},
+                json.dumps({"global_step": self.state.global_step, "world_size": self.args.world_size,
+                            "num_workers": self.args.dataloader_num_workers}),
             )
-            self._rotate_complete_checkpoints()
+            self._rotate_complete_checkpoints(keep=folder)
         self.accelerator.wait_for_everyone()
 
-    def _rotate_complete_checkpoints(self) -> None:
+    def _rotate_complete_checkpoints(self, keep: Path) -> None:
+        """Keep the ``save_total_limit`` newest complete checkpoints, ``keep`` (just written) always among them.
+
+        Only folders older than ``keep`` can go: :meth:`_prepare_output_dir` removed every higher-numbered one
+        when training started."""
         limit = self.args.save_total_limit
         if not limit or limit <= 0:
             return
-        import shutil
-
-        complete = complete_checkpoints(self.args.output_dir)
-        for stale in complete[: max(0, len(complete) - limit)]:
+        older = [path for path in complete_checkpoints(keep.parent) if path != keep]
+        for stale in older[: max(0, len(older) + 1 - limit)]:
             logger.info("deleting older checkpoint %s (save_total_limit=%d)", stale, limit)
-            shutil.rmtree(stale, ignore_errors=True)
+            remove_checkpoint(stale)
+
+    def _prepare_output_dir(self, checkpoint: str | None) -> None:
+        """Make ``output_dir`` hold only this run's checkpoints before the first save.
+
+        - fresh run (``checkpoint`` is ``None``) into a folder with ``checkpoint-*`` folders: stop with a
+          :class:`ConfigError`, unless ``overwrite_output_dir``, which removes those folders (nothing else);
+        - resume from ``checkpoint-N``: the checkpoints of ``output_dir`` numbered above N are an abandoned
+          future (this run will write its own at those steps); they are removed, with a warning naming them.
+        Every process reads the folder; process zero removes; all wait for it.
+        """
+        output_dir = Path(self.args.output_dir)
+        existing = checkpoint_folders(output_dir)
+        if checkpoint is None:
+            if existing and not self.args.overwrite_output_dir:
+                raise ConfigError(
+                    f"output_dir {output_dir} already holds checkpoints of an earlier run "
+                    f"({_names(existing)}): continue that run with --resume_from_checkpoint latest, or start a new "
+                    "one with --overwrite_output_dir true (removes those checkpoints), or choose another --output_dir"
+                )
+            doomed, why = existing, "overwrite_output_dir: removing the checkpoints of an earlier run"
+        else:
+            resumed = Path(checkpoint).resolve()
+            inside = resumed.parent == output_dir.resolve()
+            if self.args.overwrite_output_dir and inside:
+                raise ConfigError(
+                    f"--overwrite_output_dir would remove {checkpoint}, the checkpoint to resume from: drop one of "
+                    "--overwrite_output_dir and --resume_from_checkpoint"
+                )
+            if self.args.overwrite_output_dir:
+                doomed, why = existing, "overwrite_output_dir: removing the checkpoints of an earlier run"
+            else:
+                step = _checkpoint_step(resumed)
+                doomed = [(n, path) for n, path in existing if n > step]
+                why = f"resuming from {checkpoint}: removing the later checkpoints of the run it continues"
+        self.accelerator.wait_for_everyone()  # every process has looked before anything is removed
+        if doomed and self.args.should_save:
+            logger.warning("%s: %s", why, _names(doomed))
+            for _, path in doomed:
+                remove_checkpoint(path)
+        self.accelerator.wait_for_everyone()
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Strict load of the whole PaKAModel (student, teacher, heads): a missing or renamed tensor is an error."""
         model = model if model is not None else self.model
         weights = Path(resume_from_checkpoint) / "model.safetensors"
         if not weights.is_file():
-            raise FileNotFoundError(f"{weights} not found: {resume_from_checkpoint} is not a PaKA checkpoint")
+            raise MissingPathError(f"{weights} not found: {resume_from_checkpoint} is not a PaKA checkpoint")
         state = safetensors.torch.load_file(str(weights), device="cpu")
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as error:
-            raise RuntimeError(
+            raise ConfigError(
                 f"checkpoint {resume_from_checkpoint} does not match this model (different architecture or head "
                 f"settings?): {error}"
             ) from error
@@ -424,13 +519,18 @@ class PaKATrainer(HubPushMixin, Trainer):
         if resume_from_checkpoint in (True, "true", "True", "latest"):
             complete = complete_checkpoints(self.args.output_dir)
             if not complete:
-                raise ValueError(f"no complete checkpoint in {self.args.output_dir} to resume from")
+                raise ConfigError(
+                    f"--resume_from_checkpoint latest: no complete checkpoint in {self.args.output_dir} to resume "
+                    "from; start without --resume_from_checkpoint"
+                )
             return str(complete[-1])
         path = Path(resume_from_checkpoint)
+        if not path.exists():
+            raise MissingPathError(f"--resume_from_checkpoint {str(path)!r}: no such folder: {path.absolute()}")
         if not (path / CHECKPOINT_MARKER).is_file():
             newest = complete_checkpoints(path.parent)
             hint = f"; the newest complete one is {newest[-1]}" if newest else ""
-            raise ValueError(
+            raise ConfigError(
                 f"{path} is not a complete PaKA checkpoint (no {CHECKPOINT_MARKER}: the run was interrupted while "
                 f"saving it, or it is not a checkpoint){hint}"
             )
@@ -439,33 +539,64 @@ class PaKATrainer(HubPushMixin, Trainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         checkpoint = self.resolve_checkpoint(resume_from_checkpoint)
         self._resume_stream_state = None
+        self._totals_before = RunTotals()
         if checkpoint is not None:
             state_file = Path(checkpoint) / STREAM_STATE_FILE.format(rank=self.args.process_index)
             if not state_file.is_file():
-                raise FileNotFoundError(f"{state_file} is missing: the checkpoint was written by fewer processes")
+                raise ConfigError(
+                    f"{state_file} is missing: {checkpoint} was written by fewer processes; resume with the "
+                    "number of processes that wrote it"
+                )
             self._resume_stream_state = StreamState.from_dict(json.loads(state_file.read_text()))
+            self._totals_before = RunTotals.read(Path(checkpoint) / TRAINING_SUMMARY_FILE)
+        self._prepare_output_dir(checkpoint)
+        self._images_seen = 0
+        self._totals = None
         self._train_start = time.perf_counter()
         self._reset_log_accumulators()
-        if self.args.should_save:  # beside the checkpoints from the start; every Hub push carries it
-            self._write_training_config(self.args.output_dir)
         output = super().train(resume_from_checkpoint=checkpoint, **kwargs)
+        self._totals = self._gather_totals()
         if self.args.record_rank_diagnostics:
             self._write_rank_diagnostics()
         return output
+
+    def _gather_totals(self) -> "RunTotals":
+        """This run's totals so far over every process and every resume (a collective call).
+
+        images_seen = Σ_processes (images trained this session) + images_seen before the resume;
+        images_skipped = Σ_processes (the stream's skip count, which a resume restores); runtime = max over
+        processes of this session's wall time + runtime before the resume."""
+        runtime = time.perf_counter() - self._train_start if self._train_start is not None else 0.0
+        local = torch.tensor(
+            [[float(self._images_seen), float(self.stream_state.images_skipped), runtime]],
+            dtype=torch.float64,
+            device=self.args.device,
+        )
+        rows = self.accelerator.gather(local) if self.args.world_size > 1 else local
+        seen, skipped = rows[:, 0].sum().item(), rows[:, 1].sum().item()
+        before = self._totals_before
+        return RunTotals(
+            images_seen=before.images_seen + int(seen),
+            images_skipped=int(skipped),
+            train_runtime_s=before.train_runtime_s + float(rows[:, 2].max().item()),
+        )
 
     def _write_rank_diagnostics(self) -> None:
         folder = Path(self.args.output_dir) / "rank_diagnostics"
         folder.mkdir(parents=True, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model)
-        _write_json_atomic(
+        _write_text_atomic(
             folder / f"rank{self.args.process_index}.json",
-            {
-                "rank": self.args.process_index,
-                "images": self._seen_keys,
-                "student_sha256": state_checksum(model.student),
-                "teacher_sha256": state_checksum(model.teacher),
-                "global_step": self.state.global_step,
-            },
+            json.dumps(
+                {
+                    "rank": self.args.process_index,
+                    "images": self._seen_keys,
+                    "student_sha256": state_checksum(model.student),
+                    "teacher_sha256": state_checksum(model.teacher),
+                    "global_step": self.state.global_step,
+                },
+                indent=1,
+            ),
         )
 
     # ---- export ---------------------------------------------------------------------------------
@@ -481,7 +612,12 @@ class PaKATrainer(HubPushMixin, Trainer):
         ``config.json``, ``model.safetensors``, ``preprocessor_config.json`` — plus
         ``training_config.yaml`` and ``training_summary.json``. ``network`` ('student' or 'teacher')
         overrides ``args.export`` for this call, e.g. to write the other network beside the exported one.
-        Process zero writes; no collective call, so the Hub callback may call it from process zero alone."""
+
+        The configuration and summary of an earlier export are removed before the weights are written and
+        the new ones written (atomically) after, so an interrupted export never leaves a configuration that
+        describes other weights. The summary's totals are those last gathered over every process (at the
+        last checkpoint save, or the end of ``train``). Process zero writes; no collective call, so the Hub
+        callback may call it from process zero alone."""
         output_dir = Path(output_dir or self.args.output_dir)
         which = self.args.export if network is None else network
         if which not in ("student", "teacher"):
@@ -490,24 +626,54 @@ class PaKATrainer(HubPushMixin, Trainer):
             return output_dir
         model = self.accelerator.unwrap_model(self.model)
         network_module = model.student if which == "student" else model.teacher
+        for name in (TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE):
+            (output_dir / name).unlink(missing_ok=True)
         save_backbone(network_module, output_dir, image_processor=self.processing_class)
         self._write_training_config(output_dir)
-        summary = {
-            "train_runtime_s": round(time.perf_counter() - self._train_start, 1) if self._train_start else None,
-            "global_step": self.state.global_step,
-            "images_seen": self._images_seen * self.args.world_size,
-            "images_skipped": self.stream_state.images_skipped,
-            "device": _device_name(self.args.device),
-            "num_processes": self.args.world_size,
-            "exported": which,
-        }
-        (output_dir / TRAINING_SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        self._write_training_summary(output_dir, self._totals, exported=which)
         return output_dir
 
     def _write_training_config(self, output_dir: str | os.PathLike) -> None:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / TRAINING_CONFIG_FILE).write_text(yaml.safe_dump(self.args.paka_dict(), sort_keys=True))
+        _write_text_atomic(output_dir / TRAINING_CONFIG_FILE, yaml.safe_dump(self.args.paka_dict(), sort_keys=True))
+
+    def _write_training_summary(self, output_dir: Path, totals: "RunTotals | None", exported: str | None) -> None:
+        """``training_summary.json``: compute and data totals of the run so far (``None`` where not gathered)."""
+        summary = {
+            "train_runtime_s": round(totals.train_runtime_s, 1) if totals else None,
+            "global_step": self.state.global_step,
+            "images_seen": totals.images_seen if totals else None,
+            "images_skipped": totals.images_skipped if totals else None,
+            "device": _device_name(self.args.device),
+            "num_processes": self.args.world_size,
+        }
+        if exported is not None:
+            summary["exported"] = exported
+        _write_text_atomic(output_dir / TRAINING_SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+
+
+@dataclasses.dataclass
+class RunTotals:
+    """What a run has done so far, over every process; a checkpoint's ``training_summary.json`` carries it
+    into the run that resumes from it."""
+
+    images_seen: int = 0
+    images_skipped: int = 0
+    train_runtime_s: float = 0.0
+
+    @classmethod
+    def read(cls, summary_file: Path) -> "RunTotals":
+        """The totals of a checkpoint's summary (zeros for a checkpoint written without one)."""
+        if not summary_file.is_file():
+            logger.warning("%s is missing: images seen and runtime count from this resume on", summary_file)
+            return cls()
+        data = json.loads(summary_file.read_text())
+        return cls(
+            images_seen=int(data.get("images_seen") or 0),
+            images_skipped=int(data.get("images_skipped") or 0),
+            train_runtime_s=float(data.get("train_runtime_s") or 0.0),
+        )
 
 
 def _device_name(device: torch.device) -> str:
@@ -516,11 +682,49 @@ def _device_name(device: torch.device) -> str:
     return f"{device.type} ({os.cpu_count()} cores)"
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON via a temporary file and ``os.replace``, fsynced: never a half-written file."""
+def _names(folders: list[tuple[int, Path]]) -> str:
+    return ", ".join(path.name for _, path in folders)
+
+
+def _checkpoint_step(folder: Path) -> int:
+    """The global step a checkpoint folder was saved at (its marker's, else the number in its name)."""
+    marker = folder / CHECKPOINT_MARKER
+    if marker.is_file():
+        return int(json.loads(marker.read_text())["global_step"])
+    return int(folder.name.rsplit("-", 1)[-1])
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` via a temporary file, fsync, ``os.replace`` and an fsync of the folder: the file is
+    either the old one or the whole new one, also after a power loss."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=1)
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(folder: Path) -> None:
+    """Make the folder's entries (created, renamed, removed files) durable."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """fsync every file under ``folder``, then every folder (deepest first)."""
+    folders = []
+    for root, _, files in os.walk(folder):
+        folders.append(Path(root))
+        for name in files:
+            descriptor = os.open(Path(root) / name, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+    for path in reversed(folders):
+        _fsync_directory(path)

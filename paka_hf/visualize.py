@@ -31,6 +31,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .backbones import PatchBackbone
+from .errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -75,7 +76,7 @@ def resize_and_crop(image: Image.Image, resolution: int, patch_size: int, resamp
     Use ``resample=Image.NEAREST`` to bring a label mask onto the same pixels as its image.
     """
     if resolution < patch_size:
-        raise ValueError(f"resolution {resolution} is smaller than the patch size {patch_size}")
+        raise ConfigError(f"resolution {resolution} is smaller than the patch size {patch_size}")
     scale = resolution / min(image.size)
     width, height = max(patch_size, round(image.width * scale)), max(patch_size, round(image.height * scale))
     image = image.resize((width, height), resample)
@@ -272,7 +273,7 @@ def make_pictures(
     backbones = [as_backbone(base), as_backbone(adapted)]
     patch = backbones[0].patch_size
     if backbones[1].patch_size != patch:
-        raise ValueError(f"base and adapted models have different patch sizes ({patch} vs {backbones[1].patch_size})")
+        raise ConfigError(f"base and adapted models have different patch sizes ({patch} vs {backbones[1].patch_size})")
 
     shown, features = [], [[], []]
     for image in images:

@@ -10,6 +10,9 @@ Examples::
     python scripts/evaluate.py --model_name_or_path out/ --dataset_name camvid --data_dir data/camvid \\
         --protocol all --input_size 224,308 --max_images 50     # a quick CPU run
 
+A user error (missing folder, bad mask, missing class names) prints one line ``error: ...`` and exits
+with status 2; ``--debug`` shows its traceback.
+
 Defaults are the protocols' settings (docs/EVALUATION.md); ``--published_conventions`` reproduces
 the published ADE20K-over-151-classes and Hummingbird std-0.255 conventions.
 """
@@ -24,6 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from paka_hf.cli import run_script  # noqa: E402
+from paka_hf.paths import check_local_path  # noqa: E402
 from paka_hf.evaluation import (  # noqa: E402
     BENCHMARKS,
     PROTOCOLS,
@@ -123,6 +128,8 @@ def _cuda() -> bool:
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    check_local_path(args.model_name_or_path, "--model_name_or_path")  # a mistyped folder never reaches the Hub
+    check_local_path(args.data_dir, "--data_dir", always=True)
     protocols = list(PROTOCOLS) if args.protocol == "all" else [p.strip() for p in args.protocol.split(",")]
     settings = EvaluationSettings(
         linear=LinearProbeConfig(epochs=args.epochs, lr=args.lr, batch_size=args.linear_batch_size,
@@ -162,4 +169,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -38,7 +38,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from paka_hf import hub  # noqa: E402
-from paka_hf.errors import PaKAUserError  # noqa: E402
+from paka_hf.cli import run_script  # noqa: E402
+from paka_hf.errors import ConfigError, MissingPathError, PaKAUserError  # noqa: E402
+from paka_hf.paths import check_local_path  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    check_local_path(args.output_dir, "OUTPUT_DIR", always=True)
     try:
         if args.dry_run:
             files = hub.collect_upload_files(args.output_dir)
@@ -86,12 +89,13 @@ def main(argv: list[str] | None = None) -> int:
             revision=args.revision, commit_message=args.commit_message, license=args.license,
             base_model=args.base_model,
         )
-    except (PaKAUserError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, ValueError) as err:  # paka_hf.hub's own checks of the folder and settings
+        if isinstance(err, PaKAUserError):
+            raise
+        raise (MissingPathError if isinstance(err, FileNotFoundError) else ConfigError)(str(err)) from err
     print(f"Pushed {args.repo_id}: {info.commit_url}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -6,7 +6,13 @@
 Every field of ``paka_hf.PaKAConfig`` (the method's settings and all of ``TrainingArguments``)
 can be set in the YAML file and overridden on the command line; ``--help`` lists them. At the
 end ``output_dir`` holds the adapted backbone as a plain ``transformers`` model folder. Resume an
-interrupted run with ``--resume_from_checkpoint latest`` (or a checkpoint folder).
+interrupted run with ``--resume_from_checkpoint latest`` (or a checkpoint folder); a new run into an
+``output_dir`` that holds checkpoints stops unless ``--overwrite_output_dir true`` (which removes them).
+
+Pushing to the Hub (``--push_to_hub true --hub_model_id org/name``) uses the token of ``hf auth login``
+or the ``HF_TOKEN`` environment variable. ``--hub_token`` still works but warns: a command line is visible
+to every user of the machine (``ps``). A user error (bad value, missing path, no checkpoint to resume)
+prints one line ``error: ...`` and exits with status 2; ``--debug`` shows its traceback.
 """
 
 from __future__ import annotations
@@ -22,6 +28,12 @@ import yaml
 from transformers import HfArgumentParser
 
 from paka_hf import PaKAConfig, PaKATrainer
+from paka_hf.cli import run_script
+from paka_hf.config import secret_fields
+from paka_hf.errors import ConfigError
+from paka_hf.paths import check_local_path
+
+logger = logging.getLogger("train")
 
 
 def yaml_to_argv(values: dict) -> list[str]:
@@ -68,16 +80,26 @@ def to_installed_names(argv: list[str], field_names: set[str]) -> list[str]:
 
 
 def parse_config(argv: list[str]) -> PaKAConfig:
+    return parse_config_and_origins(argv)[0]
+
+
+def parse_config_and_origins(argv: list[str]) -> tuple[PaKAConfig, dict[str, str]]:
+    """The config from ``--config FILE`` and the command line (which wins), and for each field set in the
+    file and not on the command line, the file's name (for messages about the value)."""
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", type=Path, default=None)
+    pre.add_argument("--config", default=None)
     known, rest = pre.parse_known_args(argv)
     from_file: list[str] = []
+    values: dict = {}
     if known.config is not None:
-        if not known.config.is_file():
-            raise SystemExit(f"config file {known.config} not found")
-        values = yaml.safe_load(known.config.read_text()) or {}
+        check_local_path(known.config, "--config", always=True)
+        config_file = Path(known.config)
+        try:
+            values = yaml.safe_load(config_file.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{config_file} is not valid YAML: {error}") from error
         if not isinstance(values, dict):
-            raise SystemExit(f"{known.config} must hold a mapping of field: value")
+            raise ConfigError(f"{config_file} must hold a mapping of field: value, got {type(values).__name__}")
         from_file = yaml_to_argv(values)
     parser = HfArgumentParser(PaKAConfig, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=None, help="YAML file of PaKAConfig fields; command-line flags override it")
@@ -86,12 +108,26 @@ def parse_config(argv: list[str]) -> PaKAConfig:
     config, unknown = parsed[0], parsed[-1]  # (PaKAConfig, namespace holding --config, remaining strings)
     if unknown:
         parser.error(f"unknown arguments: {' '.join(unknown)}")
-    return config
+    on_command_line = {token[2:].partition("=")[0] for token in rest if token.startswith("--")}
+    origins = {key: str(known.config) for key in values if key not in on_command_line}
+    for name in secret_fields(on_command_line):
+        logger.warning(
+            "--%s on the command line is visible to every user of this machine (ps, shell history); run "
+            "`hf auth login` once or set the HF_TOKEN environment variable instead", name,
+        )
+    for name in secret_fields(origins):
+        logger.warning(
+            "%s in %s: a token in a config file travels with the file; run `hf auth login` once or set the "
+            "HF_TOKEN environment variable instead", name, origins[name],
+        )
+    return config, origins
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = parse_config(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if config.should_log else logging.WARNING)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    config, origins = parse_config_and_origins(sys.argv[1:] if argv is None else argv)
+    logging.getLogger().setLevel(logging.INFO if config.should_log else logging.WARNING)
+    config.check_local_paths(origins)  # before anything is loaded: a mistyped folder never reaches the Hub
     trainer = PaKATrainer(args=config)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     output = trainer.export_backbone(config.output_dir)
@@ -107,4 +143,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -18,7 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from paka_hf.cli import run_script  # noqa: E402
+from paka_hf.errors import ConfigError  # noqa: E402
 from paka_hf.hub import PICTURES_DIR, read_training_config  # noqa: E402
+from paka_hf.paths import check_local_path  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -51,17 +54,21 @@ def main(argv=None) -> int:
     from paka_hf.visualize import make_pictures
 
     output_dir = Path(args.output_dir)
+    check_local_path(output_dir, "OUTPUT_DIR", always=not args.adapted)
     base = args.base or read_training_config(output_dir).get("model_name_or_path")
     if not base:
-        print(f"error: no --base given and {output_dir}/training_config.yaml names no model_name_or_path", file=sys.stderr)
-        return 2
+        raise ConfigError(f"no --base given and {output_dir}/training_config.yaml names no model_name_or_path")
+    check_local_path(base, "--base")
+    check_local_path(args.adapted, "--adapted")
     if args.images:
         images = args.images
+        for image in images:
+            check_local_path(image, "--images", always=True)
     else:
+        check_local_path(args.image_dir, "--image_dir", always=True)
         images = sorted(p for p in Path(args.image_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[: args.num_images]
         if not images:
-            print(f"error: no images ({', '.join(IMAGE_SUFFIXES)}) in {args.image_dir}", file=sys.stderr)
-            return 2
+            raise ConfigError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {args.image_dir}")
     paths = make_pictures(
         base, args.adapted or output_dir, images, args.pictures_dir or output_dir / PICTURES_DIR,
         resolution=args.resolution, n_clusters=args.n_clusters, query=tuple(args.query), top_k=args.top_k,
@@ -73,4 +80,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -12,6 +12,7 @@ from PIL import Image
 
 from hub_helpers import TOKEN, go_online, eval_file, make_export_folder
 from hub_server import HubStandIn
+from paka_hf.cli import run_script
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -65,9 +66,11 @@ def test_push_script_auth_failure_exit_code(out, tmp_path, monkeypatch, capsys):
         go_online(monkeypatch, server.url)
         monkeypatch.setenv("HF_TOKEN", "hf_not_a_valid_token")
         monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
-        assert _load("push_to_hub").main([str(out), "--repo_id", "paka-org/cli"]) == 2  # a user error
+        script = _load("push_to_hub")
+        assert run_script(script.main, [str(out), "--repo_id", "paka-org/cli"]) == 2  # a user error, one line
     err = capsys.readouterr().err
     assert "hf auth login" in err and "hf_not_a_valid_token" not in err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
 
 
 def _tree(folder):
@@ -94,7 +97,7 @@ def test_push_script_private_on_existing_public_repo_stops(out, monkeypatch, cap
         script = _load("push_to_hub")
         assert script.main([str(out), "--repo_id", "paka-org/cli"]) == 0  # namespace default: public here
         capsys.readouterr()
-        assert script.main([str(out), "--repo_id", "paka-org/cli", "--private"]) == 2
+        assert run_script(script.main, [str(out), "--repo_id", "paka-org/cli", "--private"]) == 2
         assert server.repos["paka-org/cli"].private is False
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: paka-org/cli already exists and is public")

@@ -1,5 +1,7 @@
 import importlib.util
 import json
+import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,11 +12,13 @@ from dataclasses import fields
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from transformers import AutoModel, TrainerCallback, pipeline
 
 from conftest import REPO_ROOT, tiny_dinov2_config
 from paka_hf import PaKAConfig, PaKATrainer
+from paka_hf.errors import ConfigError
 from paka_hf.trainer import CHECKPOINT_MARKER, complete_checkpoints
 
 
@@ -338,3 +342,131 @@ def test_torch_compile_through_the_trainer_gives_the_eager_run(assets, tmp_path)
     assert checkpoint.keys() == load_file(tmp_path / "eager" / "checkpoint-3" / "model.safetensors").keys()
     exported = AutoModel.from_pretrained(compiled.export_backbone(tmp_path / "export"))  # a plain checkpoint
     torch.testing.assert_close(exported.state_dict(), compiled.model.student.model.state_dict())
+
+
+# ---- checkpoints, resume, summary and secrets (docs/RELIABILITY.md) -------------------------------------
+
+
+def checkpoint_names(output):
+    return [p.name for p in complete_checkpoints(output)]
+
+
+def test_a_fresh_run_never_mixes_with_the_checkpoints_of_an_earlier_one(assets, tmp_path):
+    """Without --resume_from_checkpoint, checkpoints in output_dir stop the run at start-up with both ways on;
+    --overwrite_output_dir removes those checkpoints and nothing else, and rotation keeps the new saves."""
+    output = tmp_path / "run"
+    PaKATrainer(args=run_config(assets, output, max_steps=4, save_steps=2)).train()
+    assert checkpoint_names(output) == ["checkpoint-2", "checkpoint-4"]
+    (output / "notes.txt").write_text("mine")
+
+    again = PaKATrainer(args=run_config(assets, output, max_steps=2, save_steps=1, save_total_limit=2))
+    with pytest.raises(ConfigError, match=r"already holds checkpoints.*checkpoint-2, checkpoint-4.*"
+                                          r"--resume_from_checkpoint latest.*--overwrite_output_dir"):
+        again.train()
+    assert checkpoint_names(output) == ["checkpoint-2", "checkpoint-4"]  # nothing touched
+
+    fresh = PaKATrainer(args=run_config(assets, output, max_steps=2, save_steps=1, save_total_limit=2,
+                                        overwrite_output_dir=True))
+    fresh.train()
+    # before: the old checkpoint-4 outranked every new save, so rotation deleted checkpoint-1 as soon as written
+    assert checkpoint_names(output) == ["checkpoint-1", "checkpoint-2"]
+    assert json.loads((output / "checkpoint-2" / "trainer_state.json").read_text())["max_steps"] == 2  # the new run's
+    assert (output / "notes.txt").read_text() == "mine"
+    both = PaKATrainer(args=run_config(assets, output, overwrite_output_dir=True))
+    with pytest.raises(ConfigError, match="--overwrite_output_dir would remove .*checkpoint-2, the checkpoint to resume"):
+        both.train(resume_from_checkpoint="latest")
+    assert checkpoint_names(output) == ["checkpoint-1", "checkpoint-2"]
+
+
+def test_resuming_from_an_older_checkpoint_removes_the_later_ones_and_keeps_every_new_save(assets, tmp_path, caplog):
+    output = tmp_path / "run"
+    PaKATrainer(args=run_config(assets, output, max_steps=6, save_steps=1, save_total_limit=None)).train()
+    assert checkpoint_names(output) == [f"checkpoint-{step}" for step in range(1, 7)]
+
+    resumed = PaKATrainer(args=run_config(assets, output, max_steps=6, save_steps=1, save_total_limit=2),
+                          callbacks=[StopAt(4)])
+    with caplog.at_level("WARNING", logger="paka_hf.trainer"):
+        resumed.train(resume_from_checkpoint=str(output / "checkpoint-2"))
+    assert "removing the later checkpoints of the run it continues: checkpoint-3, checkpoint-4, checkpoint-5, " \
+           "checkpoint-6" in caplog.text
+    # before: rotation by step number kept the other run's checkpoint-5 and -6 and deleted each new save
+    assert checkpoint_names(output) == ["checkpoint-3", "checkpoint-4"]
+    assert PaKATrainer(args=run_config(assets, output)).resolve_checkpoint("latest").endswith("checkpoint-4")
+
+
+def test_a_crash_while_rewriting_a_complete_checkpoint_leaves_it_unmarked(assets, tmp_path, monkeypatch):
+    """The marker goes before any file is rewritten, and comes back only after every file is written and fsynced."""
+    import paka_hf.trainer as trainer_module
+
+    output = tmp_path / "run"
+    trainer = PaKATrainer(args=run_config(assets, output, max_steps=4, save_steps=2))
+    trainer.train()
+    assert checkpoint_names(output) == ["checkpoint-2", "checkpoint-4"]
+
+    def crash(output_dir):
+        raise RuntimeError("power cut")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(trainer, "_save_rng_state", crash)  # weights and optimizer rewritten, RNG state not
+        with pytest.raises(RuntimeError, match="power cut"):
+            trainer._save_checkpoint(trainer.model, None)  # global_step is 4: into the complete checkpoint-4
+    assert (output / "checkpoint-4" / "model.safetensors").is_file()
+    assert not (output / "checkpoint-4" / CHECKPOINT_MARKER).exists()  # before: still marked, with mixed files
+    assert checkpoint_names(output) == ["checkpoint-2"]
+    assert trainer.resolve_checkpoint("latest").endswith("checkpoint-2")
+
+    synced = []  # what each fsync of the folder saw
+    fsync_tree = trainer_module._fsync_tree
+    monkeypatch.setattr(trainer_module, "_fsync_tree", lambda folder: (synced.append(
+        sorted(p.name for p in folder.iterdir())), fsync_tree(folder)))
+    trainer._save_checkpoint(trainer.model, None)  # the same save, uninterrupted
+    assert checkpoint_names(output) == ["checkpoint-2", "checkpoint-4"]
+    assert CHECKPOINT_MARKER not in synced[-1]  # the fsync came before the marker ...
+    assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
+            "paka_stream_rank0.json", "training_config.yaml", "training_summary.json"} <= set(synced[-1])  # ... of all
+
+
+def test_summary_adds_up_across_resumes_and_config_is_written_with_its_weights(assets, tmp_path, monkeypatch):
+    import paka_hf.trainer as trainer_module
+
+    images = tmp_path / "images"
+    shutil.copytree(assets / "images", images)
+    for i in range(3):
+        (images / f"00b{i}.jpg").write_bytes(b"not a jpeg at all")  # among the first rows read
+    kwargs = dict(dataset_name=str(images))
+    straight = PaKATrainer(args=run_config(assets, tmp_path / "a", **kwargs))
+    straight.train()
+    expected = json.loads((straight.export_backbone(tmp_path / "a") / "training_summary.json").read_text())
+    assert expected["images_seen"] == 12 and expected["images_skipped"] > 0
+
+    output = tmp_path / "b"
+    PaKATrainer(args=run_config(assets, output, **kwargs), callbacks=[StopAt(3)]).train()
+    assert not (output / "training_config.yaml").exists()  # no configuration without its weights
+    first = json.loads((output / "checkpoint-3" / "training_summary.json").read_text())
+    assert first["global_step"] == 3 and first["images_seen"] == 6
+    assert yaml.safe_load((output / "checkpoint-3" / "training_config.yaml").read_text())["max_steps"] == 6
+    resumed = PaKATrainer(args=run_config(assets, output, **kwargs))
+    resumed.train(resume_from_checkpoint="latest")
+    summary = json.loads((resumed.export_backbone() / "training_summary.json").read_text())
+    # before: images_seen counted only the resumed session (6) and runtime restarted at zero
+    assert summary["images_seen"] == expected["images_seen"] == 12
+    assert summary["images_skipped"] == expected["images_skipped"]
+    assert summary["train_runtime_s"] >= first["train_runtime_s"]
+    assert (output / "training_config.yaml").is_file()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(trainer_module, "save_backbone", full_disk)
+    with pytest.raises(OSError):
+        resumed.export_backbone(output)
+    # before: the previous export's configuration and summary stayed beside weights they may not describe
+    assert not (output / "training_config.yaml").exists() and not (output / "training_summary.json").exists()
+
+
+def test_pickled_config_holds_no_token(assets, tmp_path):
+    config = run_config(assets, tmp_path, hub_token="hf_FakeSecret0123456789")
+    assert config.hub_token == "hf_FakeSecret0123456789"  # usable in this process ...
+    restored = pickle.loads(pickle.dumps(config))
+    assert restored.hub_token is None and restored.max_steps == config.max_steps  # ... never in a pickle
+    assert b"hf_FakeSecret" not in pickle.dumps(config)

@@ -47,6 +47,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..errors import PaKAUserError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _UNKNOWN = -1  # lookup-table value for raw labels outside the dataset's convention
 
@@ -79,7 +81,7 @@ CAMVID_CLASSES = (
 )  # fmt: skip
 
 
-class DatasetError(ValueError):
+class DatasetError(PaKAUserError, ValueError):
     """A dataset is missing, incomplete or inconsistent; the message says what to fix."""
 
 

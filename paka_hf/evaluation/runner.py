@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError
 from .datasets import SegmentationDataset, load_segmentation_dataset
 from .features import HUMMINGBIRD_PUBLISHED_STD, IMAGENET_MEAN, IMAGENET_STD, FeatureCache, as_size
 from .hummingbird import HummingbirdConfig, hummingbird_retrieval
@@ -105,7 +106,7 @@ def run_evaluation(
     protocols = list(protocols)
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown or not protocols:
-        raise ValueError(f"unknown protocol(s) {unknown}; choose from {', '.join(PROTOCOLS)}")
+        raise ConfigError(f"unknown protocol(s) {unknown}; choose from {', '.join(PROTOCOLS)}")
     timings = {} if timings is None else timings
     if backbone is None:
         backbone = PatchBackbone.from_pretrained(model_name_or_path)

@@ -1,0 +1,70 @@
+"""What every script under ``scripts/`` does with an error: a user error is one line, a bug keeps its traceback.
+
+Each script ends with::
+
+    if __name__ == "__main__":
+        sys.exit(run_script(main))
+
+:func:`run_script` calls ``main(argv)``. A :class:`~paka_hf.errors.PaKAUserError` (a bad config value, a
+path that does not exist, an empty dataset, no checkpoint to resume, refused credentials) is printed as
+``error: <message>`` on one line of stderr and the exit status is :data:`USER_ERROR_STATUS` (2, as
+``argparse`` uses for a bad command line). Any other exception is a bug: it propagates with its traceback.
+``--debug`` (a bare flag anywhere on the command line) or ``PAKA_DEBUG=1`` in the environment lets user
+errors propagate with their traceback too.
+
+``--debug`` is taken out of ``argv`` only when it stands alone (no value after it), because
+``TrainingArguments`` has a ``debug`` field of its own (``--debug underflow_overflow``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .errors import PaKAUserError
+
+#: Exit status of a script stopped by a user error.
+USER_ERROR_STATUS = 2
+DEBUG_FLAG = "--debug"
+DEBUG_ENVIRONMENT_VARIABLE = "PAKA_DEBUG"
+
+
+def split_debug_flag(argv: Sequence[str]) -> tuple[list[str], bool]:
+    """``argv`` without a bare ``--debug``, and whether it was there (or ``PAKA_DEBUG`` is set to a true value).
+
+    ``--debug VALUE`` (``TrainingArguments.debug``) is left in place.
+    """
+    argv = list(argv)
+    debug = os.environ.get(DEBUG_ENVIRONMENT_VARIABLE, "").strip().lower() in ("1", "true", "yes", "on")
+    kept = []
+    for index, token in enumerate(argv):
+        following = argv[index + 1] if index + 1 < len(argv) else None
+        if token == DEBUG_FLAG and (following is None or following.startswith("-")):
+            debug = True
+            continue
+        kept.append(token)
+    return kept, debug
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (newlines and runs of spaces collapsed)."""
+    text = str(error)
+    if isinstance(error, KeyError) and len(error.args) == 1:  # str(KeyError) adds quotes
+        text = str(error.args[0])
+    return " ".join(text.split()) or type(error).__name__
+
+
+def run_script(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> int:
+    """Run ``main(argv)`` and return the exit status: ``main``'s own integer, 0 for anything else it
+    returns, :data:`USER_ERROR_STATUS` after printing ``error: ...`` for a :class:`PaKAUserError`."""
+    argv, debug = split_debug_flag(sys.argv[1:] if argv is None else argv)
+    try:
+        status = main(argv)
+    except PaKAUserError as error:
+        if debug:
+            raise
+        print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
+        return USER_ERROR_STATUS
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0

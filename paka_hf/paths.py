@@ -1,0 +1,56 @@
+"""How a name the user passes is read: a local path, or a Hub id.
+
+``transformers`` and ``datasets`` treat any name that is not an existing local path as a Hub id: a
+mistyped folder becomes a repo-id validation error, or a network wait and a "repository not found".
+A name that *looks like a path* is therefore checked here first, and a missing one is reported as
+what it is (:class:`~paka_hf.errors.MissingPathError`, "no such folder"), with no network call.
+
+A name looks like a path when it starts with ``.``, ``/`` or ``~``, or holds the path separator twice
+(a Hub id is ``name`` or ``org/name``: at most one ``/``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import MissingPathError
+
+
+def looks_like_local_path(name: str) -> bool:
+    """``True`` for ``./x``, ``../x``, ``/x``, ``~/x`` and ``a/b/c``; ``False`` for ``name`` and ``org/name``."""
+    separators = {os.sep, os.altsep} - {None}
+    return name.startswith((".", "/", "~", *separators)) or sum(name.count(s) for s in separators) >= 2
+
+
+def missing_path_message(name: str, option: str, origin: str | None = None) -> str:
+    """``--option 'name': no such folder (or file): /abs/path ...``, saying from where a relative path was resolved.
+
+    ``origin`` is where the value was written (e.g. ``"configs/run.yaml"``) when it was not the command line.
+    """
+    path = Path(name).expanduser()
+    message = f"{option} {name!r}: no such folder (or file): {path.absolute()}"
+    set_in = f", set in {origin}" if origin else ""
+    if not path.is_absolute():
+        resolved_from = f"resolved from the current directory {os.getcwd()}"
+        if origin:
+            resolved_from += ", not from the folder of the config file"
+        message += f" ({resolved_from}{set_in})"
+    elif origin:
+        message += f" ({set_in[2:]})"
+    return message
+
+
+def check_local_path(name: str | os.PathLike | None, option: str, origin: str | None = None, *, always: bool = False) -> None:
+    """Raise :class:`MissingPathError` if ``name`` names a local path that does not exist.
+
+    Only names that :func:`looks_like_local_path` are checked (others may be Hub ids), unless ``always``
+    (an argument that can only be a local path).
+    """
+    if name is None:
+        return
+    name = os.fspath(name)
+    if not (always or looks_like_local_path(name)):
+        return
+    if not Path(name).expanduser().exists():
+        raise MissingPathError(missing_path_message(name, option, origin))
