@@ -12,7 +12,7 @@ file of parquet shards, or webdataset ``.tar`` shards. The image column is cast 
   ``datasets.distributed.split_dataset_by_node``: stream ``s = rank · W + worker`` of
   ``world_size · W``. Whole shards go to each stream when the shard count divides the stream
   count; otherwise every stream reads all rows and keeps one in ``world_size · W`` (a warning
-  says so, and how to avoid it);
+  says so, and how to avoid it, when those rows carry image bytes: a local folder's rows are paths);
 - decodes each row (skipping and counting corrupt, truncated and empty files), converts it to RGB
   and renders its GLIM views with a generator seeded by ``(seed, epoch, stream, row)``, so a
   sample's views do not depend on timing, worker scheduling or resumption;
@@ -322,17 +322,33 @@ class PaKAViewStream(torch.utils.data.IterableDataset):
         source.set_epoch(epoch)
         total = self.world_size * self.num_streams
         if total > 1:
-            n_shards = source.num_shards
-            if n_shards % total and not self._warned_stride:
-                logger.warning(
-                    "the dataset has %d shards, not a multiple of %d streams (%d processes x %d workers): every stream "
-                    "reads all rows and keeps 1 in %d. Choose dataloader_num_workers so that processes x workers "
-                    "divides the shard count to read each shard once.",
-                    n_shards, total, self.world_size, self.num_streams, total,
-                )
-                self._warned_stride = True
             source = split_dataset_by_node(source, rank=self.rank * self.num_streams + stream, world_size=total)
         return source
+
+    def _strides(self) -> bool:
+        """Whether every stream reads all rows and keeps 1 in ``world_size · W`` (shards do not divide evenly)."""
+        total = self.world_size * self.num_streams
+        return total > 1 and self.source.num_shards % total != 0
+
+    def _warn_if_striding_costs_bytes(self, row: dict[str, Any], stream_global: int) -> None:
+        """Say so once (from stream 0 of process 0) when striding reads image bytes that other streams keep.
+
+        Rows of a local image folder hold a path, not bytes: reading the rows another stream keeps
+        costs a file name, so striding there is free and no warning is due (``make demo``'s folder
+        is one shard for any number of workers)."""
+        if self._warned_stride or stream_global != 0 or not self._strides():
+            return
+        self._warned_stride = True
+        value = row.get("image")
+        if isinstance(value, dict) and not value.get("bytes"):
+            return
+        total = self.world_size * self.num_streams
+        logger.warning(
+            "the dataset has %d shards, not a multiple of %d streams (%d processes x %d workers): every stream "
+            "reads all rows and keeps 1 in %d. Choose dataloader_num_workers so that processes x workers "
+            "divides the shard count to read each shard once.",
+            self.source.num_shards, total, self.world_size, self.num_streams, total,
+        )
 
     def _rows(self, stream: int, epoch: int) -> Iterator[dict[str, Any]]:
         # ``.iter`` rather than ``iter()``: inside a DataLoader worker, ``datasets`` would otherwise split
@@ -360,6 +376,7 @@ class PaKAViewStream(torch.utils.data.IterableDataset):
             rows_read, produced = 0, 0
             for row_index, row in enumerate(self._rows(stream, epoch)):
                 rows_read = row_index + 1
+                self._warn_if_striding_costs_bytes(row, stream_global)
                 if row_index < start_row:
                     continue  # consumed before the checkpoint: skip without decoding
                 try:

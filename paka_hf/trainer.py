@@ -172,6 +172,15 @@ class WeightDecayScheduleCallback(TrainerCallback):
                 group["weight_decay"] = self.value
 
 
+class FinalStepLogCallback(TrainerCallback):
+    """Log at the last optimizer step too, so the final loss is logged whatever ``logging_steps`` is
+    (``Trainer`` logs only at multiples of it: ``logging_steps`` > ``max_steps`` would log no loss at all)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if args.logging_strategy == "steps" and state.global_step >= state.max_steps:
+            control.should_log = True
+
+
 # ---------------------------------------------------------------------------------------------
 # the trainer
 # ---------------------------------------------------------------------------------------------
@@ -229,7 +238,7 @@ class PaKATrainer(HubPushMixin, Trainer):
             train_dataset=self._make_stream(args, None),
             data_collator=PaKACollator(),
             processing_class=image_processor,
-            callbacks=[self.ema_callback, self.weight_decay_callback, *(callbacks or [])],
+            callbacks=[self.ema_callback, self.weight_decay_callback, FinalStepLogCallback(), *(callbacks or [])],
             **kwargs,
         )
         if self.is_fsdp_enabled:
