@@ -18,6 +18,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
+from .data import DEFAULT_MAX_IMAGE_PIXELS
 from .losses import KERNELS, LOSSES, SCOPES
 
 EXPORTS = ("student", "teacher")
@@ -57,6 +58,18 @@ class PaKAConfig(TrainingArguments):
     dataset_revision: str | None = _help("Hub revision of the dataset.", default=None)
     streaming: bool = _help("Stream the dataset instead of downloading it first.", default=True)
     shuffle_buffer_size: int = _help("Size of the streaming shuffle buffer (0 = no shuffling).", default=10_000)
+    max_image_pixels: int = _help(
+        "Images whose header announces more pixels are skipped (and counted in images_skipped) without being "
+        "decoded: decompression bombs and giant scans. Default: Pillow's MAX_IMAGE_PIXELS; 0 = no limit.",
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+    )
+    max_image_side: int | None = _help(
+        "Longer side (pixels) to which a larger decoded image is downscaled before its views are cut, in both view "
+        "renderings; bounds the padded batch of view_rendering 'device' to batch x side x side x 3 bytes. Default: "
+        "twice the side at which the smallest crop still covers its view's pixels (1088 for 224/98 views, 2432 for "
+        "518/98); 0 = never downscale.",
+        default=None,
+    )
     dataset_num_images: int = _help(
         "Images per epoch, used with num_train_epochs to derive max_steps when max_steps is not set "
         "(COCO train2017: 118287).",
@@ -182,6 +195,11 @@ class PaKAConfig(TrainingArguments):
             raise ValueError(f"roi_size must be >= 2 (a kernel needs two tokens), got {self.roi_size}")
         if self.loss == "cosine" and self.kernel_scope != "pair":
             raise ValueError("kernel_scope applies to loss 'cka' and 'gram' only; leave it at 'pair' for 'cosine'")
+        if self.max_image_pixels < 0 or (self.max_image_side is not None and self.max_image_side < 0):
+            raise ValueError(
+                f"max_image_pixels and max_image_side must be >= 0 (0 = no limit), got {self.max_image_pixels} and "
+                f"{self.max_image_side}"
+            )
         if self.shuffle_buffer_size < 0:
             raise ValueError(f"shuffle_buffer_size must be >= 0, got {self.shuffle_buffer_size}")
 

@@ -13,7 +13,8 @@ file of parquet shards, or webdataset ``.tar`` shards. The image column is cast 
   ``world_size · W``. Whole shards go to each stream when the shard count divides the stream
   count; otherwise every stream reads all rows and keeps one in ``world_size · W`` (a warning
   says so, and how to avoid it, when those rows carry image bytes: a local folder's rows are paths);
-- decodes each row (skipping and counting corrupt, truncated and empty files), converts it to RGB
+- decodes each row (skipping and counting corrupt, truncated and empty files, and images whose header
+  announces more than ``max_image_pixels``: decompression bombs are never decoded), converts it to RGB
   and renders its GLIM views with a generator seeded by ``(seed, epoch, stream, row)``, so a
   sample's views do not depend on timing, worker scheduling or resumption;
 - runs epoch after epoch (``set_epoch`` reshuffles) until the trainer stops at ``max_steps``;
@@ -43,6 +44,13 @@ from .views import GlimTransform, collate_views
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+DEFAULT_MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb threshold (89,478,485 pixels)
+
+
+class ImageTooLargeError(Image.DecompressionBombError):
+    """An image's header announces more pixels than the configured limit; it is never decoded."""
+
+
 DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
 STREAM_KEYS = ("stream_index", "stream_epoch", "stream_position", "num_skipped")
 
@@ -123,11 +131,36 @@ def _webdataset_image_column(columns: Sequence[str], requested: str) -> str:
     raise ValueError(f"webdataset shards have no image column ({requested!r} not in {list(columns)})")
 
 
-def decode_image(value: Any) -> Image.Image:
+def open_image(source: Any, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """``Image.open`` (reads the header only) that refuses more than ``max_pixels`` pixels before any decode.
+
+    ``max_pixels`` replaces Pillow's own ``MAX_IMAGE_PIXELS`` check (a warning at 1×, an error at 2×):
+    an image above it raises :class:`ImageTooLargeError`; ``None`` or 0 means no limit. Pillow's
+    global is lifted for the duration of the header read only (decoding runs in data workers and
+    evaluation loops, one thread each).
+    """
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # our limit, below, is the one that counts
+    try:
+        image = Image.open(source)
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+    width, height = image.size
+    if max_pixels and width * height > max_pixels:
+        image.close()
+        raise ImageTooLargeError(
+            f"image of {width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,} "
+            "(max_image_pixels); not decoded"
+        )
+    return image
+
+
+def decode_image(value: Any, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode one undecoded ``datasets`` image value (``{"bytes", "path"}``, raw bytes or a path).
 
-    Forces the full decode (``Image.load``) so truncated files fail here, not later. Raises one of
-    :data:`DECODE_ERRORS` for unreadable data.
+    The header's size is checked against ``max_pixels`` first (:func:`open_image`), so a
+    decompression bomb is refused without being decoded. Forces the full decode (``Image.load``)
+    so truncated files fail here, not later. Raises one of :data:`DECODE_ERRORS` for unreadable data.
     """
     if isinstance(value, dict):
         data, path = value.get("bytes"), value.get("path")
@@ -138,16 +171,14 @@ def decode_image(value: Any) -> Image.Image:
     if data is not None:
         if len(data) == 0:
             raise ValueError("empty image file (0 bytes)")
-        image = Image.open(io.BytesIO(data))
+        image = open_image(io.BytesIO(data), max_pixels)
     elif path:
         if os.path.getsize(path) == 0:
             raise ValueError(f"empty image file (0 bytes): {path}")
-        image = Image.open(path)
+        image = open_image(path, max_pixels)
     else:
         raise ValueError("image value holds neither bytes nor a path")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        image.load()
+    image.load()
     return image
 
 
@@ -166,7 +197,7 @@ def _raw_bytes(value: Any) -> bytes | None:
     return None
 
 
-def decode_rgb_pixels(value: Any) -> np.ndarray:
+def decode_rgb_pixels(value: Any, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Decode one image value to an upright RGB ``(H, W, 3)`` uint8 array (what the device rendering ships).
 
     Colour JPEGs go straight through libjpeg-turbo (``torchvision.io.decode_jpeg``, EXIF orientation
@@ -174,13 +205,14 @@ def decode_rgb_pixels(value: Any) -> np.ndarray:
     array (about a third of the data workers' time with ``view_rendering: device``). Everything
     else — grayscale and CMYK JPEGs, other formats, anything libjpeg refuses — takes the Pillow path
     (:func:`decode_image` + :func:`~paka_hf.imaging.to_rgb`), which raises :data:`DECODE_ERRORS`
-    for unreadable data.
+    for unreadable data. Both paths refuse an image above ``max_pixels`` from its header, before decoding.
     """
     try:
         data = _raw_bytes(value)
     except OSError:
         data = None
     if data and data[:3] == b"\xff\xd8\xff":
+        open_image(io.BytesIO(data), max_pixels).close()  # the JPEG header's size, before libjpeg allocates it
         try:
             with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for torchcodec's; they still work
                 warnings.simplefilter("ignore", DeprecationWarning)
@@ -188,13 +220,10 @@ def decode_rgb_pixels(value: Any) -> np.ndarray:
 
             pixels = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), apply_exif_orientation=True)
             if pixels.shape[0] == 3:
-                limit = Image.MAX_IMAGE_PIXELS
-                if limit and pixels.shape[1] * pixels.shape[2] > limit:  # as decode_image refuses it
-                    raise Image.DecompressionBombError(f"image of {pixels.shape[2]}x{pixels.shape[1]} pixels exceeds {limit}")
                 return pixels.permute(1, 2, 0).numpy()  # decode_jpeg's storage is (H, W, 3): no copy
         except (RuntimeError, ImportError):  # truncated or exotic JPEGs: Pillow decides (and names the error)
             pass
-    return np.asarray(to_rgb(decode_image(value)))
+    return np.asarray(to_rgb(decode_image(value, max_pixels)))
 
 
 def image_key(value: Any) -> str:
@@ -281,6 +310,8 @@ class PaKAViewStream(torch.utils.data.IterableDataset):
         num_workers: data-loader workers of this process (0 = load in the main process).
         state: a :class:`StreamState` to resume from (None = from the start).
         record_keys: also yield ``image_key`` per sample (for diagnostics).
+        max_image_pixels: images whose header announces more pixels are skipped (and counted) without
+            being decoded; None or 0 = no limit. Default: Pillow's ``MAX_IMAGE_PIXELS``.
     """
 
     def __init__(
@@ -295,8 +326,10 @@ class PaKAViewStream(torch.utils.data.IterableDataset):
         num_workers: int = 0,
         state: StreamState | None = None,
         record_keys: bool = False,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ):
         super().__init__()
+        self.max_image_pixels = max_image_pixels
         self.source, self.transform = source, transform
         self.seed, self.shuffle_buffer_size = int(seed), int(shuffle_buffer_size)
         self.rank, self.world_size, self.num_workers = int(rank), int(world_size), int(num_workers)
@@ -381,9 +414,9 @@ class PaKAViewStream(torch.utils.data.IterableDataset):
                     continue  # consumed before the checkpoint: skip without decoding
                 try:
                     if self.transform.rendering == "device":  # the views are rendered later: pixels suffice
-                        image = decode_rgb_pixels(row["image"])
+                        image = decode_rgb_pixels(row["image"], self.max_image_pixels)
                     else:
-                        image = to_rgb(decode_image(row["image"]))
+                        image = to_rgb(decode_image(row["image"], self.max_image_pixels))
                 except DECODE_ERRORS as error:
                     skipped += 1
                     logger.debug("skipping undecodable image %s: %s", image_key(row["image"]), error)

@@ -100,6 +100,7 @@ def build_transform(config: PaKAConfig, patch_size: int) -> GlimTransform:
         patch_size=patch_size,
         normalize=False,  # uint8 views; PaKAModel normalizes them on its device
         rendering=config.view_rendering,  # "device": PaKAModel renders the views from the decoded images
+        max_image_side=config.max_image_side,
     )
 
 
@@ -268,6 +269,7 @@ class PaKATrainer(HubPushMixin, Trainer):
             num_workers=args.dataloader_num_workers,
             state=copy.deepcopy(state),
             record_keys=args.record_rank_diagnostics,
+            max_image_pixels=args.max_image_pixels,
         )
 
     def get_train_dataloader(self) -> DataLoader:

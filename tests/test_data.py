@@ -212,3 +212,48 @@ def test_device_rendering_stream_yields_pixels_and_draws(tmp_path):
         assert torch.equal(sample["local_boxes"], ref["local_boxes"])
     batch = PaKACollator()(samples)
     assert batch["images"].shape == (4, 48, 64, 3) and batch["stream_position"].item() == 5
+
+
+def bomb_jpeg(width: int, height: int) -> bytes:
+    """A small real JPEG whose header (SOF0) announces ``width`` x ``height`` pixels: a decompression bomb."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((16, 16, 3), 120, np.uint8)).save(buffer, format="JPEG")
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def test_images_above_the_pixel_limit_are_refused_from_their_header_on_every_decode_path(monkeypatch):
+    """Issue 13 item 9: 12000 x 8000 = 96 Mpx is over Pillow's 89.5 Mpx; Pillow alone only warns at open and then
+    decodes. Neither the Pillow path nor the JPEG fast path may start decoding such an image."""
+    from PIL import ImageFile
+
+    from paka_hf.data import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLargeError, decode_rgb_pixels
+
+    assert DEFAULT_MAX_IMAGE_PIXELS == Image.MAX_IMAGE_PIXELS
+    bomb = {"bytes": bomb_jpeg(12000, 8000), "path": None}
+
+    def no_decode(*args, **kwargs):
+        raise AssertionError("an image above the pixel limit was decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decode)
+    monkeypatch.setattr("torchvision.io.decode_jpeg", no_decode)
+    for decode in (decode_image, decode_rgb_pixels):
+        with pytest.raises(ImageTooLargeError, match="12000x8000"):
+            decode(bomb)
+        with pytest.raises(ImageTooLargeError, match="exceeds the limit of 100"):
+            decode({"bytes": bomb_jpeg(16, 16)[:], "path": None}, max_pixels=100)  # 256 px: the limit is configurable
+    monkeypatch.undo()
+    assert decode_image({"bytes": bomb_jpeg(16, 16), "path": None}, max_pixels=256).size == (16, 16)
+    assert Image.MAX_IMAGE_PIXELS == DEFAULT_MAX_IMAGE_PIXELS  # Pillow's global is left as it was
+
+
+@pytest.mark.parametrize("rendering", ["cpu", "device"])
+def test_too_large_images_are_skipped_and_counted(tmp_path, rendering):
+    write_images(tmp_path / "imgs", 3)
+    (tmp_path / "imgs" / "img_001_huge.jpg").write_bytes(bomb_jpeg(12000, 8000))  # read after img_001.jpg
+    source = load_image_source(str(tmp_path / "imgs"))
+    transform = GlimTransform(28, 14, n_local=2, patch_size=14, rendering=rendering)
+    samples = take(PaKAViewStream(source, transform, seed=0), 3)
+    assert [s["num_skipped"] for s in samples] == [0, 0, 1]
