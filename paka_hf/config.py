@@ -18,7 +18,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from .data import DEFAULT_MAX_IMAGE_PIXELS
+from .data import DATASET_FORMATS, DEFAULT_MAX_IMAGE_PIXELS
 from .losses import KERNELS, LOSSES, SCOPES
 
 EXPORTS = ("student", "teacher")
@@ -56,6 +56,11 @@ class PaKAConfig(TrainingArguments):
     dataset_split: str = _help("Split of the dataset to train on.", default="train")
     image_column_name: str = _help("Column that holds the images.", default="image")
     dataset_revision: str | None = _help("Hub revision of the dataset.", default=None)
+    dataset_format: str = _help(
+        "How to read a local folder: 'auto' (the format most of its files have: images, .parquet or .tar shards; a "
+        "warning names the choice when it mixes them), or 'imagefolder', 'parquet', 'webdataset'.",
+        default="auto",
+    )
     streaming: bool = _help("Stream the dataset instead of downloading it first.", default=True)
     shuffle_buffer_size: int = _help("Size of the streaming shuffle buffer (0 = no shuffling).", default=10_000)
     max_image_pixels: int = _help(
@@ -174,6 +179,7 @@ class PaKAConfig(TrainingArguments):
         choice("export", EXPORTS)
         choice("student_views", STUDENT_VIEWS)
         choice("view_rendering", VIEW_RENDERINGS)
+        choice("dataset_format", DATASET_FORMATS)
         if not 0.0 <= self.min_intersection <= 1.0:
             raise ValueError(f"min_intersection must be in [0, 1] (a containment fraction), got {self.min_intersection}")
         if not 0.0 <= self.teacher_momentum <= 1.0:

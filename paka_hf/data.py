@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .errors import ConfigError, EmptyDatasetError
 from .imaging import to_rgb
 from .views import GlimTransform, collate_views
 
@@ -60,26 +61,71 @@ STREAM_KEYS = ("stream_index", "stream_epoch", "stream_position", "num_skipped")
 # ---------------------------------------------------------------------------------------------
 
 
-def _local_builder(path: Path) -> tuple[str, dict[str, Any]]:
-    """The ``datasets`` builder and arguments for a local file or folder."""
+IMAGEFOLDER_METADATA = {"metadata.parquet", "metadata.csv", "metadata.jsonl"}  # datasets' imagefolder side files
+DATASET_FORMATS = ("auto", "imagefolder", "parquet", "webdataset")
+_FORMAT_FILES = {"imagefolder": "images", "parquet": ".parquet shards", "webdataset": ".tar shards"}
+
+
+def _local_files_by_format(folder: Path) -> dict[str, list[str]]:
+    """The files under ``folder`` that each local format would read, sorted; hidden files and folders are left
+    out, and so are the ``metadata.*`` files that ``datasets``' imagefolder writes beside the images."""
+    found: dict[str, list[str]] = {name: [] for name in _FORMAT_FILES}
+    for file in folder.rglob("*"):
+        relative = file.relative_to(folder).parts
+        if any(part.startswith(".") for part in relative) or not file.is_file():
+            continue
+        suffix = file.suffix.lower()
+        if suffix in IMAGE_SUFFIXES:
+            found["imagefolder"].append(str(file))
+        elif suffix == ".parquet" and file.name not in IMAGEFOLDER_METADATA:
+            found["parquet"].append(str(file))
+        elif suffix == ".tar":
+            found["webdataset"].append(str(file))
+    return {name: sorted(files) for name, files in found.items()}
+
+
+def _local_builder(path: Path, dataset_format: str = "auto") -> tuple[str, dict[str, Any]]:
+    """The ``datasets`` builder and arguments for a local file or folder.
+
+    A folder is read as the format most of its files have (images, ``.parquet`` or ``.tar`` shards;
+    a tie goes to images, then parquet): a folder of images with a stray shard, or with the
+    ``metadata.parquet`` that ``datasets``' imagefolder writes, is an image folder, and only its images
+    are read. When it mixes formats a warning names what was chosen and how to choose another
+    (``dataset_format``).
+    """
+    if dataset_format not in DATASET_FORMATS:
+        raise ConfigError(f"dataset_format must be one of {DATASET_FORMATS}, got {dataset_format!r}")
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".parquet":
             return "parquet", {"data_files": {"train": str(path)}}
         if suffix == ".tar":
             return "webdataset", {"data_files": {"train": str(path)}}
-        raise ValueError(f"{path} is a file but not a .parquet or .tar shard; pass a folder of images instead")
-    files = [p for p in path.rglob("*") if p.is_file()]
-    parquet = sorted(str(p) for p in files if p.suffix.lower() == ".parquet")
-    tars = sorted(str(p) for p in files if p.suffix.lower() == ".tar")
-    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-    if parquet:
-        return "parquet", {"data_files": {"train": parquet}}
-    if tars:
-        return "webdataset", {"data_files": {"train": tars}}
-    if images:
-        return "imagefolder", {"data_dir": str(path), "drop_labels": True}
-    raise ValueError(f"found no images, .parquet or .tar files under {path}")
+        raise ConfigError(f"{path} is a file but not a .parquet or .tar shard; pass a folder of images instead")
+    found = _local_files_by_format(path)
+    present = {name: files for name, files in found.items() if files}
+    if not present:
+        raise EmptyDatasetError(f"found no images, .parquet or .tar files under {path}")
+    if dataset_format == "auto":
+        chosen = max(present, key=lambda name: len(present[name]))  # first of DATASET_FORMATS on a tie
+        if len(present) > 1:
+            counts = ", ".join(f"{len(files)} {_FORMAT_FILES[name]}" for name, files in present.items())
+            others = " or ".join(f"--dataset_format {name}" for name in present if name != chosen)
+            logger.warning(
+                "%s holds %s; reading it as %s (%s, the most files). Pass %s to read the others instead, or point "
+                "--dataset_name at a folder (or file) of one format.",
+                path, counts, chosen, _FORMAT_FILES[chosen], others,
+            )
+    else:
+        chosen = dataset_format
+        if chosen not in present:
+            raise EmptyDatasetError(
+                f"--dataset_format {chosen}: no {_FORMAT_FILES[chosen]} under {path} "
+                f"(it holds {', '.join(f'{len(f)} {_FORMAT_FILES[n]}' for n, f in present.items())})"
+            )
+    if chosen == "imagefolder":  # the listed images only: a stray shard or metadata file changes nothing
+        return "imagefolder", {"data_files": {"train": present[chosen]}, "drop_labels": True}
+    return chosen, {"data_files": {"train": present[chosen]}}
 
 
 def load_image_source(
@@ -90,18 +136,20 @@ def load_image_source(
     streaming: bool = True,
     revision: str | None = None,
     token: str | bool | None = None,
+    dataset_format: str = "auto",
 ):
     """Load a dataset of images and return it as a ``datasets.IterableDataset`` with one column,
     ``image``, holding undecoded ``{"bytes", "path"}`` dicts.
 
-    ``dataset_name`` is a Hub id or a local path (folder of images, parquet or webdataset shards).
+    ``dataset_name`` is a Hub id or a local path (folder of images, parquet or webdataset shards;
+    ``dataset_format`` picks one in a folder that mixes them, see :func:`_local_builder`).
     With ``streaming=False`` the dataset is downloaded/prepared first and then iterated as a stream.
     """
     import datasets
 
     path = Path(dataset_name).expanduser()
     if path.exists():
-        builder, kwargs = _local_builder(path)
+        builder, kwargs = _local_builder(path, dataset_format)
         split = "train"
         source = datasets.load_dataset(builder, split=split, streaming=streaming, **kwargs)
         if builder == "webdataset" and image_column not in (source.column_names or []):

@@ -226,6 +226,7 @@ class PaKATrainer(HubPushMixin, Trainer):
             image_source = load_image_source(
                 args.dataset_name, args.dataset_config_name, args.dataset_split, args.image_column_name,
                 streaming=args.streaming, revision=args.dataset_revision, token=args.hub_token,
+                dataset_format=args.dataset_format,
             )
         if image_processor is None:
             image_processor = load_image_processor(args.model_name_or_path, args.model_revision)

@@ -257,3 +257,64 @@ def test_too_large_images_are_skipped_and_counted(tmp_path, rendering):
     transform = GlimTransform(28, 14, n_local=2, patch_size=14, rendering=rendering)
     samples = take(PaKAViewStream(source, transform, seed=0), 3)
     assert [s["num_skipped"] for s in samples] == [0, 0, 1]
+
+
+def image_bytes_parquet(path: Path, images: list[Path]) -> None:
+    import datasets
+
+    rows = [{"bytes": p.read_bytes(), "path": None} for p in images]
+    features = datasets.Features({"image": datasets.Image()})
+    datasets.Dataset.from_dict({"image": rows}, features=features).to_parquet(str(path))
+
+
+def source_rows(source) -> list[str]:
+    from paka_hf.data import image_key
+
+    return [image_key(row["image"]) for row in source]
+
+
+def test_a_folder_of_images_with_a_stray_shard_or_metadata_is_read_as_an_image_folder(tmp_path, caplog):
+    """Issue 13 item 10: before, one stray .tar or .parquet (even imagefolder's own metadata.parquet) made the
+    whole folder that single shard."""
+    import logging
+    import tarfile
+
+    import datasets
+
+    folder = tmp_path / "imgs"
+    paths = write_images(folder, 6)
+    datasets.Dataset.from_dict({"file_name": [p.name for p in paths[:2]], "caption": ["a", "b"]}).to_parquet(
+        str(folder / "metadata.parquet")
+    )
+    with caplog.at_level(logging.WARNING, logger="paka_hf.data"):
+        assert source_rows(load_image_source(str(folder))) == [str(p) for p in paths]
+    assert not caplog.records  # images + imagefolder's metadata: one format, nothing to say
+
+    image_bytes_parquet(folder / "stray.parquet", paths[:1])
+    with tarfile.open(folder / "stray.tar", "w") as tar:
+        tar.add(paths[0], arcname="0000.jpg")
+    with caplog.at_level(logging.WARNING, logger="paka_hf.data"):
+        assert source_rows(load_image_source(str(folder))) == [str(p) for p in paths]
+    message = caplog.records[-1].getMessage()
+    assert "6 images, 1 .parquet shards, 1 .tar shards" in message and "reading it as imagefolder" in message
+    assert "--dataset_format parquet or --dataset_format webdataset" in message
+    assert len(source_rows(load_image_source(str(folder), dataset_format="parquet"))) == 1  # the other choice
+    with pytest.raises(ValueError, match="dataset_format must be one of"):
+        load_image_source(str(folder), dataset_format="zip")
+
+
+def test_a_folder_of_shards_with_a_stray_image_is_read_as_shards(tmp_path, caplog):
+    import logging
+
+    paths = write_images(tmp_path / "src", 4)
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for i in range(3):
+        image_bytes_parquet(folder / f"part-{i}.parquet", paths)
+    (folder / "preview.jpg").write_bytes(paths[0].read_bytes())
+    with caplog.at_level(logging.WARNING, logger="paka_hf.data"):
+        source = load_image_source(str(folder))
+    assert source.num_shards == 3 and sum(1 for _ in source) == 12
+    assert "reading it as parquet" in caplog.records[-1].getMessage()
+    with pytest.raises(ValueError, match="no .tar shards"):
+        load_image_source(str(folder), dataset_format="webdataset")
