@@ -437,6 +437,44 @@ class PaKAViewStream(torch.utils.data.IterableDataset):
         for batch in self._stream_source(stream, epoch).iter(batch_size=1):
             yield {key: values[0] for key, values in batch.items()}
 
+    def _decode(self, value: Any) -> Image.Image | np.ndarray:
+        """One row's image as the transform takes it; raises one of :data:`DECODE_ERRORS` for unusable data."""
+        if self.transform.rendering == "device":  # the views are rendered later: pixels suffice
+            return decode_rgb_pixels(value, self.max_image_pixels)
+        return to_rgb(decode_image(value, self.max_image_pixels))
+
+    def streams_without_images(self) -> list[str]:
+        """One line per data stream of this process that holds no decodable image, e.g.
+        ``"process 1 stream 0 (0 rows, 0 undecodable)"``; empty when every stream has one.
+
+        Reads each stream's rows, unshuffled, up to its first decodable image (one decode per stream
+        of a healthy dataset; the rows of a local folder are file names). Unshuffled, whole shards may
+        go to other streams than in training, so a stream whose own shards are all corrupt can still
+        slip through; an empty, all-corrupt or too small dataset (fewer images than
+        processes × workers) cannot. The trainer gathers these lines from every process before the
+        first collective operation, so that every process stops with the same message
+        (:func:`empty_stream_error`) instead of one failing and the others waiting for it.
+        """
+        from datasets.distributed import split_dataset_by_node
+
+        total = self.world_size * self.num_streams
+        empty = []
+        for stream in range(self.num_streams):
+            source = self.source
+            if total > 1:
+                source = split_dataset_by_node(source, rank=self.rank * self.num_streams + stream, world_size=total)
+            rows = undecodable = 0
+            for batch in source.iter(batch_size=1):
+                rows += 1
+                try:
+                    self._decode(batch["image"][0])
+                    break
+                except DECODE_ERRORS:
+                    undecodable += 1
+            else:
+                empty.append(f"process {self.rank} stream {stream} ({rows} rows, {undecodable} undecodable)")
+        return empty
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else 0
@@ -461,10 +499,7 @@ class PaKAViewStream(torch.utils.data.IterableDataset):
                 if row_index < start_row:
                     continue  # consumed before the checkpoint: skip without decoding
                 try:
-                    if self.transform.rendering == "device":  # the views are rendered later: pixels suffice
-                        image = decode_rgb_pixels(row["image"], self.max_image_pixels)
-                    else:
-                        image = to_rgb(decode_image(row["image"], self.max_image_pixels))
+                    image = self._decode(row["image"])
                 except DECODE_ERRORS as error:
                     skipped += 1
                     logger.debug("skipping undecodable image %s: %s", image_key(row["image"]), error)
@@ -483,12 +518,22 @@ class PaKAViewStream(torch.utils.data.IterableDataset):
                 produced += 1
                 yield sample
             if produced == 0 and start_row == 0:
-                raise RuntimeError(
-                    f"stream {stream} of process {self.rank} found no decodable image in epoch {epoch} "
-                    f"({rows_read} rows read, {skipped} undecodable). The dataset may be empty, all corrupt, or "
-                    f"smaller than processes x workers ({self.world_size} x {self.num_streams})."
+                raise empty_stream_error(
+                    [f"process {self.rank} stream {stream} ({rows_read} rows, {skipped} undecodable) in epoch {epoch}"],
+                    self.world_size, self.num_streams,
                 )
             epoch, start_row = epoch + 1, 0
+
+
+def empty_stream_error(empty: Sequence[str], world_size: int, num_workers: int) -> EmptyDatasetError:
+    """The one-line error for data streams that hold no decodable image (``empty``: their descriptions)."""
+    streams = world_size * max(1, num_workers)
+    shown = "; ".join(empty[:4]) + ("; ..." if len(empty) > 4 else "")
+    return EmptyDatasetError(
+        f"no decodable image in {len(empty)} of {streams} data stream(s): {shown}. The dataset is empty, all corrupt, "
+        f"or has fewer images than processes x dataloader_num_workers ({world_size} x {max(1, num_workers)}): "
+        "add images or use fewer processes or workers"
+    )
 
 
 class PaKACollator:

@@ -46,7 +46,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, enable_full_determ
 from .backbones import PatchBackbone, ProjectionHead
 from .config import PaKAConfig
 from .hub import HubPushMixin, default_image_processor, save_backbone
-from .data import STREAM_KEYS, PaKACollator, PaKAViewStream, StreamState, load_image_source
+from .data import STREAM_KEYS, PaKACollator, PaKAViewStream, StreamState, empty_stream_error, load_image_source
 from .modeling import PaKAModel
 from .teacher import teacher_momentum_at
 from .views import GlimTransform
@@ -455,6 +455,7 @@ class PaKATrainer(HubPushMixin, Trainer):
             if not state_file.is_file():
                 raise FileNotFoundError(f"{state_file} is missing: the checkpoint was written by fewer processes")
             self._resume_stream_state = StreamState.from_dict(json.loads(state_file.read_text()))
+        self._check_every_stream_has_images()
         self._train_start = time.perf_counter()
         self._reset_log_accumulators()
         if self.args.should_save:  # beside the checkpoints from the start; every Hub push carries it
@@ -463,6 +464,18 @@ class PaKATrainer(HubPushMixin, Trainer):
         if self.args.record_rank_diagnostics:
             self._write_rank_diagnostics()
         return output
+
+    def _check_every_stream_has_images(self) -> None:
+        """Before the first collective operation: every process checks its data streams and learns the others'
+        results, so an empty or too small dataset stops every process with the same message (no process waits
+        in a collective for one that has failed)."""
+        empty = self._make_stream(self.args, None).streams_without_images()
+        if self.args.world_size > 1:
+            from accelerate.utils import gather_object
+
+            empty = gather_object(empty)
+        if empty:
+            raise empty_stream_error(empty, self.args.world_size, self.args.dataloader_num_workers)
 
     def _write_rank_diagnostics(self) -> None:
         folder = Path(self.args.output_dir) / "rank_diagnostics"
