@@ -203,6 +203,65 @@ def open_image(source: Any, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -
     return image
 
 
+# ---------------------------------------------------------------------------------------------
+# memory of the shuffle buffers
+# ---------------------------------------------------------------------------------------------
+
+SHUFFLE_MEMORY_FRACTION = 1 / 8  # of the machine's RAM: the rest is for decoding, prefetched batches and the model
+ROW_OVERHEAD_BYTES = 200  # Python objects of one buffered row besides its bytes (dicts, strings), measured order
+SIZE_SAMPLE_ROWS = 32
+
+
+def _row_bytes(value: Any) -> int:
+    """Bytes one buffered row holds: its encoded image when it carries one, else its path."""
+    if isinstance(value, dict):
+        data = value.get("bytes")
+        return ROW_OVERHEAD_BYTES + (len(data) if data else len(str(value.get("path") or "")))
+    return ROW_OVERHEAD_BYTES + (len(value) if isinstance(value, (bytes, bytearray)) else len(str(value)))
+
+
+def shuffle_buffer_bytes(source, shuffle_buffer_size: int, streams: int, sample_rows: int = SIZE_SAMPLE_ROWS) -> int:
+    """Estimated memory of the shuffle buffers of ``streams`` data streams (on one machine), in bytes:
+
+    .. math::
+
+        M = \\text{streams} \\times \\text{shuffle\\_buffer\\_size} \\times \\bar b
+
+    with ``b̄`` the mean bytes per row over the source's first ``sample_rows`` rows (undecoded: the
+    encoded image, ~160 KB for COCO's JPEGs; a local image folder's rows hold a path, ~0.3 KB).
+    Each stream (process × data-loader worker) fills its own buffer of ``shuffle_buffer_size`` rows.
+    """
+    if shuffle_buffer_size <= 0 or streams <= 0:
+        return 0
+    sizes = [_row_bytes(row["image"]) for row in source.take(sample_rows)]
+    return int(streams * shuffle_buffer_size * (sum(sizes) / len(sizes))) if sizes else 0
+
+
+def total_memory_bytes() -> int | None:
+    """Physical memory of this machine (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def warn_if_shuffle_buffers_exceed_memory(source, shuffle_buffer_size: int, streams: int) -> int:
+    """Warn when the shuffle buffers of this machine's ``streams`` would take more than
+    :data:`SHUFFLE_MEMORY_FRACTION` of its RAM (:func:`shuffle_buffer_bytes`); returns the estimate."""
+    estimate = shuffle_buffer_bytes(source, shuffle_buffer_size, streams)
+    memory = total_memory_bytes()
+    if memory and estimate > SHUFFLE_MEMORY_FRACTION * memory:
+        suggestion = max(1, int(SHUFFLE_MEMORY_FRACTION * memory / max(estimate / shuffle_buffer_size, 1)))
+        logger.warning(
+            "the shuffle buffers would hold about %.1f GiB (%d streams = processes x dataloader workers on this machine, "
+            "x shuffle_buffer_size %d rows x %.0f KiB per row), more than 1/%d of this machine's %.0f GiB of RAM. "
+            "Lower shuffle_buffer_size (e.g. to %d) or dataloader_num_workers.",
+            estimate / 2**30, streams, shuffle_buffer_size, estimate / streams / shuffle_buffer_size / 1024,
+            round(1 / SHUFFLE_MEMORY_FRACTION), memory / 2**30, suggestion,
+        )
+    return estimate
+
+
 def decode_image(value: Any, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode one undecoded ``datasets`` image value (``{"bytes", "path"}``, raw bytes or a path).
 

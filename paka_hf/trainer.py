@@ -46,7 +46,15 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, enable_full_determ
 from .backbones import PatchBackbone, ProjectionHead
 from .config import PaKAConfig
 from .hub import HubPushMixin, default_image_processor, save_backbone
-from .data import STREAM_KEYS, PaKACollator, PaKAViewStream, StreamState, empty_stream_error, load_image_source
+from .data import (
+    STREAM_KEYS,
+    PaKACollator,
+    PaKAViewStream,
+    StreamState,
+    empty_stream_error,
+    load_image_source,
+    warn_if_shuffle_buffers_exceed_memory,
+)
 from .modeling import PaKAModel
 from .teacher import teacher_momentum_at
 from .views import GlimTransform
@@ -456,6 +464,11 @@ class PaKATrainer(HubPushMixin, Trainer):
                 raise FileNotFoundError(f"{state_file} is missing: the checkpoint was written by fewer processes")
             self._resume_stream_state = StreamState.from_dict(json.loads(state_file.read_text()))
         self._check_every_stream_has_images()
+        if self.args.local_process_index == 0:  # one estimate per machine, for all its processes' streams
+            processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", self.args.world_size))
+            warn_if_shuffle_buffers_exceed_memory(
+                self.image_source, self.args.shuffle_buffer_size, processes_here * max(1, self.args.dataloader_num_workers)
+            )
         self._train_start = time.perf_counter()
         self._reset_log_accumulators()
         if self.args.should_save:  # beside the checkpoints from the start; every Hub push carries it

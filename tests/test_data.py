@@ -333,3 +333,33 @@ def test_each_stream_is_checked_for_an_image_before_training(tmp_path):
     write_images(tmp_path / "imgs", 4)
     source = load_image_source(str(tmp_path / "imgs"))
     assert PaKAViewStream(source, small_transform(), rank=1, world_size=2, num_workers=2).streams_without_images() == []
+
+
+def test_shuffle_buffer_memory_is_estimated_from_the_row_bytes_and_warned_about(tmp_path, monkeypatch, caplog):
+    """Issue 13 item 11: rows are undecoded (encoded bytes, or a path for a local folder); the buffers of a machine
+    hold streams x shuffle_buffer_size rows, and a warning says when that exceeds 1/8 of its RAM."""
+    import logging
+
+    import datasets
+
+    from paka_hf import PaKAConfig, data
+
+    rows = [{"bytes": bytes(160_000), "path": None} for _ in range(8)]  # COCO-sized rows: only their length matters
+    datasets.Dataset.from_dict({"image": rows}, features=datasets.Features({"image": datasets.Image()})).to_parquet(
+        str(tmp_path / "coco_like.parquet")
+    )
+    source = load_image_source(str(tmp_path / "coco_like.parquet"))
+    per_row = 160_000 + data.ROW_OVERHEAD_BYTES
+    assert data.shuffle_buffer_bytes(source, 1000, 32) == 32 * 1000 * per_row
+    write_images(tmp_path / "imgs", 3)
+    folder_rows = data.shuffle_buffer_bytes(load_image_source(str(tmp_path / "imgs")), 1000, 32) / 32_000
+    assert folder_rows < 1000  # a path per row
+
+    default = PaKAConfig(output_dir=str(tmp_path / "o"), max_steps=1, use_cpu=True).shuffle_buffer_size
+    monkeypatch.setattr(data, "total_memory_bytes", lambda: 256 * 2**30)  # an 8-GPU node, 4 workers per GPU
+    with caplog.at_level(logging.WARNING, logger="paka_hf.data"):
+        data.warn_if_shuffle_buffers_exceed_memory(source, default, 8 * 4)
+        assert not caplog.records  # the default is safe (5 GB)
+        data.warn_if_shuffle_buffers_exceed_memory(source, 10_000, 8 * 4)  # the old default: 51 GB > 32 GiB
+    message = caplog.records[-1].getMessage()
+    assert "about 47.7 GiB (32 streams" in message and "Lower shuffle_buffer_size (e.g. to 6702)" in message
