@@ -19,6 +19,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from .data import DATASET_FORMATS, DEFAULT_MAX_IMAGE_PIXELS
+from .errors import ConfigError
 from .losses import KERNELS, LOSSES, SCOPES
 
 EXPORTS = ("student", "teacher")
@@ -208,7 +209,7 @@ class PaKAConfig(TrainingArguments):
         if self.loss == "cosine" and self.kernel_scope != "pair":
             raise ValueError("kernel_scope applies to loss 'cka' and 'gram' only; leave it at 'pair' for 'cosine'")
         if self.max_image_pixels < 0 or (self.max_image_side is not None and self.max_image_side < 0):
-            raise ValueError(
+            raise ConfigError(
                 f"max_image_pixels and max_image_side must be >= 0 (0 = no limit), got {self.max_image_pixels} and "
                 f"{self.max_image_side}"
             )

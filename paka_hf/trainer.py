@@ -463,12 +463,7 @@ class PaKATrainer(HubPushMixin, Trainer):
             if not state_file.is_file():
                 raise FileNotFoundError(f"{state_file} is missing: the checkpoint was written by fewer processes")
             self._resume_stream_state = StreamState.from_dict(json.loads(state_file.read_text()))
-        self._check_every_stream_has_images()
-        if self.args.local_process_index == 0:  # one estimate per machine, for all its processes' streams
-            processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", self.args.world_size))
-            warn_if_shuffle_buffers_exceed_memory(
-                self.image_source, self.args.shuffle_buffer_size, processes_here * max(1, self.args.dataloader_num_workers)
-            )
+        self._check_data_before_training()
         self._train_start = time.perf_counter()
         self._reset_log_accumulators()
         if self.args.should_save:  # beside the checkpoints from the start; every Hub push carries it
@@ -478,10 +473,11 @@ class PaKATrainer(HubPushMixin, Trainer):
             self._write_rank_diagnostics()
         return output
 
-    def _check_every_stream_has_images(self) -> None:
+    def _check_data_before_training(self) -> None:
         """Before the first collective operation: every process checks its data streams and learns the others'
         results, so an empty or too small dataset stops every process with the same message (no process waits
-        in a collective for one that has failed)."""
+        in a collective for one that has failed). Then one process per machine estimates the memory of that
+        machine's shuffle buffers and warns when it is too much."""
         empty = self._make_stream(self.args, None).streams_without_images()
         if self.args.world_size > 1:
             from accelerate.utils import gather_object
@@ -489,6 +485,10 @@ class PaKATrainer(HubPushMixin, Trainer):
             empty = gather_object(empty)
         if empty:
             raise empty_stream_error(empty, self.args.world_size, self.args.dataloader_num_workers)
+        if self.args.local_process_index == 0:
+            processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", self.args.world_size))
+            streams_here = processes_here * max(1, self.args.dataloader_num_workers)
+            warn_if_shuffle_buffers_exceed_memory(self.image_source, self.args.shuffle_buffer_size, streams_here)
 
     def _write_rank_diagnostics(self) -> None:
         folder = Path(self.args.output_dir) / "rank_diagnostics"

@@ -251,6 +251,17 @@ def test_images_above_the_pixel_limit_are_refused_from_their_header_on_every_dec
     assert Image.MAX_IMAGE_PIXELS == DEFAULT_MAX_IMAGE_PIXELS  # Pillow's global is left as it was
 
 
+def test_the_size_limits_are_config_fields_with_checked_values(tmp_path):
+    from paka_hf import PaKAConfig
+    from paka_hf.errors import ConfigError
+
+    config = PaKAConfig(output_dir=str(tmp_path), max_steps=1, use_cpu=True)
+    assert (config.max_image_pixels, config.max_image_side) == (Image.MAX_IMAGE_PIXELS, None)
+    for bad in ({"max_image_pixels": -1}, {"max_image_side": -5}):
+        with pytest.raises(ConfigError, match="must be >= 0"):
+            PaKAConfig(output_dir=str(tmp_path), max_steps=1, use_cpu=True, **bad)
+
+
 @pytest.mark.parametrize("rendering", ["cpu", "device"])
 def test_too_large_images_are_skipped_and_counted(tmp_path, rendering):
     write_images(tmp_path / "imgs", 3)
@@ -362,4 +373,4 @@ def test_shuffle_buffer_memory_is_estimated_from_the_row_bytes_and_warned_about(
         assert not caplog.records  # the default is safe (5 GB)
         data.warn_if_shuffle_buffers_exceed_memory(source, 10_000, 8 * 4)  # the old default: 51 GB > 32 GiB
     message = caplog.records[-1].getMessage()
-    assert "about 47.7 GiB (32 streams" in message and "Lower shuffle_buffer_size (e.g. to 6702)" in message
+    assert "about 47.8 GiB (32 streams" in message and "Lower shuffle_buffer_size (e.g. to 6694)" in message
