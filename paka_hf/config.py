@@ -18,6 +18,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
+from .data import DATASET_FORMATS, DEFAULT_MAX_IMAGE_PIXELS
 from .errors import ConfigError
 from .losses import KERNELS, LOSSES, SCOPES
 from .paths import check_local_path
@@ -66,8 +67,31 @@ class PaKAConfig(TrainingArguments):
     dataset_split: str = _help("Split of the dataset to train on.", default="train")
     image_column_name: str = _help("Column that holds the images.", default="image")
     dataset_revision: str | None = _help("Hub revision of the dataset.", default=None)
+    dataset_format: str = _help(
+        "How to read a local folder: 'auto' (the format most of its files have: images, .parquet or .tar shards; a "
+        "warning names the choice when it mixes them), or 'imagefolder', 'parquet', 'webdataset'.",
+        default="auto",
+    )
     streaming: bool = _help("Stream the dataset instead of downloading it first.", default=True)
-    shuffle_buffer_size: int = _help("Size of the streaming shuffle buffer (0 = no shuffling).", default=10_000)
+    shuffle_buffer_size: int = _help(
+        "Rows of the streaming shuffle buffer of each data stream (0 = no shuffling). Rows are undecoded: memory on a "
+        "machine is about processes x dataloader_num_workers x shuffle_buffer_size x the mean encoded image size "
+        "(8 x 4 x 1000 x 160 KB of COCO JPEG = 5 GB; a local folder's rows are paths). A warning says when that "
+        "exceeds 1/8 of the RAM.",
+        default=1_000,
+    )
+    max_image_pixels: int = _help(
+        "Images whose header announces more pixels are skipped (and counted in images_skipped) without being "
+        "decoded: decompression bombs and giant scans. Default: Pillow's MAX_IMAGE_PIXELS; 0 = no limit.",
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+    )
+    max_image_side: int | None = _help(
+        "Longer side (pixels) to which a larger decoded image is downscaled before its views are cut, in both view "
+        "renderings; bounds the padded batch of view_rendering 'device' to batch x side x side x 3 bytes. Default: "
+        "twice the side at which the smallest crop still covers its view's pixels (1088 for 224/98 views, 2432 for "
+        "518/98); 0 = never downscale.",
+        default=None,
+    )
     dataset_num_images: int = _help(
         "Images per epoch, used with num_train_epochs to derive max_steps when max_steps is not set "
         "(COCO train2017: 118287).",
@@ -181,6 +205,7 @@ class PaKAConfig(TrainingArguments):
         choice("export", EXPORTS)
         choice("student_views", STUDENT_VIEWS)
         choice("view_rendering", VIEW_RENDERINGS)
+        choice("dataset_format", DATASET_FORMATS)
         if not 0.0 <= self.min_intersection <= 1.0:
             raise ConfigError(f"min_intersection must be in [0, 1] (a containment fraction), got {self.min_intersection}")
         if not 0.0 <= self.teacher_momentum <= 1.0:
@@ -202,6 +227,11 @@ class PaKAConfig(TrainingArguments):
             raise ConfigError(f"roi_size must be >= 2 (a kernel needs two tokens), got {self.roi_size}")
         if self.loss == "cosine" and self.kernel_scope != "pair":
             raise ConfigError("kernel_scope applies to loss 'cka' and 'gram' only; leave it at 'pair' for 'cosine'")
+        if self.max_image_pixels < 0 or (self.max_image_side is not None and self.max_image_side < 0):
+            raise ConfigError(
+                f"max_image_pixels and max_image_side must be >= 0 (0 = no limit), got {self.max_image_pixels} and "
+                f"{self.max_image_side}"
+            )
         if self.shuffle_buffer_size < 0:
             raise ConfigError(f"shuffle_buffer_size must be >= 0, got {self.shuffle_buffer_size}")
 

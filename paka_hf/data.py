@@ -12,8 +12,9 @@ file of parquet shards, or webdataset ``.tar`` shards. The image column is cast 
   ``datasets.distributed.split_dataset_by_node``: stream ``s = rank · W + worker`` of
   ``world_size · W``. Whole shards go to each stream when the shard count divides the stream
   count; otherwise every stream reads all rows and keeps one in ``world_size · W`` (a warning
-  says so, and how to avoid it);
-- decodes each row (skipping and counting corrupt, truncated and empty files), converts it to RGB
+  says so, and how to avoid it, when those rows carry image bytes: a local folder's rows are paths);
+- decodes each row (skipping and counting corrupt, truncated and empty files, and images whose header
+  announces more than ``max_image_pixels``: decompression bombs are never decoded), converts it to RGB
   and renders its GLIM views with a generator seeded by ``(seed, epoch, stream, row)``, so a
   sample's views do not depend on timing, worker scheduling or resumption;
 - runs epoch after epoch (``set_epoch`` reshuffles) until the trainer stops at ``max_steps``;
@@ -37,12 +38,20 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .errors import ConfigError, EmptyDatasetError
 from .imaging import to_rgb
 from .views import GlimTransform, collate_views
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+DEFAULT_MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb threshold (89,478,485 pixels)
+
+
+class ImageTooLargeError(Image.DecompressionBombError):
+    """An image's header announces more pixels than the configured limit; it is never decoded."""
+
+
 DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
 STREAM_KEYS = ("stream_index", "stream_epoch", "stream_position", "num_skipped")
 
@@ -52,26 +61,71 @@ STREAM_KEYS = ("stream_index", "stream_epoch", "stream_position", "num_skipped")
 # ---------------------------------------------------------------------------------------------
 
 
-def _local_builder(path: Path) -> tuple[str, dict[str, Any]]:
-    """The ``datasets`` builder and arguments for a local file or folder."""
+IMAGEFOLDER_METADATA = {"metadata.parquet", "metadata.csv", "metadata.jsonl"}  # datasets' imagefolder side files
+DATASET_FORMATS = ("auto", "imagefolder", "parquet", "webdataset")
+_FORMAT_FILES = {"imagefolder": "images", "parquet": ".parquet shards", "webdataset": ".tar shards"}
+
+
+def _local_files_by_format(folder: Path) -> dict[str, list[str]]:
+    """The files under ``folder`` that each local format would read, sorted; hidden files and folders are left
+    out, and so are the ``metadata.*`` files that ``datasets``' imagefolder writes beside the images."""
+    found: dict[str, list[str]] = {name: [] for name in _FORMAT_FILES}
+    for file in folder.rglob("*"):
+        relative = file.relative_to(folder).parts
+        if any(part.startswith(".") for part in relative) or not file.is_file():
+            continue
+        suffix = file.suffix.lower()
+        if suffix in IMAGE_SUFFIXES:
+            found["imagefolder"].append(str(file))
+        elif suffix == ".parquet" and file.name not in IMAGEFOLDER_METADATA:
+            found["parquet"].append(str(file))
+        elif suffix == ".tar":
+            found["webdataset"].append(str(file))
+    return {name: sorted(files) for name, files in found.items()}
+
+
+def _local_builder(path: Path, dataset_format: str = "auto") -> tuple[str, dict[str, Any]]:
+    """The ``datasets`` builder and arguments for a local file or folder.
+
+    A folder is read as the format most of its files have (images, ``.parquet`` or ``.tar`` shards;
+    a tie goes to images, then parquet): a folder of images with a stray shard, or with the
+    ``metadata.parquet`` that ``datasets``' imagefolder writes, is an image folder, and only its images
+    are read. When it mixes formats a warning names what was chosen and how to choose another
+    (``dataset_format``).
+    """
+    if dataset_format not in DATASET_FORMATS:
+        raise ConfigError(f"dataset_format must be one of {DATASET_FORMATS}, got {dataset_format!r}")
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".parquet":
             return "parquet", {"data_files": {"train": str(path)}}
         if suffix == ".tar":
             return "webdataset", {"data_files": {"train": str(path)}}
-        raise ValueError(f"{path} is a file but not a .parquet or .tar shard; pass a folder of images instead")
-    files = [p for p in path.rglob("*") if p.is_file()]
-    parquet = sorted(str(p) for p in files if p.suffix.lower() == ".parquet")
-    tars = sorted(str(p) for p in files if p.suffix.lower() == ".tar")
-    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-    if parquet:
-        return "parquet", {"data_files": {"train": parquet}}
-    if tars:
-        return "webdataset", {"data_files": {"train": tars}}
-    if images:
-        return "imagefolder", {"data_dir": str(path), "drop_labels": True}
-    raise ValueError(f"found no images, .parquet or .tar files under {path}")
+        raise ConfigError(f"{path} is a file but not a .parquet or .tar shard; pass a folder of images instead")
+    found = _local_files_by_format(path)
+    present = {name: files for name, files in found.items() if files}
+    if not present:
+        raise EmptyDatasetError(f"found no images, .parquet or .tar files under {path}")
+    if dataset_format == "auto":
+        chosen = max(present, key=lambda name: len(present[name]))  # first of DATASET_FORMATS on a tie
+        if len(present) > 1:
+            counts = ", ".join(f"{len(files)} {_FORMAT_FILES[name]}" for name, files in present.items())
+            others = " or ".join(f"--dataset_format {name}" for name in present if name != chosen)
+            logger.warning(
+                "%s holds %s; reading it as %s (%s, the most files). Pass %s to read the others instead, or point "
+                "--dataset_name at a folder (or file) of one format.",
+                path, counts, chosen, _FORMAT_FILES[chosen], others,
+            )
+    else:
+        chosen = dataset_format
+        if chosen not in present:
+            raise EmptyDatasetError(
+                f"--dataset_format {chosen}: no {_FORMAT_FILES[chosen]} under {path} "
+                f"(it holds {', '.join(f'{len(f)} {_FORMAT_FILES[n]}' for n, f in present.items())})"
+            )
+    if chosen == "imagefolder":  # the listed images only: a stray shard or metadata file changes nothing
+        return "imagefolder", {"data_files": {"train": present[chosen]}, "drop_labels": True}
+    return chosen, {"data_files": {"train": present[chosen]}}
 
 
 def load_image_source(
@@ -82,18 +136,20 @@ def load_image_source(
     streaming: bool = True,
     revision: str | None = None,
     token: str | bool | None = None,
+    dataset_format: str = "auto",
 ):
     """Load a dataset of images and return it as a ``datasets.IterableDataset`` with one column,
     ``image``, holding undecoded ``{"bytes", "path"}`` dicts.
 
-    ``dataset_name`` is a Hub id or a local path (folder of images, parquet or webdataset shards).
+    ``dataset_name`` is a Hub id or a local path (folder of images, parquet or webdataset shards;
+    ``dataset_format`` picks one in a folder that mixes them, see :func:`_local_builder`).
     With ``streaming=False`` the dataset is downloaded/prepared first and then iterated as a stream.
     """
     import datasets
 
     path = Path(dataset_name).expanduser()
     if path.exists():
-        builder, kwargs = _local_builder(path)
+        builder, kwargs = _local_builder(path, dataset_format)
         split = "train"
         source = datasets.load_dataset(builder, split=split, streaming=streaming, **kwargs)
         if builder == "webdataset" and image_column not in (source.column_names or []):
@@ -123,11 +179,95 @@ def _webdataset_image_column(columns: Sequence[str], requested: str) -> str:
     raise ValueError(f"webdataset shards have no image column ({requested!r} not in {list(columns)})")
 
 
-def decode_image(value: Any) -> Image.Image:
+def open_image(source: Any, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """``Image.open`` (reads the header only) that refuses more than ``max_pixels`` pixels before any decode.
+
+    ``max_pixels`` replaces Pillow's own ``MAX_IMAGE_PIXELS`` check (a warning at 1×, an error at 2×):
+    an image above it raises :class:`ImageTooLargeError`; ``None`` or 0 means no limit. Pillow's
+    global is lifted for the duration of the header read only (decoding runs in data workers and
+    evaluation loops, one thread each).
+    """
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # our limit, below, is the one that counts
+    try:
+        image = Image.open(source)
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+    width, height = image.size
+    if max_pixels and width * height > max_pixels:
+        image.close()
+        raise ImageTooLargeError(
+            f"image of {width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,} "
+            "(max_image_pixels); not decoded"
+        )
+    return image
+
+
+# ---------------------------------------------------------------------------------------------
+# memory of the shuffle buffers
+# ---------------------------------------------------------------------------------------------
+
+SHUFFLE_MEMORY_FRACTION = 1 / 8  # of the machine's RAM: the rest is for decoding, prefetched batches and the model
+ROW_OVERHEAD_BYTES = 400  # Python objects of one buffered row besides its bytes: two dicts and a bytes header (tracemalloc: ~409 B)
+SIZE_SAMPLE_ROWS = 32
+
+
+def _row_bytes(value: Any) -> int:
+    """Bytes one buffered row holds: its encoded image when it carries one, else its path."""
+    if isinstance(value, dict):
+        data = value.get("bytes")
+        return ROW_OVERHEAD_BYTES + (len(data) if data else len(str(value.get("path") or "")))
+    return ROW_OVERHEAD_BYTES + (len(value) if isinstance(value, (bytes, bytearray)) else len(str(value)))
+
+
+def shuffle_buffer_bytes(source, shuffle_buffer_size: int, streams: int, sample_rows: int = SIZE_SAMPLE_ROWS) -> int:
+    """Estimated memory of the shuffle buffers of ``streams`` data streams (on one machine), in bytes:
+
+    .. math::
+
+        M = \\text{streams} \\times \\text{shuffle\\_buffer\\_size} \\times \\bar b
+
+    with ``b̄`` the mean bytes per row over the source's first ``sample_rows`` rows (undecoded: the
+    encoded image, ~160 KB for COCO's JPEGs; a local image folder's rows hold a path, under 1 KB).
+    Each stream (process × data-loader worker) fills its own buffer of ``shuffle_buffer_size`` rows.
+    """
+    if shuffle_buffer_size <= 0 or streams <= 0:
+        return 0
+    sizes = [_row_bytes(row["image"]) for row in source.take(sample_rows)]
+    return int(streams * shuffle_buffer_size * (sum(sizes) / len(sizes))) if sizes else 0
+
+
+def total_memory_bytes() -> int | None:
+    """Physical memory of this machine (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def warn_if_shuffle_buffers_exceed_memory(source, shuffle_buffer_size: int, streams: int) -> int:
+    """Warn when the shuffle buffers of this machine's ``streams`` would take more than
+    :data:`SHUFFLE_MEMORY_FRACTION` of its RAM (:func:`shuffle_buffer_bytes`); returns the estimate."""
+    estimate = shuffle_buffer_bytes(source, shuffle_buffer_size, streams)
+    memory = total_memory_bytes()
+    if memory and estimate > SHUFFLE_MEMORY_FRACTION * memory:
+        suggestion = max(1, int(SHUFFLE_MEMORY_FRACTION * memory / max(estimate / shuffle_buffer_size, 1)))
+        logger.warning(
+            "the shuffle buffers would hold about %.1f GiB (%d streams = processes x dataloader workers on this machine, "
+            "x shuffle_buffer_size %d rows x %.0f KiB per row), more than 1/%d of this machine's %.0f GiB of RAM. "
+            "Lower shuffle_buffer_size (e.g. to %d) or dataloader_num_workers.",
+            estimate / 2**30, streams, shuffle_buffer_size, estimate / streams / shuffle_buffer_size / 1024,
+            round(1 / SHUFFLE_MEMORY_FRACTION), memory / 2**30, suggestion,
+        )
+    return estimate
+
+
+def decode_image(value: Any, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode one undecoded ``datasets`` image value (``{"bytes", "path"}``, raw bytes or a path).
 
-    Forces the full decode (``Image.load``) so truncated files fail here, not later. Raises one of
-    :data:`DECODE_ERRORS` for unreadable data.
+    The header's size is checked against ``max_pixels`` first (:func:`open_image`), so a
+    decompression bomb is refused without being decoded. Forces the full decode (``Image.load``)
+    so truncated files fail here, not later. Raises one of :data:`DECODE_ERRORS` for unreadable data.
     """
     if isinstance(value, dict):
         data, path = value.get("bytes"), value.get("path")
@@ -138,16 +278,14 @@ def decode_image(value: Any) -> Image.Image:
     if data is not None:
         if len(data) == 0:
             raise ValueError("empty image file (0 bytes)")
-        image = Image.open(io.BytesIO(data))
+        image = open_image(io.BytesIO(data), max_pixels)
     elif path:
         if os.path.getsize(path) == 0:
             raise ValueError(f"empty image file (0 bytes): {path}")
-        image = Image.open(path)
+        image = open_image(path, max_pixels)
     else:
         raise ValueError("image value holds neither bytes nor a path")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        image.load()
+    image.load()
     return image
 
 
@@ -166,7 +304,7 @@ def _raw_bytes(value: Any) -> bytes | None:
     return None
 
 
-def decode_rgb_pixels(value: Any) -> np.ndarray:
+def decode_rgb_pixels(value: Any, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Decode one image value to an upright RGB ``(H, W, 3)`` uint8 array (what the device rendering ships).
 
     Colour JPEGs go straight through libjpeg-turbo (``torchvision.io.decode_jpeg``, EXIF orientation
@@ -174,13 +312,14 @@ def decode_rgb_pixels(value: Any) -> np.ndarray:
     array (about a third of the data workers' time with ``view_rendering: device``). Everything
     else — grayscale and CMYK JPEGs, other formats, anything libjpeg refuses — takes the Pillow path
     (:func:`decode_image` + :func:`~paka_hf.imaging.to_rgb`), which raises :data:`DECODE_ERRORS`
-    for unreadable data.
+    for unreadable data. Both paths refuse an image above ``max_pixels`` from its header, before decoding.
     """
     try:
         data = _raw_bytes(value)
     except OSError:
         data = None
     if data and data[:3] == b"\xff\xd8\xff":
+        open_image(io.BytesIO(data), max_pixels).close()  # the JPEG header's size, before libjpeg allocates it
         try:
             with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for torchcodec's; they still work
                 warnings.simplefilter("ignore", DeprecationWarning)
@@ -188,13 +327,10 @@ def decode_rgb_pixels(value: Any) -> np.ndarray:
 
             pixels = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), apply_exif_orientation=True)
             if pixels.shape[0] == 3:
-                limit = Image.MAX_IMAGE_PIXELS
-                if limit and pixels.shape[1] * pixels.shape[2] > limit:  # as decode_image refuses it
-                    raise Image.DecompressionBombError(f"image of {pixels.shape[2]}x{pixels.shape[1]} pixels exceeds {limit}")
                 return pixels.permute(1, 2, 0).numpy()  # decode_jpeg's storage is (H, W, 3): no copy
         except (RuntimeError, ImportError):  # truncated or exotic JPEGs: Pillow decides (and names the error)
             pass
-    return np.asarray(to_rgb(decode_image(value)))
+    return np.asarray(to_rgb(decode_image(value, max_pixels)))
 
 
 def image_key(value: Any) -> str:
@@ -281,6 +417,8 @@ class PaKAViewStream(torch.utils.data.IterableDataset):
         num_workers: data-loader workers of this process (0 = load in the main process).
         state: a :class:`StreamState` to resume from (None = from the start).
         record_keys: also yield ``image_key`` per sample (for diagnostics).
+        max_image_pixels: images whose header announces more pixels are skipped (and counted) without
+            being decoded; None or 0 = no limit. Default: Pillow's ``MAX_IMAGE_PIXELS``.
     """
 
     def __init__(
@@ -295,8 +433,10 @@ class PaKAViewStream(torch.utils.data.IterableDataset):
         num_workers: int = 0,
         state: StreamState | None = None,
         record_keys: bool = False,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ):
         super().__init__()
+        self.max_image_pixels = max_image_pixels
         self.source, self.transform = source, transform
         self.seed, self.shuffle_buffer_size = int(seed), int(shuffle_buffer_size)
         self.rank, self.world_size, self.num_workers = int(rank), int(world_size), int(num_workers)
@@ -322,23 +462,77 @@ class PaKAViewStream(torch.utils.data.IterableDataset):
         source.set_epoch(epoch)
         total = self.world_size * self.num_streams
         if total > 1:
-            n_shards = source.num_shards
-            if n_shards % total and not self._warned_stride:
-                logger.warning(
-                    "the dataset has %d shards, not a multiple of %d streams (%d processes x %d workers): every stream "
-                    "reads all rows and keeps 1 in %d. Choose dataloader_num_workers so that processes x workers "
-                    "divides the shard count to read each shard once.",
-                    n_shards, total, self.world_size, self.num_streams, total,
-                )
-                self._warned_stride = True
             source = split_dataset_by_node(source, rank=self.rank * self.num_streams + stream, world_size=total)
         return source
+
+    def _strides(self) -> bool:
+        """Whether every stream reads all rows and keeps 1 in ``world_size · W`` (shards do not divide evenly)."""
+        total = self.world_size * self.num_streams
+        return total > 1 and self.source.num_shards % total != 0
+
+    def _warn_if_striding_costs_bytes(self, row: dict[str, Any], stream_global: int) -> None:
+        """Say so once (from stream 0 of process 0) when striding reads image bytes that other streams keep.
+
+        Rows of a local image folder hold a path, not bytes: reading the rows another stream keeps
+        costs a file name, so striding there is free and no warning is due (``make demo``'s folder
+        is one shard for any number of workers)."""
+        if self._warned_stride or stream_global != 0 or not self._strides():
+            return
+        self._warned_stride = True
+        value = row.get("image")
+        if isinstance(value, dict) and not value.get("bytes"):
+            return
+        total = self.world_size * self.num_streams
+        logger.warning(
+            "the dataset has %d shards, not a multiple of %d streams (%d processes x %d workers): every stream "
+            "reads all rows and keeps 1 in %d. Choose dataloader_num_workers so that processes x workers "
+            "divides the shard count to read each shard once.",
+            self.source.num_shards, total, self.world_size, self.num_streams, total,
+        )
 
     def _rows(self, stream: int, epoch: int) -> Iterator[dict[str, Any]]:
         # ``.iter`` rather than ``iter()``: inside a DataLoader worker, ``datasets`` would otherwise split
         # the stream between workers a second time.
         for batch in self._stream_source(stream, epoch).iter(batch_size=1):
             yield {key: values[0] for key, values in batch.items()}
+
+    def _decode(self, value: Any) -> Image.Image | np.ndarray:
+        """One row's image as the transform takes it; raises one of :data:`DECODE_ERRORS` for unusable data."""
+        if self.transform.rendering == "device":  # the views are rendered later: pixels suffice
+            return decode_rgb_pixels(value, self.max_image_pixels)
+        return to_rgb(decode_image(value, self.max_image_pixels))
+
+    def streams_without_images(self) -> list[str]:
+        """One line per data stream of this process that holds no decodable image, e.g.
+        ``"process 1 stream 0 (0 rows, 0 undecodable)"``; empty when every stream has one.
+
+        Reads each stream's rows, unshuffled, up to its first decodable image (one decode per stream
+        of a healthy dataset; the rows of a local folder are file names). Unshuffled, whole shards may
+        go to other streams than in training, so a stream whose own shards are all corrupt can still
+        slip through; an empty, all-corrupt or too small dataset (fewer images than
+        processes × workers) cannot. The trainer gathers these lines from every process before the
+        first collective operation, so that every process stops with the same message
+        (:func:`empty_stream_error`) instead of one failing and the others waiting for it.
+        """
+        from datasets.distributed import split_dataset_by_node
+
+        total = self.world_size * self.num_streams
+        empty = []
+        for stream in range(self.num_streams):
+            source = self.source
+            if total > 1:
+                source = split_dataset_by_node(source, rank=self.rank * self.num_streams + stream, world_size=total)
+            rows = undecodable = 0
+            for batch in source.iter(batch_size=1):
+                rows += 1
+                try:
+                    self._decode(batch["image"][0])
+                    break
+                except DECODE_ERRORS:
+                    undecodable += 1
+            else:
+                empty.append(f"process {self.rank} stream {stream} ({rows} rows, {undecodable} undecodable)")
+        return empty
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
@@ -360,13 +554,11 @@ class PaKAViewStream(torch.utils.data.IterableDataset):
             rows_read, produced = 0, 0
             for row_index, row in enumerate(self._rows(stream, epoch)):
                 rows_read = row_index + 1
+                self._warn_if_striding_costs_bytes(row, stream_global)
                 if row_index < start_row:
                     continue  # consumed before the checkpoint: skip without decoding
                 try:
-                    if self.transform.rendering == "device":  # the views are rendered later: pixels suffice
-                        image = decode_rgb_pixels(row["image"])
-                    else:
-                        image = to_rgb(decode_image(row["image"]))
+                    image = self._decode(row["image"])
                 except DECODE_ERRORS as error:
                     skipped += 1
                     logger.debug("skipping undecodable image %s: %s", image_key(row["image"]), error)
@@ -385,12 +577,22 @@ class PaKAViewStream(torch.utils.data.IterableDataset):
                 produced += 1
                 yield sample
             if produced == 0 and start_row == 0:
-                raise RuntimeError(
-                    f"stream {stream} of process {self.rank} found no decodable image in epoch {epoch} "
-                    f"({rows_read} rows read, {skipped} undecodable). The dataset may be empty, all corrupt, or "
-                    f"smaller than processes x workers ({self.world_size} x {self.num_streams})."
+                raise empty_stream_error(
+                    [f"process {self.rank} stream {stream} ({rows_read} rows, {skipped} undecodable) in epoch {epoch}"],
+                    self.world_size, self.num_streams,
                 )
             epoch, start_row = epoch + 1, 0
+
+
+def empty_stream_error(empty: Sequence[str], world_size: int, num_workers: int) -> EmptyDatasetError:
+    """The one-line error for data streams that hold no decodable image (``empty``: their descriptions)."""
+    streams = world_size * max(1, num_workers)
+    shown = "; ".join(empty[:4]) + ("; ..." if len(empty) > 4 else "")
+    return EmptyDatasetError(
+        f"no decodable image in {len(empty)} of {streams} data stream(s): {shown}. The dataset is empty, all corrupt, "
+        f"or has fewer images than processes x dataloader_num_workers ({world_size} x {max(1, num_workers)}): "
+        "add images or use fewer processes or workers"
+    )
 
 
 class PaKACollator:

@@ -3,7 +3,7 @@
 Handles what real image collections contain: EXIF orientation, grayscale and bilevel, palette
 (with or without transparency), RGBA / LA (composited on white, as ``transformers`` does),
 CMYK, YCbCr / LAB / HSV, 16-bit and 32-bit integer and float images (rescaled to 8 bits rather
-than clipped to white).
+than clipped to white). :func:`fit_within` bounds the size of what the views are cut from.
 """
 
 from __future__ import annotations
@@ -50,3 +50,22 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def fit_within(image: Image.Image | np.ndarray, max_side: int | None) -> Image.Image | np.ndarray:
+    """Downscale ``image`` so that its longer side is at most ``max_side`` pixels (aspect ratio kept).
+
+    An image of ``W × H`` with ``max(W, H) = L > max_side`` becomes ``round(W·s) × round(H·s)``
+    (each at least 1), ``s = max_side / L``, with Pillow's antialiased bicubic resize; smaller
+    images, and ``max_side`` None or ≤ 0, are returned as they are. A PIL image gives a PIL image
+    and an RGB ``(H, W, 3)`` uint8 array an array, with the same pixels either way, so the CPU and
+    the device rendering cut their views from the same image.
+    """
+    height, width = (image.shape[0], image.shape[1]) if isinstance(image, np.ndarray) else (image.height, image.width)
+    if not max_side or max_side <= 0 or max(height, width) <= max_side:
+        return image
+    scale = max_side / max(height, width)
+    size = (max(1, min(max_side, round(width * scale))), max(1, min(max_side, round(height * scale))))
+    if isinstance(image, np.ndarray):
+        return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
+    return image.resize(size, Image.Resampling.BICUBIC)

@@ -57,7 +57,15 @@ from .config import PaKAConfig
 from .errors import ConfigError, MissingPathError
 from .hub import default_image_processor, save_backbone
 from .trainer_hub import HubPushMixin
-from .data import STREAM_KEYS, PaKACollator, PaKAViewStream, StreamState, load_image_source
+from .data import (
+    STREAM_KEYS,
+    PaKACollator,
+    PaKAViewStream,
+    StreamState,
+    empty_stream_error,
+    load_image_source,
+    warn_if_shuffle_buffers_exceed_memory,
+)
 from .modeling import PaKAModel
 from .teacher import teacher_momentum_at
 from .views import GlimTransform
@@ -111,6 +119,7 @@ def build_transform(config: PaKAConfig, patch_size: int) -> GlimTransform:
         patch_size=patch_size,
         normalize=False,  # uint8 views; PaKAModel normalizes them on its device
         rendering=config.view_rendering,  # "device": PaKAModel renders the views from the decoded images
+        max_image_side=config.max_image_side,
     )
 
 
@@ -202,6 +211,15 @@ class WeightDecayScheduleCallback(TrainerCallback):
                 group["weight_decay"] = self.value
 
 
+class FinalStepLogCallback(TrainerCallback):
+    """Log at the last optimizer step too, so the final loss is logged whatever ``logging_steps`` is
+    (``Trainer`` logs only at multiples of it: ``logging_steps`` > ``max_steps`` would log no loss at all)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if args.logging_strategy == "steps" and state.global_step >= state.max_steps:
+            control.should_log = True
+
+
 # ---------------------------------------------------------------------------------------------
 # the trainer
 # ---------------------------------------------------------------------------------------------
@@ -248,6 +266,7 @@ class PaKATrainer(HubPushMixin, Trainer):
             image_source = load_image_source(
                 args.dataset_name, args.dataset_config_name, args.dataset_split, args.image_column_name,
                 streaming=args.streaming, revision=args.dataset_revision, token=args.hub_token,
+                dataset_format=args.dataset_format,
             )
         if image_processor is None:
             image_processor = load_image_processor(args.model_name_or_path, args.model_revision)
@@ -261,7 +280,7 @@ class PaKATrainer(HubPushMixin, Trainer):
             train_dataset=self._make_stream(args, None),
             data_collator=PaKACollator(),
             processing_class=image_processor,
-            callbacks=[self.ema_callback, self.weight_decay_callback, *(callbacks or [])],
+            callbacks=[self.ema_callback, self.weight_decay_callback, FinalStepLogCallback(), *(callbacks or [])],
             **kwargs,
         )
         if self.is_fsdp_enabled:
@@ -293,6 +312,7 @@ class PaKATrainer(HubPushMixin, Trainer):
             num_workers=args.dataloader_num_workers,
             state=copy.deepcopy(state),
             record_keys=args.record_rank_diagnostics,
+            max_image_pixels=args.max_image_pixels,
         )
 
     def get_train_dataloader(self) -> DataLoader:
@@ -549,6 +569,7 @@ class PaKATrainer(HubPushMixin, Trainer):
                 )
             self._resume_stream_state = StreamState.from_dict(json.loads(state_file.read_text()))
             self._totals_before = RunTotals.read(Path(checkpoint) / TRAINING_SUMMARY_FILE)
+        self._check_data_before_training()
         self._prepare_output_dir(checkpoint)
         self._images_seen = 0
         self._totals = None
@@ -580,6 +601,23 @@ class PaKATrainer(HubPushMixin, Trainer):
             images_skipped=int(skipped),
             train_runtime_s=before.train_runtime_s + float(rows[:, 2].max().item()),
         )
+
+    def _check_data_before_training(self) -> None:
+        """Before the first collective operation: every process checks its data streams and learns the others'
+        results, so an empty or too small dataset stops every process with the same message (no process waits
+        in a collective for one that has failed). Then one process per machine estimates the memory of that
+        machine's shuffle buffers and warns when it is too much."""
+        empty = self._make_stream(self.args, None).streams_without_images()
+        if self.args.world_size > 1:
+            from accelerate.utils import gather_object
+
+            empty = gather_object(empty)
+        if empty:
+            raise empty_stream_error(empty, self.args.world_size, self.args.dataloader_num_workers)
+        if self.args.local_process_index == 0:
+            processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", self.args.world_size))
+            streams_here = processes_here * max(1, self.args.dataloader_num_workers)
+            warn_if_shuffle_buffers_exceed_memory(self.image_source, self.args.shuffle_buffer_size, streams_here)
 
     def _write_rank_diagnostics(self) -> None:
         folder = Path(self.args.output_dir) / "rank_diagnostics"

@@ -39,7 +39,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from .augment import PhotometricAugment
-from .imaging import to_rgb
+from .imaging import fit_within, to_rgb
 from .resample import resample_boxes
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -210,6 +210,39 @@ def normalize_views(
 
 
 RENDERINGS = ("cpu", "device")
+MIN_SCALE_FOR_SIZE_BOUND = 0.01  # a crop scale range starting at 0 is taken as starting here when bounding the image side
+IMAGE_SIDE_MARGIN = 2.0  # covers images up to 4:1 (an L-sided image of aspect ≤ 4 has area ≥ (L/2)²)
+IMAGE_SIDE_MULTIPLE = 64
+
+
+def default_max_image_side(
+    global_size: int,
+    local_size: int,
+    global_scale: Sequence[float] = (0.25, 1.0),
+    local_scale: Sequence[float] = (0.05, 0.25),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+) -> int:
+    """The longer side beyond which an image is downscaled before its views are cut (:class:`GlimTransform`).
+
+    On an ``n × n`` image the smallest crop of a kind (area scale ``s_min``, aspect ratio at the
+    extreme ``ρ = min(r_min, 1 / r_max)``) has a short side of ``n·sqrt(s_min·ρ)``; it still holds at
+    least as many pixels as its view of side ``S`` when ``n ≥ S / sqrt(s_min·ρ)``. The bound is
+
+    .. math::
+
+        L = \\lceil 2 \\max_{k \\in \\{global, local\\}} S_k / \\sqrt{s_{min,k}\\,ρ} \\rceil_{64}
+
+    (the factor 2 covers images up to 4:1): beyond ``L`` pixels the views only get downsampled more.
+    224/98 views with the default scales give 1088, the paper's 518/98 give 2432; COCO (≤ 640) and
+    CamVid (480) images are never touched. With ``view_rendering: device`` the padded batch is then
+    at most ``B × L × L × 3`` bytes.
+    """
+    rho = min(float(ratio[0]), 1.0 / float(ratio[1]), 1.0)
+    need = max(
+        size / math.sqrt(max(float(scale[0]), MIN_SCALE_FOR_SIZE_BOUND) * rho)
+        for size, scale in ((global_size, global_scale), (local_size, local_scale))
+    )
+    return int(math.ceil(IMAGE_SIDE_MARGIN * need / IMAGE_SIDE_MULTIPLE) * IMAGE_SIDE_MULTIPLE)
 
 
 class GlimTransform:
@@ -237,6 +270,9 @@ class GlimTransform:
     seed gives the same boxes, flips and photometric parameters whichever side renders.
 
     Any PIL mode and size (down to 1×1, any aspect ratio) is accepted: see :func:`paka_hf.imaging.to_rgb`.
+    An image whose longer side exceeds ``max_image_side`` (default :func:`default_max_image_side`,
+    ≤ 0 for none) is first downscaled to it (:func:`paka_hf.imaging.fit_within`), in both renderings,
+    so the boxes and views come from the same pixels and a batch padded for the device stays bounded.
     """
 
     def __init__(
@@ -260,6 +296,7 @@ class GlimTransform:
         patch_size: int | None = None,
         normalize: bool = True,
         rendering: str = "cpu",
+        max_image_side: int | None = None,
     ):
         if global_size < 1 or local_size < 1:
             raise ValueError(f"view sizes must be positive, got global {global_size}, local {local_size}")
@@ -289,6 +326,9 @@ class GlimTransform:
         self.mean, self.std = list(mean), list(std)
         self.normalize = bool(normalize)
         self.rendering = rendering
+        if max_image_side is None:
+            max_image_side = default_max_image_side(global_size, local_size, global_scale, local_scale, ratio)
+        self.max_image_side = int(max_image_side)
 
     def view_spec(self) -> dict[str, int]:
         """What :func:`render_views` needs besides the per-sample draws (plain ints, carried in each batch)."""
@@ -359,9 +399,9 @@ class GlimTransform:
                     f"an array image must be RGB (H, W, 3) uint8 and needs rendering='device', got {image.dtype} "
                     f"{image.shape} with rendering={self.rendering!r}; pass a PIL image otherwise"
                 )
-            pixels = image
+            pixels = fit_within(image, self.max_image_side)
         else:
-            image = to_rgb(image)
+            image = fit_within(to_rgb(image), self.max_image_side)
             if self.rendering == "cpu":
                 draws = self.sample(image.height, image.width, generator)
                 views = self.render(image, draws)

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from paka_hf.data import PaKACollator, PaKAViewStream, StreamState, decode_image, load_image_source
+from paka_hf.errors import EmptyDatasetError
 from paka_hf.views import GlimTransform
 
 
@@ -156,8 +157,9 @@ def test_empty_source_raises_a_clear_error(tmp_path):
     folder.mkdir()
     (folder / "bad.jpg").write_bytes(b"nope")
     source = load_image_source(str(folder))
-    with pytest.raises(RuntimeError, match="no decodable image"):
+    with pytest.raises(EmptyDatasetError, match=r"no decodable image in 1 of 1 data stream\(s\): process 0 stream 0 \(1 rows, 1 undecodable\)"):
         take(PaKAViewStream(source, small_transform()), 1)
+    assert PaKAViewStream(source, small_transform()).streams_without_images() == ["process 0 stream 0 (1 rows, 1 undecodable)"]
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match="found no images"):
@@ -212,3 +214,163 @@ def test_device_rendering_stream_yields_pixels_and_draws(tmp_path):
         assert torch.equal(sample["local_boxes"], ref["local_boxes"])
     batch = PaKACollator()(samples)
     assert batch["images"].shape == (4, 48, 64, 3) and batch["stream_position"].item() == 5
+
+
+def bomb_jpeg(width: int, height: int) -> bytes:
+    """A small real JPEG whose header (SOF0) announces ``width`` x ``height`` pixels: a decompression bomb."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((16, 16, 3), 120, np.uint8)).save(buffer, format="JPEG")
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def test_images_above_the_pixel_limit_are_refused_from_their_header_on_every_decode_path(monkeypatch):
+    """Issue 13 item 9: 12000 x 8000 = 96 Mpx is over Pillow's 89.5 Mpx; Pillow alone only warns at open and then
+    decodes. Neither the Pillow path nor the JPEG fast path may start decoding such an image."""
+    from PIL import ImageFile
+
+    from paka_hf.data import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLargeError, decode_rgb_pixels
+
+    assert DEFAULT_MAX_IMAGE_PIXELS == Image.MAX_IMAGE_PIXELS
+    bomb = {"bytes": bomb_jpeg(12000, 8000), "path": None}
+
+    def no_decode(*args, **kwargs):
+        raise AssertionError("an image above the pixel limit was decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decode)
+    monkeypatch.setattr("torchvision.io.decode_jpeg", no_decode)
+    for decode in (decode_image, decode_rgb_pixels):
+        with pytest.raises(ImageTooLargeError, match="12000x8000"):
+            decode(bomb)
+        with pytest.raises(ImageTooLargeError, match="exceeds the limit of 100"):
+            decode({"bytes": bomb_jpeg(16, 16)[:], "path": None}, max_pixels=100)  # 256 px: the limit is configurable
+    monkeypatch.undo()
+    assert decode_image({"bytes": bomb_jpeg(16, 16), "path": None}, max_pixels=256).size == (16, 16)
+    assert Image.MAX_IMAGE_PIXELS == DEFAULT_MAX_IMAGE_PIXELS  # Pillow's global is left as it was
+
+
+def test_the_size_limits_are_config_fields_with_checked_values(tmp_path):
+    from paka_hf import PaKAConfig
+    from paka_hf.errors import ConfigError
+
+    config = PaKAConfig(output_dir=str(tmp_path), max_steps=1, use_cpu=True)
+    assert (config.max_image_pixels, config.max_image_side) == (Image.MAX_IMAGE_PIXELS, None)
+    for bad in ({"max_image_pixels": -1}, {"max_image_side": -5}):
+        with pytest.raises(ConfigError, match="must be >= 0"):
+            PaKAConfig(output_dir=str(tmp_path), max_steps=1, use_cpu=True, **bad)
+
+
+@pytest.mark.parametrize("rendering", ["cpu", "device"])
+def test_too_large_images_are_skipped_and_counted(tmp_path, rendering):
+    write_images(tmp_path / "imgs", 3)
+    (tmp_path / "imgs" / "img_001_huge.jpg").write_bytes(bomb_jpeg(12000, 8000))  # read after img_001.jpg
+    source = load_image_source(str(tmp_path / "imgs"))
+    transform = GlimTransform(28, 14, n_local=2, patch_size=14, rendering=rendering)
+    samples = take(PaKAViewStream(source, transform, seed=0), 3)
+    assert [s["num_skipped"] for s in samples] == [0, 0, 1]
+
+
+def image_bytes_parquet(path: Path, images: list[Path]) -> None:
+    import datasets
+
+    rows = [{"bytes": p.read_bytes(), "path": None} for p in images]
+    features = datasets.Features({"image": datasets.Image()})
+    datasets.Dataset.from_dict({"image": rows}, features=features).to_parquet(str(path))
+
+
+def source_rows(source) -> list[str]:
+    from paka_hf.data import image_key
+
+    return [image_key(row["image"]) for row in source]
+
+
+def test_a_folder_of_images_with_a_stray_shard_or_metadata_is_read_as_an_image_folder(tmp_path, caplog):
+    """Issue 13 item 10: before, one stray .tar or .parquet (even imagefolder's own metadata.parquet) made the
+    whole folder that single shard."""
+    import logging
+    import tarfile
+
+    import datasets
+
+    folder = tmp_path / "imgs"
+    paths = write_images(folder, 6)
+    datasets.Dataset.from_dict({"file_name": [p.name for p in paths[:2]], "caption": ["a", "b"]}).to_parquet(
+        str(folder / "metadata.parquet")
+    )
+    with caplog.at_level(logging.WARNING, logger="paka_hf.data"):
+        assert source_rows(load_image_source(str(folder))) == [str(p) for p in paths]
+    assert not caplog.records  # images + imagefolder's metadata: one format, nothing to say
+
+    image_bytes_parquet(folder / "stray.parquet", paths[:1])
+    with tarfile.open(folder / "stray.tar", "w") as tar:
+        tar.add(paths[0], arcname="0000.jpg")
+    with caplog.at_level(logging.WARNING, logger="paka_hf.data"):
+        assert source_rows(load_image_source(str(folder))) == [str(p) for p in paths]
+    message = caplog.records[-1].getMessage()
+    assert "6 images, 1 .parquet shards, 1 .tar shards" in message and "reading it as imagefolder" in message
+    assert "--dataset_format parquet or --dataset_format webdataset" in message
+    assert len(source_rows(load_image_source(str(folder), dataset_format="parquet"))) == 1  # the other choice
+    with pytest.raises(ValueError, match="dataset_format must be one of"):
+        load_image_source(str(folder), dataset_format="zip")
+
+
+def test_a_folder_of_shards_with_a_stray_image_is_read_as_shards(tmp_path, caplog):
+    import logging
+
+    paths = write_images(tmp_path / "src", 4)
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for i in range(3):
+        image_bytes_parquet(folder / f"part-{i}.parquet", paths)
+    (folder / "preview.jpg").write_bytes(paths[0].read_bytes())
+    with caplog.at_level(logging.WARNING, logger="paka_hf.data"):
+        source = load_image_source(str(folder))
+    assert source.num_shards == 3 and sum(1 for _ in source) == 12
+    assert "reading it as parquet" in caplog.records[-1].getMessage()
+    with pytest.raises(ValueError, match="no .tar shards"):
+        load_image_source(str(folder), dataset_format="webdataset")
+
+
+def test_each_stream_is_checked_for_an_image_before_training(tmp_path):
+    """Issue 13 item 12: one image and two processes x two workers: three of the four streams have nothing."""
+    write_images(tmp_path / "imgs", 1)
+    source = load_image_source(str(tmp_path / "imgs"))
+    found = [PaKAViewStream(source, small_transform(), rank=r, world_size=2, num_workers=2).streams_without_images()
+             for r in (0, 1)]
+    assert found == [["process 0 stream 1 (0 rows, 0 undecodable)"],
+                     ["process 1 stream 0 (0 rows, 0 undecodable)", "process 1 stream 1 (0 rows, 0 undecodable)"]]
+    write_images(tmp_path / "imgs", 4)
+    source = load_image_source(str(tmp_path / "imgs"))
+    assert PaKAViewStream(source, small_transform(), rank=1, world_size=2, num_workers=2).streams_without_images() == []
+
+
+def test_shuffle_buffer_memory_is_estimated_from_the_row_bytes_and_warned_about(tmp_path, monkeypatch, caplog):
+    """Issue 13 item 11: rows are undecoded (encoded bytes, or a path for a local folder); the buffers of a machine
+    hold streams x shuffle_buffer_size rows, and a warning says when that exceeds 1/8 of its RAM."""
+    import logging
+
+    import datasets
+
+    from paka_hf import PaKAConfig, data
+
+    rows = [{"bytes": bytes(160_000), "path": None} for _ in range(8)]  # COCO-sized rows: only their length matters
+    datasets.Dataset.from_dict({"image": rows}, features=datasets.Features({"image": datasets.Image()})).to_parquet(
+        str(tmp_path / "coco_like.parquet")
+    )
+    source = load_image_source(str(tmp_path / "coco_like.parquet"))
+    per_row = 160_000 + data.ROW_OVERHEAD_BYTES
+    assert data.shuffle_buffer_bytes(source, 1000, 32) == 32 * 1000 * per_row
+    write_images(tmp_path / "imgs", 3)
+    folder_rows = data.shuffle_buffer_bytes(load_image_source(str(tmp_path / "imgs")), 1000, 32) / 32_000
+    assert folder_rows < 1000  # a path per row
+
+    default = PaKAConfig(output_dir=str(tmp_path / "o"), max_steps=1, use_cpu=True).shuffle_buffer_size
+    monkeypatch.setattr(data, "total_memory_bytes", lambda: 256 * 2**30)  # an 8-GPU node, 4 workers per GPU
+    with caplog.at_level(logging.WARNING, logger="paka_hf.data"):
+        data.warn_if_shuffle_buffers_exceed_memory(source, default, 8 * 4)
+        assert not caplog.records  # the default is safe (5 GB)
+        data.warn_if_shuffle_buffers_exceed_memory(source, 10_000, 8 * 4)  # the old default: 51 GB > 32 GiB
+    message = caplog.records[-1].getMessage()
+    assert "about 47.8 GiB (32 streams" in message and "Lower shuffle_buffer_size (e.g. to 6694)" in message

@@ -202,3 +202,39 @@ def test_ade20k_from_the_hub_keeps_the_label_convention(monkeypatch):
     assert calls == [("zhoubolei/scene_parse_150", "scene_parsing", "validation")]
     np.testing.assert_array_equal(ds[0][1], [[255, 0, 149]])
     assert ds.published_extra_zero_classes == 1 and ds.display_name == "ADE20K"
+
+
+@pytest.mark.parametrize("ignore_index", [-1, 255, 256, 32767, 32768, 65535])
+def test_any_ignore_index_survives_loading_and_feature_extraction(tmp_path, tiny_config, ignore_index):
+    """Issue 13 item 13: ignore indices up to 65535 (16-bit masks) and −1 keep their value end to end."""
+    import torch
+
+    from paka_hf.backbones import PatchBackbone
+    from paka_hf.evaluation.features import extract_features
+    from paka_hf.evaluation.metrics import confusion_matrix
+
+    raw = np.zeros((28, 28), np.uint16)
+    raw[:, 14:] = 1
+    raw[:7] = 65535  # the void value of a 16-bit mask; with ignore_index −1 it is mapped there by the label map
+    for split in ("val",):
+        (tmp_path / split / "images").mkdir(parents=True)
+        (tmp_path / split / "masks").mkdir(parents=True)
+        Image.fromarray(np.full((28, 28, 3), 90, np.uint8)).save(tmp_path / split / "images" / "a.png")
+        Image.fromarray(raw if ignore_index in (-1, 65535) else np.where(raw == 65535, ignore_index, raw).astype(np.uint16)).save(
+            tmp_path / split / "masks" / "a.png"
+        )
+    label_map = {0: 0, 1: 1, 65535: -1} if ignore_index == -1 else None
+    ds = FolderSegmentation(tmp_path, "val", ("x", "y"), ignore_index=ignore_index, label_map=label_map)
+    _, mask = ds[0]
+    assert (mask[:7] == ignore_index).all() and set(np.unique(mask[7:])) == {0, 1}
+    feats = extract_features(PatchBackbone.from_config(tiny_config()), ds, input_size=28, progress=False)
+    assert (feats.masks[0, :7].long() == ignore_index).all()  # no wrap-around (65535 → −1 in int16 before)
+    counts = confusion_matrix(torch.zeros_like(feats.masks[0]).long(), feats.masks[0], 2, ignore_index)
+    assert int(counts.sum()) == 21 * 28  # the ignored rows are left out, the rest is scored
+
+
+def test_two_images_with_one_stem_are_an_error_naming_both(tmp_path):
+    write_pair(tmp_path, "val", "x1", good_mask())
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(tmp_path / "val" / "images" / "x1.png")
+    with pytest.raises(DatasetError, match=r"x1\.jpg and .*x1\.png|x1\.png and .*x1\.jpg"):
+        FolderSegmentation(tmp_path, "val", NAMES, ignore_index=255)

@@ -253,3 +253,29 @@ def test_cuda_rendering_matches_cpu_rendering_without_host_device_sync():
         diff = (on_cuda.cpu().float() - on_cpu.float()).abs()
         assert diff.mean().item() <= CROP_MEAN_ABS_LEVELS, diff.mean().item()
         assert (diff > 0).float().mean().item() <= CROP_FRACTION_DIFFERENT
+
+
+def test_a_large_image_is_downscaled_once_and_both_renderings_cut_the_same_views():
+    """Issue 13 item 9: the longer side is bounded (here 640 for 112/56 views) before the boxes are drawn, in
+    both renderings, so the device batch stays ≤ B × 640 × 640 × 3 and the views stay the CPU path's."""
+    from paka_hf.views import default_max_image_side
+
+    side = default_max_image_side(112, 56)
+    assert side == 640
+    images = [textured_image(1000, 1500, 0), textured_image(1500, 1000, 1), textured_image(200, 300, 2)]
+    cpu, device = GlimTransform(112, 56, normalize=False), GlimTransform(112, 56, normalize=False, rendering="device")
+    ref = collate_views([cpu(im, torch.Generator().manual_seed(i)) for i, im in enumerate(images)])
+    samples = [device(np.asarray(im), torch.Generator().manual_seed(i)) for i, im in enumerate(images)]
+    assert [s["image"].shape[:2] for s in samples] == [(427, 640), (640, 427), (200, 300)]
+    assert np.array_equal(samples[0]["image"], np.asarray(images[0].resize((640, 427), Image.Resampling.BICUBIC)))
+    batch = collate_views(samples)
+    assert batch["images"].shape == (3, 640, 640, 3)  # not 1500 x 1500
+    assert float(ref["global_boxes"][:, :, 2].max()) <= 640 and torch.equal(batch["global_boxes"], ref["global_boxes"])
+    global_views, local_views = render_views(
+        batch["images"], batch["image_sizes"], batch["global_boxes"], batch["local_boxes"], batch["view_spec"],
+        batch["global_flips"], batch["local_flips"], None, batch.get("local_color"),
+    )
+    assert_close_to_pil(global_views, ref["global_views"])
+    assert_close_to_pil(local_views, ref["local_views"])
+    unbounded = GlimTransform(112, 56, rendering="device", max_image_side=0)(images[0], torch.Generator().manual_seed(0))
+    assert unbounded["image"].shape == (1000, 1500, 3)

@@ -50,7 +50,7 @@ from torch.utils.data import Dataset
 from ..errors import PaKAUserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-_UNKNOWN = -1  # lookup-table value for raw labels outside the dataset's convention
+_UNKNOWN = np.iinfo(np.int64).min  # lookup-table value for raw labels outside the convention (never an ignore index)
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -91,9 +91,14 @@ class DatasetError(PaKAUserError, ValueError):
 
 
 def identity_label_map(num_classes: int, ignore_index: int) -> dict[int, int]:
-    """Raw value ``c`` → class ``c`` for ``c < num_classes``, and ``ignore_index`` → ignore."""
+    """Raw value ``c`` → class ``c`` for ``c < num_classes``, and ``ignore_index`` → ignore.
+
+    A negative ``ignore_index`` (−1) never occurs in a mask file (PNG values are unsigned), so it has
+    no raw entry: it is only what unknown values become with ``on_unknown_label='ignore'``.
+    """
     mapping = {c: c for c in range(num_classes)}
-    mapping[ignore_index] = ignore_index
+    if ignore_index >= 0:
+        mapping[ignore_index] = ignore_index
     return mapping
 
 
@@ -249,6 +254,16 @@ def _pair_files(
 ) -> list[tuple[Path, Path]]:
     if on_missing not in ("raise", "skip"):
         raise ValueError(f"on_missing must be 'raise' or 'skip', got {on_missing!r}")
+    by_stem: dict[str, list[Path]] = {}
+    for image_path in image_paths:
+        by_stem.setdefault(image_path.stem, []).append(image_path)
+    shared = [sorted(paths) for paths in by_stem.values() if len(paths) > 1]
+    if shared:
+        named = "; ".join(" and ".join(str(p) for p in paths) for paths in shared[:5])
+        raise DatasetError(
+            f"{len(shared)} mask name(s) would be shared by several images (same file stem): {named}. Each image needs "
+            f"its own mask <stem>{mask_suffix} in {mask_dir}: rename or remove one image of each pair"
+        )
     pairs, missing = [], []
     for image_path in image_paths:
         mask_path = mask_dir / (image_path.stem + mask_suffix)

@@ -117,6 +117,18 @@ def build_transform(
 
 
 @torch.inference_mode()
+def mask_storage_dtype(num_classes: int, ignore_index: int) -> torch.dtype:
+    """The smallest integer dtype that holds every class id ``0..num_classes − 1`` and ``ignore_index``
+    exactly: ``uint8``, ``int16`` or ``int32`` (masks of a whole split are kept in memory, so the
+    width matters; a narrower type would wrap, e.g. 65535 → −1 in ``int16``)."""
+    low, high = min(0, int(ignore_index)), max(int(num_classes) - 1, int(ignore_index))
+    for dtype in (torch.uint8, torch.int16, torch.int32):
+        info = torch.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return dtype
+    raise ValueError(f"ignore_index {ignore_index} and {num_classes} classes do not fit in int32 masks")
+
+
 def extract_features(
     backbone: torch.nn.Module,
     dataset: Any,
@@ -140,7 +152,7 @@ def extract_features(
 
     ``backbone(pixel_values)`` must return ``(B, D, h, w)`` and expose ``patch_size``.
     ``max_images`` keeps the first images only (quick CPU runs). Returns features in
-    ``feature_dtype`` and masks as ``uint8`` when every id fits, otherwise ``int16``.
+    ``feature_dtype`` and masks in :func:`mask_storage_dtype`.
     """
     size = as_size(input_size)
     patch = int(backbone.patch_size)
@@ -155,7 +167,7 @@ def extract_features(
     if len(dataset_view) == 0:
         raise ValueError("the dataset is empty; nothing to extract")
     ignore = int(dataset.ignore_index)
-    mask_dtype = torch.uint8 if max(ignore, dataset.num_classes - 1) < 256 and ignore >= 0 else torch.int16
+    mask_dtype = mask_storage_dtype(dataset.num_classes, ignore)
     transform = build_transform(size, augment=augment, mean=mean, std=std, crop_scale=crop_scale)
     was_training = backbone.training
     backbone.eval()

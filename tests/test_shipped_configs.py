@@ -1,0 +1,97 @@
+"""The shipped configs run without warnings a user must act on (issue 13 item 15), and the final loss is logged."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO_ROOT, tiny_dinov2_config
+from paka_hf.data import PaKAViewStream, load_image_source
+from paka_hf.views import GlimTransform
+
+
+def write_images(folder, count):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(folder / f"{i:02d}.jpg")
+    return sorted(folder.iterdir())
+
+
+def stream_warnings(source, caplog, rank=0):
+    """Warnings of process ``rank`` of two (one data stream each) while it reads four samples."""
+    stream = PaKAViewStream(source, GlimTransform(28, 14, n_local=2, patch_size=14), rank=rank, world_size=2)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="paka_hf.data"):
+        for count, _ in enumerate(stream, 1):
+            if count == 4:
+                break
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_local_image_folder_split_between_streams_warns_nothing(tmp_path, caplog):
+    """A folder of images is one shard: every stream reads the file names of all rows, which costs
+    nothing; the shard-count warning used to fire on every multi-worker run of ``make demo``."""
+    write_images(tmp_path / "imgs", 8)
+    assert stream_warnings(load_image_source(str(tmp_path / "imgs")), caplog) == []
+
+
+def test_a_single_shard_of_image_bytes_split_between_streams_warns_once_from_the_first_stream(tmp_path, caplog):
+    import datasets
+
+    paths = write_images(tmp_path / "imgs", 8)
+    rows = [{"bytes": p.read_bytes(), "path": None} for p in paths]
+    datasets.Dataset.from_dict({"image": rows}, features=datasets.Features({"image": datasets.Image()})).to_parquet(
+        str(tmp_path / "one.parquet")
+    )  # one shard whose rows hold the image bytes
+    source = load_image_source(str(tmp_path / "one.parquet"))
+    messages = stream_warnings(source, caplog)
+    assert len(messages) == 1 and "1 shards, not a multiple of 2 streams" in messages[0]
+    assert stream_warnings(source, caplog, rank=1) == []  # said once per run, not once per stream
+
+
+def test_the_final_loss_is_logged_when_logging_steps_exceeds_max_steps(tmp_path):
+    from transformers import AutoModel
+
+    from paka_hf import PaKAConfig, PaKATrainer
+
+    torch.manual_seed(0)
+    AutoModel.from_config(tiny_dinov2_config()).save_pretrained(tmp_path / "model")
+    write_images(tmp_path / "imgs", 4)
+    args = PaKAConfig(
+        output_dir=str(tmp_path / "out"), model_name_or_path=str(tmp_path / "model"), dataset_name=str(tmp_path / "imgs"),
+        max_steps=3, logging_steps=10, save_strategy="no", per_device_train_batch_size=2, global_size=28, local_size=14,
+        n_local=2, head_hidden_dim=16, head_out_dim=8, dataloader_num_workers=0, shuffle_buffer_size=0, use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = PaKATrainer(args=args)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert [entry["step"] for entry in logged] == [3]
+    assert np.isfinite(logged[0]["loss"]) and "cka" in logged[0]
+
+
+def test_the_demo_config_trains_without_a_warning(tmp_path):
+    """``make demo``'s training command (one process, two workers) on the demo assets: no warning on stderr,
+    and the loss of the last step is logged although ``logging_steps`` (5) exceeds ``max_steps`` here."""
+    from paka_hf.demo import make_demo_assets
+
+    assets = make_demo_assets(tmp_path / ".demo", num_images=16)
+    command = [
+        sys.executable, str(REPO_ROOT / "scripts" / "train.py"), "--config", str(REPO_ROOT / "configs" / "demo.yaml"),
+        "--model_name_or_path", str(assets["model"]), "--dataset_name", str(assets["images"]),
+        "--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--save_strategy", "no",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    noise = [line for line in result.stderr.splitlines() if "warn" in line.lower()]
+    assert noise == [], noise
+    assert "'loss'" in result.stdout + result.stderr
