@@ -413,6 +413,24 @@ def _require_gradio():
     return gr
 
 
+def _upload_component(gr):
+    """``gr.Image`` that hands the uploaded file to the handler untouched: Gradio's own preprocessing opens it
+    with Pillow first, so a broken file would fail there with a generic error instead of our message, and a
+    16-bit or CMYK image would be converted by Gradio rather than as the training stream does."""
+
+    class UploadedImage(gr.Image):
+        @classmethod
+        def get_block_name(cls) -> str:
+            return "image"  # the front end of gr.Image
+
+        def preprocess(self, payload):
+            if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
+                return payload.path
+            return super().preprocess(payload)
+
+    return UploadedImage
+
+
 def _status_line(explorer: FeatureExplorer) -> str:
     base, adapted = explorer.models
     return (f"**{explorer.labels[0]}:** `{base.name}` · **{explorer.labels[1]}:** `{adapted.name}` · "
@@ -540,6 +558,7 @@ def build_app(
     image_kwargs = dict(type="filepath", image_mode=None, format="png", height=320)
     shown_kwargs = dict(type="pil", format="png", interactive=False, height=320)
     gallery_files = [os.fspath(p) for p in images]
+    upload_image = _upload_component(gr)
 
     with gr.Blocks(title=title) as demo:
         gr.Markdown(f"# {title}\nBase and PaKA-adapted dense features side by side. Upload an image"
@@ -547,8 +566,8 @@ def build_app(
                     "; click a patch of the image under *Similarity* to compare what each model finds alike.")
         status = gr.Markdown(status_markdown(), elem_id="explorer-status")
         with gr.Row():
-            image_a = gr.Image(label="Image", sources=["upload", "clipboard"], elem_id="explorer-image", **image_kwargs)
-            image_b = gr.Image(label="Second image (correspondence)", sources=["upload", "clipboard"],
+            image_a = upload_image(label="Image", sources=["upload", "clipboard"], elem_id="explorer-image", **image_kwargs)
+            image_b = upload_image(label="Second image (correspondence)", sources=["upload", "clipboard"],
                                elem_id="explorer-second-image", **image_kwargs)
         if gallery_files:
             with gr.Row():
