@@ -413,22 +413,21 @@ def _require_gradio():
     return gr
 
 
-def _upload_component(gr):
+def _upload_image(gr, **kwargs):
     """``gr.Image`` that hands the uploaded file to the handler untouched: Gradio's own preprocessing opens it
     with Pillow first, so a broken file would fail there with a generic error instead of our message, and a
-    16-bit or CMYK image would be converted by Gradio rather than as the training stream does."""
+    16-bit or CMYK image would be converted by Gradio rather than as the training stream does. (The method is
+    replaced on the instance: a ``gr.Image`` subclass would make Gradio write a ``.pyi`` stub next to this file.)"""
+    component = gr.Image(**kwargs)
+    gradio_preprocess = component.preprocess
 
-    class UploadedImage(gr.Image):
-        @classmethod
-        def get_block_name(cls) -> str:
-            return "image"  # the front end of gr.Image
+    def preprocess(payload):
+        if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
+            return payload.path
+        return gradio_preprocess(payload)
 
-        def preprocess(self, payload):
-            if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
-                return payload.path
-            return super().preprocess(payload)
-
-    return UploadedImage
+    component.preprocess = preprocess
+    return component
 
 
 def _status_line(explorer: FeatureExplorer) -> str:
@@ -558,7 +557,6 @@ def build_app(
     image_kwargs = dict(type="filepath", image_mode=None, format="png", height=320)
     shown_kwargs = dict(type="pil", format="png", interactive=False, height=320)
     gallery_files = [os.fspath(p) for p in images]
-    upload_image = _upload_component(gr)
 
     with gr.Blocks(title=title) as demo:
         gr.Markdown(f"# {title}\nBase and PaKA-adapted dense features side by side. Upload an image"
@@ -566,8 +564,8 @@ def build_app(
                     "; click a patch of the image under *Similarity* to compare what each model finds alike.")
         status = gr.Markdown(status_markdown(), elem_id="explorer-status")
         with gr.Row():
-            image_a = upload_image(label="Image", sources=["upload", "clipboard"], elem_id="explorer-image", **image_kwargs)
-            image_b = upload_image(label="Second image (correspondence)", sources=["upload", "clipboard"],
+            image_a = _upload_image(gr, label="Image", sources=["upload", "clipboard"], elem_id="explorer-image", **image_kwargs)
+            image_b = _upload_image(gr, label="Second image (correspondence)", sources=["upload", "clipboard"],
                                elem_id="explorer-second-image", **image_kwargs)
         if gallery_files:
             with gr.Row():
