@@ -36,6 +36,7 @@ Gradio is an optional extra: ``pip install paka_hf[app]``. Example::
 
 import argparse
 import hashlib
+import io
 import logging
 import os
 import threading
@@ -48,7 +49,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from . import visualize as viz
 from .errors import ConfigError, EmptyDatasetError, MissingPathError, PaKAUserError
@@ -150,7 +151,7 @@ def load_image(value: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
         else:
             if isinstance(value, (str, os.PathLike)) and not Path(value).is_file():
                 raise MissingPathError(f"image {os.fspath(value)!r} not found")
-            with Image.open(value if not isinstance(value, (bytes, bytearray)) else __import__("io").BytesIO(value)) as header:
+            with Image.open(io.BytesIO(value) if isinstance(value, (bytes, bytearray)) else value) as header:
                 width, height = header.size
             if width * height > max_pixels:
                 raise ImageInputError(
@@ -336,9 +337,7 @@ class FeatureExplorer:
 
     def query_picture(self, encoded: EncodedImage, row: int, col: int) -> Image.Image:
         """The shown image with the query patch boxed in white."""
-        picture = encoded.shown.copy()
-        viz._box(ImageDraw.Draw(picture), row, col, viz._cell(picture, encoded.grid), "white", 3)
-        return picture
+        return viz.mark_patches(encoded.shown.copy(), encoded.grid, query=(row, col))
 
     def similarity(self, encoded: EncodedImage, row: int, col: int) -> list[Image.Image]:
         """Per model: cosine similarity of patch ``(row, col)`` to every patch, over the image, scale [0, 1]."""
@@ -555,7 +554,7 @@ def build_app(
         load(model_id, base_id)
         return status_markdown()
 
-    stops = ",".join(f"rgb{tuple(int(v) for v in c)}" for c in viz._VIRIDIS)
+    stops = ",".join(f"rgb{tuple(int(v) for v in c)}" for c in viz.VIRIDIS)
     image_kwargs = dict(type="filepath", image_mode=None, format="png", height=320)
     # Pictures go to the browser as JPEG: PNG-encoding a 588x448 heat map costs ~15x longer (benchmarks/explore_click.py)
     shown_kwargs = dict(type="pil", format=PANEL_FORMAT, interactive=False, height=320)

@@ -46,7 +46,7 @@ PALETTE = np.array(
     dtype=np.uint8,
 )
 # Anchors of the "viridis" colour map (dark blue = dissimilar, yellow = similar).
-_VIRIDIS = np.array(
+VIRIDIS = np.array(
     [(68, 1, 84), (72, 40, 120), (62, 74, 137), (49, 104, 142), (38, 130, 142), (31, 158, 137),
      (53, 183, 121), (109, 205, 89), (180, 222, 44), (253, 231, 37)],
     dtype=np.float32,
@@ -209,11 +209,11 @@ def colorize_labels(labels: np.ndarray) -> np.ndarray:
 def colorize_similarity(similarity: np.ndarray, low: float = 0.0, high: float = 1.0) -> np.ndarray:
     """Map values in [low, high] to viridis RGB (uint8); the fixed range keeps the two models comparable
     (cosine similarities of dense features are rarely negative, so negatives are clipped to ``low``)."""
-    t = np.clip((similarity - low) / max(high - low, 1e-12), 0, 1) * (len(_VIRIDIS) - 1)
+    t = np.clip((similarity - low) / max(high - low, 1e-12), 0, 1) * (len(VIRIDIS) - 1)
     lo = np.floor(t).astype(int)
-    hi = np.minimum(lo + 1, len(_VIRIDIS) - 1)
+    hi = np.minimum(lo + 1, len(VIRIDIS) - 1)
     frac = (t - lo)[..., None]
-    return (_VIRIDIS[lo] * (1 - frac) + _VIRIDIS[hi] * frac).round().astype(np.uint8)
+    return (VIRIDIS[lo] * (1 - frac) + VIRIDIS[hi] * frac).round().astype(np.uint8)
 
 
 def _upsample(array: np.ndarray, size: tuple[int, int], nearest: bool = False) -> Image.Image:
@@ -264,13 +264,22 @@ def similarity_overlay(
     """An ``(h, w)`` similarity map in viridis over ``image`` on the fixed scale [low, high], so maps of two
     models read on the same colours; the ``query`` patch boxed in white and ``matches`` in black."""
     tile = _blend(image, _upsample(colorize_similarity(similarity, low, high), image.size), alpha)
-    draw = ImageDraw.Draw(tile)
-    cell = _cell(image, similarity.shape)
+    return mark_patches(tile, similarity.shape, query=query, matches=matches)
+
+
+def mark_patches(
+    image: Image.Image, grid_shape: tuple[int, int], *, query: tuple[int, int] | None = None,
+    matches: Sequence[tuple[int, int]] = (),
+) -> Image.Image:
+    """Box, in place, the ``query`` patch in white and the ``matches`` in black on ``image`` shown over a
+    ``grid_shape = (h, w)`` patch grid; returns ``image``."""
+    draw = ImageDraw.Draw(image)
+    cell = _cell(image, grid_shape)
     if query is not None:
         _box(draw, query[0], query[1], cell, "white", 3)
     for r, c in matches:
         _box(draw, r, c, cell, "black", 2)
-    return tile
+    return image
 
 
 def compose_grid(
