@@ -32,7 +32,7 @@ setup(
         "jinja2>=3.0",
     ],
     extras_require={
-        "test": ["pytest>=8.0"],
+        "test": ["pytest>=8.0", "selenium>=4.40"],  # selenium: the explorer's browser test
         # the feature explorer (paka-explore, paka_hf.explore) and its Hub Space
         "app": ["gradio>=6.0,<7"],
     },
