@@ -31,7 +31,12 @@ setup(
         "tqdm>=4.60",
         "jinja2>=3.0",
     ],
-    extras_require={"test": ["pytest>=8.0"]},
+    extras_require={
+        "test": ["pytest>=8.0", "selenium>=4.40"],  # selenium: the explorer's browser test
+        # the feature explorer (paka-explore, paka_hf.explore) and its Hub Space
+        "app": ["gradio>=6.0,<7"],
+    },
+    entry_points={"console_scripts": ["paka-explore = paka_hf.explore:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "License :: OSI Approved :: Apache Software License",

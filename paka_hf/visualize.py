@@ -47,7 +47,7 @@ PALETTE = np.array(
     dtype=np.uint8,
 )
 # Anchors of the "viridis" colour map (dark blue = dissimilar, yellow = similar).
-_VIRIDIS = np.array(
+VIRIDIS = np.array(
     [(68, 1, 84), (72, 40, 120), (62, 74, 137), (49, 104, 142), (38, 130, 142), (31, 158, 137),
      (53, 183, 121), (109, 205, 89), (180, 222, 44), (253, 231, 37)],
     dtype=np.float32,
@@ -85,16 +85,24 @@ def resize_and_crop(image: Image.Image, resolution: int, patch_size: int, resamp
     return image.crop((left, top, left + crop_w, top + crop_h))
 
 
-def prepare_image(image: Image.Image | str | os.PathLike, resolution: int, patch_size: int) -> tuple[Image.Image, torch.Tensor]:
-    """:func:`resize_and_crop` an image (RGB) and normalize it with the ImageNet mean and std.
+def prepare_image(
+    image: Image.Image | str | os.PathLike,
+    resolution: int,
+    patch_size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> tuple[Image.Image, torch.Tensor]:
+    """:func:`resize_and_crop` an image (RGB) and normalize it: ``(pixel / 255 - mean) / std`` per channel.
 
-    Returns the resized image (what the pictures show) and its ``(1, 3, H, W)`` tensor.
+    ``mean`` / ``std`` default to ImageNet's (DINOv2); pass a checkpoint's own (its image processor's
+    ``image_mean`` / ``image_std``) for other families. Returns the resized image (what the pictures show)
+    and its ``(1, 3, H, W)`` float32 tensor.
     """
     if not isinstance(image, Image.Image):
         image = Image.open(image)
     image = resize_and_crop(image.convert("RGB"), resolution, patch_size)
     array = np.asarray(image, dtype=np.float32) / 255.0
-    array = (array - np.array(IMAGENET_MEAN, dtype=np.float32)) / np.array(IMAGENET_STD, dtype=np.float32)
+    array = (array - np.array(mean, dtype=np.float32)) / np.array(std, dtype=np.float32)
     return image, torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
@@ -140,7 +148,8 @@ def pca_rgb(feature_maps: Sequence[np.ndarray], clip_percentile: float = 1.0) ->
     return out
 
 
-def _l2_normalize(x: np.ndarray) -> np.ndarray:
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """``x / max(‖x‖₂, 1e-12)`` along the last axis (feature vectors), so dot products are cosines."""
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
@@ -150,7 +159,7 @@ def cluster_labels(feature_maps: Sequence[np.ndarray], n_clusters: int, seed: in
 
     flat = np.concatenate([f.reshape(-1, f.shape[-1]) for f in feature_maps])
     n_clusters = int(min(n_clusters, len(flat)))
-    kmeans = KMeans(n_clusters=n_clusters, n_init=3, random_state=seed).fit(_l2_normalize(flat))
+    kmeans = KMeans(n_clusters=n_clusters, n_init=3, random_state=seed).fit(l2_normalize(flat))
     out, start = [], 0
     for f in feature_maps:
         n = f.shape[0] * f.shape[1]
@@ -159,17 +168,34 @@ def cluster_labels(feature_maps: Sequence[np.ndarray], n_clusters: int, seed: in
     return out
 
 
-def similarity_maps(feature_maps: Sequence[np.ndarray], query: tuple[int, int, int]) -> list[np.ndarray]:
-    """Cosine similarity of every patch of every map to the query patch ``(image index, row, col)``."""
+def similarity_maps(
+    feature_maps: Sequence[np.ndarray], query: tuple[int, int, int], normalized: bool = False
+) -> list[np.ndarray]:
+    """Cosine similarity of every patch of every map to the query patch ``(image index, row, col)``.
+
+    ``s[i][r, c] = <f_i[r, c], q> / (‖f_i[r, c]‖ ‖q‖)`` with ``q = f_index[row, col]``: ``(h_i, w_i)``
+    float32 maps in [-1, 1]. ``normalized=True`` says the maps are already :func:`l2_normalize`-d (the
+    explorer keeps them so, making a click one matrix-vector product per map).
+    """
     index, row, col = query
-    q = _l2_normalize(feature_maps[index][row, col])
-    return [(_l2_normalize(f) @ q).astype(np.float32) for f in feature_maps]
+    maps = feature_maps if normalized else [l2_normalize(f) for f in feature_maps]
+    q = maps[index][row, col]
+    return [(f @ q).astype(np.float32) for f in maps]
 
 
 def top_matches(similarity: np.ndarray, k: int) -> list[tuple[int, int]]:
     """The ``k`` (row, col) positions of highest similarity, best first."""
     order = np.argsort(similarity.ravel())[::-1][:k]
     return [tuple(int(v) for v in np.unravel_index(i, similarity.shape)) for i in order]
+
+
+def patch_at(x: float, y: float, image_size: tuple[int, int], grid_shape: tuple[int, int]) -> tuple[int, int]:
+    """The ``(row, col)`` of the patch under pixel ``(x, y)`` of an image of ``image_size = (width, height)``
+    pixels shown over a ``grid_shape = (h, w)`` patch grid (clamped to the grid)."""
+    (width, height), (h, w) = image_size, grid_shape
+    row = min(h - 1, max(0, int(y * h / height)))
+    col = min(w - 1, max(0, int(x * w / width)))
+    return row, col
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,11 +210,11 @@ def colorize_labels(labels: np.ndarray) -> np.ndarray:
 def colorize_similarity(similarity: np.ndarray, low: float = 0.0, high: float = 1.0) -> np.ndarray:
     """Map values in [low, high] to viridis RGB (uint8); the fixed range keeps the two models comparable
     (cosine similarities of dense features are rarely negative, so negatives are clipped to ``low``)."""
-    t = np.clip((similarity - low) / max(high - low, 1e-12), 0, 1) * (len(_VIRIDIS) - 1)
+    t = np.clip((similarity - low) / max(high - low, 1e-12), 0, 1) * (len(VIRIDIS) - 1)
     lo = np.floor(t).astype(int)
-    hi = np.minimum(lo + 1, len(_VIRIDIS) - 1)
+    hi = np.minimum(lo + 1, len(VIRIDIS) - 1)
     frac = (t - lo)[..., None]
-    return (_VIRIDIS[lo] * (1 - frac) + _VIRIDIS[hi] * frac).round().astype(np.uint8)
+    return (VIRIDIS[lo] * (1 - frac) + VIRIDIS[hi] * frac).round().astype(np.uint8)
 
 
 def _upsample(array: np.ndarray, size: tuple[int, int], nearest: bool = False) -> Image.Image:
@@ -209,6 +235,52 @@ def _font(size: int) -> ImageFont.ImageFont:
 def _box(draw: ImageDraw.ImageDraw, row: int, col: int, cell: tuple[float, float], colour, width: int = 2) -> None:
     ch, cw = cell
     draw.rectangle([col * cw, row * ch, (col + 1) * cw - 1, (row + 1) * ch - 1], outline=colour, width=width)
+
+
+def _cell(image: Image.Image, grid_shape: tuple[int, int]) -> tuple[float, float]:
+    """Height and width in pixels of one patch of a ``grid_shape`` grid shown over ``image``."""
+    return image.size[1] / grid_shape[0], image.size[0] / grid_shape[1]
+
+
+def pca_picture(rgb: np.ndarray, size: tuple[int, int]) -> Image.Image:
+    """An ``(h, w, 3)`` :func:`pca_rgb` map bilinearly upsampled to ``size = (width, height)`` pixels."""
+    return _upsample(rgb, size)
+
+
+def cluster_overlay(image: Image.Image, labels: np.ndarray, alpha: float = 0.6) -> Image.Image:
+    """``(h, w)`` cluster labels as :data:`PALETTE` colours (nearest upsampling) blended over ``image``."""
+    return _blend(image, _upsample(colorize_labels(labels), image.size, True), alpha)
+
+
+def similarity_overlay(
+    image: Image.Image,
+    similarity: np.ndarray,
+    *,
+    query: tuple[int, int] | None = None,
+    matches: Sequence[tuple[int, int]] = (),
+    alpha: float = 0.7,
+    low: float = 0.0,
+    high: float = 1.0,
+) -> Image.Image:
+    """An ``(h, w)`` similarity map in viridis over ``image`` on the fixed scale [low, high], so maps of two
+    models read on the same colours; the ``query`` patch boxed in white and ``matches`` in black."""
+    tile = _blend(image, _upsample(colorize_similarity(similarity, low, high), image.size), alpha)
+    return mark_patches(tile, similarity.shape, query=query, matches=matches)
+
+
+def mark_patches(
+    image: Image.Image, grid_shape: tuple[int, int], *, query: tuple[int, int] | None = None,
+    matches: Sequence[tuple[int, int]] = (),
+) -> Image.Image:
+    """Box, in place, the ``query`` patch in white and the ``matches`` in black on ``image`` shown over a
+    ``grid_shape = (h, w)`` patch grid; returns ``image``."""
+    draw = ImageDraw.Draw(image)
+    cell = _cell(image, grid_shape)
+    if query is not None:
+        _box(draw, query[0], query[1], cell, "white", 3)
+    for r, c in matches:
+        _box(draw, r, c, cell, "black", 2)
+    return image
 
 
 def compose_grid(
@@ -281,7 +353,6 @@ def make_pictures(
         shown.append(resized)
         for m, backbone in enumerate(backbones):
             features[m].append(patch_features(backbone, pixels))
-    size = shown[0].size
 
     def tiles_for(maps_per_model, render):
         return [[image] + [render(maps_per_model[m][i], image) for m in range(2)] for i, image in enumerate(shown)]
@@ -290,7 +361,7 @@ def make_pictures(
     # 1. PCA to RGB
     pca = [pca_rgb(features[m]) for m in range(2)]
     grid = compose_grid(
-        tiles_for(pca, lambda rgb, image: _upsample(rgb, image.size)),
+        tiles_for(pca, lambda rgb, image: pca_picture(rgb, image.size)),
         ["Image", f"{labels[0]}: PCA", f"{labels[1]}: PCA"],
     )
     paths["pca"] = out / "pca.png"
@@ -299,7 +370,7 @@ def make_pictures(
     # 2. Overclustering overlays
     clusters = [cluster_labels(features[m], n_clusters, seed) for m in range(2)]
     grid = compose_grid(
-        tiles_for(clusters, lambda lab, image: _blend(image, _upsample(colorize_labels(lab), image.size, True), 0.6)),
+        tiles_for(clusters, lambda lab, image: cluster_overlay(image, lab)),
         ["Image", f"{labels[0]}: k-means, K={n_clusters}", f"{labels[1]}: k-means, K={n_clusters}"],
     )
     paths["clusters"] = out / "clusters.png"
@@ -308,25 +379,17 @@ def make_pictures(
     # 3. Nearest-patch retrieval
     h, w = features[0][0].shape[:2]
     q = (0, min(h - 1, int(query[0] * h)), min(w - 1, int(query[1] * w)))
-    cell = (size[1] / h, size[0] / w)
     rows, row_titles = [], []
     query_tile = shown[0].copy()
-    _box(ImageDraw.Draw(query_tile), q[1], q[2], cell, "white", 3)
+    _box(ImageDraw.Draw(query_tile), q[1], q[2], _cell(shown[0], (h, w)), "white", 3)
     rows.append([query_tile] + [s for s in shown[1:]])
     row_titles.append("Images")
     for m in range(2):
         sims = similarity_maps(features[m], q)
-        tiles = []
-        for i, (sim, image) in enumerate(zip(sims, shown)):
-            tile = _blend(image, _upsample(colorize_similarity(sim), image.size), 0.7)
-            draw = ImageDraw.Draw(tile)
-            if i == 0:
-                _box(draw, q[1], q[2], cell, "white", 3)
-            else:
-                cell_i = (image.size[1] / sim.shape[0], image.size[0] / sim.shape[1])
-                for r, c in top_matches(sim, top_k):
-                    _box(draw, r, c, cell_i, "black", 2)
-            tiles.append(tile)
+        tiles = [
+            similarity_overlay(image, sim, query=q[1:]) if i == 0 else similarity_overlay(image, sim, matches=top_matches(sim, top_k))
+            for i, (sim, image) in enumerate(zip(sims, shown))
+        ]
         rows.append(tiles)
         row_titles.append(labels[m])
     grid = compose_grid(rows, ["Query image"] + [f"Image {i + 1}" for i in range(1, len(shown))], row_titles)

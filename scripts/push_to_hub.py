@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry_run", "--dry-run", action="store_true",
                         help="print what would be uploaded and the model card, without contacting the Hub or "
                              "writing anything")
+    # The feature explorer as a Gradio Space next to the model (paka_hf.space).
+    parser.add_argument("--space", nargs="?", const="", default=None, metavar="ORG/NAME",
+                        help="also create a Gradio Space with the feature explorer (default id: REPO_ID-explorer) "
+                             "and link it from the model card")
     return parser
 
 
@@ -94,6 +98,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         raise (MissingPathError if isinstance(err, FileNotFoundError) else ConfigError)(str(err)) from err
     print(f"Pushed {args.repo_id}: {info.commit_url}")
+    if args.space is not None:  # the feature explorer Space, after the model it loads
+        from paka_hf import space
+
+        space_id, space_info = space.publish_space_for_model(
+            args.output_dir, args.repo_id, args.space or None, base_model=args.base_model, private=args.private,
+            license=args.license)
+        print(f"Pushed Space {space_id}: {space_info.commit_url} (linked from the model card)")
     return 0
 
 

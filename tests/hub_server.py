@@ -20,6 +20,7 @@ No Hub-compatible server installs from a package registry, so this is a small st
 ``GET  /api/models/{repo}/commits/{rev}``                   commit history
 ``HEAD|GET /{repo}/resolve/{rev}/{path}``                   file metadata (``X-Repo-Commit``, ``ETag``,
                                                             ``X-Linked-Etag``/``-Size``) and content
+``/api/spaces/...``, ``/spaces/{repo}/...``                 the same for Space repositories (``type: space``)
 =========================================================  ==============================================
 
 Binary files: the real Hub answers ``"lfs"`` for ``*.safetensors`` and the client then uploads through Xet,
@@ -60,6 +61,32 @@ def git_blob_sha1(content: bytes) -> str:
 
 def lfs_pointer(sha256: str, size: int) -> bytes:
     return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
+
+
+# Spaces: a Space "org/name" lives in ``HubStandIn.repos`` under ``space_key("org/name")`` (a model id never
+# holds a colon), and its ``/api/spaces/...`` and ``/spaces/...`` requests are routed to the model handlers
+# with that key, so both repository types share one implementation.
+SPACE_KEY_PREFIX = "space:"
+_SPACE_API_PATH = re.compile(r"^/api/spaces/(?=[^/]+/[^/]+)")
+_SPACE_FILE_PATH = re.compile(r"^/spaces/(?=[^/]+/[^/]+)")
+
+
+def space_key(repo_id: str) -> str:
+    """Key of the Space ``repo_id`` in ``HubStandIn.repos`` (``snapshot(space_key(...))`` reads its files)."""
+    return SPACE_KEY_PREFIX + repo_id
+
+
+def _space_path(path: str) -> str:
+    """``/api/spaces/org/name/...`` → ``/api/models/space:org/name/...``; ``/spaces/org/name/...`` → ``/space:org/name/...``."""
+    path = _SPACE_API_PATH.sub("/api/models/" + SPACE_KEY_PREFIX, path)
+    return _SPACE_FILE_PATH.sub("/" + SPACE_KEY_PREFIX, path)
+
+
+def _public_url(base: str, key: str) -> str:
+    """URL of a repository as the Hub writes it: ``{base}/org/name`` or ``{base}/spaces/org/name``."""
+    if key.startswith(SPACE_KEY_PREFIX):
+        return f"{base}/spaces/{key[len(SPACE_KEY_PREFIX):]}"
+    return f"{base}/{key}"
 
 
 @dataclass
@@ -277,7 +304,7 @@ class HubStandIn:
         return user
 
     def _can_write(self, user: str, repo_id: str) -> bool:
-        namespace = repo_id.split("/")[0]
+        namespace = repo_id.removeprefix(SPACE_KEY_PREFIX).split("/")[0]
         return namespace == user or namespace in self.orgs.get(user, [])
 
     def _repo(self, repo_id: str, headers, write: bool = False) -> Repo:
@@ -381,6 +408,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, path: str, body: bytes):
         hub, method = self.hub, self.command
+        path = _space_path(path)
         routes = [
             ("GET", r"/api/whoami-v2", self.whoami),
             ("POST", r"/api/repos/create", self.create_repo),
@@ -416,13 +444,19 @@ class _Handler(BaseHTTPRequestHandler):
     def create_repo(self, body):
         user = self.hub._require_user(self.headers)
         payload = json.loads(body or b"{}")
-        if payload.get("type", "model") != "model":
-            raise _HubError(400, "the stand-in Hub only hosts model repositories")
+        repo_type = payload.get("type", "model")
+        if repo_type not in ("model", "space"):
+            raise _HubError(400, "the stand-in Hub only hosts model and Space repositories")
+        if repo_type == "space" and payload.get("sdk") not in ("gradio", "docker", "static"):
+            raise _HubError(400, "a Space needs an sdk (gradio, docker or static)")
         repo_id = f"{payload.get('organization') or user}/{payload['name']}"
+        if repo_type == "space":
+            repo_id = space_key(repo_id)
         if not self.hub._can_write(user, repo_id):
-            raise _HubError(403, f"You don't have the rights to create a model under the namespace {repo_id.split('/')[0]}")
+            raise _HubError(403, f"You don't have the rights to create a {repo_type} under the namespace {repo_id.split('/')[0]}")
         if repo_id in self.hub.repos:
-            return self._json(409, {"error": "You already created this model repo", "url": f"{self.hub.url}/{repo_id}"})
+            return self._json(409, {"error": f"You already created this {repo_type} repo",
+                                    "url": _public_url(self.hub.url, repo_id)})
         visibility = payload.get("visibility") or ("private" if payload.get("private") else None)
         private = visibility == "private" if visibility else repo_id.split("/")[0] in self.hub.private_by_default
         repo = Repo(repo_id, private=private)
@@ -430,7 +464,8 @@ class _Handler(BaseHTTPRequestHandler):
             ".gitattributes": RemoteFile(b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n", lfs=False)})
         repo.branches["main"] = initial.oid
         self.hub.repos[repo_id] = repo
-        self._json(200, {"url": f"{self.hub.url}/{repo_id}", "name": repo_id, "id": repo_id})
+        public_id = repo_id.removeprefix(SPACE_KEY_PREFIX)
+        self._json(200, {"url": _public_url(self.hub.url, repo_id), "name": public_id, "id": public_id})
 
     def delete_repo(self, body):
         payload = json.loads(body or b"{}")
@@ -532,7 +567,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _HubError(400, f"unsupported commit operation {key!r}")
         commit = _make_commit(repo_obj, head.oid, header.get("summary", ""), header.get("description", ""), files)
         repo_obj.branches[rev] = commit.oid
-        self._json(200, {"commitUrl": f"{self.hub.url}/{repo}/commit/{commit.oid}", "commitOid": commit.oid,
+        self._json(200, {"commitUrl": f"{_public_url(self.hub.url, repo)}/commit/{commit.oid}", "commitOid": commit.oid,
                          "success": True})
 
     def create_branch(self, repo, branch, body):

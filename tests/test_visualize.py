@@ -101,3 +101,41 @@ def test_real_model_retrieves_sky_for_a_sky_query(small_model_path, camvid_path)
     sims = viz.similarity_maps(feats, query)
     matches = viz.top_matches(sims[1], 5)
     assert sum(bool(sky[1][r, c]) for r, c in matches) >= 4
+
+
+def test_patch_at_maps_pixels_to_grid_cells():
+    # a 588 x 448 picture over a 32 x 42 grid: 14 px per patch
+    assert viz.patch_at(0, 0, (588, 448), (32, 42)) == (0, 0)
+    assert viz.patch_at(14 * 5 + 3, 14 * 7 + 13, (588, 448), (32, 42)) == (7, 5)
+    assert viz.patch_at(587.9, 447.9, (588, 448), (32, 42)) == (31, 41)
+    assert viz.patch_at(10_000, -5, (588, 448), (32, 42)) == (0, 41)  # clamped
+
+
+def test_similarity_maps_accepts_prenormalized_maps():
+    maps = [_two_region_features(4), _two_region_features(5)]
+    expected = viz.similarity_maps(maps, (1, 3, 6))
+    got = viz.similarity_maps([viz.l2_normalize(m) for m in maps], (1, 3, 6), normalized=True)
+    for e, g in zip(expected, got):
+        np.testing.assert_allclose(g, e, atol=1e-6)
+
+
+def test_similarity_overlay_uses_one_fixed_scale_and_marks_patches():
+    image = Image.new("RGB", (56, 28), "gray")
+    sim = np.zeros((2, 4), dtype=np.float32)
+    sim[0, 0] = 1.0
+    # the same value gives the same colour in any map (fixed [0, 1] scale, not per-map min/max)
+    a = np.asarray(viz.similarity_overlay(image, sim, alpha=1.0))
+    b = np.asarray(viz.similarity_overlay(image, sim * 0.5 + np.eye(2, 4, dtype=np.float32) * 0.5, alpha=1.0))
+    assert tuple(a[20, 40]) == tuple(b[20, 40]) == (68, 1, 84)  # 0.0 in both maps
+    assert tuple(a[2, 2]) == tuple(b[2, 2]) == (253, 231, 37)  # 1.0 in both maps
+    marked = np.asarray(viz.similarity_overlay(image, sim, query=(1, 2), matches=[(0, 3)], alpha=1.0))
+    assert tuple(marked[14, 28]) == (255, 255, 255)  # white box: top-left corner of patch (1, 2)
+    assert tuple(marked[0, 42]) == (0, 0, 0)  # black box: top-left corner of patch (0, 3)
+
+
+def test_prepare_image_uses_the_given_normalization():
+    image = Image.new("RGB", (28, 28), (255, 0, 128))
+    _, pixels = viz.prepare_image(image, 28, 14, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    np.testing.assert_allclose(pixels[0, :, 0, 0].numpy(), [1.0, -1.0, 128 / 255 * 2 - 1], atol=1e-6)
+    _, imagenet = viz.prepare_image(image, 28, 14)
+    assert imagenet[0, 0, 0, 0].item() == pytest.approx((1 - 0.485) / 0.229, abs=1e-5)

@@ -1,0 +1,85 @@
+"""The explorer's Gradio Space: its files, and the push of model + Space against the loopback Hub stand-in
+(repository type ``space``), with the model card linking the Space."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import yaml
+from huggingface_hub import HfApi, constants
+
+from hub_helpers import TOKEN, go_online, make_export_folder
+from hub_server import HubStandIn, space_key
+from paka_hf import space
+from paka_hf.errors import ConfigError
+
+REPO = "paka-org/dinov2-paka-tiny"
+BASE = "facebook/dinov2-with-registers-small"  # model_name_or_path of hub_helpers.TRAINING_CONFIG
+
+
+@pytest.fixture
+def server(monkeypatch, tmp_path):
+    with HubStandIn(max_lifetime_s=120) as stand_in:
+        go_online(monkeypatch, stand_in.url, home=tmp_path / "hf_home")
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        yield stand_in
+
+
+def _metadata(readme: bytes) -> dict:
+    return yaml.safe_load(readme.decode().split("---")[1])
+
+
+def test_space_files_load_the_model_and_its_base_by_hub_id():
+    files = space.space_files("paka-org/x-explorer", REPO, BASE)
+    app = files["app.py"].decode()
+    assert f"build_app({REPO!r}, base={BASE!r}, resolution=448" in app
+    compile(app, "app.py", "exec")
+    meta = _metadata(files["README.md"])
+    assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py" and meta["models"] == [REPO, BASE]
+    requirements = files["requirements.txt"].decode().splitlines()
+    assert any(line.startswith("transformers==") for line in requirements)
+    assert any(line.startswith("gradio") for line in requirements)
+    # paka_hf is not on a package index: the Space carries its sources, the app's imports included
+    assert {"paka_hf/__init__.py", "paka_hf/explore.py", "paka_hf/visualize.py", "paka_hf/backbones.py"} <= set(files)
+    assert not any("__pycache__" in name for name in files)
+    # or one requirement line (a published version, a Git URL) and no sources
+    pinned = space.space_files("paka-org/x-explorer", REPO, BASE, package="paka_hf[app]==0.1.0")
+    assert pinned["requirements.txt"] == b"paka_hf[app]==0.1.0\n" and set(pinned) == {"app.py", "requirements.txt", "README.md"}
+
+
+def test_space_refuses_local_paths(tmp_path):
+    with pytest.raises(ConfigError, match="Hub id"):
+        space.space_files("paka-org/x-explorer", REPO, str(tmp_path))
+    assert space.default_space_id(REPO) == REPO + "-explorer"
+
+
+def test_link_space_in_card_is_placed_once():
+    card = "---\nlicense: mit\n---\n# Title\n\nIntro.\n\n## How to use\n\ncode\n"
+    linked = space.link_space_in_card(card, "paka-org/x-explorer", endpoint="https://hub.example")
+    assert linked.index("## Try it in the browser") < linked.index("## How to use")
+    assert "(https://hub.example/spaces/paka-org/x-explorer)" in linked
+    again = space.link_space_in_card(linked, "paka-org/y-explorer", endpoint="https://hub.example")
+    assert again.count("## Try it in the browser") == 1 and "y-explorer" in again and "x-explorer" not in again
+
+
+def test_push_script_creates_the_space_and_links_it(server, tmp_path, tiny_config, capsys):
+    out = tmp_path / "out"
+    make_export_folder(out, tiny_config(registers=4))
+    spec = importlib.util.spec_from_file_location("push_script", space._PACKAGE_ROOT.parent / "scripts" / "push_to_hub.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([str(out), "--repo_id", REPO, "--space"]) == 0
+    space_id = REPO + "-explorer"
+    files = server.snapshot(space_key(space_id))
+    assert {"app.py", "requirements.txt", "README.md", "paka_hf/explore.py"} <= set(files)
+    assert _metadata(files["README.md"])["models"] == [REPO, BASE]
+    assert f"build_app({REPO!r}, base={BASE!r}" in files["app.py"].decode()
+    # the model card links the Space, in the repository and in the output folder
+    card = server.snapshot(REPO)["README.md"].decode()
+    assert f"{server.url}/spaces/{space_id}" in card and card.count("## Try it in the browser") == 1
+    assert (out / "README.md").read_text() == card
+    commits = HfApi(endpoint=server.url).list_repo_commits(space_id, repo_type="space", token=TOKEN)
+    assert len(commits) == 2  # the Hub's initial commit and ours: the Space's files went in one commit
+    assert f"Pushed Space {space_id}" in capsys.readouterr().out
