@@ -18,7 +18,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from .losses import KERNELS, LOSSES, SCOPES
+from .losses import KERNELS, LOSSES, NECO_QUEUE_LENGTH, NECO_QUEUE_PER_IMAGE, NECO_STEEPNESS, SCOPES, NeCoSettings
 
 EXPORTS = ("student", "teacher")
 STUDENT_VIEWS = ("local", "all")
@@ -94,7 +94,11 @@ class PaKAConfig(TrainingArguments):
 
     # ---- method -----------------------------------------------------------------------------
     roi_size: int = _help("Side of the RoIAlign grid per pair (N = roi_size² tokens).", default=7)
-    loss: str = _help("'cka' (PaKA), 'gram' (Gram matching) or 'cosine' (feature distillation).", default="cka")
+    loss: str = _help(
+        "'cka' (PaKA), 'gram' (Gram matching), 'cosine' (feature distillation) or 'neco' (NeCo's patch-neighbour "
+        "sorting loss, the neco_* fields).",
+        default="cka",
+    )
     kernel: str = _help("Kernel for cka/gram: 'linear' or 'rbf' (median heuristic).", default="linear")
     kernel_scope: str = _help("'pair': one kernel per crop pair; 'batch': one over the whole batch.", default="pair")
     use_head: bool = _help("Train through a projection head (its teacher is an EMA too); never exported.", default=True)
@@ -106,6 +110,15 @@ class PaKAConfig(TrainingArguments):
         "Fraction of the teacher kept at each EMA step at the start; follows a cosine to 1.0.", default=0.9995
     )
     export: str = _help("Network written to output_dir at the end: 'student' or 'teacher'.", default="student")
+
+    # ---- NeCo (loss: neco; defaults: NeCo's published configs) --------------------------------
+    neco_student_steepness: float = _help("Steepness of the student's differentiable sort (loss 'neco').", default=NECO_STEEPNESS)
+    neco_teacher_steepness: float = _help("Steepness of the teacher's differentiable sort (loss 'neco').", default=NECO_STEEPNESS)
+    neco_queue_length: int = _help(
+        "Teacher tokens kept in NeCo's reference queue (0 = draw the reference tokens from the batch only).",
+        default=NECO_QUEUE_LENGTH,
+    )
+    neco_queue_per_image: int = _help("Teacher tokens pushed to NeCo's queue per image and step.", default=NECO_QUEUE_PER_IMAGE)
 
     # ---- Trainer defaults changed for PaKA --------------------------------------------------
     learning_rate: float = _help("Peak learning rate of the backbone.", default=1e-5)
@@ -180,10 +193,20 @@ class PaKAConfig(TrainingArguments):
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.roi_size < 2:
             raise ValueError(f"roi_size must be >= 2 (a kernel needs two tokens), got {self.roi_size}")
-        if self.loss == "cosine" and self.kernel_scope != "pair":
-            raise ValueError("kernel_scope applies to loss 'cka' and 'gram' only; leave it at 'pair' for 'cosine'")
+        if self.loss in ("cosine", "neco") and self.kernel_scope != "pair":
+            raise ValueError(f"kernel_scope applies to loss 'cka' and 'gram' only; leave it at 'pair' for {self.loss!r}")
+        self.neco_settings()  # validates the neco_* fields
         if self.shuffle_buffer_size < 0:
             raise ValueError(f"shuffle_buffer_size must be >= 0, got {self.shuffle_buffer_size}")
+
+    def neco_settings(self) -> NeCoSettings:
+        """The ``neco_*`` fields as the loss takes them."""
+        return NeCoSettings(
+            student_steepness=self.neco_student_steepness,
+            teacher_steepness=self.neco_teacher_steepness,
+            queue_length=self.neco_queue_length,
+            queue_per_image=self.neco_queue_per_image,
+        )
 
     def check_patch_size(self, patch_size: int) -> None:
         """Raise if a view size is not a multiple of the backbone's patch size."""
