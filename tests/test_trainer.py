@@ -338,3 +338,25 @@ def test_torch_compile_through_the_trainer_gives_the_eager_run(assets, tmp_path)
     assert checkpoint.keys() == load_file(tmp_path / "eager" / "checkpoint-3" / "model.safetensors").keys()
     exported = AutoModel.from_pretrained(compiled.export_backbone(tmp_path / "export"))  # a plain checkpoint
     torch.testing.assert_close(exported.state_dict(), compiled.model.student.model.state_dict())
+
+
+def test_resume_with_neco_restores_its_reference_queue_bit_exactly(assets, tmp_path):
+    kwargs = dict(loss="neco", neco_queue_length=64, neco_queue_per_image=5)
+    straight = PaKATrainer(args=run_config(assets, tmp_path / "a", **kwargs))
+    straight.train()
+    student_a, teacher_a = states(straight)
+    queue = ("tokens", "filled", "next_row")
+    queue_a = {name: getattr(straight.model.criterion.references, name).clone() for name in queue}
+    assert queue_a["filled"].item() == 6 * 2 * 5  # 6 steps of 2 images, not yet full
+
+    first = PaKATrainer(args=run_config(assets, tmp_path / "b", **kwargs), callbacks=[StopAt(3)])
+    first.train()
+    resumed = PaKATrainer(args=run_config(assets, tmp_path / "b", **kwargs))
+    resumed.train(resume_from_checkpoint="latest")
+    for name in queue:
+        assert torch.equal(queue_a[name], getattr(resumed.model.criterion.references, name)), f"queue {name}"
+    student_b, teacher_b = states(resumed)
+    for name in student_a:
+        assert torch.equal(student_a[name], student_b[name]), f"student {name}"
+    for name in teacher_a:
+        assert torch.equal(teacher_a[name], teacher_b[name]), f"teacher {name}"
