@@ -3,9 +3,10 @@
 NeCo (Pariza et al., ICLR 2025) sorts each row of patch-to-reference similarities with the relaxed
 sorting networks of Petersen et al. ("Monotonic differentiable sorting networks", ICLR 2022; the
 ``diffsort`` package, ``DiffSortNet('bitonic', n, steepness=s)`` with its default Cauchy relaxation).
-This module computes the same thing (same network, same relaxation, same padding rule for lengths that
-are not powers of two) with index gathers instead of ``diffsort``'s dense 0/1 matrices: a layer costs
-``O(n²)`` per row for the permutation matrix instead of ``O(n³)``.
+This module computes the same thing (same network, same relaxation, same rule for lengths that are not
+powers of two) without ``diffsort``'s dense 0/1 matrices: bitonic comparators pair wire ``i`` with ``i + span``,
+so each layer is a reshape of the rows into ``(groups, 2, span)`` and element-wise arithmetic, ``O(n²)`` per
+row for the permutation matrix instead of ``diffsort``'s ``O(n³)`` matrix products.
 
 One comparator on wires ``a < b`` with values ``x_a, x_b`` and steepness ``s``:
 
@@ -25,7 +26,9 @@ which keeps ``log P`` finite for NeCo's cross-entropy.
 
 Lengths ``n`` that are not a power of two: the network is built for ``2^k ≥ n`` wires; the first
 ``2^k − n`` wires are absent and every comparator that touches one is dropped (the real wire passes
-through), as ``diffsort.networks.bitonic_network`` does. The tests check that this still sorts.
+through), as ``diffsort.networks.bitonic_network`` does. Here the absent wires are carried as padding and a
+dropped comparator gets the weight that leaves both wires in place, so they never mix with the real ones.
+The tests check that the network still sorts.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import math
 from functools import lru_cache
 
 import torch
+from torch import nn
 
 __all__ = ["bitonic_layers", "soft_sort"]
 
@@ -77,13 +81,22 @@ def bitonic_layers(n: int) -> tuple[tuple[tuple[int, ...], tuple[int, ...], tupl
     return tuple(layers)
 
 
-@lru_cache(maxsize=64)
-def _layer_indices(n: int, device: torch.device) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], ...]:
-    out = []
-    for a, b, _, _, order in bitonic_layers(n):
-        untouched = sorted(set(range(n)) - set(a) - set(b))
-        out.append(tuple(torch.tensor(v, dtype=torch.long, device=device) for v in (a, b, untouched, order)))
-    return tuple(out)
+@lru_cache(maxsize=None)
+def _layer_plans(n: int) -> tuple[tuple[int, torch.Tensor, torch.Tensor], ...]:
+    """Per layer of the padded network (``2^k`` wires, the absent ones first): ``span``, and per comparator
+    laid out as ``(groups, span)``: the sign of the comparison (−1 where the block is descending) and whether
+    it is dropped (it touches an absent wire)."""
+    blocks = max(0, math.ceil(math.log2(n)))
+    width, absent = 2**blocks, 2**blocks - n
+    plans = []
+    for block in range(blocks):
+        for step in range(block + 1):
+            span = 2 ** (block - step)
+            lo = torch.arange(width).view(width // (2 * span), 2, span)[:, 0]  # (groups, span): wire a of each comparator
+            sign = 1.0 - 2.0 * ((lo // 2 ** (block + 1)) % 2).float()
+            dropped = lo < absent  # b = a + span >= a: a comparator touches an absent wire iff a is absent
+            plans.append((span, sign, dropped))
+    return tuple(plans)
 
 
 def soft_sort(x: torch.Tensor, steepness: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,13 +111,23 @@ def soft_sort(x: torch.Tensor, steepness: float) -> tuple[torch.Tensor, torch.Te
     if not steepness > 0:
         raise ValueError(f"steepness must be > 0, got {steepness}")
     rows, n = x.shape
-    perm = torch.eye(n, dtype=x.dtype, device=x.device).expand(rows, n, n)
-    for a, b, untouched, order in _layer_indices(n, x.device):
-        xa, xb = x[:, a], x[:, b]
-        alpha = torch.atan(steepness * (xb - xa)) / math.pi + 0.5  # (R, n_comparators)
-        beta = 1.0 - alpha
-        x = torch.cat((alpha * xa + beta * xb, beta * xa + alpha * xb, x[:, untouched]), dim=1)[:, order]
-        pa, pb = perm[:, :, a], perm[:, :, b]
-        al, be = alpha[:, None, :], beta[:, None, :]
-        perm = torch.cat((al * pa + be * pb, be * pa + al * pb, perm[:, :, untouched]), dim=2)[:, :, order]
-    return x, perm
+    width = 2 ** max(0, math.ceil(math.log2(n)))
+    absent = width - n
+    values = nn.functional.pad(x, (absent, 0))  # (R, W): absent wires first; their comparators are dropped
+    perm = torch.eye(width, dtype=x.dtype, device=x.device).expand(rows, width, width)
+    for span, sign, dropped in _layer_plans(n):
+        groups = width // (2 * span)
+        pairs = values.view(rows, groups, 2, span)
+        a, b = pairs[:, :, 0], pairs[:, :, 1]
+        # keep = weight of each wire's own value in its output: α = P[a < b] in an ascending block, 1 − α in a
+        # descending one (atan is odd), 1 for a dropped comparator (both wires pass through)
+        keep = torch.atan(steepness * sign.to(x) * (b - a)) / math.pi + 0.5
+        keep = torch.where(dropped.to(x.device), torch.ones_like(keep), keep)  # (R, groups, span)
+        diff = a - b
+        values = torch.stack((b + keep * diff, a - keep * diff), dim=2).view(rows, width)
+        cols = perm.reshape(rows, width, groups, 2, span)  # columns = positions; mixed like the values
+        ca, cb = cols[:, :, :, 0], cols[:, :, :, 1]
+        k = keep[:, None]
+        cdiff = ca - cb
+        perm = torch.stack((cb + k * cdiff, ca - k * cdiff), dim=3).view(rows, width, width)
+    return values[:, absent:], perm[:, absent:, absent:]
