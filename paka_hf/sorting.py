@@ -114,7 +114,9 @@ def soft_sort(x: torch.Tensor, steepness: float) -> tuple[torch.Tensor, torch.Te
     width = 2 ** max(0, math.ceil(math.log2(n)))
     absent = width - n
     values = nn.functional.pad(x, (absent, 0))  # (R, W): absent wires first; their comparators are dropped
-    perm = torch.eye(width, dtype=x.dtype, device=x.device).expand(rows, width, width)
+    # Rows of ``perm`` are inputs, columns positions; a layer mixes columns only, so the absent inputs' rows
+    # (which never reach a real position) are left out from the start.
+    perm = torch.eye(width, dtype=x.dtype, device=x.device)[absent:].expand(rows, n, width)
     for span, sign, dropped in _layer_plans(n):
         groups = width // (2 * span)
         pairs = values.view(rows, groups, 2, span)
@@ -125,9 +127,9 @@ def soft_sort(x: torch.Tensor, steepness: float) -> tuple[torch.Tensor, torch.Te
         keep = torch.where(dropped.to(x.device), torch.ones_like(keep), keep)  # (R, groups, span)
         diff = a - b
         values = torch.stack((b + keep * diff, a - keep * diff), dim=2).view(rows, width)
-        cols = perm.reshape(rows, width, groups, 2, span)  # columns = positions; mixed like the values
+        cols = perm.reshape(rows, n, groups, 2, span)  # columns = positions; mixed like the values
         ca, cb = cols[:, :, :, 0], cols[:, :, :, 1]
         k = keep[:, None]
         cdiff = ca - cb
-        perm = torch.stack((cb + k * cdiff, ca - k * cdiff), dim=3).view(rows, width, width)
-    return values[:, absent:], perm[:, absent:, absent:]
+        perm = torch.stack((cb + k * cdiff, ca - k * cdiff), dim=3).view(rows, n, width)
+    return values[:, absent:], perm[:, :, absent:]
