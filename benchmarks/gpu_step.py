@@ -58,7 +58,16 @@ stand-ins take their place (RoIAlign in plain torch, same numbers) and the heade
     python benchmarks/gpu_step.py [--models s14 b14] [--batch 64] [--steps 30] [--warmup 3]
                                   [--compile [--compile_scope model|backbones]] [--grad_checkpointing] [--json PATH]
     python benchmarks/gpu_step.py --view_rendering cpu device   # also the full step from uint8 images (below)
+    python benchmarks/gpu_step.py --loss cka neco                # PaKA's and NeCo's full steps, one run (below)
     python benchmarks/gpu_step.py --smoke      # tiny shapes, 2 steps, a few seconds on CPU (test suite)
+
+``--loss cka neco`` measures each model a second time with NeCo's sorting loss in the full step instead of
+1 − CKA (``loss: neco`` with NeCo's published settings: steepness 100, a queue of 16,384 teacher tokens fed
+20 per image; rows "ViT-S/14 NeCo"), so that one run times NeCo's step beside PaKA's on the same views:
+the bare steps are the same for both, and full / bare then says what each loss costs on top of the
+backbones. The FLOP count and MFU leave the loss out for both (NeCo's relaxed sort is ~21 layers of
+O(49²) element-wise work per aligned token, not matmul FLOPs). NeCo's step reads the number of valid
+tokens back to the host once (its reference draw), which the sync check reports.
 
 ``--view_rendering device`` adds a third step, timed in the same alternating blocks:
 
@@ -181,6 +190,7 @@ def install_stand_ins() -> list[str]:
 STAND_INS = install_stand_ins()
 
 from paka_hf.backbones import PatchBackbone, ProjectionHead  # noqa: E402
+from paka_hf.losses import NeCoSettings  # noqa: E402
 from paka_hf.modeling import PaKAModel  # noqa: E402
 from paka_hf.views import IMAGENET_MEAN, IMAGENET_STD, GlimTransform, collate_views, render_views, sample_boxes  # noqa: E402
 
@@ -193,6 +203,11 @@ MODELS = {
     "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2),  # --smoke
 }
 LABELS = {"s14": "ViT-S/14", "b14": "ViT-B/14", "tiny": "tiny"}
+LOSS_LABELS = {"cka": "", "neco": " NeCo"}  # appended to the model's label in the rows
+
+
+def label(name: str, loss: str) -> str:
+    return LABELS[name] + LOSS_LABELS[loss]
 
 
 def log(*parts) -> None:
@@ -224,10 +239,12 @@ def enable_checkpointing(backbone: PatchBackbone) -> None:
         hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def build_model(name: str, args) -> PaKAModel:
+def build_model(name: str, args, loss: str = "cka") -> PaKAModel:
     backbone = PatchBackbone.from_config(backbone_config(name, args.drop_path), attn_implementation="sdpa")
     head = ProjectionHead(backbone.hidden_size, args.head_hidden, args.head_out)
-    model = PaKAModel(backbone, head)  # roi 7, 1 − CKA, linear kernel: the defaults of the trainer
+    # roi 7, linear kernel: the defaults of the trainer; NeCo with its published settings (steepness 100,
+    # a 16384-token queue fed 20 tokens per image: NeCo's at its batch of 64)
+    model = PaKAModel(backbone, head, loss=loss, neco=NeCoSettings() if loss == "neco" else None)
     if args.grad_checkpointing:  # the student only: the teacher runs in eval mode under no_grad
         enable_checkpointing(model.student)
     return model.to(args.device).train()
@@ -497,11 +514,11 @@ def profile_render(steps, device: torch.device, label: str, repeats: int = 3) ->
     print(prof.key_averages().table(sort_by=key, row_limit=22), flush=True)
 
 
-def run_model(name: str, args) -> dict:
+def run_model(name: str, args, loss: str = "cka") -> dict:
     device = args.device
     torch.manual_seed(0)
     t_build = time.perf_counter()
-    model = build_model(name, args)
+    model = build_model(name, args, loss)
     batch = synthetic_batch(args.batch, args.global_size, args.local_size, args.n_local, device)
     rendering = "device" in args.view_rendering
     render_batch = synthetic_render_batch(args.batch, args.global_size, args.local_size, args.n_local, device) if rendering else None
@@ -566,10 +583,13 @@ def run_model(name: str, args) -> dict:
         steps.prepare_parts()
         parts = {"objective_ms": steps.objective, "objective_without_heads_ms": steps.objective_without_heads,
                  "tail_ms": steps.tail}
+        if loss == "neco":  # its queue holds head outputs: the loss cannot run on the aligned tokens without heads
+            del parts["objective_without_heads_ms"]
         for key, step in parts.items():
             step()  # compiles (with --compile), fills the allocator's cache
             breakdown[key] = 1e3 * time_block(step, args.steps, device)
-        breakdown["heads_ms"] = breakdown["objective_ms"] - breakdown["objective_without_heads_ms"]
+        without_heads = breakdown.get("objective_without_heads_ms")
+        breakdown["heads_ms"] = None if without_heads is None else breakdown["objective_ms"] - without_heads
         breakdown["parts_sum_ms"] = breakdown["objective_ms"] + breakdown["tail_ms"]
         breakdown["full_minus_bare_ms"] = 1e3 * (t_full - t_bare)
         del steps.teacher_grids, steps.student_grids
@@ -577,16 +597,17 @@ def run_model(name: str, args) -> dict:
     if rendering and args.sync_check:
         render["host_device_syncs_in_full_render_step"] = find_syncs(steps.full_render, device)
     if args.profile:
-        profile_full_step(steps, device, LABELS[name])
+        profile_full_step(steps, device, label(name, loss))
     if args.profile_render and rendering:
-        profile_render(steps, device, LABELS[name])
+        profile_render(steps, device, label(name, loss))
     last_loss = float(steps.last_loss)  # read back after the timed region
 
     t_bare_heads = statistics.median(times["bare_heads"])
     images_per_s = args.batch / t_full
     peak_flops = args.peak_tflops * 1e12 if args.peak_tflops else None
     result = {
-        "model": LABELS[name],
+        "model": label(name, loss),
+        "loss": loss,
         "params_student": sum(p.numel() for p in model.student.parameters()),
         "params_head": sum(p.numel() for p in model.student_head.parameters()),
         "batch": args.batch,
@@ -632,6 +653,9 @@ def run_model(name: str, args) -> dict:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["s14", "b14"], choices=["s14", "b14"])
+    parser.add_argument("--loss", nargs="+", default=["cka"], choices=list(LOSS_LABELS),
+                        help="the full step's loss: 'cka' (PaKA) and/or 'neco' (NeCo's sorting loss, its published "
+                             "settings); each model is measured once per loss, in this order")
     parser.add_argument("--batch", type=int, default=64, help="images per step")
     parser.add_argument("--steps", type=int, default=30, help="timed steps of each kind (full, bare, bare+heads)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating timed blocks the steps are split into")
@@ -693,7 +717,7 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-HEADER = (f"{'model':9s}{'full ms':>9s}{'bare ms':>9s}{'ratio':>7s}{'b+h ms':>9s}{'ratio b+h':>10s}"
+HEADER = (f"{'model':14s}{'full ms':>9s}{'bare ms':>9s}{'ratio':>7s}{'b+h ms':>9s}{'ratio b+h':>10s}"
           f"{'img/s':>9s}{'peak GiB':>9s}"
           f"{'TFLOP/st':>9s}{'TFLOP/s':>9s}{'MFU':>7s}{'MFU bare':>9s}{'paper h':>9s}")
 
@@ -703,8 +727,8 @@ def table_row(r: dict) -> str:
         return f"{'n/a' if value is None else format(value * scale, spec) + suffix:>{width}s}"
 
     if "error" in r:
-        return f"{r['model']:9s}failed: {r['error'][:100]}"
-    return (f"{r['model']:9s}{r['full_ms']:9.2f}{r['bare_ms']:9.2f}{r['ratio_full_over_bare']:7.3f}"
+        return f"{r['model']:14s}failed: {r['error'][:100]}"
+    return (f"{r['model']:14s}{r['full_ms']:9.2f}{r['bare_ms']:9.2f}{r['ratio_full_over_bare']:7.3f}"
             f"{r['bare_heads_ms']:9.2f}{r['ratio_full_over_bare_heads']:10.3f}{r['images_per_s']:9.1f}{cell(r['peak_memory_gib'], 9, '.2f')}{r['tflop_per_step']:9.3f}"
             f"{r['achieved_tflops']:9.1f}{cell(r['mfu'], 7, '.1f', 100, '%')}{cell(r['mfu_bare'], 9, '.1f', 100, '%')}"
             f"{r['paper_schedule_hours']:9.2f}")
@@ -744,27 +768,27 @@ def main(argv=None) -> dict:
             args.json.write_text(json.dumps(report, indent=1) + "\n")
 
     results, expected = report["results"], 0.0
-    for name in args.models:
+    for name, loss in [(name, loss) for name in args.models for loss in args.loss]:
         elapsed = time.perf_counter() - started
         if results and elapsed + expected > args.time_budget:
-            log(f"{LABELS[name]}: skipped, {elapsed:.0f} s spent and about {expected:.0f} s more expected "
+            log(f"{label(name, loss)}: skipped, {elapsed:.0f} s spent and about {expected:.0f} s more expected "
                 f"(--time_budget {args.time_budget:.0f} s)")
-            report["skipped"].append(LABELS[name])
+            report["skipped"].append(label(name, loss))
             continue
         t0 = time.perf_counter()
         try:
-            result = run_model(name, args)
+            result = run_model(name, args, loss)
         except Exception as error:  # report and go on: one model's failure should not cost the other's figures
             if args.smoke:
                 raise
-            result = {"model": LABELS[name], "error": f"{type(error).__name__}: {error}"}
+            result = {"model": label(name, loss), "error": f"{type(error).__name__}: {error}"}
             gc.collect()
             if args.device.type == "cuda":
                 torch.cuda.empty_cache()
         result["model_s"] = time.perf_counter() - t0
         results.append(result)
         if "error" not in result:
-            log(f"{LABELS[name]}: done in {result['model_s']:.0f} s (build {result['build_s']:.0f} s, warm-up "
+            log(f"{label(name, loss)}: done in {result['model_s']:.0f} s (build {result['build_s']:.0f} s, warm-up "
                 f"{result['warmup_s']:.0f} s), last loss {result['last_loss']:.4f} | {table_row(result)}")
             # The next model: compile and set-up about as long, timed steps up to 3.5x (b14 after s14).
             fixed = result["build_s"] + result["warmup_s"]
@@ -784,12 +808,12 @@ def main(argv=None) -> dict:
     rendered = [r for r in results if "full_render_ms" in r]
     if rendered:
         log("")
-        log(f"{'model':9s}{'full+render ms':>15s}{'bare ms':>9s}{'ratio':>7s}{'img/s':>9s}{'peak GiB':>9s}"
+        log(f"{'model':14s}{'full+render ms':>15s}{'bare ms':>9s}{'ratio':>7s}{'img/s':>9s}{'peak GiB':>9s}"
             f"{'render ms':>10s}{'render tf32':>12s}{'paper h':>9s}")
         for r in rendered:
             tf32 = r.get("render_ms_tf32")
             peak = r["peak_memory_full_render_gib"]
-            log(f"{r['model']:9s}{r['full_render_ms']:15.2f}{r['bare_ms']:9.2f}{r['ratio_full_render_over_bare']:7.3f}"
+            log(f"{r['model']:14s}{r['full_render_ms']:15.2f}{r['bare_ms']:9.2f}{r['ratio_full_render_over_bare']:7.3f}"
                 f"{r['images_per_s_full_render']:9.1f}{'n/a' if peak is None else format(peak, '.2f'):>9s}"
                 f"{r['render_ms']:10.2f}{'n/a' if tf32 is None else format(tf32, '.2f'):>12s}"
                 f"{r['paper_schedule_hours_full_render']:9.2f}")
@@ -801,7 +825,8 @@ def main(argv=None) -> dict:
         b = r.get("breakdown")
         if b:
             log(f"{r['model']}: what the full step adds, each part alone (ms): alignment + heads + loss fwd/bwd "
-                f"{b['objective_ms']:.2f} (heads {b['heads_ms']:.2f}), clip + AdamW + EMA {b['tail_ms']:.2f}; "
+                f"{b['objective_ms']:.2f} (heads {'n/a' if b['heads_ms'] is None else format(b['heads_ms'], '.2f')}), "
+                f"clip + AdamW + EMA {b['tail_ms']:.2f}; "
                 f"sum {b['parts_sum_ms']:.2f} against full − bare {b['full_minus_bare_ms']:.2f}")
     for r in results:
         for key, step in (("host_device_syncs_in_full_step", "full"), ("host_device_syncs_in_full_render_step", "full+render")):

@@ -10,6 +10,7 @@ whether our measured direction agrees (or lies within the seed spread of the two
 
     python benchmarks/repro_camvid.py                                  # everything (≈ 2 h on 2 cores)
     python benchmarks/repro_camvid.py --runs paka cosine --seeds 0 1   # some runs
+    python benchmarks/repro_camvid.py --runs paka neco neco_equal_time --seeds 0 1   # PaKA against NeCo (issue 18)
     python benchmarks/repro_camvid.py --report                         # only rebuild the summary
 
 Layout under ``--output_dir`` (default ``outputs/repro``)::
@@ -66,6 +67,10 @@ CONFIG_DIR = REPO / "configs" / "repro"
 SHARED = REPO.parent / "shared"
 # Run order: the main recipe and its control first (they carry the targets), then the ablations.
 DEFAULT_RUNS = ("paka", "cosine", "gram", "min_intersection_0", "min_intersection_0.5", "teacher_augment", "head")
+# Issue 18, PaKA against NeCo (not in the default sweep): NeCo at the PaKA recipe's steps and at its wall-clock.
+# Like paka and cosine they carry a comparison, so they get every --seeds.
+NECO_RUNS = ("neco", "neco_equal_time")
+SEEDED_RUNS = ("paka", "cosine", *NECO_RUNS)
 METRICS = {  # key: (metric name in the EvaluationReport, column title)
     "linear": (f"mIoU (linear, {LONG_LINEAR_EPOCHS} epochs)", "linear (100 ep)"),
     "linear25": ("mIoU (linear)", "linear (25 ep)"),
@@ -84,6 +89,8 @@ CLAIMS = (
     ("a clean teacher helps: clean > augmented teacher", "paka", "teacher_augment", "overcluster100", 0.0),
     ("the paper's projection head: head on ≥ head off", "head", "paka", "overcluster100", 0.0),
     ("the student is exported: student ≥ teacher", "paka", "paka/teacher", "overcluster100", 0.0),
+    ("PaKA beats NeCo at equal steps (issue 18)", "paka", "neco", "overcluster100", 0.0),
+    ("PaKA beats NeCo at equal wall-clock (issue 18)", "paka", "neco_equal_time", "overcluster100", 0.0),
 )
 
 
@@ -247,7 +254,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", nargs="*", default=list(DEFAULT_RUNS), help=f"configs/repro/<run>.yaml (default: {' '.join(DEFAULT_RUNS)})")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--seeds_for_ablations", type=int, nargs="+", default=[0],
-                   help="seeds for runs other than paka and cosine (the target and its control get --seeds)")
+                   help=f"seeds for runs other than {', '.join(SEEDED_RUNS)} (the target, its control and the NeCo "
+                        "comparison get --seeds)")
     p.add_argument("--teacher_runs", nargs="*", default=["paka"], help="runs whose EMA teacher is evaluated too")
     p.add_argument("--model_dir", type=Path, default=SHARED / "models" / "dinov2-small-imgfocus")
     p.add_argument("--data_dir", type=Path, default=SHARED / "datasets" / "camvid")
@@ -275,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
             print("[base] evaluating the pretrained backbone …", flush=True)
             data = evaluate(args.model_dir, "base", args.data_dir, settings, args.output_dir / "base" / "eval.json")
             print("[base] " + _short(data), flush=True)
-        main_runs = [r for r in args.runs if r in ("paka", "cosine")]
+        main_runs = [r for r in args.runs if r in SEEDED_RUNS]
         # The target and its control over all seeds first, then the ablations.
         plan = [(r, s) for s in args.seeds for r in main_runs]
         plan += [(r, s) for s in args.seeds_for_ablations for r in args.runs if r not in main_runs]

@@ -20,7 +20,7 @@ from transformers import TrainingArguments
 
 from .data import DATASET_FORMATS, DEFAULT_MAX_IMAGE_PIXELS
 from .errors import ConfigError
-from .losses import KERNELS, LOSSES, SCOPES
+from .losses import KERNELS, LOSSES, NECO_QUEUE_LENGTH, NECO_QUEUE_PER_IMAGE, NECO_STEEPNESS, SCOPES, NeCoSettings
 from .paths import check_local_path
 
 EXPORTS = ("student", "teacher")
@@ -129,7 +129,11 @@ class PaKAConfig(TrainingArguments):
 
     # ---- method -----------------------------------------------------------------------------
     roi_size: int = _help("Side of the RoIAlign grid per pair (N = roi_size² tokens).", default=7)
-    loss: str = _help("'cka' (PaKA), 'gram' (Gram matching) or 'cosine' (feature distillation).", default="cka")
+    loss: str = _help(
+        "'cka' (PaKA), 'gram' (Gram matching), 'cosine' (feature distillation) or 'neco' (NeCo's patch-neighbour "
+        "sorting loss, the neco_* fields).",
+        default="cka",
+    )
     kernel: str = _help("Kernel for cka/gram: 'linear' or 'rbf' (median heuristic).", default="linear")
     kernel_scope: str = _help("'pair': one kernel per crop pair; 'batch': one over the whole batch.", default="pair")
     use_head: bool = _help("Train through a projection head (its teacher is an EMA too); never exported.", default=True)
@@ -141,6 +145,15 @@ class PaKAConfig(TrainingArguments):
         "Fraction of the teacher kept at each EMA step at the start; follows a cosine to 1.0.", default=0.9995
     )
     export: str = _help("Network written to output_dir at the end: 'student' or 'teacher'.", default="student")
+
+    # ---- NeCo (loss: neco; defaults: NeCo's published configs) --------------------------------
+    neco_student_steepness: float = _help("Steepness of the student's differentiable sort (loss 'neco').", default=NECO_STEEPNESS)
+    neco_teacher_steepness: float = _help("Steepness of the teacher's differentiable sort (loss 'neco').", default=NECO_STEEPNESS)
+    neco_queue_length: int = _help(
+        "Teacher tokens kept in NeCo's reference queue (0 = draw the reference tokens from the batch only).",
+        default=NECO_QUEUE_LENGTH,
+    )
+    neco_queue_per_image: int = _help("Teacher tokens pushed to NeCo's queue per image and step.", default=NECO_QUEUE_PER_IMAGE)
 
     # ---- Trainer defaults changed for PaKA --------------------------------------------------
     learning_rate: float = _help("Peak learning rate of the backbone.", default=1e-5)
@@ -225,8 +238,12 @@ class PaKAConfig(TrainingArguments):
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.roi_size < 2:
             raise ConfigError(f"roi_size must be >= 2 (a kernel needs two tokens), got {self.roi_size}")
-        if self.loss == "cosine" and self.kernel_scope != "pair":
-            raise ConfigError("kernel_scope applies to loss 'cka' and 'gram' only; leave it at 'pair' for 'cosine'")
+        if self.loss in ("cosine", "neco") and self.kernel_scope != "pair":
+            raise ConfigError(f"kernel_scope applies to loss 'cka' and 'gram' only; leave it at 'pair' for {self.loss!r}")
+        try:
+            self.neco_settings()  # NeCoSettings checks the neco_* fields
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         if self.max_image_pixels < 0 or (self.max_image_side is not None and self.max_image_side < 0):
             raise ConfigError(
                 f"max_image_pixels and max_image_side must be >= 0 (0 = no limit), got {self.max_image_pixels} and "
@@ -253,6 +270,15 @@ class PaKAConfig(TrainingArguments):
         origins = origins or {}
         for name in PATH_FIELDS:
             check_local_path(getattr(self, name), f"--{name}", origins.get(name))
+
+    def neco_settings(self) -> NeCoSettings:
+        """The ``neco_*`` fields as the loss takes them."""
+        return NeCoSettings(
+            student_steepness=self.neco_student_steepness,
+            teacher_steepness=self.neco_teacher_steepness,
+            queue_length=self.neco_queue_length,
+            queue_per_image=self.neco_queue_per_image,
+        )
 
     def check_patch_size(self, patch_size: int) -> None:
         """Raise if a view size is not a multiple of the backbone's patch size."""

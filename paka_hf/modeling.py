@@ -29,7 +29,7 @@ from transformers.utils import ModelOutput
 
 from .align import AlignedTokens, align_pairs
 from .backbones import PatchBackbone, ProjectionHead
-from .losses import PaKALoss, cka_per_pair
+from .losses import NeCoSettings, PaKALoss, cka_per_pair
 from .teacher import EMAPairs, ema_apply_, ema_pairs, make_teacher
 from .views import IMAGENET_MEAN, IMAGENET_STD, normalize_views, render_views
 
@@ -58,6 +58,7 @@ class PaKAModel(nn.Module):
         kernel: str = "linear",
         kernel_scope: str = "pair",
         student_views: str = "local",
+        neco: NeCoSettings | None = None,
     ):
         super().__init__()
         if student_views not in ("local", "all"):
@@ -72,7 +73,9 @@ class PaKAModel(nn.Module):
         self.student_head = head
         self.teacher = make_teacher(backbone)
         self.teacher_head = make_teacher(head) if head is not None else None
-        self.criterion = PaKALoss(loss, kernel=kernel, scope=kernel_scope)
+        # NeCo's reference queue (a buffer of the criterion, so checkpoints hold it) stores head outputs.
+        compared_dim = head.out_dim if head is not None else backbone.hidden_size
+        self.criterion = PaKALoss(loss, kernel=kernel, scope=kernel_scope, neco=neco, feature_dim=compared_dim)
         self.roi_size, self.sampling_ratio = int(roi_size), int(sampling_ratio)
         self.student_views = student_views
         # uint8 views (what the training stream ships) are normalized here, on the model's device.
@@ -154,7 +157,7 @@ class PaKAModel(nn.Module):
             with torch.no_grad():
                 teacher_tokens = self.teacher_head(teacher_tokens)
             student_tokens = self.student_head(student_tokens)
-        loss = self.criterion(student_tokens, teacher_tokens, aligned.mask)
+        loss = self.criterion(student_tokens, teacher_tokens, aligned.mask, num_images=global_boxes.shape[0])
         return loss, AlignedTokens(teacher_tokens, student_tokens, aligned.mask)
 
     def forward(

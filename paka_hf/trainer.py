@@ -101,6 +101,7 @@ def build_model(config: PaKAConfig) -> PaKAModel:
         kernel=config.kernel,
         kernel_scope=config.kernel_scope,
         student_views=config.student_views,
+        neco=config.neco_settings() if config.loss == "neco" else None,
     )
 
 

@@ -107,6 +107,23 @@ def test_gpu_step_smoke_runs_on_cpu_and_prints_the_table(tmp_path):
     assert row["ratio_full_render_over_bare"] == pytest.approx(row["full_render_ms"] / row["bare_ms"])
 
 
+def test_gpu_step_smoke_times_neco_beside_paka_in_one_run(tmp_path):
+    out = tmp_path / "figures.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "gpu_step.py"), "--smoke", "--device", "cpu", "--json", str(out),
+         "--loss", "cka", "neco", "--no_sync_check"],
+        capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    paka, neco = json.loads(out.read_text())["results"]
+    assert (paka["model"], paka["loss"], neco["model"], neco["loss"]) == ("tiny", "cka", "tiny NeCo", "neco")
+    assert any(line.startswith("tiny NeCo") and len(line.split()) == 14 for line in result.stdout.splitlines())
+    assert neco["loss_finite"] and neco["last_loss"] > 0  # a cross-entropy of soft permutations: not bounded by 2
+    assert neco["ratio_full_over_bare"] > 0 and neco["full_ms"] > 0
+    assert neco["breakdown"]["objective_ms"] > 0 and neco["breakdown"]["heads_ms"] is None  # its queue needs the heads
+    assert "tiny NeCo: what the full step adds" in result.stdout
+
+
 def test_flops_formula_at_vit_s14_paper_crops():
     """F_view(518) of ViT-S/14 with 4 registers, by hand: 2·P_tok·N + 2·P_emb·n + 4·L·N²·D."""
     script = gpu_step()

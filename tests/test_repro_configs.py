@@ -23,14 +23,24 @@ def driver():
     return load_module(REPO_ROOT / "benchmarks" / "repro_camvid.py", "repro_camvid")
 
 
+# NeCo's runs (issue 18) change what NeCo needs and nothing else: the loss, the head and NeCo's own fields;
+# the equal-wall-clock run also the step count.
+NECO_CHANGES = {"neco": {"loss", "use_head"}, "neco_equal_time": {"loss", "use_head", "max_steps"}}
+
+
 def test_every_run_has_a_config_that_changes_exactly_one_field_of_the_main_recipe(driver):
     main = yaml.safe_load((REPRO / "paka.yaml").read_text())
     configs = {p.stem for p in REPRO.glob("*.yaml")}
-    assert set(driver.DEFAULT_RUNS) <= configs
+    assert set(driver.DEFAULT_RUNS) | set(driver.NECO_RUNS) <= configs
     for run in configs:
         if run == "paka":
             continue
         values = yaml.safe_load((REPRO / f"{run}.yaml").read_text())
+        if run in NECO_CHANGES:
+            assert all(k.startswith("neco_") for k in values.keys() - main.keys()) and main.keys() <= values.keys(), run
+            changed = {k for k in main if values[k] != main[k] and k != "output_dir"}
+            assert changed == NECO_CHANGES[run], (run, changed)
+            continue
         assert values.keys() == main.keys(), run
         changed = {k for k in main if values[k] != main[k] and k != "output_dir"}
         assert len(changed) == 1, (run, changed)
@@ -49,6 +59,17 @@ def test_repro_configs_parse_as_paka_configs(run, tmp_path):
         "teacher_augment": ("cka", 0.9, True, False),
         "head": ("cka", 0.9, False, True),
     }[run]
+
+
+@pytest.mark.parametrize("run", ["neco", "neco_equal_time"])
+def test_neco_recipes_parse_with_neco_settings_and_fewer_steps_at_equal_time(run, tmp_path):
+    train = load_module(REPO_ROOT / "scripts" / "train.py", "train_script")
+    config = train.parse_config(["--config", str(REPRO / f"{run}.yaml"), "--output_dir", str(tmp_path)])
+    assert (config.loss, config.use_head, config.per_device_train_batch_size) == ("neco", True, 8)
+    assert (config.neco_student_steepness, config.neco_teacher_steepness) == (100.0, 100.0)
+    # NeCo's 12.8 steps of queue history (8192 tokens per view at 10 per image and view, batch 64) at batch 8
+    assert config.neco_queue_length == 2048 and config.neco_queue_per_image == 20
+    assert config.max_steps == 160 if run == "neco" else 0 < config.max_steps < 160
 
 
 def fake_eval(driver, linear, oc100, hb, seed=0, train_s=None):

@@ -470,3 +470,25 @@ def test_pickled_config_holds_no_token(assets, tmp_path):
     restored = pickle.loads(pickle.dumps(config))
     assert restored.hub_token is None and restored.max_steps == config.max_steps  # ... never in a pickle
     assert b"hf_FakeSecret" not in pickle.dumps(config)
+
+
+def test_resume_with_neco_restores_its_reference_queue_bit_exactly(assets, tmp_path):
+    kwargs = dict(loss="neco", neco_queue_length=64, neco_queue_per_image=5)
+    straight = PaKATrainer(args=run_config(assets, tmp_path / "a", **kwargs))
+    straight.train()
+    student_a, teacher_a = states(straight)
+    queue = ("tokens", "filled", "next_row")
+    queue_a = {name: getattr(straight.model.criterion.references, name).clone() for name in queue}
+    assert queue_a["filled"].item() == 6 * 2 * 5  # 6 steps of 2 images, not yet full
+
+    first = PaKATrainer(args=run_config(assets, tmp_path / "b", **kwargs), callbacks=[StopAt(3)])
+    first.train()
+    resumed = PaKATrainer(args=run_config(assets, tmp_path / "b", **kwargs))
+    resumed.train(resume_from_checkpoint="latest")
+    for name in queue:
+        assert torch.equal(queue_a[name], getattr(resumed.model.criterion.references, name)), f"queue {name}"
+    student_b, teacher_b = states(resumed)
+    for name in student_a:
+        assert torch.equal(student_a[name], student_b[name]), f"student {name}"
+    for name in teacher_a:
+        assert torch.equal(teacher_a[name], teacher_b[name]), f"teacher {name}"
