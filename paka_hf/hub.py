@@ -42,11 +42,15 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Any
 
 import yaml
 from transformers import TrainerCallback
+
+from .backbones import FAMILIES, family_for
+from .backbones import default_image_processor as _family_image_processor
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +77,6 @@ CITATION = """@misc{yeo2025paka,
 DEFAULT_TAGS = ("dinov2", "paka", "vision", "self-supervised-learning", "dense-features", "arxiv:2509.05606")
 DEFAULT_COMMIT_MESSAGE = "Upload PaKA-adapted DINOv2 backbone"
 
-_SUPPORTED_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SECRET_KEY = re.compile(r"(token|secret|password|api_key)", re.IGNORECASE)
 _REDACTED = "<redacted>"
@@ -87,6 +90,50 @@ _CARD_CONFIG_KEYS = (
 )
 
 
+# --------------------------------------------------------------------------------------------------
+# 0. Backbone families: what an export may hold and what its card must declare (paka_hf.backbones)
+# --------------------------------------------------------------------------------------------------
+
+#: ``model_type`` of the vision models an export folder may hold (one per registry family).
+_SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
+
+
+def default_image_processor(model_type: str = "dinov2"):
+    """The reference image processor of a family (see :func:`paka_hf.backbones.default_image_processor`)."""
+    return _family_image_processor(family_for(model_type))
+
+
+def family_card_metadata(model_type: str | None) -> dict[str, Any]:
+    """Card metadata of a derivative of a ``model_type`` backbone: ``license``, ``license_name``,
+    ``license_link``, ``pipeline_tag``, ``notice``, ``tags`` and ``title`` (from the registry)."""
+    family = family_for(model_type, "the exported model")
+    card = family.card
+    return dict(license=card.license, license_name=card.license_name, license_link=card.license_link,
+                pipeline_tag=card.pipeline_tag, notice=card.notice, tags=card.tags, title=family.title)  # fmt: skip
+
+
+def _patch_grid_lines(model_config: Mapping[str, Any]) -> str:
+    """The usage snippet's lines from ``hidden`` (``last_hidden_state``) to ``patch_tokens``, per family."""
+    family = FAMILIES.get(model_config.get("model_type"))
+    if family is not None and family.input_mode == "naflex":  # patchified input, padding after the h*w tokens
+        return """h, w = inputs["spatial_shapes"][0].tolist()
+patch_tokens = hidden[:, : h * w]  # (1, h*w, D): one feature per patch (no CLS token)"""
+    lines = []
+    if family is not None and family.final_norm is not None:
+        lines.append(f"hidden = model.{family.final_norm}(hidden)  # the model normalizes only its pooled token")
+    prefix = family.num_prefix_tokens(SimpleNamespace(**model_config)) if family is not None else 1
+    if prefix == 0:
+        lines.append("num_prefix = 0  # no CLS token: every token is a patch")
+    else:
+        lines.append('num_prefix = 1 + (getattr(model.config, "num_register_tokens", 0) or 0)  # CLS (+ register) tokens')
+    lines += [
+        'height, width = inputs["pixel_values"].shape[-2:]',
+        "h, w = height // model.config.patch_size, width // model.config.patch_size",
+        "patch_tokens = hidden[:, num_prefix:]  # (1, h*w, D): one feature per patch",
+    ]
+    return "\n".join(lines)
+
+
 class HubAuthenticationError(PermissionError):
     """The Hub refused the credentials (HTTP 401/403). The message says how to log in."""
 
@@ -94,29 +141,6 @@ class HubAuthenticationError(PermissionError):
 # --------------------------------------------------------------------------------------------------
 # 1. Export
 # --------------------------------------------------------------------------------------------------
-
-
-def default_image_processor(crop_size: int = 224):
-    """The DINOv2 preprocessing of the ``facebook/dinov2-*`` checkpoints as a ``BitImageProcessor``.
-
-    Resize the shortest edge to ``crop_size * 8 / 7`` (256 for 224), center-crop ``crop_size``, scale to
-    [0, 1], normalize with ImageNet mean and std.
-    """
-    from transformers import BitImageProcessor
-
-    return BitImageProcessor(
-        do_resize=True,
-        size={"shortest_edge": round(crop_size * 8 / 7)},
-        resample=3,  # PIL bicubic
-        do_center_crop=True,
-        crop_size={"height": crop_size, "width": crop_size},
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=[0.485, 0.456, 0.406],
-        image_std=[0.229, 0.224, 0.225],
-        do_convert_rgb=True,
-    )
 
 
 def save_backbone(model: Any, output_dir: str | os.PathLike, image_processor: Any = None) -> Path:
@@ -127,14 +151,16 @@ def save_backbone(model: Any, output_dir: str | os.PathLike, image_processor: An
     only; a stale ``pytorch_model.bin`` left in the folder by an earlier run is removed so the folder never
     offers a pickle. The saved config has ``drop_path_rate = 0.0`` (stochastic depth is a training setting
     of the student, not part of the published model); the in-memory model is left unchanged.
-    ``image_processor`` defaults to :func:`default_image_processor`. Returns the folder.
+    ``image_processor`` defaults to the backbone's own (a :class:`~paka_hf.backbones.PatchBackbone` carries its
+    checkpoint's), else the family's reference one. Returns the folder.
     """
     backbone = getattr(model, "model", model)  # PatchBackbone -> the transformers model inside
     config = getattr(backbone, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type not in _SUPPORTED_MODEL_TYPES:
         raise TypeError(
-            f"save_backbone expects a Dinov2Model / Dinov2WithRegistersModel (or a PatchBackbone around one), "
+            f"save_backbone expects a vision model of a supported family ({', '.join(_SUPPORTED_MODEL_TYPES)}) "
+            f"or a PatchBackbone around one, "
             f"got {type(model).__name__} with model_type={model_type!r}. Pass the student backbone, not the "
             "PaKA training module or the projection head."
         )
@@ -155,7 +181,9 @@ def save_backbone(model: Any, output_dir: str | os.PathLike, image_processor: An
             f"save_pretrained did not write {out / 'model.safetensors'} (sharded or non-safetensors output?); "
             "paka_hf publishes a single safetensors file."
         )
-    (image_processor if image_processor is not None else default_image_processor()).save_pretrained(out)
+    if image_processor is None:
+        image_processor = getattr(model, "image_processor", None) or default_image_processor(model_type)
+    image_processor.save_pretrained(out)
     return out
 
 
@@ -391,7 +419,7 @@ def _compute_table(summary: Mapping[str, Any]) -> str:
     return _md_table(pairs, ("Quantity", "Value"))
 
 
-def _usage_snippet(model_ref: str) -> str:
+def _usage_snippet(model_ref: str, model_config: Mapping[str, Any] | None = None) -> str:
     return f'''import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModel
@@ -403,12 +431,9 @@ model = AutoModel.from_pretrained(model_id).eval()
 image = Image.radial_gradient("L").convert("RGB")  # your picture: Image.open("photo.jpg").convert("RGB")
 inputs = processor(images=image, return_tensors="pt")
 with torch.no_grad():
-    hidden = model(**inputs).last_hidden_state  # (1, 1 + registers + h*w, D)
+    hidden = model(**inputs).last_hidden_state  # (1, prefix tokens + h*w, D)
 
-num_prefix = 1 + (getattr(model.config, "num_register_tokens", 0) or 0)  # CLS (+ register) tokens
-height, width = inputs["pixel_values"].shape[-2:]
-h, w = height // model.config.patch_size, width // model.config.patch_size
-patch_tokens = hidden[:, num_prefix:]  # (1, h*w, D): one feature per patch
+{_patch_grid_lines(model_config or {})}
 patch_grid = patch_tokens.transpose(1, 2).reshape(1, -1, h, w)  # (1, D, h, w) dense feature map
 print(patch_grid.shape)'''
 
@@ -425,7 +450,7 @@ def render_model_card(
     base_eval_results: Iterable[str | os.PathLike | Mapping[str, Any]] = (),
     base_model: str | None = None,
     datasets: Sequence[str] | None = None,
-    license: str = "apache-2.0",
+    license: str | None = None,
     tags: Sequence[str] = (),
     template_path: str | os.PathLike | None = None,
 ):
@@ -437,6 +462,10 @@ def render_model_card(
     evaluation JSON files or dicts; when none are given, ``output_dir/eval_results*.json`` are used. Files
     whose ``model`` is the base model fill the *Base* column, the others the *PaKA* column and the
     ``model-index``; ``base_eval_results`` forces files into the base column.
+
+    ``license`` defaults to the base family's (:func:`family_card_metadata`: DINOv3 derivatives get
+    ``license: other`` / ``dinov3-license`` and the notice the DINOv3 License requires); ``pipeline_tag``
+    and the family tag come from the same place.
 
     ``repo_id`` goes into the usage snippet and the ``model-index`` name (the folder path is used when
     ``None``). Metadata ``base_model`` / ``datasets`` are set only for Hub ids (the Hub rejects local
@@ -481,13 +510,17 @@ def render_model_card(
         base_entries = list({**{_result_key(e): e for e in base_entries}, **{_result_key(e): e for e in forced}}.values())
 
     model_name = repo_id.split("/")[-1] if repo_id else out.resolve().name
+    family_meta = family_card_metadata(model_config.get("model_type"))  # licence etc. of the base's family
+    licence = dict(license=family_meta["license"], license_name=family_meta["license_name"],
+                   license_link=family_meta["license_link"]) if license is None else dict(license=license)  # fmt: skip
+    family_tags = [t for t in DEFAULT_TAGS if t != "dinov2"] + list(family_meta["tags"])
     card_data = ModelCardData(
         library_name="transformers",
-        pipeline_tag="image-feature-extraction",
-        license=license,
+        pipeline_tag=family_meta["pipeline_tag"],
+        **{key: value for key, value in licence.items() if value is not None},
         base_model=base_model_meta,
         datasets=list(datasets) if datasets else None,
-        tags=list(dict.fromkeys([*DEFAULT_TAGS, *tags])),
+        tags=list(dict.fromkeys([*family_tags, *tags])),
         model_name=model_name if adapted_entries else None,
         eval_results=[_eval_result(e) for e in adapted_entries] or None,
     )
@@ -504,7 +537,9 @@ def render_model_card(
         patch_size=model_config.get("patch_size", 14),
         num_register_tokens=model_config.get("num_register_tokens", 0),
         crop_size=f"{crop.get('height', '?')}×{crop.get('width', '?')}" if crop else "its configured size",
-        usage_snippet=_usage_snippet(adapted_ref),
+        usage_snippet=_usage_snippet(adapted_ref, model_config),
+        backbone_title=family_meta["title"],
+        license_notice=family_meta["notice"],
         results_table=results_table(base_entries, adapted_entries),
         results_notes=_results_notes(base_entries + adapted_entries),
         pictures=find_pictures(out),
@@ -681,7 +716,7 @@ def push_to_hub(
     *,
     commit_description: str | None = None,
     endpoint: str | None = None,
-    license: str = "apache-2.0",
+    license: str | None = None,
     base_model: str | None = None,
     max_retries: int = 4,
     backoff_s: float = 2.0,
@@ -891,14 +926,14 @@ class HubPushCallback(TrainerCallback):
         model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
         if model_type not in _SUPPORTED_MODEL_TYPES or not (checkpoint / "model.safetensors").is_file():
             raise RuntimeError(
-                f"{checkpoint} does not hold a plain DINOv2 export (config.json + model.safetensors); give "
+                f"{checkpoint} does not hold a plain backbone export (config.json + model.safetensors); give "
                 "HubPushCallback an export_fn, e.g. lambda d: paka_hf.hub.save_backbone(student_backbone, d)."
             )
         for name in EXPORT_FILES:
             if (checkpoint / name).is_file():
                 shutil.copy2(checkpoint / name, staging / name)
         if not (staging / "preprocessor_config.json").is_file():
-            default_image_processor().save_pretrained(staging)
+            default_image_processor(model_type).save_pretrained(staging)
 
 
 class HubPushMixin:

@@ -32,8 +32,6 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .backbones import PatchBackbone
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # 20 well-separated colours (the "tab20" hues) for cluster overlays.
 PALETTE = np.array(
@@ -84,8 +82,11 @@ def resize_and_crop(image: Image.Image, resolution: int, patch_size: int, resamp
     return image.crop((left, top, left + crop_w, top + crop_h))
 
 
-def prepare_image(image: Image.Image | str | os.PathLike, resolution: int, patch_size: int) -> tuple[Image.Image, torch.Tensor]:
-    """:func:`resize_and_crop` an image (RGB) and normalize it with the ImageNet mean and std.
+def prepare_image(
+    image: Image.Image | str | os.PathLike, resolution: int, patch_size: int, mean: Sequence[float], std: Sequence[float]
+) -> tuple[Image.Image, torch.Tensor]:
+    """:func:`resize_and_crop` an image (RGB) and normalize it: ``(x / 255 − mean) / std`` per channel, with the
+    backbone's ``image_mean`` / ``image_std`` (its checkpoint's image processor).
 
     Returns the resized image (what the pictures show) and its ``(1, 3, H, W)`` tensor.
     """
@@ -93,7 +94,7 @@ def prepare_image(image: Image.Image | str | os.PathLike, resolution: int, patch
         image = Image.open(image)
     image = resize_and_crop(image.convert("RGB"), resolution, patch_size)
     array = np.asarray(image, dtype=np.float32) / 255.0
-    array = (array - np.array(IMAGENET_MEAN, dtype=np.float32)) / np.array(IMAGENET_STD, dtype=np.float32)
+    array = (array - np.array(mean, dtype=np.float32)) / np.array(std, dtype=np.float32)
     return image, torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
@@ -260,7 +261,8 @@ def make_pictures(
 ) -> dict[str, Path]:
     """Write ``pca.png``, ``clusters.png`` and ``retrieval.png`` comparing ``base`` and ``adapted``.
 
-    ``base`` / ``adapted``: Hub id, local folder, ``transformers`` DINOv2 model or ``PatchBackbone``.
+    ``base`` / ``adapted``: Hub id, local folder, ``transformers`` vision model of a supported family or
+    ``PatchBackbone``.
     ``images``: paths or PIL images (2–4 read best). ``resolution``: short side in pixels before cropping to
     multiples of the patch size. ``query``: the query patch of ``retrieval.png`` as (row, col) fractions of
     the first image. Returns ``{"pca": path, "clusters": path, "retrieval": path}``.
@@ -276,10 +278,10 @@ def make_pictures(
 
     shown, features = [], [[], []]
     for image in images:
-        resized, pixels = prepare_image(image, resolution, patch)
-        shown.append(resized)
-        for m, backbone in enumerate(backbones):
+        for m, backbone in enumerate(backbones):  # each model sees the image normalized its own way
+            resized, pixels = prepare_image(image, resolution, patch, backbone.image_mean, backbone.image_std)
             features[m].append(patch_features(backbone, pixels))
+        shown.append(resized)
     size = shown[0].size
 
     def tiles_for(maps_per_model, render):

@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--revision", metavar="BRANCH", help="branch to commit to (created if missing; default main)")
     parser.add_argument("--commit_message", "--commit-message", default=hub.DEFAULT_COMMIT_MESSAGE,
                         help=f"commit title (default: {hub.DEFAULT_COMMIT_MESSAGE!r})")
-    parser.add_argument("--license", default="apache-2.0", help="license in the card metadata (default apache-2.0)")
+    parser.add_argument("--license", default=None,
+                        help="license in the card metadata (default: the base model family's, e.g. apache-2.0 for DINOv2, "
+                             "other/dinov3-license for DINOv3)")
     parser.add_argument("--base_model", "--base-model", metavar="HUB_ID",
                         help="base model for the card metadata (default: model_name_or_path of training_config.yaml)")
     parser.add_argument("--dry_run", "--dry-run", action="store_true",
