@@ -331,3 +331,15 @@ def test_family_end_to_end(variant, images, tmp_path):
     status = _script("visualize").main([str(export), "--base", str(model_dir), "--images", *map(str, sorted(images.iterdir())[:2]),
                                         "--resolution", str(3 * patch), "--n_clusters", "3"])  # fmt: skip
     assert status == 0 and all((export / "pictures" / f"{n}.png").is_file() for n in ("pca", "clusters", "retrieval"))
+
+
+@pytest.mark.parametrize("name, model_type", [("dinov3_vits16_coco", "dinov3_vit"), ("dinov3_vitb16_coco", "dinov3_vit"),
+                                              ("siglip2_b16_coco", "siglip")])  # fmt: skip
+def test_paper_scale_configs_parse_with_patch16_views(name, model_type, tmp_path):
+    train = _script("train")
+    config = train.parse_config(["--config", str(REPO_ROOT / "configs" / f"{name}.yaml"), "--output_dir", str(tmp_path),
+                                 "--use_cpu", "true", "--bf16", "false"])  # fmt: skip
+    config.check_patch_size(16)  # raises unless both view sizes are multiples of 16
+    assert (config.global_size, config.local_size) == (512, 96)
+    assert config.max_steps == 46_206  # ceil(25 x 118,287 / 64): 25 epochs of COCO at batch 64
+    assert config.drop_path_rate == (0.1 if model_type == "dinov3_vit" else 0.0)
