@@ -332,12 +332,13 @@ def load_image_processor(name_or_path: str | os.PathLike, revision: str | None =
     source = os.fspath(name_or_path)
     try:
         return AutoImageProcessor.from_pretrained(source, revision=revision)
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError):
         if family is None:
             config = AutoConfig.from_pretrained(source, revision=revision)
             family = family_for(getattr(config, "model_type", None), repr(source))
         logger.warning(
-            "%s has no image processor (%s); using %s's reference %s", source, error, family.title, family.processor_class
+            "%s has no image processor (preprocessor_config.json); using %s's reference %s",
+            source, family.title, family.processor_class,
         )
         return default_image_processor(family)
 

@@ -112,6 +112,12 @@ def family_card_metadata(model_type: str | None) -> dict[str, Any]:
                 pipeline_tag=card.pipeline_tag, notice=card.notice, tags=card.tags, title=family.title)  # fmt: skip
 
 
+def _forward_kwargs(model_config: Mapping[str, Any]) -> str:
+    """Extra arguments of the usage snippet's forward call: CLIP/SigLIP run at any size only when told to."""
+    family = FAMILIES.get(model_config.get("model_type"))
+    return ", interpolate_pos_encoding=True" if family is not None and family.input_mode == "interpolate" else ""
+
+
 def _patch_grid_lines(model_config: Mapping[str, Any]) -> str:
     """The usage snippet's lines from ``hidden`` (``last_hidden_state``) to ``patch_tokens``, per family."""
     family = FAMILIES.get(model_config.get("model_type"))
@@ -431,7 +437,7 @@ model = AutoModel.from_pretrained(model_id).eval()
 image = Image.radial_gradient("L").convert("RGB")  # your picture: Image.open("photo.jpg").convert("RGB")
 inputs = processor(images=image, return_tensors="pt")
 with torch.no_grad():
-    hidden = model(**inputs).last_hidden_state  # (1, prefix tokens + h*w, D)
+    hidden = model(**inputs{_forward_kwargs(model_config or {})}).last_hidden_state  # (1, prefix tokens + h*w, D)
 
 {_patch_grid_lines(model_config or {})}
 patch_grid = patch_tokens.transpose(1, 2).reshape(1, -1, h, w)  # (1, D, h, w) dense feature map

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -317,6 +318,16 @@ def test_family_end_to_end(variant, images, tmp_path):
         assert card.data.license_link.startswith("https://ai.meta.com/") and "Built with DINOv3" in str(card)
     else:
         assert card.data.license == family.card.license and "Built with DINOv3" not in str(card)
+
+    # the card's usage snippet runs as written on the export and gives the patch grid PatchBackbone gives
+    (snippet,) = re.findall(r"```python\n(.*?)```", card.text, flags=re.S)
+    namespace: dict = {}
+    exec(snippet.replace('"org/paka-tiny"', repr(str(export))), namespace)  # noqa: S102 - our own card's code
+    inputs, grid = namespace["inputs"], namespace["patch_grid"]
+    if family.input_mode != "naflex":  # (NaFlex: the processor's own resize and padding, compared by shape)
+        with torch.no_grad():
+            assert torch.allclose(grid, PatchBackbone.from_pretrained(export).eval()(inputs["pixel_values"]), atol=1e-5)
+    assert grid.shape[:2] == (1, 32)
 
     # scripts/evaluate.py and scripts/visualize.py on the export
     data = tmp_path / "seg"
