@@ -99,7 +99,9 @@ from pathlib import Path
 import torch
 import transformers
 from torch import nn
-from transformers import Dinov2WithRegistersConfig
+import re
+
+from transformers import CLIPVisionConfig, DINOv3ViTConfig, Dinov2WithRegistersConfig, Siglip2VisionConfig, SiglipVisionConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -192,17 +194,31 @@ STAND_INS = install_stand_ins()
 from paka_hf.backbones import PatchBackbone, ProjectionHead  # noqa: E402
 from paka_hf.losses import NeCoSettings  # noqa: E402
 from paka_hf.modeling import PaKAModel  # noqa: E402
-from paka_hf.views import IMAGENET_MEAN, IMAGENET_STD, GlimTransform, collate_views, render_views, sample_boxes  # noqa: E402
+from paka_hf.views import GlimTransform, collate_views, render_views, sample_boxes  # noqa: E402
 
 PAPER_IMAGES = 25 * 118_287  # 2,957,175: 25 epochs of COCO train2017
 IMAGE_HW = (480, 640)  # boxes are sampled on a COCO-sized image
 TEACHER_FRACTION = 0.9995  # EMA: share of the teacher kept per step
+_S = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6)
+_B = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12)
+_TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+# name: (label, family config class, architecture) — the released models' shapes, random weights.
 MODELS = {
-    "s14": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6),
-    "b14": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12),
-    "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2),  # --smoke
+    "s14": ("ViT-S/14", "dinov2r", _S),
+    "b14": ("ViT-B/14", "dinov2r", _B),
+    "dinov3_s16": ("DINOv3 ViT-S/16", "dinov3", _S),
+    "dinov3_splus16": ("DINOv3 ViT-S+/16", "dinov3", dict(_S, intermediate_size=1536, use_gated_mlp=True)),
+    "dinov3_b16": ("DINOv3 ViT-B/16", "dinov3", _B),
+    "siglip_b16": ("SigLIP(2) B/16", "siglip", _B),
+    "siglip2_b16": ("SigLIP2 NaFlex B/16", "siglip2", _B),
+    "clip_b16": ("CLIP ViT-B/16", "clip", _B),
+    "tiny": ("tiny", "dinov2r", _TINY),  # --smoke, and --smoke with one of the tiny_* below
+    "tiny_dinov3": ("tiny DINOv3", "dinov3", dict(_TINY, use_gated_mlp=True)),
+    "tiny_siglip": ("tiny SigLIP", "siglip", _TINY),
+    "tiny_siglip2": ("tiny SigLIP2", "siglip2", _TINY),
+    "tiny_clip": ("tiny CLIP", "clip", _TINY),
 }
-LABELS = {"s14": "ViT-S/14", "b14": "ViT-B/14", "tiny": "tiny"}
+LABELS = {name: label for name, (label, _, _) in MODELS.items()}
 LOSS_LABELS = {"cka": "", "neco": " NeCo"}  # appended to the model's label in the rows
 
 
@@ -219,11 +235,30 @@ def log(*parts) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def backbone_config(name: str, drop_path_rate: float) -> Dinov2WithRegistersConfig:
-    return Dinov2WithRegistersConfig(
-        **MODELS[name], mlp_ratio=4, patch_size=14, image_size=518, num_register_tokens=4,
-        drop_path_rate=drop_path_rate,
-    )
+def backbone_config(name: str, drop_path_rate: float):
+    """The config of a ``--models`` entry: the released checkpoints' structure (patch size, registers, MLP)."""
+    _, family, arch = MODELS[name]
+    arch = dict(arch)
+    width = arch["hidden_size"]
+    if family == "dinov2r":
+        return Dinov2WithRegistersConfig(**arch, mlp_ratio=4, patch_size=14, image_size=518, num_register_tokens=4,
+                                         drop_path_rate=drop_path_rate)  # fmt: skip
+    if family == "dinov3":  # DINOv3 ViT-S/B/L: 4 registers, layer scale, RoPE; S+/H+: gated MLP
+        arch.setdefault("intermediate_size", 4 * width)
+        return DINOv3ViTConfig(**arch, patch_size=16, num_register_tokens=4, layerscale_value=1e-5,
+                               drop_path_rate=drop_path_rate)  # fmt: skip
+    common = dict(arch, intermediate_size=4 * width, patch_size=16)
+    if family == "siglip":
+        return SiglipVisionConfig(**common, image_size=512)
+    if family == "siglip2":
+        return Siglip2VisionConfig(**common, num_patches=256)
+    return CLIPVisionConfig(**common, image_size=224)
+
+
+def view_sizes(args, patch_size: int) -> tuple[int, int]:
+    """``--global_size`` / ``--local_size`` rounded to the nearest multiples of the model's patch size
+    (518/98 for patch 14 → 512/96 for patch 16, as configs/dinov3_vit*16_coco.yaml)."""
+    return tuple(max(patch_size, round(size / patch_size) * patch_size) for size in (args.global_size, args.local_size))
 
 
 def enable_checkpointing(backbone: PatchBackbone) -> None:
@@ -241,6 +276,8 @@ def enable_checkpointing(backbone: PatchBackbone) -> None:
 
 def build_model(name: str, args, loss: str = "cka") -> PaKAModel:
     backbone = PatchBackbone.from_config(backbone_config(name, args.drop_path), attn_implementation="sdpa")
+    if not backbone.family.has_drop_path:
+        log(f"{LABELS[name]}: {backbone.family.title} has no stochastic depth; --drop_path does not apply")
     head = ProjectionHead(backbone.hidden_size, args.head_hidden, args.head_out)
     # roi 7, linear kernel: the defaults of the trainer; NeCo with its published settings (steepness 100,
     # a 16384-token queue fed 20 tokens per image: NeCo's at its batch of 64)
@@ -261,12 +298,15 @@ def make_optimizer(model: PaKAModel, device: torch.device) -> torch.optim.Optimi
     return torch.optim.AdamW(groups, fused=device.type in ("cuda", "cpu"))
 
 
-def synthetic_batch(batch: int, global_size: int, local_size: int, n_local: int, device: torch.device) -> dict:
-    """Normalized random views and GLIM boxes (640 × 480 image), already on ``device``."""
+def synthetic_batch(
+    batch: int, global_size: int, local_size: int, n_local: int, device: torch.device,
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5), std: tuple[float, ...] = (0.25, 0.25, 0.25),
+) -> dict:
+    """Random views normalized with ``mean``/``std`` (the backbone's) and GLIM boxes (640 × 480 image), on ``device``."""
     generator = torch.Generator().manual_seed(0)
     boxes = [sample_boxes(*IMAGE_HW, n_local, generator=generator) for _ in range(batch)]
-    mean = torch.tensor(IMAGENET_MEAN, device=device)[:, None, None]
-    std = torch.tensor(IMAGENET_STD, device=device)[:, None, None]
+    mean = torch.tensor(mean, device=device)[:, None, None]
+    std = torch.tensor(std, device=device)[:, None, None]
     n_global = boxes[0].global_boxes.shape[0]
 
     def views(count: int, size: int) -> torch.Tensor:
@@ -299,8 +339,9 @@ def synthetic_render_batch(batch: int, global_size: int, local_size: int, n_loca
 def view_flops(backbone: PatchBackbone, size: int) -> float:
     """F_view(S) = 2 · P_tok · N + 2 · P_emb · n + 4 · L · N² · D (see the module docstring)."""
     hf = backbone.model
-    p_tok = sum(m.weight.numel() for m in hf.encoder.modules() if isinstance(m, nn.Linear))
-    p_emb = hf.embeddings.patch_embeddings.projection.weight.numel()
+    blocks = re.compile(rf"^{backbone.family.block_pattern}\.")  # the transformer blocks, per family
+    p_tok = sum(m.weight.numel() for n, m in hf.named_modules() if isinstance(m, nn.Linear) and blocks.match(n))
+    p_emb = next(m.weight.numel() for n, m in hf.named_modules() if n.startswith("embeddings.patch_embedding") and hasattr(m, "weight"))
     n = (size // backbone.patch_size) ** 2
     tokens = n + backbone.num_prefix_tokens
     layers, width = hf.config.num_hidden_layers, hf.config.hidden_size
@@ -519,9 +560,11 @@ def run_model(name: str, args, loss: str = "cka") -> dict:
     torch.manual_seed(0)
     t_build = time.perf_counter()
     model = build_model(name, args, loss)
-    batch = synthetic_batch(args.batch, args.global_size, args.local_size, args.n_local, device)
+    global_size, local_size = view_sizes(args, model.student.patch_size)
+    batch = synthetic_batch(args.batch, global_size, local_size, args.n_local, device,
+                            model.student.image_mean, model.student.image_std)  # fmt: skip
     rendering = "device" in args.view_rendering
-    render_batch = synthetic_render_batch(args.batch, args.global_size, args.local_size, args.n_local, device) if rendering else None
+    render_batch = synthetic_render_batch(args.batch, global_size, local_size, args.n_local, device) if rendering else None
     if args.compile and args.compile_scope == "model":
         model.compile(**args.compile_kwargs)
     elif args.compile:
@@ -608,6 +651,7 @@ def run_model(name: str, args, loss: str = "cka") -> dict:
     result = {
         "model": label(name, loss),
         "loss": loss,
+        "view_sizes": [global_size, local_size],
         "params_student": sum(p.numel() for p in model.student.parameters()),
         "params_head": sum(p.numel() for p in model.student_head.parameters()),
         "batch": args.batch,
@@ -652,7 +696,10 @@ def run_model(name: str, args, loss: str = "cka") -> dict:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["s14", "b14"], choices=["s14", "b14"])
+    parser.add_argument("--models", nargs="+", default=["s14", "b14"], choices=[m for m in MODELS if m != "tiny"],
+                        help="DINOv2R s14/b14, DINOv3 dinov3_s16/_splus16/_b16, siglip_b16, siglip2_b16, clip_b16 "
+                             "(random weights, released shapes; patch-16 models take the views rounded to multiples "
+                             "of 16, e.g. 512/96), tiny_* for --smoke")
     parser.add_argument("--loss", nargs="+", default=["cka"], choices=list(LOSS_LABELS),
                         help="the full step's loss: 'cka' (PaKA) and/or 'neco' (NeCo's sorting loss, its published "
                              "settings); each model is measured once per loss, in this order")
@@ -694,7 +741,7 @@ def parse_args(argv=None):
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, 2 steps: a few seconds on CPU")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.models = ["tiny"]
+        args.models = [m for m in args.models if m.startswith("tiny_")] or ["tiny"]
         args.batch, args.steps, args.rounds, args.warmup = 2, 2, 2, 1
         args.global_size, args.local_size = 56, 28
         args.head_hidden, args.head_out = 64, 32

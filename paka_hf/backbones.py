@@ -1,15 +1,69 @@
-"""Backbones: DINOv2 and DINOv2-with-registers as dense patch-feature extractors.
+"""Backbones: any supported Hub ViT as a dense patch-feature extractor, through one registry.
 
-PaKA works on the *last-layer patch grid* of a ViT (SPEC §1): the ``last_hidden_state`` of a
-Hugging Face ``Dinov2Model`` / ``Dinov2WithRegistersModel`` (already passed through the final
-layer norm), with the CLS token and any register tokens dropped, reshaped to ``(B, D, h, w)``
-where ``h = H / patch_size`` and ``w = W / patch_size``.
+PaKA works on the *last-layer patch grid* of a ViT (SPEC §1): the final hidden state of every
+token after the model's final layer norm, with the prefix tokens (CLS, registers) dropped,
+reshaped to ``(B, D, h, w)`` where ``h = H / p`` and ``w = W / p`` for patch size ``p``.
+
+Each supported family is one :class:`BackboneFamily` entry of :data:`FAMILIES`, which says all
+that differs between families (checked against ``transformers`` 5.24):
+
+================================  ===============  =====  ==================================================
+family (vision ``model_type``)    prefix tokens    patch  any input size
+================================  ===============  =====  ==================================================
+``dinov2``                        CLS              14     position embeddings interpolated (always)
+``dinov2_with_registers``         CLS + registers  14     position embeddings interpolated (always)
+``dinov3_vit`` (plain, gated MLP) CLS + registers  16     RoPE coordinates recomputed per input size
+``siglip_vision_model``           none             16     ``interpolate_pos_encoding=True`` (bicubic)
+``siglip2_vision_model`` (NaFlex) none             16     patchified input + ``spatial_shapes`` (below)
+``clip_vision_model``             CLS              14/16  ``interpolate_pos_encoding=True`` (bicubic)
+================================  ===============  =====  ==================================================
+
+A full CLIP / SigLIP / SigLIP 2 checkpoint (``model_type`` ``clip``, ``siglip``, ``siglip2``, text
+tower included) loads its vision tower only (``CLIPVisionModel.from_pretrained(full_checkpoint)``);
+what is saved afterwards is the vision model, which ``AutoModel`` loads back as that class.
+
+Choices made per family (each is a field of the entry, so a new family is one entry plus its tests):
+
+- **Final norm.** ``CLIPVisionModel`` returns ``last_hidden_state`` *before* its ``post_layernorm``
+  (it normalizes only the pooled CLS token); the patch grid applies ``post_layernorm`` to every
+  token, so every family's grid is "after the final layer norm" as SPEC §1 reads the method.
+- **NaFlex (SigLIP 2).** ``Siglip2VisionModel`` takes pre-patchified pixels ``(B, h·w, p·p·3)``, a
+  ``pixel_attention_mask`` and ``spatial_shapes`` (its image processor resizes each image to at most
+  ``max_num_patches`` patches and pads). On PaKA's fixed-size square or rectangular views every image
+  of a batch has the same ``h × w`` grid, so the backbone patchifies exactly as
+  ``Siglip2ImageProcessor`` does (row-major patches, each flattened as ``(p, p, channel)``), passes
+  ``spatial_shapes = (h, w)`` for every image and an all-ones mask (no padding): the position
+  embeddings are resized to ``h × w`` by the model itself. Grids larger than the checkpoint's
+  ``max_num_patches`` work (the model resizes its embeddings to any grid), but differ from what
+  the processor would feed it.
+- **Unused parameters.** Parameters that never reach the patch grid (DINO's ``mask_token``, the
+  attention-pooling ``head`` of SigLIP) are frozen in the student, so DDP sees no unused parameter
+  and no optimizer state is kept for them; they are exported unchanged.
+- **Drop-path.** DINOv2 and DINOv3 have stochastic depth (``drop_path_rate``); SigLIP and CLIP do
+  not, and a non-zero ``drop_path_rate`` is ignored for them with a warning.
+- **DINOv3 RoPE augmentation.** In ``.train()`` ``DINOv3ViTModel`` rescales (and optionally shifts
+  and jitters) its RoPE patch coordinates at random on every forward (``pos_embed_rescale`` 2.0 in
+  the released configs), drawing from the global torch RNG. The teacher always runs in eval mode
+  (exact coordinates). For the student it is a choice, ``rope_augment`` (``PaKAConfig.student_rope_augment``,
+  off by default): off keeps the RoPE module in eval mode while the rest of the student trains, so
+  student and teacher grids align by position exactly, as with DINOv2. On, the draws come from the
+  global RNG, which ``Trainer`` checkpoints save and restore, so resume stays bit-exact either way.
+  The saved config keeps the checkpoint's ``pos_embed_*`` values.
+- **Normalization.** Always the checkpoint's image processor (``AutoImageProcessor``); for a
+  checkpoint saved without one (a random-init test model, a bare ``save_pretrained``), the family's
+  reference processor (:func:`default_image_processor`, with a warning) — it is then saved with the
+  exported model, so the exported folder always carries its own.
+- **LoRA targets.** The attention and MLP projections of the transformer blocks, by their in-memory
+  names in ``transformers`` 5.x (:func:`lora_target_modules` matches them against the loaded model;
+  :func:`resolve_lora_targets` fails loudly when a configured target matches nothing).
+- **Model card.** Licence, ``pipeline_tag`` and tags of a derivative (:class:`CardMetadata`).
 
 Example::
 
     >>> from paka_hf.backbones import PatchBackbone
-    >>> backbone = PatchBackbone.from_pretrained("facebook/dinov2-with-registers-small")
-    >>> grid = backbone(torch.randn(2, 3, 224, 308))   # (2, 384, 16, 22)
+    >>> backbone = PatchBackbone.from_pretrained("facebook/dinov3-vits16-pretrain-lvd1689m")
+    >>> grid = backbone(torch.randn(2, 3, 224, 320))   # (2, 384, 14, 20)
+    >>> backbone.image_mean, backbone.image_std          # from the checkpoint's image processor
 
 The wrapped model stays a plain ``transformers`` model (``backbone.model``), so what is saved
 with ``backbone.model.save_pretrained`` loads back with ``AutoModel.from_pretrained`` and no
@@ -18,24 +72,220 @@ custom code.
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Any
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoImageProcessor, PretrainedConfig, PreTrainedModel
 
-SUPPORTED_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
+from .errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+#: The ``pipeline_tag`` of every PaKA derivative: a backbone whose output is features.
+FEATURE_EXTRACTION = "image-feature-extraction"
+DINOV3_LICENSE_LINK = "https://ai.meta.com/resources/models-and-libraries/dinov3-license/"
 
 
-def _check_model_type(config: PretrainedConfig, source: str) -> None:
-    model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
-            f"{source!r} is a {model_type!r} model; paka_hf supports {', '.join(SUPPORTED_MODEL_TYPES)} "
-            "(DINOv2 and DINOv2 with registers). Pass a checkpoint such as 'facebook/dinov2-small' "
-            "or 'facebook/dinov2-with-registers-small', or a local directory saved from one."
-        )
+@dataclass(frozen=True)
+class CardMetadata:
+    """What a derivative's model card must say about the base model's terms.
+
+    ``license`` is the Hub licence id (``other`` with ``license_name``/``license_link`` for a custom
+    licence); ``notice`` is text the licence requires on the card (``None`` when it requires none).
+    """
+
+    license: str
+    license_name: str | None = None
+    license_link: str | None = None
+    notice: str | None = None
+    pipeline_tag: str = FEATURE_EXTRACTION
+    tags: tuple[str, ...] = ()
+
+
+_DINOV3_NOTICE = (
+    "Built with DINOv3. These weights are a derivative of the DINOv3 Materials and are distributed under the "
+    f"[DINOv3 License]({DINOV3_LICENSE_LINK}); a copy of that licence must accompany any redistribution, and "
+    "research publications that use them must acknowledge DINOv3."
+)
+
+
+@dataclass(frozen=True)
+class BackboneFamily:
+    """One supported ViT family. See the module docstring for what each choice means.
+
+    Attributes:
+        name: the vision model's ``model_type`` (what an exported folder's ``config.json`` says).
+        title: human name, for messages and docs.
+        model_class: the ``transformers`` class of the vision model (loads the vision tower of a full
+            checkpoint; ``AutoModel`` returns it for an exported folder).
+        full_model_types: ``model_type`` of full (vision + text) checkpoints whose vision tower this
+            family loads.
+        input_mode: ``"pixels"`` (``model(pixel_values)``), ``"interpolate"`` (with
+            ``interpolate_pos_encoding=True``) or ``"naflex"`` (patchified, with ``spatial_shapes``).
+        prefix_tokens: ``config → number of tokens before the patches`` in ``last_hidden_state``.
+        final_norm: name of a module the model does *not* apply to ``last_hidden_state`` but which the
+            patch grid applies to every token (``None``: the model already returns normalized tokens).
+        has_drop_path: the config's ``drop_path_rate`` adds stochastic depth.
+        unused_parameters: ``config → name prefixes`` of parameters that never reach the patch grid.
+        rope_module: name of the RoPE module whose ``.train()`` randomizes the coordinates (DINOv3).
+        block_pattern: regex of the transformer blocks' module names (LoRA targets live inside them).
+        lora_targets: ``config → in-memory names`` of the LoRA target ``nn.Linear``s of each block.
+        processor_class / processor_kwargs: the reference image processor for a checkpoint without one
+            (empty kwargs: the ``transformers`` class defaults are the reference checkpoints' values).
+        card: licence and metadata of a derivative's model card.
+        example_ids: Hub checkpoints of the family (docs and messages).
+    """
+
+    name: str
+    title: str
+    model_class: str
+    input_mode: str
+    prefix_tokens: Callable[[PretrainedConfig], int]
+    block_pattern: str
+    lora_targets: Callable[[PretrainedConfig], tuple[str, ...]]
+    processor_class: str
+    card: CardMetadata
+    example_ids: tuple[str, ...]
+    full_model_types: tuple[str, ...] = ()
+    final_norm: str | None = None
+    has_drop_path: bool = False
+    unused_parameters: Callable[[PretrainedConfig], tuple[str, ...]] = lambda config: ()
+    rope_module: str | None = None
+    processor_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def num_prefix_tokens(self, config: PretrainedConfig) -> int:
+        return int(self.prefix_tokens(config))
+
+
+def _cls_and_registers(config: PretrainedConfig) -> int:
+    return 1 + int(getattr(config, "num_register_tokens", 0) or 0)
+
+
+def _dinov3_targets(config: PretrainedConfig) -> tuple[str, ...]:
+    mlp = ("gate_proj", "up_proj", "down_proj") if getattr(config, "use_gated_mlp", False) else ("up_proj", "down_proj")
+    return ("q_proj", "k_proj", "v_proj", "o_proj", *mlp)
+
+
+def _siglip_unused(config: PretrainedConfig) -> tuple[str, ...]:
+    # The attention-pooling head reads the patch tokens but its output (pooler_output) is not the grid.
+    return ("head.",) if getattr(config, "vision_use_head", True) else ()
+
+
+_DINOV2_PROCESSOR = dict(  # preprocessor_config.json of the facebook/dinov2-* checkpoints
+    do_resize=True, size={"shortest_edge": 256}, resample=3, do_center_crop=True,
+    crop_size={"height": 224, "width": 224}, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+    image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225], do_convert_rgb=True,
+)  # fmt: skip
+_APACHE = CardMetadata(license="apache-2.0")
+_VIT_BLOCKS = r"encoder\.layers\.\d+"
+_CLIP_LIKE_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+
+FAMILIES: dict[str, BackboneFamily] = {
+    family.name: family
+    for family in (
+        BackboneFamily(
+            name="dinov2", title="DINOv2", model_class="Dinov2Model", input_mode="pixels",
+            prefix_tokens=_cls_and_registers, block_pattern=r"encoder\.layer\.\d+",
+            lora_targets=lambda config: ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"),
+            has_drop_path=True, unused_parameters=lambda config: ("embeddings.mask_token",),
+            processor_class="BitImageProcessor", processor_kwargs=_DINOV2_PROCESSOR,
+            card=CardMetadata(license="apache-2.0", tags=("dinov2",)),
+            example_ids=("facebook/dinov2-small", "facebook/dinov2-base", "facebook/dinov2-large", "facebook/dinov2-giant"),
+        ),
+        BackboneFamily(
+            name="dinov2_with_registers", title="DINOv2 with registers", model_class="Dinov2WithRegistersModel",
+            input_mode="pixels", prefix_tokens=_cls_and_registers, block_pattern=r"encoder\.layer\.\d+",
+            lora_targets=lambda config: ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"),
+            has_drop_path=True, unused_parameters=lambda config: ("embeddings.mask_token",),
+            processor_class="BitImageProcessor", processor_kwargs=_DINOV2_PROCESSOR,
+            card=CardMetadata(license="apache-2.0", tags=("dinov2",)),
+            example_ids=("facebook/dinov2-with-registers-small", "facebook/dinov2-with-registers-base",
+                         "facebook/dinov2-with-registers-large", "facebook/dinov2-with-registers-giant"),
+        ),  # fmt: skip
+        BackboneFamily(
+            name="dinov3_vit", title="DINOv3 ViT", model_class="DINOv3ViTModel", input_mode="pixels",
+            prefix_tokens=_cls_and_registers, block_pattern=r"model\.layer\.\d+", lora_targets=_dinov3_targets,
+            has_drop_path=True, unused_parameters=lambda config: ("embeddings.mask_token",),
+            rope_module="rope_embeddings", processor_class="DINOv3ViTImageProcessor",
+            card=CardMetadata(
+                license="other", license_name="dinov3-license", license_link=DINOV3_LICENSE_LINK,
+                notice=_DINOV3_NOTICE, tags=("dinov3",),
+            ),
+            example_ids=("facebook/dinov3-vits16-pretrain-lvd1689m", "facebook/dinov3-vits16plus-pretrain-lvd1689m",
+                         "facebook/dinov3-vitb16-pretrain-lvd1689m", "facebook/dinov3-vitl16-pretrain-lvd1689m",
+                         "facebook/dinov3-vith16plus-pretrain-lvd1689m", "facebook/dinov3-vit7b16-pretrain-lvd1689m"),
+        ),  # fmt: skip
+        BackboneFamily(
+            name="siglip_vision_model", title="SigLIP / SigLIP 2 (fixed resolution) vision",
+            model_class="SiglipVisionModel", full_model_types=("siglip",), input_mode="interpolate",
+            prefix_tokens=lambda config: 0, block_pattern=_VIT_BLOCKS, lora_targets=lambda config: _CLIP_LIKE_TARGETS,
+            unused_parameters=_siglip_unused, processor_class="SiglipImageProcessor",
+            card=CardMetadata(license="apache-2.0", tags=("siglip",)),
+            example_ids=("google/siglip-base-patch16-224", "google/siglip2-base-patch16-224",
+                         "google/siglip2-base-patch16-512", "google/siglip2-so400m-patch16-384"),
+        ),  # fmt: skip
+        BackboneFamily(
+            name="siglip2_vision_model", title="SigLIP 2 NaFlex vision", model_class="Siglip2VisionModel",
+            full_model_types=("siglip2",), input_mode="naflex", prefix_tokens=lambda config: 0,
+            block_pattern=_VIT_BLOCKS, lora_targets=lambda config: _CLIP_LIKE_TARGETS,
+            unused_parameters=_siglip_unused, processor_class="Siglip2ImageProcessor",
+            card=CardMetadata(license="apache-2.0", tags=("siglip2",)),
+            example_ids=("google/siglip2-base-patch16-naflex", "google/siglip2-so400m-patch16-naflex"),
+        ),  # fmt: skip
+        BackboneFamily(
+            name="clip_vision_model", title="CLIP vision", model_class="CLIPVisionModel", full_model_types=("clip",),
+            input_mode="interpolate", prefix_tokens=lambda config: 1, final_norm="post_layernorm",
+            block_pattern=_VIT_BLOCKS, lora_targets=lambda config: _CLIP_LIKE_TARGETS,
+            processor_class="CLIPImageProcessor",
+            # OpenAI released CLIP's code and weights under the MIT licence; pass --license for other bases.
+            card=CardMetadata(license="mit", tags=("clip",)),
+            example_ids=("openai/clip-vit-base-patch16", "openai/clip-vit-large-patch14", "laion/CLIP-ViT-B-16-laion2B-s34B-b88K"),
+        ),  # fmt: skip
+    )
+}
+
+#: Every ``model_type`` a checkpoint may have: the families' own and the full checkpoints they load from.
+SUPPORTED_MODEL_TYPES = tuple(FAMILIES) + tuple(t for f in FAMILIES.values() for t in f.full_model_types)
+
+
+def family_for(model_type: str | None, source: str = "the model") -> BackboneFamily:
+    """The family of a vision or full checkpoint's ``model_type``; :class:`ConfigError` when unsupported."""
+    for family in FAMILIES.values():
+        if model_type == family.name or model_type in family.full_model_types:
+            return family
+    raise ConfigError(
+        f"{source} is a {model_type!r} model; paka_hf supports the model types {', '.join(SUPPORTED_MODEL_TYPES)} "
+        "(DINOv2, DINOv2 with registers, DINOv3 ViT, SigLIP / SigLIP 2, CLIP vision towers): pass a checkpoint such as "
+        "'facebook/dinov2-with-registers-small' or a local folder saved from one"
+    )
+
+
+def vision_config(config: PretrainedConfig) -> PretrainedConfig:
+    """The vision tower's config of a full CLIP/SigLIP checkpoint; any other config as is."""
+    family = family_for(getattr(config, "model_type", None), type(config).__name__)
+    if config.model_type in family.full_model_types:
+        return config.vision_config
+    return config
+
+
+def _transformers_class(name: str):
+    import transformers
+
+    return getattr(transformers, name)
+
+
+def _apply_drop_path(config: PretrainedConfig, family: BackboneFamily, drop_path_rate: float | None) -> None:
+    if drop_path_rate is None:
+        return
+    if family.has_drop_path:
+        config.drop_path_rate = float(drop_path_rate)
+    elif drop_path_rate:
+        logger.warning("%s has no stochastic depth; drop_path_rate=%s is ignored", family.title, drop_path_rate)
 
 
 def load_backbone(
@@ -46,55 +296,218 @@ def load_backbone(
     revision: str | None = None,
     **kwargs: Any,
 ) -> PreTrainedModel:
-    """Load a ``Dinov2Model`` or ``Dinov2WithRegistersModel`` from a Hub id or a local directory.
+    """Load the vision model of a supported checkpoint (Hub id or local folder).
 
-    Uses ``AutoModel`` (``AutoBackbone`` cannot load a local directory offline, SPEC §3).
-    ``drop_path_rate`` overrides the checkpoint's stochastic depth (0.1 for the PaKA student).
-    Extra keyword arguments go to ``from_pretrained`` (``dtype``, ``token``, ``cache_dir``...).
+    Loads with the family's own class (``Dinov2Model``, ``DINOv3ViTModel``, ``CLIPVisionModel``...), which
+    also takes the vision tower out of a full CLIP / SigLIP checkpoint (``AutoBackbone`` cannot load a
+    local folder offline, SPEC §3). ``drop_path_rate`` overrides the checkpoint's stochastic depth (0.1 for
+    the PaKA student; ignored with a warning for families without it). Extra keyword arguments go to
+    ``from_pretrained`` (``dtype``, ``token``, ``cache_dir``...). Raises :class:`ConfigError` for an
+    unsupported ``model_type``.
     """
     source = os.fspath(name_or_path)
     config = AutoConfig.from_pretrained(source, revision=revision, token=kwargs.get("token"))
-    _check_model_type(config, source)
-    if drop_path_rate is not None:
-        config.drop_path_rate = float(drop_path_rate)
+    family = family_for(getattr(config, "model_type", None), repr(source))
+    config = vision_config(config)
+    _apply_drop_path(config, family, drop_path_rate)
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    return AutoModel.from_pretrained(source, config=config, revision=revision, **kwargs)
+    return _transformers_class(family.model_class).from_pretrained(source, config=config, revision=revision, **kwargs)
+
+
+def default_image_processor(family: BackboneFamily | str):
+    """The family's reference image processor (for a checkpoint saved without one).
+
+    DINOv2: ``BitImageProcessor`` with the ``facebook/dinov2-*`` settings (ImageNet mean/std, shortest edge
+    256, center crop 224 — the class's own defaults are CLIP's); the others: their processor class with its
+    ``transformers`` defaults, which are the reference checkpoints' values (DINOv3: ImageNet; SigLIP /
+    SigLIP 2: mean = std = 0.5; CLIP: OpenAI's).
+    """
+    family = FAMILIES[family] if isinstance(family, str) else family
+    return _transformers_class(family.processor_class)(**family.processor_kwargs)
+
+
+def load_image_processor(name_or_path: str | os.PathLike, revision: str | None = None, family: BackboneFamily | None = None):
+    """The checkpoint's image processor; the family's reference one (with a warning) when it has none."""
+    source = os.fspath(name_or_path)
+    try:
+        return AutoImageProcessor.from_pretrained(source, revision=revision)
+    except (OSError, ValueError, KeyError):
+        if family is None:
+            config = AutoConfig.from_pretrained(source, revision=revision)
+            family = family_for(getattr(config, "model_type", None), repr(source))
+        logger.warning(
+            "%s has no image processor (preprocessor_config.json); using %s's reference %s",
+            source, family.title, family.processor_class,
+        )
+        return default_image_processor(family)
+
+
+def processor_normalization(image_processor: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` per channel of an image processor (applied to pixels scaled to [0, 1])."""
+    mean, std = getattr(image_processor, "image_mean", None), getattr(image_processor, "image_std", None)
+    if mean is None or std is None:
+        raise ConfigError(f"{type(image_processor).__name__} has no image_mean / image_std; pass an image processor that normalizes")
+    if not getattr(image_processor, "do_normalize", True):
+        return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    as_triple = lambda v: tuple(float(x) for x in (v if isinstance(v, (list, tuple)) else [v] * 3))  # noqa: E731
+    return as_triple(mean), as_triple(std)
+
+
+def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """``(B, C, H, W)`` → ``(B, h·w, p·p·C)``, row-major patches each flattened as ``(p, p, C)``.
+
+    The layout of ``Siglip2ImageProcessor`` (its ``convert_image_to_patches``), which ``Siglip2VisionModel``
+    expects; ``H`` and ``W`` must be multiples of ``p``.
+    """
+    batch, channels, height, width = pixel_values.shape
+    p = patch_size
+    patches = pixel_values.reshape(batch, channels, height // p, p, width // p, p)
+    return patches.permute(0, 2, 4, 3, 5, 1).reshape(batch, (height // p) * (width // p), p * p * channels)
+
+
+# --------------------------------------------------------------------------------------------------
+# LoRA target modules
+# --------------------------------------------------------------------------------------------------
+
+
+def lora_target_modules(model: PreTrainedModel | nn.Module) -> tuple[str, ...]:
+    """The family's default LoRA targets (short names) for this model's config."""
+    model = getattr(model, "model", model) if isinstance(model, PatchBackbone) else model
+    config = vision_config(model.config)
+    return family_for(config.model_type).lora_targets(config)
+
+
+def resolve_lora_targets(model: PreTrainedModel | nn.Module, targets: list[str] | tuple[str, ...] | None = None) -> list[str]:
+    """Full names of the ``nn.Linear`` modules LoRA should wrap, matched against the loaded model.
+
+    ``targets`` are short names (``q_proj``, ``fc1``...; default: :func:`lora_target_modules`); a module
+    matches when its name is ``<block>.<...>.<target>`` inside one of the transformer blocks (so SigLIP's
+    pooling head, whose MLP is also named ``fc1``/``fc2``, is never wrapped). Returns the names in model
+    order, to pass to ``peft.LoraConfig(target_modules=...)``. Raises :class:`ConfigError` naming the
+    targets that match nothing, and the candidate names the blocks do have — the ``transformers`` 4.x names
+    ``query``/``key``/``value``/``dense`` on a 5.x model, for example.
+    """
+    inner = model.model if isinstance(model, PatchBackbone) else model
+    config = vision_config(inner.config)
+    family = family_for(config.model_type)
+    targets = tuple(targets) if targets is not None else family.lora_targets(config)
+    if not targets:
+        raise ConfigError("lora_target_modules is empty; leave it unset for the family's default or name modules to wrap")
+    block = re.compile(rf"^{family.block_pattern}\.(.+\.)?([^.]+)$")
+    matched: dict[str, list[str]] = {target: [] for target in targets}
+    available: set[str] = set()
+    for name, module in inner.named_modules():
+        found = block.match(name)
+        if found is None or not isinstance(module, nn.Linear):
+            continue
+        available.add(found.group(2))
+        if found.group(2) in matched:
+            matched[found.group(2)].append(name)
+    missing = [target for target, names in matched.items() if not names]
+    if missing:
+        raise ConfigError(
+            f"lora_target_modules {missing} match no linear layer of this {family.title} model ({config.model_type}); "
+            f"its blocks have {sorted(available)} (transformers 5.x names; 4.x used query/key/value/dense)"
+        )
+    wanted = {name for names in matched.values() for name in names}
+    return [name for name, _ in inner.named_modules() if name in wanted]
+
+
+# --------------------------------------------------------------------------------------------------
+# The backbone
+# --------------------------------------------------------------------------------------------------
 
 
 class PatchBackbone(nn.Module):
-    """A DINOv2(-with-registers) model that returns its last-layer patch grid.
+    """A supported ViT that returns its last-layer patch grid.
 
-    Input ``pixel_values``: ``(B, 3, H, W)``, normalized, ``H`` and ``W`` multiples of the patch
-    size (non-square is fine: DINOv2 interpolates its position embeddings).
-    Output: ``(B, D, H / p, W / p)``, the patch tokens of ``last_hidden_state`` with the
-    ``1 + num_register_tokens`` prefix tokens removed.
+    Input ``pixel_values``: ``(B, 3, H, W)``, normalized with :attr:`image_mean` / :attr:`image_std`, ``H`` and
+    ``W`` multiples of the patch size (non-square is fine).
+    Output: ``(B, D, H / p, W / p)``, the patch tokens of the final hidden state (after the final norm)
+    with the family's prefix tokens removed.
+
+    Attributes: ``model`` (the ``transformers`` vision model), ``family`` (:class:`BackboneFamily`),
+    ``patch_size``, ``hidden_size``, ``num_prefix_tokens``, ``image_processor`` (the checkpoint's, or the
+    family's reference one), ``image_mean`` / ``image_std`` (its normalization), ``rope_augment``.
     """
 
-    def __init__(self, model: PreTrainedModel):
+    def __init__(self, model: PreTrainedModel, image_processor: Any = None, *, rope_augment: bool = False):
         super().__init__()
-        _check_model_type(model.config, type(model).__name__)
-        self.model = model
         config = model.config
-        self.patch_size = int(config.patch_size)
+        self.family = family_for(getattr(config, "model_type", None), type(model).__name__)
+        if config.model_type in self.family.full_model_types:
+            raise ConfigError(
+                f"{type(model).__name__} is a full {config.model_type} model; pass its vision tower "
+                f"({self.family.model_class}) or load it with PatchBackbone.from_pretrained"
+            )
+        if rope_augment and self.family.rope_module is None:
+            raise ConfigError(f"rope_augment applies to RoPE backbones (dinov3_vit) only, not {self.family.title}")
+        self.model = model
+        patch = config.patch_size
+        self.patch_size = int(patch[0] if isinstance(patch, (list, tuple)) else patch)
         self.hidden_size = int(config.hidden_size)
-        self.num_prefix_tokens = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
+        self.num_prefix_tokens = self.family.num_prefix_tokens(config)
+        self.image_processor = image_processor if image_processor is not None else default_image_processor(self.family)
+        self.image_mean, self.image_std = processor_normalization(self.image_processor)
+        self.rope_augment = bool(rope_augment)
+        self.train(self.training)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> "PatchBackbone":
-        """Load from a Hub id or local directory; keyword arguments as :func:`load_backbone`."""
-        return cls(load_backbone(name_or_path, **kwargs))
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike, *, image_processor: Any = None, rope_augment: bool = False, **kwargs: Any
+    ) -> "PatchBackbone":
+        """Load from a Hub id or local folder (keyword arguments as :func:`load_backbone`), with the
+        checkpoint's image processor unless ``image_processor`` is given."""
+        model = load_backbone(name_or_path, **kwargs)
+        if image_processor is None:
+            image_processor = load_image_processor(name_or_path, kwargs.get("revision"), family_for(model.config.model_type))
+        return cls(model, image_processor, rope_augment=rope_augment)
 
     @classmethod
-    def from_config(cls, config: PretrainedConfig, **kwargs: Any) -> "PatchBackbone":
-        """Random-init backbone from a ``Dinov2Config`` / ``Dinov2WithRegistersConfig``."""
-        _check_model_type(config, type(config).__name__)
+    def from_config(
+        cls, config: PretrainedConfig, *, image_processor: Any = None, rope_augment: bool = False, **kwargs: Any
+    ) -> "PatchBackbone":
+        """Random-init backbone from a supported (vision) config, with the family's reference processor."""
+        family = family_for(getattr(config, "model_type", None), type(config).__name__)
+        config = vision_config(config)
         kwargs.setdefault("attn_implementation", "sdpa")
-        return cls(AutoModel.from_config(config, **kwargs))
+        model = _transformers_class(family.model_class)._from_config(config, **kwargs)
+        return cls(model, image_processor, rope_augment=rope_augment)
+
+    def unused_parameter_names(self) -> list[str]:
+        """Names (in this module) of the parameters that never reach the patch grid; frozen by PaKA."""
+        prefixes = self.family.unused_parameters(self.model.config)
+        return [f"model.{name}" for name, _ in self.model.named_parameters() if name.startswith(prefixes)]
+
+    def train(self, mode: bool = True) -> "PatchBackbone":
+        super().train(mode)
+        if self.family.rope_module is not None and not self.rope_augment:
+            getattr(self.model, self.family.rope_module).eval()  # exact RoPE coordinates, as the teacher's
+        return self
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
         """Patch-grid size ``(h, w)`` for an input of ``height`` × ``width`` pixels."""
         return height // self.patch_size, width // self.patch_size
+
+    def tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Every final token, prefix included: ``(B, prefix + h·w, D)``, after the final norm."""
+        mode = self.family.input_mode
+        if mode == "pixels":
+            hidden = self.model(pixel_values=pixel_values).last_hidden_state
+        elif mode == "interpolate":
+            hidden = self.model(pixel_values=pixel_values, interpolate_pos_encoding=True).last_hidden_state
+        else:  # naflex: one unpadded h × w grid per image
+            batch, _, height, width = pixel_values.shape
+            h, w = self.grid_size(height, width)
+            shapes = torch.tensor([[h, w]], dtype=torch.long, device=pixel_values.device).expand(batch, 2)
+            mask = torch.ones(batch, h * w, dtype=torch.long, device=pixel_values.device)
+            hidden = self.model(
+                pixel_values=patchify(pixel_values, self.patch_size), pixel_attention_mask=mask, spatial_shapes=shapes
+            ).last_hidden_state
+        if self.family.final_norm is not None:
+            hidden = getattr(self.model, self.family.final_norm)(hidden)
+        return hidden
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if pixel_values.ndim != 4:
@@ -106,7 +519,7 @@ class PatchBackbone(nn.Module):
                 f"input size {height}x{width} is not a multiple of the patch size {p}; "
                 f"resize views to multiples of {p} (for example {max(p, height // p * p)}x{max(p, width // p * p)})"
             )
-        hidden = self.model(pixel_values=pixel_values).last_hidden_state  # (B, prefix + h*w, D)
+        hidden = self.tokens(pixel_values)  # (B, prefix + h*w, D)
         patches = hidden[:, self.num_prefix_tokens :]
         h, w = height // p, width // p
         return patches.transpose(1, 2).reshape(batch, hidden.shape[-1], h, w)

@@ -50,12 +50,20 @@ class PaKAConfig(TrainingArguments):
 
     # ---- model ------------------------------------------------------------------------------
     model_name_or_path: str = _help(
-        "DINOv2 or DINOv2-with-registers checkpoint: a Hub id or a local directory.",
+        "Backbone checkpoint, a Hub id or a local directory, of a supported family: dinov2, dinov2_with_registers, "
+        "dinov3_vit, siglip / siglip2 / clip (full or vision-only; the vision tower is trained).",
         default="facebook/dinov2-with-registers-small",
     )
     model_revision: str | None = _help("Hub revision (branch, tag or commit) of the model.", default=None)
     drop_path_rate: float = _help("Stochastic depth on the student backbone.", default=0.1)
     attn_implementation: str = _help("Attention kernel of the backbone ('sdpa' or 'eager').", default="sdpa")
+    student_rope_augment: bool = _help(
+        "DINOv3 (RoPE) backbones only: keep the checkpoint's random RoPE coordinate augmentation (its config's "
+        "pos_embed_shift / pos_embed_jitter / pos_embed_rescale; 2.0 rescale in the released models) on the student "
+        "while training. Off: the student's patch coordinates are exact, like the eval-mode teacher's. Either way "
+        "resume is bit-exact (the draws come from the global RNG, which checkpoints save).",
+        default=False,
+    )
 
     # ---- data -------------------------------------------------------------------------------
     dataset_name: str = _help(

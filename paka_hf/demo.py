@@ -25,7 +25,7 @@ def make_tiny_model(path: Path, seed: int = 0) -> Path:
     import torch
     from transformers import AutoModel, Dinov2WithRegistersConfig
 
-    from .trainer import load_image_processor
+    from .backbones import load_image_processor
 
     if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
         return path

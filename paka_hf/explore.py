@@ -87,34 +87,17 @@ class ModelLoadError(PaKAUserError, OSError):
 
 @dataclass
 class ExplorerModel:
-    """A backbone in eval mode and the normalization its checkpoint's image processor asks for."""
+    """A backbone in eval mode and the normalization its checkpoint's image processor asks for
+    (``PatchBackbone.image_mean`` / ``image_std``, from the backbone registry)."""
 
     name: str
     backbone: Any  # paka_hf.backbones.PatchBackbone (or anything returning (B, D, h, w) grids)
-    mean: tuple[float, ...] = viz.IMAGENET_MEAN
-    std: tuple[float, ...] = viz.IMAGENET_STD
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
 
     @property
     def patch_size(self) -> int:
         return int(self.backbone.patch_size)
-
-
-def _normalization(source: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """``image_mean`` / ``image_std`` of the checkpoint's ``AutoImageProcessor``; ImageNet's without one."""
-    from transformers import AutoImageProcessor
-
-    try:
-        processor = AutoImageProcessor.from_pretrained(source)
-    except (OSError, ValueError) as err:  # no preprocessor_config.json: DINOv2's ImageNet statistics
-        logger.info("%s has no image processor (%s); using ImageNet mean and std", source, type(err).__name__)
-        return viz.IMAGENET_MEAN, viz.IMAGENET_STD
-    if not getattr(processor, "do_normalize", True):
-        return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    mean, std = getattr(processor, "image_mean", None), getattr(processor, "image_std", None)
-    if mean is None or std is None:
-        return viz.IMAGENET_MEAN, viz.IMAGENET_STD
-    expand = lambda v: tuple(float(x) for x in (v if isinstance(v, (list, tuple)) else [v] * 3))  # noqa: E731
-    return expand(mean), expand(std)
 
 
 def load_model(source: str | os.PathLike, **load_kwargs: Any) -> ExplorerModel:
@@ -125,7 +108,7 @@ def load_model(source: str | os.PathLike, **load_kwargs: Any) -> ExplorerModel:
     name = os.fspath(source)
     try:
         backbone = PatchBackbone.from_pretrained(name, **load_kwargs).eval()
-        mean, std = _normalization(name)
+        mean, std = tuple(backbone.image_mean), tuple(backbone.image_std)
     except Exception as err:  # noqa: BLE001 - any failure becomes a message in the page, never a dead server
         reason = " ".join(str(err).split()) or type(err).__name__
         raise ModelLoadError(f"could not load model {name!r}: {reason[:400]}") from err

@@ -31,7 +31,7 @@ from .align import AlignedTokens, align_pairs
 from .backbones import PatchBackbone, ProjectionHead
 from .losses import NeCoSettings, PaKALoss, cka_per_pair
 from .teacher import EMAPairs, ema_apply_, ema_pairs, make_teacher
-from .views import IMAGENET_MEAN, IMAGENET_STD, normalize_views, render_views
+from .views import normalize_views, render_views
 
 
 @dataclass
@@ -65,9 +65,11 @@ class PaKAModel(nn.Module):
             raise ValueError(f"student_views must be 'local' or 'all', got {student_views!r}")
         if roi_size < 2:
             raise ValueError(f"roi_size must be >= 2 (CKA needs at least two tokens), got {roi_size}")
-        # DINOv2's mask token only serves masked-image modelling; frozen so that DDP sees no unused parameter.
+        # Parameters that never reach the patch grid (DINO's mask token, SigLIP's pooling head): frozen, so
+        # that DDP sees no unused parameter and AdamW keeps no state for them (the registry lists them).
+        unused = set(backbone.unused_parameter_names())
         for name, param in backbone.named_parameters():
-            if name.endswith("mask_token"):
+            if name in unused:
                 param.requires_grad_(False)
         self.student = backbone
         self.student_head = head
@@ -78,9 +80,10 @@ class PaKAModel(nn.Module):
         self.criterion = PaKALoss(loss, kernel=kernel, scope=kernel_scope, neco=neco, feature_dim=compared_dim)
         self.roi_size, self.sampling_ratio = int(roi_size), int(sampling_ratio)
         self.student_views = student_views
-        # uint8 views (what the training stream ships) are normalized here, on the model's device.
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD), persistent=False)
+        # uint8 views (what the training stream ships) are normalized here, on the model's device, with the
+        # checkpoint's image-processor mean and std (the backbone carries them).
+        self.register_buffer("pixel_mean", torch.tensor(backbone.image_mean), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(backbone.image_std), persistent=False)
         self._ema_pairs: EMAPairs | None = None
 
     # ``Trainer`` must not pass ``num_items_in_batch``: the loss is a per-batch mean.

@@ -49,13 +49,13 @@ import safetensors.torch
 import torch
 import yaml
 from torch.utils.data import DataLoader
-from transformers import AutoImageProcessor, Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, enable_full_determinism, set_seed
 
 from .backbones import PatchBackbone, ProjectionHead
 from .config import PaKAConfig
 from .errors import ConfigError, MissingPathError
-from .hub import default_image_processor, save_backbone
+from .hub import save_backbone
 from .trainer_hub import HubPushMixin
 from .data import (
     STREAM_KEYS,
@@ -84,12 +84,14 @@ TRAINING_SUMMARY_FILE = "training_summary.json"
 
 
 def build_model(config: PaKAConfig) -> PaKAModel:
-    """Student backbone from ``model_name_or_path`` (with ``drop_path_rate``), optional head, teacher."""
+    """Student backbone from ``model_name_or_path`` (any family of :mod:`paka_hf.backbones`, with
+    ``drop_path_rate``, ``student_rope_augment`` and the checkpoint's image processor), optional head, teacher."""
     backbone = PatchBackbone.from_pretrained(
         config.model_name_or_path,
         drop_path_rate=config.drop_path_rate,
         attn_implementation=config.attn_implementation,
         revision=config.model_revision,
+        rope_augment=config.student_rope_augment,
     )
     config.check_patch_size(backbone.patch_size)
     head = ProjectionHead(backbone.hidden_size, config.head_hidden_dim, config.head_out_dim) if config.use_head else None
@@ -122,15 +124,6 @@ def build_transform(config: PaKAConfig, patch_size: int) -> GlimTransform:
         rendering=config.view_rendering,  # "device": PaKAModel renders the views from the decoded images
         max_image_side=config.max_image_side,
     )
-
-
-def load_image_processor(model_name_or_path: str, revision: str | None = None):
-    """The checkpoint's image processor, or DINOv2's standard one when it has none."""
-    try:
-        return AutoImageProcessor.from_pretrained(model_name_or_path, revision=revision)
-    except (OSError, ValueError) as error:
-        logger.info("no image processor with %s (%s); using the standard DINOv2 BitImageProcessor", model_name_or_path, error)
-        return default_image_processor()
 
 
 def checkpoint_folders(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
@@ -234,8 +227,8 @@ class PaKATrainer(HubPushMixin, Trainer):
         args: the :class:`PaKAConfig`.
         image_source: a ``datasets.IterableDataset`` of undecoded images (column ``image``); loaded
             from ``args.dataset_name`` when omitted.
-        image_processor: saved with checkpoints and the exported backbone; loaded from
-            ``args.model_name_or_path`` (or DINOv2's standard one) when omitted.
+        image_processor: saved with checkpoints and the exported backbone; by default the student's own
+            (the checkpoint's, or its family's reference processor), whose mean/std the model normalizes with.
         callbacks: extra ``TrainerCallback``s.
     """
 
@@ -270,7 +263,7 @@ class PaKATrainer(HubPushMixin, Trainer):
                 dataset_format=args.dataset_format,
             )
         if image_processor is None:
-            image_processor = load_image_processor(args.model_name_or_path, args.model_revision)
+            image_processor = model.student.image_processor
         self.image_source = image_source
         self.view_transform = build_transform(args, model.student.patch_size)
         self.ema_callback = TeacherEMACallback()

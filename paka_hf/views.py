@@ -42,8 +42,6 @@ from .augment import PhotometricAugment
 from .imaging import fit_within, to_rgb
 from .resample import resample_boxes
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CONTAINMENT_TOLERANCE = 1e-6  # float round-off allowance when comparing containment to τ
 
 
@@ -193,11 +191,11 @@ def sample_boxes(
 
 
 def normalize_views(
-    views: torch.Tensor,
-    mean: Sequence[float] | torch.Tensor = IMAGENET_MEAN,
-    std: Sequence[float] | torch.Tensor = IMAGENET_STD,
+    views: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor
 ) -> torch.Tensor:
     """uint8 views ``(..., 3, H, W)`` → float32 ``(x / 255 − mean) / std``; float input is returned as is.
+
+    ``mean``/``std`` are the backbone's (its checkpoint's image processor, :class:`~paka_hf.backbones.PatchBackbone`).
 
     Pass ``mean``/``std`` as (3,) tensors already on the views' device (as :class:`~paka_hf.modeling.PaKAModel`
     does with its buffers) to avoid a host-to-device copy per call.
@@ -250,9 +248,10 @@ class GlimTransform:
 
     With ``rendering="cpu"`` (default) it returns a dict of tensors:
 
-    - ``global_views`` (n_global, 3, global_size, global_size) float32, normalized — or uint8 with
-      ``normalize=False`` (what training uses: 4× less data between workers and the device, where
-      :func:`normalize_views` finishes the job)
+    - ``global_views`` (n_global, 3, global_size, global_size) uint8 — what training uses: 4× less data
+      between workers and the device, where :func:`normalize_views` finishes the job with the backbone's
+      mean and std — or float32 normalized with ``mean``/``std`` when they are given (``normalize``
+      defaults to whether they are)
     - ``local_views`` (n_local, 3, local_size, local_size), likewise
     - ``global_boxes`` (n_global, 4), ``local_boxes`` (n_local, 4) float32 pixel boxes
     - ``pair_index`` (n_local,) int64; ``global_flips`` (n_global,), ``local_flips`` (n_local,) bool
@@ -291,10 +290,10 @@ class GlimTransform:
         teacher_augment: bool = False,
         student_augment: bool = True,
         augment: PhotometricAugment | None = None,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         patch_size: int | None = None,
-        normalize: bool = True,
+        normalize: bool | None = None,
         rendering: str = "cpu",
         max_image_side: int | None = None,
     ):
@@ -323,8 +322,12 @@ class GlimTransform:
         self.flip = bool(flip)
         self.teacher_augment, self.student_augment = bool(teacher_augment), bool(student_augment)
         self.augment = augment if augment is not None else PhotometricAugment()
-        self.mean, self.std = list(mean), list(std)
-        self.normalize = bool(normalize)
+        normalize = (mean is not None) if normalize is None else bool(normalize)
+        if normalize and (mean is None or std is None):
+            raise ValueError("normalize=True needs mean and std: pass the backbone's image_mean and image_std")
+        self.mean = list(mean) if mean is not None else None
+        self.std = list(std) if std is not None else None
+        self.normalize = normalize
         self.rendering = rendering
         if max_image_side is None:
             max_image_side = default_max_image_side(global_size, local_size, global_scale, local_scale, ratio)

@@ -33,8 +33,6 @@ from PIL import Image, ImageDraw, ImageFont
 from .backbones import PatchBackbone
 from .errors import ConfigError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # 20 well-separated colours (the "tab20" hues) for cluster overlays.
 PALETTE = np.array(
@@ -86,13 +84,10 @@ def resize_and_crop(image: Image.Image, resolution: int, patch_size: int, resamp
 
 
 def prepare_image(
-    image: Image.Image | str | os.PathLike,
-    resolution: int,
-    patch_size: int,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    image: Image.Image | str | os.PathLike, resolution: int, patch_size: int, mean: Sequence[float], std: Sequence[float]
 ) -> tuple[Image.Image, torch.Tensor]:
-    """:func:`resize_and_crop` an image (RGB) and normalize it: ``(pixel / 255 - mean) / std`` per channel.
+    """:func:`resize_and_crop` an image (RGB) and normalize it: ``(x / 255 − mean) / std`` per channel, with the
+    backbone's ``image_mean`` / ``image_std`` (its checkpoint's image processor).
 
     ``mean`` / ``std`` default to ImageNet's (DINOv2); pass a checkpoint's own (its image processor's
     ``image_mean`` / ``image_std``) for other families. Returns the resized image (what the pictures show)
@@ -333,7 +328,8 @@ def make_pictures(
 ) -> dict[str, Path]:
     """Write ``pca.png``, ``clusters.png`` and ``retrieval.png`` comparing ``base`` and ``adapted``.
 
-    ``base`` / ``adapted``: Hub id, local folder, ``transformers`` DINOv2 model or ``PatchBackbone``.
+    ``base`` / ``adapted``: Hub id, local folder, ``transformers`` vision model of a supported family or
+    ``PatchBackbone``.
     ``images``: paths or PIL images (2–4 read best). ``resolution``: short side in pixels before cropping to
     multiples of the patch size. ``query``: the query patch of ``retrieval.png`` as (row, col) fractions of
     the first image. Returns ``{"pca": path, "clusters": path, "retrieval": path}``.
@@ -349,10 +345,10 @@ def make_pictures(
 
     shown, features = [], [[], []]
     for image in images:
-        resized, pixels = prepare_image(image, resolution, patch)
-        shown.append(resized)
-        for m, backbone in enumerate(backbones):
+        for m, backbone in enumerate(backbones):  # each model sees the image normalized its own way
+            resized, pixels = prepare_image(image, resolution, patch, backbone.image_mean, backbone.image_std)
             features[m].append(patch_features(backbone, pixels))
+        shown.append(resized)
 
     def tiles_for(maps_per_model, render):
         return [[image] + [render(maps_per_model[m][i], image) for m in range(2)] for i, image in enumerate(shown)]

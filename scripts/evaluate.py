@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Dense evaluation of a DINOv2(-with-registers) checkpoint: linear probe, overclustering, Hummingbird.
+"""Dense evaluation of a supported ViT checkpoint (DINOv2, DINOv2R, DINOv3, SigLIP / SigLIP 2, CLIP): linear probe, overclustering, Hummingbird.
 
 Examples::
 
@@ -61,7 +61,7 @@ def _size(text: str) -> int | tuple[int, int]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("model and data")
-    g.add_argument("--model_name_or_path", required=True, help="Hub id or local directory of a DINOv2(-R) checkpoint")
+    g.add_argument("--model_name_or_path", required=True, help="Hub id or local directory of a supported checkpoint (DINOv2, DINOv3, SigLIP, CLIP...)")
     g.add_argument("--dataset_name", required=True, help=f"one of {', '.join(BENCHMARKS)}")
     g.add_argument("--data_dir", default=None, help="on-disk dataset root; without it the Hub copy is used")
     g.add_argument("--protocol", default="linear",

@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--revision", metavar="BRANCH", help="branch to commit to (created if missing; default main)")
     parser.add_argument("--commit_message", "--commit-message", default=hub.DEFAULT_COMMIT_MESSAGE,
                         help=f"commit title (default: {hub.DEFAULT_COMMIT_MESSAGE!r})")
-    parser.add_argument("--license", default="apache-2.0", help="license in the card metadata (default apache-2.0)")
+    parser.add_argument("--license", default=None,
+                        help="license in the card metadata (default: the base model family's, e.g. apache-2.0 for DINOv2, "
+                             "other/dinov3-license for DINOv3)")
     parser.add_argument("--base_model", "--base-model", metavar="HUB_ID",
                         help="base model for the card metadata (default: model_name_or_path of training_config.yaml)")
     parser.add_argument("--dry_run", "--dry-run", action="store_true",
@@ -102,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         from paka_hf import space
 
         space_id, space_info = space.publish_space_for_model(
-            args.output_dir, args.repo_id, args.space or None, base_model=args.base_model, private=args.private,
-            license=args.license)
+            args.output_dir, args.repo_id, args.space or None, base_model=args.base_model, private=args.private)
         print(f"Pushed Space {space_id}: {space_info.commit_url} (linked from the model card)")
     return 0
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""PaKA post-training of a DINOv2 / DINOv2-with-registers checkpoint.
+"""PaKA post-training of a supported ViT checkpoint (DINOv2, DINOv2 with registers, DINOv3, SigLIP / SigLIP 2, CLIP).
 
     accelerate launch scripts/train.py --config configs/dinov2r_s14_coco.yaml [--any_field value ...]
 

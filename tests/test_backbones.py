@@ -40,7 +40,7 @@ def test_errors_tell_the_user_what_to_do(tmp_path):
         PatchBackbone.from_config(tiny_dinov2_config())(torch.randn(3, 56, 56))
     vit = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
     AutoModel.from_config(vit).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="'vit' model; paka_hf supports dinov2"):
+    with pytest.raises(ValueError, match="'vit' model; paka_hf supports the model types dinov2"):
         PatchBackbone.from_pretrained(tmp_path)
 
 

@@ -323,3 +323,21 @@ def test_device_suite_smoke_writes_every_figure(tmp_path):
     assert json.loads((out / "compiled.json").read_text())["settings"]["compile"] is True
     assert not (out / "compiled_backbones.json").exists()  # the fallback runs only when the whole-model compile fails
     assert "what the full step runs beyond the bare step" in (out / "step_ops.log").read_text()
+
+
+def test_gpu_step_smoke_times_every_backbone_family(tmp_path):
+    """``--models`` takes the registry's families: each tiny variant runs one smoke step with its own patch size."""
+    out = tmp_path / "families.json"
+    models = ["tiny_dinov3", "tiny_siglip", "tiny_siglip2", "tiny_clip"]
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "gpu_step.py"), "--smoke", "--device", "cpu", "--no_breakdown",
+         "--no_sync_check", "--json", str(out), "--models", *models],
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = json.loads(out.read_text())["results"]
+    assert [row["model"] for row in rows] == ["tiny DINOv3", "tiny SigLIP", "tiny SigLIP2", "tiny CLIP"]
+    for row in rows:
+        assert "error" not in row, row
+        assert row["loss_finite"] and row["view_sizes"] == [64, 32]  # 56/28 rounded to multiples of patch 16
+        assert row["tflop_per_step"] > 0

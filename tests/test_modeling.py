@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from conftest import tiny_dinov2_config
-from paka_hf.backbones import PatchBackbone, ProjectionHead
+from paka_hf.backbones import PatchBackbone, ProjectionHead, default_image_processor
 from paka_hf.losses import cka_loss
 from paka_hf.modeling import PaKAModel
 from paka_hf.views import GlimTransform, collate_views
@@ -12,7 +12,9 @@ from paka_hf.views import GlimTransform, collate_views
 
 def batch_of_views(n_images=2, global_size=56, local_size=28, seed=0):
     rng = np.random.default_rng(seed)
-    transform = GlimTransform(global_size, local_size, n_local=4, flip=True, patch_size=14)
+    reference = default_image_processor("dinov2")  # what the tiny DINOv2 backbones normalize with
+    transform = GlimTransform(global_size, local_size, n_local=4, flip=True, patch_size=14,
+                              mean=reference.image_mean, std=reference.image_std)  # fmt: skip
     images = [Image.fromarray(rng.integers(0, 255, (60 + 10 * i, 80, 3), dtype=np.uint8)) for i in range(n_images)]
     g = torch.Generator().manual_seed(seed)
     return collate_views([transform(im, g) for im in images])
@@ -98,13 +100,15 @@ def test_student_views_all_adds_global_to_global_pairs():
 def test_uint8_views_are_normalized_by_the_model_like_float_views():
     rng = np.random.default_rng(3)
     image = Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8))
-    as_float = GlimTransform(56, 28, patch_size=14)(image, torch.Generator().manual_seed(5))
+    backbone = PatchBackbone.from_config(tiny_dinov2_config())
+    mean, std = backbone.image_mean, backbone.image_std  # the checkpoint's processor (here DINOv2's reference one)
+    as_float = GlimTransform(56, 28, patch_size=14, mean=mean, std=std)(image, torch.Generator().manual_seed(5))
     as_uint8 = GlimTransform(56, 28, patch_size=14, normalize=False)(image, torch.Generator().manual_seed(5))
     assert as_uint8["global_views"].dtype == torch.uint8 and as_uint8["local_views"].dtype == torch.uint8
     from paka_hf.views import normalize_views
 
-    assert torch.allclose(normalize_views(as_uint8["global_views"]), as_float["global_views"], atol=1e-6)
-    model = PaKAModel(PatchBackbone.from_config(tiny_dinov2_config()), roi_size=4).eval()
+    assert torch.allclose(normalize_views(as_uint8["global_views"], mean, std), as_float["global_views"], atol=1e-6)
+    model = PaKAModel(backbone, roi_size=4).eval()
     with torch.no_grad():
         a = model(**collate_views([as_float])).loss
         b = model(**collate_views([as_uint8])).loss

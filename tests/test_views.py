@@ -7,6 +7,8 @@ from torchvision.transforms.v2 import functional as F
 from paka_hf.augment import PhotometricAugment
 from paka_hf.views import GlimTransform, collate_views, containment, sample_boxes
 
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # a DINOv2 processor's, for these tests
+
 
 def random_sizes(generator: torch.Generator, count: int):
     """Image sizes from 1x1 to 1000x1000, with a share of 1:10 and 10:1 aspect ratios and tiny images."""
@@ -93,19 +95,19 @@ def render_plain(image: Image.Image, box: torch.Tensor, size: int, transform: Gl
 def test_teacher_views_are_the_plain_resize_of_their_box():
     image = smooth_image()
     always = PhotometricAugment(jitter_p=1.0, grayscale_p=1.0, blur_p=1.0)
-    transform = GlimTransform(112, 56, augment=always)
+    transform = GlimTransform(112, 56, augment=always, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     out = transform(image, torch.Generator().manual_seed(3))
     for view, box in zip(out["global_views"], out["global_boxes"]):
         assert torch.allclose(view, render_plain(image, box, 112, transform), atol=1e-6, rtol=0)
     # the student views did change, and an augmented teacher (the ablation) changes too
     assert not torch.allclose(out["local_views"][0], render_plain(image, out["local_boxes"][0], 56, transform))
-    augmented = GlimTransform(112, 56, augment=always, teacher_augment=True)(image, torch.Generator().manual_seed(3))
+    augmented = GlimTransform(112, 56, augment=always, teacher_augment=True, mean=IMAGENET_MEAN, std=IMAGENET_STD)(image, torch.Generator().manual_seed(3))
     assert not torch.allclose(augmented["global_views"][0], render_plain(image, augmented["global_boxes"][0], 112, transform))
 
 
 def test_flip_is_recorded_and_applied():
     image = smooth_image()
-    transform = GlimTransform(112, 56, flip=True, student_augment=False)
+    transform = GlimTransform(112, 56, flip=True, student_augment=False, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     flips = []
     for seed in range(6):
         out = transform(image, torch.Generator().manual_seed(seed))
@@ -122,6 +124,7 @@ def test_any_mode_and_size_gives_finite_views(mode, size):
     image = Image.new("RGB", size, (200, 30, 90)).convert(mode) if mode not in ("I;16", "I", "F") else Image.new(mode, size, 300)
     transform = GlimTransform(28, 14, n_local=3, flip=True)
     out = transform(image, torch.Generator().manual_seed(0))
+    assert out["global_views"].dtype == torch.uint8  # no mean/std given: the views stay uint8
     assert out["global_views"].shape == (2, 3, 28, 28)
     assert out["local_views"].shape == (3, 3, 14, 14)
     assert out["pair_index"].tolist() == [0, 1, 0]
@@ -147,5 +150,7 @@ def test_bad_settings_raise_helpful_errors():
         sample_boxes(0, 10)
     with pytest.raises(ValueError, match="not a multiple of the patch size 14; use 224"):
         GlimTransform(225, 98, patch_size=14)
+    with pytest.raises(ValueError, match="normalize=True needs mean and std"):
+        GlimTransform(28, 14, normalize=True)  # no built-in statistics: the backbone's processor says
     with pytest.raises(ValueError, match="probability"):
         PhotometricAugment(blur_p=2.0)

@@ -90,7 +90,7 @@ def test_real_model_retrieves_sky_for_a_sky_query(small_model_path, camvid_path)
     backbone = viz.as_backbone(small_model_path)
     feats, sky = [], []
     for name in names:
-        _, pixels = viz.prepare_image(name, 224, 14)
+        _, pixels = viz.prepare_image(name, 224, 14, backbone.image_mean, backbone.image_std)
         feats.append(viz.patch_features(backbone, pixels))
         mask = viz.resize_and_crop(Image.open(camvid_path / "val" / "masks" / (name.stem + ".png")), 224, 14, Image.NEAREST)
         centres = np.asarray(mask)[7::14, 7::14]

@@ -13,8 +13,10 @@ with nearest-neighbour):
 * augmented passes (linear training views and the Hummingbird memory bank):
   ``RandomResizedCrop(input_size, scale=(0.8, 1.0)) + RandomHorizontalFlip()``; pass ``j`` of
   ``passes`` is seeded with ``seed + j`` so a run is reproducible;
-* then ``ToDtype(float32, scale=True)`` and ``Normalize(mean, std)`` (ImageNet statistics; the
-  published Hummingbird code used std ``(0.229, 0.224, 0.255)``, see ``--published_conventions``).
+* then ``ToDtype(float32, scale=True)`` and ``Normalize(mean, std)`` with the backbone's own statistics
+  (its checkpoint's image processor, :class:`~paka_hf.backbones.PatchBackbone`); the published Hummingbird
+  code normalized ImageNet-statistics models with std ``(0.229, 0.224, 0.255)``, a typo that
+  ``--published_conventions`` reproduces (:func:`published_hummingbird_std`).
 
 :class:`FeatureCache` memoises extraction by (dataset, split, size, augmentation, passes, normalisation),
 so protocols run together (``--protocol all``) reuse the same features.
@@ -33,9 +35,26 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 HUMMINGBIRD_PUBLISHED_STD = (0.229, 0.224, 0.255)  # the typo in the published Hummingbird evaluation code
+_IMAGENET_STD = (0.229, 0.224, 0.225)  # what that code meant to write
+
+
+def published_hummingbird_std(std: Sequence[float]) -> tuple[float, ...]:
+    """The std the published Hummingbird code used for a backbone normalized with ``std``.
+
+    The typo (0.255 for 0.225 in the blue channel) only exists for ImageNet statistics; any other
+    backbone (SigLIP, CLIP) keeps its own std.
+    """
+    std = tuple(float(s) for s in std)
+    return HUMMINGBIRD_PUBLISHED_STD if all(abs(a - b) < 1e-6 for a, b in zip(std, _IMAGENET_STD)) else std
+
+
+def backbone_normalization(backbone: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` the backbone's inputs are normalized with (its checkpoint's image processor)."""
+    mean, std = getattr(backbone, "image_mean", None), getattr(backbone, "image_std", None)
+    if mean is None or std is None:
+        raise ValueError(f"{type(backbone).__name__} has no image_mean / image_std; pass mean= and std= explicitly")
+    return tuple(mean), tuple(std)
 
 
 def as_size(size: int | Sequence[int]) -> tuple[int, int]:
@@ -102,8 +121,8 @@ def build_transform(
     input_size: int | Sequence[int],
     *,
     augment: bool,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float],
+    std: Sequence[float],
     crop_scale: tuple[float, float] = (0.8, 1.0),
 ) -> v2.Transform:
     """The joint image/mask transform described in the module docstring."""
@@ -136,8 +155,8 @@ def extract_features(
     input_size: int | Sequence[int] = 448,
     augment: bool = False,
     passes: int = 1,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     crop_scale: tuple[float, float] = (0.8, 1.0),
     batch_size: int = 16,
     max_images: int | None = None,
@@ -150,7 +169,8 @@ def extract_features(
 ) -> DenseFeatures:
     """Run a frozen patch backbone over ``dataset`` (``passes`` times) and keep grids and masks.
 
-    ``backbone(pixel_values)`` must return ``(B, D, h, w)`` and expose ``patch_size``.
+    ``backbone(pixel_values)`` must return ``(B, D, h, w)`` and expose ``patch_size``; ``mean``/``std``
+    default to its ``image_mean``/``image_std``.
     ``max_images`` keeps the first images only (quick CPU runs). Returns features in
     ``feature_dtype`` and masks in :func:`mask_storage_dtype`.
     """
@@ -168,6 +188,9 @@ def extract_features(
         raise ValueError("the dataset is empty; nothing to extract")
     ignore = int(dataset.ignore_index)
     mask_dtype = mask_storage_dtype(dataset.num_classes, ignore)
+    default_mean, default_std = backbone_normalization(backbone) if mean is None or std is None else (mean, std)
+    mean = default_mean if mean is None else mean
+    std = default_std if std is None else std
     transform = build_transform(size, augment=augment, mean=mean, std=std, crop_scale=crop_scale)
     was_training = backbone.training
     backbone.eval()
@@ -204,10 +227,13 @@ class FeatureCache:
 
     def get(self, dataset: Any, **kwargs: Any) -> DenseFeatures:
         options = {**self.defaults, **kwargs}
+        mean, std = backbone_normalization(self.backbone)
+        options["mean"] = tuple(options.get("mean") or mean)
+        options["std"] = tuple(options.get("std") or std)
         key = (
             id(dataset), getattr(dataset, "split", None), as_size(options.get("input_size", 448)),
             bool(options.get("augment", False)), int(options.get("passes", 1)),
-            tuple(options.get("mean", IMAGENET_MEAN)), tuple(options.get("std", IMAGENET_STD)),
+            options["mean"], options["std"],
             tuple(options.get("crop_scale", (0.8, 1.0))), options.get("max_images"), int(options.get("seed", 0)),
         )  # fmt: skip
         if key not in self._store:

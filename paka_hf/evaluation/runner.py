@@ -14,9 +14,11 @@ Published conventions (``published_conventions=True``, ``--published_conventions
 
 * ADE20K mIoU averaged over 151 classes, the ignored "other" class counted with IoU 0
   (``value × 150 / 151`` of the correct number when every class occurs);
-* Hummingbird inputs normalised with std ``(0.229, 0.224, 0.255)``, the typo of the published code.
+* Hummingbird inputs normalised with std ``(0.229, 0.224, 0.255)``, the typo of the published code
+  (ImageNet-statistics backbones only; others keep their own std).
 
-Default (correct) numbers use 150 ADE20K classes and the ImageNet std ``(0.229, 0.224, 0.225)``.
+Default (correct) numbers use 150 ADE20K classes and the backbone's own mean and std (its checkpoint's
+image processor; ImageNet ``(0.229, 0.224, 0.225)`` for DINOv2/DINOv3).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import torch
 
 from ..errors import ConfigError
 from .datasets import SegmentationDataset, load_segmentation_dataset
-from .features import HUMMINGBIRD_PUBLISHED_STD, IMAGENET_MEAN, IMAGENET_STD, FeatureCache, as_size
+from .features import FeatureCache, as_size, published_hummingbird_std
 from .hummingbird import HummingbirdConfig, hummingbird_retrieval
 from .linear import LinearProbeConfig, linear_probe
 from .overcluster import OverclusterConfig, overclustering
@@ -127,13 +129,15 @@ def run_evaluation(
                                           seed=cfg.seed)  # fmt: skip
     max_train = cfg.max_train_images if cfg.max_train_images is not None else cfg.max_images
 
-    def features(dataset, split: str, protocol: str, augment: bool, std=IMAGENET_STD):
+    mean, default_std = tuple(backbone.image_mean), tuple(backbone.image_std)  # the checkpoint's image processor
+
+    def features(dataset, split: str, protocol: str, augment: bool, std=default_std):
         size = _input_size(cfg, protocol, backbone.patch_size)
         passes = cfg.augment_passes if augment else 1
         before = len(cache)
         start = time.perf_counter()
         out = cache.get(dataset, input_size=size, augment=augment and passes > 0, passes=max(passes, 1),
-                        mean=IMAGENET_MEAN, std=std, max_images=max_train if split == "train" else cfg.max_images,
+                        mean=mean, std=std, max_images=max_train if split == "train" else cfg.max_images,
                         desc=f"features {split} {size[0]}x{size[1]}" + (f" x{passes} aug" if augment else ""))  # fmt: skip
         if len(cache) > before:
             key = f"features/{split}/{size[0]}x{size[1]}/{'aug' + str(passes) if augment else 'plain'}/std{std[2]}"
@@ -193,7 +197,7 @@ def run_evaluation(
                     pixel_accuracy=res.pixel_accuracy, std=res.std, seeds=res.seeds, **common,
                 ))  # fmt: skip
         else:
-            std = HUMMINGBIRD_PUBLISHED_STD if cfg.published_conventions else IMAGENET_STD
+            std = published_hummingbird_std(default_std) if cfg.published_conventions else default_std
             train_f, size = features(train_ds, "train", "hummingbird", augment=cfg.augment_passes > 0, std=std)
             val_f, _ = features(val_ds, "val", "hummingbird", augment=False, std=std)
             start = time.perf_counter()

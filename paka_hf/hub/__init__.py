@@ -20,7 +20,7 @@ Example::
 """
 
 from .card import (
-    CITATION, DEFAULT_LICENSE, DEFAULT_PIPELINE_TAG, DEFAULT_TAGS, PAPER_URL, TEMPLATE_PATH, Picture, find_pictures,
+    CITATION, DEFAULT_TAGS, PAPER_URL, TEMPLATE_PATH, Picture, find_pictures,
     read_training_config, redact_secrets, render_model_card, results_table,
 )
 from .export import (
@@ -34,7 +34,7 @@ from .push import (
 from .results import EvalResultsError, MislabelledResultsError, attribute_eval_results, load_eval_results
 
 __all__ = [
-    "CARD_FILE", "CITATION", "DEFAULT_COMMIT_MESSAGE", "DEFAULT_LICENSE", "DEFAULT_PIPELINE_TAG", "DEFAULT_TAGS",
+    "CARD_FILE", "CITATION", "DEFAULT_COMMIT_MESSAGE", "DEFAULT_TAGS",
     "EXPORT_FILES", "EvalResultsError", "HubAuthenticationError", "HubVisibilityError", "MislabelledResultsError",
     "PAPER_URL", "PICTURES_DIR", "Picture", "TEMPLATE_PATH", "TRAINING_CONFIG_FILE", "TRAINING_SUMMARY_FILE",
     "UnsafeUploadError", "WEIGHTS_FILE", "attribute_eval_results", "collect_upload_files", "default_image_processor",

@@ -13,11 +13,13 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..backbones import FAMILIES, family_for
 from .export import (
     PICTURES_DIR, REPO_ID_PATTERN, TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE, WEIGHTS_FILE, is_inside,
     weights_sha256,
@@ -38,10 +40,8 @@ CITATION = """@misc{yeo2025paka,
   archivePrefix = {arXiv},
   url           = {https://arxiv.org/abs/2509.05606}
 }"""
-#: Card metadata for DINOv2 backbones; a backbone family with other terms passes its own to render_model_card.
-DEFAULT_LICENSE = "apache-2.0"
-DEFAULT_PIPELINE_TAG = "image-feature-extraction"
-DEFAULT_TAGS = ("dinov2", "paka", "vision", "self-supervised-learning", "dense-features", "arxiv:2509.05606")
+#: Tags of every PaKA card; the backbone family adds its own (``dinov2``, ``dinov3``, ``siglip``, ``clip``).
+DEFAULT_TAGS = ("paka", "vision", "self-supervised-learning", "dense-features", "arxiv:2509.05606")
 
 _SECRET_KEY = re.compile(r"(token|secret|password|api_key)", re.IGNORECASE)
 _REDACTED = "<redacted>"
@@ -214,7 +214,44 @@ def _compute_table(summary: Mapping[str, Any]) -> str:
     return _md_table(pairs, ("Quantity", "Value"))
 
 
-def _usage_snippet(model_ref: str) -> str:
+def family_card_metadata(model_type: str | None) -> dict[str, Any]:
+    """Card metadata of a derivative of a ``model_type`` backbone, from the registry (:mod:`paka_hf.backbones`):
+    ``license``, ``license_name``, ``license_link``, ``pipeline_tag``, ``notice``, ``tags`` and ``title``."""
+    family = family_for(model_type, "the exported model")
+    card = family.card
+    return dict(license=card.license, license_name=card.license_name, license_link=card.license_link,
+                pipeline_tag=card.pipeline_tag, notice=card.notice, tags=card.tags, title=family.title)  # fmt: skip
+
+
+def _forward_kwargs(model_config: Mapping[str, Any]) -> str:
+    """Extra arguments of the usage snippet's forward call: CLIP/SigLIP run at any size only when told to."""
+    family = FAMILIES.get(model_config.get("model_type"))
+    return ", interpolate_pos_encoding=True" if family is not None and family.input_mode == "interpolate" else ""
+
+
+def _patch_grid_lines(model_config: Mapping[str, Any]) -> str:
+    """The usage snippet's lines from ``hidden`` (``last_hidden_state``) to ``patch_tokens``, per family."""
+    family = FAMILIES.get(model_config.get("model_type"))
+    if family is not None and family.input_mode == "naflex":  # patchified input, padding after the h*w tokens
+        return """h, w = inputs["spatial_shapes"][0].tolist()
+patch_tokens = hidden[:, : h * w]  # (1, h*w, D): one feature per patch (no CLS token)"""
+    lines = []
+    if family is not None and family.final_norm is not None:
+        lines.append(f"hidden = model.{family.final_norm}(hidden)  # the model normalizes only its pooled token")
+    prefix = family.num_prefix_tokens(SimpleNamespace(**model_config)) if family is not None else 1
+    if prefix == 0:
+        lines.append("num_prefix = 0  # no CLS token: every token is a patch")
+    else:
+        lines.append('num_prefix = 1 + (getattr(model.config, "num_register_tokens", 0) or 0)  # CLS (+ register) tokens')
+    lines += [
+        'height, width = inputs["pixel_values"].shape[-2:]',
+        "h, w = height // model.config.patch_size, width // model.config.patch_size",
+        "patch_tokens = hidden[:, num_prefix:]  # (1, h*w, D): one feature per patch",
+    ]
+    return "\n".join(lines)
+
+
+def _usage_snippet(model_ref: str, model_config: Mapping[str, Any]) -> str:
     return f'''import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModel
@@ -226,12 +263,9 @@ model = AutoModel.from_pretrained(model_id).eval()
 image = Image.radial_gradient("L").convert("RGB")  # your picture: Image.open("photo.jpg").convert("RGB")
 inputs = processor(images=image, return_tensors="pt")
 with torch.no_grad():
-    hidden = model(**inputs).last_hidden_state  # (1, 1 + registers + h*w, D)
+    hidden = model(**inputs{_forward_kwargs(model_config)}).last_hidden_state  # (1, prefix tokens + h*w, D)
 
-num_prefix = 1 + (getattr(model.config, "num_register_tokens", 0) or 0)  # CLS (+ register) tokens
-height, width = inputs["pixel_values"].shape[-2:]
-h, w = height // model.config.patch_size, width // model.config.patch_size
-patch_tokens = hidden[:, num_prefix:]  # (1, h*w, D): one feature per patch
+{_patch_grid_lines(model_config)}
 patch_grid = patch_tokens.transpose(1, 2).reshape(1, -1, h, w)  # (1, D, h, w) dense feature map
 print(patch_grid.shape)'''
 
@@ -248,10 +282,10 @@ def render_model_card(
     base_eval_results: Iterable[str | os.PathLike | Mapping[str, Any]] = (),
     base_model: str | None = None,
     datasets: Sequence[str] | None = None,
-    license: str = DEFAULT_LICENSE,
+    license: str | None = None,
     license_name: str | None = None,
     license_link: str | None = None,
-    pipeline_tag: str = DEFAULT_PIPELINE_TAG,
+    pipeline_tag: str | None = None,
     notice: str | None = None,
     tags: Sequence[str] = (),
     template_path: str | os.PathLike | None = None,
@@ -269,7 +303,9 @@ def render_model_card(
 
     Metadata: ``license`` (an SPDX-like Hub id; ``"other"`` with ``license_name`` / ``license_link`` for a
     custom licence), ``pipeline_tag`` and ``notice`` (extra text shown under the introduction, e.g. the
-    terms of a gated base model) default to the values for DINOv2 (Apache-2.0, image feature extraction).
+    terms of a gated base model) default to the base family's (:func:`family_card_metadata`: Apache-2.0
+    and image feature extraction for DINOv2; ``other`` / ``dinov3-license`` and the notice the DINOv3
+    License requires for DINOv3). Passing ``license`` replaces the family's licence fields together.
 
     ``repo_id`` goes into the usage snippet and the ``model-index`` name (the folder path is used when
     ``None``). Metadata ``base_model`` / ``datasets`` are set only for Hub ids (the Hub rejects local
@@ -315,15 +351,19 @@ def render_model_card(
     )
 
     model_name = repo_id.split("/")[-1] if repo_id else out.resolve().name
+    family = family_card_metadata(model_config.get("model_type"))
+    if license is None:  # the family's licence, its name and link together
+        license, license_name, license_link = family["license"], family["license_name"], family["license_link"]
+    notice = notice if notice is not None else (f"**Licence.** {family['notice']}" if family["notice"] else None)
     card_data = ModelCardData(
         library_name="transformers",
-        pipeline_tag=pipeline_tag,
+        pipeline_tag=pipeline_tag or family["pipeline_tag"],
         license=license,
         license_name=license_name,
         license_link=license_link,
         base_model=base_model_meta,
         datasets=list(datasets) if datasets else None,
-        tags=list(dict.fromkeys([*DEFAULT_TAGS, *tags])),
+        tags=list(dict.fromkeys([*family["tags"], *DEFAULT_TAGS, *tags])),
         model_name=model_name if adapted_entries else None,
         eval_results=[_eval_result(e) for e in adapted_entries] or None,
     )
@@ -340,7 +380,8 @@ def render_model_card(
         patch_size=model_config.get("patch_size", 14),
         num_register_tokens=model_config.get("num_register_tokens", 0),
         crop_size=f"{crop.get('height', '?')}×{crop.get('width', '?')}" if crop else "its configured size",
-        usage_snippet=_usage_snippet(adapted_ref),
+        usage_snippet=_usage_snippet(adapted_ref, model_config),
+        backbone_title=family["title"],
         results_table=results_table(base_entries, adapted_entries),
         results_notes=_results_notes(base_entries + adapted_entries),
         pictures=find_pictures(out),

@@ -13,6 +13,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..backbones import FAMILIES, family_for
+from ..backbones import default_image_processor as _family_image_processor
+
 #: The weights file; its sha256 identifies the model an evaluation measured (see :func:`weights_sha256`).
 WEIGHTS_FILE = "model.safetensors"
 #: Files of the export folder that make the model loadable with ``AutoModel`` / ``AutoImageProcessor``.
@@ -28,49 +31,34 @@ PICTURES_DIR = "pictures"
 #: A Hub repository id, ``namespace/name``.
 REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
-_SUPPORTED_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
+#: ``model_type`` of the vision models an export folder may hold (one per backbone family).
+SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 
 
-def default_image_processor(crop_size: int = 224):
-    """The DINOv2 preprocessing of the ``facebook/dinov2-*`` checkpoints as a ``BitImageProcessor``.
-
-    Resize the shortest edge to ``crop_size * 8 / 7`` (256 for 224), center-crop ``crop_size``, scale to
-    [0, 1], normalize with ImageNet mean and std.
-    """
-    from transformers import BitImageProcessor
-
-    return BitImageProcessor(
-        do_resize=True,
-        size={"shortest_edge": round(crop_size * 8 / 7)},
-        resample=3,  # PIL bicubic
-        do_center_crop=True,
-        crop_size={"height": crop_size, "width": crop_size},
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=[0.485, 0.456, 0.406],
-        image_std=[0.229, 0.224, 0.225],
-        do_convert_rgb=True,
-    )
+def default_image_processor(model_type: str = "dinov2"):
+    """The reference image processor of a backbone family (:func:`paka_hf.backbones.default_image_processor`),
+    for a checkpoint saved without one."""
+    return _family_image_processor(family_for(model_type))
 
 
 def save_backbone(model: Any, output_dir: str | os.PathLike, image_processor: Any = None) -> Path:
     """Write ``config.json``, ``model.safetensors`` and ``preprocessor_config.json`` to ``output_dir``.
 
-    ``model`` is a ``Dinov2Model`` / ``Dinov2WithRegistersModel`` or a
+    ``model`` is a vision model of a supported backbone family or a
     :class:`paka_hf.backbones.PatchBackbone` (its ``.model`` is saved). The weights go to safetensors
     only; a stale ``pytorch_model.bin`` left in the folder by an earlier run is removed so the folder never
     offers a pickle. The saved config has ``drop_path_rate = 0.0`` (stochastic depth is a training setting
     of the student, not part of the published model); the in-memory model is left unchanged.
-    ``image_processor`` defaults to :func:`default_image_processor`. Returns the folder.
+    ``image_processor`` defaults to the backbone's own (a :class:`~paka_hf.backbones.PatchBackbone` carries its
+    checkpoint's), else the family's reference one. Returns the folder.
     """
     backbone = getattr(model, "model", model)  # PatchBackbone -> the transformers model inside
     config = getattr(backbone, "config", None)
     model_type = getattr(config, "model_type", None)
-    if model_type not in _SUPPORTED_MODEL_TYPES:
+    if model_type not in SUPPORTED_MODEL_TYPES:
         raise TypeError(
-            f"save_backbone expects a Dinov2Model / Dinov2WithRegistersModel (or a PatchBackbone around one), "
-            f"got {type(model).__name__} with model_type={model_type!r}. Pass the student backbone, not the "
+            f"save_backbone expects a vision model of a supported family ({', '.join(SUPPORTED_MODEL_TYPES)}) "
+            f"or a PatchBackbone around one, got {type(model).__name__} with model_type={model_type!r}. Pass the student backbone, not the "
             "PaKA training module or the projection head."
         )
     out = Path(output_dir)
@@ -90,7 +78,9 @@ def save_backbone(model: Any, output_dir: str | os.PathLike, image_processor: An
             f"save_pretrained did not write {out / 'model.safetensors'} (sharded or non-safetensors output?); "
             "paka_hf publishes a single safetensors file."
         )
-    (image_processor if image_processor is not None else default_image_processor()).save_pretrained(out)
+    if image_processor is None:
+        image_processor = getattr(model, "image_processor", None) or default_image_processor(model_type)
+    image_processor.save_pretrained(out)
     return out
 
 
