@@ -137,5 +137,5 @@ def test_prepare_image_uses_the_given_normalization():
     image = Image.new("RGB", (28, 28), (255, 0, 128))
     _, pixels = viz.prepare_image(image, 28, 14, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     np.testing.assert_allclose(pixels[0, :, 0, 0].numpy(), [1.0, -1.0, 128 / 255 * 2 - 1], atol=1e-6)
-    _, imagenet = viz.prepare_image(image, 28, 14)
+    _, imagenet = viz.prepare_image(image, 28, 14, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     assert imagenet[0, 0, 0, 0].item() == pytest.approx((1 - 0.485) / 0.229, abs=1e-5)
