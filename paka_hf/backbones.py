@@ -1,6 +1,6 @@
 """Backbones: any supported Hub ViT as a dense patch-feature extractor, through one registry.
 
-PaKA works on the *last-layer patch grid* of a ViT (SPEC §1): the final hidden state of every
+PaKA works on the *last-layer patch grid* of a ViT (docs/METHOD.md §3): the final hidden state of every
 token after the model's final layer norm, with the prefix tokens (CLS, registers) dropped,
 reshaped to ``(B, D, h, w)`` where ``h = H / p`` and ``w = W / p`` for patch size ``p``.
 
@@ -26,7 +26,7 @@ Choices made per family (each is a field of the entry, so a new family is one en
 
 - **Final norm.** ``CLIPVisionModel`` returns ``last_hidden_state`` *before* its ``post_layernorm``
   (it normalizes only the pooled CLS token); the patch grid applies ``post_layernorm`` to every
-  token, so every family's grid is "after the final layer norm" as SPEC §1 reads the method.
+  token, so every family's grid is "after the final layer norm" as docs/METHOD.md §3 reads the method.
 - **NaFlex (SigLIP 2).** ``Siglip2VisionModel`` takes pre-patchified pixels ``(B, h·w, p·p·3)``, a
   ``pixel_attention_mask`` and ``spatial_shapes`` (its image processor resizes each image to at most
   ``max_num_patches`` patches and pads). On PaKA's fixed-size square or rectangular views every image
@@ -300,7 +300,7 @@ def load_backbone(
 
     Loads with the family's own class (``Dinov2Model``, ``DINOv3ViTModel``, ``CLIPVisionModel``...), which
     also takes the vision tower out of a full CLIP / SigLIP checkpoint (``AutoBackbone`` cannot load a
-    local folder offline, SPEC §3). ``drop_path_rate`` overrides the checkpoint's stochastic depth (0.1 for
+    local folder offline, docs/STACK.md). ``drop_path_rate`` overrides the checkpoint's stochastic depth (0.1 for
     the PaKA student; ignored with a warning for families without it). Extra keyword arguments go to
     ``from_pretrained`` (``dtype``, ``token``, ``cache_dir``...). Raises :class:`ConfigError` for an
     unsupported ``model_type``.
@@ -526,7 +526,7 @@ class PatchBackbone(nn.Module):
 
 
 class ProjectionHead(nn.Module):
-    """Token-wise MLP ``D → hidden → hidden → out`` with GELU (SPEC §1; default 2048/2048/256).
+    """Token-wise MLP ``D → hidden → hidden → out`` with GELU (docs/METHOD.md §3; default 2048/2048/256).
 
     Acts on the last dimension, so it takes ``(..., D)`` tokens and returns ``(..., out_dim)``.
     Used during training only; the exported model is always the bare backbone.

@@ -4,7 +4,7 @@ One dataclass drives ``scripts/train.py --help``, the YAML configs in ``configs/
 overridable on the command line), validation (``__post_init__``, with errors that say what to
 change) and the training configuration stored beside the exported model.
 
-Defaults are the paper-scale recipe of SPEC §1 (NeCo's published optimisation settings): AdamW,
+Defaults are the paper-scale recipe of docs/METHOD.md §7 (NeCo's published optimisation settings): AdamW,
 lr 1e-5 (backbone) and 1e-4 (head), cosine to 0, weight decay cosine 0.04 → 0.5 with biases and
 1-D parameters (norms, layer scales) excluded, batch 64, drop-path 0.1 on the student, teacher
 momentum 0.9995 → 1.

@@ -4,7 +4,7 @@
 streamed with ``streaming=True``), a local folder of images (``imagefolder``), a local folder or
 file of parquet shards, or webdataset ``.tar`` shards. The image column is cast to
 ``Image(decode=False)``: we decode ourselves, because one corrupt file would otherwise end a
-``datasets`` stream (SPEC §3).
+``datasets`` stream (docs/STACK.md).
 
 **Stream** (:class:`PaKAViewStream`): a ``torch.utils.data.IterableDataset`` that
 

@@ -16,7 +16,7 @@ gradient accumulation, logging, checkpoint rotation, the progress bar — is ``T
   images/s and images skipped;
 - checkpoints are marked complete only once every file of every process is written and
   fsynced (the marker of a folder being rewritten is removed first), and resuming picks the
-  newest complete one and loads it strictly (SPEC §3: ``Trainer``'s own loader is not strict),
+  newest complete one and loads it strictly (docs/STACK.md: ``Trainer``'s own loader is not strict),
   restoring the stream position, so a resumed run is bit-identical to an uninterrupted one on
   CPU;
 - ``output_dir`` belongs to one run: a fresh run stops if it holds checkpoints (unless

@@ -47,7 +47,7 @@ def test_errors_tell_the_user_what_to_do(tmp_path):
 def test_projection_head_maps_tokens():
     head = ProjectionHead(32, hidden_dim=64, out_dim=16)
     assert head(torch.randn(3, 49, 32)).shape == (3, 49, 16)
-    assert ProjectionHead(384).mlp[-1].out_features == 256  # SPEC default 2048/2048/256
+    assert ProjectionHead(384).mlp[-1].out_features == 256  # docs/METHOD.md default 2048/2048/256
     with pytest.raises(ValueError, match=r"\(\.\.\., 32\)"):
         head(torch.randn(3, 49, 31))
 

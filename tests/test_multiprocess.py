@@ -31,7 +31,7 @@ def test_two_processes_see_different_images_and_end_identical(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=400, env=env)
     diagnostics = [output / "rank_diagnostics" / f"rank{r}.json" for r in (0, 1)]
-    # gloo sometimes aborts at interpreter exit after the work is done (SPEC §3): judge by what was written
+    # gloo sometimes aborts at interpreter exit after the work is done (docs/STACK.md): judge by what was written
     assert all(p.is_file() for p in diagnostics), result.stderr[-3000:]
     assert "shards, not a multiple" not in result.stderr  # a local folder's rows are paths: striding is free
     rank0, rank1 = (json.loads(p.read_text()) for p in diagnostics)

@@ -1,4 +1,4 @@
-"""Semantic-segmentation datasets for the dense evaluation protocols (SPEC §4).
+"""Semantic-segmentation datasets for the dense evaluation protocols (docs/EVALUATION.md).
 
 Every dataset here yields ``(image, mask)`` pairs: ``image`` an RGB ``PIL.Image`` and ``mask`` an
 ``int64`` array of shape ``(H, W)`` whose values are class ids in ``[0, num_classes)`` or
@@ -512,7 +512,7 @@ class HubSegmentation(SegmentationDataset):
     """A segmentation dataset on the Hub with an image column and a mask column.
 
     Images and masks are decoded here (``datasets.Image(decode=False)``), so one corrupt file raises
-    a :class:`DatasetError` naming its row instead of ending a stream (SPEC §3). The label
+    a :class:`DatasetError` naming its row instead of ending a stream (docs/STACK.md). The label
     convention (class names, ignore index, raw → class map) is the benchmark's, as for the on-disk
     layout; e.g. ADE20K's ``annotation`` column holds raw 0..150 like the PNG files.
     """
