@@ -8,7 +8,7 @@ VERSION = re.search(r'^__version__ = "([^"]+)"', Path("paka_hf/__init__.py").rea
 setup(
     name="paka_hf",
     version=VERSION,
-    description="PaKA (Patch-level Kernel Alignment) post-training of DINOv2 dense features on the Hugging Face stack",
+    description="PaKA (Patch-level Kernel Alignment) post-training of vision transformers' dense features on the Hugging Face stack",
     long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
@@ -39,7 +39,6 @@ setup(
     entry_points={"console_scripts": ["paka-explore = paka_hf.explore:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
-        "License :: OSI Approved :: Apache Software License",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],
 )
