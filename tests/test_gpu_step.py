@@ -323,6 +323,8 @@ def test_device_suite_smoke_writes_every_figure(tmp_path):
     assert json.loads((out / "compiled.json").read_text())["settings"]["compile"] is True
     assert not (out / "compiled_backbones.json").exists()  # the fallback runs only when the whole-model compile fails
     assert "what the full step runs beyond the bare step" in (out / "step_ops.log").read_text()
+    neco = json.loads((out / "neco.json").read_text())["results"]  # NeCo's step beside PaKA's (issue 18)
+    assert [(r["loss"], r["loss_finite"]) for r in neco] == [("cka", True), ("neco", True)]
 
 
 def test_gpu_step_smoke_times_every_backbone_family(tmp_path):
