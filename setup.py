@@ -36,7 +36,7 @@ setup(
         # the feature explorer (paka-explore, paka_hf.explore) and its Hub Space
         "app": ["gradio>=6.0,<7"],
     },
-    entry_points={"console_scripts": ["paka-explore = paka_hf.explore:main"]},
+    entry_points={"console_scripts": ["paka-explore = paka_hf.explore:cli_main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

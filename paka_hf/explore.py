@@ -52,6 +52,7 @@ import torch
 from PIL import Image
 
 from . import visualize as viz
+from .paths import check_local_path
 from .errors import ConfigError, EmptyDatasetError, MissingPathError, PaKAUserError
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ def load_model(source: str | os.PathLike, **load_kwargs: Any) -> ExplorerModel:
 
     name = os.fspath(source)
     try:
+        check_local_path(name, "MODEL")  # "./typo" says "no such folder", never a Hub error after retries
         backbone = PatchBackbone.from_pretrained(name, **load_kwargs).eval()
         mean, std = tuple(backbone.image_mean), tuple(backbone.image_std)
     except Exception as err:  # noqa: BLE001 - any failure becomes a message in the page, never a dead server
@@ -651,3 +653,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = build_app(args.model, base, images=images, resolution=args.resolution, max_pixels=args.max_pixels)
     demo.launch(server_name=args.host, server_port=args.port, show_error=True)
     return 0
+
+
+def cli_main() -> int:
+    """The ``paka-explore`` console command: :func:`main` with user errors as one line ``error: ...``, exit 2."""
+    from .cli import run_script
+
+    return run_script(main)

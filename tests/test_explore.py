@@ -274,3 +274,8 @@ def test_api_reports_bad_input_and_failed_model_in_the_page(served_app, model_di
     status = client.predict(str(model_dirs[1]), str(model_dirs[0]), api_name="/load_models")  # fixed: works again
     assert status.startswith("**Base:**")
     assert client.predict(handle_file(good), 4, "per model", None, api_name="/analyse")[-1].startswith("Image 90×60")
+
+
+def test_a_missing_local_model_folder_is_no_such_folder(tmp_path):
+    with pytest.raises(explore.ModelLoadError, match="no such folder"):
+        explore.load_model(str(tmp_path / "no_model_here"))
