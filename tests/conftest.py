@@ -22,6 +22,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from transformers import TrainerCallback  # noqa: E402  (after HF_HOME is set, as the libraries read it at import)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 SMALL_MODEL = SHARED / "models" / "dinov2-small-imgfocus"
@@ -45,6 +47,32 @@ def tiny_dinov2_config(registers: int = 0, patch_size: int = 14, hidden_size: in
     from transformers import Dinov2Config
 
     return Dinov2Config(**common)
+
+
+class StopAt(TrainerCallback):
+    """Stops training after optimizer step ``step``: an interrupted run, to resume."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def write_tiny_run_assets(root: Path, image_hw: tuple[int, int], count: int = 8, registers: int = 2) -> None:
+    """``root/model``: a tiny random-init DINOv2(-with-registers) (seed 0); ``root/images``: ``count`` random
+    ``image_hw`` JPEGs (seed 0). What a short training run needs."""
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoModel
+
+    torch.manual_seed(0)
+    AutoModel.from_config(tiny_dinov2_config(registers=registers)).save_pretrained(root / "model")
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir()
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (*image_hw, 3), dtype=np.uint8)).save(root / "images" / f"{i}.jpg")
 
 
 @pytest.fixture

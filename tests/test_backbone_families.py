@@ -27,12 +27,11 @@ from transformers import (
     Siglip2VisionConfig,
     SiglipConfig,
     SiglipVisionConfig,
-    TrainerCallback,
     ViTConfig,
 )
 
 import paka_hf.backbones as backbones
-from conftest import REPO_ROOT, tiny_dinov2_config
+from conftest import REPO_ROOT, StopAt, tiny_dinov2_config
 from paka_hf import PaKAConfig, PaKATrainer
 from paka_hf.backbones import FAMILIES, PatchBackbone, patchify, resolve_lora_targets
 from paka_hf.errors import ConfigError
@@ -229,15 +228,6 @@ def images(tmp_path_factory):
         h, w = int(rng.integers(50, 90)), int(rng.integers(50, 90))
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / f"{i:02d}.jpg")
     return root
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 def family_run_config(model_dir, images, output_dir, patch_size, **overrides) -> PaKAConfig:

@@ -14,13 +14,9 @@ import socket
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
-from transformers import AutoModel
 
-from conftest import REPO_ROOT, tiny_dinov2_config
+from conftest import REPO_ROOT, write_tiny_run_assets
 from paka_hf.cli import USER_ERROR_STATUS, run_script, split_debug_flag
 from paka_hf.errors import ConfigError, MissingPathError
 from paka_hf.paths import looks_like_local_path
@@ -55,12 +51,7 @@ def _online_env(endpoint: str):
 def runs(tmp_path_factory):
     """Start every case's script now; ``runs[name]`` waits for that case and returns (returncode, stdout, stderr)."""
     root = tmp_path_factory.mktemp("cli")
-    torch.manual_seed(0)
-    AutoModel.from_config(tiny_dinov2_config(registers=2)).save_pretrained(root / "model")
-    rng = np.random.default_rng(0)
-    (root / "images").mkdir()
-    for i in range(8):
-        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(root / "images" / f"{i}.jpg")
+    write_tiny_run_assets(root, (48, 64))
     (root / "configs").mkdir()
     (root / "configs" / "run.yaml").write_text("dataset_name: ./images\nmodel_name_or_path: org/model\nmax_steps: 2\n")
     (root / "elsewhere").mkdir()

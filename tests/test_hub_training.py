@@ -177,19 +177,12 @@ def test_end_strategy_pushes_only_at_the_end(server, tmp_path, tiny_config):
 
 def test_paka_trainer_every_save_pushes_the_exported_student(server, tmp_path, monkeypatch):
     """The real PaKATrainer (HubPushMixin + export_backbone): each save pushes the student as a plain model."""
-    import numpy as np
-    from PIL import Image
 
-    from conftest import tiny_dinov2_config
+    from conftest import write_tiny_run_assets
     from paka_hf import PaKAConfig, PaKATrainer
 
     monkeypatch.setenv("HF_TOKEN", TOKEN)  # the token from the environment, as scripts/train.py takes it
-    torch.manual_seed(0)
-    AutoModel.from_config(tiny_dinov2_config(registers=2)).save_pretrained(tmp_path / "model")
-    rng = np.random.default_rng(0)
-    (tmp_path / "images").mkdir()
-    for i in range(8):
-        Image.fromarray(rng.integers(0, 255, (60, 70, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{i}.jpg")
+    write_tiny_run_assets(tmp_path, (60, 70))
     args = PaKAConfig(
         output_dir=str(tmp_path / "run"), model_name_or_path=str(tmp_path / "model"),
         dataset_name=str(tmp_path / "images"), max_steps=2, save_steps=1, per_device_train_batch_size=2,

@@ -14,9 +14,9 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from transformers import AutoModel, TrainerCallback, pipeline
+from transformers import AutoModel, pipeline
 
-from conftest import REPO_ROOT, tiny_dinov2_config
+from conftest import REPO_ROOT, StopAt, tiny_dinov2_config
 from paka_hf import PaKAConfig, PaKATrainer
 from paka_hf.errors import ConfigError
 from paka_hf.trainer import CHECKPOINT_MARKER, complete_checkpoints
@@ -71,15 +71,6 @@ def states(trainer):
     return {k: v.clone() for k, v in model.student.state_dict().items()}, {
         k: v.clone() for k, v in model.teacher.state_dict().items()
     }
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 def test_ema_runs_once_per_optimizer_step_with_gradient_accumulation(assets, tmp_path):
