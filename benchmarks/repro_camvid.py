@@ -266,6 +266,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="extra PaKAConfig flags for every training, e.g. --train_args --max_steps 10 (must come last)")
     p.add_argument("--force", action="store_true", help="redo runs whose results exist")
     p.add_argument("--report", action="store_true", help="only rebuild summary.md / summary.json from what exists")
+    p.add_argument("--skip_base", action="store_true",
+                   help="do not evaluate the pretrained backbone (when its figures at these settings exist elsewhere)")
     args = p.parse_args(argv)
     for run in args.runs:
         if not (CONFIG_DIR / f"{run}.yaml").is_file():
@@ -279,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     args.output_dir.mkdir(parents=True, exist_ok=True)
 
     if not args.report:
-        if not (args.output_dir / "base" / "eval.json").exists() or args.force:
+        if not args.skip_base and (not (args.output_dir / "base" / "eval.json").exists() or args.force):
             print("[base] evaluating the pretrained backbone …", flush=True)
             data = evaluate(args.model_dir, "base", args.data_dir, settings, args.output_dir / "base" / "eval.json")
             print("[base] " + _short(data), flush=True)
