@@ -70,7 +70,9 @@ DEFAULT_RUNS = ("paka", "cosine", "gram", "min_intersection_0", "min_intersectio
 # Issue 18, PaKA against NeCo (not in the default sweep): NeCo at the PaKA recipe's steps and at its wall-clock.
 # Like paka and cosine they carry a comparison, so they get every --seeds.
 NECO_RUNS = ("neco", "neco_equal_time")
-SEEDED_RUNS = ("paka", "cosine", *NECO_RUNS)
+#: The LoRA recipe of issue 15 (rank-16 adapters on a frozen base), against the full recipe.
+LORA_RUNS = ("paka_lora",)
+SEEDED_RUNS = ("paka", "cosine", *NECO_RUNS, *LORA_RUNS)
 METRICS = {  # key: (metric name in the EvaluationReport, column title)
     "linear": (f"mIoU (linear, {LONG_LINEAR_EPOCHS} epochs)", "linear (100 ep)"),
     "linear25": ("mIoU (linear)", "linear (25 ep)"),
@@ -254,8 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", nargs="*", default=list(DEFAULT_RUNS), help=f"configs/repro/<run>.yaml (default: {' '.join(DEFAULT_RUNS)})")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--seeds_for_ablations", type=int, nargs="+", default=[0],
-                   help=f"seeds for runs other than {', '.join(SEEDED_RUNS)} (the target, its control and the NeCo "
-                        "comparison get --seeds)")
+                   help=f"seeds for runs other than {', '.join(SEEDED_RUNS)} (the target, its control, the NeCo "
+                        "comparison and the LoRA recipe get --seeds)")
     p.add_argument("--teacher_runs", nargs="*", default=["paka"], help="runs whose EMA teacher is evaluated too")
     p.add_argument("--model_dir", type=Path, default=SHARED / "models" / "dinov2-small-imgfocus")
     p.add_argument("--data_dir", type=Path, default=SHARED / "datasets" / "camvid")

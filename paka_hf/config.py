@@ -20,6 +20,7 @@ from transformers import TrainingArguments
 
 from .data import DATASET_FORMATS, DEFAULT_MAX_IMAGE_PIXELS
 from .errors import ConfigError
+from .lora import LoRASettings
 from .losses import KERNELS, LOSSES, NECO_QUEUE_LENGTH, NECO_QUEUE_PER_IMAGE, NECO_STEEPNESS, SCOPES, NeCoSettings
 from .paths import check_local_path
 
@@ -163,6 +164,22 @@ class PaKAConfig(TrainingArguments):
     )
     neco_queue_per_image: int = _help("Teacher tokens pushed to NeCo's queue per image and step.", default=NECO_QUEUE_PER_IMAGE)
 
+    # ---- LoRA (use_lora: adapters on a frozen base; paka_hf.lora, needs pip install 'paka_hf[peft]') ----------
+    use_lora: bool = _help(
+        "Train LoRA adapters (and the head) on a frozen base instead of every weight. The EMA teacher keeps a copy "
+        "of the adapters only and shares the student's base weights in memory. The export is the merged model, "
+        "with the adapter alone in output_dir/adapter. A learning rate about 10x the full run's suits adapters.",
+        default=False,
+    )
+    lora_rank: int = _help("Rank r of each LoRA adapter.", default=16)
+    lora_alpha: float = _help("LoRA scaling alpha: the adapter's update is scaled by alpha / r.", default=16.0)
+    lora_dropout: float = _help("Dropout on the adapters' input (student only).", default=0.0)
+    lora_target_modules: list[str] | None = _help(
+        "Short names of the linear layers to wrap in every transformer block (e.g. q_proj v_proj); default: the "
+        "family's attention and MLP projections (paka_hf.backbones.lora_target_modules).",
+        default=None,
+    )
+
     # ---- Trainer defaults changed for PaKA --------------------------------------------------
     learning_rate: float = _help("Peak learning rate of the backbone.", default=1e-5)
     weight_decay: float = _help("Initial weight decay (cosine schedule to weight_decay_end).", default=0.04)
@@ -259,6 +276,7 @@ class PaKAConfig(TrainingArguments):
             )
         if self.shuffle_buffer_size < 0:
             raise ConfigError(f"shuffle_buffer_size must be >= 0, got {self.shuffle_buffer_size}")
+        self.lora_settings()  # LoRASettings checks the lora_* fields
 
     def __getstate__(self) -> dict[str, Any]:
         """What pickling keeps: every field except the secrets (:data:`SECRET_FIELD_SUFFIX`), which become ``None``.
@@ -287,6 +305,11 @@ class PaKAConfig(TrainingArguments):
             queue_length=self.neco_queue_length,
             queue_per_image=self.neco_queue_per_image,
         )
+
+    def lora_settings(self) -> LoRASettings:
+        """The ``lora_*`` fields as :func:`paka_hf.lora.add_lora` takes them."""
+        targets = tuple(self.lora_target_modules) if self.lora_target_modules is not None else None
+        return LoRASettings(rank=self.lora_rank, alpha=self.lora_alpha, dropout=self.lora_dropout, target_modules=targets)
 
     def check_patch_size(self, patch_size: int) -> None:
         """Raise if a view size is not a multiple of the backbone's patch size."""

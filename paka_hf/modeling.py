@@ -16,7 +16,9 @@ linear resampling, and the head costs per token, so this is ~5–8× fewer head 
 paper crops (P·N = 4·49 tokens per image instead of 2·37² + 4·7²).
 
 The teacher is a registered submodule, so ``state_dict`` and any checkpoint hold it; its
-parameters have ``requires_grad=False`` and no optimizer sees them.
+parameters have ``requires_grad=False`` and no optimizer sees them. With a LoRA student
+(:mod:`paka_hf.lora`) the teacher is a :class:`~paka_hf.lora.LoRATeacher`: an EMA copy of the adapters
+alone, run over the student's own frozen base weights, so the base is held once.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from transformers.utils import ModelOutput
 
 from .align import AlignedTokens, align_pairs
 from .backbones import PatchBackbone, ProjectionHead
+from .errors import ConfigError
+from .lora import LoRATeacher, is_lora_backbone
 from .losses import NeCoSettings, PaKALoss, cka_per_pair
 from .teacher import EMAPairs, ema_apply_, ema_pairs, make_teacher
 from .views import normalize_views, render_views
@@ -73,7 +77,8 @@ class PaKAModel(nn.Module):
                 param.requires_grad_(False)
         self.student = backbone
         self.student_head = head
-        self.teacher = make_teacher(backbone)
+        # A LoRA student (paka_hf.lora.add_lora): the teacher is an EMA of its adapters over the same base weights.
+        self.teacher = LoRATeacher(backbone) if is_lora_backbone(backbone) else make_teacher(backbone)
         self.teacher_head = make_teacher(head) if head is not None else None
         # NeCo's reference queue (a buffer of the criterion, so checkpoints hold it) stores head outputs.
         compared_dim = head.out_dim if head is not None else backbone.hidden_size
@@ -101,6 +106,18 @@ class PaKAModel(nn.Module):
         ``activation_checkpointing`` / ``gradient_checkpointing``); keyword arguments go to the
         backbone's own method. The teacher runs without gradients and needs none."""
         backbone = self.student.model
+        if is_lora_backbone(self.student):
+            # Re-entrant checkpointing drops the gradients of parameters inside a checkpointed block whose input
+            # needs none (the frozen embeddings'): LoRA's adapters would never train.
+            key = next((k for k in ("activation_checkpointing_kwargs", "gradient_checkpointing_kwargs") if k in kwargs),
+                       "activation_checkpointing_kwargs")
+            options = dict(kwargs.get(key) or {})
+            if options.get("use_reentrant", False):
+                raise ConfigError(
+                    "use_lora needs non-reentrant activation checkpointing: remove use_reentrant from "
+                    "activation_checkpointing_kwargs (or set it to false)"
+                )
+            kwargs[key] = {**options, "use_reentrant": False}
         enable = getattr(backbone, "activation_checkpointing_enable", None) or backbone.gradient_checkpointing_enable
         enable(**kwargs)
 
@@ -115,7 +132,10 @@ class PaKAModel(nn.Module):
         (:func:`~paka_hf.teacher.ema_pairs`) and kept until the module is moved or cast.
         """
         if self._ema_pairs is None:
-            pairs = ema_pairs(self.teacher, self.student)
+            if isinstance(self.teacher, LoRATeacher):
+                pairs = self.teacher.ema_pairs()  # the adapters only; the base is shared
+            else:
+                pairs = ema_pairs(self.teacher, self.student)
             if self.student_head is not None:
                 pairs = pairs + ema_pairs(self.teacher_head, self.student_head)
             self._ema_pairs = pairs

@@ -56,6 +56,8 @@ from .backbones import PatchBackbone, ProjectionHead
 from .config import PaKAConfig
 from .errors import ConfigError, MissingPathError
 from .hub import save_backbone
+from .hub.export import ADAPTER_DIR
+from .lora import add_lora, export_lora_backbone, is_lora_backbone
 from .trainer_hub import HubPushMixin
 from .data import (
     STREAM_KEYS,
@@ -85,7 +87,8 @@ TRAINING_SUMMARY_FILE = "training_summary.json"
 
 def build_model(config: PaKAConfig) -> PaKAModel:
     """Student backbone from ``model_name_or_path`` (any family of :mod:`paka_hf.backbones`, with
-    ``drop_path_rate``, ``student_rope_augment`` and the checkpoint's image processor), optional head, teacher."""
+    ``drop_path_rate``, ``student_rope_augment`` and the checkpoint's image processor), LoRA adapters with
+    ``use_lora`` (:mod:`paka_hf.lora`), optional head, teacher."""
     backbone = PatchBackbone.from_pretrained(
         config.model_name_or_path,
         drop_path_rate=config.drop_path_rate,
@@ -94,6 +97,8 @@ def build_model(config: PaKAConfig) -> PaKAModel:
         rope_augment=config.student_rope_augment,
     )
     config.check_patch_size(backbone.patch_size)
+    if config.use_lora:
+        add_lora(backbone, config.lora_settings(), base_model_name_or_path=config.model_name_or_path)
     head = ProjectionHead(backbone.hidden_size, config.head_hidden_dim, config.head_out_dim) if config.use_head else None
     return PaKAModel(
         backbone,
@@ -642,7 +647,8 @@ class PaKATrainer(HubPushMixin, Trainer):
     def export_backbone(self, output_dir: str | os.PathLike | None = None, network: str | None = None) -> Path:
         """Write the ``export`` network (student or teacher) as a plain ``transformers`` model —
         ``config.json``, ``model.safetensors``, ``preprocessor_config.json`` — plus
-        ``training_config.yaml`` and ``training_summary.json``. ``network`` ('student' or 'teacher')
+        ``training_config.yaml`` and ``training_summary.json``. With ``use_lora`` the model is the merged one
+        and the adapter alone goes to ``adapter/`` (:func:`paka_hf.lora.export_lora_backbone`). ``network`` ('student' or 'teacher')
         overrides ``args.export`` for this call, e.g. to write the other network beside the exported one.
 
         The configuration and summary of an earlier export are removed before the weights are written and
@@ -657,10 +663,16 @@ class PaKATrainer(HubPushMixin, Trainer):
         if not self.args.should_save:
             return output_dir
         model = self.accelerator.unwrap_model(self.model)
-        network_module = model.student if which == "student" else model.teacher
         for name in (TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE):
             (output_dir / name).unlink(missing_ok=True)
-        save_backbone(network_module, output_dir, image_processor=self.processing_class)
+        if is_lora_backbone(model.student):
+            adapters = model.teacher.adapter_state() if which == "teacher" else None
+            export_lora_backbone(model.student, output_dir, self.processing_class, adapter_state=adapters)
+        else:
+            if (output_dir / ADAPTER_DIR).is_dir():  # an earlier LoRA run's adapter would describe other weights
+                shutil.rmtree(output_dir / ADAPTER_DIR)
+            save_backbone(model.student if which == "student" else model.teacher, output_dir,
+                          image_processor=self.processing_class)
         self._write_training_config(output_dir)
         self._write_training_summary(output_dir, self._totals, exported=which)
         return output_dir

@@ -26,12 +26,14 @@ def driver():
 # NeCo's runs (issue 18) change what NeCo needs and nothing else: the loss, the head and NeCo's own fields;
 # the equal-wall-clock run also the step count.
 NECO_CHANGES = {"neco": {"loss", "use_head"}, "neco_equal_time": {"loss", "use_head", "max_steps"}}
+# The LoRA recipe (issue 15): the adapters' own fields, and the learning rate that adapters need.
+LORA_CHANGES = {"paka_lora": {"learning_rate"}}
 
 
 def test_every_run_has_a_config_that_changes_exactly_one_field_of_the_main_recipe(driver):
     main = yaml.safe_load((REPRO / "paka.yaml").read_text())
     configs = {p.stem for p in REPRO.glob("*.yaml")}
-    assert set(driver.DEFAULT_RUNS) | set(driver.NECO_RUNS) <= configs
+    assert set(driver.DEFAULT_RUNS) | set(driver.NECO_RUNS) | set(driver.LORA_RUNS) <= configs
     for run in configs:
         if run == "paka":
             continue
@@ -40,6 +42,11 @@ def test_every_run_has_a_config_that_changes_exactly_one_field_of_the_main_recip
             assert all(k.startswith("neco_") for k in values.keys() - main.keys()) and main.keys() <= values.keys(), run
             changed = {k for k in main if values[k] != main[k] and k != "output_dir"}
             assert changed == NECO_CHANGES[run], (run, changed)
+            continue
+        if run in LORA_CHANGES:
+            assert values.keys() - main.keys() == {"use_lora", "lora_rank", "lora_alpha"} and values["use_lora"], run
+            changed = {k for k in main if values[k] != main[k] and k != "output_dir"}
+            assert changed == LORA_CHANGES[run], (run, changed)
             continue
         assert values.keys() == main.keys(), run
         changed = {k for k in main if values[k] != main[k] and k != "output_dir"}
@@ -113,3 +120,10 @@ def test_claim_verdicts_outside_the_seed_spread(driver):
     _, summary = driver.summarize(found)
     verdicts = {c["worse"]: c["verdict"] for c in summary["claims"]}
     assert verdicts == {"cosine": "no (margin not reached)", "gram": "yes", "teacher_augment": "no"}
+
+
+def test_the_lora_recipe_parses_with_adapters_and_the_main_recipes_steps(tmp_path):
+    train = load_module(REPO_ROOT / "scripts" / "train.py", "train_script")
+    config = train.parse_config(["--config", str(REPRO / "paka_lora.yaml"), "--output_dir", str(tmp_path)])
+    assert (config.use_lora, config.lora_rank, config.lora_alpha, config.learning_rate) == (True, 16, 16.0, 2e-4)
+    assert config.max_steps == 160 and config.per_device_train_batch_size == 8 and config.loss == "cka"

@@ -24,7 +24,7 @@ from .card import (
     read_training_config, redact_secrets, render_model_card, results_table,
 )
 from .export import (
-    CARD_FILE, EXPORT_FILES, PICTURES_DIR, TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE, WEIGHTS_FILE,
+    ADAPTER_DIR, ADAPTER_FILES, CARD_FILE, EXPORT_FILES, PICTURES_DIR, TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE, WEIGHTS_FILE,
     default_image_processor, save_backbone, weights_sha256,
 )
 from .push import (
@@ -34,7 +34,7 @@ from .push import (
 from .results import EvalResultsError, MislabelledResultsError, attribute_eval_results, load_eval_results
 
 __all__ = [
-    "CARD_FILE", "CITATION", "DEFAULT_COMMIT_MESSAGE", "DEFAULT_TAGS",
+    "ADAPTER_DIR", "ADAPTER_FILES", "CARD_FILE", "CITATION", "DEFAULT_COMMIT_MESSAGE", "DEFAULT_TAGS",
     "EXPORT_FILES", "EvalResultsError", "HubAuthenticationError", "HubVisibilityError", "MislabelledResultsError",
     "PAPER_URL", "PICTURES_DIR", "Picture", "TEMPLATE_PATH", "TRAINING_CONFIG_FILE", "TRAINING_SUMMARY_FILE",
     "UnsafeUploadError", "WEIGHTS_FILE", "attribute_eval_results", "collect_upload_files", "default_image_processor",

@@ -21,6 +21,7 @@ import yaml
 
 from ..backbones import FAMILIES, family_for
 from .export import (
+    ADAPTER_DIR, ADAPTER_FILES,
     PICTURES_DIR, REPO_ID_PATTERN, TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE, WEIGHTS_FILE, is_inside,
     weights_sha256,
 )
@@ -270,6 +271,22 @@ patch_grid = patch_tokens.transpose(1, 2).reshape(1, -1, h, w)  # (1, D, h, w) d
 print(patch_grid.shape)'''
 
 
+def _adapter_snippet(out: Path, model_ref: str, base_ref: str | None) -> str | None:
+    """How to load a LoRA run's adapter onto its base with ``peft``; ``None`` when the folder has no adapter."""
+    config_path = out / ADAPTER_DIR / ADAPTER_FILES[0]
+    if not config_path.is_file():
+        return None
+    adapter = json.loads(config_path.read_text(encoding="utf-8"))
+    base_ref = base_ref or adapter.get("base_model_name_or_path") or "BASE_MODEL_ID"
+    return f'''from peft import PeftModel  # pip install peft
+from transformers import AutoModel
+
+base = AutoModel.from_pretrained("{base_ref}")
+model = PeftModel.from_pretrained(base, "{model_ref}", subfolder="{ADAPTER_DIR}").eval()
+# LoRA rank {adapter.get("r")}, alpha {adapter.get("lora_alpha")}; model(**inputs) as above gives the same
+# features as the merged model (to float rounding).'''
+
+
 def _is_hub_id(value: Any) -> bool:
     return isinstance(value, str) and bool(REPO_ID_PATTERN.match(value)) and not Path(value).expanduser().exists()
 
@@ -381,6 +398,7 @@ def render_model_card(
         num_register_tokens=model_config.get("num_register_tokens", 0),
         crop_size=f"{crop.get('height', '?')}×{crop.get('width', '?')}" if crop else "its configured size",
         usage_snippet=_usage_snippet(adapted_ref, model_config),
+        adapter_snippet=_adapter_snippet(out, adapted_ref, base_source),
         backbone_title=family["title"],
         results_table=results_table(base_entries, adapted_entries),
         results_notes=_results_notes(base_entries + adapted_entries),

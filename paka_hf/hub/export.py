@@ -27,6 +27,11 @@ TRAINING_SUMMARY_FILE = "training_summary.json"
 CARD_FILE = "README.md"
 #: Sub-folder of the output folder (and of the repository) that holds the card's pictures.
 PICTURES_DIR = "pictures"
+#: Sub-folder of a LoRA run's output folder (and of its repository) that holds the adapter alone (peft's format),
+#: beside the merged model: ``PeftModel.from_pretrained(base, folder, subfolder=ADAPTER_DIR)``.
+ADAPTER_DIR = "adapter"
+#: The files of that sub-folder.
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 #: A Hub repository id, ``namespace/name``.
 REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -34,7 +34,7 @@ import yaml
 
 from ..errors import ConfigError, MissingPathError, PaKAUserError
 from .card import find_pictures, redact_secrets, render_model_card
-from .export import CARD_FILE, EXPORT_FILES, REPO_ID_PATTERN, TRAINING_CONFIG_FILE, is_inside
+from .export import ADAPTER_DIR, ADAPTER_FILES, CARD_FILE, EXPORT_FILES, REPO_ID_PATTERN, TRAINING_CONFIG_FILE, is_inside
 
 logger = logging.getLogger(__name__)
 
@@ -140,19 +140,23 @@ def _with_retries(
 def collect_upload_files(output_dir: str | os.PathLike) -> dict[str, Path]:
     """Map path-in-repo → local file for everything :func:`push_to_hub` uploads (the card is rendered apart).
 
-    Exactly: :data:`EXPORT_FILES`, ``training_config.yaml`` and the pictures of :func:`find_pictures`.
-    Nothing else in the folder (checkpoints, optimizer state, logs, pickles, a ``README.md``) is ever
+    Exactly: :data:`EXPORT_FILES`, ``training_config.yaml``, the pictures of :func:`find_pictures` and, for a
+    LoRA run, the adapter (``adapter/adapter_config.json``, ``adapter/adapter_model.safetensors``). Nothing else in the folder (checkpoints, optimizer state, logs, pickles, a ``README.md``) is ever
     uploaded. Raises :class:`~paka_hf.errors.MissingPathError` listing what is missing, and
     :class:`UnsafeUploadError` when one of these files is a symlink to content outside ``output_dir``
     (pictures of that kind are skipped with a warning by :func:`find_pictures`).
     """
     out = Path(output_dir)
     required = [*EXPORT_FILES, TRAINING_CONFIG_FILE]
+    if (out / ADAPTER_DIR).is_dir():  # a LoRA export: the adapter goes with the merged model, whole or not at all
+        required += [f"{ADAPTER_DIR}/{name}" for name in ADAPTER_FILES]
     missing = [name for name in required if not (out / name).is_file()]
     if missing:
         hint = ""
         if any(name in EXPORT_FILES for name in missing):
             hint += " Export the backbone with paka_hf.hub.save_backbone(model, output_dir)."
+        if any(name.startswith(f"{ADAPTER_DIR}/") for name in missing):
+            hint += f" {out / ADAPTER_DIR} is incomplete: export again (paka_hf.lora.export_lora_backbone) or remove it."
         if TRAINING_CONFIG_FILE in missing:
             hint += f" {TRAINING_CONFIG_FILE} is written by the trainer (scripts/train.py) at the start of training."
         raise MissingPathError(f"{out} lacks {', '.join(missing)}; nothing was pushed.{hint}")
@@ -187,7 +191,7 @@ def push_to_hub(
     """Publish ``output_dir`` to ``repo_id`` in one commit; return the ``huggingface_hub.CommitInfo``.
 
     The commit holds exactly ``model.safetensors``, ``config.json``, ``preprocessor_config.json``,
-    ``pictures/*.png``, ``training_config.yaml`` (token-like values redacted) and ``README.md``, rendered now
+    ``pictures/*.png``, the LoRA adapter's ``adapter/*`` when there is one, ``training_config.yaml`` (token-like values redacted) and ``README.md``, rendered now
     by :func:`~paka_hf.hub.card.render_model_card` (``card_options`` go to it: ``license``, ``base_model``,
     ``pipeline_tag``, ...) and uploaded from memory; it deletes every other remote file but ``.gitattributes``.
     Nothing is written to ``output_dir``. The branch ``revision`` is created if missing.

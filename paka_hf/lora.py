@@ -1,0 +1,266 @@
+"""LoRA post-training: low-rank adapters on a frozen backbone, and an EMA teacher that shares its base.
+
+With ``use_lora`` the student is the frozen base plus `peft <https://github.com/huggingface/peft>`_ LoRA
+adapters (Hu et al., 2021, arXiv 2106.09685) on the attention and MLP projections of every transformer block.
+A wrapped linear layer ``y = W x + b`` computes
+
+.. math::
+
+    y = W x + b + \\frac{\\alpha}{r} B A x, \\qquad A \\in \\mathbb{R}^{r \\times d_{in}},\\;
+    B \\in \\mathbb{R}^{d_{out} \\times r},
+
+with ``W``, ``b`` frozen and ``B = 0`` at the start (peft's initialisation), so the student starts as the base
+model. Only ``A`` and ``B`` (and the optional projection head) train.
+
+**The teacher shares the base.** PaKA's teacher is the EMA of the student (docs/METHOD.md). The base weights
+never change, so the teacher differs from the student only in its adapters: :class:`LoRATeacher` keeps an
+EMA copy of the adapter tensors alone,
+
+.. math::
+
+    A_t \\leftarrow m A_t + (1 - m) A_s, \\qquad B_t \\leftarrow m B_t + (1 - m) B_s,
+
+and runs the student's own modules with ``(A_t, B_t)`` put in place of ``(A_s, B_s)``
+(``torch.func.functional_call``), in eval mode and without gradients. The weights ``W`` exist once in memory,
+not twice, and the EMA step touches ``2 r (d_in + d_out)`` numbers per wrapped layer instead of
+``d_in d_out``. (The EMA of the factors is not the EMA of the product: the teacher's update is
+``B_t A_t``, not ``EMA(B A)``. Both start at zero and both follow the student; the factor form is what
+fits in the memory of one backbone.)
+
+**Export** (:func:`export_lora_backbone`): the merged model ``W + (α/r) B A`` as a plain ``transformers``
+folder (no ``peft`` needed to load it), and the adapter alone in its ``adapter/`` sub-folder, which
+``PeftModel.from_pretrained(base, folder, subfolder="adapter")`` loads onto the base checkpoint.
+
+Not trained under LoRA: the patch embedding, the position embeddings, the CLS and register tokens (bare
+``nn.Parameter``s, which peft's ``modules_to_save`` cannot hold) and the norms.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .backbones import PatchBackbone, resolve_lora_targets, vision_config
+from .errors import ConfigError
+from .hub.export import ADAPTER_DIR, save_backbone
+from .teacher import EMAPairs
+
+#: How to get the optional dependency, in every error that needs it.
+PEFT_INSTALL_HINT = "pip install 'paka_hf[peft]' (or pip install peft)"
+#: peft's name for the single adapter the student trains.
+ADAPTER_NAME = "default"
+#: A module path with one of these parts is an attention projection (DINOv2/v3 ``attention``, CLIP/SigLIP ``self_attn``).
+_ATTENTION_PARTS = re.compile(r"(^|\.)(attention|self_attn|attn)(\.|$)")
+
+
+def import_peft():
+    """The ``peft`` module; :class:`ConfigError` saying how to install it when it is missing."""
+    try:
+        import peft
+    except ImportError as error:
+        raise ConfigError(f"use_lora needs the peft library, which is not installed: {PEFT_INSTALL_HINT}") from error
+    return peft
+
+
+@dataclass(frozen=True)
+class LoRASettings:
+    """The adapter: ``rank`` r, ``alpha`` α (the update is scaled by α / r), ``dropout`` on the adapter's
+    input, ``target_modules`` (short names such as ``q_proj``; ``None``: the family's default from
+    :func:`paka_hf.backbones.lora_target_modules`)."""
+
+    rank: int = 16
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise ConfigError(f"lora_rank must be a positive integer, got {self.rank}")
+        if self.alpha <= 0:
+            raise ConfigError(f"lora_alpha must be positive, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.dropout}")
+
+
+def check_lora_targets(backbone: PatchBackbone, targets: tuple[str, ...] | list[str] | None = None) -> list[str]:
+    """Full names of the linear layers to wrap, after checking that the set is whole.
+
+    Stops with a :class:`ConfigError` that names what matched when a target matches nothing
+    (:func:`~paka_hf.backbones.resolve_lora_targets`), when a target matches in some transformer blocks but
+    not all of them, or when nothing in the attention is wrapped (the MLP alone: the patch relations that
+    PaKA aligns are made by attention, and this is what a list of ``transformers`` 4.x names silently gives
+    on a 5.x model).
+    """
+    names = resolve_lora_targets(backbone, targets)
+    family = backbone.family
+    inner = backbone.model
+    block = re.compile(rf"^{family.block_pattern}$")
+    blocks = [name for name, _ in inner.named_modules() if block.match(name)]
+    short = lambda name: name.rsplit(".", 1)[-1]  # noqa: E731
+    per_target: dict[str, int] = {}
+    for name in names:
+        per_target[short(name)] = per_target.get(short(name), 0) + 1
+    partial = {target: count for target, count in per_target.items() if count < len(blocks)}
+    if partial:
+        found = ", ".join(f"{target} in {count}" for target, count in sorted(partial.items()))
+        raise ConfigError(
+            f"lora_target_modules match only part of the {len(blocks)} transformer blocks of this {family.title} "
+            f"model ({found}); name layers that every block has, or leave lora_target_modules unset for the "
+            f"family's default {list(family.lora_targets(vision_config(inner.config)))}"
+        )
+    if not any(_ATTENTION_PARTS.search(name) for name in names):
+        raise ConfigError(
+            f"lora_target_modules {sorted(per_target)} wrap no attention projection of this {family.title} model "
+            f"(matched: {sorted(per_target)}); PaKA aligns patch relations, which attention makes: add its "
+            f"projections, e.g. the family's default {list(family.lora_targets(vision_config(inner.config)))}"
+        )
+    return names
+
+
+def add_lora(backbone: PatchBackbone, settings: LoRASettings, base_model_name_or_path: str | None = None) -> list[str]:
+    """Put trainable LoRA adapters into ``backbone`` in place and freeze everything else; returns the wrapped names.
+
+    The ``transformers`` model keeps its place (``backbone.model``) and its parameter names, except that a
+    wrapped layer's weight becomes ``<layer>.base_layer.weight`` beside ``<layer>.lora_A.default.weight`` and
+    ``<layer>.lora_B.default.weight``. The ``peft.PeftModel`` around it is kept for export
+    (:func:`peft_model_of`), outside the module tree so that no tensor is listed twice.
+    """
+    peft = import_peft()
+    if is_lora_backbone(backbone):
+        raise ConfigError("this backbone already has LoRA adapters")
+    targets = check_lora_targets(backbone, settings.target_modules)
+    config = peft.LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=targets,
+        bias="none",
+        base_model_name_or_path=base_model_name_or_path,
+    )
+    peft_model = peft.get_peft_model(backbone.model, config, adapter_name=ADAPTER_NAME)
+    if base_model_name_or_path is not None:
+        peft_model.peft_config[ADAPTER_NAME].base_model_name_or_path = base_model_name_or_path
+    backbone.__dict__["_peft_model"] = peft_model  # not a submodule (see the docstring)
+    return targets
+
+
+def is_lora_backbone(backbone: nn.Module) -> bool:
+    """Whether ``backbone`` (a :class:`PatchBackbone`) carries LoRA adapters put in by :func:`add_lora`."""
+    return "_peft_model" in getattr(backbone, "__dict__", {})
+
+
+def peft_model_of(backbone: PatchBackbone):
+    """The ``peft.PeftModel`` around ``backbone.model`` (:func:`add_lora`)."""
+    if not is_lora_backbone(backbone):
+        raise ValueError("this backbone has no LoRA adapters (add them with paka_hf.lora.add_lora)")
+    return backbone.__dict__["_peft_model"]
+
+
+def adapter_parameters(backbone: PatchBackbone) -> dict[str, nn.Parameter]:
+    """The adapter tensors (``lora_A``/``lora_B`` weights) by their names in ``backbone``, in model order."""
+    return {name: param for name, param in backbone.named_parameters() if ".lora_A." in name or ".lora_B." in name}
+
+
+def base_parameters(backbone: PatchBackbone) -> dict[str, nn.Parameter]:
+    """Every other parameter of ``backbone``: the frozen base."""
+    adapters = adapter_parameters(backbone)
+    return {name: param for name, param in backbone.named_parameters() if name not in adapters}
+
+
+def _key(name: str) -> str:
+    # Module attribute names cannot hold dots; a dash never occurs in a Python name, so the mapping is one to one.
+    return name.replace(".", "-")
+
+
+class LoRATeacher(nn.Module):
+    """The EMA teacher of a LoRA student: EMA copies of the student's adapter tensors over the student's base.
+
+    Holds one frozen parameter per adapter tensor (its state-dict key is the student's name with dots as
+    dashes) and a reference to the student that is not a submodule, so the base weights are stored once, in
+    the student. ``forward(pixel_values)`` runs the student's :class:`PatchBackbone` with these tensors in
+    place of the student's adapters, in eval mode (no dropout, drop-path or RoPE jitter), without gradients:
+    ``(B, 3, H, W)`` → ``(B, D, H / p, W / p)``, as a teacher copy of the whole backbone would.
+    """
+
+    def __init__(self, student: PatchBackbone):
+        super().__init__()
+        if not is_lora_backbone(student):
+            raise ValueError("LoRATeacher needs a backbone with LoRA adapters (paka_hf.lora.add_lora)")
+        self.__dict__["student"] = student  # a reference, not a submodule: the base belongs to the student
+        self.names = list(adapter_parameters(student))
+        for name, param in adapter_parameters(student).items():
+            self.register_parameter(_key(name), nn.Parameter(param.detach().clone(), requires_grad=False))
+        self.eval()
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        """The teacher's adapter tensors by the student's parameter names."""
+        return {name: getattr(self, _key(name)) for name in self.names}
+
+    def ema_pairs(self) -> EMAPairs:
+        """(teacher adapter, student adapter) tensors for :func:`paka_hf.teacher.ema_apply_`; no buffers."""
+        sources = adapter_parameters(self.student)
+        if list(sources) != self.names:
+            raise ValueError("the student's adapters changed after the LoRA teacher was built")
+        return EMAPairs([getattr(self, _key(name)) for name in self.names], list(sources.values()), [], [])
+
+    @torch.no_grad()
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        student = self.student
+        was_training = student.training
+        student.train(False)
+        try:
+            return torch.func.functional_call(student, self.adapter_state(), (pixel_values,), strict=False)
+        finally:
+            student.train(was_training)
+
+
+def _export_copy(backbone: PatchBackbone, adapter_state: dict[str, torch.Tensor] | None):
+    """A deep copy of the ``PeftModel`` with ``adapter_state`` (student names) in its adapters, on the CPU."""
+    peft_model = copy.deepcopy(peft_model_of(backbone)).to("cpu")
+    if adapter_state is not None:
+        # backbone names are "model.<name inside the transformers model>"; the PeftModel's are
+        # "base_model.model.<name inside the transformers model>"
+        own = dict(peft_model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in adapter_state.items():
+                inner = name.removeprefix("model.")
+                own[f"base_model.model.{inner}"].copy_(tensor.detach().to("cpu"))
+    return peft_model
+
+
+def export_lora_backbone(
+    backbone: PatchBackbone,
+    output_dir: str | os.PathLike,
+    image_processor: Any = None,
+    adapter_state: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write the merged model to ``output_dir`` and the adapter to ``output_dir/adapter``.
+
+    - ``output_dir``: :func:`paka_hf.hub.export.save_backbone` of ``W + (α/r) B A`` for every wrapped layer,
+      a plain ``transformers`` model (``AutoModel.from_pretrained(output_dir)``).
+    - ``output_dir/adapter``: ``adapter_config.json`` and ``adapter_model.safetensors`` (peft's format), for
+      ``PeftModel.from_pretrained(AutoModel.from_pretrained(base), output_dir, subfolder="adapter")``.
+
+    ``adapter_state`` (student names → tensors, e.g. :meth:`LoRATeacher.adapter_state`) replaces the student's
+    adapters in what is written (the teacher's export); the backbone in memory is never changed. The merge
+    happens in a CPU copy of the model (one backbone's worth of host memory while exporting).
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    peft_model = _export_copy(backbone, adapter_state)
+    adapter_dir = out / ADAPTER_DIR
+    if adapter_dir.exists():
+        shutil.rmtree(adapter_dir)
+    peft_model.save_pretrained(adapter_dir)
+    # peft writes a template model card with empty sections; the repository's card (paka_hf.hub.card) is the card.
+    (adapter_dir / "README.md").unlink(missing_ok=True)
+    merged = peft_model.merge_and_unload()
+    return save_backbone(merged, out, image_processor=image_processor or backbone.image_processor)
