@@ -18,21 +18,20 @@ where ``m`` — called ``teacher_fraction`` here — is the fraction of the *tea
 from __future__ import annotations
 
 import copy
-import math
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from .optimization import cosine_schedule
+
 
 def teacher_momentum_at(step: int, total_steps: int, start: float = 0.9995, end: float = 1.0) -> float:
-    """Fraction of the teacher kept at optimizer step ``step`` of ``total_steps`` (cosine start → end)."""
-    if total_steps <= 0:
-        raise ValueError(f"total_steps must be positive, got {total_steps}")
+    """Fraction of the teacher kept at optimizer step ``step`` of ``total_steps``:
+    :func:`~paka_hf.optimization.cosine_schedule` from ``start`` to ``end``."""
     if not 0.0 <= start <= 1.0 or not 0.0 <= end <= 1.0:
         raise ValueError(f"teacher momentum must lie in [0, 1], got start={start}, end={end}")
-    progress = min(max(step / total_steps, 0.0), 1.0)
-    return end - (end - start) * (1.0 + math.cos(math.pi * progress)) / 2.0
+    return cosine_schedule(start, end, step, total_steps)
 
 
 def make_teacher(student: nn.Module) -> nn.Module:
