@@ -198,7 +198,7 @@ from paka_hf.views import GlimTransform, collate_views, render_views, sample_box
 
 PAPER_IMAGES = 25 * 118_287  # 2,957,175: 25 epochs of COCO train2017
 IMAGE_HW = (480, 640)  # boxes are sampled on a COCO-sized image
-TEACHER_FRACTION = 0.9995  # EMA: share of the teacher kept per step
+TEACHER_MOMENTUM = 0.9995  # EMA: share of the teacher kept per step (PaKAConfig.teacher_momentum)
 _S = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6)
 _B = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12)
 _TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
@@ -417,7 +417,7 @@ class Steps:
             torch.nn.utils.clip_grad_norm_(self.params, self.args.max_grad_norm, foreach=True)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        model.update_teacher(TEACHER_FRACTION)
+        model.update_teacher(TEACHER_MOMENTUM)
         self.last_loss = loss.detach()
 
     # --- the parts of the full step that the bare step lacks, each alone (--breakdown) ---------------
@@ -460,7 +460,7 @@ class Steps:
         if self.args.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.args.max_grad_norm, foreach=True)
         self.optimizer.step()
-        self.model.update_teacher(TEACHER_FRACTION)
+        self.model.update_teacher(TEACHER_MOMENTUM)
 
     def full_render(self) -> None:
         """The full step from images: PaKAModel renders the views (crop, resize, colour) on the device first."""

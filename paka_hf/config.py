@@ -22,6 +22,7 @@ from .data import DATASET_FORMATS, DEFAULT_MAX_IMAGE_PIXELS
 from .errors import ConfigError
 from .losses import KERNELS, LOSSES, NECO_QUEUE_LENGTH, NECO_QUEUE_PER_IMAGE, NECO_STEEPNESS, SCOPES, NeCoSettings
 from .paths import check_local_path
+from .teacher import check_teacher_momentum
 
 EXPORTS = ("student", "teacher")
 STUDENT_VIEWS = ("local", "all")
@@ -229,11 +230,10 @@ class PaKAConfig(TrainingArguments):
         choice("dataset_format", DATASET_FORMATS)
         if not 0.0 <= self.min_intersection <= 1.0:
             raise ConfigError(f"min_intersection must be in [0, 1] (a containment fraction), got {self.min_intersection}")
-        if not 0.0 <= self.teacher_momentum <= 1.0:
-            raise ConfigError(
-                f"teacher_momentum is the fraction of the teacher kept per step and must be in [0, 1], got "
-                f"{self.teacher_momentum} (the paper uses 0.9995)"
-            )
+        try:
+            check_teacher_momentum(self.teacher_momentum)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         for name in ("global_scale", "local_scale", "crop_ratio"):
             value = getattr(self, name)
             if len(value) != 2 or not 0 < value[0] <= value[1]:

@@ -108,8 +108,8 @@ class PaKAModel(nn.Module):
     gradient_checkpointing_enable = activation_checkpointing_enable
 
     @torch.no_grad()
-    def update_teacher(self, teacher_fraction: float) -> None:
-        """EMA step on backbone and head: ``θ_t ← m θ_t + (1 − m) θ_s`` with ``m = teacher_fraction``.
+    def update_teacher(self, teacher_momentum: float) -> None:
+        """EMA step on backbone and head: ``θ_t ← m θ_t + (1 − m) θ_s`` with ``m = teacher_momentum``.
 
         One ``_foreach_lerp_`` over the parameter lists of both networks, matched by name once
         (:func:`~paka_hf.teacher.ema_pairs`) and kept until the module is moved or cast.
@@ -119,7 +119,7 @@ class PaKAModel(nn.Module):
             if self.student_head is not None:
                 pairs = pairs + ema_pairs(self.teacher_head, self.student_head)
             self._ema_pairs = pairs
-        ema_apply_(self._ema_pairs, teacher_fraction)
+        ema_apply_(self._ema_pairs, teacher_momentum)
 
     def _apply(self, fn, recurse=True):
         self._ema_pairs = None  # .to(), .cuda(), .half() ...: buffers may be new tensors; list them again
