@@ -29,9 +29,14 @@ from transformers.utils import ModelOutput
 
 from .align import AlignedTokens, align_pairs
 from .backbones import PatchBackbone, ProjectionHead
+from .errors import check_choice, check_roi_size
 from .losses import NeCoSettings, PaKALoss, cka_per_pair
 from .teacher import EMAPairs, ema_apply_, ema_pairs, make_teacher
 from .views import normalize_views, render_views
+
+
+#: The views the student encodes: its local views, or also its global views (aligned with the other global).
+STUDENT_VIEWS = ("local", "all")
 
 
 @dataclass
@@ -61,10 +66,8 @@ class PaKAModel(nn.Module):
         neco: NeCoSettings | None = None,
     ):
         super().__init__()
-        if student_views not in ("local", "all"):
-            raise ValueError(f"student_views must be 'local' or 'all', got {student_views!r}")
-        if roi_size < 2:
-            raise ValueError(f"roi_size must be >= 2 (CKA needs at least two tokens), got {roi_size}")
+        check_choice("student_views", student_views, STUDENT_VIEWS)
+        check_roi_size(roi_size)
         # Parameters that never reach the patch grid (DINO's mask token, SigLIP's pooling head): frozen, so
         # that DDP sees no unused parameter and AdamW keeps no state for them (the registry lists them).
         unused = set(backbone.unused_parameter_names())
