@@ -50,9 +50,6 @@ def _help(text: str, choices: tuple[str, ...] | None = None, **kwargs) -> Any:
 class PaKAConfig(TrainingArguments):
     """Training arguments for PaKA post-training (Yeo, Jang, Kim, arXiv 2509.05606)."""
 
-    _paper_title = "PaKA: Patch-level Kernel Alignment"
-    _paper_id = "2509.05606"
-
     # ---- model ------------------------------------------------------------------------------
     model_name_or_path: str = _help(
         "Backbone checkpoint, a Hub id or a local directory, of a supported family: dinov2, dinov2_with_registers, "

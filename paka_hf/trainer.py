@@ -66,6 +66,7 @@ from .data import (
     warn_if_shuffle_buffers_exceed_memory,
 )
 from .modeling import PaKAModel
+from .paper import PAPER_ID, PAPER_TITLE, TAGS
 from .optimization import SCHEDULED_DECAY_KEY, cosine_schedule, optimizer_groups
 from .teacher import teacher_momentum_at
 from .views import GlimTransform
@@ -227,8 +228,8 @@ class PaKATrainer(HubPushMixin, Trainer):
         callbacks: extra ``TrainerCallback``s.
     """
 
-    _tag_names = ["paka", "dinov2", "self-supervised-learning", "dense-features"]
-    _paper = {"title": PaKAConfig._paper_title, "id": PaKAConfig._paper_id}
+    _tag_names = list(TAGS)
+    _paper = {"title": PAPER_TITLE, "id": PAPER_ID}
     # compute_loss returns a per-batch mean: Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
 
