@@ -53,7 +53,11 @@ A model is skipped when ``--time_budget`` would likely be exceeded; each model's
 Data are synthetic and made on the device: normalized random views, GLIM boxes from
 ``paka_hf.views.sample_boxes`` on a 640 × 480 image. Nothing is downloaded. Only the model modules of
 ``paka_hf`` are imported (no ``datasets``, no ``Trainer``); where torchvision or Pillow do not import,
-stand-ins take their place (RoIAlign in plain torch, same numbers) and the header says so.
+the script (run as a script, not when imported) puts the stand-ins of ``benchmarks/_stand_ins.py`` in their
+place (RoIAlign in plain torch, same numbers) and the header says so. What is timed is the package's own
+code: ``PaKAModel`` (its forward, ``objective``, ``update_teacher``, ``activation_checkpointing_enable``) and
+the AdamW groups of ``paka_hf.optimization.optimizer_groups`` that ``PaKATrainer`` builds, so a change to the
+package shows in the figures.
 
     python benchmarks/gpu_step.py [--models s14 b14] [--batch 64] [--steps 30] [--warmup 3]
                                   [--compile [--compile_scope model|backbones]] [--grad_checkpointing] [--json PATH]
@@ -85,14 +89,12 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.machinery
 import json
 import math
 import platform
 import statistics
 import sys
 import time
-import types
 import warnings
 from pathlib import Path
 
@@ -106,99 +108,22 @@ from transformers import CLIPVisionConfig, DINOv3ViTConfig, Dinov2WithRegistersC
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 
-# ---------------------------------------------------------------------------------------------
-# stand-ins for what a bare device machine may lack
-# ---------------------------------------------------------------------------------------------
+if __name__ == "__main__":  # run as a script: where torchvision or Pillow do not import, stand-ins take their place
+    from _stand_ins import install_stand_ins
 
+    STAND_INS = install_stand_ins()  # before paka_hf imports them
+else:  # imported (tests, step_ops.py): the importer decides
+    STAND_INS = []
 
-def roi_align_stand_in(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
-    """``torchvision.ops.roi_align`` in plain torch (bilinear ``grid_sample`` + average pool), same numbers.
-
-    Used only when torchvision does not import. Needs a fixed ``sampling_ratio`` (paka_hf uses 2).
-    torchvision's rule: samples outside [-1, size] count 0, others are clamped into the grid (border).
-    """
-    if sampling_ratio <= 0:
-        raise NotImplementedError("the roi_align stand-in needs a fixed sampling_ratio > 0")
-    out_h, out_w = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
-    height, width = input.shape[-2:]
-    boxes = boxes.float()
-    offset = 0.5 if aligned else 0.0
-    x1, y1, x2, y2 = (boxes[:, i] * spatial_scale - offset for i in range(1, 5))
-    roi_w, roi_h = x2 - x1, y2 - y1
-    if not aligned:
-        roi_w, roi_h = roi_w.clamp_min(1.0), roi_h.clamp_min(1.0)
-    ratio = sampling_ratio
-    steps_x = (torch.arange(out_w * ratio, device=input.device, dtype=torch.float32) + 0.5) / ratio  # in bins
-    steps_y = (torch.arange(out_h * ratio, device=input.device, dtype=torch.float32) + 0.5) / ratio
-    xs = x1[:, None] + steps_x[None] * (roi_w / out_w)[:, None]  # (K, out_w · ratio) grid coordinates
-    ys = y1[:, None] + steps_y[None] * (roi_h / out_h)[:, None]
-    inside = ((ys >= -1) & (ys <= height))[:, :, None] & ((xs >= -1) & (xs <= width))[:, None, :]
-    gx = 2 * xs / (width - 1) - 1 if width > 1 else torch.zeros_like(xs)
-    gy = 2 * ys / (height - 1) - 1 if height > 1 else torch.zeros_like(ys)
-    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
-    crops = input.float()[boxes[:, 0].long()]
-    sampled = nn.functional.grid_sample(crops, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    return nn.functional.avg_pool2d(sampled * inside[:, None], ratio).to(input.dtype)
-
-
-def _stub(name: str, **attributes) -> types.ModuleType:
-    module = types.ModuleType(name)
-    module.__spec__ = importlib.machinery.ModuleSpec(name, loader=None, is_package=True)
-    module.__path__ = []
-
-    def missing(attribute: str):
-        raise AttributeError(f"{name}.{attribute}: {name.split('.')[0]} is not installed here; benchmarks/gpu_step.py "
-                             "put a stand-in in its place that only lets paka_hf's model modules import")
-
-    module.__getattr__ = missing
-    for key, value in attributes.items():
-        setattr(module, key, value)
-    sys.modules[name] = module
-    return module
-
-
-def install_stand_ins() -> list[str]:
-    """Make the model modules importable on a machine without torchvision or Pillow.
-
-    ``paka_hf.align`` needs ``torchvision.ops.roi_align`` (replaced by :func:`roi_align_stand_in`);
-    ``paka_hf.views`` imports Pillow and torchvision's transforms for view *rendering*, which this
-    script never does (it only calls ``sample_boxes``). Returns the names replaced (normally none).
-    """
-    replaced = []
-    try:
-        from torchvision.ops import roi_align
-        from torchvision.transforms.v2 import functional  # noqa: F401
-
-        roi_align(torch.zeros(1, 1, 2, 2), torch.tensor([[0.0, 0.0, 0.0, 1.0, 1.0]]), 1, sampling_ratio=1)
-    except Exception:  # absent, or built for another torch (its C++ ops fail to register)
-        for key in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
-            del sys.modules[key]
-        functional = _stub("torchvision.transforms.v2.functional")
-        v2 = _stub("torchvision.transforms.v2", functional=functional)
-        transforms = _stub("torchvision.transforms", v2=v2)
-        ops = _stub("torchvision.ops", roi_align=roi_align_stand_in)
-        _stub("torchvision", ops=ops, transforms=transforms)
-        replaced.append("torchvision")
-    try:
-        from PIL import Image, ImageOps  # noqa: F401
-    except Exception:
-        for key in [k for k in sys.modules if k == "PIL" or k.startswith("PIL.")]:
-            del sys.modules[key]
-        _stub("PIL", Image=_stub("PIL.Image"), ImageOps=_stub("PIL.ImageOps"))
-        replaced.append("PIL")
-    return replaced
-
-
-STAND_INS = install_stand_ins()
-
-from paka_hf.backbones import PatchBackbone, ProjectionHead  # noqa: E402
-from paka_hf.losses import NeCoSettings  # noqa: E402
-from paka_hf.modeling import PaKAModel  # noqa: E402
-from paka_hf.views import GlimTransform, collate_views, render_views, sample_boxes  # noqa: E402
+from paka_hf.backbones import PatchBackbone, ProjectionHead
+from paka_hf.losses import NeCoSettings
+from paka_hf.modeling import PaKAModel
+from paka_hf.optimization import optimizer_groups
+from paka_hf.views import GlimTransform, collate_views, render_views, sample_boxes
 
 PAPER_IMAGES = 25 * 118_287  # 2,957,175: 25 epochs of COCO train2017
 IMAGE_HW = (480, 640)  # boxes are sampled on a COCO-sized image
-TEACHER_FRACTION = 0.9995  # EMA: share of the teacher kept per step
+TEACHER_MOMENTUM = 0.9995  # EMA: share of the teacher kept per step (PaKAConfig.teacher_momentum)
 _S = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6)
 _B = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12)
 _TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
@@ -261,17 +186,15 @@ def view_sizes(args, patch_size: int) -> tuple[int, int]:
     return tuple(max(patch_size, round(size / patch_size) * patch_size) for size in (args.global_size, args.local_size))
 
 
-def enable_checkpointing(backbone: PatchBackbone) -> None:
-    """Activation checkpointing of every layer of the HF model, non-reentrant (works under torch.compile).
-
-    transformers 5.24 renamed ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable``
-    (the old name warns); earlier 5.x only has the old one.
-    """
-    hf = backbone.model
-    if hasattr(hf, "activation_checkpointing_enable"):
-        hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+def enable_checkpointing(model: PaKAModel) -> None:
+    """``--grad_checkpointing``: :meth:`PaKAModel.activation_checkpointing_enable` (the student's layers; the
+    teacher runs under no_grad), non-reentrant (works under torch.compile), called as ``Trainer`` calls it for
+    ``activation_checkpointing: true`` (transformers < 5.20: the older name, ``gradient_checkpointing_*``)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(transformers.PreTrainedModel, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
-        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def build_model(name: str, args, loss: str = "cka") -> PaKAModel:
@@ -283,17 +206,14 @@ def build_model(name: str, args, loss: str = "cka") -> PaKAModel:
     # a 16384-token queue fed 20 tokens per image: NeCo's at its batch of 64)
     model = PaKAModel(backbone, head, loss=loss, neco=NeCoSettings() if loss == "neco" else None)
     if args.grad_checkpointing:  # the student only: the teacher runs in eval mode under no_grad
-        enable_checkpointing(model.student)
+        enable_checkpointing(model)
     return model.to(args.device).train()
 
 
 def make_optimizer(model: PaKAModel, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW with PaKATrainer's groups: backbone lr 1e-5 / head 1e-4; no decay on biases and 1-D params."""
-    groups = []
-    for module, lr in ((model.student, 1e-5), (model.student_head, 1e-4)):
-        decay = [p for n, p in module.named_parameters() if p.requires_grad and not (n.endswith(".bias") or p.ndim <= 1)]
-        no_decay = [p for n, p in module.named_parameters() if p.requires_grad and (n.endswith(".bias") or p.ndim <= 1)]
-        groups += [{"params": decay, "lr": lr, "weight_decay": 0.04}, {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
+    """AdamW over PaKATrainer's groups (:func:`paka_hf.optimization.optimizer_groups`, PaKAConfig's defaults:
+    backbone lr 1e-5, head lr 1e-4, weight decay 0.04; no decay on biases and 1-D parameters)."""
+    groups = optimizer_groups(model, learning_rate=1e-5, head_learning_rate=1e-4, weight_decay=0.04)
     # PaKAConfig's optim is Trainer's default, adamw_torch_fused.
     return torch.optim.AdamW(groups, fused=device.type in ("cuda", "cpu"))
 
@@ -417,7 +337,7 @@ class Steps:
             torch.nn.utils.clip_grad_norm_(self.params, self.args.max_grad_norm, foreach=True)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        model.update_teacher(TEACHER_FRACTION)
+        model.update_teacher(TEACHER_MOMENTUM)
         self.last_loss = loss.detach()
 
     # --- the parts of the full step that the bare step lacks, each alone (--breakdown) ---------------
@@ -460,7 +380,7 @@ class Steps:
         if self.args.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.args.max_grad_norm, foreach=True)
         self.optimizer.step()
-        self.model.update_teacher(TEACHER_FRACTION)
+        self.model.update_teacher(TEACHER_MOMENTUM)
 
     def full_render(self) -> None:
         """The full step from images: PaKAModel renders the views (crop, resize, colour) on the device first."""

@@ -31,6 +31,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+if __name__ == "__main__":  # run as a script: where torchvision or Pillow do not import, stand-ins take their place
+    from _stand_ins import install_stand_ins
+
+    install_stand_ins()  # before gpu_step imports paka_hf
 import gpu_step  # noqa: E402  (the steps, model and views measured here are gpu_step's)
 
 # ops that only make a new view of existing memory (or record a profiler range): no kernel, no traffic

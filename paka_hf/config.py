@@ -19,14 +19,15 @@ from typing import Any
 from transformers import TrainingArguments
 
 from .data import DATASET_FORMATS, DEFAULT_MAX_IMAGE_PIXELS
-from .errors import ConfigError
+from .errors import ConfigError, check_choice, check_patch_multiple, check_roi_size
 from .lora import LoRASettings
 from .losses import KERNELS, LOSSES, NECO_QUEUE_LENGTH, NECO_QUEUE_PER_IMAGE, NECO_STEEPNESS, SCOPES, NeCoSettings
+from .modeling import STUDENT_VIEWS
 from .paths import check_local_path
+from .teacher import check_teacher_momentum
+from .views import RENDERINGS
 
 EXPORTS = ("student", "teacher")
-STUDENT_VIEWS = ("local", "all")
-VIEW_RENDERINGS = ("cpu", "device")
 #: Fields read as a local path when they look like one (paka_hf.paths.looks_like_local_path).
 PATH_FIELDS = ("model_name_or_path", "dataset_name")
 #: A field whose name ends so holds a secret (the rule TrainingArguments.to_dict masks by).
@@ -38,16 +39,17 @@ def secret_fields(names) -> list[str]:
     return [name for name in names if name.endswith(SECRET_FIELD_SUFFIX)]
 
 
-def _help(text: str, **kwargs) -> Any:
-    return field(metadata={"help": text}, **kwargs)
+def _help(text: str, choices: tuple[str, ...] | None = None, **kwargs) -> Any:
+    """A field with its ``--help`` text and, for an enumerated setting, its ``choices``: ``HfArgumentParser``
+    passes the metadata to ``add_argument``, so ``--help`` lists them and a bad value fails at parse time, and
+    ``__post_init__`` checks the same tuple for a config built in Python."""
+    metadata = {"help": text} if choices is None else {"help": text, "choices": tuple(choices)}
+    return field(metadata=metadata, **kwargs)
 
 
 @dataclass
 class PaKAConfig(TrainingArguments):
     """Training arguments for PaKA post-training (Yeo, Jang, Kim, arXiv 2509.05606)."""
-
-    _paper_title = "PaKA: Patch-level Kernel Alignment"
-    _paper_id = "2509.05606"
 
     # ---- model ------------------------------------------------------------------------------
     model_name_or_path: str = _help(
@@ -79,6 +81,7 @@ class PaKAConfig(TrainingArguments):
     dataset_format: str = _help(
         "How to read a local folder: 'auto' (the format most of its files have: images, .parquet or .tar shards; a "
         "warning names the choice when it mixes them), or 'imagefolder', 'parquet', 'webdataset'.",
+        choices=DATASET_FORMATS,
         default="auto",
     )
     streaming: bool = _help("Stream the dataset instead of downloading it first.", default=True)
@@ -129,10 +132,12 @@ class PaKAConfig(TrainingArguments):
         "Where the views are rendered: 'cpu' (data workers, Pillow + torchvision, one view at a time) or 'device' "
         "(workers only decode and draw the random parameters; the model crops, resizes and augments the whole batch "
         "on its device, with the same arithmetic). 'device' needs far fewer CPU cores per GPU.",
+        choices=RENDERINGS,
         default="cpu",
     )
     student_views: str = _help(
         "Views the student encodes: 'local', or 'all' (its global views are also aligned with the other global).",
+        choices=STUDENT_VIEWS,
         default="local",
     )
 
@@ -141,10 +146,13 @@ class PaKAConfig(TrainingArguments):
     loss: str = _help(
         "'cka' (PaKA), 'gram' (Gram matching), 'cosine' (feature distillation) or 'neco' (NeCo's patch-neighbour "
         "sorting loss, the neco_* fields).",
+        choices=LOSSES,
         default="cka",
     )
-    kernel: str = _help("Kernel for cka/gram: 'linear' or 'rbf' (median heuristic).", default="linear")
-    kernel_scope: str = _help("'pair': one kernel per crop pair; 'batch': one over the whole batch.", default="pair")
+    kernel: str = _help("Kernel for cka/gram: 'linear' or 'rbf' (median heuristic).", choices=KERNELS, default="linear")
+    kernel_scope: str = _help(
+        "'pair': one kernel per crop pair; 'batch': one over the whole batch.", choices=SCOPES, default="pair"
+    )
     use_head: bool = _help("Train through a projection head (its teacher is an EMA too); never exported.", default=True)
     head_hidden_dim: int = _help("Hidden width of the projection head.", default=2048)
     head_out_dim: int = _help("Output width of the projection head.", default=256)
@@ -153,7 +161,9 @@ class PaKAConfig(TrainingArguments):
     teacher_momentum: float = _help(
         "Fraction of the teacher kept at each EMA step at the start; follows a cosine to 1.0.", default=0.9995
     )
-    export: str = _help("Network written to output_dir at the end: 'student' or 'teacher'.", default="student")
+    export: str = _help(
+        "Network written to output_dir at the end: 'student' or 'teacher'.", choices=EXPORTS, default="student"
+    )
 
     # ---- NeCo (loss: neco; defaults: NeCo's published configs) --------------------------------
     neco_student_steepness: float = _help("Steepness of the student's differentiable sort (loss 'neco').", default=NECO_STEEPNESS)
@@ -233,24 +243,16 @@ class PaKAConfig(TrainingArguments):
             self.max_steps = math.ceil(self.num_train_epochs * self.dataset_num_images / images_per_step)
 
     def _validate_method_fields(self) -> None:
-        def choice(name: str, allowed: tuple[str, ...]) -> None:
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-
-        choice("loss", LOSSES)
-        choice("kernel", KERNELS)
-        choice("kernel_scope", SCOPES)
-        choice("export", EXPORTS)
-        choice("student_views", STUDENT_VIEWS)
-        choice("view_rendering", VIEW_RENDERINGS)
-        choice("dataset_format", DATASET_FORMATS)
+        trainer_fields = {spec.name for spec in fields(TrainingArguments)}  # TrainingArguments checks its own
+        for spec in fields(self):  # every enumerated PaKA field declares its choices (_help)
+            if "choices" in spec.metadata and spec.name not in trainer_fields:
+                check_choice(spec.name, getattr(self, spec.name), spec.metadata["choices"])
         if not 0.0 <= self.min_intersection <= 1.0:
             raise ConfigError(f"min_intersection must be in [0, 1] (a containment fraction), got {self.min_intersection}")
-        if not 0.0 <= self.teacher_momentum <= 1.0:
-            raise ConfigError(
-                f"teacher_momentum is the fraction of the teacher kept per step and must be in [0, 1], got "
-                f"{self.teacher_momentum} (the paper uses 0.9995)"
-            )
+        try:
+            check_teacher_momentum(self.teacher_momentum)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         for name in ("global_scale", "local_scale", "crop_ratio"):
             value = getattr(self, name)
             if len(value) != 2 or not 0 < value[0] <= value[1]:
@@ -261,8 +263,7 @@ class PaKAConfig(TrainingArguments):
         for name in ("global_size", "local_size", "n_local", "roi_size", "head_hidden_dim", "head_out_dim", "max_box_tries"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.roi_size < 2:
-            raise ConfigError(f"roi_size must be >= 2 (a kernel needs two tokens), got {self.roi_size}")
+        check_roi_size(self.roi_size)
         if self.loss in ("cosine", "neco") and self.kernel_scope != "pair":
             raise ConfigError(f"kernel_scope applies to loss 'cka' and 'gram' only; leave it at 'pair' for {self.loss!r}")
         try:
@@ -314,13 +315,7 @@ class PaKAConfig(TrainingArguments):
     def check_patch_size(self, patch_size: int) -> None:
         """Raise if a view size is not a multiple of the backbone's patch size."""
         for name in ("global_size", "local_size"):
-            size = getattr(self, name)
-            if size % patch_size:
-                suggestion = max(patch_size, round(size / patch_size) * patch_size)
-                raise ConfigError(
-                    f"{name}={size} is not a multiple of the model's patch size {patch_size}; use for example "
-                    f"{name}={suggestion}"
-                )
+            check_patch_multiple(name, getattr(self, name), patch_size)
 
     def paka_dict(self) -> dict[str, Any]:
         """The PaKA-specific fields plus the main optimisation settings, for the model card and YAML export."""

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import ConfigError, EmptyDatasetError
+from .errors import ConfigError, EmptyDatasetError, check_choice
 from .imaging import to_rgb
 from .views import GlimTransform, collate_views
 
@@ -93,8 +93,7 @@ def _local_builder(path: Path, dataset_format: str = "auto") -> tuple[str, dict[
     are read. When it mixes formats a warning names what was chosen and how to choose another
     (``dataset_format``).
     """
-    if dataset_format not in DATASET_FORMATS:
-        raise ConfigError(f"dataset_format must be one of {DATASET_FORMATS}, got {dataset_format!r}")
+    check_choice("dataset_format", dataset_format, DATASET_FORMATS)
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".parquet":

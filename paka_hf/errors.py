@@ -30,3 +30,33 @@ class MissingPathError(PaKAUserError, FileNotFoundError):
 
 class EmptyDatasetError(PaKAUserError, ValueError):
     """A dataset yields no usable image (or too few for one batch per process)."""
+
+
+# The rules more than one module checks, each written once (one place, one wording).
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is one of ``choices`` (an enumerated setting)."""
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def check_patch_multiple(name: str, size: int, patch_size: int) -> None:
+    """Raise :class:`ConfigError` unless the view side ``size`` is a multiple of the backbone's ``patch_size``,
+    with the nearest multiple as a suggestion."""
+    if size % patch_size:
+        suggestion = max(patch_size, round(size / patch_size) * patch_size)
+        raise ConfigError(
+            f"{name}={size} is not a multiple of the model's patch size {patch_size}; use for example "
+            f"{name}={suggestion}"
+        )
+
+
+#: The smallest RoIAlign grid side: a kernel (CKA, Gram) needs at least two tokens per pair.
+MIN_ROI_SIZE = 2
+
+
+def check_roi_size(roi_size: int) -> None:
+    """Raise :class:`ConfigError` unless ``roi_size >= MIN_ROI_SIZE``."""
+    if roi_size < MIN_ROI_SIZE:
+        raise ConfigError(f"roi_size must be >= {MIN_ROI_SIZE} (a kernel needs two tokens), got {roi_size}")

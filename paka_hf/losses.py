@@ -47,7 +47,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, check_choice
 from .sorting import soft_sort
 
 Kernel = Literal["linear", "rbf"]
@@ -89,16 +89,11 @@ def _validate(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor |
             )
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-
-
 def _validate_kernel_inputs(student, teacher, mask, kernel: str, scope: str) -> None:
     """Checks shared by the kernel losses (CKA, Gram): shapes, mask, kernel and scope names."""
     _validate(student, teacher, mask, need_same_dim=False)
-    _check_choice("kernel", kernel, KERNELS)
-    _check_choice("scope", scope, SCOPES)
+    check_choice("kernel", kernel, KERNELS)
+    check_choice("scope", scope, SCOPES)
 
 
 def _prepare(
@@ -460,9 +455,9 @@ class PaKALoss(nn.Module):
         feature_dim: int | None = None,
     ):
         super().__init__()
-        _check_choice("loss", loss, LOSSES)
-        _check_choice("kernel", kernel, KERNELS)
-        _check_choice("scope", scope, SCOPES)
+        check_choice("loss", loss, LOSSES)
+        check_choice("kernel", kernel, KERNELS)
+        check_choice("scope", scope, SCOPES)
         self.loss, self.kernel, self.scope = loss, kernel, scope
         self.neco = (neco or NeCoSettings()) if loss == "neco" else None
         self.references = None

@@ -31,11 +31,15 @@ from transformers.utils import ModelOutput
 
 from .align import AlignedTokens, align_pairs
 from .backbones import PatchBackbone, ProjectionHead
-from .errors import ConfigError
+from .errors import ConfigError, check_choice, check_roi_size
 from .lora import LoRATeacher, is_lora_backbone
 from .losses import NeCoSettings, PaKALoss, cka_per_pair
 from .teacher import EMAPairs, ema_apply_, ema_pairs, make_teacher
 from .views import normalize_views, render_views
+
+
+#: The views the student encodes: its local views, or also its global views (aligned with the other global).
+STUDENT_VIEWS = ("local", "all")
 
 
 @dataclass
@@ -65,10 +69,8 @@ class PaKAModel(nn.Module):
         neco: NeCoSettings | None = None,
     ):
         super().__init__()
-        if student_views not in ("local", "all"):
-            raise ValueError(f"student_views must be 'local' or 'all', got {student_views!r}")
-        if roi_size < 2:
-            raise ValueError(f"roi_size must be >= 2 (CKA needs at least two tokens), got {roi_size}")
+        check_choice("student_views", student_views, STUDENT_VIEWS)
+        check_roi_size(roi_size)
         # Parameters that never reach the patch grid (DINO's mask token, SigLIP's pooling head): frozen, so
         # that DDP sees no unused parameter and AdamW keeps no state for them (the registry lists them).
         unused = set(backbone.unused_parameter_names())
@@ -125,8 +127,8 @@ class PaKAModel(nn.Module):
     gradient_checkpointing_enable = activation_checkpointing_enable
 
     @torch.no_grad()
-    def update_teacher(self, teacher_fraction: float) -> None:
-        """EMA step on backbone and head: ``θ_t ← m θ_t + (1 − m) θ_s`` with ``m = teacher_fraction``.
+    def update_teacher(self, teacher_momentum: float) -> None:
+        """EMA step on backbone and head: ``θ_t ← m θ_t + (1 − m) θ_s`` with ``m = teacher_momentum``.
 
         One ``_foreach_lerp_`` over the parameter lists of both networks, matched by name once
         (:func:`~paka_hf.teacher.ema_pairs`) and kept until the module is moved or cast.
@@ -139,7 +141,7 @@ class PaKAModel(nn.Module):
             if self.student_head is not None:
                 pairs = pairs + ema_pairs(self.teacher_head, self.student_head)
             self._ema_pairs = pairs
-        ema_apply_(self._ema_pairs, teacher_fraction)
+        ema_apply_(self._ema_pairs, teacher_momentum)
 
     def _apply(self, fn, recurse=True):
         self._ema_pairs = None  # .to(), .cuda(), .half() ...: buffers may be new tensors; list them again

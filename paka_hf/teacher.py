@@ -6,9 +6,10 @@ After every optimizer step (not every micro-batch) each teacher tensor is update
 
     \\theta_t \\leftarrow m\\,\\theta_t + (1 - m)\\,\\theta_s
 
-where ``m`` — called ``teacher_fraction`` here — is the fraction of the *teacher* that is kept:
-``m = 1`` freezes the teacher, ``m = 0`` copies the student. ``m`` follows a cosine schedule from
-``teacher_momentum`` (0.9995) at step 0 to 1.0 at the last step:
+where ``m``, the *teacher momentum* (``teacher_momentum`` here and in the config), is the fraction of the
+*teacher* that is kept: ``m = 1`` freezes the teacher, ``m = 0`` copies the student. ``m`` follows the cosine
+schedule of :func:`paka_hf.optimization.cosine_schedule` from the config's ``teacher_momentum`` ``m_0``
+(0.9995) at step 0 to 1.0 at the last step ``K``:
 
 .. math::
 
@@ -18,21 +19,30 @@ where ``m`` — called ``teacher_fraction`` here — is the fraction of the *tea
 from __future__ import annotations
 
 import copy
-import math
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from .optimization import cosine_schedule
+
+
+def check_teacher_momentum(value: float, name: str = "teacher_momentum") -> None:
+    """Raise ``ValueError`` unless ``value`` is a teacher momentum, a fraction in [0, 1] (the one wording of the
+    rule; :class:`~paka_hf.config.PaKAConfig` reports it as a ``ConfigError``)."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(
+            f"{name} is the fraction of the teacher kept per EMA step and must be in [0, 1], got {value} "
+            "(the paper starts at 0.9995)"
+        )
+
 
 def teacher_momentum_at(step: int, total_steps: int, start: float = 0.9995, end: float = 1.0) -> float:
-    """Fraction of the teacher kept at optimizer step ``step`` of ``total_steps`` (cosine start → end)."""
-    if total_steps <= 0:
-        raise ValueError(f"total_steps must be positive, got {total_steps}")
-    if not 0.0 <= start <= 1.0 or not 0.0 <= end <= 1.0:
-        raise ValueError(f"teacher momentum must lie in [0, 1], got start={start}, end={end}")
-    progress = min(max(step / total_steps, 0.0), 1.0)
-    return end - (end - start) * (1.0 + math.cos(math.pi * progress)) / 2.0
+    """Fraction of the teacher kept at optimizer step ``step`` of ``total_steps``:
+    :func:`~paka_hf.optimization.cosine_schedule` from ``start`` to ``end``."""
+    check_teacher_momentum(start, "start")
+    check_teacher_momentum(end, "end")
+    return cosine_schedule(start, end, step, total_steps)
 
 
 def make_teacher(student: nn.Module) -> nn.Module:
@@ -81,25 +91,22 @@ def ema_pairs(teacher: nn.Module, student: nn.Module) -> EMAPairs:
 
 
 @torch.no_grad()
-def ema_apply_(pairs: EMAPairs, teacher_fraction: float) -> None:
-    """In place: ``θ_t ← teacher_fraction · θ_t + (1 − teacher_fraction) · θ_s`` for every pair (one
+def ema_apply_(pairs: EMAPairs, teacher_momentum: float) -> None:
+    """In place: ``θ_t ← teacher_momentum · θ_t + (1 − teacher_momentum) · θ_s`` for every pair (one
     ``torch._foreach_lerp_`` over all parameters); buffers copied from the student."""
-    if not 0.0 <= teacher_fraction <= 1.0:
-        raise ValueError(f"teacher_fraction (the share of the teacher kept) must be in [0, 1], got {teacher_fraction}")
-    if teacher_fraction == 0.0:
+    check_teacher_momentum(teacher_momentum)
+    if teacher_momentum == 0.0:
         torch._foreach_copy_(pairs.targets, pairs.sources)
-    elif teacher_fraction < 1.0:
-        torch._foreach_lerp_(pairs.targets, pairs.sources, 1.0 - teacher_fraction)
+    elif teacher_momentum < 1.0:
+        torch._foreach_lerp_(pairs.targets, pairs.sources, 1.0 - teacher_momentum)
     if pairs.buffer_targets:
         torch._foreach_copy_(pairs.buffer_targets, pairs.buffer_sources)
 
 
-def ema_update_(teacher: nn.Module, student: nn.Module, teacher_fraction: float) -> None:
-    """In place: ``θ_t ← teacher_fraction · θ_t + (1 − teacher_fraction) · θ_s`` for every parameter.
+def ema_update_(teacher: nn.Module, student: nn.Module, teacher_momentum: float) -> None:
+    """In place: ``θ_t ← teacher_momentum · θ_t + (1 − teacher_momentum) · θ_s`` for every parameter.
 
     Buffers are copied from the student. The two modules must have the same parameter names,
     shapes, dtypes and devices (the teacher is a copy of the student).
     """
-    if not 0.0 <= teacher_fraction <= 1.0:
-        raise ValueError(f"teacher_fraction (the share of the teacher kept) must be in [0, 1], got {teacher_fraction}")
-    ema_apply_(ema_pairs(teacher, student), teacher_fraction)
+    ema_apply_(ema_pairs(teacher, student), teacher_momentum)

@@ -37,7 +37,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -69,6 +68,8 @@ from .data import (
     warn_if_shuffle_buffers_exceed_memory,
 )
 from .modeling import PaKAModel
+from .paper import PAPER_ID, PAPER_TITLE, TAGS
+from .optimization import SCHEDULED_DECAY_KEY, cosine_schedule, optimizer_groups
 from .teacher import teacher_momentum_at
 from .views import GlimTransform
 
@@ -172,11 +173,6 @@ def state_checksum(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _cosine(start: float, end: float, step: int, total: int) -> float:
-    progress = min(max(step / max(total, 1), 0.0), 1.0)
-    return end + (start - end) * (1.0 + math.cos(math.pi * progress)) / 2.0
-
-
 # ---------------------------------------------------------------------------------------------
 # callbacks: once per optimizer step
 # ---------------------------------------------------------------------------------------------
@@ -204,9 +200,9 @@ class WeightDecayScheduleCallback(TrainerCallback):
         self.value = None
 
     def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
-        self.value = _cosine(args.weight_decay, args.weight_decay_end, state.global_step, state.max_steps)
+        self.value = cosine_schedule(args.weight_decay, args.weight_decay_end, state.global_step, state.max_steps)
         for group in optimizer.param_groups:
-            if group.get("paka_decay"):
+            if group.get(SCHEDULED_DECAY_KEY):
                 group["weight_decay"] = self.value
 
 
@@ -237,8 +233,8 @@ class PaKATrainer(HubPushMixin, Trainer):
         callbacks: extra ``TrainerCallback``s.
     """
 
-    _tag_names = ["paka", "dinov2", "self-supervised-learning", "dense-features"]
-    _paper = {"title": PaKAConfig._paper_title, "id": PaKAConfig._paper_id}
+    _tag_names = list(TAGS)
+    _paper = {"title": PAPER_TITLE, "id": PAPER_ID}
     # compute_loss returns a per-batch mean: Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
 
@@ -338,23 +334,13 @@ class PaKATrainer(HubPushMixin, Trainer):
         """AdamW (or ``args.optim``) with four groups: backbone/head × decayed/not decayed.
 
         Not decayed: biases and every parameter with at most one dimension (norms, layer scales),
-        as in DINO. The decayed groups carry ``paka_decay=True`` for the weight-decay schedule.
+        as in DINO (:func:`~paka_hf.optimization.optimizer_groups`, which ``benchmarks/gpu_step.py`` uses too).
+        The decayed groups carry ``paka_decay=True`` for the weight-decay schedule.
         """
         if self.optimizer is not None:
             return self.optimizer
         model = self.model
-        groups = []
-        for part, lr in (("student", self.args.learning_rate), ("student_head", self.args.head_learning_rate)):
-            module = getattr(model, part)
-            if module is None:
-                continue
-            decay, no_decay = [], []
-            for name, param in module.named_parameters():
-                if not param.requires_grad:
-                    continue
-                (no_decay if name.endswith(".bias") or param.ndim <= 1 else decay).append(param)
-            groups.append({"params": decay, "lr": lr, "weight_decay": self.args.weight_decay, "paka_decay": True, "name": f"{part}/decay"})
-            groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "paka_decay": False, "name": f"{part}/no_decay"})
+        groups = optimizer_groups(model, self.args.learning_rate, self.args.head_learning_rate, self.args.weight_decay)
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
         optimizer_kwargs = {k: v for k, v in optimizer_kwargs.items() if k not in ("lr", "weight_decay")}
         self.optimizer = optimizer_cls([g for g in groups if g["params"]], **optimizer_kwargs)

@@ -39,6 +39,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from .augment import PhotometricAugment
+from .errors import check_choice, check_patch_multiple
 from .imaging import fit_within, to_rgb
 from .resample import resample_boxes
 
@@ -299,15 +300,10 @@ class GlimTransform:
     ):
         if global_size < 1 or local_size < 1:
             raise ValueError(f"view sizes must be positive, got global {global_size}, local {local_size}")
-        if rendering not in RENDERINGS:
-            raise ValueError(f"rendering must be one of {RENDERINGS}, got {rendering!r}")
+        check_choice("rendering", rendering, RENDERINGS)
         if patch_size is not None:
             for name, size in (("global_size", global_size), ("local_size", local_size)):
-                if size % patch_size:
-                    raise ValueError(
-                        f"{name}={size} is not a multiple of the patch size {patch_size}; "
-                        f"use {max(patch_size, round(size / patch_size) * patch_size)}"
-                    )
+                check_patch_multiple(name, size, patch_size)
         self.global_size, self.local_size = int(global_size), int(local_size)
         self.n_global, self.n_local = int(n_global), int(n_local)
         self.box_kwargs = dict(

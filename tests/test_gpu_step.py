@@ -138,7 +138,10 @@ def test_roi_align_stand_in_matches_torchvision():
     """The plain-torch RoIAlign the device script falls back to when torchvision does not import."""
     from torchvision.ops import roi_align
 
-    stand_in = gpu_step().roi_align_stand_in
+    spec = importlib.util.spec_from_file_location("_stand_ins", REPO_ROOT / "benchmarks" / "_stand_ins.py")
+    stand_ins = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stand_ins)
+    stand_in = stand_ins.roi_align_stand_in
     generator = torch.Generator().manual_seed(0)
     for height, width in ((37, 37), (7, 7), (4, 6)):
         grids = torch.randn(6, 8, height, width, generator=generator)
@@ -149,6 +152,28 @@ def test_roi_align_stand_in_matches_torchvision():
         for aligned in (True, False):
             expected = roi_align(grids, boxes, output_size=7, spatial_scale=1.0, sampling_ratio=2, aligned=aligned)
             torch.testing.assert_close(stand_in(grids, boxes, 7, 1.0, 2, aligned), expected, rtol=0, atol=1e-4)
+
+
+def test_importing_the_script_leaves_sys_modules_alone():
+    """The stand-ins go in only when gpu_step.py runs as a script (explicitly, benchmarks/_stand_ins.py)."""
+    before = dict(sys.modules)
+    script = gpu_step()
+    replaced = {name for name, module in before.items() if sys.modules.get(name) is not module}
+    assert not replaced, replaced
+    assert script.STAND_INS == []
+
+
+def test_gpu_step_times_the_trainers_optimizer_groups():
+    """The benchmark's AdamW has PaKATrainer's groups (paka_hf.optimization.optimizer_groups), not a copy."""
+    from paka_hf.optimization import optimizer_groups
+
+    model = tiny_model()
+    optimizer = gpu_step().make_optimizer(model, torch.device("cpu"))
+    expected = optimizer_groups(model, 1e-5, 1e-4, 0.04)
+    assert [g["name"] for g in optimizer.param_groups] == [g["name"] for g in expected]
+    for group, reference in zip(optimizer.param_groups, expected):
+        assert [id(p) for p in group["params"]] == [id(p) for p in reference["params"]]
+        assert (group["lr"], group["weight_decay"]) == (reference["lr"], reference["weight_decay"])
 
 
 def test_bf16_autocast_loss_matches_fp32_eager():
@@ -218,7 +243,7 @@ def test_compiled_whole_model_gives_the_eager_loss_and_gradients():
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     model, batch = tiny_model(), synthetic_batch()
     loss_plain, grads_plain = loss_and_grads(model, batch)
-    gpu_step().enable_checkpointing(model.student)  # what --grad_checkpointing does
+    gpu_step().enable_checkpointing(model)  # what --grad_checkpointing does: PaKAModel.activation_checkpointing_enable
     assert any(getattr(m, "gradient_checkpointing", False) for m in model.student.modules())
     assert not any(getattr(m, "gradient_checkpointing", False) for m in model.teacher.modules())
     loss_ckpt, grads_ckpt = loss_and_grads(model, batch)

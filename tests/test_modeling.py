@@ -93,8 +93,10 @@ def test_student_views_all_adds_global_to_global_pairs():
     out = everything(**batch)
     assert out.num_pairs.item() == 3 * (4 + 2)
     out.loss.backward()
-    with pytest.raises(ValueError, match="student_views must be 'local' or 'all'"):
+    with pytest.raises(ValueError, match=r"student_views must be one of \('local', 'all'\), got 'globals'"):
         PaKAModel(PatchBackbone.from_config(tiny_dinov2_config()), student_views="globals")
+    with pytest.raises(ValueError, match=r"roi_size must be >= 2 \(a kernel needs two tokens\), got 1"):
+        PaKAModel(PatchBackbone.from_config(tiny_dinov2_config()), roi_size=1)
 
 
 def test_uint8_views_are_normalized_by_the_model_like_float_views():

@@ -29,10 +29,10 @@ def test_make_teacher_is_a_frozen_eval_copy():
 def test_fraction_one_keeps_the_teacher_and_zero_copies_the_student():
     student, teacher = two_nets()
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    ema_update_(teacher, student, teacher_fraction=1.0)
+    ema_update_(teacher, student, teacher_momentum=1.0)
     for name, p in teacher.named_parameters():
         assert torch.equal(p, before[name])
-    ema_update_(teacher, student, teacher_fraction=0.0)
+    ema_update_(teacher, student, teacher_momentum=0.0)
     for (name, p), q in zip(teacher.named_parameters(), student.parameters()):
         assert torch.equal(p, q), name
     assert torch.equal(teacher[1].running_mean, student[1].running_mean)
@@ -41,7 +41,7 @@ def test_fraction_one_keeps_the_teacher_and_zero_copies_the_student():
 def test_intermediate_fraction_is_the_share_of_the_teacher_kept():
     student, teacher = two_nets()
     before = [p.clone() for p in teacher.parameters()]
-    ema_update_(teacher, student, teacher_fraction=0.75)
+    ema_update_(teacher, student, teacher_momentum=0.75)
     for old, new, s in zip(before, teacher.parameters(), student.parameters()):
         assert torch.allclose(new, 0.75 * old + 0.25 * s, atol=1e-6)
 
@@ -57,8 +57,10 @@ def test_schedule_runs_cosine_from_base_to_one():
 
 def test_errors():
     student, teacher = two_nets()
-    with pytest.raises(ValueError, match=r"share of the teacher kept\) must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"teacher_momentum is the fraction of the teacher kept .* in \[0, 1\], got 1.5"):
         ema_update_(teacher, student, 1.5)
+    with pytest.raises(ValueError, match=r"start is the fraction of the teacher kept .* in \[0, 1\], got -0.1"):
+        teacher_momentum_at(0, 10, start=-0.1)
     with pytest.raises(ValueError, match="parameters differ"):
         ema_update_(nn.Linear(2, 2), student, 0.5)
     with pytest.raises(ValueError, match="total_steps"):

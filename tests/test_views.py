@@ -148,7 +148,7 @@ def test_bad_settings_raise_helpful_errors():
         sample_boxes(10, 10, local_scale=(0.3, 0.2))
     with pytest.raises(ValueError, match="at least 1x1"):
         sample_boxes(0, 10)
-    with pytest.raises(ValueError, match="not a multiple of the patch size 14; use 224"):
+    with pytest.raises(ValueError, match="global_size=225 is not a multiple of the model's patch size 14; use for example global_size=224"):
         GlimTransform(225, 98, patch_size=14)
     with pytest.raises(ValueError, match="normalize=True needs mean and std"):
         GlimTransform(28, 14, normalize=True)  # no built-in statistics: the backbone's processor says

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from ..backbones import FAMILIES, family_for
+from ..paper import CITATION, PAPER_URL, TAGS  # noqa: F401  (CITATION, PAPER_URL: part of paka_hf.hub)
 from .export import (
     ADAPTER_DIR, ADAPTER_FILES,
     PICTURES_DIR, REPO_ID_PATTERN, TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE, WEIGHTS_FILE, is_inside,
@@ -31,18 +32,8 @@ logger = logging.getLogger(__name__)
 
 TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "model_cards" / "paka_model_card.md"
 
-PAPER_URL = "https://arxiv.org/abs/2509.05606"
-# Title, authors and arXiv id as given on the arXiv listing of 2509.05606 (surnames only).
-CITATION = """@misc{yeo2025paka,
-  title         = {PaKA: Patch-level Kernel Alignment},
-  author        = {Yeo and Jang and Kim},
-  year          = {2025},
-  eprint        = {2509.05606},
-  archivePrefix = {arXiv},
-  url           = {https://arxiv.org/abs/2509.05606}
-}"""
 #: Tags of every PaKA card; the backbone family adds its own (``dinov2``, ``dinov3``, ``siglip``, ``clip``).
-DEFAULT_TAGS = ("paka", "vision", "self-supervised-learning", "dense-features", "arxiv:2509.05606")
+DEFAULT_TAGS = TAGS
 
 _SECRET_KEY = re.compile(r"(token|secret|password|api_key)", re.IGNORECASE)
 _REDACTED = "<redacted>"

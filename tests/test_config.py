@@ -1,0 +1,87 @@
+"""PaKAConfig declares the choices of its enumerated fields: --help lists them, the parser refuses a bad value,
+and a config built in Python fails in __post_init__ with the same choices."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import pytest
+from transformers import HfArgumentParser, TrainingArguments
+
+from paka_hf.config import PaKAConfig
+from paka_hf.data import DATASET_FORMATS
+from paka_hf.errors import ConfigError
+from paka_hf.losses import KERNELS, LOSSES, SCOPES
+from paka_hf.modeling import STUDENT_VIEWS
+from paka_hf.views import RENDERINGS
+
+ENUMERATED = {
+    "loss": LOSSES,
+    "kernel": KERNELS,
+    "kernel_scope": SCOPES,
+    "export": ("student", "teacher"),
+    "student_views": STUDENT_VIEWS,
+    "view_rendering": RENDERINGS,
+    "dataset_format": DATASET_FORMATS,
+}
+
+
+def test_every_enumerated_field_declares_its_choices():
+    trainer_fields = {spec.name for spec in fields(TrainingArguments)}
+    declared = {spec.name: spec.metadata["choices"] for spec in fields(PaKAConfig)
+                if "choices" in spec.metadata and spec.name not in trainer_fields}
+    assert declared == ENUMERATED
+    defaults = {spec.name: spec.default for spec in fields(PaKAConfig)}
+    assert all(defaults[name] in choices for name, choices in declared.items())
+
+
+def test_help_lists_the_choices():
+    text = HfArgumentParser(PaKAConfig).format_help()
+    assert "{cka,gram,cosine,neco}" in text
+    assert "{cpu,device}" in text and "{student,teacher}" in text
+
+
+@pytest.mark.parametrize("name", sorted(ENUMERATED))
+def test_a_bad_value_fails_at_parse_time_naming_the_choices(name, capsys):
+    parser = HfArgumentParser(PaKAConfig)
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args_into_dataclasses([f"--{name}", "bad", "--output_dir", "unused", "--max_steps", "1"])
+    assert exit_info.value.code == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"--{name}" in last_line and "invalid choice: 'bad'" in last_line, last_line
+    assert all(repr(choice) in last_line for choice in ENUMERATED[name]), last_line
+
+
+def test_a_good_value_parses():
+    parser = HfArgumentParser(PaKAConfig)
+    (config,) = parser.parse_args_into_dataclasses(
+        ["--loss", "gram", "--kernel", "rbf", "--output_dir", "unused", "--max_steps", "1"]
+    )
+    assert (config.loss, config.kernel) == ("gram", "rbf")
+
+
+@pytest.mark.parametrize("name", sorted(ENUMERATED))
+def test_a_bad_value_in_python_fails_in_post_init_naming_the_choices(name, tmp_path):
+    with pytest.raises(ConfigError) as error:
+        PaKAConfig(output_dir=str(tmp_path), max_steps=1, **{name: "bad"})
+    assert str(error.value) == f"{name} must be one of {ENUMERATED[name]}, got 'bad'"
+
+
+def test_rules_have_one_wording_wherever_they_are_checked(tmp_path):
+    from conftest import tiny_dinov2_config
+
+    from paka_hf.backbones import PatchBackbone
+    from paka_hf.modeling import PaKAModel
+    from paka_hf.views import GlimTransform
+
+    config = PaKAConfig(output_dir=str(tmp_path), max_steps=1, global_size=225)
+    with pytest.raises(ConfigError) as from_config:
+        config.check_patch_size(14)
+    with pytest.raises(ConfigError) as from_views:
+        GlimTransform(225, 98, patch_size=14)
+    assert str(from_config.value) == str(from_views.value)
+    with pytest.raises(ConfigError) as from_config:
+        PaKAConfig(output_dir=str(tmp_path), max_steps=1, roi_size=1)
+    with pytest.raises(ConfigError) as from_model:
+        PaKAModel(PatchBackbone.from_config(tiny_dinov2_config()), roi_size=1)
+    assert str(from_config.value) == str(from_model.value)
