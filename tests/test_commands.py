@@ -156,3 +156,32 @@ def test_scripts_are_thin_wrappers_without_path_edits():
         text = script.read_text()
         assert "sys.path" not in text, script
         assert "run_script(main)" in text and len(text.splitlines()) < 30, script
+
+
+# ---- the public API: every exported name exists and shows how it is used -----------------------------------
+
+# Their docstrings live in paka_hf/config.py and paka_hf/trainer.py, whose owners add the examples; strict xfail
+# fails as soon as they do, so that this list is emptied then.
+AWAITING_EXAMPLE = {"PaKAConfig", "PaKATrainer"}
+
+
+def _public_names():
+    import paka_hf
+    import paka_hf.evaluation
+
+    return [(module, name) for module in (paka_hf, paka_hf.evaluation) for name in module.__all__
+            if not name.startswith("__")]
+
+
+@pytest.mark.parametrize("module, name", [
+    pytest.param(module, name, marks=pytest.mark.xfail(strict=True, reason="example pending in its module"))
+    if name in AWAITING_EXAMPLE else (module, name)
+    for module, name in _public_names()
+], ids=lambda value: getattr(value, "__name__", value))
+def test_every_public_name_exists_with_a_docstring_that_shows_an_example(module, name):
+    import inspect
+
+    value = getattr(module, name)  # exists
+    doc = inspect.getdoc(value) or ""
+    assert doc, f"{module.__name__}.{name} has no docstring"
+    assert "Example::" in doc or "Example:" in doc or ">>> " in doc, f"{module.__name__}.{name}: no example"
