@@ -36,7 +36,15 @@ setup(
         # the feature explorer (paka-explore, paka_hf.explore) and its Hub Space
         "app": ["gradio>=6.0,<7"],
     },
-    entry_points={"console_scripts": ["paka-explore = paka_hf.explore:cli_main"]},
+    entry_points={
+        "console_scripts": [
+            "paka-train = paka_hf.commands.train:cli_main",
+            "paka-evaluate = paka_hf.commands.evaluate:cli_main",
+            "paka-push = paka_hf.commands.push:cli_main",
+            "paka-visualize = paka_hf.commands.visualize:cli_main",
+            "paka-explore = paka_hf.explore:cli_main",
+        ]
+    },
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

@@ -34,15 +34,11 @@ CONFIG_DIR = REPO / "configs" / "repro"
 def measure_one(run: str, steps: int, warmup: int, shared: Path | None) -> dict:
     """In this process: ``steps`` steps of the recipe; median seconds per step after ``warmup``, peak RSS."""
     sys.path.insert(0, str(REPO))
-    import importlib.util
-
     from transformers import TrainerCallback
 
     from paka_hf import PaKATrainer
 
-    spec = importlib.util.spec_from_file_location("paka_train_script", REPO / "scripts" / "train.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    from paka_hf.commands import train as script
 
     class StepEnds(TrainerCallback):
         def __init__(self):

@@ -137,7 +137,7 @@ def evaluate(
 
 def train_one(config: Path, seed: int, output_dir: Path, extra: list[str]) -> None:
     """In a fresh process: PaKA training exactly as ``scripts/train.py`` runs it; writes student and teacher."""
-    script = _load_script(REPO / "scripts" / "train.py", "paka_train_script")
+    from paka_hf.commands import train as script
     from paka_hf import PaKATrainer
 
     args = script.parse_config(["--config", str(config), "--seed", str(seed), "--output_dir", str(output_dir), *extra])

@@ -10,9 +10,10 @@ __version__ = "0.1.0"
 # modules (``paka_hf.modeling``, ``.backbones``, ``.views``, ``.align``, ``.losses``, ``.teacher``)
 # import without pulling in ``transformers.Trainer``, the data stream or the Hub code — for
 # example on a benchmark machine that has no ``datasets``.
-_LAZY = {"PaKAConfig": ".config", "PaKATrainer": ".trainer"}
+_LAZY = {"PaKAConfig": ".config", "PaKATrainer": ".trainer", "PatchBackbone": ".backbones"}
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .backbones import PatchBackbone
     from .config import PaKAConfig
     from .trainer import PaKATrainer
 
@@ -31,4 +32,7 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["PaKAConfig", "PaKATrainer", "__version__"]
+# The public classes: the configuration, the trainer, and the backbone wrapper that gives any supported ViT's
+# patch grid (what the trainer and the evaluation run on). The evaluation API is ``paka_hf.evaluation``, the
+# Hub API ``paka_hf.hub``, the command-line programs ``paka_hf.commands``.
+__all__ = ["PaKAConfig", "PaKATrainer", "PatchBackbone", "__version__"]

@@ -430,6 +430,12 @@ class PatchBackbone(nn.Module):
     Attributes: ``model`` (the ``transformers`` vision model), ``family`` (:class:`BackboneFamily`),
     ``patch_size``, ``hidden_size``, ``num_prefix_tokens``, ``image_processor`` (the checkpoint's, or the
     family's reference one), ``image_mean`` / ``image_std`` (its normalization), ``rope_augment``.
+
+    Example::
+
+        from paka_hf import PatchBackbone
+        backbone = PatchBackbone.from_pretrained("facebook/dinov2-with-registers-small")
+        grid = backbone(torch.randn(1, 3, 224, 224))  # (1, 384, 16, 16)
     """
 
     def __init__(self, model: PreTrainedModel, image_processor: Any = None, *, rope_augment: bool = False):

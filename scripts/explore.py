@@ -10,15 +10,10 @@ Examples:
     python scripts/explore.py my-org/dinov2-paka          # base from the repository's training_config.yaml
 """
 
-from __future__ import annotations
-
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from paka_hf.cli import run_script  # noqa: E402
-from paka_hf.explore import main  # noqa: E402
+from paka_hf.cli import run_script
+from paka_hf.explore import main
 
 if __name__ == "__main__":
     sys.exit(run_script(main))

@@ -337,7 +337,7 @@ def test_family_end_to_end(variant, images, tmp_path):
 @pytest.mark.parametrize("name, model_type", [("dinov3_vits16_coco", "dinov3_vit"), ("dinov3_vitb16_coco", "dinov3_vit"),
                                               ("siglip2_b16_coco", "siglip")])  # fmt: skip
 def test_paper_scale_configs_parse_with_patch16_views(name, model_type, tmp_path):
-    train = _script("train")
+    from paka_hf.commands import train
     config = train.parse_config(["--config", str(REPO_ROOT / "configs" / f"{name}.yaml"), "--output_dir", str(tmp_path),
                                  "--use_cpu", "true", "--bf16", "false"])  # fmt: skip
     config.check_patch_size(16)  # raises unless both view sizes are multiples of 16

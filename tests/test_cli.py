@@ -18,6 +18,7 @@ import pytest
 
 from conftest import REPO_ROOT, write_tiny_run_assets
 from paka_hf.cli import USER_ERROR_STATUS, run_script, split_debug_flag
+from paka_hf.commands import train as train_command
 from paka_hf.errors import ConfigError, MissingPathError
 from paka_hf.paths import looks_like_local_path
 
@@ -222,7 +223,7 @@ def test_a_token_in_a_config_file_warns_without_showing_it(tmp_path, caplog):
     config_file = tmp_path / "run.yaml"
     config_file.write_text(f"max_steps: 2\nuse_cpu: true\nhub_token: {TOKEN_IN_ENVIRONMENT}\noutput_dir: {tmp_path}\n")
     with caplog.at_level("WARNING", logger="train"):
-        config, origins = _load_script("train").parse_config_and_origins(["--config", str(config_file)])
+        config, origins = train_command.parse_config_and_origins(["--config", str(config_file)])
     assert f"hub_token in {config_file}: a token in a config file travels with the file" in caplog.text
     assert "HF_TOKEN" in caplog.text and TOKEN_IN_ENVIRONMENT not in caplog.text
     assert origins["hub_token"] == str(config_file) and config.hub_token == TOKEN_IN_ENVIRONMENT  # still used

@@ -11,7 +11,7 @@ from paka_hf.backbones import PatchBackbone
 from paka_hf.evaluation.features import (
     FeatureCache,
     _TransformedDataset,
-    build_transform,
+    build_image_mask_transform,
     extract_features,
 )
 
@@ -43,7 +43,7 @@ class ColourCoded(torch.utils.data.Dataset):
 def test_image_and_mask_get_the_same_geometry(augment):
     torch.manual_seed(0)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    data = _TransformedDataset(ColourCoded(), build_transform((28, 42), augment=augment, mean=mean, std=std))
+    data = _TransformedDataset(ColourCoded(), build_image_mask_transform((28, 42), augment=augment, mean=mean, std=std))
     for i in range(len(data)):
         image, mask = data[i]
         assert image.shape == (3, 28, 42) and mask.shape == (28, 42) and mask.dtype == torch.int64

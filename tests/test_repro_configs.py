@@ -55,7 +55,7 @@ def test_every_run_has_a_config_that_changes_exactly_one_field_of_the_main_recip
 
 @pytest.mark.parametrize("run", ["paka", "cosine", "gram", "min_intersection_0", "teacher_augment", "head"])
 def test_repro_configs_parse_as_paka_configs(run, tmp_path):
-    train = load_module(REPO_ROOT / "scripts" / "train.py", "train_script")
+    from paka_hf.commands import train
     config = train.parse_config(["--config", str(REPRO / f"{run}.yaml"), "--output_dir", str(tmp_path)])
     assert config.max_steps == 160 and config.per_device_train_batch_size == 8
     assert (config.loss, config.min_intersection, config.teacher_augment, config.use_head) == {
@@ -70,7 +70,7 @@ def test_repro_configs_parse_as_paka_configs(run, tmp_path):
 
 @pytest.mark.parametrize("run", ["neco", "neco_equal_time"])
 def test_neco_recipes_parse_with_neco_settings_and_fewer_steps_at_equal_time(run, tmp_path):
-    train = load_module(REPO_ROOT / "scripts" / "train.py", "train_script")
+    from paka_hf.commands import train
     config = train.parse_config(["--config", str(REPRO / f"{run}.yaml"), "--output_dir", str(tmp_path)])
     assert (config.loss, config.use_head, config.per_device_train_batch_size) == ("neco", True, 8)
     assert (config.neco_student_steepness, config.neco_teacher_steepness) == (100.0, 100.0)

@@ -590,6 +590,12 @@ def load_segmentation_dataset(
     (``HUB_SPECS`` or ``hub_spec``). ``folder`` needs ``data_dir`` and ``class_names``
     (``ignore_index`` defaults to 255). Extra keyword arguments (``on_missing``,
     ``on_size_mismatch``, ``on_unknown_label``) go to the dataset.
+
+    Example::
+
+        from paka_hf.evaluation import load_segmentation_dataset
+        val = load_segmentation_dataset("folder", "val", data_dir="data/my_set", class_names=("sky", "road"))
+        image, mask = val[0]
     """
     key = dataset_name.lower().replace("_", "-")
     aliases = {"pascal-voc": "voc", "voc2012": "voc", "pascal": "voc", "ade": "ade20k", "coco-thing": "coco-things"}
@@ -638,7 +644,12 @@ def _convention(key: str, class_names, ignore_index, spec: HubSpec):
 
 
 def read_class_names(value: str) -> tuple[str, ...]:
-    """``"a,b,c"`` or the path of a text file with one class name per line."""
+    """``"a,b,c"`` or the path of a text file with one class name per line.
+
+    Example::
+
+        read_class_names("sky,road,car")  # ('sky', 'road', 'car')
+    """
     path = Path(value)
     if path.is_file():
         return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())

@@ -73,6 +73,11 @@ class DenseFeatures:
 
     ``features``: ``(N, D, h, w)``; ``masks``: ``(N, h·p, w·p)`` integer class ids or the ignore
     index; ``patch_size``: ``p``. ``N`` counts images × passes (pass-major order).
+
+    Example::
+
+        features = extract_features(PatchBackbone.from_pretrained("facebook/dinov2-small"), dataset, input_size=448)
+        print(features.features.shape, features.masks.shape)
     """
 
     features: torch.Tensor
@@ -117,7 +122,7 @@ class _TransformedDataset(Dataset):
         return image, mask[0]
 
 
-def build_transform(
+def build_image_mask_transform(
     input_size: int | Sequence[int],
     *,
     augment: bool,
@@ -173,6 +178,13 @@ def extract_features(
     default to its ``image_mean``/``image_std``.
     ``max_images`` keeps the first images only (quick CPU runs). Returns features in
     ``feature_dtype`` and masks in :func:`mask_storage_dtype`.
+
+    Example::
+
+        from paka_hf.backbones import PatchBackbone
+        from paka_hf.evaluation import extract_features, load_segmentation_dataset
+        dataset = load_segmentation_dataset("camvid", "val", data_dir="data/camvid")
+        val = extract_features(PatchBackbone.from_pretrained("facebook/dinov2-small"), dataset, input_size=448)
     """
     size = as_size(input_size)
     patch = int(backbone.patch_size)
@@ -191,7 +203,7 @@ def extract_features(
     default_mean, default_std = backbone_normalization(backbone) if mean is None or std is None else (mean, std)
     mean = default_mean if mean is None else mean
     std = default_std if std is None else std
-    transform = build_transform(size, augment=augment, mean=mean, std=std, crop_scale=crop_scale)
+    transform = build_image_mask_transform(size, augment=augment, mean=mean, std=std, crop_scale=crop_scale)
     was_training = backbone.training
     backbone.eval()
     feats, masks = [], []

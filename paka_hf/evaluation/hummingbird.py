@@ -38,7 +38,12 @@ from .metrics import SegmentationScores, confusion_matrix, segmentation_scores
 
 @dataclass
 class HummingbirdConfig:
-    """Settings of the Hummingbird protocol (defaults: docs/EVALUATION.md, full memory bank)."""
+    """Settings of the Hummingbird protocol (defaults: docs/EVALUATION.md, full memory bank).
+
+    Example::
+
+        HummingbirdConfig(num_neighbors=30, memory_size=1_000_000)  # for EvaluationSettings(hummingbird=...)
+    """
 
     num_neighbors: int = 30
     temperature: float = 0.02
@@ -150,6 +155,11 @@ def hummingbird_retrieval(train: DenseFeatures, val: DenseFeatures, config: Humm
     """Build the bank from ``train``, segment ``val`` by retrieval.
 
     Returns (scores in percent, confusion matrix ``(C, C)``, memory-bank size ``M``).
+
+    Example::
+
+        from paka_hf.evaluation import HummingbirdConfig, hummingbird_retrieval
+        scores, _, bank_size = hummingbird_retrieval(train_features, val_features, HummingbirdConfig(num_neighbors=10))
     """
     cfg = config or HummingbirdConfig()
     if train.num_classes != val.num_classes or train.features.shape[1] != val.features.shape[1]:

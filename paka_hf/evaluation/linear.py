@@ -35,7 +35,12 @@ from .metrics import SegmentationScores, confusion_matrix, segmentation_scores
 
 @dataclass
 class LinearProbeConfig:
-    """Settings of the linear protocol (defaults: docs/EVALUATION.md)."""
+    """Settings of the linear protocol (defaults: docs/EVALUATION.md).
+
+    Example::
+
+        LinearProbeConfig(epochs=5, lr=0.05)  # for run_evaluation via EvaluationSettings(linear=...)
+    """
 
     epochs: int = 25
     batch_size: int = 128
@@ -130,7 +135,14 @@ def linear_probe(
     extra_zero_classes: int = 0,
     progress: bool = True,
 ) -> tuple[SegmentationScores, torch.Tensor]:
-    """Train on ``train``, score on ``val``; returns (scores in percent, confusion matrix)."""
+    """Train on ``train``, score on ``val``; returns (scores in percent, confusion matrix).
+
+    Example::
+
+        from paka_hf.evaluation import LinearProbeConfig, linear_probe
+        scores, _ = linear_probe(train_features, val_features, LinearProbeConfig(epochs=5))
+        print(scores.mean_iou)
+    """
     cfg = config or LinearProbeConfig()
     if train.num_classes != val.num_classes or train.features.shape[1] != val.features.shape[1]:
         raise ValueError("train and val features must share the feature dimension and the class list")

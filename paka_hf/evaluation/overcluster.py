@@ -38,7 +38,12 @@ from .metrics import SegmentationScores, confusion_matrix, match_clusters, match
 
 @dataclass
 class OverclusterConfig:
-    """Settings of the overclustering protocol (defaults: docs/EVALUATION.md, with K = #classes and 100)."""
+    """Settings of the overclustering protocol (defaults: docs/EVALUATION.md, with K = #classes and 100).
+
+    Example::
+
+        OverclusterConfig(num_clusters=[100, 300], seeds=[0, 1])  # for EvaluationSettings(overcluster=...)
+    """
 
     num_clusters: Sequence[int] | None = None  # None: (#classes, 100, 300, 500)
     seeds: Sequence[int] = (0, 1, 2, 3, 4)
@@ -96,7 +101,13 @@ def overclustering(
     extra_zero_classes: int = 0,
     progress: bool = True,
 ) -> list[OverclusterResult]:
-    """Run the protocol on ``val`` for every ``K`` in ``config.num_clusters``."""
+    """Run the protocol on ``val`` for every ``K`` in ``config.num_clusters``.
+
+    Example::
+
+        from paka_hf.evaluation import OverclusterConfig, overclustering
+        result = overclustering(val_features, OverclusterConfig(num_clusters=[100], seeds=[0]))
+    """
     cfg = config or OverclusterConfig()
     ks = list(cfg.num_clusters) if cfg.num_clusters is not None else [val.num_classes, 100, 300, 500]
     n, _, h, w = val.features.shape

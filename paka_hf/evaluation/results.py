@@ -113,7 +113,14 @@ def model_weights_sha256(model_name_or_path: str | os.PathLike, revision: str | 
 @dataclass
 class EvaluationReport:
     """A run's results: the model measured (id or path, and the sha256 of its weights), package version, UTC
-    date and a list of :class:`MetricResult`. Build it with :meth:`for_model` to record the weights' hash."""
+    date and a list of :class:`MetricResult`. Build it with :meth:`for_model` to record the weights' hash.
+
+    Example::
+
+        from paka_hf.evaluation import EvaluationReport
+        report = EvaluationReport.load("results.json")
+        print([(r.metric_name, r.value) for r in report.results])
+    """
 
     model: str
     results: list[MetricResult] = field(default_factory=list)

@@ -48,7 +48,13 @@ DEFAULT_INPUT_SIZE = {"linear": 448, "overcluster": 448, "hummingbird": 504}
 
 @dataclass
 class EvaluationSettings:
-    """Everything a run needs besides the model and the data (defaults: docs/EVALUATION.md)."""
+    """Everything a run needs besides the model and the data (defaults: docs/EVALUATION.md).
+
+    Example::
+
+        from paka_hf.evaluation import EvaluationSettings, LinearProbeConfig
+        settings = EvaluationSettings(linear=LinearProbeConfig(epochs=5), input_size=224, max_images=50)
+    """
 
     linear: LinearProbeConfig = field(default_factory=LinearProbeConfig)
     overcluster: OverclusterConfig = field(default_factory=OverclusterConfig)
@@ -97,6 +103,13 @@ def run_evaluation(
     ``feature_cache``: a :class:`~.features.FeatureCache` on the same ``backbone`` to reuse features
     across calls (e.g. the same features with two linear schedules).
     ``dataset_kwargs`` go to :func:`~.datasets.load_segmentation_dataset`.
+
+    Example::
+
+        from paka_hf.evaluation import EvaluationSettings, run_evaluation
+        report = run_evaluation("facebook/dinov2-small", "camvid", ["linear", "hummingbird"],
+                                data_dir="data/camvid", settings=EvaluationSettings(device="cuda"))
+        report.save("results.json")
     """
     from paka_hf.backbones import PatchBackbone
 

@@ -1,0 +1,83 @@
+"""The command-line programs, importable: ``paka-train``, ``paka-evaluate``, ``paka-push``, ``paka-visualize``.
+
+Each module has ``main(argv)`` (raises :class:`~paka_hf.errors.PaKAUserError` for a user error) and
+``cli_main()``, the console entry point of ``setup.py``, which runs ``main`` through
+:func:`paka_hf.cli.run_script` (a user error is one line ``error: ...`` and exit status 2). The files under
+``scripts/`` call the same ``main``, so ``accelerate launch scripts/train.py --config X.yaml`` and
+``paka-train --config X.yaml`` are one program. ``paka-explore`` lives in :mod:`paka_hf.explore`.
+
+Example::
+
+    from paka_hf.commands import train
+    train.main(["--config", "configs/demo.yaml", "--max_steps", "5"])
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import difflib
+from collections.abc import Iterable, Sequence
+
+from transformers import HfArgumentParser
+
+from ..errors import ConfigError
+
+
+def closest_name(name: str, valid: Iterable[str]) -> str | None:
+    """The valid name most like ``name`` (``difflib``), or ``None`` when none is close."""
+    matches = difflib.get_close_matches(name, sorted(set(valid)), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def unknown_arguments_error(remaining: Sequence[str], parser: argparse.ArgumentParser) -> ConfigError:
+    """One line for what ``parser.parse_known_args`` left over: the first unknown option and the closest
+    option the parser has (``--learning_rat`` → did you mean ``--learning_rate``?)."""
+    options = [option for action in parser._actions for option in action.option_strings if option.startswith("--")]
+    for token in remaining:
+        if token.startswith("--"):
+            name = token.partition("=")[0]
+            suggestion = closest_name(name, options)
+            hint = f"; did you mean {suggestion}?" if suggestion else f"; {parser.prog} --help lists the options"
+            return ConfigError(f"unknown option {name}{hint}")
+    return ConfigError(f"unexpected argument(s): {' '.join(remaining)}")
+
+
+class StrictParserMixin:
+    """An ``argparse`` parser that takes no abbreviation (``--max_step`` is not ``--max_steps``) and raises
+    :class:`~paka_hf.errors.ConfigError` instead of printing its usage, so a bad command line is one line
+    ``error: ...`` with exit status 2 like every other user error."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        raise ConfigError(message)
+
+    def parse_known_args(self, args=None, namespace=None):
+        # An unknown option is reported before a missing required one: ``--repo org/x`` says "did you mean
+        # --repo_id?", not "--repo_id is required".
+        required = [item for item in (*self._actions, *self._mutually_exclusive_groups) if item.required]
+        for item in required:
+            item.required = False
+        try:
+            _, remaining = super().parse_known_args(args, copy.copy(namespace))
+        finally:
+            for item in required:
+                item.required = True
+        if remaining:
+            raise unknown_arguments_error(remaining, self)
+        return super().parse_known_args(args, namespace)
+
+    def parse_args(self, args=None, namespace=None):
+        return self.parse_known_args(args, namespace)[0]
+
+
+class StrictArgumentParser(StrictParserMixin, argparse.ArgumentParser):
+    """:class:`argparse.ArgumentParser` with :class:`StrictParserMixin`'s rules."""
+
+
+class StrictHfArgumentParser(StrictParserMixin, HfArgumentParser):
+    """:class:`transformers.HfArgumentParser` (one option per dataclass field) with :class:`StrictParserMixin`'s
+    rules."""

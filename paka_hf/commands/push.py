@@ -1,0 +1,110 @@
+"""Publish a PaKA training output folder to the Hugging Face Hub in one commit.
+
+Uploads exactly model.safetensors, config.json, preprocessor_config.json, README.md (the model card,
+rendered now from the folder, the training configuration and the evaluation results; a README.md of
+your own in the folder is neither uploaded nor overwritten), pictures/*.png (from scripts/visualize.py)
+and training_config.yaml (token-like values redacted). Nothing else in the folder (checkpoints,
+optimizer state, logs, pickles) is uploaded, and remote files the export does not contain are deleted
+in the same commit: the repository then holds exactly this export. The push is a single commit: if it
+fails, the repository is left exactly as it was (a repository the push created is deleted again).
+Transient HTTP errors are retried with back-off.
+
+Visibility: without --private a new repository gets the namespace's default visibility; with --private
+it is created private, and an existing public repository stops the push. A push never changes the
+visibility of an existing repository.
+
+Evaluation results go on the card only for the model they measured (same weights, or same folder / Hub
+id) and its base; any other file, or two files measuring the same metric for one model, stops the push.
+
+Authentication: run `hf auth login` once, or set HF_TOKEN to a token with write access. There is
+deliberately no --token option (command lines are visible to other users of the machine).
+Set HF_ENDPOINT to push to another Hub deployment.
+
+Examples (``paka-push`` is the same command):
+    python scripts/push_to_hub.py out/ --repo_id my-org/dinov2-paka
+    python scripts/push_to_hub.py out/ --repo_id my-org/dinov2-paka --private \\
+        --eval_results eval_base.json eval_paka.json --revision experiment-1
+    python scripts/push_to_hub.py out/ --repo_id my-org/dinov2-paka --dry_run   # card + file list only
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from .. import hub
+from ..cli import run_script
+from ..errors import ConfigError, MissingPathError, PaKAUserError
+from ..paths import check_local_path
+from . import StrictArgumentParser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = StrictArgumentParser(
+        prog="push_to_hub.py",
+        description=__doc__.split("\n\n")[0],
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="training output folder (written by scripts/train.py)")
+    parser.add_argument("--repo_id", "--repo-id", required=True, metavar="ORG/NAME", help="target model repository")
+    parser.add_argument("--private", action="store_const", const=True, default=None,
+                        help="create the repository private; refuse to push if it exists and is public "
+                             "(default: a new repository gets the namespace's default visibility)")
+    parser.add_argument("--eval_results", "--eval-results", nargs="+", default=[], metavar="JSON",
+                        help="evaluation results from scripts/evaluate.py, base and adapted model alike "
+                             "(default: OUTPUT_DIR/eval_results*.json)")
+    parser.add_argument("--revision", metavar="BRANCH", help="branch to commit to (created if missing; default main)")
+    parser.add_argument("--commit_message", "--commit-message", default=hub.DEFAULT_COMMIT_MESSAGE,
+                        help=f"commit title (default: {hub.DEFAULT_COMMIT_MESSAGE!r})")
+    parser.add_argument("--license", default=None,
+                        help="license in the card metadata (default: the base model family's, e.g. apache-2.0 for DINOv2, "
+                             "other/dinov3-license for DINOv3)")
+    parser.add_argument("--base_model", "--base-model", metavar="HUB_ID",
+                        help="base model for the card metadata (default: model_name_or_path of training_config.yaml)")
+    parser.add_argument("--dry_run", "--dry-run", action="store_true",
+                        help="print what would be uploaded and the model card, without contacting the Hub or "
+                             "writing anything")
+    # The feature explorer as a Gradio Space next to the model (paka_hf.space).
+    parser.add_argument("--space", nargs="?", const="", default=None, metavar="ORG/NAME",
+                        help="also create a Gradio Space with the feature explorer (default id: REPO_ID-explorer) "
+                             "and link it from the model card")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    check_local_path(args.output_dir, "OUTPUT_DIR", always=True)
+    try:
+        if args.dry_run:
+            files = hub.collect_upload_files(args.output_dir)
+            card = hub.render_model_card(args.output_dir, args.repo_id, eval_results=args.eval_results,
+                                         license=args.license, base_model=args.base_model)
+            print(f"Would push to {args.repo_id} ({args.revision or 'main'}), deleting any other remote file:")
+            for name in sorted([*files, hub.CARD_FILE]):
+                print(f"  {name}")
+            print(f"\n{hub.CARD_FILE} (the model card):\n\n{card.content}")
+            return 0
+        info = hub.push_to_hub(
+            args.output_dir, args.repo_id, private=args.private, eval_results=args.eval_results,
+            revision=args.revision, commit_message=args.commit_message, license=args.license,
+            base_model=args.base_model,
+        )
+    except (FileNotFoundError, ValueError) as err:  # paka_hf.hub's own checks of the folder and settings
+        if isinstance(err, PaKAUserError):
+            raise
+        raise (MissingPathError if isinstance(err, FileNotFoundError) else ConfigError)(str(err)) from err
+    print(f"Pushed {args.repo_id}: {info.commit_url}")
+    if args.space is not None:  # the feature explorer Space, after the model it loads
+        from paka_hf import space
+
+        space_id, space_info = space.publish_space_for_model(
+            args.output_dir, args.repo_id, args.space or None, base_model=args.base_model, private=args.private)
+        print(f"Pushed Space {space_id}: {space_info.commit_url} (linked from the model card)")
+    return 0
+
+
+def cli_main() -> int:
+    """The ``paka-push`` console command: :func:`main` with user errors as one line ``error: ...``, exit 2."""
+    return run_script(main)

@@ -1,0 +1,208 @@
+"""PaKA post-training of a supported ViT checkpoint (DINOv2, DINOv2 with registers, DINOv3, SigLIP / SigLIP 2, CLIP).
+
+    accelerate launch scripts/train.py --config configs/dinov2r_s14_coco.yaml [--any_field value ...]
+    paka-train --config configs/demo.yaml          # the same program, one process
+
+Every field of ``paka_hf.PaKAConfig`` (the method's settings and all of ``TrainingArguments``)
+can be set in the YAML file and overridden on the command line; ``--help`` lists them. The file's
+values are typed (``global_scale: [0.25, 1.0]``, ``flip: true``, ``null``); a key or option that is not
+a field, abbreviations included, stops with the closest field's name. At the end ``output_dir`` holds
+the adapted backbone as a plain ``transformers`` model folder, and ``train_results.json``,
+``all_results.json`` and ``trainer_state.json`` as the ``transformers`` example scripts write them. Resume an
+interrupted run with ``--resume_from_checkpoint latest`` (or a checkpoint folder); a new run into an
+``output_dir`` that holds checkpoints stops unless ``--overwrite_output_dir true`` (which removes them).
+
+Pushing to the Hub (``--push_to_hub true --hub_model_id org/name``) uses the token of ``hf auth login``
+or the ``HF_TOKEN`` environment variable. ``--hub_token`` still works but warns: a command line is visible
+to every user of the machine (``ps``). A user error (bad value, missing path, no checkpoint to resume)
+prints one line ``error: ...`` and exits with status 2; ``--debug`` shows its traceback.
+
+Example::
+
+    from paka_hf.commands.train import parse_config
+    config = parse_config(["--config", "configs/demo.yaml", "--max_steps", "5"])
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .. import PaKAConfig, PaKATrainer
+from ..cli import run_script
+from ..config import secret_fields
+from ..errors import ConfigError
+from ..paths import check_local_path
+from . import StrictHfArgumentParser, closest_name, unknown_arguments_error
+
+logger = logging.getLogger("train")
+
+# transformers 5.20 renamed ``gradient_checkpointing[_kwargs]`` to ``activation_checkpointing[_kwargs]``: the old
+# names warn and go in v6, and versions before 5.20 know only them. A config may use either name; it is passed on
+# under the one the installed transformers has.
+CHECKPOINTING_RENAMES = {
+    "gradient_checkpointing": "activation_checkpointing",
+    "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs",
+}
+
+
+def installed_name(key: str, field_names: set[str]) -> str:
+    """``gradient_checkpointing`` → ``activation_checkpointing`` where ``field_names`` has the new name, the
+    reverse where it has only the old one; any other key as is."""
+    for old, new in CHECKPOINTING_RENAMES.items():
+        if key == old and new in field_names:
+            return new
+        if key == new and new not in field_names:
+            return old
+    return key
+
+
+def to_installed_names(argv: list[str], field_names: set[str]) -> list[str]:
+    """``--gradient_checkpointing true`` → ``--activation_checkpointing true`` where ``field_names`` has the new
+    name, and the reverse where it has only the old one; every other argument as is."""
+    out = []
+    for token in argv:
+        if token.startswith("--"):
+            key, equals, value = token[2:].partition("=")
+            token = f"--{installed_name(key, field_names)}{equals}{value}"
+        out.append(token)
+    return out
+
+
+def build_parser() -> StrictHfArgumentParser:
+    """One option per ``PaKAConfig`` field, and ``--config``; no abbreviations, errors raised as ``ConfigError``."""
+    parser = StrictHfArgumentParser(
+        PaKAConfig, prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config", type=Path, default=None, help="YAML file of PaKAConfig fields; command-line flags override it"
+    )
+    return parser
+
+
+def _typed(action: argparse.Action, value: Any) -> Any:
+    """A YAML value as the option would have parsed it: strings through the option's type, ints widened to
+    float for a float field, each element of a list for a list field; a value outside the option's choices is
+    refused. Everything else (bools, dicts, ``None``, lists of the right type) as YAML typed it."""
+
+    def one(item: Any) -> Any:
+        if action.type is not None:
+            if isinstance(item, str):
+                item = action.type(item)
+            elif action.type is float and isinstance(item, int) and not isinstance(item, bool):
+                item = float(item)
+        if action.choices is not None and item is not None and item not in action.choices:
+            raise ValueError(f"{item!r} is not one of {', '.join(map(repr, action.choices))}")
+        return item
+
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)) and action.nargs in ("+", "*"):
+        return [one(item) for item in value]
+    return one(value)
+
+
+def read_config_file(config_file: str | Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The file's ``field: value`` mapping under the installed field names, each value typed as its option
+    would parse it. A key that is no field (an abbreviation included) is an error naming the closest field."""
+    check_local_path(config_file, "--config", always=True)
+    config_file = Path(config_file)
+    try:
+        values = yaml.safe_load(config_file.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{config_file} is not valid YAML: {error}") from error
+    if not isinstance(values, dict):
+        raise ConfigError(f"{config_file} must hold a mapping of field: value, got {type(values).__name__}")
+    field_names = {field.name for field in dataclasses.fields(PaKAConfig)}
+    actions = {action.dest: action for action in parser._actions if action.option_strings}
+    typed = {}
+    for key, value in values.items():
+        name = installed_name(str(key), field_names)
+        if name not in field_names:
+            suggestion = closest_name(str(key), field_names | set(CHECKPOINTING_RENAMES))
+            hint = f"; did you mean {suggestion!r}?" if suggestion else "; train.py --help lists the fields"
+            raise ConfigError(f"{config_file}: {key!r} is not a PaKAConfig field{hint}")
+        try:
+            typed[name] = _typed(actions[name], value)
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
+            raise ConfigError(f"{key} in {config_file}: {error}") from error
+    return typed
+
+
+def parse_config(argv: list[str]) -> PaKAConfig:
+    return parse_config_and_origins(argv)[0]
+
+
+def parse_config_and_origins(argv: list[str]) -> tuple[PaKAConfig, dict[str, str]]:
+    """The config from ``--config FILE`` and the command line (which wins), and for each field set in the
+    file and not on the command line, the file's name (for messages about the value).
+
+    The file's values become the parser's defaults (as TRL's ``TrlParser`` does), so they keep their YAML
+    types and every command-line option still overrides them."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    parser = build_parser()
+    field_names = {field.name for field in dataclasses.fields(PaKAConfig)}
+    values = read_config_file(known.config, parser) if known.config is not None else {}
+    parser.set_defaults(**values)
+    for action in parser._actions:
+        if action.dest in values:
+            action.required = False  # set in the file
+    args = to_installed_names(list(argv), field_names)
+    namespace, remaining = parser.parse_known_args(args)
+    if remaining:  # before PaKAConfig checks its values: the unknown option is the error to report
+        raise unknown_arguments_error(remaining, parser)
+    config = PaKAConfig(**{field.name: getattr(namespace, field.name)
+                           for field in dataclasses.fields(PaKAConfig) if field.init})
+    on_command_line = {token[2:].partition("=")[0].replace("-", "_") for token in args if token.startswith("--")}
+    origins = {key: str(known.config) for key in values if key not in on_command_line}
+    for name in secret_fields(on_command_line):
+        logger.warning(
+            "--%s on the command line is visible to every user of this machine (ps, shell history); run "
+            "`hf auth login` once or set the HF_TOKEN environment variable instead", name,
+        )
+    for name in secret_fields(origins):
+        logger.warning(
+            "%s in %s: a token in a config file travels with the file; run `hf auth login` once or set the "
+            "HF_TOKEN environment variable instead", name, origins[name],
+        )
+    return config, origins
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train, export the backbone to ``output_dir``, write the run's metrics and state there, push if asked."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    config, origins = parse_config_and_origins(sys.argv[1:] if argv is None else argv)
+    logging.getLogger().setLevel(logging.INFO if config.should_log else logging.WARNING)
+    config.check_local_paths(origins)  # before anything is loaded: a mistyped folder never reaches the Hub
+    trainer = PaKATrainer(args=config)
+    train_result = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    output = trainer.export_backbone(config.output_dir)
+    # As the transformers example scripts: train_results.json, all_results.json and trainer_state.json in
+    # output_dir (process zero writes them). The Hub push uploads none of them (paka_hf.hub.collect_upload_files).
+    metrics = train_result.metrics
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    if config.should_save:
+        print(f"adapted backbone ({config.export}) written to {output}; load it with "
+              f"AutoModel.from_pretrained({str(output)!r})")
+    if config.push_to_hub:
+        # One commit with the backbone, a regenerated model card and the training configuration; evaluation
+        # results written as output_dir/eval_results*.json by then are included in the card.
+        results = sorted(Path(config.output_dir).glob("eval_results*.json"))
+        info = trainer.push_to_hub(eval_results=results)
+        if info is not None:
+            print(f"pushed to {config.hub_model_id}: {getattr(info, 'commit_url', info)}")
+
+
+def cli_main() -> int:
+    """The ``paka-train`` console command: :func:`main` with user errors as one line ``error: ...``, exit 2."""
+    return run_script(main)
