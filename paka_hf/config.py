@@ -49,7 +49,17 @@ def _help(text: str, choices: tuple[str, ...] | None = None, **kwargs) -> Any:
 
 @dataclass
 class PaKAConfig(TrainingArguments):
-    """Training arguments for PaKA post-training (Yeo, Jang, Kim, arXiv 2509.05606)."""
+    """Training arguments for PaKA post-training (Yeo, Jang, Kim, arXiv 2509.05606).
+
+    Example::
+
+        >>> from paka_hf import PaKAConfig
+        >>> args = PaKAConfig(output_dir="out", dataset_name="path/to/images", max_steps=1000, loss="cka")
+        >>> args.teacher_momentum, args.global_size, args.local_size
+        (0.9995, 224, 98)
+        >>> PaKAConfig(output_dir="out", max_steps=10, loss="mse")  # doctest: +SKIP
+        paka_hf.errors.ConfigError: loss must be one of ('cka', 'gram', 'cosine', 'neco'), got 'mse'
+    """
 
     # ---- model ------------------------------------------------------------------------------
     model_name_or_path: str = _help(

@@ -231,6 +231,15 @@ class PaKATrainer(HubPushMixin, Trainer):
         image_processor: saved with checkpoints and the exported backbone; by default the student's own
             (the checkpoint's, or its family's reference processor), whose mean/std the model normalizes with.
         callbacks: extra ``TrainerCallback``s.
+
+    Example::
+
+        >>> from paka_hf import PaKAConfig, PaKATrainer
+        >>> args = PaKAConfig(output_dir="out", model_name_or_path="facebook/dinov2-with-registers-small",
+        ...                   dataset_name="path/to/images", max_steps=1000, use_lora=True, learning_rate=1e-4)
+        >>> trainer = PaKATrainer(args=args)
+        >>> trainer.train()
+        >>> trainer.export_backbone()  # out/: AutoModel.from_pretrained("out") loads it (LoRA: merged, + out/adapter)
     """
 
     _tag_names = list(TAGS)

@@ -123,7 +123,7 @@ def test_claim_verdicts_outside_the_seed_spread(driver):
 
 
 def test_the_lora_recipe_parses_with_adapters_and_the_main_recipes_steps(tmp_path):
-    train = load_module(REPO_ROOT / "scripts" / "train.py", "train_script")
+    from paka_hf.commands import train
     config = train.parse_config(["--config", str(REPRO / "paka_lora.yaml"), "--output_dir", str(tmp_path)])
     assert (config.use_lora, config.lora_rank, config.lora_alpha, config.learning_rate) == (True, 16, 16.0, 2e-4)
     assert config.max_steps == 160 and config.per_device_train_batch_size == 8 and config.loss == "cka"
