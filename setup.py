@@ -35,6 +35,8 @@ setup(
         "test": ["pytest>=8.0", "selenium>=4.40"],  # selenium: the explorer's browser test
         # the feature explorer (paka-explore, paka_hf.explore) and its Hub Space
         "app": ["gradio>=6.0,<7"],
+        # LoRA post-training (use_lora, paka_hf.lora)
+        "peft": ["peft>=0.15"],
     },
     entry_points={
         "console_scripts": [
