@@ -4,7 +4,8 @@
 # with the full step from rendered views and from uint8 images (views rendered on the device), the
 # bare+heads baseline and the breakdown of what the full step adds; then the ATen ops the full step adds
 # under CUDA's autocast rules, at batch 64 (benchmarks/step_ops.py, seconds). Writes JSON and logs to $OUT
-# (default: ./gpu_out). Then (issue 18) NeCo's full step beside PaKA's, ViT-S/14, in one gpu_step.py run (neco.json).
+# (default: ./gpu_out). Then (issue 18) NeCo's full step beside PaKA's, ViT-S/14, in one gpu_step.py run (neco.json),
+# and (issue 15) the LoRA student's step and peak memory beside full post-training's, ViT-S/14 and ViT-B/14 (lora.json).
 #   bash benchmarks/device_suite.sh            # on the GPU machine, at most ~9 minutes
 #   bash benchmarks/device_suite.sh --smoke    # the same sequence with tiny shapes, on CPU, seconds
 set -u
@@ -16,9 +17,10 @@ PY=${PYTHON:-python3}
 if [ "${1:-}" = "--smoke" ]; then
   EXTRA=(--smoke --device cpu); BUDGET_EAGER=60; BUDGET_COMPILE=60; COMPILE=(--compile --compile_backend aot_eager)
   BUDGET_NECO=60; NECO_MODELS=(--no_breakdown)  # the breakdown is checked by gpu_step's own smoke test
+  LORA_MODELS=(--no_breakdown)
 else
   EXTRA=(); BUDGET_EAGER=100; BUDGET_COMPILE=190; COMPILE=(--compile)
-  BUDGET_NECO=90; NECO_MODELS=(--models s14)
+  BUDGET_NECO=90; NECO_MODELS=(--models s14); LORA_MODELS=(--models s14 b14 --no_breakdown)
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/nvidia_smi.txt"
   timeout 45 $PY -m pytest -q -p no:cacheprovider tests/test_render.py tests/test_gpu_step.py -k "cuda" 2>&1 | tail -5 | tee "$OUT/cuda_tests.txt"
 fi
@@ -34,6 +36,9 @@ fi
 # NeCo's step beside PaKA's (issue 18): ViT-S/14, eager, the same views, NeCo's published loss settings.
 timeout $((BUDGET_NECO + 30)) $PY benchmarks/gpu_step.py "${EXTRA[@]}" "${NECO_MODELS[@]}" --loss cka neco --no_sync_check \
   --time_budget $BUDGET_NECO --json "$OUT/neco.json" 2>&1 | tee "$OUT/neco.log"
+# LoRA's step beside full post-training's (issue 15): ViT-S/14 and ViT-B/14, eager, the same views; peak memory.
+timeout $((BUDGET_NECO + 30)) $PY benchmarks/gpu_step.py "${EXTRA[@]}" "${LORA_MODELS[@]}" --loss cka cka_lora --no_sync_check \
+  --time_budget $BUDGET_NECO --json "$OUT/lora.json" 2>&1 | tee "$OUT/lora.log"
 # What the full step runs beyond the bare step under CUDA's autocast rules, at the benchmark's batch (seconds).
 if [ "${1:-}" = "--smoke" ]; then OPS=(--smoke --device cpu); else OPS=(--batch 64 --models s14 b14); fi
 timeout 90 $PY benchmarks/step_ops.py "${OPS[@]}" 2>&1 | tee "$OUT/step_ops.log"

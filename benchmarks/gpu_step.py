@@ -118,6 +118,7 @@ else:  # imported (tests, step_ops.py): the importer decides
 from paka_hf.backbones import PatchBackbone, ProjectionHead
 from paka_hf.losses import NeCoSettings
 from paka_hf.modeling import PaKAModel
+from paka_hf.lora import LoRASettings, LoRATeacher, add_lora
 from paka_hf.optimization import optimizer_groups
 from paka_hf.views import GlimTransform, collate_views, render_views, sample_boxes
 
@@ -144,7 +145,10 @@ MODELS = {
     "tiny_clip": ("tiny CLIP", "clip", _TINY),
 }
 LABELS = {name: label for name, (label, _, _) in MODELS.items()}
-LOSS_LABELS = {"cka": "", "neco": " NeCo"}  # appended to the model's label in the rows
+# appended to the model's label in the rows; "cka_lora": PaKA's loss on a LoRA student (rank 16 on every attention
+# and MLP projection, paka_hf.lora), whose teacher shares the frozen base (issue 15)
+LOSS_LABELS = {"cka": "", "neco": " NeCo", "cka_lora": " LoRA r16"}
+LORA_RANK = 16
 
 
 def label(name: str, loss: str) -> str:
@@ -202,6 +206,9 @@ def build_model(name: str, args, loss: str = "cka") -> PaKAModel:
     if not backbone.family.has_drop_path:
         log(f"{LABELS[name]}: {backbone.family.title} has no stochastic depth; --drop_path does not apply")
     head = ProjectionHead(backbone.hidden_size, args.head_hidden, args.head_out)
+    if loss == "cka_lora":
+        add_lora(backbone, LoRASettings(rank=LORA_RANK, alpha=float(LORA_RANK)))
+        loss = "cka"
     # roi 7, linear kernel: the defaults of the trainer; NeCo with its published settings (steepness 100,
     # a 16384-token queue fed 20 tokens per image: NeCo's at its batch of 64)
     model = PaKAModel(backbone, head, loss=loss, neco=NeCoSettings() if loss == "neco" else None)
@@ -273,7 +280,9 @@ def step_flops(model: PaKAModel, batch: dict) -> tuple[float, float]:
     b, n_global = batch["global_boxes"].shape[:2]
     n_local = batch["local_boxes"].shape[1]
     student = b * n_local * view_flops(model.student, batch["local_views"].shape[-1])
-    teacher = b * n_global * view_flops(model.teacher, batch["global_views"].shape[-1])
+    # a LoRA teacher (paka_hf.lora.LoRATeacher) runs the student's own modules with its EMA adapters
+    teacher_net = model.student if isinstance(model.teacher, LoRATeacher) else model.teacher
+    teacher = b * n_global * view_flops(teacher_net, batch["global_views"].shape[-1])
     head_params = sum(m.weight.numel() for m in model.student_head.modules() if isinstance(m, nn.Linear))
     head = 2.0 * head_params * b * n_local * model.roi_size**2
     return 3 * (student + head) + teacher + head, 3 * student + teacher
@@ -574,6 +583,7 @@ def run_model(name: str, args, loss: str = "cka") -> dict:
         "view_sizes": [global_size, local_size],
         "params_student": sum(p.numel() for p in model.student.parameters()),
         "params_head": sum(p.numel() for p in model.student_head.parameters()),
+        "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "batch": args.batch,
         "full_ms": 1e3 * t_full,
         "bare_ms": 1e3 * t_bare,
@@ -621,8 +631,9 @@ def parse_args(argv=None):
                              "(random weights, released shapes; patch-16 models take the views rounded to multiples "
                              "of 16, e.g. 512/96), tiny_* for --smoke")
     parser.add_argument("--loss", nargs="+", default=["cka"], choices=list(LOSS_LABELS),
-                        help="the full step's loss: 'cka' (PaKA) and/or 'neco' (NeCo's sorting loss, its published "
-                             "settings); each model is measured once per loss, in this order")
+                        help="the full step's loss: 'cka' (PaKA), 'neco' (NeCo's sorting loss, its published "
+                             "settings), 'cka_lora' (PaKA on a rank-16 LoRA student whose teacher shares the base); "
+                             "each model is measured once per choice, in this order")
     parser.add_argument("--batch", type=int, default=64, help="images per step")
     parser.add_argument("--steps", type=int, default=30, help="timed steps of each kind (full, bare, bare+heads)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating timed blocks the steps are split into")

@@ -11,8 +11,10 @@ not the data workers') is reported beside the wall time: on a machine loaded by 
 of the two.
 
     python benchmarks/recipe_step.py --runs paka neco --rounds 3 --steps 10 --shared ../shared
+    python benchmarks/recipe_step.py --runs paka paka_lora --rounds 3 --steps 10 --shared ../shared   # LoRA against full
 
-This is how ``configs/repro/neco_equal_time.yaml`` got its step count (see that file).
+It also reports, per recipe, the trainable parameters (against the backbone's), the tensors the training module
+holds (student, teacher and heads, each storage once) and the optimizer's state. This is how ``configs/repro/neco_equal_time.yaml`` got its step count (see that file).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ CONFIG_DIR = REPO / "configs" / "repro"
 def measure_one(run: str, steps: int, warmup: int, shared: Path | None) -> dict:
     """In this process: ``steps`` steps of the recipe; median seconds per step after ``warmup``, peak RSS."""
     sys.path.insert(0, str(REPO))
+    import torch
     from transformers import TrainerCallback
 
     from paka_hf import PaKATrainer
@@ -58,6 +61,13 @@ def measure_one(run: str, steps: int, warmup: int, shared: Path | None) -> dict:
         timer = StepEnds()
         trainer = PaKATrainer(args=config, callbacks=[timer])
         trainer.train()
+        model = trainer.model
+        backbone_params = sum(p.numel() for p in model.student.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        # every tensor the training module holds (student, teacher, heads, buffers), each storage once
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in model.state_dict().values()}
+        optimizer_bytes = sum(v.numel() * v.element_size() for state in trainer.optimizer.state.values()
+                              for v in state.values() if torch.is_tensor(v))
     gaps = [b - a for a, b in zip(timer.ends[warmup:], timer.ends[warmup + 1 :])]
     cpu = [b - a for a, b in zip(timer.cpu_ends[warmup:], timer.cpu_ends[warmup + 1 :])]
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux -> MiB
@@ -65,7 +75,9 @@ def measure_one(run: str, steps: int, warmup: int, shared: Path | None) -> dict:
     return {"run": run, "loss": config.loss, "use_head": config.use_head, "batch": config.per_device_train_batch_size,
             "step_s": statistics.median(gaps), "step_s_all": gaps,
             "step_cpu_s": statistics.median(cpu), "step_cpu_s_all": cpu, "peak_rss_mib": own,
-            "peak_rss_worker_mib": workers}  # fmt: skip
+            "peak_rss_worker_mib": workers, "use_lora": config.use_lora, "backbone_params": backbone_params,
+            "trainable_params": trainable, "model_tensors_mib": sum(storages.values()) / 2**20,
+            "optimizer_state_mib": optimizer_bytes / 2**20}  # fmt: skip
 
 
 def main() -> None:
@@ -106,7 +118,11 @@ def main() -> None:
                         "ratio_to_first_median": statistics.median(ratios), "ratio_min": min(ratios),
                         "ratio_max": max(ratios), "cpu_ratio_to_first_median": statistics.median(cpu_ratios),
                         "cpu_ratio_min": min(cpu_ratios), "cpu_ratio_max": max(cpu_ratios), "peak_rss_mib_max": max(r[run]["peak_rss_mib"] for r in rounds)}  # fmt: skip
+        last = rounds[-1][run]
         s = summary[run]
+        print(f"{run:>16}: {last['trainable_params']:,} trainable parameters of {last['backbone_params']:,} in the backbone "
+              f"({100 * last['trainable_params'] / last['backbone_params']:.2f} %); tensors held {last['model_tensors_mib']:.0f} MiB, "
+              f"optimizer state {last['optimizer_state_mib']:.0f} MiB")  # fmt: skip
         print(f"{run:>16}: {s['step_s_median']:.3f} s/step, {s['ratio_to_first_median']:.2f}x {first} "
               f"(rounds {s['ratio_min']:.2f}-{s['ratio_max']:.2f}); main-process CPU time {s['cpu_ratio_to_first_median']:.2f}x "
               f"(rounds {s['cpu_ratio_min']:.2f}-{s['cpu_ratio_max']:.2f}); peak RSS {s['peak_rss_mib_max']:.0f} MiB")  # fmt: skip
