@@ -249,8 +249,10 @@ FAMILIES: dict[str, BackboneFamily] = {
     )
 }
 
+#: ``model_type`` of the vision models themselves, one per family: what an exported backbone folder holds.
+VISION_MODEL_TYPES = tuple(FAMILIES)
 #: Every ``model_type`` a checkpoint may have: the families' own and the full checkpoints they load from.
-SUPPORTED_MODEL_TYPES = tuple(FAMILIES) + tuple(t for f in FAMILIES.values() for t in f.full_model_types)
+SUPPORTED_MODEL_TYPES = VISION_MODEL_TYPES + tuple(t for f in FAMILIES.values() for t in f.full_model_types)
 
 
 def family_for(model_type: str | None, source: str = "the model") -> BackboneFamily:

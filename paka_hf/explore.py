@@ -54,6 +54,7 @@ from PIL import Image
 from . import visualize as viz
 from .paths import check_local_path
 from .errors import ConfigError, EmptyDatasetError, MissingPathError, PaKAUserError
+from .files import TRAINING_CONFIG_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -362,14 +363,14 @@ def default_base(model: str | os.PathLike) -> str | None:
 
     path = Path(model)
     if path.is_dir():
-        config = path / "training_config.yaml"
+        config = path / TRAINING_CONFIG_FILE
         if not config.is_file():
             return None
         return (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("model_name_or_path")
     try:
         from huggingface_hub import hf_hub_download
 
-        local = hf_hub_download(os.fspath(model), "training_config.yaml")
+        local = hf_hub_download(os.fspath(model), TRAINING_CONFIG_FILE)
     except Exception:  # noqa: BLE001 - no such file, offline, not a Hub id: the caller asks for --base
         return None
     return (yaml.safe_load(Path(local).read_text(encoding="utf-8")) or {}).get("model_name_or_path")

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from ..cli import run_script
 from ..errors import ConfigError
-from ..hub import PICTURES_DIR, read_training_config
+from ..files import PICTURES_DIR
+from ..hub import read_training_config
 from ..paths import check_local_path
 from . import StrictArgumentParser
 
