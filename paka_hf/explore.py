@@ -55,6 +55,7 @@ from . import visualize as viz
 from .paths import check_local_path
 from .errors import ConfigError, EmptyDatasetError, MissingPathError, PaKAUserError
 from .files import TRAINING_CONFIG_FILE
+from .imaging import IMAGE_SUFFIXES, is_image_file
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,6 @@ DEFAULT_MAX_PIXELS = 40_000_000
 MAX_ASPECT_RATIO = 4.0
 #: Images (per model) whose features stay cached.
 DEFAULT_CACHE_SIZE = 16
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 PCA_MODES = ("per model", "joint")
 DEFAULT_CLUSTERS = 8
 DEFAULT_LABELS = ("Base", "PaKA")
@@ -381,7 +381,7 @@ def gallery_images(folder: str | os.PathLike) -> list[Path]:
     path = Path(folder)
     if not path.is_dir():
         raise MissingPathError(f"--images {os.fspath(folder)!r}: no such folder")
-    images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    images = sorted(p for p in path.iterdir() if is_image_file(p) and p.is_file())
     if not images:
         raise EmptyDatasetError(f"--images {os.fspath(folder)!r} holds no image ({', '.join(IMAGE_SUFFIXES)})")
     return images
