@@ -186,7 +186,7 @@ def _md_table(pairs: Sequence[tuple[str, Any]], header: tuple[str, str]) -> str:
 
 def _compute_table(summary: Mapping[str, Any]) -> str:
     if not summary:
-        return "No `training_summary.json` was found in the output folder, so compute is not reported."
+        return f"No `{TRAINING_SUMMARY_FILE}` was found in the output folder, so compute is not reported."
     pairs = []
     runtime = summary.get("train_runtime_s")
     if runtime is not None:
@@ -395,7 +395,7 @@ def render_model_card(
         results_notes=_results_notes(base_entries + adapted_entries),
         pictures=find_pictures(out),
         config_table=_md_table(config_pairs, ("Setting", "Value")) if config_pairs
-        else "No `training_config.yaml` was found in the output folder.",
+        else f"No `{TRAINING_CONFIG_FILE}` was found in the output folder.",
         compute_table=_compute_table(summary),
         notice=notice,
         citation=CITATION,
