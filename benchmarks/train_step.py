@@ -31,6 +31,7 @@ from transformers import AutoModel, Dinov2Config, TrainerCallback
 
 from paka_hf import PaKAConfig, PaKATrainer
 from paka_hf.demo import synthetic_jpegs
+from paka_hf.imaging import is_image_file
 from paka_hf.views import collate_views, normalize_views
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "camvid" / "train" / "images"
@@ -75,7 +76,7 @@ def main() -> None:
     # Bare backbone on the same kind of views, rendered beforehand.
     model = trainer.model
     transform = trainer.view_transform
-    files = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in {".jpg", ".png", ".jpeg"})[: args.batch]
+    files = sorted(p for p in Path(images).iterdir() if is_image_file(p))[: args.batch]
     batch = collate_views([transform(Image.open(f).convert("RGB")) for f in files])
     batch = {k: normalize_views(v) if k.endswith("_views") else v for k, v in batch.items()}  # the model's own first op
     roi_tokens = model.roi_size**2

@@ -81,6 +81,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, PretrainedConfig, PreTrainedModel
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from .errors import ConfigError
 
@@ -179,7 +180,7 @@ def _siglip_unused(config: PretrainedConfig) -> tuple[str, ...]:
 _DINOV2_PROCESSOR = dict(  # preprocessor_config.json of the facebook/dinov2-* checkpoints
     do_resize=True, size={"shortest_edge": 256}, resample=3, do_center_crop=True,
     crop_size={"height": 224, "width": 224}, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
-    image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225], do_convert_rgb=True,
+    image_mean=list(IMAGENET_DEFAULT_MEAN), image_std=list(IMAGENET_DEFAULT_STD), do_convert_rgb=True,
 )  # fmt: skip
 _APACHE = CardMetadata(license="apache-2.0")
 _VIT_BLOCKS = r"encoder\.layers\.\d+"
@@ -249,8 +250,10 @@ FAMILIES: dict[str, BackboneFamily] = {
     )
 }
 
+#: ``model_type`` of the vision models themselves, one per family: what an exported backbone folder holds.
+VISION_MODEL_TYPES = tuple(FAMILIES)
 #: Every ``model_type`` a checkpoint may have: the families' own and the full checkpoints they load from.
-SUPPORTED_MODEL_TYPES = tuple(FAMILIES) + tuple(t for f in FAMILIES.values() for t in f.full_model_types)
+SUPPORTED_MODEL_TYPES = VISION_MODEL_TYPES + tuple(t for f in FAMILIES.values() for t in f.full_model_types)
 
 
 def family_for(model_type: str | None, source: str = "the model") -> BackboneFamily:

@@ -18,6 +18,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
+from .backbones import SUPPORTED_MODEL_TYPES
 from .data import DATASET_FORMATS, DEFAULT_MAX_IMAGE_PIXELS
 from .errors import ConfigError, check_choice, check_patch_multiple, check_roi_size
 from .lora import LoRASettings
@@ -63,8 +64,8 @@ class PaKAConfig(TrainingArguments):
 
     # ---- model ------------------------------------------------------------------------------
     model_name_or_path: str = _help(
-        "Backbone checkpoint, a Hub id or a local directory, of a supported family: dinov2, dinov2_with_registers, "
-        "dinov3_vit, siglip / siglip2 / clip (full or vision-only; the vision tower is trained).",
+        "Backbone checkpoint, a Hub id or a local directory, of a supported model type: "
+        f"{', '.join(SUPPORTED_MODEL_TYPES)} (full or vision-only; the vision tower is trained).",
         default="facebook/dinov2-with-registers-small",
     )
     model_revision: str | None = _help("Hub revision (branch, tag or commit) of the model.", default=None)

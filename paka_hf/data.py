@@ -39,12 +39,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import ConfigError, EmptyDatasetError, check_choice
-from .imaging import to_rgb
+from .imaging import IMAGE_SUFFIXES, to_rgb
 from .views import GlimTransform, collate_views
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 DEFAULT_MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb threshold (89,478,485 pixels)
 
 

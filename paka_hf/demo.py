@@ -26,8 +26,9 @@ def make_tiny_model(path: Path, seed: int = 0) -> Path:
     from transformers import AutoModel, Dinov2WithRegistersConfig
 
     from .backbones import load_image_processor
+    from .files import MODEL_CONFIG_FILE, WEIGHTS_FILE
 
-    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+    if (path / MODEL_CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file():
         return path
     torch.manual_seed(seed)
     model = AutoModel.from_config(Dinov2WithRegistersConfig(**TINY_MODEL))

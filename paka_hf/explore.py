@@ -54,6 +54,8 @@ from PIL import Image
 from . import visualize as viz
 from .paths import check_local_path
 from .errors import ConfigError, EmptyDatasetError, MissingPathError, PaKAUserError
+from .files import TRAINING_CONFIG_FILE
+from .imaging import IMAGE_SUFFIXES, is_image_file
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +67,6 @@ DEFAULT_MAX_PIXELS = 40_000_000
 MAX_ASPECT_RATIO = 4.0
 #: Images (per model) whose features stay cached.
 DEFAULT_CACHE_SIZE = 16
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 PCA_MODES = ("per model", "joint")
 DEFAULT_CLUSTERS = 8
 DEFAULT_LABELS = ("Base", "PaKA")
@@ -362,14 +363,14 @@ def default_base(model: str | os.PathLike) -> str | None:
 
     path = Path(model)
     if path.is_dir():
-        config = path / "training_config.yaml"
+        config = path / TRAINING_CONFIG_FILE
         if not config.is_file():
             return None
         return (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("model_name_or_path")
     try:
         from huggingface_hub import hf_hub_download
 
-        local = hf_hub_download(os.fspath(model), "training_config.yaml")
+        local = hf_hub_download(os.fspath(model), TRAINING_CONFIG_FILE)
     except Exception:  # noqa: BLE001 - no such file, offline, not a Hub id: the caller asks for --base
         return None
     return (yaml.safe_load(Path(local).read_text(encoding="utf-8")) or {}).get("model_name_or_path")
@@ -380,7 +381,7 @@ def gallery_images(folder: str | os.PathLike) -> list[Path]:
     path = Path(folder)
     if not path.is_dir():
         raise MissingPathError(f"--images {os.fspath(folder)!r}: no such folder")
-    images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    images = sorted(p for p in path.iterdir() if is_image_file(p) and p.is_file())
     if not images:
         raise EmptyDatasetError(f"--images {os.fspath(folder)!r} holds no image ({', '.join(IMAGE_SUFFIXES)})")
     return images

@@ -4,12 +4,32 @@ Handles what real image collections contain: EXIF orientation, grayscale and bil
 (with or without transparency), RGBA / LA (composited on white, as ``transformers`` does),
 CMYK, YCbCr / LAB / HSV, 16-bit and 32-bit integer and float images (rescaled to 8 bits rather
 than clipped to white). :func:`fit_within` bounds the size of what the views are cut from.
+:data:`IMAGE_SUFFIXES` are the file suffixes every image folder reader of the package takes as images.
 """
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
+
+#: The suffixes (compared in lower case: ``photo.JPG`` is an image) of the files read as images, by every reader
+#: of a folder: the training data (:mod:`paka_hf.data`), the evaluation folder datasets, the explorer's gallery
+#: and ``paka-visualize``. Formats Pillow decodes and that image collections hold in practice (JPEG, PNG, WebP,
+#: BMP, GIF, TIFF, Netpbm); all are in the ``datasets`` imagefolder builder's list too, so a folder the training
+#: data lists is one that builder reads. One set, so a folder is never read differently by two commands.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+def is_image_file(path: os.PathLike | str) -> bool:
+    """Whether ``path`` names an image by its suffix (any case; see :data:`IMAGE_SUFFIXES`).
+
+    Example:
+        >>> is_image_file("photos/IMG_0001.JPG"), is_image_file("notes.txt")
+        (True, False)
+    """
+    return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_SUFFIXES
 
 _WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 

@@ -50,7 +50,8 @@ from torch import nn
 
 from .backbones import PatchBackbone, resolve_lora_targets, vision_config
 from .errors import ConfigError
-from .hub.export import ADAPTER_DIR, save_backbone
+from .files import ADAPTER_DIR, CARD_FILE
+from .hub.export import save_backbone
 from .teacher import EMAPairs
 
 #: How to get the optional dependency, in every error that needs it.
@@ -261,6 +262,6 @@ def export_lora_backbone(
         shutil.rmtree(adapter_dir)
     peft_model.save_pretrained(adapter_dir)
     # peft writes a template model card with empty sections; the repository's card (paka_hf.hub.card) is the card.
-    (adapter_dir / "README.md").unlink(missing_ok=True)
+    (adapter_dir / CARD_FILE).unlink(missing_ok=True)
     merged = peft_model.merge_and_unload()
     return save_backbone(merged, out, image_processor=image_processor or backbone.image_processor)

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .files import CARD_FILE
 
 SPACE_SUFFIX = "-explorer"
 APP_FILE = "app.py"
 REQUIREMENTS_FILE = "requirements.txt"
-CARD_FILE = "README.md"
 DEFAULT_COMMIT_MESSAGE = "Feature explorer for the PaKA model (paka_hf.space)"
 #: Markers around the card section written by :func:`link_space_in_card` (replaced, never duplicated).
 CARD_SECTION_START = "<!-- paka-explorer-space -->"

@@ -54,8 +54,11 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, enable_full_determ
 from .backbones import PatchBackbone, ProjectionHead
 from .config import PaKAConfig
 from .errors import ConfigError, MissingPathError
+from .files import (  # CHECKPOINT_MARKER etc. stay importable from paka_hf.trainer
+    ADAPTER_DIR, CHECKPOINT_MARKER, RANK_DIAGNOSTICS_DIR, RANK_DIAGNOSTICS_FILE, STREAM_STATE_FILE, TRAINING_CONFIG_FILE,
+    TRAINING_SUMMARY_FILE, WEIGHTS_FILE,
+)
 from .hub import save_backbone
-from .hub.export import ADAPTER_DIR
 from .lora import add_lora, export_lora_backbone, is_lora_backbone
 from .trainer_hub import HubPushMixin
 from .data import (
@@ -75,10 +78,6 @@ from .views import GlimTransform
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_MARKER = "paka_checkpoint_complete.json"
-STREAM_STATE_FILE = "paka_stream_rank{rank}.json"
-TRAINING_CONFIG_FILE = "training_config.yaml"
-TRAINING_SUMMARY_FILE = "training_summary.json"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -514,7 +513,7 @@ class PaKATrainer(HubPushMixin, Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Strict load of the whole PaKAModel (student, teacher, heads): a missing or renamed tensor is an error."""
         model = model if model is not None else self.model
-        weights = Path(resume_from_checkpoint) / "model.safetensors"
+        weights = Path(resume_from_checkpoint) / WEIGHTS_FILE
         if not weights.is_file():
             raise MissingPathError(f"{weights} not found: {resume_from_checkpoint} is not a PaKA checkpoint")
         state = safetensors.torch.load_file(str(weights), device="cpu")
@@ -614,11 +613,11 @@ class PaKATrainer(HubPushMixin, Trainer):
             warn_if_shuffle_buffers_exceed_memory(self.image_source, self.args.shuffle_buffer_size, streams_here)
 
     def _write_rank_diagnostics(self) -> None:
-        folder = Path(self.args.output_dir) / "rank_diagnostics"
+        folder = Path(self.args.output_dir) / RANK_DIAGNOSTICS_DIR
         folder.mkdir(parents=True, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model)
         _write_text_atomic(
-            folder / f"rank{self.args.process_index}.json",
+            folder / RANK_DIAGNOSTICS_FILE.format(rank=self.args.process_index),
             json.dumps(
                 {
                     "rank": self.args.process_index,

@@ -37,7 +37,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .hub.card import find_pictures
-from .hub.export import TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE
+from .files import TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE
 from .hub.push import HubAuthenticationError, push_to_hub
 
 logger = logging.getLogger(__name__)

@@ -38,6 +38,7 @@ from .. import PaKAConfig, PaKATrainer
 from ..cli import run_script
 from ..config import secret_fields
 from ..errors import ConfigError
+from ..files import EVAL_RESULTS_GLOB
 from ..paths import check_local_path
 from . import StrictHfArgumentParser, closest_name, unknown_arguments_error
 
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     if config.push_to_hub:
         # One commit with the backbone, a regenerated model card and the training configuration; evaluation
         # results written as output_dir/eval_results*.json by then are included in the card.
-        results = sorted(Path(config.output_dir).glob("eval_results*.json"))
+        results = sorted(Path(config.output_dir).glob(EVAL_RESULTS_GLOB))
         info = trainer.push_to_hub(eval_results=results)
         if info is not None:
             print(f"pushed to {config.hub_model_id}: {getattr(info, 'commit_url', info)}")

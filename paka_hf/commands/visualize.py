@@ -16,11 +16,12 @@ from pathlib import Path
 
 from ..cli import run_script
 from ..errors import ConfigError
-from ..hub import PICTURES_DIR, read_training_config
+from ..files import PICTURES_DIR, TRAINING_CONFIG_FILE
+from ..hub import read_training_config
+from ..imaging import IMAGE_SUFFIXES, is_image_file
 from ..paths import check_local_path
 from . import StrictArgumentParser
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
     check_local_path(output_dir, "OUTPUT_DIR", always=not args.adapted)
     base = args.base or read_training_config(output_dir).get("model_name_or_path")
     if not base:
-        raise ConfigError(f"no --base given and {output_dir}/training_config.yaml names no model_name_or_path")
+        raise ConfigError(f"no --base given and {output_dir / TRAINING_CONFIG_FILE} names no model_name_or_path")
     check_local_path(base, "--base")
     check_local_path(args.adapted, "--adapted")
     if args.images:
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
             check_local_path(image, "--images", always=True)
     else:
         check_local_path(args.image_dir, "--image_dir", always=True)
-        images = sorted(p for p in Path(args.image_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[: args.num_images]
+        images = sorted(p for p in Path(args.image_dir).iterdir() if is_image_file(p))[: args.num_images]
         if not images:
             raise ConfigError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {args.image_dir}")
     paths = make_pictures(

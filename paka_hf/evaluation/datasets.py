@@ -48,8 +48,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import PaKAUserError
+from ..imaging import IMAGE_SUFFIXES, is_image_file
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _UNKNOWN = np.iinfo(np.int64).min  # lookup-table value for raw labels outside the convention (never an ignore index)
 
 VOC_CLASSES = (
@@ -328,9 +328,9 @@ class FolderSegmentation(_FileDataset):
                     f"{folder} does not exist; a folder dataset needs {root}/{split}/images/* and "
                     f"{root}/{split}/masks/*.png (one mask per image, same file stem)"
                 )
-        images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        images = sorted(p for p in image_dir.iterdir() if is_image_file(p))
         if not images:
-            raise DatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {image_dir}")
+            raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {image_dir}")
         self._items = _pair_files(images, mask_dir, on_missing, self.build_stats)
         stems = {p.stem for p in images}
         orphans = [m for m in mask_dir.glob("*.png") if m.stem not in stems]

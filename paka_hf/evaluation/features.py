@@ -34,9 +34,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
+from transformers.image_utils import IMAGENET_DEFAULT_STD
 
-HUMMINGBIRD_PUBLISHED_STD = (0.229, 0.224, 0.255)  # the typo in the published Hummingbird evaluation code
-_IMAGENET_STD = (0.229, 0.224, 0.225)  # what that code meant to write
+# The published Hummingbird evaluation code normalised ImageNet-statistics models with this std, a typo for
+# IMAGENET_DEFAULT_STD (0.255 for 0.225, blue channel); it is kept on purpose to reproduce the published numbers.
+HUMMINGBIRD_PUBLISHED_STD = (0.229, 0.224, 0.255)
 
 
 def published_hummingbird_std(std: Sequence[float]) -> tuple[float, ...]:
@@ -46,7 +48,7 @@ def published_hummingbird_std(std: Sequence[float]) -> tuple[float, ...]:
     backbone (SigLIP, CLIP) keeps its own std.
     """
     std = tuple(float(s) for s in std)
-    return HUMMINGBIRD_PUBLISHED_STD if all(abs(a - b) < 1e-6 for a, b in zip(std, _IMAGENET_STD)) else std
+    return HUMMINGBIRD_PUBLISHED_STD if all(abs(a - b) < 1e-6 for a, b in zip(std, IMAGENET_DEFAULT_STD)) else std
 
 
 def backbone_normalization(backbone: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from paka_hf import __version__
-from paka_hf.hub.export import WEIGHTS_FILE, weights_sha256
+from paka_hf.files import WEIGHTS_FILE
+from paka_hf.hub.export import weights_sha256
 
 RESULT_KEYS = (
     "protocol", "task_type", "dataset_name", "dataset_type", "dataset_config", "split", "metric_type",

@@ -23,10 +23,11 @@ from .card import (
     CITATION, DEFAULT_TAGS, PAPER_URL, TEMPLATE_PATH, Picture, find_pictures,
     read_training_config, redact_secrets, render_model_card, results_table,
 )
-from .export import (
-    ADAPTER_DIR, ADAPTER_FILES, CARD_FILE, EXPORT_FILES, PICTURES_DIR, TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE, WEIGHTS_FILE,
-    default_image_processor, save_backbone, weights_sha256,
+from ..files import (
+    ADAPTER_DIR, ADAPTER_FILES, CARD_FILE, EXPORT_FILES, PICTURES_DIR, TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE,
+    WEIGHTS_FILE,
 )
+from .export import default_image_processor, save_backbone, weights_sha256
 from .push import (
     DEFAULT_COMMIT_MESSAGE, HubAuthenticationError, HubVisibilityError, UnsafeUploadError, collect_upload_files,
     push_to_hub, resolve_endpoint,

@@ -20,12 +20,12 @@ from typing import Any
 import yaml
 
 from ..backbones import FAMILIES, family_for
-from ..paper import CITATION, PAPER_URL, TAGS  # noqa: F401  (CITATION, PAPER_URL: part of paka_hf.hub)
-from .export import (
-    ADAPTER_DIR, ADAPTER_FILES,
-    PICTURES_DIR, REPO_ID_PATTERN, TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE, WEIGHTS_FILE, is_inside,
-    weights_sha256,
+from ..files import (
+    ADAPTER_DIR, ADAPTER_FILES, EVAL_RESULTS_GLOB, MODEL_CONFIG_FILE, PICTURES_DIR, PREPROCESSOR_FILE,
+    TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE, WEIGHTS_FILE,
 )
+from ..paper import CITATION, PAPER_URL, TAGS  # noqa: F401  (CITATION, PAPER_URL: part of paka_hf.hub)
+from .export import REPO_ID_PATTERN, is_inside, weights_sha256
 from .results import attribute_eval_results, load_eval_results, result_key
 
 logger = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ def _md_table(pairs: Sequence[tuple[str, Any]], header: tuple[str, str]) -> str:
 
 def _compute_table(summary: Mapping[str, Any]) -> str:
     if not summary:
-        return "No `training_summary.json` was found in the output folder, so compute is not reported."
+        return f"No `{TRAINING_SUMMARY_FILE}` was found in the output folder, so compute is not reported."
     pairs = []
     runtime = summary.get("train_runtime_s")
     if runtime is not None:
@@ -325,7 +325,7 @@ def render_model_card(
     from .. import __version__
 
     out = Path(output_dir)
-    config_path = out / "config.json"
+    config_path = out / MODEL_CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(
             f"{config_path} not found: render_model_card needs an export folder written by "
@@ -333,8 +333,8 @@ def render_model_card(
         )
     model_config = json.loads(config_path.read_text(encoding="utf-8"))
     preprocessor = {}
-    if (out / "preprocessor_config.json").is_file():
-        preprocessor = json.loads((out / "preprocessor_config.json").read_text(encoding="utf-8"))
+    if (out / PREPROCESSOR_FILE).is_file():
+        preprocessor = json.loads((out / PREPROCESSOR_FILE).read_text(encoding="utf-8"))
     training_config = read_training_config(out)
     summary = {}
     if (out / TRAINING_SUMMARY_FILE).is_file():
@@ -348,7 +348,7 @@ def render_model_card(
 
     eval_sources = list(eval_results)
     if not eval_sources:
-        eval_sources = sorted(out.glob("eval_results*.json"))
+        eval_sources = sorted(out.glob(EVAL_RESULTS_GLOB))
     adapted_ref = repo_id or os.fspath(out)
     base_entries, adapted_entries = attribute_eval_results(
         load_eval_results(eval_sources),
@@ -378,7 +378,7 @@ def render_model_card(
 
     config_pairs = [(k, training_config[k]) for k in _CARD_CONFIG_KEYS if k in training_config]
     crop = preprocessor.get("crop_size") or {}
-    num_params = _count_parameters(out / "model.safetensors")
+    num_params = _count_parameters(out / WEIGHTS_FILE)
     kwargs = dict(
         model_title=repo_id or model_name,
         base_model_display=base_source,
@@ -395,7 +395,7 @@ def render_model_card(
         results_notes=_results_notes(base_entries + adapted_entries),
         pictures=find_pictures(out),
         config_table=_md_table(config_pairs, ("Setting", "Value")) if config_pairs
-        else "No `training_config.yaml` was found in the output folder.",
+        else f"No `{TRAINING_CONFIG_FILE}` was found in the output folder.",
         compute_table=_compute_table(summary),
         notice=notice,
         citation=CITATION,

@@ -1,8 +1,8 @@
 """Export: the backbone as a plain ``transformers`` model folder that ``AutoModel.from_pretrained`` loads.
 
 :func:`save_backbone` writes ``config.json``, ``model.safetensors`` (never a pickle) and
-``preprocessor_config.json``; the names of every file the Hub code reads from or writes to an output
-folder, and the form of a repository id, are defined here.
+``preprocessor_config.json``; the form of a repository id is defined here. The names of the files of an
+output folder live in :mod:`paka_hf.files` (imported here, and re-exported, for the Hub code).
 """
 
 from __future__ import annotations
@@ -13,31 +13,29 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..backbones import FAMILIES, family_for
+from ..backbones import VISION_MODEL_TYPES, family_for
 from ..backbones import default_image_processor as _family_image_processor
+from ..files import (
+    ADAPTER_DIR,
+    ADAPTER_FILES,
+    CARD_FILE,
+    EXPORT_FILES,
+    PICKLE_WEIGHTS_FILES,
+    PICTURES_DIR,
+    TRAINING_CONFIG_FILE,
+    TRAINING_SUMMARY_FILE,
+    WEIGHTS_FILE,
+)
 
-#: The weights file; its sha256 identifies the model an evaluation measured (see :func:`weights_sha256`).
-WEIGHTS_FILE = "model.safetensors"
-#: Files of the export folder that make the model loadable with ``AutoModel`` / ``AutoImageProcessor``.
-EXPORT_FILES = ("config.json", WEIGHTS_FILE, "preprocessor_config.json")
-#: The training configuration written by the trainer, pushed next to the model (token-like keys redacted).
-TRAINING_CONFIG_FILE = "training_config.yaml"
-TRAINING_SUMMARY_FILE = "training_summary.json"
-#: The model card in the repository (rendered at each push, never written into the output folder).
-CARD_FILE = "README.md"
-#: Sub-folder of the output folder (and of the repository) that holds the card's pictures.
-PICTURES_DIR = "pictures"
-#: Sub-folder of a LoRA run's output folder (and of its repository) that holds the adapter alone (peft's format),
-#: beside the merged model: ``PeftModel.from_pretrained(base, folder, subfolder=ADAPTER_DIR)``.
-ADAPTER_DIR = "adapter"
-#: The files of that sub-folder.
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# The file names are re-exported from paka_hf.files, where they are defined, for code that imported them from here.
+__all__ = [
+    "ADAPTER_DIR", "ADAPTER_FILES", "CARD_FILE", "EXPORT_FILES", "PICTURES_DIR", "REPO_ID_PATTERN",
+    "TRAINING_CONFIG_FILE", "TRAINING_SUMMARY_FILE", "WEIGHTS_FILE", "default_image_processor", "is_inside",
+    "save_backbone", "weights_sha256",
+]
 
 #: A Hub repository id, ``namespace/name``.
 REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-#: ``model_type`` of the vision models an export folder may hold (one per backbone family).
-SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 
 
 def default_image_processor(model_type: str = "dinov2"):
@@ -60,9 +58,9 @@ def save_backbone(model: Any, output_dir: str | os.PathLike, image_processor: An
     backbone = getattr(model, "model", model)  # PatchBackbone -> the transformers model inside
     config = getattr(backbone, "config", None)
     model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    if model_type not in VISION_MODEL_TYPES:
         raise TypeError(
-            f"save_backbone expects a vision model of a supported family ({', '.join(SUPPORTED_MODEL_TYPES)}) "
+            f"save_backbone expects a vision model of a supported family ({', '.join(VISION_MODEL_TYPES)}) "
             f"or a PatchBackbone around one, got {type(model).__name__} with model_type={model_type!r}. Pass the student backbone, not the "
             "PaKA training module or the projection head."
         )
@@ -76,11 +74,11 @@ def save_backbone(model: Any, output_dir: str | os.PathLike, image_processor: An
     finally:
         if saved_drop_path:
             config.drop_path_rate = saved_drop_path
-    for pickle_name in ("pytorch_model.bin", "pytorch_model.bin.index.json"):
+    for pickle_name in PICKLE_WEIGHTS_FILES:
         (out / pickle_name).unlink(missing_ok=True)
-    if not (out / "model.safetensors").is_file():
+    if not (out / WEIGHTS_FILE).is_file():
         raise RuntimeError(
-            f"save_pretrained did not write {out / 'model.safetensors'} (sharded or non-safetensors output?); "
+            f"save_pretrained did not write {out / WEIGHTS_FILE} (sharded or non-safetensors output?); "
             "paka_hf publishes a single safetensors file."
         )
     if image_processor is None:

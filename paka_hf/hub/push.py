@@ -34,7 +34,8 @@ import yaml
 
 from ..errors import ConfigError, MissingPathError, PaKAUserError
 from .card import find_pictures, redact_secrets, render_model_card
-from .export import ADAPTER_DIR, ADAPTER_FILES, CARD_FILE, EXPORT_FILES, REPO_ID_PATTERN, TRAINING_CONFIG_FILE, is_inside
+from ..files import ADAPTER_DIR, ADAPTER_FILES, CARD_FILE, EXPORT_FILES, TRAINING_CONFIG_FILE
+from .export import REPO_ID_PATTERN, is_inside
 
 logger = logging.getLogger(__name__)
 
