@@ -3,11 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv demo test bench-core bench-train bench-eval repro clean
+.PHONY: venv demo test quality style bench-core bench-train bench-eval repro clean
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements-ci.txt setup.py
+$(VENV)/.installed: requirements-ci.txt setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-ci.txt
@@ -23,6 +23,15 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q tests
+
+# Lint and format check (ruff, settings in pyproject.toml); `make style` applies the fixes and the formatting.
+quality: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+style: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 bench-core: venv
 	$(PY) benchmarks/core_step.py

@@ -24,7 +24,9 @@ from paka_hf.align import align_pairs
 from paka_hf.views import sample_boxes
 
 
-def token_grids(views: int, side: int, dim: int, prefix: int, device: torch.device, requires_grad: bool) -> torch.Tensor:
+def token_grids(
+    views: int, side: int, dim: int, prefix: int, device: torch.device, requires_grad: bool
+) -> torch.Tensor:
     """``(views, dim, side, side)`` grids as ``PatchBackbone`` returns them: a view of (views, prefix + side², dim) tokens."""
     tokens = torch.randn(views, prefix + side * side, dim, device=device, requires_grad=requires_grad)
     return tokens[:, prefix:].transpose(1, 2).reshape(views, dim, side, side)
@@ -76,8 +78,10 @@ def main() -> None:
     for _ in range(args.repeats):
         for name, step in kinds.items():
             times[name].append(timed(step))
-    print(f"align_pairs, batch {args.batch}: teacher grids {tuple(teacher.shape)}, student grids {tuple(student.shape)}, "
-          f"{args.device}, {torch.get_num_threads()} threads; median of {args.repeats}, forward + backward")
+    print(
+        f"align_pairs, batch {args.batch}: teacher grids {tuple(teacher.shape)}, student grids {tuple(student.shape)}, "
+        f"{args.device}, {torch.get_num_threads()} threads; median of {args.repeats}, forward + backward"
+    )
     medians = {name: statistics.median(t) for name, t in times.items()}
     for name, median in medians.items():
         print(f"  {name:34s} {1e3 * median:9.2f} ms")

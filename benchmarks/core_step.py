@@ -31,8 +31,15 @@ from paka_hf.views import GlimTransform, collate_views
 
 
 def vit_s14() -> Dinov2Config:
-    return Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, mlp_ratio=4,
-                        patch_size=14, image_size=518, drop_path_rate=0.0)
+    return Dinov2Config(
+        hidden_size=384,
+        num_hidden_layers=12,
+        num_attention_heads=6,
+        mlp_ratio=4,
+        patch_size=14,
+        image_size=518,
+        drop_path_rate=0.0,
+    )
 
 
 def main() -> None:
@@ -94,8 +101,15 @@ def main() -> None:
         from paka_hf.losses import cka_loss
 
         t0 = time.perf_counter()
-        a = align_pairs(t_grids, s_grids, batch["global_boxes"], batch["local_boxes"], batch["pair_index"],
-                        batch["global_flips"], batch["local_flips"])
+        a = align_pairs(
+            t_grids,
+            s_grids,
+            batch["global_boxes"],
+            batch["local_boxes"],
+            batch["pair_index"],
+            batch["global_flips"],
+            batch["local_flips"],
+        )
         cka_loss(a.student, a.teacher, a.mask).backward()
         return time.perf_counter() - t0
 
@@ -109,23 +123,35 @@ def main() -> None:
             base_heads.append(baseline_step(with_heads=True))
         parts.append(paka_parts())
 
-    med = lambda rows, key: statistics.median(r[key] for r in rows)  # noqa: E731
-    print(f"ViT-S/14 random init, batch {args.batch} images, 2x224 + 4x98 views, threads {args.threads}, "
-          f"head {'on (full step only)' if args.head else 'off'}, repeats {args.repeats}")
+    def med(rows, key):
+        return statistics.median(r[key] for r in rows)
+
+    print(
+        f"ViT-S/14 random init, batch {args.batch} images, 2x224 + 4x98 views, threads {args.threads}, "
+        f"head {'on (full step only)' if args.head else 'off'}, repeats {args.repeats}"
+    )
     print(f"{'':28s}{'views':>10s}{'model':>10s}{'total':>10s}   (median seconds)")
     print(f"{'full PaKA step':28s}{med(full, 'views'):10.4f}{med(full, 'model'):10.4f}{med(full, 'total'):10.4f}")
-    print(f"{'baseline (sum of tokens)':28s}{med(base, 'views'):10.4f}{med(base, 'model'):10.4f}{med(base, 'total'):10.4f}")
+    print(
+        f"{'baseline (sum of tokens)':28s}{med(base, 'views'):10.4f}{med(base, 'model'):10.4f}{med(base, 'total'):10.4f}"
+    )
     print(f"alignment + loss + their backward alone: {statistics.median(parts) * 1e3:.2f} ms")
     if args.head:
-        print(f"{'baseline + heads':28s}{med(base_heads, 'views'):10.4f}{med(base_heads, 'model'):10.4f}"
-              f"{med(base_heads, 'total'):10.4f}")
+        print(
+            f"{'baseline + heads':28s}{med(base_heads, 'views'):10.4f}{med(base_heads, 'model'):10.4f}"
+            f"{med(base_heads, 'total'):10.4f}"
+        )
     ratio = med(full, "total") / med(base, "total")
     print(f"ratio full / baseline (total): {ratio:.3f}  -> PaKA parts add {100 * (ratio - 1):+.1f} %")
     if args.head:
         ratio_heads = med(full, "total") / med(base_heads, "total")
-        print(f"ratio full / (baseline + heads) (total): {ratio_heads:.3f}  -> alignment + loss add "
-              f"{100 * (ratio_heads - 1):+.1f} % over the backbones and heads")
-    print(f"alignment + loss as a share of the baseline step: {100 * statistics.median(parts) / med(base, 'total'):.2f} %")
+        print(
+            f"ratio full / (baseline + heads) (total): {ratio_heads:.3f}  -> alignment + loss add "
+            f"{100 * (ratio_heads - 1):+.1f} % over the backbones and heads"
+        )
+    print(
+        f"alignment + loss as a share of the baseline step: {100 * statistics.median(parts) / med(base, 'total'):.2f} %"
+    )
 
 
 if __name__ == "__main__":

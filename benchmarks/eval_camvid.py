@@ -41,21 +41,46 @@ from paka_hf.evaluation import (  # noqa: E402
 )
 
 
-def evaluate_camvid(backbone, name: str, datasets, settings: EvaluationSettings, protocols, long_linear_epochs: int,
-                    timings: dict[str, float]):
+def evaluate_camvid(
+    backbone,
+    name: str,
+    datasets,
+    settings: EvaluationSettings,
+    protocols,
+    long_linear_epochs: int,
+    timings: dict[str, float],
+):
     """``protocols`` on one backbone, plus (when ``long_linear_epochs`` and the linear protocol) the linear
     probe trained ``long_linear_epochs`` on the same cached features, reported second as
     ``mIoU (linear, N epochs)`` with its wall time in ``timings["linear_long"]``. Returns the report."""
-    cache = FeatureCache(backbone, batch_size=settings.batch_size, crop_scale=settings.crop_scale, seed=0,
-                         progress=settings.progress)  # fmt: skip
-    report = run_evaluation(name, "camvid", list(protocols), backbone=backbone, datasets=datasets,
-                            settings=settings, timings=timings, feature_cache=cache)  # fmt: skip
+    cache = FeatureCache(
+        backbone, batch_size=settings.batch_size, crop_scale=settings.crop_scale, seed=0, progress=settings.progress
+    )
+    report = run_evaluation(
+        name,
+        "camvid",
+        list(protocols),
+        backbone=backbone,
+        datasets=datasets,
+        settings=settings,
+        timings=timings,
+        feature_cache=cache,
+    )
     if long_linear_epochs and "linear" in protocols:
-        long_settings = replace(settings, linear=LinearProbeConfig(
-            epochs=long_linear_epochs, lr_step_epoch=int(0.8 * long_linear_epochs)))
+        long_settings = replace(
+            settings, linear=LinearProbeConfig(epochs=long_linear_epochs, lr_step_epoch=int(0.8 * long_linear_epochs))
+        )
         long_timings: dict[str, float] = {}
-        extra = run_evaluation(name, "camvid", ["linear"], backbone=backbone, datasets=datasets,
-                               settings=long_settings, timings=long_timings, feature_cache=cache)  # fmt: skip
+        extra = run_evaluation(
+            name,
+            "camvid",
+            ["linear"],
+            backbone=backbone,
+            datasets=datasets,
+            settings=long_settings,
+            timings=long_timings,
+            feature_cache=cache,
+        )
         assert not any(k.startswith("features/") for k in long_timings), "features were recomputed"
         extra.results[0].metric_name = f"mIoU (linear, {long_linear_epochs} epochs)"
         report.results.insert(1, extra.results[0])
@@ -75,9 +100,13 @@ def main() -> None:
     p.add_argument("--output_dir", default="outputs/bench_camvid")
     p.add_argument("--models", default="pretrained,random")
     p.add_argument("--protocols", default="linear,overcluster,hummingbird")
-    p.add_argument("--long_linear_epochs", type=int, default=100,
-                   help="also train the linear probe this long on the same features (0: skip); the 25-epoch "
-                   "schedule is sized for VOC and under-trains on CamVid's 367 images")
+    p.add_argument(
+        "--long_linear_epochs",
+        type=int,
+        default=100,
+        help="also train the linear probe this long on the same features (0: skip); the 25-epoch "
+        "schedule is sized for VOC and under-trains on CamVid's 367 images",
+    )
     args = p.parse_args()
 
     size = [int(v) for v in args.input_size.split(",")]
@@ -106,8 +135,9 @@ def main() -> None:
             name = f"random-init ViT-S/14 ({args.model_dir} config)"
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        report = evaluate_camvid(backbone, name, (train, val), settings, args.protocols.split(","),
-                                 args.long_linear_epochs, timings)  # fmt: skip
+        report = evaluate_camvid(
+            backbone, name, (train, val), settings, args.protocols.split(","), args.long_linear_epochs, timings
+        )
         total = time.perf_counter() - start
         report.save(out / f"{which}.json")
         (out / f"{which}_timings.json").write_text(json.dumps({**timings, "total": total}, indent=2))

@@ -44,12 +44,19 @@ def _encode(picture) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     default_model = SHARED / "models" / "dinov2-small-imgfocus"
-    parser.add_argument("--model", default=str(default_model), help="adapted model (default: the ViT-S/14 in ../shared)")
+    parser.add_argument(
+        "--model", default=str(default_model), help="adapted model (default: the ViT-S/14 in ../shared)"
+    )
     parser.add_argument("--base", default=str(default_model), help="base model (default: the same ViT-S/14)")
     camvid = sorted((SHARED / "datasets" / "camvid" / "val" / "images").glob("*.jpg"))
-    parser.add_argument("--image", default=str(camvid[0]) if camvid else None, help="image (default: first CamVid val image)")
-    parser.add_argument("--second_image", default=str(camvid[1]) if len(camvid) > 1 else None,
-                        help="second image for correspondence (default: second CamVid val image; 'none' to skip)")
+    parser.add_argument(
+        "--image", default=str(camvid[0]) if camvid else None, help="image (default: first CamVid val image)"
+    )
+    parser.add_argument(
+        "--second_image",
+        default=str(camvid[1]) if len(camvid) > 1 else None,
+        help="second image for correspondence (default: second CamVid val image; 'none' to skip)",
+    )
     parser.add_argument("--resolution", type=int, default=448)
     parser.add_argument("--clicks", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
@@ -64,9 +71,11 @@ def main(argv=None) -> int:
     print(f"models loaded in {time.perf_counter() - start:.1f} s (torch threads: {torch.get_num_threads()})")
     start = time.perf_counter()
     first = explorer.encode(args.image)
-    print(f"features of {Path(args.image).name}: {first.grid[0]}x{first.grid[1]} patches at {first.shown.size[0]}x"
-          f"{first.shown.size[1]} px, {time.perf_counter() - start:.2f} s for both models "
-          f"({' / '.join(f'{s:.2f}' for s in first.seconds)} s)")
+    print(
+        f"features of {Path(args.image).name}: {first.grid[0]}x{first.grid[1]} patches at {first.shown.size[0]}x"
+        f"{first.shown.size[1]} px, {time.perf_counter() - start:.2f} s for both models "
+        f"({' / '.join(f'{s:.2f}' for s in first.seconds)} s)"
+    )
     second = None
     if args.second_image and args.second_image.lower() != "none":
         second = explorer.encode(args.second_image)
@@ -85,8 +94,10 @@ def main(argv=None) -> int:
         times.append(time.perf_counter() - start)
     assert explorer.forward_calls == calls, "a click ran a forward pass: the cache was not used"
     what = "both heat maps + both correspondence maps" if second is not None else "both heat maps"
-    print(f"click ({what}, encoded as sent), {args.clicks} clicks: median {statistics.median(times) * 1000:.1f} ms, "
-          f"min {min(times) * 1000:.1f} ms, max {max(times) * 1000:.1f} ms")
+    print(
+        f"click ({what}, encoded as sent), {args.clicks} clicks: median {statistics.median(times) * 1000:.1f} ms, "
+        f"min {min(times) * 1000:.1f} ms, max {max(times) * 1000:.1f} ms"
+    )
     return 0
 
 

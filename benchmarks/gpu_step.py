@@ -92,6 +92,7 @@ import gc
 import json
 import math
 import platform
+import re
 import statistics
 import sys
 import time
@@ -101,9 +102,13 @@ from pathlib import Path
 import torch
 import transformers
 from torch import nn
-import re
-
-from transformers import CLIPVisionConfig, DINOv3ViTConfig, Dinov2WithRegistersConfig, Siglip2VisionConfig, SiglipVisionConfig
+from transformers import (
+    CLIPVisionConfig,
+    Dinov2WithRegistersConfig,
+    DINOv3ViTConfig,
+    Siglip2VisionConfig,
+    SiglipVisionConfig,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -116,9 +121,9 @@ else:  # imported (tests, step_ops.py): the importer decides
     STAND_INS = []
 
 from paka_hf.backbones import PatchBackbone, ProjectionHead
+from paka_hf.lora import LoRASettings, LoRATeacher, add_lora
 from paka_hf.losses import NeCoSettings
 from paka_hf.modeling import PaKAModel
-from paka_hf.lora import LoRASettings, LoRATeacher, add_lora
 from paka_hf.optimization import optimizer_groups
 from paka_hf.views import GlimTransform, collate_views, render_views, sample_boxes
 
@@ -170,12 +175,14 @@ def backbone_config(name: str, drop_path_rate: float):
     arch = dict(arch)
     width = arch["hidden_size"]
     if family == "dinov2r":
-        return Dinov2WithRegistersConfig(**arch, mlp_ratio=4, patch_size=14, image_size=518, num_register_tokens=4,
-                                         drop_path_rate=drop_path_rate)  # fmt: skip
+        return Dinov2WithRegistersConfig(
+            **arch, mlp_ratio=4, patch_size=14, image_size=518, num_register_tokens=4, drop_path_rate=drop_path_rate
+        )
     if family == "dinov3":  # DINOv3 ViT-S/B/L: 4 registers, layer scale, RoPE; S+/H+: gated MLP
         arch.setdefault("intermediate_size", 4 * width)
-        return DINOv3ViTConfig(**arch, patch_size=16, num_register_tokens=4, layerscale_value=1e-5,
-                               drop_path_rate=drop_path_rate)  # fmt: skip
+        return DINOv3ViTConfig(
+            **arch, patch_size=16, num_register_tokens=4, layerscale_value=1e-5, drop_path_rate=drop_path_rate
+        )
     common = dict(arch, intermediate_size=4 * width, patch_size=16)
     if family == "siglip":
         return SiglipVisionConfig(**common, image_size=512)
@@ -187,7 +194,9 @@ def backbone_config(name: str, drop_path_rate: float):
 def view_sizes(args, patch_size: int) -> tuple[int, int]:
     """``--global_size`` / ``--local_size`` rounded to the nearest multiples of the model's patch size
     (518/98 for patch 14 → 512/96 for patch 16, as configs/dinov3_vit*16_coco.yaml)."""
-    return tuple(max(patch_size, round(size / patch_size) * patch_size) for size in (args.global_size, args.local_size))
+    return tuple(
+        max(patch_size, round(size / patch_size) * patch_size) for size in (args.global_size, args.local_size)
+    )
 
 
 def enable_checkpointing(model: PaKAModel) -> None:
@@ -226,8 +235,13 @@ def make_optimizer(model: PaKAModel, device: torch.device) -> torch.optim.Optimi
 
 
 def synthetic_batch(
-    batch: int, global_size: int, local_size: int, n_local: int, device: torch.device,
-    mean: tuple[float, ...] = (0.5, 0.5, 0.5), std: tuple[float, ...] = (0.25, 0.25, 0.25),
+    batch: int,
+    global_size: int,
+    local_size: int,
+    n_local: int,
+    device: torch.device,
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+    std: tuple[float, ...] = (0.25, 0.25, 0.25),
 ) -> dict:
     """Random views normalized with ``mean``/``std`` (the backbone's) and GLIM boxes (640 × 480 image), on ``device``."""
     generator = torch.Generator().manual_seed(0)
@@ -268,7 +282,11 @@ def view_flops(backbone: PatchBackbone, size: int) -> float:
     hf = backbone.model
     blocks = re.compile(rf"^{backbone.family.block_pattern}\.")  # the transformer blocks, per family
     p_tok = sum(m.weight.numel() for n, m in hf.named_modules() if isinstance(m, nn.Linear) and blocks.match(n))
-    p_emb = next(m.weight.numel() for n, m in hf.named_modules() if n.startswith("embeddings.patch_embedding") and hasattr(m, "weight"))
+    p_emb = next(
+        m.weight.numel()
+        for n, m in hf.named_modules()
+        if n.startswith("embeddings.patch_embedding") and hasattr(m, "weight")
+    )
     n = (size // backbone.patch_size) ** 2
     tokens = n + backbone.num_prefix_tokens
     layers, width = hf.config.num_hidden_layers, hf.config.hidden_size
@@ -293,8 +311,9 @@ def step_flops(model: PaKAModel, batch: dict) -> tuple[float, float]:
 # ---------------------------------------------------------------------------------------------
 
 
-def bare_loss(model: PaKAModel, global_views: torch.Tensor, local_views: torch.Tensor,
-              teacher_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def bare_loss(
+    model: PaKAModel, global_views: torch.Tensor, local_views: torch.Tensor, teacher_index: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The bare step's forward: (loss to backpropagate, teacher output). With ``teacher_index`` (P,), both heads
     run on P · roi² tokens per side taken straight from the grids. The teacher's output is returned so that a
     compiled version cannot drop the teacher's forward as dead code."""
@@ -311,8 +330,15 @@ def bare_loss(model: PaKAModel, global_views: torch.Tensor, local_views: torch.T
 
 def objective(model: PaKAModel, teacher_grids: torch.Tensor, student_grids: torch.Tensor, batch: dict) -> torch.Tensor:
     """PaKAModel.forward after the backbones (``PaKAModel.objective``: RoIAlign, heads, loss)."""
-    loss, _ = model.objective(teacher_grids, student_grids, batch["global_boxes"], batch["local_boxes"],
-                              batch["pair_index"], batch["global_flips"], batch["local_flips"])
+    loss, _ = model.objective(
+        teacher_grids,
+        student_grids,
+        batch["global_boxes"],
+        batch["local_boxes"],
+        batch["pair_index"],
+        batch["global_flips"],
+        batch["local_flips"],
+    )
     return loss
 
 
@@ -335,7 +361,11 @@ class Steps:
     def compiled(self, function):
         """``function`` compiled as one graph when the whole model is (``--compile_scope model``), else as is."""
         args = self.args
-        return torch.compile(function, **args.compile_kwargs) if args.compile and args.compile_scope == "model" else function
+        return (
+            torch.compile(function, **args.compile_kwargs)
+            if args.compile and args.compile_scope == "model"
+            else function
+        )
 
     def full(self, batch: dict | None = None) -> None:
         model = self.model
@@ -398,14 +428,24 @@ class Steps:
     def render(self) -> None:
         """The rendering alone (what ``full_render`` adds to ``full``)."""
         b = self.render_batch
-        render_views(b["images"], b["image_sizes"], b["global_boxes"], b["local_boxes"], b["view_spec"],
-                     b["global_flips"], b["local_flips"], b.get("global_color"), b.get("local_color"))
+        render_views(
+            b["images"],
+            b["image_sizes"],
+            b["global_boxes"],
+            b["local_boxes"],
+            b["view_spec"],
+            b["global_flips"],
+            b["local_flips"],
+            b.get("global_color"),
+            b.get("local_color"),
+        )
 
     def bare(self, with_heads: bool = False) -> None:
         batch = self.batch
         with self.autocast:
-            loss, _ = self.bare_loss(self.model, batch["global_views"], batch["local_views"],
-                                     self.teacher_index if with_heads else None)
+            loss, _ = self.bare_loss(
+                self.model, batch["global_views"], batch["local_views"], self.teacher_index if with_heads else None
+            )
         loss.backward()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -490,10 +530,13 @@ def run_model(name: str, args, loss: str = "cka") -> dict:
     t_build = time.perf_counter()
     model = build_model(name, args, loss)
     global_size, local_size = view_sizes(args, model.student.patch_size)
-    batch = synthetic_batch(args.batch, global_size, local_size, args.n_local, device,
-                            model.student.image_mean, model.student.image_std)  # fmt: skip
+    batch = synthetic_batch(
+        args.batch, global_size, local_size, args.n_local, device, model.student.image_mean, model.student.image_std
+    )
     rendering = "device" in args.view_rendering
-    render_batch = synthetic_render_batch(args.batch, global_size, local_size, args.n_local, device) if rendering else None
+    render_batch = (
+        synthetic_render_batch(args.batch, global_size, local_size, args.n_local, device) if rendering else None
+    )
     if args.compile and args.compile_scope == "model":
         model.compile(**args.compile_kwargs)
     elif args.compile:
@@ -517,8 +560,12 @@ def run_model(name: str, args, loss: str = "cka") -> dict:
 
     blocks = max(1, min(args.rounds, args.steps))
     per_block = [args.steps // blocks + (i < args.steps % blocks) for i in range(blocks)]
-    kinds = {"full": steps.full, "bare": steps.bare, "bare_heads": steps.bare_heads,
-             **({"full_render": steps.full_render} if rendering else {})}
+    kinds = {
+        "full": steps.full,
+        "bare": steps.bare,
+        "bare_heads": steps.bare_heads,
+        **({"full_render": steps.full_render} if rendering else {}),
+    }
     times = {kind: [] for kind in kinds}
     peaks = {kind: 0 for kind in kinds}
     for count in per_block:
@@ -553,8 +600,11 @@ def run_model(name: str, args, loss: str = "cka") -> dict:
     breakdown: dict = {}
     if args.breakdown:  # the full step's extra parts alone, after the alternating blocks (they change nothing)
         steps.prepare_parts()
-        parts = {"objective_ms": steps.objective, "objective_without_heads_ms": steps.objective_without_heads,
-                 "tail_ms": steps.tail}
+        parts = {
+            "objective_ms": steps.objective,
+            "objective_without_heads_ms": steps.objective_without_heads,
+            "tail_ms": steps.tail,
+        }
         if loss == "neco":  # its queue holds head outputs: the loss cannot run on the aligned tokens without heads
             del parts["objective_without_heads_ms"]
         for key, step in parts.items():
@@ -626,34 +676,64 @@ def run_model(name: str, args, loss: str = "cka") -> dict:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["s14", "b14"], choices=[m for m in MODELS if m != "tiny"],
-                        help="DINOv2R s14/b14, DINOv3 dinov3_s16/_splus16/_b16, siglip_b16, siglip2_b16, clip_b16 "
-                             "(random weights, released shapes; patch-16 models take the views rounded to multiples "
-                             "of 16, e.g. 512/96), tiny_* for --smoke")
-    parser.add_argument("--loss", nargs="+", default=["cka"], choices=list(LOSS_LABELS),
-                        help="the full step's loss: 'cka' (PaKA), 'neco' (NeCo's sorting loss, its published "
-                             "settings), 'cka_lora' (PaKA on a rank-16 LoRA student whose teacher shares the base); "
-                             "each model is measured once per choice, in this order")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["s14", "b14"],
+        choices=[m for m in MODELS if m != "tiny"],
+        help="DINOv2R s14/b14, DINOv3 dinov3_s16/_splus16/_b16, siglip_b16, siglip2_b16, clip_b16 "
+        "(random weights, released shapes; patch-16 models take the views rounded to multiples "
+        "of 16, e.g. 512/96), tiny_* for --smoke",
+    )
+    parser.add_argument(
+        "--loss",
+        nargs="+",
+        default=["cka"],
+        choices=list(LOSS_LABELS),
+        help="the full step's loss: 'cka' (PaKA), 'neco' (NeCo's sorting loss, its published "
+        "settings), 'cka_lora' (PaKA on a rank-16 LoRA student whose teacher shares the base); "
+        "each model is measured once per choice, in this order",
+    )
     parser.add_argument("--batch", type=int, default=64, help="images per step")
     parser.add_argument("--steps", type=int, default=30, help="timed steps of each kind (full, bare, bare+heads)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating timed blocks the steps are split into")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps of each kind first (compile happens here)")
+    parser.add_argument(
+        "--warmup", type=int, default=3, help="untimed steps of each kind first (compile happens here)"
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the step (see --compile_scope)")
-    parser.add_argument("--compile_scope", choices=["model", "backbones"], default="model",
-                        help="with --compile: the whole PaKAModel and each bare step as one function (as Trainer's "
-                             "torch_compile), or only the student and teacher backbones")
-    parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of the full step per model")
-    parser.add_argument("--profile_render", action="store_true",
-                        help="with --view_rendering device: a torch.profiler table of the rendering alone")
+    parser.add_argument(
+        "--compile_scope",
+        choices=["model", "backbones"],
+        default="model",
+        help="with --compile: the whole PaKAModel and each bare step as one function (as Trainer's "
+        "torch_compile), or only the student and teacher backbones",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="print a torch.profiler table of the full step per model"
+    )
+    parser.add_argument(
+        "--profile_render",
+        action="store_true",
+        help="with --view_rendering device: a torch.profiler table of the rendering alone",
+    )
     parser.add_argument("--compile_backend", default="inductor")
     parser.add_argument("--compile_mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
     parser.add_argument("--grad_checkpointing", action="store_true", help="activation checkpointing in the student")
-    parser.add_argument("--view_rendering", nargs="+", choices=["cpu", "device"], default=["cpu"],
-                        help="'device' also times the full step from 640x480 uint8 images, the model rendering the "
-                             "views (crop, resize, colour) on the device, and the rendering alone")
+    parser.add_argument(
+        "--view_rendering",
+        nargs="+",
+        choices=["cpu", "device"],
+        default=["cpu"],
+        help="'device' also times the full step from 640x480 uint8 images, the model rendering the "
+        "views (crop, resize, colour) on the device, and the rendering alone",
+    )
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="autocast dtype of the networks")
-    parser.add_argument("--peak_tflops", type=float, default=None,
-                        help="peak dense bf16 TFLOP/s for MFU (default 989, H100 SXM, on CUDA; none on CPU)")
+    parser.add_argument(
+        "--peak_tflops",
+        type=float,
+        default=None,
+        help="peak dense bf16 TFLOP/s for MFU (default 989, H100 SXM, on CUDA; none on CPU)",
+    )
     parser.add_argument("--global_size", type=int, default=518)
     parser.add_argument("--local_size", type=int, default=98)
     parser.add_argument("--n_local", type=int, default=4)
@@ -661,12 +741,24 @@ def parse_args(argv=None):
     parser.add_argument("--head_out", type=int, default=256)
     parser.add_argument("--drop_path", type=float, default=0.1, help="stochastic depth of the student (paper: 0.1)")
     parser.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping as in Trainer (0: off)")
-    parser.add_argument("--no_breakdown", dest="breakdown", action="store_false",
-                        help="skip timing the full step's extra parts alone (alignment + heads + loss, clip + AdamW + EMA)")
-    parser.add_argument("--no_sync_check", dest="sync_check", action="store_false",
-                        help="skip the extra step under torch.cuda.set_sync_debug_mode")
-    parser.add_argument("--time_budget", type=float, default=420.0,
-                        help="seconds; a model is skipped when the run would likely exceed this")
+    parser.add_argument(
+        "--no_breakdown",
+        dest="breakdown",
+        action="store_false",
+        help="skip timing the full step's extra parts alone (alignment + heads + loss, clip + AdamW + EMA)",
+    )
+    parser.add_argument(
+        "--no_sync_check",
+        dest="sync_check",
+        action="store_false",
+        help="skip the extra step under torch.cuda.set_sync_debug_mode",
+    )
+    parser.add_argument(
+        "--time_budget",
+        type=float,
+        default=420.0,
+        help="seconds; a model is skipped when the run would likely exceed this",
+    )
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, 2 steps: a few seconds on CPU")
@@ -695,9 +787,11 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-HEADER = (f"{'model':14s}{'full ms':>9s}{'bare ms':>9s}{'ratio':>7s}{'b+h ms':>9s}{'ratio b+h':>10s}"
-          f"{'img/s':>9s}{'peak GiB':>9s}"
-          f"{'TFLOP/st':>9s}{'TFLOP/s':>9s}{'MFU':>7s}{'MFU bare':>9s}{'paper h':>9s}")
+HEADER = (
+    f"{'model':14s}{'full ms':>9s}{'bare ms':>9s}{'ratio':>7s}{'b+h ms':>9s}{'ratio b+h':>10s}"
+    f"{'img/s':>9s}{'peak GiB':>9s}"
+    f"{'TFLOP/st':>9s}{'TFLOP/s':>9s}{'MFU':>7s}{'MFU bare':>9s}{'paper h':>9s}"
+)
 
 
 def table_row(r: dict) -> str:
@@ -706,25 +800,33 @@ def table_row(r: dict) -> str:
 
     if "error" in r:
         return f"{r['model']:14s}failed: {r['error'][:100]}"
-    return (f"{r['model']:14s}{r['full_ms']:9.2f}{r['bare_ms']:9.2f}{r['ratio_full_over_bare']:7.3f}"
-            f"{r['bare_heads_ms']:9.2f}{r['ratio_full_over_bare_heads']:10.3f}{r['images_per_s']:9.1f}{cell(r['peak_memory_gib'], 9, '.2f')}{r['tflop_per_step']:9.3f}"
-            f"{r['achieved_tflops']:9.1f}{cell(r['mfu'], 7, '.1f', 100, '%')}{cell(r['mfu_bare'], 9, '.1f', 100, '%')}"
-            f"{r['paper_schedule_hours']:9.2f}")
+    return (
+        f"{r['model']:14s}{r['full_ms']:9.2f}{r['bare_ms']:9.2f}{r['ratio_full_over_bare']:7.3f}"
+        f"{r['bare_heads_ms']:9.2f}{r['ratio_full_over_bare_heads']:10.3f}{r['images_per_s']:9.1f}{cell(r['peak_memory_gib'], 9, '.2f')}{r['tflop_per_step']:9.3f}"
+        f"{r['achieved_tflops']:9.1f}{cell(r['mfu'], 7, '.1f', 100, '%')}{cell(r['mfu_bare'], 9, '.1f', 100, '%')}"
+        f"{r['paper_schedule_hours']:9.2f}"
+    )
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     started = time.perf_counter()
-    log(f"PaKA step on {device_name(args.device)} | torch {torch.__version__} | transformers {transformers.__version__}")
+    log(
+        f"PaKA step on {device_name(args.device)} | torch {torch.__version__} | transformers {transformers.__version__}"
+    )
     if STAND_INS:
-        log(f"not importable here, replaced by stand-ins: {', '.join(STAND_INS)} (RoIAlign in plain torch: "
-            "same numbers, its own speed)")
-    log(f"batch {args.batch}: 2 global views {args.global_size}px (teacher) + {args.n_local} local views "
+        log(
+            f"not importable here, replaced by stand-ins: {', '.join(STAND_INS)} (RoIAlign in plain torch: "
+            "same numbers, its own speed)"
+        )
+    log(
+        f"batch {args.batch}: 2 global views {args.global_size}px (teacher) + {args.n_local} local views "
         f"{args.local_size}px (student), head {args.head_hidden}/{args.head_hidden}/{args.head_out}, "
         f"{'bf16 autocast' if args.precision == 'bf16' else 'fp32 (no autocast)'}, sdpa, compile "
         f"{f'on ({args.compile_backend}, {args.compile_scope})' if args.compile else 'off'}, "
         f"grad checkpointing {'on' if args.grad_checkpointing else 'off'}, drop_path {args.drop_path}, "
-        f"{args.steps} timed steps of each kind in {args.rounds} alternating blocks after {args.warmup} warm-up")
+        f"{args.steps} timed steps of each kind in {args.rounds} alternating blocks after {args.warmup} warm-up"
+    )
     report = {
         "device": device_name(args.device),
         "torch": torch.__version__,
@@ -733,7 +835,7 @@ def main(argv=None) -> dict:
         "stand_ins": STAND_INS,
         "paper_images": PAPER_IMAGES,
         "flops_formula": "3*(B*n_local*F_view(local) + F_head) + B*n_global*F_view(global) + F_head; "
-                         "F_view(S) = 2*P_tok*N + 2*P_emb*n + 4*L*N^2*D; F_head = 2*P_head*B*n_local*roi^2",
+        "F_view(S) = 2*P_tok*N + 2*P_emb*n + 4*L*N^2*D; F_head = 2*P_head*B*n_local*roi^2",
         "results": [],
         "skipped": [],
         "complete": False,
@@ -749,8 +851,10 @@ def main(argv=None) -> dict:
     for name, loss in [(name, loss) for name in args.models for loss in args.loss]:
         elapsed = time.perf_counter() - started
         if results and elapsed + expected > args.time_budget:
-            log(f"{label(name, loss)}: skipped, {elapsed:.0f} s spent and about {expected:.0f} s more expected "
-                f"(--time_budget {args.time_budget:.0f} s)")
+            log(
+                f"{label(name, loss)}: skipped, {elapsed:.0f} s spent and about {expected:.0f} s more expected "
+                f"(--time_budget {args.time_budget:.0f} s)"
+            )
             report["skipped"].append(label(name, loss))
             continue
         t0 = time.perf_counter()
@@ -766,8 +870,10 @@ def main(argv=None) -> dict:
         result["model_s"] = time.perf_counter() - t0
         results.append(result)
         if "error" not in result:
-            log(f"{label(name, loss)}: done in {result['model_s']:.0f} s (build {result['build_s']:.0f} s, warm-up "
-                f"{result['warmup_s']:.0f} s), last loss {result['last_loss']:.4f} | {table_row(result)}")
+            log(
+                f"{label(name, loss)}: done in {result['model_s']:.0f} s (build {result['build_s']:.0f} s, warm-up "
+                f"{result['warmup_s']:.0f} s), last loss {result['last_loss']:.4f} | {table_row(result)}"
+            )
             # The next model: compile and set-up about as long, timed steps up to 3.5x (b14 after s14).
             fixed = result["build_s"] + result["warmup_s"]
             expected = 1.3 * fixed + 3.5 * (result["model_s"] - fixed)
@@ -780,34 +886,47 @@ def main(argv=None) -> dict:
     log(HEADER)
     for r in results:
         log(table_row(r))
-    log("ratio = full PaKA step / bare (teacher fwd + student fwd/bwd) on the same views; b+h = bare + both heads "
+    log(
+        "ratio = full PaKA step / bare (teacher fwd + student fwd/bwd) on the same views; b+h = bare + both heads "
         "on the aligned token count; ratio b+h = full / (b+h); paper h = "
-        f"{PAPER_IMAGES:,} images / img/s (input pipeline not included); MFU against {args.peak_tflops or 'n/a'} TFLOP/s")
+        f"{PAPER_IMAGES:,} images / img/s (input pipeline not included); MFU against {args.peak_tflops or 'n/a'} TFLOP/s"
+    )
     rendered = [r for r in results if "full_render_ms" in r]
     if rendered:
         log("")
-        log(f"{'model':14s}{'full+render ms':>15s}{'bare ms':>9s}{'ratio':>7s}{'img/s':>9s}{'peak GiB':>9s}"
-            f"{'render ms':>10s}{'render tf32':>12s}{'paper h':>9s}")
+        log(
+            f"{'model':14s}{'full+render ms':>15s}{'bare ms':>9s}{'ratio':>7s}{'img/s':>9s}{'peak GiB':>9s}"
+            f"{'render ms':>10s}{'render tf32':>12s}{'paper h':>9s}"
+        )
         for r in rendered:
             tf32 = r.get("render_ms_tf32")
             peak = r["peak_memory_full_render_gib"]
-            log(f"{r['model']:14s}{r['full_render_ms']:15.2f}{r['bare_ms']:9.2f}{r['ratio_full_render_over_bare']:7.3f}"
+            log(
+                f"{r['model']:14s}{r['full_render_ms']:15.2f}{r['bare_ms']:9.2f}{r['ratio_full_render_over_bare']:7.3f}"
                 f"{r['images_per_s_full_render']:9.1f}{'n/a' if peak is None else format(peak, '.2f'):>9s}"
                 f"{r['render_ms']:10.2f}{'n/a' if tf32 is None else format(tf32, '.2f'):>12s}"
-                f"{r['paper_schedule_hours_full_render']:9.2f}")
-        log("full+render = the full step from uint8 images, views rendered by the model on the device; ratio = "
+                f"{r['paper_schedule_hours_full_render']:9.2f}"
+            )
+        log(
+            "full+render = the full step from uint8 images, views rendered by the model on the device; ratio = "
             "full+render / bare (bare: teacher fwd + student fwd/bwd on views already rendered); render ms = the rendering "
             "alone (on CUDA its products are float32-accurate pairs of TF32 products whatever the TF32 flag; 'render tf32' "
-            "= with torch.backends.cuda.matmul.allow_tf32 on, for comparison)")
+            "= with torch.backends.cuda.matmul.allow_tf32 on, for comparison)"
+        )
     for r in results:
         b = r.get("breakdown")
         if b:
-            log(f"{r['model']}: what the full step adds, each part alone (ms): alignment + heads + loss fwd/bwd "
+            log(
+                f"{r['model']}: what the full step adds, each part alone (ms): alignment + heads + loss fwd/bwd "
                 f"{b['objective_ms']:.2f} (heads {'n/a' if b['heads_ms'] is None else format(b['heads_ms'], '.2f')}), "
                 f"clip + AdamW + EMA {b['tail_ms']:.2f}; "
-                f"sum {b['parts_sum_ms']:.2f} against full − bare {b['full_minus_bare_ms']:.2f}")
+                f"sum {b['parts_sum_ms']:.2f} against full − bare {b['full_minus_bare_ms']:.2f}"
+            )
     for r in results:
-        for key, step in (("host_device_syncs_in_full_step", "full"), ("host_device_syncs_in_full_render_step", "full+render")):
+        for key, step in (
+            ("host_device_syncs_in_full_step", "full"),
+            ("host_device_syncs_in_full_render_step", "full+render"),
+        ):
             if r.get(key) is not None:
                 sites = r[key]
                 log(f"{r['model']}: host-device syncs in one {step} step: {', '.join(sites) if sites else 'none'}")

@@ -32,14 +32,25 @@ from paka_hf.views import GlimTransform
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "camvid" / "train" / "images"
 
 
-def measure(images: Path, global_size: int, workers: int, batch: int, batches: int, warmup: int, normalize: bool,
-            rendering: str = "cpu") -> float:
+def measure(
+    images: Path,
+    global_size: int,
+    workers: int,
+    batch: int,
+    batches: int,
+    warmup: int,
+    normalize: bool,
+    rendering: str = "cpu",
+) -> float:
     """Images/s of the DataLoader after ``warmup`` batches (worker start-up excluded)."""
     source = load_image_source(str(images))
     transform = GlimTransform(global_size, 98, 4, patch_size=14, normalize=normalize, rendering=rendering)
     stream = PaKAViewStream(source, transform, seed=0, shuffle_buffer_size=0, num_workers=workers)
     loader = torch.utils.data.DataLoader(
-        stream, batch_size=batch, num_workers=workers, collate_fn=PaKACollator(),
+        stream,
+        batch_size=batch,
+        num_workers=workers,
+        collate_fn=PaKACollator(),
         prefetch_factor=4 if workers else None,
     )
     iterator = iter(loader)
@@ -60,28 +71,51 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 518], help="global view sizes (local: 98)")
-    parser.add_argument("--float_views", action="store_true",
-                        help="normalize to float32 in the workers (the old path) instead of shipping uint8 views")
-    parser.add_argument("--view_rendering", nargs="+", choices=["cpu", "device"], default=["cpu"],
-                        help="'cpu': workers render the views; 'device': workers decode and draw only (the model "
-                             "renders on its device, not timed here). Several: measured side by side, same run")
+    parser.add_argument(
+        "--float_views",
+        action="store_true",
+        help="normalize to float32 in the workers (the old path) instead of shipping uint8 views",
+    )
+    parser.add_argument(
+        "--view_rendering",
+        nargs="+",
+        choices=["cpu", "device"],
+        default=["cpu"],
+        help="'cpu': workers render the views; 'device': workers decode and draw only (the model "
+        "renders on its device, not timed here). Several: measured side by side, same run",
+    )
     args = parser.parse_args()
     logging.getLogger("paka_hf.data").setLevel(logging.ERROR)  # the stride warning, once per worker
 
     sets = {"synthetic 640x480": synthetic_jpegs(Path(tempfile.mkdtemp(prefix="paka_jpegs_")), 96)}
     if CAMVID.is_dir():
         sets = {"CamVid 480x360": CAMVID, **sets}
-    print(f"batch {args.batch}, {args.batches} timed batches after {args.warmup}; 2 global + 4 local (98) views per image, "
-          f"{'float32 normalized' if args.float_views else 'uint8'} views")
-    print(f"{'images':20s}{'global':>8s}{'workers':>9s}{'rendering':>11s}{'images/s':>10s}{'per worker':>12s}", flush=True)
+    print(
+        f"batch {args.batch}, {args.batches} timed batches after {args.warmup}; 2 global + 4 local (98) views per image, "
+        f"{'float32 normalized' if args.float_views else 'uint8'} views"
+    )
+    print(
+        f"{'images':20s}{'global':>8s}{'workers':>9s}{'rendering':>11s}{'images/s':>10s}{'per worker':>12s}",
+        flush=True,
+    )
     for name, folder in sets.items():
         for size in args.sizes:
             for workers in args.workers:
                 for rendering in args.view_rendering:
-                    rate = measure(folder, size, workers, args.batch, args.batches, args.warmup,
-                                   normalize=args.float_views, rendering=rendering)
-                    print(f"{name:20s}{size:8d}{workers:9d}{rendering:>11s}{rate:10.1f}{rate / max(workers, 1):12.1f}",
-                          flush=True)
+                    rate = measure(
+                        folder,
+                        size,
+                        workers,
+                        args.batch,
+                        args.batches,
+                        args.warmup,
+                        normalize=args.float_views,
+                        rendering=rendering,
+                    )
+                    print(
+                        f"{name:20s}{size:8d}{workers:9d}{rendering:>11s}{rate:10.1f}{rate / max(workers, 1):12.1f}",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

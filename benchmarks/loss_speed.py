@@ -69,8 +69,10 @@ def main() -> None:
             if step >= args.warmup:
                 times.append(elapsed)
 
-    print(f"shape (P, N, d) = {shape}, mask {'on' if args.masked else 'off'}, {args.threads} threads, "
-          f"{args.repeats} interleaved forward+backward calls each; loss {ours_value:.6f}")
+    print(
+        f"shape (P, N, d) = {shape}, mask {'on' if args.masked else 'off'}, {args.threads} threads, "
+        f"{args.repeats} interleaved forward+backward calls each; loss {ours_value:.6f}"
+    )
     medians = {name: statistics.median(times) for name, (_, times) in runs.items()}
     for name, median in medians.items():
         print(f"  {name:34s} median {median * 1e3:8.2f} ms")

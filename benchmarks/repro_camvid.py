@@ -84,10 +84,22 @@ METRICS = {  # key: (metric name in the EvaluationReport, column title)
 TARGETS = {"overcluster100": 6.0, "hummingbird": 3.0, "linear": 3.0}
 # The paper's claims: (description, better run, worse run, metric, minimum margin).
 CLAIMS = (
-    ("kernel alignment beats patch-feature distillation (the method's premise; target ≥ 2)", "paka", "cosine", "overcluster100", 2.0),
+    (
+        "kernel alignment beats patch-feature distillation (the method's premise; target ≥ 2)",
+        "paka",
+        "cosine",
+        "overcluster100",
+        2.0,
+    ),
     ("kernel alignment (CKA) beats Gram matching", "paka", "gram", "overcluster100", 0.0),
     ("high intersection helps: min_intersection 0.9 > 0.5", "paka", "min_intersection_0.5", "overcluster100", 0.0),
-    ("high intersection helps: min_intersection 0.9 > 0 (plain random crops)", "paka", "min_intersection_0", "overcluster100", 0.0),
+    (
+        "high intersection helps: min_intersection 0.9 > 0 (plain random crops)",
+        "paka",
+        "min_intersection_0",
+        "overcluster100",
+        0.0,
+    ),
     ("a clean teacher helps: clean > augmented teacher", "paka", "teacher_augment", "overcluster100", 0.0),
     ("the paper's projection head: head on ≥ head off", "head", "paka", "overcluster100", 0.0),
     ("the student is exported: student ≥ teacher", "paka", "paka/teacher", "overcluster100", 0.0),
@@ -113,7 +125,11 @@ PROTOCOLS = ("linear", "overcluster", "hummingbird")
 
 
 def evaluate(
-    model_dir: Path, name: str, data_dir: Path, settings: EvaluationSettings, output: Path,
+    model_dir: Path,
+    name: str,
+    data_dir: Path,
+    settings: EvaluationSettings,
+    output: Path,
     protocols: tuple[str, ...] = PROTOCOLS,
 ) -> dict:
     """``protocols`` (default: all three) on one backbone; writes ``output`` (results + timings), returns its dict."""
@@ -122,14 +138,19 @@ def evaluate(
     datasets = (CamVid(data_dir, "train"), CamVid(data_dir, "val"))
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    report = EVAL_CAMVID.evaluate_camvid(backbone, name, datasets, settings, list(protocols),
-                                         LONG_LINEAR_EPOCHS, timings)  # fmt: skip
+    report = EVAL_CAMVID.evaluate_camvid(
+        backbone, name, datasets, settings, list(protocols), LONG_LINEAR_EPOCHS, timings
+    )
     if "linear_long" in timings:
         timings["linear_100_epochs"] = timings.pop("linear_long")
     results = {r.metric_name: r.value for r in report.results}
     spreads = {r.metric_name: r.std for r in report.results if r.std is not None}
-    data = {"model": str(model_dir), "results": results, "std_over_kmeans_seeds": spreads,
-            "timings_s": {**timings, "total": time.perf_counter() - start}}  # fmt: skip
+    data = {
+        "model": str(model_dir),
+        "results": results,
+        "std_over_kmeans_seeds": spreads,
+        "timings_s": {**timings, "total": time.perf_counter() - start},
+    }
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(data, indent=2) + "\n")
     return data
@@ -137,8 +158,8 @@ def evaluate(
 
 def train_one(config: Path, seed: int, output_dir: Path, extra: list[str]) -> None:
     """In a fresh process: PaKA training exactly as ``scripts/train.py`` runs it; writes student and teacher."""
-    from paka_hf.commands import train as script
     from paka_hf import PaKATrainer
+    from paka_hf.commands import train as script
 
     args = script.parse_config(["--config", str(config), "--seed", str(seed), "--output_dir", str(output_dir), *extra])
     trainer = PaKATrainer(args=args)
@@ -155,8 +176,13 @@ def run_and_evaluate(run: str, seed: int, args, settings: EvaluationSettings) ->
         print(f"[{run} seed {seed}] done already ({out / 'eval.json'})", flush=True)
     else:
         config = CONFIG_DIR / f"{run}.yaml"
-        extra = ["--model_name_or_path", str(args.model_dir), "--dataset_name", str(args.data_dir / "train" / "images"),
-                 *args.train_args]  # fmt: skip
+        extra = [
+            "--model_name_or_path",
+            str(args.model_dir),
+            "--dataset_name",
+            str(args.data_dir / "train" / "images"),
+            *args.train_args,
+        ]
         print(f"[{run} seed {seed}] training ({config.relative_to(REPO)}) …", flush=True)
         start = time.perf_counter()
         command = [sys.executable, __file__, "--_train", str(config), str(seed), str(out), *extra]
@@ -174,8 +200,14 @@ def run_and_evaluate(run: str, seed: int, args, settings: EvaluationSettings) ->
         (out / "eval.json").write_text(json.dumps(data, indent=2) + "\n")
         print(f"[{run} seed {seed}] " + _short(data), flush=True)
     if run in args.teacher_runs and (not (out / "teacher" / "eval.json").exists() or args.force):
-        data = evaluate(out / "teacher", f"{run} seed {seed} (teacher)", args.data_dir, settings, out / "teacher" / "eval.json",
-                        args.protocols)
+        data = evaluate(
+            out / "teacher",
+            f"{run} seed {seed} (teacher)",
+            args.data_dir,
+            settings,
+            out / "teacher" / "eval.json",
+            args.protocols,
+        )
         print(f"[{run} seed {seed} teacher] " + _short(data), flush=True)
 
 
@@ -225,21 +257,31 @@ def summarize(found: dict[str, list[dict]]) -> tuple[str, dict]:
         evaluation = [e["timings_s"]["total"] / 60 for e in evals]
         seeds = ",".join(str(e["seed"]) for e in evals) if run != "base" else "–"
         train_text = f"{statistics.fmean(train):.1f}" if train else "–"
-        lines.append(f"| {run} | {seeds} | " + " | ".join(cells) + f" | {train_text} | {statistics.fmean(evaluation):.1f} |")
+        lines.append(
+            f"| {run} | {seeds} | " + " | ".join(cells) + f" | {train_text} | {statistics.fmean(evaluation):.1f} |"
+        )
     summary = {"runs": stats, "targets": [], "claims": []}
     lines += ["", "| target (paka − base, mean over seeds) | needed | measured | met |", "| --- | ---: | ---: | --- |"]
     for key, needed in TARGETS.items():
         if "paka" in stats and "base" in stats and key in stats["paka"]:
             delta = stats["paka"][key]["mean"] - stats["base"][key]["mean"]
             summary["targets"].append({"metric": key, "needed": needed, "delta": delta, "met": delta >= needed})
-            lines.append(f"| {METRICS[key][1]} | ≥ +{needed:.0f} | {delta:+.1f} | {'yes' if delta >= needed else 'no'} |")
-    lines += ["", "| claim (paper) | comparison | Δ overcl. K=100 | Δ linear | Δ Hummingbird | verdict (K=100) |",
-              "| --- | --- | ---: | ---: | ---: | --- |"]  # fmt: skip
+            lines.append(
+                f"| {METRICS[key][1]} | ≥ +{needed:.0f} | {delta:+.1f} | {'yes' if delta >= needed else 'no'} |"
+            )
+    lines += [
+        "",
+        "| claim (paper) | comparison | Δ overcl. K=100 | Δ linear | Δ Hummingbird | verdict (K=100) |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
+    ]
     for text, better, worse, key, margin in CLAIMS:
         if better not in stats or worse not in stats:
             continue
-        deltas = {k: stats[better][k]["mean"] - stats[worse][k]["mean"] for k in ("overcluster100", "linear", "hummingbird")
-                  if k in stats[better] and k in stats[worse]}  # fmt: skip
+        deltas = {
+            k: stats[better][k]["mean"] - stats[worse][k]["mean"]
+            for k in ("overcluster100", "linear", "hummingbird")
+            if k in stats[better] and k in stats[worse]
+        }
         agrees = deltas[key] > margin
         # The seed spread (max − min) of either run on the claim's metric: a difference within it is not a finding.
         noise = max(stats[better][key]["spread"], stats[worse][key]["spread"])
@@ -247,10 +289,21 @@ def summarize(found: dict[str, list[dict]]) -> tuple[str, dict]:
             verdict = f"inside the seed spread ({noise:.1f})"
         else:
             verdict = "yes" if agrees else ("no" if deltas[key] < 0 else "no (margin not reached)")
-        summary["claims"].append({"claim": text, "better": better, "worse": worse, "deltas": deltas, "agrees": agrees,
-                                  "seed_spread": noise, "verdict": verdict})  # fmt: skip
-        lines.append(f"| {text} | {better} − {worse} | {deltas.get('overcluster100', float('nan')):+.1f} | "
-                     f"{deltas.get('linear', float('nan')):+.1f} | {deltas.get('hummingbird', float('nan')):+.1f} | {verdict} |")  # fmt: skip
+        summary["claims"].append(
+            {
+                "claim": text,
+                "better": better,
+                "worse": worse,
+                "deltas": deltas,
+                "agrees": agrees,
+                "seed_spread": noise,
+                "verdict": verdict,
+            }
+        )
+        lines.append(
+            f"| {text} | {better} − {worse} | {deltas.get('overcluster100', float('nan')):+.1f} | "
+            f"{deltas.get('linear', float('nan')):+.1f} | {deltas.get('hummingbird', float('nan')):+.1f} | {verdict} |"
+        )
     return "\n".join(lines) + "\n", summary
 
 
@@ -261,25 +314,49 @@ def main(argv: list[str] | None = None) -> None:
         train_one(Path(config), int(seed), Path(output_dir), extra)
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", nargs="*", default=list(DEFAULT_RUNS), help=f"configs/repro/<run>.yaml (default: {' '.join(DEFAULT_RUNS)})")
+    p.add_argument(
+        "--runs",
+        nargs="*",
+        default=list(DEFAULT_RUNS),
+        help=f"configs/repro/<run>.yaml (default: {' '.join(DEFAULT_RUNS)})",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--seeds_for_ablations", type=int, nargs="+", default=[0],
-                   help=f"seeds for runs other than {', '.join(SEEDED_RUNS)} (the target, its control, the NeCo "
-                        "comparison and the LoRA recipe get --seeds)")
+    p.add_argument(
+        "--seeds_for_ablations",
+        type=int,
+        nargs="+",
+        default=[0],
+        help=f"seeds for runs other than {', '.join(SEEDED_RUNS)} (the target, its control, the NeCo "
+        "comparison and the LoRA recipe get --seeds)",
+    )
     p.add_argument("--teacher_runs", nargs="*", default=["paka"], help="runs whose EMA teacher is evaluated too")
     p.add_argument("--model_dir", type=Path, default=SHARED / "models" / "dinov2-small-imgfocus")
     p.add_argument("--data_dir", type=Path, default=SHARED / "datasets" / "camvid")
     p.add_argument("--output_dir", type=Path, default=REPO / "outputs" / "repro")
     p.add_argument("--input_size", default="224,308", help="evaluation input H,W")
-    p.add_argument("--max_images", type=int, default=None, help="evaluate on at most this many images per split (smoke runs)")
-    p.add_argument("--train_args", nargs=argparse.REMAINDER, default=[],
-                   help="extra PaKAConfig flags for every training, e.g. --train_args --max_steps 10 (must come last)")
+    p.add_argument(
+        "--max_images", type=int, default=None, help="evaluate on at most this many images per split (smoke runs)"
+    )
+    p.add_argument(
+        "--train_args",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="extra PaKAConfig flags for every training, e.g. --train_args --max_steps 10 (must come last)",
+    )
     p.add_argument("--force", action="store_true", help="redo runs whose results exist")
     p.add_argument("--report", action="store_true", help="only rebuild summary.md / summary.json from what exists")
-    p.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS),
-                   help="evaluation protocols (Hummingbird at 448 costs ~10 more minutes per backbone on a 2-core CPU)")
-    p.add_argument("--skip_base", action="store_true",
-                   help="do not evaluate the pretrained backbone (when its figures at these settings exist elsewhere)")
+    p.add_argument(
+        "--protocols",
+        nargs="+",
+        choices=PROTOCOLS,
+        default=list(PROTOCOLS),
+        help="evaluation protocols (Hummingbird at 448 costs ~10 more minutes per backbone on a 2-core CPU)",
+    )
+    p.add_argument(
+        "--skip_base",
+        action="store_true",
+        help="do not evaluate the pretrained backbone (when its figures at these settings exist elsewhere)",
+    )
     args = p.parse_args(argv)
     for run in args.runs:
         if not (CONFIG_DIR / f"{run}.yaml").is_file():
@@ -295,8 +372,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args.report:
         if not args.skip_base and (not (args.output_dir / "base" / "eval.json").exists() or args.force):
             print("[base] evaluating the pretrained backbone …", flush=True)
-            data = evaluate(args.model_dir, "base", args.data_dir, settings, args.output_dir / "base" / "eval.json",
-                            args.protocols)
+            data = evaluate(
+                args.model_dir, "base", args.data_dir, settings, args.output_dir / "base" / "eval.json", args.protocols
+            )
             print("[base] " + _short(data), flush=True)
         main_runs = [r for r in args.runs if r in SEEDED_RUNS]
         # The target and its control over all seeds first, then the ablations.

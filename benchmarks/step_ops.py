@@ -38,14 +38,30 @@ if __name__ == "__main__":  # run as a script: where torchvision or Pillow do no
 import gpu_step  # noqa: E402  (the steps, model and views measured here are gpu_step's)
 
 # ops that only make a new view of existing memory (or record a profiler range): no kernel, no traffic
-VIEW_OPS = frozenset({
-    "aten.alias.default", "aten.as_strided.default", "aten.detach.default", "aten.expand.default",
-    "aten.permute.default", "aten.select.int", "aten.slice.Tensor", "aten.split.Tensor",
-    "aten.split_with_sizes.default", "aten.squeeze.dim", "aten.squeeze.dims", "aten.t.default",
-    "aten.transpose.int", "aten.unbind.int", "aten.unsqueeze.default", "aten.view.default",
-    "aten._unsafe_view.default", "aten._reshape_alias.default",
-    "profiler._record_function_enter_new.default", "profiler._record_function_exit._RecordFunction",
-})
+VIEW_OPS = frozenset(
+    {
+        "aten.alias.default",
+        "aten.as_strided.default",
+        "aten.detach.default",
+        "aten.expand.default",
+        "aten.permute.default",
+        "aten.select.int",
+        "aten.slice.Tensor",
+        "aten.split.Tensor",
+        "aten.split_with_sizes.default",
+        "aten.squeeze.dim",
+        "aten.squeeze.dims",
+        "aten.t.default",
+        "aten.transpose.int",
+        "aten.unbind.int",
+        "aten.unsqueeze.default",
+        "aten.view.default",
+        "aten._unsafe_view.default",
+        "aten._reshape_alias.default",
+        "profiler._record_function_enter_new.default",
+        "profiler._record_function_exit._RecordFunction",
+    }
+)
 
 
 @dataclass
@@ -101,8 +117,9 @@ def added_ops(full: OpTally, bare: OpTally) -> list[tuple[str, int, int, int]]:
     for name in full.calls:
         calls = full.calls[name] - bare.calls[name]
         if calls > 0:
-            rows.append((name, calls, full.bytes_in[name] - bare.bytes_in[name],
-                         full.bytes_out[name] - bare.bytes_out[name]))
+            rows.append(
+                (name, calls, full.bytes_in[name] - bare.bytes_in[name], full.bytes_out[name] - bare.bytes_out[name])
+            )
     return sorted(rows, key=lambda row: (row[2] + row[3], row[1]), reverse=True)
 
 
@@ -115,21 +132,29 @@ def run_model(name: str, args) -> dict:
         step()
     tallies = {"full": record(steps.full), "bare": record(steps.bare), "bare+heads": record(steps.bare_heads)}
     rows = added_ops(tallies["full"], tallies["bare"])
-    print(f"\n{gpu_step.LABELS[name]}: non-view ATen ops per step: "
-          + ", ".join(f"{kind} {tally.total_calls}" for kind, tally in tallies.items()))
+    print(
+        f"\n{gpu_step.LABELS[name]}: non-view ATen ops per step: "
+        + ", ".join(f"{kind} {tally.total_calls}" for kind, tally in tallies.items())
+    )
     print(f"what the full step runs beyond the bare step ({sum(r[1] for r in rows)} op calls), most bytes first:")
     print(f"  {'op':44s}{'calls':>7s}{'MB args':>10s}{'MB out':>10s}")
     for op, calls, b_in, b_out in rows[: args.top]:
         print(f"  {op:44s}{calls:7d}{megabytes(b_in):10.1f}{megabytes(b_out):10.1f}")
     if len(rows) > args.top:
-        rest = rows[args.top:]
-        print(f"  … {len(rest)} more ops, {sum(r[1] for r in rest)} calls, "
-              f"{megabytes(sum(r[2] + r[3] for r in rest)):.1f} MB")
-    return {"ops": {kind: dict(tally.calls) for kind, tally in tallies.items()},
-            "optimized_parameters": sum(p.numel() for p in steps.params),
-            # what the EMA averages: every parameter of the student and its head (frozen ones too)
-            "ema_parameters": sum(p.numel() for module in (model.student, model.student_head) for p in module.parameters()),
-            "added": [{"op": op, "calls": c, "bytes_in": i, "bytes_out": o} for op, c, i, o in rows]}
+        rest = rows[args.top :]
+        print(
+            f"  … {len(rest)} more ops, {sum(r[1] for r in rest)} calls, "
+            f"{megabytes(sum(r[2] + r[3] for r in rest)):.1f} MB"
+        )
+    return {
+        "ops": {kind: dict(tally.calls) for kind, tally in tallies.items()},
+        "optimized_parameters": sum(p.numel() for p in steps.params),
+        # what the EMA averages: every parameter of the student and its head (frozen ones too)
+        "ema_parameters": sum(
+            p.numel() for module in (model.student, model.student_head) for p in module.parameters()
+        ),
+        "added": [{"op": op, "calls": c, "bytes_in": i, "bytes_out": o} for op, c, i, o in rows],
+    }
 
 
 def main(argv=None) -> dict:
@@ -138,18 +163,24 @@ def main(argv=None) -> dict:
     own, rest = parser.parse_known_args(argv)
     if "-h" in rest or "--help" in rest:
         print(__doc__)
-        print("Options: --top N (table rows, default 30), and the model and shape options of gpu_step.py "
-              "(--models, --batch, --precision, --global_size, --local_size, --n_local, --head_hidden, --head_out, "
-              "--max_grad_norm, --device, --smoke; see python benchmarks/gpu_step.py --help)")
+        print(
+            "Options: --top N (table rows, default 30), and the model and shape options of gpu_step.py "
+            "(--models, --batch, --precision, --global_size, --local_size, --n_local, --head_hidden, --head_out, "
+            "--max_grad_norm, --device, --smoke; see python benchmarks/gpu_step.py --help)"
+        )
         sys.exit(0)
     # gpu_step's defaults, but ViT-S/14 only and batch 2 (one step of each kind is enough to count ops) unless given
-    defaults = (["--batch", "2"] if "--batch" not in rest else []) + (["--models", "s14"] if "--models" not in rest else [])
+    defaults = (["--batch", "2"] if "--batch" not in rest else []) + (
+        ["--models", "s14"] if "--models" not in rest else []
+    )
     args = gpu_step.parse_args(defaults + rest)
     args.top = own.top
     precision = "bf16 autocast" if args.precision == "bf16" else "fp32 (no autocast)"
-    print(f"ATen ops of one step on {gpu_step.device_name(args.device)} | torch {torch.__version__} | batch "
-          f"{args.batch}, {args.global_size}/{args.local_size} px views, head {args.head_hidden}/{args.head_hidden}/{args.head_out}, "
-          f"{precision}")
+    print(
+        f"ATen ops of one step on {gpu_step.device_name(args.device)} | torch {torch.__version__} | batch "
+        f"{args.batch}, {args.global_size}/{args.local_size} px views, head {args.head_hidden}/{args.head_hidden}/{args.head_out}, "
+        f"{precision}"
+    )
     return {name: run_model(name, args) for name in args.models}
 
 

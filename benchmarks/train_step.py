@@ -58,14 +58,25 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="paka_bench_"))
     images = args.images or (CAMVID if CAMVID.is_dir() else synthetic_jpegs(work / "images", 64))
     torch.manual_seed(0)
-    vit_s = Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, mlp_ratio=4, patch_size=14, image_size=518)
+    vit_s = Dinov2Config(
+        hidden_size=384, num_hidden_layers=12, num_attention_heads=6, mlp_ratio=4, patch_size=14, image_size=518
+    )
     AutoModel.from_config(vit_s).save_pretrained(work / "model")
 
     config = PaKAConfig(
-        output_dir=str(work / "out"), model_name_or_path=str(work / "model"), dataset_name=str(images),
-        max_steps=args.steps, per_device_train_batch_size=args.batch, dataloader_num_workers=args.workers,
-        use_head=not args.no_head, use_cpu=True, save_steps=10_000, logging_steps=10_000, disable_tqdm=True,
-        shuffle_buffer_size=64, report_to="none",
+        output_dir=str(work / "out"),
+        model_name_or_path=str(work / "model"),
+        dataset_name=str(images),
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch,
+        dataloader_num_workers=args.workers,
+        use_head=not args.no_head,
+        use_cpu=True,
+        save_steps=10_000,
+        logging_steps=10_000,
+        disable_tqdm=True,
+        shuffle_buffer_size=64,
+        report_to="none",
     )
     timer = StepTimer()
     trainer = PaKATrainer(args=config, callbacks=[timer])
@@ -78,9 +89,13 @@ def main() -> None:
     transform = trainer.view_transform
     files = sorted(p for p in Path(images).iterdir() if is_image_file(p))[: args.batch]
     batch = collate_views([transform(Image.open(f).convert("RGB")) for f in files])
-    batch = {k: normalize_views(v) if k.endswith("_views") else v for k, v in batch.items()}  # the model's own first op
+    batch = {
+        k: normalize_views(v) if k.endswith("_views") else v for k, v in batch.items()
+    }  # the model's own first op
     roi_tokens = model.roi_size**2
-    teacher_index = (torch.arange(args.batch)[:, None] * batch["global_boxes"].shape[1] + batch["pair_index"]).flatten()
+    teacher_index = (
+        torch.arange(args.batch)[:, None] * batch["global_boxes"].shape[1] + batch["pair_index"]
+    ).flatten()
 
     def bare_step(with_heads: bool) -> float:
         t0 = time.perf_counter()
@@ -104,15 +119,23 @@ def main() -> None:
             bare_steps.append(plain)
             heads_steps.append(heads)
 
-    full, bare, bare_heads = statistics.median(full_steps), statistics.median(bare_steps), statistics.median(heads_steps)
-    print(f"images: {images} | batch {args.batch} | views 2x{config.global_size} + {config.n_local}x{config.local_size} | "
-          f"head {'on' if config.use_head else 'off'} | data workers {args.workers} | torch threads {torch.get_num_threads()}")
+    full, bare, bare_heads = (
+        statistics.median(full_steps),
+        statistics.median(bare_steps),
+        statistics.median(heads_steps),
+    )
+    print(
+        f"images: {images} | batch {args.batch} | views 2x{config.global_size} + {config.n_local}x{config.local_size} | "
+        f"head {'on' if config.use_head else 'off'} | data workers {args.workers} | torch threads {torch.get_num_threads()}"
+    )
     print(f"full PaKA step (trainer, data included): {full:.3f} s/step  ({args.batch / full:.1f} images/s)")
     print(f"bare backbone fwd/bwd on the same views: {bare:.3f} s/step  ({args.batch / bare:.1f} images/s)")
     print(f"ratio full / bare: {full / bare:.3f}")
     if config.use_head:
-        print(f"bare + heads (teacher fwd + student fwd/bwd incl. both heads on the B·n_local·roi² tokens the full step "
-              f"aligns): {bare_heads:.3f} s/step")
+        print(
+            f"bare + heads (teacher fwd + student fwd/bwd incl. both heads on the B·n_local·roi² tokens the full step "
+            f"aligns): {bare_heads:.3f} s/step"
+        )
         print(f"ratio full / (bare + heads): {full / bare_heads:.3f}")
 
 

@@ -86,7 +86,9 @@ def _roi_tokens(
     # exactly, and torchvision's autocast rule runs roi_align in float32 anyway.
     boxes = mirror_boxes(boxes.float(), flips, grids.shape[-1])
     rois = torch.cat([index[:, None].float(), boxes], dim=1)
-    pooled = roi_align(grids.float(), rois, output_size=roi_size, spatial_scale=1.0, sampling_ratio=sampling_ratio, aligned=True)
+    pooled = roi_align(
+        grids.float(), rois, output_size=roi_size, spatial_scale=1.0, sampling_ratio=sampling_ratio, aligned=True
+    )
     if flips is not None:
         pooled = torch.where(flips[:, None, None, None], pooled.flip(-1), pooled)
     return pooled.flatten(2).transpose(1, 2)  # (P, d, r, r) -> (P, r*r, d)

@@ -29,8 +29,19 @@ from torchvision.transforms.v2 import functional as F
 
 from . import photometric
 
-PARAM_FIELDS = ("jitter", "order0", "order1", "order2", "order3", "brightness", "contrast", "saturation", "hue",
-                "grayscale", "sigma")
+PARAM_FIELDS = (
+    "jitter",
+    "order0",
+    "order1",
+    "order2",
+    "order3",
+    "brightness",
+    "contrast",
+    "saturation",
+    "hue",
+    "grayscale",
+    "sigma",
+)
 NUM_PARAMS = len(PARAM_FIELDS)
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
 _IDENTITY = (1.0, 1.0, 1.0, 0.0)  # factors that leave a view unchanged
@@ -154,7 +165,9 @@ class PhotometricAugment:
                 gray = photometric.grayscale(views)
                 mean = gray.mean(dim=(-3, -2, -1), keepdim=True)
                 op_ = op.view(-1, 1, 1, 1)
-                other = torch.where(op_ == BRIGHTNESS, torch.zeros_like(mean), torch.where(op_ == CONTRAST, mean, gray))
+                other = torch.where(
+                    op_ == BRIGHTNESS, torch.zeros_like(mean), torch.where(op_ == CONTRAST, mean, gray)
+                )
                 views = photometric.blend(views, other, torch.where(active, factor, torch.ones_like(factor)))
             return views
 

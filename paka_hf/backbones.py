@@ -75,8 +75,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -168,7 +169,9 @@ def _cls_and_registers(config: PretrainedConfig) -> int:
 
 
 def _dinov3_targets(config: PretrainedConfig) -> tuple[str, ...]:
-    mlp = ("gate_proj", "up_proj", "down_proj") if getattr(config, "use_gated_mlp", False) else ("up_proj", "down_proj")
+    mlp = (
+        ("gate_proj", "up_proj", "down_proj") if getattr(config, "use_gated_mlp", False) else ("up_proj", "down_proj")
+    )
     return ("q_proj", "k_proj", "v_proj", "o_proj", *mlp)
 
 
@@ -178,10 +181,18 @@ def _siglip_unused(config: PretrainedConfig) -> tuple[str, ...]:
 
 
 _DINOV2_PROCESSOR = dict(  # preprocessor_config.json of the facebook/dinov2-* checkpoints
-    do_resize=True, size={"shortest_edge": 256}, resample=3, do_center_crop=True,
-    crop_size={"height": 224, "width": 224}, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
-    image_mean=list(IMAGENET_DEFAULT_MEAN), image_std=list(IMAGENET_DEFAULT_STD), do_convert_rgb=True,
-)  # fmt: skip
+    do_resize=True,
+    size={"shortest_edge": 256},
+    resample=3,
+    do_center_crop=True,
+    crop_size={"height": 224, "width": 224},
+    do_rescale=True,
+    rescale_factor=1 / 255,
+    do_normalize=True,
+    image_mean=list(IMAGENET_DEFAULT_MEAN),
+    image_std=list(IMAGENET_DEFAULT_STD),
+    do_convert_rgb=True,
+)
 _APACHE = CardMetadata(license="apache-2.0")
 _VIT_BLOCKS = r"encoder\.layers\.\d+"
 _CLIP_LIKE_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
@@ -190,63 +201,125 @@ FAMILIES: dict[str, BackboneFamily] = {
     family.name: family
     for family in (
         BackboneFamily(
-            name="dinov2", title="DINOv2", model_class="Dinov2Model", input_mode="pixels",
-            prefix_tokens=_cls_and_registers, block_pattern=r"encoder\.layer\.\d+",
+            name="dinov2",
+            title="DINOv2",
+            model_class="Dinov2Model",
+            input_mode="pixels",
+            prefix_tokens=_cls_and_registers,
+            block_pattern=r"encoder\.layer\.\d+",
             lora_targets=lambda config: ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"),
-            has_drop_path=True, unused_parameters=lambda config: ("embeddings.mask_token",),
-            processor_class="BitImageProcessor", processor_kwargs=_DINOV2_PROCESSOR,
+            has_drop_path=True,
+            unused_parameters=lambda config: ("embeddings.mask_token",),
+            processor_class="BitImageProcessor",
+            processor_kwargs=_DINOV2_PROCESSOR,
             card=CardMetadata(license="apache-2.0", tags=("dinov2",)),
-            example_ids=("facebook/dinov2-small", "facebook/dinov2-base", "facebook/dinov2-large", "facebook/dinov2-giant"),
+            example_ids=(
+                "facebook/dinov2-small",
+                "facebook/dinov2-base",
+                "facebook/dinov2-large",
+                "facebook/dinov2-giant",
+            ),
         ),
         BackboneFamily(
-            name="dinov2_with_registers", title="DINOv2 with registers", model_class="Dinov2WithRegistersModel",
-            input_mode="pixels", prefix_tokens=_cls_and_registers, block_pattern=r"encoder\.layer\.\d+",
+            name="dinov2_with_registers",
+            title="DINOv2 with registers",
+            model_class="Dinov2WithRegistersModel",
+            input_mode="pixels",
+            prefix_tokens=_cls_and_registers,
+            block_pattern=r"encoder\.layer\.\d+",
             lora_targets=lambda config: ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"),
-            has_drop_path=True, unused_parameters=lambda config: ("embeddings.mask_token",),
-            processor_class="BitImageProcessor", processor_kwargs=_DINOV2_PROCESSOR,
+            has_drop_path=True,
+            unused_parameters=lambda config: ("embeddings.mask_token",),
+            processor_class="BitImageProcessor",
+            processor_kwargs=_DINOV2_PROCESSOR,
             card=CardMetadata(license="apache-2.0", tags=("dinov2",)),
-            example_ids=("facebook/dinov2-with-registers-small", "facebook/dinov2-with-registers-base",
-                         "facebook/dinov2-with-registers-large", "facebook/dinov2-with-registers-giant"),
-        ),  # fmt: skip
-        BackboneFamily(
-            name="dinov3_vit", title="DINOv3 ViT", model_class="DINOv3ViTModel", input_mode="pixels",
-            prefix_tokens=_cls_and_registers, block_pattern=r"model\.layer\.\d+", lora_targets=_dinov3_targets,
-            has_drop_path=True, unused_parameters=lambda config: ("embeddings.mask_token",),
-            rope_module="rope_embeddings", processor_class="DINOv3ViTImageProcessor",
-            card=CardMetadata(
-                license="other", license_name="dinov3-license", license_link=DINOV3_LICENSE_LINK,
-                notice=_DINOV3_NOTICE, tags=("dinov3",),
+            example_ids=(
+                "facebook/dinov2-with-registers-small",
+                "facebook/dinov2-with-registers-base",
+                "facebook/dinov2-with-registers-large",
+                "facebook/dinov2-with-registers-giant",
             ),
-            example_ids=("facebook/dinov3-vits16-pretrain-lvd1689m", "facebook/dinov3-vits16plus-pretrain-lvd1689m",
-                         "facebook/dinov3-vitb16-pretrain-lvd1689m", "facebook/dinov3-vitl16-pretrain-lvd1689m",
-                         "facebook/dinov3-vith16plus-pretrain-lvd1689m", "facebook/dinov3-vit7b16-pretrain-lvd1689m"),
-        ),  # fmt: skip
+        ),
         BackboneFamily(
-            name="siglip_vision_model", title="SigLIP / SigLIP 2 (fixed resolution) vision",
-            model_class="SiglipVisionModel", full_model_types=("siglip",), input_mode="interpolate",
-            prefix_tokens=lambda config: 0, block_pattern=_VIT_BLOCKS, lora_targets=lambda config: _CLIP_LIKE_TARGETS,
-            unused_parameters=_siglip_unused, processor_class="SiglipImageProcessor",
+            name="dinov3_vit",
+            title="DINOv3 ViT",
+            model_class="DINOv3ViTModel",
+            input_mode="pixels",
+            prefix_tokens=_cls_and_registers,
+            block_pattern=r"model\.layer\.\d+",
+            lora_targets=_dinov3_targets,
+            has_drop_path=True,
+            unused_parameters=lambda config: ("embeddings.mask_token",),
+            rope_module="rope_embeddings",
+            processor_class="DINOv3ViTImageProcessor",
+            card=CardMetadata(
+                license="other",
+                license_name="dinov3-license",
+                license_link=DINOV3_LICENSE_LINK,
+                notice=_DINOV3_NOTICE,
+                tags=("dinov3",),
+            ),
+            example_ids=(
+                "facebook/dinov3-vits16-pretrain-lvd1689m",
+                "facebook/dinov3-vits16plus-pretrain-lvd1689m",
+                "facebook/dinov3-vitb16-pretrain-lvd1689m",
+                "facebook/dinov3-vitl16-pretrain-lvd1689m",
+                "facebook/dinov3-vith16plus-pretrain-lvd1689m",
+                "facebook/dinov3-vit7b16-pretrain-lvd1689m",
+            ),
+        ),
+        BackboneFamily(
+            name="siglip_vision_model",
+            title="SigLIP / SigLIP 2 (fixed resolution) vision",
+            model_class="SiglipVisionModel",
+            full_model_types=("siglip",),
+            input_mode="interpolate",
+            prefix_tokens=lambda config: 0,
+            block_pattern=_VIT_BLOCKS,
+            lora_targets=lambda config: _CLIP_LIKE_TARGETS,
+            unused_parameters=_siglip_unused,
+            processor_class="SiglipImageProcessor",
             card=CardMetadata(license="apache-2.0", tags=("siglip",)),
-            example_ids=("google/siglip-base-patch16-224", "google/siglip2-base-patch16-224",
-                         "google/siglip2-base-patch16-512", "google/siglip2-so400m-patch16-384"),
-        ),  # fmt: skip
+            example_ids=(
+                "google/siglip-base-patch16-224",
+                "google/siglip2-base-patch16-224",
+                "google/siglip2-base-patch16-512",
+                "google/siglip2-so400m-patch16-384",
+            ),
+        ),
         BackboneFamily(
-            name="siglip2_vision_model", title="SigLIP 2 NaFlex vision", model_class="Siglip2VisionModel",
-            full_model_types=("siglip2",), input_mode="naflex", prefix_tokens=lambda config: 0,
-            block_pattern=_VIT_BLOCKS, lora_targets=lambda config: _CLIP_LIKE_TARGETS,
-            unused_parameters=_siglip_unused, processor_class="Siglip2ImageProcessor",
+            name="siglip2_vision_model",
+            title="SigLIP 2 NaFlex vision",
+            model_class="Siglip2VisionModel",
+            full_model_types=("siglip2",),
+            input_mode="naflex",
+            prefix_tokens=lambda config: 0,
+            block_pattern=_VIT_BLOCKS,
+            lora_targets=lambda config: _CLIP_LIKE_TARGETS,
+            unused_parameters=_siglip_unused,
+            processor_class="Siglip2ImageProcessor",
             card=CardMetadata(license="apache-2.0", tags=("siglip2",)),
             example_ids=("google/siglip2-base-patch16-naflex", "google/siglip2-so400m-patch16-naflex"),
-        ),  # fmt: skip
+        ),
         BackboneFamily(
-            name="clip_vision_model", title="CLIP vision", model_class="CLIPVisionModel", full_model_types=("clip",),
-            input_mode="interpolate", prefix_tokens=lambda config: 1, final_norm="post_layernorm",
-            block_pattern=_VIT_BLOCKS, lora_targets=lambda config: _CLIP_LIKE_TARGETS,
+            name="clip_vision_model",
+            title="CLIP vision",
+            model_class="CLIPVisionModel",
+            full_model_types=("clip",),
+            input_mode="interpolate",
+            prefix_tokens=lambda config: 1,
+            final_norm="post_layernorm",
+            block_pattern=_VIT_BLOCKS,
+            lora_targets=lambda config: _CLIP_LIKE_TARGETS,
             processor_class="CLIPImageProcessor",
             # OpenAI released CLIP's code and weights under the MIT licence; pass --license for other bases.
             card=CardMetadata(license="mit", tags=("clip",)),
-            example_ids=("openai/clip-vit-base-patch16", "openai/clip-vit-large-patch14", "laion/CLIP-ViT-B-16-laion2B-s34B-b88K"),
-        ),  # fmt: skip
+            example_ids=(
+                "openai/clip-vit-base-patch16",
+                "openai/clip-vit-large-patch14",
+                "laion/CLIP-ViT-B-16-laion2B-s34B-b88K",
+            ),
+        ),
     )
 }
 
@@ -330,7 +403,9 @@ def default_image_processor(family: BackboneFamily | str):
     return _transformers_class(family.processor_class)(**family.processor_kwargs)
 
 
-def load_image_processor(name_or_path: str | os.PathLike, revision: str | None = None, family: BackboneFamily | None = None):
+def load_image_processor(
+    name_or_path: str | os.PathLike, revision: str | None = None, family: BackboneFamily | None = None
+):
     """The checkpoint's image processor; the family's reference one (with a warning) when it has none."""
     source = os.fspath(name_or_path)
     try:
@@ -341,7 +416,9 @@ def load_image_processor(name_or_path: str | os.PathLike, revision: str | None =
             family = family_for(getattr(config, "model_type", None), repr(source))
         logger.warning(
             "%s has no image processor (preprocessor_config.json); using %s's reference %s",
-            source, family.title, family.processor_class,
+            source,
+            family.title,
+            family.processor_class,
         )
         return default_image_processor(family)
 
@@ -350,10 +427,15 @@ def processor_normalization(image_processor: Any) -> tuple[tuple[float, ...], tu
     """``(mean, std)`` per channel of an image processor (applied to pixels scaled to [0, 1])."""
     mean, std = getattr(image_processor, "image_mean", None), getattr(image_processor, "image_std", None)
     if mean is None or std is None:
-        raise ConfigError(f"{type(image_processor).__name__} has no image_mean / image_std; pass an image processor that normalizes")
+        raise ConfigError(
+            f"{type(image_processor).__name__} has no image_mean / image_std; pass an image processor that normalizes"
+        )
     if not getattr(image_processor, "do_normalize", True):
         return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    as_triple = lambda v: tuple(float(x) for x in (v if isinstance(v, (list, tuple)) else [v] * 3))  # noqa: E731
+
+    def as_triple(value) -> tuple[float, ...]:
+        return tuple(float(x) for x in (value if isinstance(value, (list, tuple)) else [value] * 3))
+
     return as_triple(mean), as_triple(std)
 
 
@@ -381,7 +463,9 @@ def lora_target_modules(model: PreTrainedModel | nn.Module) -> tuple[str, ...]:
     return family_for(config.model_type).lora_targets(config)
 
 
-def resolve_lora_targets(model: PreTrainedModel | nn.Module, targets: list[str] | tuple[str, ...] | None = None) -> list[str]:
+def resolve_lora_targets(
+    model: PreTrainedModel | nn.Module, targets: list[str] | tuple[str, ...] | None = None
+) -> list[str]:
     """Full names of the ``nn.Linear`` modules LoRA should wrap, matched against the loaded model.
 
     ``targets`` are short names (``q_proj``, ``fc1``...; default: :func:`lora_target_modules`); a module
@@ -396,7 +480,9 @@ def resolve_lora_targets(model: PreTrainedModel | nn.Module, targets: list[str] 
     family = family_for(config.model_type)
     targets = tuple(targets) if targets is not None else family.lora_targets(config)
     if not targets:
-        raise ConfigError("lora_target_modules is empty; leave it unset for the family's default or name modules to wrap")
+        raise ConfigError(
+            "lora_target_modules is empty; leave it unset for the family's default or name modules to wrap"
+        )
     block = re.compile(rf"^{family.block_pattern}\.(.+\.)?([^.]+)$")
     matched: dict[str, list[str]] = {target: [] for target in targets}
     available: set[str] = set()
@@ -465,18 +551,20 @@ class PatchBackbone(nn.Module):
     @classmethod
     def from_pretrained(
         cls, name_or_path: str | os.PathLike, *, image_processor: Any = None, rope_augment: bool = False, **kwargs: Any
-    ) -> "PatchBackbone":
+    ) -> PatchBackbone:
         """Load from a Hub id or local folder (keyword arguments as :func:`load_backbone`), with the
         checkpoint's image processor unless ``image_processor`` is given."""
         model = load_backbone(name_or_path, **kwargs)
         if image_processor is None:
-            image_processor = load_image_processor(name_or_path, kwargs.get("revision"), family_for(model.config.model_type))
+            image_processor = load_image_processor(
+                name_or_path, kwargs.get("revision"), family_for(model.config.model_type)
+            )
         return cls(model, image_processor, rope_augment=rope_augment)
 
     @classmethod
     def from_config(
         cls, config: PretrainedConfig, *, image_processor: Any = None, rope_augment: bool = False, **kwargs: Any
-    ) -> "PatchBackbone":
+    ) -> PatchBackbone:
         """Random-init backbone from a supported (vision) config, with the family's reference processor."""
         family = family_for(getattr(config, "model_type", None), type(config).__name__)
         config = vision_config(config)
@@ -489,7 +577,7 @@ class PatchBackbone(nn.Module):
         prefixes = self.family.unused_parameters(self.model.config)
         return [f"model.{name}" for name, _ in self.model.named_parameters() if name.startswith(prefixes)]
 
-    def train(self, mode: bool = True) -> "PatchBackbone":
+    def train(self, mode: bool = True) -> PatchBackbone:
         super().train(mode)
         if self.family.rope_module is not None and not self.rope_augment:
             getattr(self.model, self.family.rope_module).eval()  # exact RoPE coordinates, as the teacher's

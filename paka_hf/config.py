@@ -160,11 +160,15 @@ class PaKAConfig(TrainingArguments):
         choices=LOSSES,
         default="cka",
     )
-    kernel: str = _help("Kernel for cka/gram: 'linear' or 'rbf' (median heuristic).", choices=KERNELS, default="linear")
+    kernel: str = _help(
+        "Kernel for cka/gram: 'linear' or 'rbf' (median heuristic).", choices=KERNELS, default="linear"
+    )
     kernel_scope: str = _help(
         "'pair': one kernel per crop pair; 'batch': one over the whole batch.", choices=SCOPES, default="pair"
     )
-    use_head: bool = _help("Train through a projection head (its teacher is an EMA too); never exported.", default=True)
+    use_head: bool = _help(
+        "Train through a projection head (its teacher is an EMA too); never exported.", default=True
+    )
     head_hidden_dim: int = _help("Hidden width of the projection head.", default=2048)
     head_out_dim: int = _help("Output width of the projection head.", default=256)
     head_learning_rate: float = _help("Peak learning rate of the projection head.", default=1e-4)
@@ -177,13 +181,19 @@ class PaKAConfig(TrainingArguments):
     )
 
     # ---- NeCo (loss: neco; defaults: NeCo's published configs) --------------------------------
-    neco_student_steepness: float = _help("Steepness of the student's differentiable sort (loss 'neco').", default=NECO_STEEPNESS)
-    neco_teacher_steepness: float = _help("Steepness of the teacher's differentiable sort (loss 'neco').", default=NECO_STEEPNESS)
+    neco_student_steepness: float = _help(
+        "Steepness of the student's differentiable sort (loss 'neco').", default=NECO_STEEPNESS
+    )
+    neco_teacher_steepness: float = _help(
+        "Steepness of the teacher's differentiable sort (loss 'neco').", default=NECO_STEEPNESS
+    )
     neco_queue_length: int = _help(
         "Teacher tokens kept in NeCo's reference queue (0 = draw the reference tokens from the batch only).",
         default=NECO_QUEUE_LENGTH,
     )
-    neco_queue_per_image: int = _help("Teacher tokens pushed to NeCo's queue per image and step.", default=NECO_QUEUE_PER_IMAGE)
+    neco_queue_per_image: int = _help(
+        "Teacher tokens pushed to NeCo's queue per image and step.", default=NECO_QUEUE_PER_IMAGE
+    )
 
     # ---- LoRA (use_lora: adapters on a frozen base; paka_hf.lora, needs pip install 'paka_hf[peft]') ----------
     use_lora: bool = _help(
@@ -226,7 +236,8 @@ class PaKAConfig(TrainingArguments):
         default=False,
     )
     ddp_find_unused_parameters: bool | None = _help(
-        "Every trainable parameter is used each step (the mask token is frozen), so DDP need not search.", default=False
+        "Every trainable parameter is used each step (the mask token is frozen), so DDP need not search.",
+        default=False,
     )
 
     def __post_init__(self):
@@ -259,7 +270,9 @@ class PaKAConfig(TrainingArguments):
             if "choices" in spec.metadata and spec.name not in trainer_fields:
                 check_choice(spec.name, getattr(self, spec.name), spec.metadata["choices"])
         if not 0.0 <= self.min_intersection <= 1.0:
-            raise ConfigError(f"min_intersection must be in [0, 1] (a containment fraction), got {self.min_intersection}")
+            raise ConfigError(
+                f"min_intersection must be in [0, 1] (a containment fraction), got {self.min_intersection}"
+            )
         try:
             check_teacher_momentum(self.teacher_momentum)
         except ValueError as err:
@@ -270,13 +283,25 @@ class PaKAConfig(TrainingArguments):
                 raise ConfigError(f"{name} must be two numbers [min, max] with 0 < min <= max, got {value}")
         for name in ("global_scale", "local_scale"):
             if getattr(self, name)[1] > 1.0:
-                raise ConfigError(f"{name} is a fraction of the image area; its max must be <= 1, got {getattr(self, name)}")
-        for name in ("global_size", "local_size", "n_local", "roi_size", "head_hidden_dim", "head_out_dim", "max_box_tries"):
+                raise ConfigError(
+                    f"{name} is a fraction of the image area; its max must be <= 1, got {getattr(self, name)}"
+                )
+        for name in (
+            "global_size",
+            "local_size",
+            "n_local",
+            "roi_size",
+            "head_hidden_dim",
+            "head_out_dim",
+            "max_box_tries",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
         check_roi_size(self.roi_size)
         if self.loss in ("cosine", "neco") and self.kernel_scope != "pair":
-            raise ConfigError(f"kernel_scope applies to loss 'cka' and 'gram' only; leave it at 'pair' for {self.loss!r}")
+            raise ConfigError(
+                f"kernel_scope applies to loss 'cka' and 'gram' only; leave it at 'pair' for {self.loss!r}"
+            )
         try:
             self.neco_settings()  # NeCoSettings checks the neco_* fields
         except ValueError as err:
@@ -321,7 +346,9 @@ class PaKAConfig(TrainingArguments):
     def lora_settings(self) -> LoRASettings:
         """The ``lora_*`` fields as :func:`paka_hf.lora.add_lora` takes them."""
         targets = tuple(self.lora_target_modules) if self.lora_target_modules is not None else None
-        return LoRASettings(rank=self.lora_rank, alpha=self.lora_alpha, dropout=self.lora_dropout, target_modules=targets)
+        return LoRASettings(
+            rank=self.lora_rank, alpha=self.lora_alpha, dropout=self.lora_dropout, target_modules=targets
+        )
 
     def check_patch_size(self, patch_size: int) -> None:
         """Raise if a view size is not a multiple of the backbone's patch size."""
@@ -333,8 +360,16 @@ class PaKAConfig(TrainingArguments):
         keep = {f.name for f in fields(PaKAConfig) if f.name not in {f.name for f in fields(TrainingArguments)}}
         keep.discard("overwrite_output_dir")  # what to do with an earlier run's folder, not a training setting
         keep |= {
-            "learning_rate", "weight_decay", "lr_scheduler_type", "per_device_train_batch_size",
-            "gradient_accumulation_steps", "max_steps", "num_train_epochs", "seed", "bf16", "warmup_steps",
+            "learning_rate",
+            "weight_decay",
+            "lr_scheduler_type",
+            "per_device_train_batch_size",
+            "gradient_accumulation_steps",
+            "max_steps",
+            "num_train_epochs",
+            "seed",
+            "bf16",
+            "warmup_steps",
         }
         values = self.to_dict()  # enums as their values, tokens masked
         return {k: values[k] for k in sorted(keep) if k in values}

@@ -30,9 +30,10 @@ import logging
 import os
 import struct
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +52,15 @@ class ImageTooLargeError(Image.DecompressionBombError):
     """An image's header announces more pixels than the configured limit; it is never decoded."""
 
 
-DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
+DECODE_ERRORS = (
+    UnidentifiedImageError,
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    struct.error,
+    Image.DecompressionBombError,
+)
 STREAM_KEYS = ("stream_index", "stream_epoch", "stream_position", "num_skipped")
 
 
@@ -112,7 +121,11 @@ def _local_builder(path: Path, dataset_format: str = "auto") -> tuple[str, dict[
             logger.warning(
                 "%s holds %s; reading it as %s (%s, the most files). Pass %s to read the others instead, or point "
                 "--dataset_name at a folder (or file) of one format.",
-                path, counts, chosen, _FORMAT_FILES[chosen], others,
+                path,
+                counts,
+                chosen,
+                _FORMAT_FILES[chosen],
+                others,
             )
     else:
         chosen = dataset_format
@@ -206,7 +219,9 @@ def open_image(source: Any, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -
 # ---------------------------------------------------------------------------------------------
 
 SHUFFLE_MEMORY_FRACTION = 1 / 8  # of the machine's RAM: the rest is for decoding, prefetched batches and the model
-ROW_OVERHEAD_BYTES = 400  # Python objects of one buffered row besides its bytes: two dicts and a bytes header (tracemalloc: ~409 B)
+ROW_OVERHEAD_BYTES = (
+    400  # Python objects of one buffered row besides its bytes: two dicts and a bytes header (tracemalloc: ~409 B)
+)
 SIZE_SAMPLE_ROWS = 32
 
 
@@ -254,8 +269,13 @@ def warn_if_shuffle_buffers_exceed_memory(source, shuffle_buffer_size: int, stre
             "the shuffle buffers would hold about %.1f GiB (%d streams = processes x dataloader workers on this machine, "
             "x shuffle_buffer_size %d rows x %.0f KiB per row), more than 1/%d of this machine's %.0f GiB of RAM. "
             "Lower shuffle_buffer_size (e.g. to %d) or dataloader_num_workers.",
-            estimate / 2**30, streams, shuffle_buffer_size, estimate / streams / shuffle_buffer_size / 1024,
-            round(1 / SHUFFLE_MEMORY_FRACTION), memory / 2**30, suggestion,
+            estimate / 2**30,
+            streams,
+            shuffle_buffer_size,
+            estimate / streams / shuffle_buffer_size / 1024,
+            round(1 / SHUFFLE_MEMORY_FRACTION),
+            memory / 2**30,
+            suggestion,
         )
     return estimate
 
@@ -319,7 +339,9 @@ def decode_rgb_pixels(value: Any, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIX
     if data and data[:3] == b"\xff\xd8\xff":
         open_image(io.BytesIO(data), max_pixels).close()  # the JPEG header's size, before libjpeg allocates it
         try:
-            with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for torchcodec's; they still work
+            with (
+                warnings.catch_warnings()
+            ):  # torchvision 0.29 deprecates its decoders for torchcodec's; they still work
                 warnings.simplefilter("ignore", DeprecationWarning)
                 from torchvision.io import decode_jpeg
 
@@ -377,7 +399,7 @@ class StreamState:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "StreamState":
+    def from_dict(cls, data: dict[str, Any]) -> StreamState:
         return cls(
             num_workers=int(data["num_workers"]),
             world_size=int(data["world_size"]),
@@ -387,7 +409,7 @@ class StreamState:
         )
 
     @classmethod
-    def fresh(cls, num_workers: int, world_size: int) -> "StreamState":
+    def fresh(cls, num_workers: int, world_size: int) -> StreamState:
         return cls(num_workers, world_size, 0, [StreamPosition() for _ in range(max(1, num_workers))])
 
     def record(self, batch: dict[str, torch.Tensor]) -> None:
@@ -400,7 +422,9 @@ class StreamState:
 
 def sample_seed(seed: int, epoch: int, stream: int, row: int) -> int:
     """A 63-bit seed that depends only on (seed, epoch, stream, row)."""
-    return int(np.random.SeedSequence([seed, epoch, stream, row]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+    return int(
+        np.random.SeedSequence([seed, epoch, stream, row]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1)
+    )
 
 
 class PaKAViewStream(torch.utils.data.IterableDataset):
@@ -485,7 +509,11 @@ class PaKAViewStream(torch.utils.data.IterableDataset):
             "the dataset has %d shards, not a multiple of %d streams (%d processes x %d workers): every stream "
             "reads all rows and keeps 1 in %d. Choose dataloader_num_workers so that processes x workers "
             "divides the shard count to read each shard once.",
-            self.source.num_shards, total, self.world_size, self.num_streams, total,
+            self.source.num_shards,
+            total,
+            self.world_size,
+            self.num_streams,
+            total,
         )
 
     def _rows(self, stream: int, epoch: int) -> Iterator[dict[str, Any]]:
@@ -576,8 +604,11 @@ class PaKAViewStream(torch.utils.data.IterableDataset):
                 yield sample
             if produced == 0 and start_row == 0:
                 raise empty_stream_error(
-                    [f"process {self.rank} stream {stream} ({rows_read} rows, {skipped} undecodable) in epoch {epoch}"],
-                    self.world_size, self.num_streams,
+                    [
+                        f"process {self.rank} stream {stream} ({rows_read} rows, {skipped} undecodable) in epoch {epoch}"
+                    ],
+                    self.world_size,
+                    self.num_streams,
                 )
             epoch, start_row = epoch + 1, 0
 

@@ -15,8 +15,14 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 TINY_MODEL = dict(
-    patch_size=14, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, mlp_ratio=2,
-    image_size=112, num_register_tokens=4, layerscale_value=1.0,
+    patch_size=14,
+    hidden_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    mlp_ratio=2,
+    image_size=112,
+    num_register_tokens=4,
+    layerscale_value=1.0,
 )
 
 
@@ -41,7 +47,9 @@ def make_tiny_model(path: Path, seed: int = 0) -> Path:
 def synthetic_scene(rng: np.random.Generator, width: int, height: int) -> Image.Image:
     """A smooth colour field with a few flat-coloured shapes: regions a dense model can separate."""
     y, x = np.mgrid[0:height, 0:width] / max(width, height)
-    base = np.stack([0.5 + 0.4 * np.sin(2 * np.pi * (f * x + g * y) + p) for f, g, p in rng.uniform(0.2, 1.5, (3, 3))], -1)
+    base = np.stack(
+        [0.5 + 0.4 * np.sin(2 * np.pi * (f * x + g * y) + p) for f, g, p in rng.uniform(0.2, 1.5, (3, 3))], -1
+    )
     image = Image.fromarray((base * 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
     for _ in range(int(rng.integers(2, 6))):

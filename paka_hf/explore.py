@@ -52,10 +52,10 @@ import torch
 from PIL import Image
 
 from . import visualize as viz
-from .paths import check_local_path
 from .errors import ConfigError, EmptyDatasetError, MissingPathError, PaKAUserError
 from .files import TRAINING_CONFIG_FILE
 from .imaging import IMAGE_SUFFIXES, is_image_file
+from .paths import check_local_path
 
 logger = logging.getLogger(__name__)
 
@@ -154,8 +154,10 @@ def load_image(value: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     except PaKAUserError:
         raise
     except DECODE_ERRORS as err:
-        raise ImageInputError(f"could not read the image: {' '.join(str(err).split()) or type(err).__name__} "
-                              "(upload a JPEG, PNG, WebP, BMP, TIFF or GIF file)") from err
+        raise ImageInputError(
+            f"could not read the image: {' '.join(str(err).split()) or type(err).__name__} "
+            "(upload a JPEG, PNG, WebP, BMP, TIFF or GIF file)"
+        ) from err
 
 
 def crop_to_aspect(image: Image.Image, max_ratio: float = MAX_ASPECT_RATIO) -> Image.Image:
@@ -315,9 +317,12 @@ class FeatureExplorer:
 
     def clusters(self, encoded: EncodedImage, n_clusters: int = DEFAULT_CLUSTERS, seed: int = 0) -> list[Image.Image]:
         """k-means overlay per model (``n_clusters`` clusters on that model's L2-normalised patch tokens)."""
+
         def make():
-            return [viz.cluster_overlay(encoded.shown, viz.cluster_labels([f], int(n_clusters), seed)[0])
-                    for f in encoded.features]
+            return [
+                viz.cluster_overlay(encoded.shown, viz.cluster_labels([f], int(n_clusters), seed)[0])
+                for f in encoded.features
+            ]
 
         return self._cached_pictures(("clusters", encoded.key, int(n_clusters), seed), make)
 
@@ -419,8 +424,10 @@ def _upload_image(gr, **kwargs):
 
 def _status_line(explorer: FeatureExplorer) -> str:
     base, adapted = explorer.models
-    return (f"**{explorer.labels[0]}:** `{base.name}` · **{explorer.labels[1]}:** `{adapted.name}` · "
-            f"patch {explorer.patch_size} px · short side {explorer.resolution} px")
+    return (
+        f"**{explorer.labels[0]}:** `{base.name}` · **{explorer.labels[1]}:** `{adapted.name}` · "
+        f"patch {explorer.patch_size} px · short side {explorer.resolution} px"
+    )
 
 
 def _image_line(encoded: EncodedImage) -> str:
@@ -469,7 +476,8 @@ def build_app(
             return
         try:
             state["explorer"] = FeatureExplorer.from_pretrained(
-                model_id, base_id, resolution=resolution, max_pixels=max_pixels, labels=labels)
+                model_id, base_id, resolution=resolution, max_pixels=max_pixels, labels=labels
+            )
             state["error"] = None
         except PaKAUserError as err:
             state["explorer"], state["error"] = None, str(err)
@@ -504,8 +512,14 @@ def build_app(
         explorer_ = current()
         width, height = encoded.shown.size
         query_picture, heat, matches, _ = explorer_.click(encoded, width / 2, height / 2, encode(second))
-        return [*explorer_.pca(encoded, pca_mode), *explorer_.clusters(encoded, n_clusters), query_picture, *heat,
-                *(matches or [None, None]), _image_line(encoded)]
+        return [
+            *explorer_.pca(encoded, pca_mode),
+            *explorer_.clusters(encoded, n_clusters),
+            query_picture,
+            *heat,
+            *(matches or [None, None]),
+            _image_line(encoded),
+        ]
 
     def recluster(image, n_clusters):
         encoded = encode(image)
@@ -547,25 +561,45 @@ def build_app(
     gallery_files = [os.fspath(p) for p in images]
 
     with gr.Blocks(title=title) as demo:
-        gr.Markdown(f"# {title}\nBase and PaKA-adapted dense features side by side. Upload an image"
-                    + (" or pick one from the gallery" if gallery_files else "") +
-                    "; click a patch of the image under *Similarity* to compare what each model finds alike.")
+        gr.Markdown(
+            f"# {title}\nBase and PaKA-adapted dense features side by side. Upload an image"
+            + (" or pick one from the gallery" if gallery_files else "")
+            + "; click a patch of the image under *Similarity* to compare what each model finds alike."
+        )
         status = gr.Markdown(status_markdown(), elem_id="explorer-status")
         with gr.Row():
-            image_a = _upload_image(gr, label="Image", sources=["upload", "clipboard"], elem_id="explorer-image", **image_kwargs)
-            image_b = _upload_image(gr, label="Second image (correspondence)", sources=["upload", "clipboard"],
-                               elem_id="explorer-second-image", **image_kwargs)
+            image_a = _upload_image(
+                gr, label="Image", sources=["upload", "clipboard"], elem_id="explorer-image", **image_kwargs
+            )
+            image_b = _upload_image(
+                gr,
+                label="Second image (correspondence)",
+                sources=["upload", "clipboard"],
+                elem_id="explorer-second-image",
+                **image_kwargs,
+            )
         if gallery_files:
             with gr.Row():
-                gallery = gr.Gallery(value=gallery_files, label="Gallery (click: load as the first image)",
-                                     columns=8, height=160, allow_preview=False, elem_id="explorer-gallery")
-                gallery_target = gr.Radio(["first image", "second image"], value="first image",
-                                          label="A gallery click loads the", scale=0)
+                gallery = gr.Gallery(
+                    value=gallery_files,
+                    label="Gallery (click: load as the first image)",
+                    columns=8,
+                    height=160,
+                    allow_preview=False,
+                    elem_id="explorer-gallery",
+                )
+                gallery_target = gr.Radio(
+                    ["first image", "second image"], value="first image", label="A gallery click loads the", scale=0
+                )
         info = gr.Markdown("", elem_id="explorer-image-info")
         with gr.Row():
             n_clusters = gr.Slider(2, 20, value=DEFAULT_CLUSTERS, step=1, label="K (k-means clusters)")
-            pca_mode = gr.Radio(list(PCA_MODES), value=PCA_MODES[0], label="PCA fitted",
-                                info="per model: each model's own components; joint: one PCA on both models")
+            pca_mode = gr.Radio(
+                list(PCA_MODES),
+                value=PCA_MODES[0],
+                label="PCA fitted",
+                info="per model: each model's own components; joint: one PCA on both models",
+            )
         gr.Markdown("## PCA of the patch features (first 3 components as RGB)")
         with gr.Row():
             pca_base = gr.Image(label=f"{labels[0]}: PCA", elem_id="explorer-pca-base", **shown_kwargs)
@@ -573,7 +607,9 @@ def build_app(
         gr.Markdown("## k-means clusters")
         with gr.Row():
             clusters_base = gr.Image(label=f"{labels[0]}: k-means", elem_id="explorer-clusters-base", **shown_kwargs)
-            clusters_adapted = gr.Image(label=f"{labels[1]}: k-means", elem_id="explorer-clusters-adapted", **shown_kwargs)
+            clusters_adapted = gr.Image(
+                label=f"{labels[1]}: k-means", elem_id="explorer-clusters-adapted", **shown_kwargs
+            )
         gr.Markdown("## Similarity: click a patch of the image on the left")
         gr.HTML(_COLOUR_BAR.format(stops=stops))
         with gr.Row():
@@ -582,21 +618,39 @@ def build_app(
             heat_adapted = gr.Image(label=f"{labels[1]}: similarity", elem_id="explorer-heat-adapted", **shown_kwargs)
         gr.Markdown("## Correspondence: the clicked patch over the second image (best match boxed)")
         with gr.Row():
-            match_base = gr.Image(label=f"{labels[0]}: over the second image", elem_id="explorer-match-base", **shown_kwargs)
-            match_adapted = gr.Image(label=f"{labels[1]}: over the second image", elem_id="explorer-match-adapted",
-                                     **shown_kwargs)
+            match_base = gr.Image(
+                label=f"{labels[0]}: over the second image", elem_id="explorer-match-base", **shown_kwargs
+            )
+            match_adapted = gr.Image(
+                label=f"{labels[1]}: over the second image", elem_id="explorer-match-adapted", **shown_kwargs
+            )
         with gr.Accordion("Models", open=state["error"] is not None):
             with gr.Row():
-                model_box = gr.Textbox(value=os.fspath(model) if model is not None else "", label="Adapted model (Hub id or folder)")
-                base_box = gr.Textbox(value=os.fspath(base) if base is not None else "", label="Base model (empty: from training_config.yaml)")
+                model_box = gr.Textbox(
+                    value=os.fspath(model) if model is not None else "", label="Adapted model (Hub id or folder)"
+                )
+                base_box = gr.Textbox(
+                    value=os.fspath(base) if base is not None else "",
+                    label="Base model (empty: from training_config.yaml)",
+                )
                 load_button = gr.Button("Load", scale=0)
         # API-only inputs of /query (a browser click sends its coordinates through .select instead)
         with gr.Row(visible=False):
             x_box, y_box = gr.Number(label="x"), gr.Number(label="y")
             query_button = gr.Button("query")
 
-        analyse_outputs = [pca_base, pca_adapted, clusters_base, clusters_adapted, query_image, heat_base, heat_adapted,
-                           match_base, match_adapted, info]
+        analyse_outputs = [
+            pca_base,
+            pca_adapted,
+            clusters_base,
+            clusters_adapted,
+            query_image,
+            heat_base,
+            heat_adapted,
+            match_base,
+            match_adapted,
+            info,
+        ]
         image_a.change(analyse, [image_a, n_clusters, pca_mode, image_b], analyse_outputs, api_name="analyse")
         image_b.change(on_second, [image_a, image_b], [match_base, match_adapted], api_name="second_image")
         n_clusters.release(recluster, [image_a, n_clusters], [clusters_base, clusters_adapted], api_name="clusters")
@@ -607,6 +661,7 @@ def build_app(
         query_button.click(query, [image_a, x_box, y_box, image_b], click_outputs, api_name="query")
         load_button.click(reload, [model_box, base_box], status, api_name="load_models")
         if gallery_files:
+
             def pick(target, evt: gr.SelectData):
                 path = gallery_files[evt.index]
                 return (path, gr.update()) if target == "first image" else (gr.update(), path)
@@ -628,14 +683,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         epilog="Example: paka-explore out/ --base facebook/dinov2-with-registers-small --images photos/",
     )
     parser.add_argument("model", metavar="MODEL", help="adapted model: Hub id or folder (a PaKA output folder)")
-    parser.add_argument("--base", metavar="BASE",
-                        help="base model: Hub id or folder (default: model_name_or_path of MODEL's training_config.yaml)")
+    parser.add_argument(
+        "--base",
+        metavar="BASE",
+        help="base model: Hub id or folder (default: model_name_or_path of MODEL's training_config.yaml)",
+    )
     parser.add_argument("--images", metavar="DIR", help="folder of images shown as a gallery")
-    parser.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION,
-                        help=f"short side in pixels before cropping to patch multiples (default {DEFAULT_RESOLUTION})")
-    parser.add_argument("--max_pixels", "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                        help=f"largest input image in pixels (default {DEFAULT_MAX_PIXELS:,})")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        default=DEFAULT_RESOLUTION,
+        help=f"short side in pixels before cropping to patch multiples (default {DEFAULT_RESOLUTION})",
+    )
+    parser.add_argument(
+        "--max_pixels",
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"largest input image in pixels (default {DEFAULT_MAX_PIXELS:,})",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
     parser.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860 or the next free one)")
     return parser.parse_args(argv)
 
@@ -649,8 +718,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     images = gallery_images(args.images) if args.images else []
     base = args.base or default_base(args.model)
     if not base:
-        raise ConfigError(f"no --base given and {args.model!r} names no base model (model_name_or_path in "
-                          "training_config.yaml): pass --base HUB_ID_OR_FOLDER")
+        raise ConfigError(
+            f"no --base given and {args.model!r} names no base model (model_name_or_path in "
+            "training_config.yaml): pass --base HUB_ID_OR_FOLDER"
+        )
     demo = build_app(args.model, base, images=images, resolution=args.resolution, max_pixels=args.max_pixels)
     demo.launch(server_name=args.host, server_port=args.port, show_error=True)
     return 0

@@ -31,6 +31,7 @@ def is_image_file(path: os.PathLike | str) -> bool:
     """
     return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_SUFFIXES
 
+
 _WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 

@@ -105,7 +105,10 @@ def check_lora_targets(backbone: PatchBackbone, targets: tuple[str, ...] | list[
     inner = backbone.model
     block = re.compile(rf"^{family.block_pattern}$")
     blocks = [name for name, _ in inner.named_modules() if block.match(name)]
-    short = lambda name: name.rsplit(".", 1)[-1]  # noqa: E731
+
+    def short(name: str) -> str:
+        return name.rsplit(".", 1)[-1]
+
     per_target: dict[str, int] = {}
     for name in names:
         per_target[short(name)] = per_target.get(short(name), 0) + 1

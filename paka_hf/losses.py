@@ -316,7 +316,9 @@ class NeCoSettings:
             )
 
 
-def sample_references(pool: torch.Tensor, num_pairs: int, per_pair: int, available: torch.Tensor | int | None = None) -> torch.Tensor:
+def sample_references(
+    pool: torch.Tensor, num_pairs: int, per_pair: int, available: torch.Tensor | int | None = None
+) -> torch.Tensor:
     """``per_pair`` reference tokens for each of ``num_pairs`` pairs, drawn at random from ``pool`` ``(V, d)``.
 
     Only the first ``available`` rows of the pool count (all by default). Draws without replacement while the
@@ -481,12 +483,18 @@ class PaKALoss(nn.Module):
             return cosine_distillation_loss(student, teacher, mask)
         references = self.draw_references(teacher, mask, num_images)
         return neco_loss(
-            student, teacher, references, mask,
-            student_steepness=self.neco.student_steepness, teacher_steepness=self.neco.teacher_steepness,
+            student,
+            teacher,
+            references,
+            mask,
+            student_steepness=self.neco.student_steepness,
+            teacher_steepness=self.neco.teacher_steepness,
         )
 
     @torch.no_grad()
-    def draw_references(self, teacher: torch.Tensor, mask: torch.Tensor | None, num_images: int | None) -> torch.Tensor:
+    def draw_references(
+        self, teacher: torch.Tensor, mask: torch.Tensor | None, num_images: int | None
+    ) -> torch.Tensor:
         """NeCo's ``(P, N, d)`` reference tokens (see the class docstring); pushes to the queue when training."""
         num_pairs, per_pair = teacher.shape[:2]
         valid = teacher.detach().flatten(0, 1)
@@ -498,7 +506,9 @@ class PaKALoss(nn.Module):
             return sample_references(valid, num_pairs, per_pair)
         if self.training:
             if num_images is None:
-                raise ValueError("loss 'neco' with a queue needs num_images, the images of the batch, to fill the queue")
+                raise ValueError(
+                    "loss 'neco' with a queue needs num_images, the images of the batch, to fill the queue"
+                )
             self.references.push(valid.float(), self.neco.queue_per_image * num_images)
         return self.references.sample(num_pairs, per_pair).to(teacher.dtype)
 

@@ -37,7 +37,6 @@ from .losses import NeCoSettings, PaKALoss, cka_per_pair
 from .teacher import EMAPairs, ema_apply_, ema_pairs, make_teacher
 from .views import normalize_views, render_views
 
-
 #: The views the student encodes: its local views, or also its global views (aligned with the other global).
 STUDENT_VIEWS = ("local", "all")
 
@@ -96,7 +95,7 @@ class PaKAModel(nn.Module):
     # ``Trainer`` must not pass ``num_items_in_batch``: the loss is a per-batch mean.
     accepts_loss_kwargs = False
 
-    def train(self, mode: bool = True) -> "PaKAModel":
+    def train(self, mode: bool = True) -> PaKAModel:
         super().train(mode)
         self.teacher.eval()  # the teacher never trains: no dropout, no drop-path
         if self.teacher_head is not None:
@@ -111,8 +110,10 @@ class PaKAModel(nn.Module):
         if is_lora_backbone(self.student):
             # Re-entrant checkpointing drops the gradients of parameters inside a checkpointed block whose input
             # needs none (the frozen embeddings'): LoRA's adapters would never train.
-            key = next((k for k in ("activation_checkpointing_kwargs", "gradient_checkpointing_kwargs") if k in kwargs),
-                       "activation_checkpointing_kwargs")
+            key = next(
+                (k for k in ("activation_checkpointing_kwargs", "gradient_checkpointing_kwargs") if k in kwargs),
+                "activation_checkpointing_kwargs",
+            )
             options = dict(kwargs.get(key) or {})
             if options.get("use_reentrant", False):
                 raise ConfigError(
@@ -166,15 +167,29 @@ class PaKAModel(nn.Module):
         Returns the loss and the tokens it compared: ``(P, N, d_out)`` per side after the heads, and the mask.
         """
         aligned = align_pairs(
-            teacher_grids, student_grids, global_boxes, local_boxes, pair_index, global_flips, local_flips,
-            roi_size=self.roi_size, sampling_ratio=self.sampling_ratio,
+            teacher_grids,
+            student_grids,
+            global_boxes,
+            local_boxes,
+            pair_index,
+            global_flips,
+            local_flips,
+            roi_size=self.roi_size,
+            sampling_ratio=self.sampling_ratio,
         )
         if student_global_grids is not None:
             batch, n_global = global_boxes.shape[:2]
             other = (torch.arange(n_global, device=global_boxes.device) + 1) % n_global
             crossed = align_pairs(
-                teacher_grids, student_global_grids, global_boxes, global_boxes, other.expand(batch, -1),
-                global_flips, global_flips, roi_size=self.roi_size, sampling_ratio=self.sampling_ratio,
+                teacher_grids,
+                student_global_grids,
+                global_boxes,
+                global_boxes,
+                other.expand(batch, -1),
+                global_flips,
+                global_flips,
+                roi_size=self.roi_size,
+                sampling_ratio=self.sampling_ratio,
             )
             aligned = AlignedTokens(*(torch.cat(pair, dim=0) for pair in zip(aligned, crossed)))
         teacher_tokens, student_tokens = aligned.teacher, aligned.student
@@ -212,15 +227,28 @@ class PaKAModel(nn.Module):
         """
         if images is not None:
             if global_views is not None or local_views is not None:
-                raise ValueError("pass either rendered views (global_views, local_views) or images to render, not both")
+                raise ValueError(
+                    "pass either rendered views (global_views, local_views) or images to render, not both"
+                )
             if image_sizes is None or view_spec is None:
-                raise ValueError("rendering views on the device needs images, image_sizes and view_spec (collate_views makes them)")
+                raise ValueError(
+                    "rendering views on the device needs images, image_sizes and view_spec (collate_views makes them)"
+                )
             global_views, local_views = render_views(
-                images, image_sizes, global_boxes, local_boxes, view_spec,
-                global_flips, local_flips, global_color, local_color,
+                images,
+                image_sizes,
+                global_boxes,
+                local_boxes,
+                view_spec,
+                global_flips,
+                local_flips,
+                global_color,
+                local_color,
             )
         elif global_views is None or local_views is None:
-            raise ValueError("PaKAModel needs global_views and local_views, or images (with image_sizes, view_spec) to render")
+            raise ValueError(
+                "PaKAModel needs global_views and local_views, or images (with image_sizes, view_spec) to render"
+            )
         global_views = normalize_views(global_views, self.pixel_mean, self.pixel_std)
         local_views = normalize_views(local_views, self.pixel_mean, self.pixel_std)
         with torch.no_grad():
@@ -228,7 +256,13 @@ class PaKAModel(nn.Module):
         student_grids = self.student(local_views.flatten(0, 1))
         student_global_grids = self.student(global_views.flatten(0, 1)) if self.student_views == "all" else None
         loss, tokens = self.objective(
-            teacher_grids, student_grids, global_boxes, local_boxes, pair_index, global_flips, local_flips,
+            teacher_grids,
+            student_grids,
+            global_boxes,
+            local_boxes,
+            pair_index,
+            global_flips,
+            local_flips,
             student_global_grids=student_global_grids,
         )
         teacher_tokens, student_tokens = tokens.teacher, tokens.student

@@ -57,7 +57,9 @@ def decay_groups(module: nn.Module, lr: float, weight_decay: float, name: str) -
     return [group for group in groups if group["params"]]
 
 
-def optimizer_groups(model: nn.Module, learning_rate: float, head_learning_rate: float, weight_decay: float) -> list[dict]:
+def optimizer_groups(
+    model: nn.Module, learning_rate: float, head_learning_rate: float, weight_decay: float
+) -> list[dict]:
     """AdamW groups of a :class:`~paka_hf.modeling.PaKAModel`: the student backbone at ``learning_rate`` and its
     projection head (if any) at ``head_learning_rate``, each split by :func:`decay_groups`. The teacher has no
     trainable parameters and no group."""

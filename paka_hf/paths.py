@@ -41,7 +41,9 @@ def missing_path_message(name: str, option: str, origin: str | None = None) -> s
     return message
 
 
-def check_local_path(name: str | os.PathLike | None, option: str, origin: str | None = None, *, always: bool = False) -> None:
+def check_local_path(
+    name: str | os.PathLike | None, option: str, origin: str | None = None, *, always: bool = False
+) -> None:
     """Raise :class:`MissingPathError` if ``name`` names a local path that does not exist.
 
     Only names that :func:`looks_like_local_path` are checked (others may be Hub ids), unless ``always``

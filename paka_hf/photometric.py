@@ -47,7 +47,9 @@ _HSV_SELECT = ((0, 2, 1, 1, 3, 0), (3, 0, 0, 2, 1, 1), (1, 1, 3, 0, 0, 2))
 
 def _check_views(views: torch.Tensor) -> None:
     if views.ndim != 4 or views.shape[1] != 3 or not views.is_floating_point():
-        raise ValueError(f"views must be float (V, 3, H, W) with values in [0, 255], got {views.dtype} {tuple(views.shape)}")
+        raise ValueError(
+            f"views must be float (V, 3, H, W) with values in [0, 255], got {views.dtype} {tuple(views.shape)}"
+        )
 
 
 def _per_view(factor: torch.Tensor, views: torch.Tensor) -> torch.Tensor:

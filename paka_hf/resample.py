@@ -39,7 +39,9 @@ def bicubic_kernel(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x < 1.0, near, torch.where(x < 2.0, far, torch.zeros_like(x)))
 
 
-def resize_weights(start: torch.Tensor, end: torch.Tensor, in_size: torch.Tensor, out_size: int, length: int) -> torch.Tensor:
+def resize_weights(
+    start: torch.Tensor, end: torch.Tensor, in_size: torch.Tensor, out_size: int, length: int
+) -> torch.Tensor:
     """Pillow's bicubic resampling weights for one axis of many boxes: ``(K, out_size, length)`` float32.
 
     ``start``/``end`` ``(K,)``: the box on this axis in input pixels, inside the image; ``in_size``

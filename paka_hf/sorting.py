@@ -34,7 +34,7 @@ The tests check that the network still sorts.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import torch
 from torch import nn
@@ -42,8 +42,10 @@ from torch import nn
 __all__ = ["bitonic_layers", "soft_sort"]
 
 
-@lru_cache(maxsize=None)
-def bitonic_layers(n: int) -> tuple[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]], ...]:
+@cache
+def bitonic_layers(
+    n: int,
+) -> tuple[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]], ...]:
     """The bitonic network on ``n`` wires, one entry per layer (``k(k+1)/2`` layers, ``k = ⌈log₂ n⌉``).
 
     Each layer is ``(a, b, min_to, max_to, order)``: comparator ``c`` reads wires ``a[c] < b[c]`` and writes
@@ -81,7 +83,7 @@ def bitonic_layers(n: int) -> tuple[tuple[tuple[int, ...], tuple[int, ...], tupl
     return tuple(layers)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _layer_plans(n: int) -> tuple[tuple[int, torch.Tensor, torch.Tensor], ...]:
     """Per layer of the padded network (``2^k`` wires, the absent ones first): ``span``, and per comparator
     laid out as ``(groups, span)``: the sign of the comparison (−1 where the block is descending) and whether
@@ -92,7 +94,9 @@ def _layer_plans(n: int) -> tuple[tuple[int, torch.Tensor, torch.Tensor], ...]:
     for block in range(blocks):
         for step in range(block + 1):
             span = 2 ** (block - step)
-            lo = torch.arange(width).view(width // (2 * span), 2, span)[:, 0]  # (groups, span): wire a of each comparator
+            lo = torch.arange(width).view(width // (2 * span), 2, span)[
+                :, 0
+            ]  # (groups, span): wire a of each comparator
             sign = 1.0 - 2.0 * ((lo // 2 ** (block + 1)) % 2).float()
             dropped = lo < absent  # b = a + span >= a: a comparator touches an absent wire iff a is absent
             plans.append((span, sign, dropped))

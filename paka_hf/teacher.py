@@ -61,7 +61,7 @@ class EMAPairs(NamedTuple):
     buffer_targets: list[torch.Tensor]
     buffer_sources: list[torch.Tensor]
 
-    def __add__(self, other: "EMAPairs") -> "EMAPairs":
+    def __add__(self, other: EMAPairs) -> EMAPairs:
         return EMAPairs(*(a + b for a, b in zip(tuple(self), tuple(other))))
 
 
@@ -75,7 +75,9 @@ def ema_pairs(teacher: nn.Module, student: nn.Module) -> EMAPairs:
     t_params, s_params = dict(teacher.named_parameters()), dict(student.named_parameters())
     if t_params.keys() != s_params.keys():
         missing = sorted(set(s_params) ^ set(t_params))[:5]
-        raise ValueError(f"teacher and student parameters differ (for example {missing}); build the teacher with make_teacher")
+        raise ValueError(
+            f"teacher and student parameters differ (for example {missing}); build the teacher with make_teacher"
+        )
     for name, param in s_params.items():
         target = t_params[name]
         if (target.shape, target.dtype, target.device) != (param.shape, param.dtype, param.device):

@@ -53,14 +53,6 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, enable_full_determ
 
 from .backbones import PatchBackbone, ProjectionHead
 from .config import PaKAConfig
-from .errors import ConfigError, MissingPathError
-from .files import (  # CHECKPOINT_MARKER etc. stay importable from paka_hf.trainer
-    ADAPTER_DIR, CHECKPOINT_MARKER, RANK_DIAGNOSTICS_DIR, RANK_DIAGNOSTICS_FILE, STREAM_STATE_FILE, TRAINING_CONFIG_FILE,
-    TRAINING_SUMMARY_FILE, WEIGHTS_FILE,
-)
-from .hub import save_backbone
-from .lora import add_lora, export_lora_backbone, is_lora_backbone
-from .trainer_hub import HubPushMixin
 from .data import (
     STREAM_KEYS,
     PaKACollator,
@@ -70,14 +62,27 @@ from .data import (
     load_image_source,
     warn_if_shuffle_buffers_exceed_memory,
 )
+from .errors import ConfigError, MissingPathError
+from .files import (  # CHECKPOINT_MARKER etc. stay importable from paka_hf.trainer
+    ADAPTER_DIR,
+    CHECKPOINT_MARKER,
+    RANK_DIAGNOSTICS_DIR,
+    RANK_DIAGNOSTICS_FILE,
+    STREAM_STATE_FILE,
+    TRAINING_CONFIG_FILE,
+    TRAINING_SUMMARY_FILE,
+    WEIGHTS_FILE,
+)
+from .hub import save_backbone
+from .lora import add_lora, export_lora_backbone, is_lora_backbone
 from .modeling import PaKAModel
-from .paper import PAPER_ID, PAPER_TITLE, TAGS
 from .optimization import SCHEDULED_DECAY_KEY, cosine_schedule, optimizer_groups
+from .paper import PAPER_ID, PAPER_TITLE, TAGS
 from .teacher import teacher_momentum_at
+from .trainer_hub import HubPushMixin
 from .views import GlimTransform
 
 logger = logging.getLogger(__name__)
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,7 +104,9 @@ def build_model(config: PaKAConfig) -> PaKAModel:
     config.check_patch_size(backbone.patch_size)
     if config.use_lora:
         add_lora(backbone, config.lora_settings(), base_model_name_or_path=config.model_name_or_path)
-    head = ProjectionHead(backbone.hidden_size, config.head_hidden_dim, config.head_out_dim) if config.use_head else None
+    head = (
+        ProjectionHead(backbone.hidden_size, config.head_hidden_dim, config.head_out_dim) if config.use_head else None
+    )
     return PaKAModel(
         backbone,
         head,
@@ -267,8 +274,13 @@ class PaKATrainer(HubPushMixin, Trainer):
             raise TypeError(f"PaKATrainer trains a PaKAModel, got {type(model).__name__}; use build_model(config)")
         if image_source is None:
             image_source = load_image_source(
-                args.dataset_name, args.dataset_config_name, args.dataset_split, args.image_column_name,
-                streaming=args.streaming, revision=args.dataset_revision, token=args.hub_token,
+                args.dataset_name,
+                args.dataset_config_name,
+                args.dataset_split,
+                args.image_column_name,
+                streaming=args.streaming,
+                revision=args.dataset_revision,
+                token=args.hub_token,
                 dataset_format=args.dataset_format,
             )
         if image_processor is None:
@@ -451,8 +463,13 @@ class PaKATrainer(HubPushMixin, Trainer):
         if self.args.should_save:
             _write_text_atomic(
                 folder / CHECKPOINT_MARKER,
-                json.dumps({"global_step": self.state.global_step, "world_size": self.args.world_size,
-                            "num_workers": self.args.dataloader_num_workers}),
+                json.dumps(
+                    {
+                        "global_step": self.state.global_step,
+                        "world_size": self.args.world_size,
+                        "num_workers": self.args.dataloader_num_workers,
+                    }
+                ),
             )
             self._rotate_complete_checkpoints(keep=folder)
         self.accelerator.wait_for_everyone()
@@ -574,7 +591,7 @@ class PaKATrainer(HubPushMixin, Trainer):
             self._write_rank_diagnostics()
         return output
 
-    def _gather_totals(self) -> "RunTotals":
+    def _gather_totals(self) -> RunTotals:
         """This run's totals so far over every process and every resume (a collective call).
 
         images_seen = Σ_processes (images trained this session) + images_seen before the resume;
@@ -665,8 +682,11 @@ class PaKATrainer(HubPushMixin, Trainer):
         else:
             if (output_dir / ADAPTER_DIR).is_dir():  # an earlier LoRA run's adapter would describe other weights
                 shutil.rmtree(output_dir / ADAPTER_DIR)
-            save_backbone(model.student if which == "student" else model.teacher, output_dir,
-                          image_processor=self.processing_class)
+            save_backbone(
+                model.student if which == "student" else model.teacher,
+                output_dir,
+                image_processor=self.processing_class,
+            )
         self._write_training_config(output_dir)
         self._write_training_summary(output_dir, self._totals, exported=which)
         return output_dir
@@ -676,7 +696,7 @@ class PaKATrainer(HubPushMixin, Trainer):
         output_dir.mkdir(parents=True, exist_ok=True)
         _write_text_atomic(output_dir / TRAINING_CONFIG_FILE, yaml.safe_dump(self.args.paka_dict(), sort_keys=True))
 
-    def _write_training_summary(self, output_dir: Path, totals: "RunTotals | None", exported: str | None) -> None:
+    def _write_training_summary(self, output_dir: Path, totals: RunTotals | None, exported: str | None) -> None:
         """``training_summary.json``: compute and data totals of the run so far (``None`` where not gathered)."""
         summary = {
             "train_runtime_s": round(totals.train_runtime_s, 1) if totals else None,
@@ -701,7 +721,7 @@ class RunTotals:
     train_runtime_s: float = 0.0
 
     @classmethod
-    def read(cls, summary_file: Path) -> "RunTotals":
+    def read(cls, summary_file: Path) -> RunTotals:
         """The totals of a checkpoint's summary (zeros for a checkpoint written without one)."""
         if not summary_file.is_file():
             logger.warning("%s is missing: images seen and runtime count from this resume on", summary_file)

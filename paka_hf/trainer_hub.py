@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .hub.card import find_pictures
 from .files import TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE
+from .hub.card import find_pictures
 from .hub.push import HubAuthenticationError, push_to_hub
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class HubSettings:
     always_push: bool
 
     @classmethod
-    def from_args(cls, args: Any) -> "HubSettings":
+    def from_args(cls, args: Any) -> HubSettings:
         strategy = getattr(args, "hub_strategy", "every_save")
         strategy = getattr(strategy, "value", strategy)  # transformers.trainer_utils.HubStrategy enum
         if strategy not in SUPPORTED_STRATEGIES:
@@ -113,12 +113,18 @@ class BackgroundPusher:
             except HubAuthenticationError as err:
                 self.auth_failed = True
                 self.errors.append((step, err))
-                logger.error("Hub push at step %d failed, training continues without in-progress pushes: %s",
-                             step, err)
-            except Exception as err:  # a failed in-progress push must never end training
+                logger.error(
+                    "Hub push at step %d failed, training continues without in-progress pushes: %s", step, err
+                )
+            except Exception as err:  # noqa: BLE001 - a failed in-progress push must never end training
                 self.errors.append((step, err))
-                logger.error("Hub push at step %d failed, training continues (the next save or the final push "
-                             "tries again): %s: %s", step, type(err).__name__, err)
+                logger.error(
+                    "Hub push at step %d failed, training continues (the next save or the final push "
+                    "tries again): %s: %s",
+                    step,
+                    type(err).__name__,
+                    err,
+                )
             else:
                 self.pushes.append(info)
                 logger.info("Hub push at step %d done: %s", step, getattr(info, "commit_url", info))
@@ -196,9 +202,14 @@ class HubPushMixin:
             staging = Path(tempfile.mkdtemp(prefix="paka-hub-"))
             self.export_backbone(staging)
             _copy_run_files(Path(self.args.output_dir), staging)
-        except Exception as err:  # a full disk or any export error must not end training
-            logger.error("Hub push at step %d skipped, training continues: exporting the backbone to a temporary "
-                         "folder failed: %s: %s", step, type(err).__name__, err)
+        except Exception as err:  # noqa: BLE001 - a full disk or any export error must not end training
+            logger.error(
+                "Hub push at step %d skipped, training continues: exporting the backbone to a temporary "
+                "folder failed: %s: %s",
+                step,
+                type(err).__name__,
+                err,
+            )
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
             return
@@ -239,8 +250,11 @@ class HubPushMixin:
 
     def _push_kwargs(self, settings: HubSettings, commit_message: str) -> dict[str, Any]:
         return dict(
-            repo_id=settings.repo_id, private=settings.private, revision=settings.revision,
-            token=getattr(self.args, "hub_token", None), commit_message=commit_message,
+            repo_id=settings.repo_id,
+            private=settings.private,
+            revision=settings.revision,
+            token=getattr(self.args, "hub_token", None),
+            commit_message=commit_message,
             **self.hub_push_options,
         )
 

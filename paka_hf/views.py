@@ -31,7 +31,8 @@ with the same arithmetic — Pillow's bicubic weights (:mod:`paka_hf.resample`) 
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -69,7 +70,9 @@ def containment(inner: torch.Tensor, outer: torch.Tensor) -> torch.Tensor:
 def _check_range(name: str, value: Sequence[float], low: float, high: float) -> tuple[float, float]:
     lo, hi = float(value[0]), float(value[1])
     if not (low <= lo <= hi <= high) or hi <= 0:
-        raise ValueError(f"{name} must be (min, max) with {low} <= min <= max <= {high} and max > 0, got {tuple(value)}")
+        raise ValueError(
+            f"{name} must be (min, max) with {low} <= min <= max <= {high} and max > 0, got {tuple(value)}"
+        )
     return lo, hi
 
 
@@ -178,10 +181,15 @@ def sample_boxes(
     local_scale = _check_range("local_scale", local_scale, 0.0, 1.0)
     ratio = _check_range("ratio", ratio, 1e-6, 1e6)
 
-    globals_ = np.stack([_global_box(height, width, global_scale, ratio, max_tries, generator) for _ in range(n_global)])
+    globals_ = np.stack(
+        [_global_box(height, width, global_scale, ratio, max_tries, generator) for _ in range(n_global)]
+    )
     pair_index = [j % n_global for j in range(n_local)]
     locals_ = np.stack(
-        [_local_box(height, width, globals_[g], local_scale, ratio, min_intersection, max_tries, generator) for g in pair_index]
+        [
+            _local_box(height, width, globals_[g], local_scale, ratio, min_intersection, max_tries, generator)
+            for g in pair_index
+        ]
     )
     # Clamp float round-off so every box lies inside the image.
     limits = np.array([width, height, width, height], dtype=np.float64)
@@ -209,7 +217,9 @@ def normalize_views(
 
 
 RENDERINGS = ("cpu", "device")
-MIN_SCALE_FOR_SIZE_BOUND = 0.01  # a crop scale range starting at 0 is taken as starting here when bounding the image side
+MIN_SCALE_FOR_SIZE_BOUND = (
+    0.01  # a crop scale range starting at 0 is taken as starting here when bounding the image side
+)
 IMAGE_SIDE_MARGIN = 2.0  # covers images up to 4:1 (an L-sided image of aspect ≤ 4 has area ≥ (L/2)²)
 IMAGE_SIDE_MULTIPLE = 64
 
@@ -331,8 +341,11 @@ class GlimTransform:
 
     def view_spec(self) -> dict[str, int]:
         """What :func:`render_views` needs besides the per-sample draws (plain ints, carried in each batch)."""
-        return {"global_size": self.global_size, "local_size": self.local_size,
-                "blur_kernel_size": self.augment.blur_kernel_size}
+        return {
+            "global_size": self.global_size,
+            "local_size": self.local_size,
+            "blur_kernel_size": self.augment.blur_kernel_size,
+        }
 
     def _sample_views(self, count: int, augment: bool, generator) -> tuple[torch.Tensor | None, torch.Tensor]:
         colors, flips = [], []
@@ -364,7 +377,9 @@ class GlimTransform:
             draws["local_color"] = local_color
         return draws
 
-    def _render(self, image: Image.Image, box: torch.Tensor, size: int, color: torch.Tensor | None, flipped: bool) -> torch.Tensor:
+    def _render(
+        self, image: Image.Image, box: torch.Tensor, size: int, color: torch.Tensor | None, flipped: bool
+    ) -> torch.Tensor:
         view = image.resize((size, size), resample=Image.Resampling.BICUBIC, box=tuple(box.tolist()))
         tensor = F.pil_to_tensor(view)  # (3, size, size) uint8
         if color is not None:
@@ -380,13 +395,17 @@ class GlimTransform:
         views = {}
         for kind, size in (("global", self.global_size), ("local", self.local_size)):
             colors = draws.get(f"{kind}_color")
-            views[f"{kind}_views"] = torch.stack([
-                self._render(image, box, size, None if colors is None else colors[i], bool(flipped))
-                for i, (box, flipped) in enumerate(zip(draws[f"{kind}_boxes"], draws[f"{kind}_flips"]))
-            ])
+            views[f"{kind}_views"] = torch.stack(
+                [
+                    self._render(image, box, size, None if colors is None else colors[i], bool(flipped))
+                    for i, (box, flipped) in enumerate(zip(draws[f"{kind}_boxes"], draws[f"{kind}_flips"]))
+                ]
+            )
         return views
 
-    def __call__(self, image: Image.Image | np.ndarray, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, image: Image.Image | np.ndarray, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
         """Views (or, with ``rendering="device"``, pixels and draws) of one image.
 
         ``image``: a PIL image of any mode, or — for ``rendering="device"`` — an RGB ``(H, W, 3)``
@@ -488,7 +507,9 @@ def render_views(
         ``global_views`` ``(B, n_global, 3, S_g, S_g)`` and ``local_views`` ``(B, n_local, 3, S_l, S_l)`` uint8.
     """
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != torch.uint8:
-        raise ValueError(f"images must be uint8 (B, H, W, 3) as collate_views makes them, got {images.dtype} {tuple(images.shape)}")
+        raise ValueError(
+            f"images must be uint8 (B, H, W, 3) as collate_views makes them, got {images.dtype} {tuple(images.shape)}"
+        )
     with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
         pixels = images.permute(0, 3, 1, 2).float()
         out = []
@@ -499,7 +520,9 @@ def render_views(
             views = resample_boxes(pixels, image_sizes, boxes, size, flips)
             if color is not None:
                 batch, n = views.shape[:2]
-                flat = PhotometricAugment.apply_batch(views.flatten(0, 1), color.flatten(0, 1), view_spec["blur_kernel_size"])
+                flat = PhotometricAugment.apply_batch(
+                    views.flatten(0, 1), color.flatten(0, 1), view_spec["blur_kernel_size"]
+                )
                 views = flat.view(batch, n, *flat.shape[1:])
             out.append(views.to(torch.uint8))
     return out[0], out[1]

@@ -33,21 +33,46 @@ from PIL import Image, ImageDraw, ImageFont
 from .backbones import PatchBackbone
 from .errors import ConfigError
 
-
 # 20 well-separated colours (the "tab20" hues) for cluster overlays.
 PALETTE = np.array(
     [
-        (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-        (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (174, 199, 232), (255, 187, 120),
-        (152, 223, 138), (255, 152, 150), (197, 176, 213), (196, 156, 148), (247, 182, 210), (199, 199, 199),
-        (219, 219, 141), (158, 218, 229),
+        (31, 119, 180),
+        (255, 127, 14),
+        (44, 160, 44),
+        (214, 39, 40),
+        (148, 103, 189),
+        (140, 86, 75),
+        (227, 119, 194),
+        (127, 127, 127),
+        (188, 189, 34),
+        (23, 190, 207),
+        (174, 199, 232),
+        (255, 187, 120),
+        (152, 223, 138),
+        (255, 152, 150),
+        (197, 176, 213),
+        (196, 156, 148),
+        (247, 182, 210),
+        (199, 199, 199),
+        (219, 219, 141),
+        (158, 218, 229),
     ],
     dtype=np.uint8,
 )
 # Anchors of the "viridis" colour map (dark blue = dissimilar, yellow = similar).
 VIRIDIS = np.array(
-    [(68, 1, 84), (72, 40, 120), (62, 74, 137), (49, 104, 142), (38, 130, 142), (31, 158, 137),
-     (53, 183, 121), (109, 205, 89), (180, 222, 44), (253, 231, 37)],
+    [
+        (68, 1, 84),
+        (72, 40, 120),
+        (62, 74, 137),
+        (49, 104, 142),
+        (38, 130, 142),
+        (31, 158, 137),
+        (53, 183, 121),
+        (109, 205, 89),
+        (180, 222, 44),
+        (253, 231, 37),
+    ],
     dtype=np.float32,
 )
 
@@ -68,7 +93,9 @@ def as_backbone(model: Any, **load_kwargs: Any) -> PatchBackbone:
     return backbone.eval()
 
 
-def resize_and_crop(image: Image.Image, resolution: int, patch_size: int, resample: int = Image.BICUBIC) -> Image.Image:
+def resize_and_crop(
+    image: Image.Image, resolution: int, patch_size: int, resample: int = Image.BICUBIC
+) -> Image.Image:
     """Resize so the short side is ``resolution``, then center-crop both sides to multiples of ``patch_size``.
 
     Use ``resample=Image.NEAREST`` to bring a label mask onto the same pixels as its image.
@@ -84,7 +111,11 @@ def resize_and_crop(image: Image.Image, resolution: int, patch_size: int, resamp
 
 
 def prepare_image(
-    image: Image.Image | str | os.PathLike, resolution: int, patch_size: int, mean: Sequence[float], std: Sequence[float]
+    image: Image.Image | str | os.PathLike,
+    resolution: int,
+    patch_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
 ) -> tuple[Image.Image, torch.Tensor]:
     """:func:`resize_and_crop` an image (RGB) and normalize it: ``(x / 255 − mean) / std`` per channel, with the
     backbone's ``image_mean`` / ``image_std`` (its checkpoint's image processor).
@@ -264,7 +295,10 @@ def similarity_overlay(
 
 
 def mark_patches(
-    image: Image.Image, grid_shape: tuple[int, int], *, query: tuple[int, int] | None = None,
+    image: Image.Image,
+    grid_shape: tuple[int, int],
+    *,
+    query: tuple[int, int] | None = None,
     matches: Sequence[tuple[int, int]] = (),
 ) -> Image.Image:
     """Box, in place, the ``query`` patch in white and the ``matches`` in black on ``image`` shown over a
@@ -279,8 +313,11 @@ def mark_patches(
 
 
 def compose_grid(
-    rows: Sequence[Sequence[Image.Image]], column_titles: Sequence[str], row_titles: Sequence[str] | None = None,
-    title: str | None = None, pad: int = 6,
+    rows: Sequence[Sequence[Image.Image]],
+    column_titles: Sequence[str],
+    row_titles: Sequence[str] | None = None,
+    title: str | None = None,
+    pad: int = 6,
 ) -> Image.Image:
     """Paste equally-sized tiles into a labelled grid on a white background."""
     tile_w = max(t.width for r in rows for t in r)
@@ -383,7 +420,9 @@ def make_pictures(
     for m in range(2):
         sims = similarity_maps(features[m], q)
         tiles = [
-            similarity_overlay(image, sim, query=q[1:]) if i == 0 else similarity_overlay(image, sim, matches=top_matches(sim, top_k))
+            similarity_overlay(image, sim, query=q[1:])
+            if i == 0
+            else similarity_overlay(image, sim, matches=top_matches(sim, top_k))
             for i, (sim, image) in enumerate(zip(sims, shown))
         ]
         rows.append(tiles)

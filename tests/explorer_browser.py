@@ -23,9 +23,16 @@ import numpy as np
 from PIL import Image
 
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--force-device-scale-factor=1",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--force-device-scale-factor=1",
 )
 PANELS = ("pca-base", "pca-adapted", "clusters-base", "clusters-adapted", "query", "heat-base", "heat-adapted")
 
@@ -82,7 +89,9 @@ class ExplorerPage:
         self.driver = webdriver.Chrome(service=Service(_binary("chromedriver")), options=options)
         self.timeout_s = timeout_s
         self.driver.get(url)
-        self.wait_for(lambda d: d.find_elements("css selector", "#explorer-image input[type=file]"), "the upload field")
+        self.wait_for(
+            lambda d: d.find_elements("css selector", "#explorer-image input[type=file]"), "the upload field"
+        )
 
     def close(self) -> None:
         try:
@@ -90,7 +99,7 @@ class ExplorerPage:
         finally:
             shutil.rmtree(self._profile, ignore_errors=True)
 
-    def __enter__(self) -> "ExplorerPage":
+    def __enter__(self) -> ExplorerPage:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -114,7 +123,9 @@ class ExplorerPage:
         )
 
     def upload(self, path: str | Path, field: str = "image") -> None:
-        self.driver.find_element("css selector", f"#explorer-{field} input[type=file]").send_keys(str(Path(path).resolve()))
+        self.driver.find_element("css selector", f"#explorer-{field} input[type=file]").send_keys(
+            str(Path(path).resolve())
+        )
 
     def wait_for_panels(self, panels=PANELS, previous: dict[str, str | None] | None = None) -> dict[str, str]:
         """Wait until every panel shows a loaded picture (a new one, when ``previous`` sources are given)."""
@@ -144,7 +155,9 @@ class ExplorerPage:
         box_w, box_h, natural_w, natural_h, fit = self.driver.execute_script(
             "const r = arguments[0].getBoundingClientRect();"
             "return [r.width, r.height, arguments[0].naturalWidth, arguments[0].naturalHeight,"
-            " getComputedStyle(arguments[0]).objectFit];", image)
+            " getComputedStyle(arguments[0]).objectFit];",
+            image,
+        )
         if fit == "fill":
             drawn_w, drawn_h = box_w, box_h
         else:
@@ -153,7 +166,8 @@ class ExplorerPage:
             drawn_w, drawn_h = natural_w * scale, natural_h * scale
         # offsets are from the centre of the <img> box, which is also the centre of the drawn picture
         ActionChains(self.driver).move_to_element_with_offset(
-            image, int((fx - 0.5) * drawn_w), int((fy - 0.5) * drawn_h)).click().perform()
+            image, int((fx - 0.5) * drawn_w), int((fy - 0.5) * drawn_h)
+        ).click().perform()
 
     def page_screenshot(self, path: str | Path) -> Path:
         """The whole page as a PNG (the window is resized to the page's height first)."""
@@ -168,13 +182,21 @@ class ExplorerPage:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Screenshot of the feature explorer after one click (README picture).")
+    parser = argparse.ArgumentParser(
+        description="Screenshot of the feature explorer after one click (README picture)."
+    )
     parser.add_argument("model")
     parser.add_argument("--base", required=True)
     parser.add_argument("--image", required=True, help="first image")
     parser.add_argument("--second_image", help="second image (correspondence)")
-    parser.add_argument("--click", type=float, nargs=2, default=(0.5, 0.6), metavar=("FX", "FY"),
-                        help="click position as fractions of the image's width and height")
+    parser.add_argument(
+        "--click",
+        type=float,
+        nargs=2,
+        default=(0.5, 0.6),
+        metavar=("FX", "FY"),
+        help="click position as fractions of the image's width and height",
+    )
     parser.add_argument("--resolution", type=int, default=448)
     parser.add_argument("--output", default="docs/explorer.png")
     args = parser.parse_args(argv)

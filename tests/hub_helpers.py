@@ -32,28 +32,55 @@ hub_model_id: paka-org/dinov2-paka-tiny
 hub_token: {SECRET}
 """
 
-TRAINING_SUMMARY = {"train_runtime_s": 5400.0, "images_seen": 768, "images_skipped": 2, "device": "cpu",
-                    "num_processes": 1}
+TRAINING_SUMMARY = {
+    "train_runtime_s": 5400.0,
+    "images_seen": 768,
+    "images_skipped": 2,
+    "device": "cpu",
+    "num_processes": 1,
+}
 
 
 def eval_file(model: str, linear: float, retrieval: float) -> dict:
     """An evaluation-results dict in the schema written by scripts/evaluate.py."""
-    common = dict(task_type="semantic-segmentation", dataset_name="CamVid", dataset_type="camvid",
-                  dataset_config=None, split="val", metric_type="mean_iou", std=None, seeds=None)
+    common = dict(
+        task_type="semantic-segmentation",
+        dataset_name="CamVid",
+        dataset_type="camvid",
+        dataset_config=None,
+        split="val",
+        metric_type="mean_iou",
+        std=None,
+        seeds=None,
+    )
     return {
         "paka_hf_version": "0.1.0",
         "date": "2026-11-26T12:00:00+00:00",
         "model": model,
         "results": [
-            dict(common, protocol="linear", metric_name="mIoU (linear)", value=linear,
-                 settings={"input_size": 448, "epochs": 25}, per_class_iou={"Sky": 90.0}, pixel_accuracy=80.0),
-            dict(common, protocol="hummingbird", metric_name="mIoU (hummingbird, 1-NN)", value=retrieval,
-                 settings={"k": 30, "memory_size": 10240}, per_class_iou={"Sky": 88.0}, pixel_accuracy=75.0),
+            dict(
+                common,
+                protocol="linear",
+                metric_name="mIoU (linear)",
+                value=linear,
+                settings={"input_size": 448, "epochs": 25},
+                per_class_iou={"Sky": 90.0},
+                pixel_accuracy=80.0,
+            ),
+            dict(
+                common,
+                protocol="hummingbird",
+                metric_name="mIoU (hummingbird, 1-NN)",
+                value=retrieval,
+                settings={"k": 30, "memory_size": 10240},
+                per_class_iou={"Sky": 88.0},
+                pixel_accuracy=75.0,
+            ),
         ],
     }
 
 
-def make_export_folder(path: Path, config, *, seed: int = 0, summary: bool = True) -> "torch.nn.Module":
+def make_export_folder(path: Path, config, *, seed: int = 0, summary: bool = True) -> torch.nn.Module:
     """Write a complete output folder (export files, training config, summary) from a tiny random model."""
     from transformers import AutoModel
 

@@ -85,7 +85,7 @@ def _space_path(path: str) -> str:
 def _public_url(base: str, key: str) -> str:
     """URL of a repository as the Hub writes it: ``{base}/org/name`` or ``{base}/spaces/org/name``."""
     if key.startswith(SPACE_KEY_PREFIX):
-        return f"{base}/spaces/{key[len(SPACE_KEY_PREFIX):]}"
+        return f"{base}/spaces/{key[len(SPACE_KEY_PREFIX) :]}"
     return f"{base}/{key}"
 
 
@@ -183,7 +183,7 @@ class HubStandIn:
 
     # ----- lifecycle -----
 
-    def start(self) -> "HubStandIn":
+    def start(self) -> HubStandIn:
         stand_in = self
 
         class Handler(_Handler):
@@ -191,7 +191,9 @@ class HubStandIn:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="hub-stand-in", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="hub-stand-in", daemon=True
+        )
         self._thread.start()
         self._timer = threading.Timer(self.max_lifetime_s, self.stop)  # stops by itself if a test forgets
         self._timer.daemon = True
@@ -236,7 +238,7 @@ class HubStandIn:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def __enter__(self) -> "HubStandIn":
+    def __enter__(self) -> HubStandIn:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -245,7 +247,13 @@ class HubStandIn:
     # ----- test helpers -----
 
     def fail(
-        self, method: str, path_regex: str, status: int = 500, times: int = 1, *, after: bool = False,
+        self,
+        method: str,
+        path_regex: str,
+        status: int = 500,
+        times: int = 1,
+        *,
+        after: bool = False,
         body: bytes | None = None,
     ) -> Fault:
         """Answer the next ``times`` requests matching ``method`` and ``path_regex`` with ``status``
@@ -390,8 +398,12 @@ class _Handler(BaseHTTPRequestHandler):
             if fault.status == 0:  # drop the connection: the client sees a protocol/network error
                 self.hub.requests.append((self.command, path, 0))
                 return self._drop()
-            return self._send(fault.status, fault.body, {"X-Error-Message": "injected failure"},
-                              content_type="application/json" if fault.body.startswith(b"{") else "text/html")
+            return self._send(
+                fault.status,
+                fault.body,
+                {"X-Error-Message": "injected failure"},
+                content_type="application/json" if fault.body.startswith(b"{") else "text/html",
+            )
         try:
             self._route(path, body)
         except _HubError as err:
@@ -438,8 +450,16 @@ class _Handler(BaseHTTPRequestHandler):
     def whoami(self, body):
         user = self.hub._require_user(self.headers)
         orgs = [{"name": o, "type": "org"} for o in self.hub.orgs.get(user, [])]
-        self._json(200, {"type": "user", "name": user, "fullname": user, "orgs": orgs,
-                         "auth": {"type": "access_token", "accessToken": {"displayName": "stand-in", "role": "write"}}})
+        self._json(
+            200,
+            {
+                "type": "user",
+                "name": user,
+                "fullname": user,
+                "orgs": orgs,
+                "auth": {"type": "access_token", "accessToken": {"displayName": "stand-in", "role": "write"}},
+            },
+        )
 
     def create_repo(self, body):
         user = self.hub._require_user(self.headers)
@@ -453,15 +473,23 @@ class _Handler(BaseHTTPRequestHandler):
         if repo_type == "space":
             repo_id = space_key(repo_id)
         if not self.hub._can_write(user, repo_id):
-            raise _HubError(403, f"You don't have the rights to create a {repo_type} under the namespace {repo_id.split('/')[0]}")
+            raise _HubError(
+                403, f"You don't have the rights to create a {repo_type} under the namespace {repo_id.split('/')[0]}"
+            )
         if repo_id in self.hub.repos:
-            return self._json(409, {"error": f"You already created this {repo_type} repo",
-                                    "url": _public_url(self.hub.url, repo_id)})
+            return self._json(
+                409, {"error": f"You already created this {repo_type} repo", "url": _public_url(self.hub.url, repo_id)}
+            )
         visibility = payload.get("visibility") or ("private" if payload.get("private") else None)
         private = visibility == "private" if visibility else repo_id.split("/")[0] in self.hub.private_by_default
         repo = Repo(repo_id, private=private)
-        initial = _make_commit(repo, None, "initial commit", "", {
-            ".gitattributes": RemoteFile(b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n", lfs=False)})
+        initial = _make_commit(
+            repo,
+            None,
+            "initial commit",
+            "",
+            {".gitattributes": RemoteFile(b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n", lfs=False)},
+        )
         repo.branches["main"] = initial.oid
         self.hub.repos[repo_id] = repo
         public_id = repo_id.removeprefix(SPACE_KEY_PREFIX)
@@ -567,8 +595,14 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _HubError(400, f"unsupported commit operation {key!r}")
         commit = _make_commit(repo_obj, head.oid, header.get("summary", ""), header.get("description", ""), files)
         repo_obj.branches[rev] = commit.oid
-        self._json(200, {"commitUrl": f"{_public_url(self.hub.url, repo)}/commit/{commit.oid}", "commitOid": commit.oid,
-                         "success": True})
+        self._json(
+            200,
+            {
+                "commitUrl": f"{_public_url(self.hub.url, repo)}/commit/{commit.oid}",
+                "commitOid": commit.oid,
+                "success": True,
+            },
+        )
 
     def create_branch(self, repo, branch, body):
         repo_obj = self.hub._repo(repo, self.headers, write=True)
@@ -596,9 +630,20 @@ class _Handler(BaseHTTPRequestHandler):
             if f.lfs:
                 sibling["lfs"] = {"size": len(f.content), "sha256": f.sha256, "pointerSize": 134}
             siblings.append(sibling)
-        self._json(200, {"id": repo, "modelId": repo, "author": repo.split("/")[0], "sha": commit.oid,
-                         "private": repo_obj.private, "lastModified": commit.date, "siblings": siblings,
-                         "tags": [], "library_name": "transformers"})
+        self._json(
+            200,
+            {
+                "id": repo,
+                "modelId": repo,
+                "author": repo.split("/")[0],
+                "sha": commit.oid,
+                "private": repo_obj.private,
+                "lastModified": commit.date,
+                "siblings": siblings,
+                "tags": [],
+                "library_name": "transformers",
+            },
+        )
 
     def tree(self, repo, rev, body, sub=None):
         repo_obj = self.hub._repo(repo, self.headers)
@@ -610,7 +655,7 @@ class _Handler(BaseHTTPRequestHandler):
         for path, f in sorted(commit.files.items()):
             if not path.startswith(prefix):
                 continue
-            rest = path[len(prefix):]
+            rest = path[len(prefix) :]
             if "/" in rest and not recursive:
                 folders.add(prefix + rest.split("/")[0])
                 continue
@@ -622,17 +667,27 @@ class _Handler(BaseHTTPRequestHandler):
             if f.lfs:
                 entry["lfs"] = {"oid": f.sha256, "size": len(f.content), "pointerSize": 134}
             entries.append(entry)
-        entries += [{"type": "directory", "path": p, "oid": git_blob_sha1(p.encode()), "size": 0} for p in sorted(folders)]
+        entries += [
+            {"type": "directory", "path": p, "oid": git_blob_sha1(p.encode()), "size": 0} for p in sorted(folders)
+        ]
         self._json(200, entries)
 
     def commits(self, repo, rev, body):
         repo_obj = self.hub._repo(repo, self.headers)
         self._commit_or_404(repo_obj, rev)
-        self._json(200, [
-            {"id": c.oid, "title": c.title, "message": c.message, "date": c.date,
-             "authors": [{"user": "stand-in-user"}]}
-            for c in repo_obj.history(rev)
-        ])
+        self._json(
+            200,
+            [
+                {
+                    "id": c.oid,
+                    "title": c.title,
+                    "message": c.message,
+                    "date": c.date,
+                    "authors": [{"user": "stand-in-user"}],
+                }
+                for c in repo_obj.history(rev)
+            ],
+        )
 
     def resolve(self, repo, rev, file, body):
         repo_obj = self.hub._repo(repo, self.headers)
@@ -642,8 +697,9 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HubError(404, "Entry not found", "EntryNotFound")
         headers = {"X-Repo-Commit": commit.oid, "Accept-Ranges": "bytes"}
         if f.lfs:
-            headers.update({"ETag": f'"{f.sha256}"', "X-Linked-Etag": f'"{f.sha256}"',
-                            "X-Linked-Size": str(len(f.content))})
+            headers.update(
+                {"ETag": f'"{f.sha256}"', "X-Linked-Etag": f'"{f.sha256}"', "X-Linked-Size": str(len(f.content))}
+            )
         else:
             headers["ETag"] = f'"{f.oid}"'
         self._send(200, f.content, headers, content_type="application/octet-stream")

@@ -59,8 +59,14 @@ def mean_error(aligned) -> float:
 def test_alignment_is_exact_on_a_linear_image(flip):
     batch, t_grids, s_grids = aligned_batch(flip, ramp_image)
     aligned = align_pairs(
-        t_grids, s_grids, batch["global_boxes"], batch["local_boxes"], batch["pair_index"],
-        batch["global_flips"], batch["local_flips"], roi_size=7,
+        t_grids,
+        s_grids,
+        batch["global_boxes"],
+        batch["local_boxes"],
+        batch["pair_index"],
+        batch["global_flips"],
+        batch["local_flips"],
+        roi_size=7,
     )
     error = (aligned.teacher - aligned.student).abs().reshape(16, 7, 7, 3)
     assert error[:, 1:-1, 1:-1].max() < 0.003  # interior: within 8-bit quantisation of the views
@@ -71,8 +77,14 @@ def test_alignment_is_exact_on_a_linear_image(flip):
 def test_aligned_tokens_describe_the_same_image_region(flip):
     batch, t_grids, s_grids = aligned_batch(flip)
     aligned = align_pairs(
-        t_grids, s_grids, batch["global_boxes"], batch["local_boxes"], batch["pair_index"],
-        batch["global_flips"], batch["local_flips"], roi_size=7,
+        t_grids,
+        s_grids,
+        batch["global_boxes"],
+        batch["local_boxes"],
+        batch["pair_index"],
+        batch["global_flips"],
+        batch["local_flips"],
+        roi_size=7,
     )
     assert aligned.teacher.shape == (16, 49, 3) and aligned.student.shape == (16, 49, 3)
     assert not aligned.mask.any()
@@ -83,8 +95,14 @@ def test_aligned_tokens_describe_the_same_image_region(flip):
     swapped = batch["local_boxes"].clone()
     swapped[:, [0, 1]] = swapped[:, [1, 0]]
     wrong = align_pairs(
-        t_grids, s_grids, batch["global_boxes"], swapped, batch["pair_index"],
-        batch["global_flips"], batch["local_flips"], roi_size=7,
+        t_grids,
+        s_grids,
+        batch["global_boxes"],
+        swapped,
+        batch["pair_index"],
+        batch["global_flips"],
+        batch["local_flips"],
+        roi_size=7,
     )
     assert mean_error(wrong) > 5 * mean_error(aligned)
     if flip:  # forgetting to undo the flips must fail too
@@ -116,7 +134,9 @@ def test_gradients_reach_the_student_grid():
     grids_t = torch.randn(2, 4, 8, 8)
     grids_s = torch.randn(4, 4, 7, 7, requires_grad=True)
     g_boxes = torch.tensor([[[0.0, 0.0, 100.0, 100.0], [20.0, 20.0, 90.0, 90.0]]])
-    l_boxes = torch.tensor([[[10.0, 10.0, 40.0, 40.0], [30.0, 30.0, 60.0, 50.0], [0.0, 0.0, 20.0, 20.0], [50.0, 50.0, 80.0, 80.0]]])
+    l_boxes = torch.tensor(
+        [[[10.0, 10.0, 40.0, 40.0], [30.0, 30.0, 60.0, 50.0], [0.0, 0.0, 20.0, 20.0], [50.0, 50.0, 80.0, 80.0]]]
+    )
     aligned = align_pairs(grids_t, grids_s, g_boxes, l_boxes, torch.tensor([[0, 1, 0, 1]]))
     aligned.student.sum().backward()
     assert (grids_s.grad.abs().sum((1, 2, 3)) > 0).all()
@@ -124,7 +144,13 @@ def test_gradients_reach_the_student_grid():
 
 def test_shape_errors():
     with pytest.raises(ValueError, match="expected 1x2 teacher grids and 1x2 student grids"):
-        align_pairs(torch.randn(3, 4, 8, 8), torch.randn(2, 4, 7, 7), torch.zeros(1, 2, 4), torch.zeros(1, 2, 4), torch.zeros(1, 2, dtype=torch.long))
+        align_pairs(
+            torch.randn(3, 4, 8, 8),
+            torch.randn(2, 4, 7, 7),
+            torch.zeros(1, 2, 4),
+            torch.zeros(1, 2, 4),
+            torch.zeros(1, 2, dtype=torch.long),
+        )
 
 
 def test_flips_by_mirrored_boxes_equal_flipping_the_grids_first():
@@ -150,8 +176,17 @@ def test_flips_by_mirrored_boxes_equal_flipping_the_grids_first():
             s_in = torch.where(local_flips.reshape(-1)[:, None, None, None], s.flip(-1), s)
             out = align_pairs(t_in, s_in, global_boxes, local_boxes, pair_index, roi_size=4, sampling_ratio=2)
         else:
-            out = align_pairs(teacher, s, global_boxes, local_boxes, pair_index, global_flips, local_flips,
-                              roi_size=4, sampling_ratio=2)
+            out = align_pairs(
+                teacher,
+                s,
+                global_boxes,
+                local_boxes,
+                pair_index,
+                global_flips,
+                local_flips,
+                roi_size=4,
+                sampling_ratio=2,
+            )
         (out.student * torch.arange(16.0)[None, :, None]).sum().backward()  # position-dependent gradient
         return out, s.grad
 
@@ -161,5 +196,6 @@ def test_flips_by_mirrored_boxes_equal_flipping_the_grids_first():
     torch.testing.assert_close(mirrored.student, reference.student, rtol=0, atol=1e-5)
     torch.testing.assert_close(mirrored_grad, reference_grad, rtol=0, atol=1e-5)
     assert torch.equal(mirrored.mask, reference.mask)
-    assert (reference.student - align_pairs(teacher, student, global_boxes, local_boxes, pair_index,
-                                            roi_size=4).student).abs().max() > 0.1  # the flips do matter here
+    assert (
+        reference.student - align_pairs(teacher, student, global_boxes, local_boxes, pair_index, roi_size=4).student
+    ).abs().max() > 0.1  # the flips do matter here

@@ -16,6 +16,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import REPO_ROOT, StopAt, tiny_dinov2_config
 from PIL import Image
 from transformers import (
     AutoModel,
@@ -31,7 +32,6 @@ from transformers import (
 )
 
 import paka_hf.backbones as backbones
-from conftest import REPO_ROOT, StopAt, tiny_dinov2_config
 from paka_hf import PaKAConfig, PaKATrainer
 from paka_hf.backbones import FAMILIES, PatchBackbone, patchify, resolve_lora_targets
 from paka_hf.errors import ConfigError
@@ -67,12 +67,24 @@ def tiny_config(variant: str):
 
 
 VISION_VARIANTS = [
-    "dinov2", "dinov2_with_registers", "dinov3_vit", "dinov3_vit_gated",
-    "siglip_vision_model", "siglip2_vision_model", "clip_vision_model",
-]  # fmt: skip
+    "dinov2",
+    "dinov2_with_registers",
+    "dinov3_vit",
+    "dinov3_vit_gated",
+    "siglip_vision_model",
+    "siglip2_vision_model",
+    "clip_vision_model",
+]
 # Tokens before the patches, from each model's own documentation: CLS (+ registers); SigLIP has none.
-EXPECTED_PREFIX = {"dinov2": 1, "dinov2_with_registers": 5, "dinov3_vit": 5, "dinov3_vit_gated": 5,
-                   "siglip_vision_model": 0, "siglip2_vision_model": 0, "clip_vision_model": 1}  # fmt: skip
+EXPECTED_PREFIX = {
+    "dinov2": 1,
+    "dinov2_with_registers": 5,
+    "dinov3_vit": 5,
+    "dinov3_vit_gated": 5,
+    "siglip_vision_model": 0,
+    "siglip2_vision_model": 0,
+    "clip_vision_model": 1,
+}
 
 
 def tiny_backbone(variant: str, **kwargs) -> PatchBackbone:
@@ -101,7 +113,9 @@ def test_dropped_prefix_tokens_are_exactly_the_cls_and_register_tokens(variant):
     with torch.no_grad():
         if variant.startswith("dinov3"):  # the CLS token is token 0, the registers the next 4
             out = model(pixel_values=pixels)
-            assert torch.equal(out.pooler_output, out.last_hidden_state[:, 0]) and model.config.num_register_tokens == 4
+            assert (
+                torch.equal(out.pooler_output, out.last_hidden_state[:, 0]) and model.config.num_register_tokens == 4
+            )
             assert torch.equal(tokens, out.last_hidden_state)
         elif variant == "clip_vision_model":  # token 0 is the CLS the pooler normalizes; the grid is post-LN too
             out = model(pixel_values=pixels, interpolate_pos_encoding=True)
@@ -112,8 +126,11 @@ def test_dropped_prefix_tokens_are_exactly_the_cls_and_register_tokens(variant):
 
             patches = torch.stack([convert_image_to_patches(image, p) for image in pixels])
             assert torch.equal(patchify(pixels, p), patches)
-            out = model(pixel_values=patches, pixel_attention_mask=torch.ones(2, 15, dtype=torch.long),
-                        spatial_shapes=torch.tensor([[3, 5], [3, 5]]))  # fmt: skip
+            out = model(
+                pixel_values=patches,
+                pixel_attention_mask=torch.ones(2, 15, dtype=torch.long),
+                spatial_shapes=torch.tensor([[3, 5], [3, 5]]),
+            )
             assert torch.allclose(out.last_hidden_state, tokens, atol=1e-6)
         elif variant == "siglip_vision_model":
             out = model(pixel_values=pixels, interpolate_pos_encoding=True)
@@ -157,7 +174,9 @@ def test_normalization_comes_from_the_checkpoint_processor(tmp_path, caplog):
     backbone = PatchBackbone.from_pretrained(tmp_path / "with")
     assert backbone.image_mean == (0.1, 0.2, 0.3) and backbone.image_std == (0.4, 0.5, 0.6)
     model = PaKAModel(backbone, None, roi_size=2)
-    assert model.pixel_mean.tolist() == pytest.approx([0.1, 0.2, 0.3]) and model.pixel_std.tolist() == pytest.approx([0.4, 0.5, 0.6])
+    assert model.pixel_mean.tolist() == pytest.approx([0.1, 0.2, 0.3]) and model.pixel_std.tolist() == pytest.approx(
+        [0.4, 0.5, 0.6]
+    )
     # no processor saved: the family's reference one (SigLIP: 0.5 / 0.5), said in a warning
     AutoModel.from_config(tiny_config("siglip_vision_model")).save_pretrained(tmp_path / "without")
     with caplog.at_level(logging.WARNING, logger="paka_hf.backbones"):
@@ -173,8 +192,15 @@ def test_unsupported_model_type_is_a_one_line_config_error(tmp_path):
         PatchBackbone.from_pretrained(tmp_path)
     message = str(error.value)
     assert "\n" not in message and "'vit' model" in message
-    for model_type in ("dinov2", "dinov2_with_registers", "dinov3_vit", "siglip_vision_model", "siglip2_vision_model",
-                       "clip_vision_model", "clip"):  # fmt: skip
+    for model_type in (
+        "dinov2",
+        "dinov2_with_registers",
+        "dinov3_vit",
+        "siglip_vision_model",
+        "siglip2_vision_model",
+        "clip_vision_model",
+        "clip",
+    ):
         assert model_type in message
 
 
@@ -216,8 +242,15 @@ def test_dinov3_rope_jitter_is_off_for_the_student_unless_asked():
 # end to end through PaKATrainer, per family
 # --------------------------------------------------------------------------------------------------
 
-END_TO_END = ["dinov2", "dinov2_with_registers", "dinov3_vit", "dinov3_vit_gated", "siglip_vision_model",
-              "siglip2", "clip"]  # fmt: skip  (full SigLIP 2 and CLIP checkpoints: their vision towers train)
+END_TO_END = [
+    "dinov2",
+    "dinov2_with_registers",
+    "dinov3_vit",
+    "dinov3_vit_gated",
+    "siglip_vision_model",
+    "siglip2",
+    "clip",
+]  # fmt: skip  (full SigLIP 2 and CLIP checkpoints: their vision towers train)
 
 
 @pytest.fixture(scope="module")
@@ -232,12 +265,30 @@ def images(tmp_path_factory):
 
 def family_run_config(model_dir, images, output_dir, patch_size, **overrides) -> PaKAConfig:
     values = dict(
-        output_dir=str(output_dir), model_name_or_path=str(model_dir), dataset_name=str(images), max_steps=4,
-        per_device_train_batch_size=2, global_size=4 * patch_size, local_size=2 * patch_size, n_local=2,
-        head_hidden_dim=32, head_out_dim=16, learning_rate=1e-3, head_learning_rate=1e-2, teacher_momentum=0.9,
-        drop_path_rate=0.1, dataloader_num_workers=0, shuffle_buffer_size=4, logging_steps=2, save_steps=2,
-        save_total_limit=3, use_cpu=True, disable_tqdm=True, seed=0, roi_size=3,
-    )  # fmt: skip
+        output_dir=str(output_dir),
+        model_name_or_path=str(model_dir),
+        dataset_name=str(images),
+        max_steps=4,
+        per_device_train_batch_size=2,
+        global_size=4 * patch_size,
+        local_size=2 * patch_size,
+        n_local=2,
+        head_hidden_dim=32,
+        head_out_dim=16,
+        learning_rate=1e-3,
+        head_learning_rate=1e-2,
+        teacher_momentum=0.9,
+        drop_path_rate=0.1,
+        dataloader_num_workers=0,
+        shuffle_buffer_size=4,
+        logging_steps=2,
+        save_steps=2,
+        save_total_limit=3,
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        roi_size=3,
+    )
     values.update(overrides)
     return PaKAConfig(**values)
 
@@ -257,7 +308,9 @@ def _segmentation_folder(root):
         for i in range(n):
             mask = np.zeros((40, 50), np.uint8)
             mask[:, 25:] = 1
-            Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(root / split / "images" / f"{i}.png")
+            Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(
+                root / split / "images" / f"{i}.png"
+            )
             Image.fromarray(mask).save(root / split / "masks" / f"{i}.png")
 
 
@@ -275,7 +328,9 @@ def test_family_end_to_end(variant, images, tmp_path):
     straight.train()
     assert straight.state.global_step == 4
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in straight.state.log_history if "loss" in e)
-    first = PaKATrainer(args=family_run_config(model_dir, images, tmp_path / "b", patch, **extra), callbacks=[StopAt(2)])
+    first = PaKATrainer(
+        args=family_run_config(model_dir, images, tmp_path / "b", patch, **extra), callbacks=[StopAt(2)]
+    )
     first.train()
     resumed = PaKATrainer(args=family_run_config(model_dir, images, tmp_path / "b", patch, **extra))
     resumed.train(resume_from_checkpoint="latest")
@@ -312,34 +367,83 @@ def test_family_end_to_end(variant, images, tmp_path):
     # the card's usage snippet runs as written on the export and gives the patch grid PatchBackbone gives
     (snippet,) = re.findall(r"```python\n(.*?)```", card.text, flags=re.S)
     namespace: dict = {}
-    exec(snippet.replace('"org/paka-tiny"', repr(str(export))), namespace)  # noqa: S102 - our own card's code
+    exec(snippet.replace('"org/paka-tiny"', repr(str(export))), namespace)  # our own card's code
     inputs, grid = namespace["inputs"], namespace["patch_grid"]
     if family.input_mode != "naflex":  # (NaFlex: the processor's own resize and padding, compared by shape)
         with torch.no_grad():
-            assert torch.allclose(grid, PatchBackbone.from_pretrained(export).eval()(inputs["pixel_values"]), atol=1e-5)
+            assert torch.allclose(
+                grid, PatchBackbone.from_pretrained(export).eval()(inputs["pixel_values"]), atol=1e-5
+            )
     assert grid.shape[:2] == (1, 32)
 
     # scripts/evaluate.py and scripts/visualize.py on the export
     data = tmp_path / "seg"
     _segmentation_folder(data)
-    report = _script("evaluate").main([
-        "--model_name_or_path", str(export), "--dataset_name", "folder", "--data_dir", str(data),
-        "--class_names", "left,right", "--protocol", "all", "--input_size", f"{2 * patch},{3 * patch}",
-        "--epochs", "1", "--num_clusters", "2", "--seeds", "0", "--batch_size", "2",
-        "--output_file", str(tmp_path / "eval.json"), "--no_progress", "--device", "cpu",
-    ])  # fmt: skip
+    report = _script("evaluate").main(
+        [
+            "--model_name_or_path",
+            str(export),
+            "--dataset_name",
+            "folder",
+            "--data_dir",
+            str(data),
+            "--class_names",
+            "left,right",
+            "--protocol",
+            "all",
+            "--input_size",
+            f"{2 * patch},{3 * patch}",
+            "--epochs",
+            "1",
+            "--num_clusters",
+            "2",
+            "--seeds",
+            "0",
+            "--batch_size",
+            "2",
+            "--output_file",
+            str(tmp_path / "eval.json"),
+            "--no_progress",
+            "--device",
+            "cpu",
+        ]
+    )
     assert len(report["results"]) == 3 and all(0.0 <= r["value"] <= 100.0 for r in report["results"])
-    status = _script("visualize").main([str(export), "--base", str(model_dir), "--images", *map(str, sorted(images.iterdir())[:2]),
-                                        "--resolution", str(3 * patch), "--n_clusters", "3"])  # fmt: skip
+    status = _script("visualize").main(
+        [
+            str(export),
+            "--base",
+            str(model_dir),
+            "--images",
+            *map(str, sorted(images.iterdir())[:2]),
+            "--resolution",
+            str(3 * patch),
+            "--n_clusters",
+            "3",
+        ]
+    )
     assert status == 0 and all((export / "pictures" / f"{n}.png").is_file() for n in ("pca", "clusters", "retrieval"))
 
 
-@pytest.mark.parametrize("name, model_type", [("dinov3_vits16_coco", "dinov3_vit"), ("dinov3_vitb16_coco", "dinov3_vit"),
-                                              ("siglip2_b16_coco", "siglip")])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, model_type",
+    [("dinov3_vits16_coco", "dinov3_vit"), ("dinov3_vitb16_coco", "dinov3_vit"), ("siglip2_b16_coco", "siglip")],
+)
 def test_paper_scale_configs_parse_with_patch16_views(name, model_type, tmp_path):
     from paka_hf.commands import train
-    config = train.parse_config(["--config", str(REPO_ROOT / "configs" / f"{name}.yaml"), "--output_dir", str(tmp_path),
-                                 "--use_cpu", "true", "--bf16", "false"])  # fmt: skip
+
+    config = train.parse_config(
+        [
+            "--config",
+            str(REPO_ROOT / "configs" / f"{name}.yaml"),
+            "--output_dir",
+            str(tmp_path),
+            "--use_cpu",
+            "true",
+            "--bf16",
+            "false",
+        ]
+    )
     config.check_patch_size(16)  # raises unless both view sizes are multiples of 16
     assert (config.global_size, config.local_size) == (512, 96)
     assert config.max_steps == 46_206  # ceil(25 x 118,287 / 64): 25 epochs of COCO at batch 64

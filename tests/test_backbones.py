@@ -1,8 +1,8 @@
 import pytest
 import torch
+from conftest import tiny_dinov2_config
 from transformers import AutoModel, ViTConfig
 
-from conftest import tiny_dinov2_config
 from paka_hf.backbones import PatchBackbone, ProjectionHead, load_backbone
 
 

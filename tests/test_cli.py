@@ -15,8 +15,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO_ROOT, write_tiny_run_assets
+
 from paka_hf.cli import USER_ERROR_STATUS, run_script, split_debug_flag
 from paka_hf.commands import train as train_command
 from paka_hf.errors import ConfigError, MissingPathError
@@ -25,16 +25,48 @@ from paka_hf.paths import looks_like_local_path
 SCRIPTS = REPO_ROOT / "scripts"
 TOKEN_ON_COMMAND_LINE = "hf_FakeCommandLineToken0123456789"
 TOKEN_IN_ENVIRONMENT = "hf_FakeEnvironmentToken0123456789"
-TINY_RUN = ["--max_steps", "2", "--save_steps", "1", "--per_device_train_batch_size", "2", "--global_size", "56",
-            "--local_size", "28", "--n_local", "2", "--head_hidden_dim", "32", "--head_out_dim", "16",
-            "--dataloader_num_workers", "0", "--shuffle_buffer_size", "4", "--use_cpu", "true", "--report_to", "none",
-            "--disable_tqdm", "true", "--logging_steps", "1"]
+TINY_RUN = [
+    "--max_steps",
+    "2",
+    "--save_steps",
+    "1",
+    "--per_device_train_batch_size",
+    "2",
+    "--global_size",
+    "56",
+    "--local_size",
+    "28",
+    "--n_local",
+    "2",
+    "--head_hidden_dim",
+    "32",
+    "--head_out_dim",
+    "16",
+    "--dataloader_num_workers",
+    "0",
+    "--shuffle_buffer_size",
+    "4",
+    "--use_cpu",
+    "true",
+    "--report_to",
+    "none",
+    "--disable_tqdm",
+    "true",
+    "--logging_steps",
+    "1",
+]
 
 
 def _offline_env(**extra):
     env = {key: value for key, value in os.environ.items() if key != "HF_TOKEN"}
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(REPO_ROOT),
-               OMP_NUM_THREADS="1", **extra)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        PYTHONPATH=str(REPO_ROOT),
+        OMP_NUM_THREADS="1",
+        **extra,
+    )
     env.pop("PAKA_DEBUG", None)
     return env
 
@@ -66,23 +98,56 @@ def runs(tmp_path_factory):
     model, images = str(root / "model"), str(root / "images")
     train = [str(SCRIPTS / "train.py")]
     cases = {
-        "model_path": (train + ["--model_name_or_path", "./no/such/model", "--output_dir", "out", "--max_steps", "2"],
-                       root, "online"),
-        "dataset_path": (train + ["--model_name_or_path", "org/model", "--dataset_name", "data/no/such",
-                                  "--output_dir", "out", "--max_steps", "2"], root, "online"),
-        "yaml_relative": (train + ["--config", str(root / "configs" / "run.yaml"), "--output_dir", "out"],
-                          root / "elsewhere", "online"),
-        "secrets": (train + ["--model_name_or_path", model, "--dataset_name", images, "--output_dir",
-                             str(root / "secret_out"), "--hub_token", TOKEN_ON_COMMAND_LINE, *TINY_RUN], root,
-                    "offline"),
+        "model_path": (
+            train + ["--model_name_or_path", "./no/such/model", "--output_dir", "out", "--max_steps", "2"],
+            root,
+            "online",
+        ),
+        "dataset_path": (
+            train
+            + [
+                "--model_name_or_path",
+                "org/model",
+                "--dataset_name",
+                "data/no/such",
+                "--output_dir",
+                "out",
+                "--max_steps",
+                "2",
+            ],
+            root,
+            "online",
+        ),
+        "yaml_relative": (
+            train + ["--config", str(root / "configs" / "run.yaml"), "--output_dir", "out"],
+            root / "elsewhere",
+            "online",
+        ),
+        "secrets": (
+            train
+            + [
+                "--model_name_or_path",
+                model,
+                "--dataset_name",
+                images,
+                "--output_dir",
+                str(root / "secret_out"),
+                "--hub_token",
+                TOKEN_ON_COMMAND_LINE,
+                *TINY_RUN,
+            ],
+            root,
+            "offline",
+        ),
     }
     processes = {}
     for name, (argv, cwd, network) in cases.items():
         env = _online_env(endpoint) if network == "online" else _offline_env()
         if name == "secrets":
             env["HF_TOKEN"] = TOKEN_IN_ENVIRONMENT
-        processes[name] = subprocess.Popen([sys.executable, *argv], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                           stderr=subprocess.PIPE, text=True)
+        processes[name] = subprocess.Popen(
+            [sys.executable, *argv], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
     results = {}
 
     class Results(dict):
@@ -137,8 +202,11 @@ def test_a_missing_folder_is_no_such_folder_without_asking_the_hub(runs, case, o
 def test_a_relative_path_in_a_config_says_from_where_it_was_resolved(runs):
     results, root, _ = runs
     _assert_one_line_error(
-        results["yaml_relative"], "--dataset_name './images'", "no such folder",
-        f"resolved from the current directory {root / 'elsewhere'}", "not from the folder of the config file",
+        results["yaml_relative"],
+        "--dataset_name './images'",
+        "no such folder",
+        f"resolved from the current directory {root / 'elsewhere'}",
+        "not from the folder of the config file",
         f"set in {root / 'configs' / 'run.yaml'}",
     )
 
@@ -153,36 +221,93 @@ def _load_script(name):
 def _in_process_cases(root):
     model, images = str(root / "model"), str(root / "images")
     return {
-        "bad_value": ("train", ["--min_intersection", "3", "--max_steps", "2", "--output_dir", str(root / "o")],
-                      ["min_intersection must be in [0, 1]"], True),
+        "bad_value": (
+            "train",
+            ["--min_intersection", "3", "--max_steps", "2", "--output_dir", str(root / "o")],
+            ["min_intersection must be in [0, 1]"],
+            True,
+        ),
         "missing_config": ("train", ["--config", str(root / "no_such.yaml")], ["--config", "no such"], True),
-        "no_checkpoint": ("train", ["--model_name_or_path", model, "--dataset_name", images, "--output_dir",
-                                    str(root / "empty_out"), "--resume_from_checkpoint", "latest", *TINY_RUN],
-                          ["--resume_from_checkpoint latest: no complete checkpoint"], False),
-        "used_output_dir": ("train", ["--model_name_or_path", model, "--dataset_name", images, "--output_dir",
-                                      str(root / "used"), *TINY_RUN],
-                            ["already holds checkpoints", "checkpoint-5", "--resume_from_checkpoint latest",
-                             "--overwrite_output_dir"], False),
-        "evaluate_model_path": ("evaluate", ["--model_name_or_path", "./no/such/model", "--dataset_name", "camvid",
-                                             "--device", "cpu"], ["--model_name_or_path", "no such folder"], True),
-        "evaluate_unknown_dataset": ("evaluate", ["--model_name_or_path", model, "--dataset_name", "no_such_benchmark",
-                                                  "--data_dir", images, "--device", "cpu", "--output_file",
-                                                  str(root / "r.json")],
-                                     ["unknown dataset 'no_such_benchmark'"], False),
-        "evaluate_bad_protocol": ("evaluate", ["--model_name_or_path", model, "--dataset_name", "camvid",
-                                               "--protocol", "knn", "--device", "cpu"],
-                                  ["unknown protocol(s) ['knn']"], True),
-        "visualize_output_dir": ("visualize", [str(root / "no_such_out"), "--images", "x.jpg"],
-                                 ["OUTPUT_DIR", "no such folder"], True),
-        "push_output_dir": ("push_to_hub", [str(root / "no_such_out"), "--repo_id", "org/name"],
-                            ["OUTPUT_DIR", "no such folder"], True),
+        "no_checkpoint": (
+            "train",
+            [
+                "--model_name_or_path",
+                model,
+                "--dataset_name",
+                images,
+                "--output_dir",
+                str(root / "empty_out"),
+                "--resume_from_checkpoint",
+                "latest",
+                *TINY_RUN,
+            ],
+            ["--resume_from_checkpoint latest: no complete checkpoint"],
+            False,
+        ),
+        "used_output_dir": (
+            "train",
+            ["--model_name_or_path", model, "--dataset_name", images, "--output_dir", str(root / "used"), *TINY_RUN],
+            ["already holds checkpoints", "checkpoint-5", "--resume_from_checkpoint latest", "--overwrite_output_dir"],
+            False,
+        ),
+        "evaluate_model_path": (
+            "evaluate",
+            ["--model_name_or_path", "./no/such/model", "--dataset_name", "camvid", "--device", "cpu"],
+            ["--model_name_or_path", "no such folder"],
+            True,
+        ),
+        "evaluate_unknown_dataset": (
+            "evaluate",
+            [
+                "--model_name_or_path",
+                model,
+                "--dataset_name",
+                "no_such_benchmark",
+                "--data_dir",
+                images,
+                "--device",
+                "cpu",
+                "--output_file",
+                str(root / "r.json"),
+            ],
+            ["unknown dataset 'no_such_benchmark'"],
+            False,
+        ),
+        "evaluate_bad_protocol": (
+            "evaluate",
+            ["--model_name_or_path", model, "--dataset_name", "camvid", "--protocol", "knn", "--device", "cpu"],
+            ["unknown protocol(s) ['knn']"],
+            True,
+        ),
+        "visualize_output_dir": (
+            "visualize",
+            [str(root / "no_such_out"), "--images", "x.jpg"],
+            ["OUTPUT_DIR", "no such folder"],
+            True,
+        ),
+        "push_output_dir": (
+            "push_to_hub",
+            [str(root / "no_such_out"), "--repo_id", "org/name"],
+            ["OUTPUT_DIR", "no such folder"],
+            True,
+        ),
     }
 
 
-@pytest.mark.parametrize("case", ["bad_value", "missing_config", "no_checkpoint", "used_output_dir",
-                                  "evaluate_model_path", "evaluate_unknown_dataset", "evaluate_bad_protocol",
-                                  "visualize_output_dir",
-                                  "push_output_dir"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "bad_value",
+        "missing_config",
+        "no_checkpoint",
+        "used_output_dir",
+        "evaluate_model_path",
+        "evaluate_unknown_dataset",
+        "evaluate_bad_protocol",
+        "visualize_output_dir",
+        "push_output_dir",
+    ],
+)
 def test_user_errors_of_every_script_are_one_line_and_exit_2(runs, case, capsys, monkeypatch):
     """The same wrapper as ``python scripts/X.py``, called in this process (no torch import per case)."""
     monkeypatch.delenv("PAKA_DEBUG", raising=False)
@@ -238,6 +363,7 @@ def test_run_script_turns_user_errors_into_status_2_and_lets_bugs_through(capsys
     def fails(error):
         def main(argv):
             raise error
+
         return main
 
     assert run_script(fails(MissingPathError("x: no such folder\n  (see above)")), []) == 2
@@ -259,9 +385,18 @@ def test_debug_flag_is_taken_only_when_it_stands_alone(monkeypatch):
     assert split_debug_flag(["--debug", "underflow_overflow"]) == (["--debug", "underflow_overflow"], False)
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("./x", True), ("../x", True), ("/abs/x", True), ("~/x", True), ("a/b/c", True),
-    ("org/name", False), ("name", False), ("facebook/dinov2-small", False),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("./x", True),
+        ("../x", True),
+        ("/abs/x", True),
+        ("~/x", True),
+        ("a/b/c", True),
+        ("org/name", False),
+        ("name", False),
+        ("facebook/dinov2-small", False),
+    ],
+)
 def test_which_names_are_read_as_local_paths(name, expected):
     assert looks_like_local_path(name) is expected

@@ -18,10 +18,36 @@ from paka_hf.commands import evaluate as evaluate_command
 from paka_hf.commands import train as train_command
 from paka_hf.errors import ConfigError
 
-TINY_RUN = ["--max_steps", "2", "--save_steps", "2", "--per_device_train_batch_size", "2", "--global_size", "56",
-            "--local_size", "28", "--n_local", "2", "--head_hidden_dim", "32", "--head_out_dim", "16",
-            "--dataloader_num_workers", "0", "--shuffle_buffer_size", "4", "--use_cpu", "true", "--report_to", "none",
-            "--disable_tqdm", "true", "--logging_steps", "1"]  # fmt: skip
+TINY_RUN = [
+    "--max_steps",
+    "2",
+    "--save_steps",
+    "2",
+    "--per_device_train_batch_size",
+    "2",
+    "--global_size",
+    "56",
+    "--local_size",
+    "28",
+    "--n_local",
+    "2",
+    "--head_hidden_dim",
+    "32",
+    "--head_out_dim",
+    "16",
+    "--dataloader_num_workers",
+    "0",
+    "--shuffle_buffer_size",
+    "4",
+    "--use_cpu",
+    "true",
+    "--report_to",
+    "none",
+    "--disable_tqdm",
+    "true",
+    "--logging_steps",
+    "1",
+]
 
 
 def _error_line(capsys, main, argv) -> str:
@@ -32,8 +58,9 @@ def _error_line(capsys, main, argv) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("flag, full", [("--learning_rat", "--learning_rate"), ("--max_step", "--max_steps"),
-                                        ("--conf", "--config")])
+@pytest.mark.parametrize(
+    "flag, full", [("--learning_rat", "--learning_rate"), ("--max_step", "--max_steps"), ("--conf", "--config")]
+)
 def test_an_abbreviated_flag_fails_naming_the_full_one(flag, full, capsys, monkeypatch, tmp_path):
     monkeypatch.delenv("PAKA_DEBUG", raising=False)
     line = _error_line(capsys, train_command.main, [flag, "3", "--output_dir", str(tmp_path)])
@@ -54,8 +81,9 @@ def test_other_scripts_take_no_abbreviation_either(capsys, monkeypatch, tmp_path
     push = importlib.import_module("paka_hf.commands.push")
     line = _error_line(capsys, push.main, [str(tmp_path), "--repo", "org/name"])  # was taken as --repo_id
     assert "did you mean --repo_id?" in line
-    line = _error_line(capsys, evaluate_command.main, ["--model_name_or_path", "m", "--dataset_name", "camvid",
-                                                        "--knn_back", "torch"])
+    line = _error_line(
+        capsys, evaluate_command.main, ["--model_name_or_path", "m", "--dataset_name", "camvid", "--knn_back", "torch"]
+    )
     assert "did you mean --knn_backend?" in line
 
 
@@ -72,8 +100,9 @@ def test_yaml_values_reach_the_config_with_their_types(tmp_path):
     assert config.hub_model_id is None and config.lr_scheduler_kwargs == {"min_lr": 0.0}
     assert config.teacher_momentum == 1.0 and type(config.teacher_momentum) is float
     # the command line overrides every kind of value
-    config = train_command.parse_config(["--config", str(config_file), "--flip", "false", "--global_scale", "0.5",
-                                         "0.75", "--max_steps", "3"])
+    config = train_command.parse_config(
+        ["--config", str(config_file), "--flip", "false", "--global_scale", "0.5", "0.75", "--max_steps", "3"]
+    )
     assert config.flip is False and config.global_scale == [0.5, 0.75] and config.max_steps == 3
     config_file.write_text("max_steps: ten\n")
     with pytest.raises(ConfigError, match=f"max_steps in {config_file}: invalid literal"):
@@ -83,8 +112,17 @@ def test_yaml_values_reach_the_config_with_their_types(tmp_path):
 def test_a_short_run_writes_the_standard_results_and_state(tmp_path, capsys):
     write_tiny_run_assets(tmp_path, (48, 64))
     output = tmp_path / "out"
-    train_command.main(["--model_name_or_path", str(tmp_path / "model"), "--dataset_name", str(tmp_path / "images"),
-                        "--output_dir", str(output), *TINY_RUN])
+    train_command.main(
+        [
+            "--model_name_or_path",
+            str(tmp_path / "model"),
+            "--dataset_name",
+            str(tmp_path / "images"),
+            "--output_dir",
+            str(output),
+            *TINY_RUN,
+        ]
+    )
     assert "***** train metrics *****" in capsys.readouterr().out  # trainer.log_metrics
     train_results = json.loads((output / "train_results.json").read_text())
     assert {"train_runtime", "train_loss", "epoch"} <= train_results.keys()
@@ -117,12 +155,36 @@ def test_evaluate_defaults_are_the_dataclasses_defaults():
 
 
 def test_evaluate_flags_reach_the_protocols():
-    _, settings = evaluate_command.parse_args([
-        "--model_name_or_path", "m", "--dataset_name", "camvid", "--seed", "3", "--eval_size", "50",
-        "--knn_backend", "torch", "--no_progress", "--published_conventions", "--input_size", "28,42",
-        "--seeds", "0,1", "--num_clusters", "3,5", "--linear_batch_size", "4", "--batch_size", "2",
-        "--hummingbird_eval_size", "56", "--crop_scale", "0.5,1",
-    ])  # fmt: skip
+    _, settings = evaluate_command.parse_args(
+        [
+            "--model_name_or_path",
+            "m",
+            "--dataset_name",
+            "camvid",
+            "--seed",
+            "3",
+            "--eval_size",
+            "50",
+            "--knn_backend",
+            "torch",
+            "--no_progress",
+            "--published_conventions",
+            "--input_size",
+            "28,42",
+            "--seeds",
+            "0,1",
+            "--num_clusters",
+            "3,5",
+            "--linear_batch_size",
+            "4",
+            "--batch_size",
+            "2",
+            "--hummingbird_eval_size",
+            "56",
+            "--crop_scale",
+            "0.5,1",
+        ]
+    )
     assert (settings.seed, settings.linear.seed, settings.hummingbird.seed) == (3, 3, 3)
     assert (settings.linear.eval_size, settings.overcluster.eval_size, settings.hummingbird.eval_size) == (50, 50, 56)
     assert settings.hummingbird.backend == "torch" and settings.progress is False and settings.published_conventions
@@ -168,15 +230,24 @@ def _public_names():
     import paka_hf
     import paka_hf.evaluation
 
-    return [(module, name) for module in (paka_hf, paka_hf.evaluation) for name in module.__all__
-            if not name.startswith("__")]
+    return [
+        (module, name)
+        for module in (paka_hf, paka_hf.evaluation)
+        for name in module.__all__
+        if not name.startswith("__")
+    ]
 
 
-@pytest.mark.parametrize("module, name", [
-    pytest.param(module, name, marks=pytest.mark.xfail(strict=True, reason="example pending in its module"))
-    if name in AWAITING_EXAMPLE else (module, name)
-    for module, name in _public_names()
-], ids=lambda value: getattr(value, "__name__", value))
+@pytest.mark.parametrize(
+    "module, name",
+    [
+        pytest.param(module, name, marks=pytest.mark.xfail(strict=True, reason="example pending in its module"))
+        if name in AWAITING_EXAMPLE
+        else (module, name)
+        for module, name in _public_names()
+    ],
+    ids=lambda value: getattr(value, "__name__", value),
+)
 def test_every_public_name_exists_with_a_docstring_that_shows_an_example(module, name):
     import inspect
 

@@ -28,8 +28,11 @@ ENUMERATED = {
 
 def test_every_enumerated_field_declares_its_choices():
     trainer_fields = {spec.name for spec in fields(TrainingArguments)}
-    declared = {spec.name: spec.metadata["choices"] for spec in fields(PaKAConfig)
-                if "choices" in spec.metadata and spec.name not in trainer_fields}
+    declared = {
+        spec.name: spec.metadata["choices"]
+        for spec in fields(PaKAConfig)
+        if "choices" in spec.metadata and spec.name not in trainer_fields
+    }
     assert declared == ENUMERATED
     defaults = {spec.name: spec.default for spec in fields(PaKAConfig)}
     assert all(defaults[name] in choices for name, choices in declared.items())

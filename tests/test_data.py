@@ -157,9 +157,14 @@ def test_empty_source_raises_a_clear_error(tmp_path):
     folder.mkdir()
     (folder / "bad.jpg").write_bytes(b"nope")
     source = load_image_source(str(folder))
-    with pytest.raises(EmptyDatasetError, match=r"no decodable image in 1 of 1 data stream\(s\): process 0 stream 0 \(1 rows, 1 undecodable\)"):
+    with pytest.raises(
+        EmptyDatasetError,
+        match=r"no decodable image in 1 of 1 data stream\(s\): process 0 stream 0 \(1 rows, 1 undecodable\)",
+    ):
         take(PaKAViewStream(source, small_transform()), 1)
-    assert PaKAViewStream(source, small_transform()).streams_without_images() == ["process 0 stream 0 (1 rows, 1 undecodable)"]
+    assert PaKAViewStream(source, small_transform()).streams_without_images() == [
+        "process 0 stream 0 (1 rows, 1 undecodable)"
+    ]
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match="found no images"):
@@ -337,13 +342,19 @@ def test_each_stream_is_checked_for_an_image_before_training(tmp_path):
     """Issue 13 item 12: one image and two processes x two workers: three of the four streams have nothing."""
     write_images(tmp_path / "imgs", 1)
     source = load_image_source(str(tmp_path / "imgs"))
-    found = [PaKAViewStream(source, small_transform(), rank=r, world_size=2, num_workers=2).streams_without_images()
-             for r in (0, 1)]
-    assert found == [["process 0 stream 1 (0 rows, 0 undecodable)"],
-                     ["process 1 stream 0 (0 rows, 0 undecodable)", "process 1 stream 1 (0 rows, 0 undecodable)"]]
+    found = [
+        PaKAViewStream(source, small_transform(), rank=r, world_size=2, num_workers=2).streams_without_images()
+        for r in (0, 1)
+    ]
+    assert found == [
+        ["process 0 stream 1 (0 rows, 0 undecodable)"],
+        ["process 1 stream 0 (0 rows, 0 undecodable)", "process 1 stream 1 (0 rows, 0 undecodable)"],
+    ]
     write_images(tmp_path / "imgs", 4)
     source = load_image_source(str(tmp_path / "imgs"))
-    assert PaKAViewStream(source, small_transform(), rank=1, world_size=2, num_workers=2).streams_without_images() == []
+    assert (
+        PaKAViewStream(source, small_transform(), rank=1, world_size=2, num_workers=2).streams_without_images() == []
+    )
 
 
 def test_shuffle_buffer_memory_is_estimated_from_the_row_bytes_and_warned_about(tmp_path, monkeypatch, caplog):

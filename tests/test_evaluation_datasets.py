@@ -159,9 +159,16 @@ def test_coco_stuff_merges_supercategories(tmp_path):
 def test_hub_dataset_columns_and_errors(tmp_path):
     datasets = pytest.importorskip("datasets")
     write_pair(tmp_path, "val", "x1", good_mask())
-    data = datasets.Dataset.from_dict(
-        {"image": [str(tmp_path / "val" / "images" / "x1.jpg")], "annotation": [str(tmp_path / "val" / "masks" / "x1.png")]}
-    ).cast_column("image", datasets.Image()).cast_column("annotation", datasets.Image())
+    data = (
+        datasets.Dataset.from_dict(
+            {
+                "image": [str(tmp_path / "val" / "images" / "x1.jpg")],
+                "annotation": [str(tmp_path / "val" / "masks" / "x1.png")],
+            }
+        )
+        .cast_column("image", datasets.Image())
+        .cast_column("annotation", datasets.Image())
+    )
     spec = HubSpec("someone/tiny-seg", "image", "annotation")
     ds = HubSegmentation(spec, "val", NAMES, 255, load_fn=lambda *a, **k: data)
     assert len(ds) == 1 and ds.dataset_type == "someone/tiny-seg"
@@ -220,9 +227,9 @@ def test_any_ignore_index_survives_loading_and_feature_extraction(tmp_path, tiny
         (tmp_path / split / "images").mkdir(parents=True)
         (tmp_path / split / "masks").mkdir(parents=True)
         Image.fromarray(np.full((28, 28, 3), 90, np.uint8)).save(tmp_path / split / "images" / "a.png")
-        Image.fromarray(raw if ignore_index in (-1, 65535) else np.where(raw == 65535, ignore_index, raw).astype(np.uint16)).save(
-            tmp_path / split / "masks" / "a.png"
-        )
+        Image.fromarray(
+            raw if ignore_index in (-1, 65535) else np.where(raw == 65535, ignore_index, raw).astype(np.uint16)
+        ).save(tmp_path / split / "masks" / "a.png")
     label_map = {0: 0, 1: 1, 65535: -1} if ignore_index == -1 else None
     ds = FolderSegmentation(tmp_path, "val", ("x", "y"), ignore_index=ignore_index, label_map=label_map)
     _, mask = ds[0]

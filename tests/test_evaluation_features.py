@@ -43,7 +43,9 @@ class ColourCoded(torch.utils.data.Dataset):
 def test_image_and_mask_get_the_same_geometry(augment):
     torch.manual_seed(0)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    data = _TransformedDataset(ColourCoded(), build_image_mask_transform((28, 42), augment=augment, mean=mean, std=std))
+    data = _TransformedDataset(
+        ColourCoded(), build_image_mask_transform((28, 42), augment=augment, mean=mean, std=std)
+    )
     for i in range(len(data)):
         image, mask = data[i]
         assert image.shape == (3, 28, 42) and mask.shape == (28, 42) and mask.dtype == torch.int64
@@ -55,13 +57,11 @@ def test_image_and_mask_get_the_same_geometry(augment):
 def test_extract_features_shapes_and_cache(tiny_config):
     backbone = PatchBackbone.from_config(tiny_config())
     data = ColourCoded()
-    feats = extract_features(backbone, data, input_size=(28, 42), augment=True, passes=2, batch_size=4,
-                             progress=False)  # fmt: skip
+    feats = extract_features(backbone, data, input_size=(28, 42), augment=True, passes=2, batch_size=4, progress=False)
     assert feats.features.shape == (12, 32, 2, 3) and feats.features.dtype == torch.float16
     assert feats.masks.shape == (12, 28, 42) and feats.masks.dtype == torch.uint8
     assert not torch.equal(feats.features[:6], feats.features[6:])  # two different augmented passes
-    again = extract_features(backbone, data, input_size=(28, 42), augment=True, passes=2, batch_size=3,
-                             progress=False)  # fmt: skip
+    again = extract_features(backbone, data, input_size=(28, 42), augment=True, passes=2, batch_size=3, progress=False)
     torch.testing.assert_close(again.features.float(), feats.features.float(), atol=1e-2, rtol=1e-2)  # seeded
 
     cache = FeatureCache(backbone, batch_size=4, progress=False)

@@ -65,15 +65,17 @@ def test_linear_probe_stripes_only_miss_boundary_pixels():
 
 
 def test_linear_probe_chance_on_shuffled_features():
-    scores, _ = linear_probe(synthetic(24, 0, shuffle=True), synthetic(8, 1, shuffle=True), FAST_LINEAR,
-                             progress=False)  # fmt: skip
+    scores, _ = linear_probe(
+        synthetic(24, 0, shuffle=True), synthetic(8, 1, shuffle=True), FAST_LINEAR, progress=False
+    )
     assert scores.mean_iou < 30.0
 
 
 def test_linear_probe_uses_views_per_epoch():
     train = synthetic(24, 0)
-    two_views = DenseFeatures(torch.cat([train.features, train.features]), torch.cat([train.masks, train.masks]),
-                              P, C, IGNORE)  # fmt: skip
+    two_views = DenseFeatures(
+        torch.cat([train.features, train.features]), torch.cat([train.masks, train.masks]), P, C, IGNORE
+    )
     scores, _ = linear_probe(two_views, synthetic(8, 1), FAST_LINEAR, num_views=2, progress=False)
     assert scores.mean_iou > 99.5
     with pytest.raises(ValueError, match="equal views"):
@@ -90,8 +92,9 @@ def test_overclustering_perfect_on_label_features(k):
 
 
 def test_overclustering_chance_on_shuffled_features():
-    results = overclustering(synthetic(12, 2, shuffle=True), OverclusterConfig(num_clusters=[C, 9], seeds=[0]),
-                          progress=False)  # fmt: skip
+    results = overclustering(
+        synthetic(12, 2, shuffle=True), OverclusterConfig(num_clusters=[C, 9], seeds=[0]), progress=False
+    )
     assert all(r.mean_iou < 30.0 for r in results)
 
 

@@ -19,12 +19,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_results_json_round_trip(tmp_path):
     report = EvaluationReport(model="org/model")
-    report.results.append(MetricResult(
-        protocol="overcluster", dataset_name="CamVid", dataset_type="camvid", split="val",
-        metric_name="mIoU (overclustering, K=100)", value=np.float64(41.23456),
-        settings={"num_clusters": 100, "seeds": (0, 1)}, per_class_iou={"Sky": 90.0, "Pole": float("nan")},
-        pixel_accuracy=80.0, std=1.5, seeds=[0, 1],
-    ))  # fmt: skip
+    report.results.append(
+        MetricResult(
+            protocol="overcluster",
+            dataset_name="CamVid",
+            dataset_type="camvid",
+            split="val",
+            metric_name="mIoU (overclustering, K=100)",
+            value=np.float64(41.23456),
+            settings={"num_clusters": 100, "seeds": (0, 1)},
+            per_class_iou={"Sky": 90.0, "Pole": float("nan")},
+            pixel_accuracy=80.0,
+            std=1.5,
+            seeds=[0, 1],
+        )
+    )
     path = tmp_path / "sub" / "results.json"
     report.save(path)
     raw = json.loads(path.read_text())
@@ -71,12 +80,37 @@ def test_script_end_to_end_on_tiny_model(tmp_path, tiny_config):
     _tiny_dataset(data_dir, np.random.default_rng(0))
     out = tmp_path / "results.json"
     script = _load_script()
-    result = script.main([
-        "--model_name_or_path", str(model_dir), "--dataset_name", "folder", "--data_dir", str(data_dir),
-        "--class_names", "sky,road,car", "--ignore_index", "255", "--protocol", "all",
-        "--input_size", "28,42", "--epochs", "2", "--num_clusters", "3,5", "--seeds", "0,1",
-        "--batch_size", "2", "--output_file", str(out), "--no_progress", "--device", "cpu",
-    ])  # fmt: skip
+    result = script.main(
+        [
+            "--model_name_or_path",
+            str(model_dir),
+            "--dataset_name",
+            "folder",
+            "--data_dir",
+            str(data_dir),
+            "--class_names",
+            "sky,road,car",
+            "--ignore_index",
+            "255",
+            "--protocol",
+            "all",
+            "--input_size",
+            "28,42",
+            "--epochs",
+            "2",
+            "--num_clusters",
+            "3,5",
+            "--seeds",
+            "0,1",
+            "--batch_size",
+            "2",
+            "--output_file",
+            str(out),
+            "--no_progress",
+            "--device",
+            "cpu",
+        ]
+    )
     saved = json.loads(out.read_text())
     assert saved == result
     assert saved["model"] == str(model_dir)
@@ -103,11 +137,28 @@ def test_script_published_conventions_changes_hummingbird_std(tmp_path, tiny_con
     data_dir = tmp_path / "data"
     _tiny_dataset(data_dir, np.random.default_rng(1))
     out = tmp_path / "r.json"
-    _load_script().main([
-        "--model_name_or_path", str(model_dir), "--dataset_name", "folder", "--data_dir", str(data_dir),
-        "--class_names", "sky,road,car", "--protocol", "hummingbird", "--input_size", "28",
-        "--published_conventions", "--output_file", str(out), "--no_progress", "--device", "cpu",
-    ])  # fmt: skip
+    _load_script().main(
+        [
+            "--model_name_or_path",
+            str(model_dir),
+            "--dataset_name",
+            "folder",
+            "--data_dir",
+            str(data_dir),
+            "--class_names",
+            "sky,road,car",
+            "--protocol",
+            "hummingbird",
+            "--input_size",
+            "28",
+            "--published_conventions",
+            "--output_file",
+            str(out),
+            "--no_progress",
+            "--device",
+            "cpu",
+        ]
+    )
     (entry,) = json.loads(out.read_text())["results"]
     assert entry["settings"]["normalize_std"] == [0.229, 0.224, 0.255]
     assert entry["settings"]["published_conventions"] is True
@@ -123,9 +174,29 @@ def test_script_reports_broken_data(tmp_path, tiny_config):
     data_dir = tmp_path / "data"
     _tiny_dataset(data_dir, np.random.default_rng(2))
     Image.fromarray(np.full((40, 50), 9, np.uint8)).save(data_dir / "val" / "masks" / "0.png")
-    args = ["--model_name_or_path", str(model_dir), "--dataset_name", "folder", "--data_dir", str(data_dir),
-            "--class_names", "sky,road,car", "--protocol", "overcluster", "--num_clusters", "3", "--seeds", "0",
-            "--input_size", "28", "--output_file", str(tmp_path / "r.json"), "--no_progress", "--device", "cpu"]  # fmt: skip
+    args = [
+        "--model_name_or_path",
+        str(model_dir),
+        "--dataset_name",
+        "folder",
+        "--data_dir",
+        str(data_dir),
+        "--class_names",
+        "sky,road,car",
+        "--protocol",
+        "overcluster",
+        "--num_clusters",
+        "3",
+        "--seeds",
+        "0",
+        "--input_size",
+        "28",
+        "--output_file",
+        str(tmp_path / "r.json"),
+        "--no_progress",
+        "--device",
+        "cpu",
+    ]
     with pytest.raises(DatasetError, match=r"label values \[9\]"):
         _load_script().main(args)
     _load_script().main(args + ["--on_unknown_label", "ignore"])
@@ -144,10 +215,30 @@ def test_overclustering_needs_no_train_split(tmp_path, tiny_config):
 
     shutil.rmtree(data_dir / "train")
     out = tmp_path / "r.json"
-    _load_script().main([
-        "--model_name_or_path", str(model_dir), "--dataset_name", "folder", "--data_dir", str(data_dir),
-        "--class_names", "sky,road,car", "--protocol", "overcluster", "--num_clusters", "3", "--seeds", "0",
-        "--input_size", "28", "--output_file", str(out), "--no_progress", "--device", "cpu",
-    ])  # fmt: skip
+    _load_script().main(
+        [
+            "--model_name_or_path",
+            str(model_dir),
+            "--dataset_name",
+            "folder",
+            "--data_dir",
+            str(data_dir),
+            "--class_names",
+            "sky,road,car",
+            "--protocol",
+            "overcluster",
+            "--num_clusters",
+            "3",
+            "--seeds",
+            "0",
+            "--input_size",
+            "28",
+            "--output_file",
+            str(out),
+            "--no_progress",
+            "--device",
+            "cpu",
+        ]
+    )
     (entry,) = json.loads(out.read_text())["results"]
     assert entry["settings"]["train_split"] is None and entry["settings"]["train_images"] == 0

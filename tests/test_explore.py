@@ -97,11 +97,13 @@ def test_pictures_are_the_visualize_pictures(explorer_):
         assert np.array_equal(np.asarray(picture), np.asarray(expected))
     # per-model PCA is the card's PCA of that model alone; joint PCA is one fit on both
     per_model = explorer_.pca(encoded, "per model")
-    assert np.array_equal(np.asarray(per_model[1]),
-                          np.asarray(viz.pca_picture(viz.pca_rgb([encoded.features[1]])[0], (84, 56))))
+    assert np.array_equal(
+        np.asarray(per_model[1]), np.asarray(viz.pca_picture(viz.pca_rgb([encoded.features[1]])[0], (84, 56)))
+    )
     joint = explorer_.pca(encoded, "joint")
-    assert np.array_equal(np.asarray(joint[0]),
-                          np.asarray(viz.pca_picture(viz.pca_rgb(encoded.features)[0], (84, 56))))
+    assert np.array_equal(
+        np.asarray(joint[0]), np.asarray(viz.pca_picture(viz.pca_rgb(encoded.features)[0], (84, 56)))
+    )
     clusters = explorer_.clusters(encoded, 3)
     assert [c.size for c in clusters] == [(84, 56)] * 2
     with pytest.raises(PaKAUserError, match="PCA mode"):
@@ -140,7 +142,7 @@ def test_any_image_the_training_stream_accepts_works(explorer_, tmp_path, kind):
     elif kind == "cmyk_jpeg":
         data = _encode_bytes(scene.convert("CMYK"), "JPEG")
     elif kind == "16bit_png":
-        data = _encode_bytes(Image.fromarray((np.asarray(scene.convert("L"), np.uint16) * 257)), "PNG")
+        data = _encode_bytes(Image.fromarray(np.asarray(scene.convert("L"), np.uint16) * 257), "PNG")
     elif kind == "palette":
         data = _encode_bytes(scene.convert("P"), "GIF")
     elif kind == "tiny":

@@ -13,8 +13,8 @@ from dataclasses import fields
 
 import pytest
 import torch
-
 from conftest import REPO_ROOT, tiny_dinov2_config
+
 from paka_hf.backbones import PatchBackbone, ProjectionHead
 from paka_hf.modeling import PaKAModel
 from paka_hf.views import sample_boxes
@@ -51,7 +51,9 @@ def synthetic_batch(n_images: int = 2, global_size: int = 56, local_size: int = 
     }
 
 
-def loss_and_grads(model: PaKAModel, batch: dict, autocast: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def loss_and_grads(
+    model: PaKAModel, batch: dict, autocast: bool = False
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     model.zero_grad(set_to_none=True)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         loss = model(**batch).loss
@@ -79,9 +81,22 @@ def flat(grads: dict[str, torch.Tensor]) -> torch.Tensor:
 def test_gpu_step_smoke_runs_on_cpu_and_prints_the_table(tmp_path):
     out = tmp_path / "figures.json"
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "gpu_step.py"), "--smoke", "--device", "cpu", "--json", str(out),
-         "--view_rendering", "cpu", "device"],
-        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
+        [
+            sys.executable,
+            str(REPO_ROOT / "benchmarks" / "gpu_step.py"),
+            "--smoke",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+            "--view_rendering",
+            "cpu",
+            "device",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
@@ -110,9 +125,23 @@ def test_gpu_step_smoke_runs_on_cpu_and_prints_the_table(tmp_path):
 def test_gpu_step_smoke_times_neco_beside_paka_in_one_run(tmp_path):
     out = tmp_path / "figures.json"
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "gpu_step.py"), "--smoke", "--device", "cpu", "--json", str(out),
-         "--loss", "cka", "neco", "--no_sync_check"],
-        capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
+        [
+            sys.executable,
+            str(REPO_ROOT / "benchmarks" / "gpu_step.py"),
+            "--smoke",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+            "--loss",
+            "cka",
+            "neco",
+            "--no_sync_check",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     paka, neco = json.loads(out.read_text())["results"]
@@ -207,8 +236,13 @@ def test_compiled_backbones_give_the_eager_loss_and_gradients():
     assert abs(loss_again.item() - loss_eager.item()) <= COMPILE_LOSS_ATOL
     assert grads_compiled.keys() == grads_eager.keys()
     for name in grads_eager:
-        torch.testing.assert_close(grads_compiled[name], grads_eager[name], rtol=COMPILE_GRAD_RTOL,
-                                   atol=COMPILE_GRAD_ATOL, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            grads_compiled[name],
+            grads_eager[name],
+            rtol=COMPILE_GRAD_RTOL,
+            atol=COMPILE_GRAD_ATOL,
+            msg=lambda m, name=name: f"{name}: {m}",
+        )
     # the state-dict names are untouched (Module.compile, not a wrapper): EMA and checkpoints still match
     assert set(dict(model.student.named_parameters())) == set(dict(model.teacher.named_parameters()))
     model.update_teacher(0.5)
@@ -236,8 +270,13 @@ def test_compiled_whole_model_gives_the_eager_loss_and_gradients():
     assert abs(loss_compiled.item() - loss_eager.item()) <= COMPILE_LOSS_ATOL
     assert grads_compiled.keys() == grads_eager.keys()
     for name in grads_eager:
-        torch.testing.assert_close(grads_compiled[name], grads_eager[name], rtol=COMPILE_GRAD_RTOL,
-                                   atol=COMPILE_GRAD_ATOL, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            grads_compiled[name],
+            grads_eager[name],
+            rtol=COMPILE_GRAD_RTOL,
+            atol=COMPILE_GRAD_ATOL,
+            msg=lambda m, name=name: f"{name}: {m}",
+        )
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
@@ -336,7 +375,10 @@ def test_device_suite_smoke_writes_every_figure(tmp_path):
     out = tmp_path / "device_out"
     result = subprocess.run(
         ["bash", str(REPO_ROOT / "benchmarks" / "device_suite.sh"), "--smoke"],
-        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
         env={**os.environ, "OUT": str(out), "PYTHON": sys.executable},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -360,9 +402,23 @@ def test_gpu_step_smoke_times_every_backbone_family(tmp_path):
     out = tmp_path / "families.json"
     models = ["tiny_dinov3", "tiny_siglip", "tiny_siglip2", "tiny_clip"]
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "gpu_step.py"), "--smoke", "--device", "cpu", "--no_breakdown",
-         "--no_sync_check", "--json", str(out), "--models", *models],
-        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+        [
+            sys.executable,
+            str(REPO_ROOT / "benchmarks" / "gpu_step.py"),
+            "--smoke",
+            "--device",
+            "cpu",
+            "--no_breakdown",
+            "--no_sync_check",
+            "--json",
+            str(out),
+            "--models",
+            *models,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = json.loads(out.read_text())["results"]

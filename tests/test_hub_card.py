@@ -8,11 +8,11 @@ import runpy
 
 import pytest
 import torch
+from hub_helpers import SECRET, TRAINING_CONFIG, eval_file, make_export_folder
 from huggingface_hub import ModelCard
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModel
 
-from hub_helpers import SECRET, TRAINING_CONFIG, eval_file, make_export_folder
 from paka_hf import hub
 from paka_hf.errors import PaKAUserError
 
@@ -41,8 +41,9 @@ def test_save_backbone_writes_loadable_safetensors_only(tmp_path, tiny_config):
     pixels = processor(images=Image.new("RGB", (80, 60), "orange"), return_tensors="pt")["pixel_values"]
     assert pixels.shape == (1, 3, 224, 224)
     with torch.no_grad():
-        assert torch.equal(loaded(pixel_values=pixels).last_hidden_state,
-                           backbone.model(pixel_values=pixels).last_hidden_state)
+        assert torch.equal(
+            loaded(pixel_values=pixels).last_hidden_state, backbone.model(pixel_values=pixels).last_hidden_state
+        )
 
 
 def test_save_backbone_rejects_non_dinov2(tmp_path):
@@ -57,8 +58,9 @@ def test_card_metadata_results_and_round_trip(export_dir, tmp_path):
     (tmp_path / "base.json").write_text(json.dumps(base))
     (out / "eval_results.json").write_text(json.dumps(adapted))  # found in the output folder by itself
 
-    card = hub.render_model_card(out, "paka-org/dinov2-paka-tiny", eval_results=[tmp_path / "base.json",
-                                                                                   out / "eval_results.json"])
+    card = hub.render_model_card(
+        out, "paka-org/dinov2-paka-tiny", eval_results=[tmp_path / "base.json", out / "eval_results.json"]
+    )
     path = tmp_path / "README.md"
     card.save(path)
     loaded = ModelCard.load(path)
@@ -75,7 +77,11 @@ def test_card_metadata_results_and_round_trip(export_dir, tmp_path):
     assert set(got) == {("linear", "mIoU (linear)"), ("hummingbird", "mIoU (hummingbird, 1-NN)")}
     linear = got[("linear", "mIoU (linear)")]
     assert (linear.task_type, linear.dataset_type, linear.dataset_name, linear.dataset_split) == (
-        "semantic-segmentation", "camvid", "CamVid", "val")
+        "semantic-segmentation",
+        "camvid",
+        "CamVid",
+        "val",
+    )
     assert linear.metric_type == "mean_iou" and linear.metric_value == 44.3
     assert linear.metric_args == {"input_size": 448, "epochs": 25}
     # base-vs-adapted table with the change
@@ -139,9 +145,11 @@ def _hashed(model: str, sha256: str | None, linear: float, retrieval: float) -> 
 def test_results_of_another_model_stop_the_card(export_dir, tmp_path):
     """A results file of a third model is never shown as this model's (before: it filled the PaKA column)."""
     out, _ = export_dir
-    files = {"base.json": eval_file("facebook/dinov2-with-registers-small", 40.0, 30.0),
-             "paka.json": eval_file(str(out), 44.0, 34.0),
-             "other.json": eval_file("someone/another-model", 60.0, 50.0)}
+    files = {
+        "base.json": eval_file("facebook/dinov2-with-registers-small", 40.0, 30.0),
+        "paka.json": eval_file(str(out), 44.0, 34.0),
+        "other.json": eval_file("someone/another-model", 60.0, 50.0),
+    }
     for name, data in files.items():
         (tmp_path / name).write_text(json.dumps(data))
     with pytest.raises(hub.MislabelledResultsError, match=r"other\.json measured 'someone/another-model'") as err:
@@ -190,8 +198,12 @@ def test_evaluation_report_records_the_weights_it_measured(export_dir, tmp_path)
 
 def test_base_eval_results_force_the_base_column(export_dir):
     out, _ = export_dir
-    card = hub.render_model_card(out, "paka-org/x", eval_results=[eval_file("paka-org/x", 45.0, 35.0)],
-                                 base_eval_results=[eval_file("/some/local/copy/of/the/base", 41.0, 31.0)])
+    card = hub.render_model_card(
+        out,
+        "paka-org/x",
+        eval_results=[eval_file("paka-org/x", 45.0, 35.0)],
+        base_eval_results=[eval_file("/some/local/copy/of/the/base", 41.0, 31.0)],
+    )
     assert "| linear | CamVid | val | mIoU (linear) | 41.0 | 45.0 | +4.0 |" in card.text
     assert {r.metric_value for r in card.data.eval_results} == {45.0, 35.0}
 
@@ -211,4 +223,5 @@ def test_redaction_of_training_config():
     redacted = hub.redact_secrets(yaml.safe_load(TRAINING_CONFIG))
     assert redacted["hub_token"] == "<redacted>" and redacted["learning_rate"] == 1e-5
     assert hub.redact_secrets({"nested": {"api_key": "k", "hub_token": None}}) == {
-        "nested": {"api_key": "<redacted>", "hub_token": None}}
+        "nested": {"api_key": "<redacted>", "hub_token": None}
+    }

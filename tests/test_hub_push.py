@@ -16,17 +16,23 @@ import os
 
 import pytest
 import torch
+from hub_helpers import SECRET, TOKEN, eval_file, go_online, make_export_folder
+from hub_server import HubStandIn
 from huggingface_hub import HfApi, ModelCard, constants
 from transformers import AutoImageProcessor, AutoModel
 
-from hub_helpers import SECRET, TOKEN, go_online, eval_file, make_export_folder
-from hub_server import HubStandIn
 from paka_hf import hub
 from paka_hf.errors import PaKAUserError
 
 REPO = "paka-org/dinov2-paka-tiny"
-EXPECTED = {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "training_config.yaml",
-            "pictures/pca.png"}
+EXPECTED = {
+    "model.safetensors",
+    "config.json",
+    "preprocessor_config.json",
+    "README.md",
+    "training_config.yaml",
+    "pictures/pca.png",
+}
 
 
 @pytest.fixture
@@ -258,8 +264,9 @@ def _round_trip(out, tmp_path, endpoint: str) -> None:
         local = AutoModel.from_pretrained(out).eval()
         pixels = torch.randn(1, 3, 56, 56)
         with torch.no_grad():
-            assert torch.equal(remote(pixel_values=pixels).last_hidden_state,
-                               local(pixel_values=pixels).last_hidden_state)
+            assert torch.equal(
+                remote(pixel_values=pixels).last_hidden_state, local(pixel_values=pixels).last_hidden_state
+            )
     finally:
         api.delete_repo(repo, missing_ok=True)
     assert not api.repo_exists(repo)
@@ -317,7 +324,7 @@ def test_failed_first_push_leaves_no_repository(server, out, caplog, failure):
         server.fail("POST", r"/commit/", status=500, times=-1)
     else:
         server.fail("PUT", r"^/lfs-upload/", status=0, times=-1)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - an HTTP 500 or a dropped upload: either must fail the push
         _push(out, max_retries=1)
     assert REPO not in server.repos
     assert "deleted the repository it had created" in caplog.text
@@ -327,7 +334,7 @@ def test_failed_push_to_an_existing_repo_never_deletes_it(server, out, tiny_conf
     _push(out)
     make_export_folder(out, tiny_config(registers=4), seed=9)
     server.fail("POST", r"/commit/", status=500, times=-1)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - whatever the client raises for the HTTP 500
         _push(out, max_retries=0, commit_message="fails")
     assert REPO in server.repos and server.count("DELETE", r"/api/repos/delete") == 0
 
@@ -341,8 +348,14 @@ def test_push_deletes_stale_remote_files_in_the_same_commit(server, out):
     api = HfApi(endpoint=server.url, token=TOKEN)
     from huggingface_hub import CommitOperationAdd
 
-    api.create_commit(REPO, [CommitOperationAdd("pytorch_model.bin", b"old pickle"),
-                             CommitOperationAdd("pictures/old_pca.png", b"\x89PNG old")], commit_message="old run")
+    api.create_commit(
+        REPO,
+        [
+            CommitOperationAdd("pytorch_model.bin", b"old pickle"),
+            CommitOperationAdd("pictures/old_pca.png", b"\x89PNG old"),
+        ],
+        commit_message="old run",
+    )
     (out / "pictures" / "pca.png").unlink()
     info = _push(out, commit_message="New export")
     files = server.snapshot(REPO)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hub_helpers import TOKEN, eval_file, go_online, make_export_folder
+from hub_server import HubStandIn
 from PIL import Image
 
-from hub_helpers import TOKEN, go_online, eval_file, make_export_folder
-from hub_server import HubStandIn
 from paka_hf.cli import run_script
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -36,7 +36,15 @@ def test_push_script_help_lists_the_options(capsys):
         _load("push_to_hub").main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for option in ("OUTPUT_DIR", "--repo_id", "--private", "--eval_results", "--revision", "hf auth login", "HF_TOKEN"):
+    for option in (
+        "OUTPUT_DIR",
+        "--repo_id",
+        "--private",
+        "--eval_results",
+        "--revision",
+        "hf auth login",
+        "HF_TOKEN",
+    ):
         assert option in text
 
 
@@ -49,13 +57,28 @@ def test_push_script_pushes_with_env_token(out, tmp_path, monkeypatch, capsys):
         go_online(monkeypatch, server.url)
         monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
         monkeypatch.setenv("HF_TOKEN", TOKEN)
-        code = _load("push_to_hub").main([str(out), "--repo_id", "paka-org/cli", "--private", "--eval_results",
-                                          str(tmp_path / "base.json"), str(tmp_path / "paka.json")])
+        code = _load("push_to_hub").main(
+            [
+                str(out),
+                "--repo_id",
+                "paka-org/cli",
+                "--private",
+                "--eval_results",
+                str(tmp_path / "base.json"),
+                str(tmp_path / "paka.json"),
+            ]
+        )
         assert code == 0
         files = server.snapshot("paka-org/cli")
         assert server.repos["paka-org/cli"].private
-    assert set(files) == {".gitattributes", "README.md", "config.json", "model.safetensors",
-                          "preprocessor_config.json", "training_config.yaml"}
+    assert set(files) == {
+        ".gitattributes",
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "training_config.yaml",
+    }
     assert b"| 40.0 | 43.0 | +3.0 |" in files["README.md"]
     captured = capsys.readouterr()
     assert "Pushed paka-org/cli" in captured.out and TOKEN not in captured.out + captured.err
@@ -113,8 +136,21 @@ def test_visualize_script_writes_pictures_the_card_embeds(out, tmp_path, tiny_co
     rng = np.random.default_rng(0)
     for i in range(3):
         Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(images / f"{i}.jpg")
-    code = _load("visualize").main([str(out), "--base", str(base), "--image_dir", str(images), "--num_images", "2",
-                                    "--resolution", "42", "--n_clusters", "3"])
+    code = _load("visualize").main(
+        [
+            str(out),
+            "--base",
+            str(base),
+            "--image_dir",
+            str(images),
+            "--num_images",
+            "2",
+            "--resolution",
+            "42",
+            "--n_clusters",
+            "3",
+        ]
+    )
     assert code == 0
     assert sorted(p.name for p in (out / "pictures").iterdir()) == ["clusters.png", "pca.png", "retrieval.png"]
     text = render_model_card(out).text

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from hub_helpers import SECRET, TOKEN, TRAINING_CONFIG, eval_file, go_online
+from hub_server import HubStandIn
 from huggingface_hub import HfApi, constants
 from torch import nn
 from transformers import AutoModel, Trainer, TrainerCallback, TrainingArguments
 
-from hub_helpers import SECRET, TOKEN, TRAINING_CONFIG, eval_file, go_online
-from hub_server import HubStandIn
 from paka_hf import hub, trainer_hub
 
 REPO = "paka-org/dinov2-paka-tiny"
@@ -56,14 +56,27 @@ def _trainer(tmp_path, tiny_config, steps=2, callbacks=(), **args):
     run = tmp_path / "run"
     run.mkdir(exist_ok=True)
     (run / "training_config.yaml").write_text(TRAINING_CONFIG)
-    settings = dict(output_dir=str(run), push_to_hub=True, hub_model_id=REPO, hub_strategy="every_save",
-                    hub_token=TOKEN, max_steps=steps, save_steps=1, per_device_train_batch_size=2,
-                    learning_rate=1e-2, report_to=[], use_cpu=True, disable_tqdm=True, save_only_model=True)
+    settings = dict(
+        output_dir=str(run),
+        push_to_hub=True,
+        hub_model_id=REPO,
+        hub_strategy="every_save",
+        hub_token=TOKEN,
+        max_steps=steps,
+        save_steps=1,
+        per_device_train_batch_size=2,
+        learning_rate=1e-2,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        save_only_model=True,
+    )
     settings.update(args)
     torch.manual_seed(0)
     data = [{"pixel_values": torch.randn(3, 28, 28)} for _ in range(2 * steps)]
-    return ToyTrainer(model=Wrapper(tiny_config()), args=TrainingArguments(**settings), train_dataset=data,
-                      callbacks=list(callbacks))
+    return ToyTrainer(
+        model=Wrapper(tiny_config()), args=TrainingArguments(**settings), train_dataset=data, callbacks=list(callbacks)
+    )
 
 
 def _titles(server) -> list[str]:
@@ -78,20 +91,32 @@ def test_trainer_pushes_paka_files_only_and_the_final_push_waits(server, tmp_pat
     trainer.train()
     info = trainer.push_to_hub(eval_results=[eval_file(REPO, 44.0, 35.0)])
 
-    assert _titles(server) == ["End of training", "Training in progress, step 2", "Training in progress, step 1",
-                               "initial commit"]
+    assert _titles(server) == [
+        "End of training",
+        "Training in progress, step 2",
+        "Training in progress, step 1",
+        "initial commit",
+    ]
     assert info.oid == server.head(REPO) and len(trainer.hub_pusher.pushes) == 2
     assert server.repos[REPO].private is True
     files = server.snapshot(REPO)
-    assert set(files) == {".gitattributes", "README.md", "config.json", "model.safetensors",
-                          "preprocessor_config.json", "training_config.yaml"}
+    assert set(files) == {
+        ".gitattributes",
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "training_config.yaml",
+    }
     assert b"pipeline_tag: image-feature-extraction" in files["README.md"]
     assert b"generated_from_trainer" not in files["README.md"] and SECRET.encode() not in files["training_config.yaml"]
     remote = AutoModel.from_pretrained(REPO, cache_dir=tmp_path / "cache", token=TOKEN).eval()  # private
     pixels = torch.randn(1, 3, 28, 28)
     with torch.no_grad():
-        assert torch.equal(remote(pixel_values=pixels).last_hidden_state,
-                           trainer.model.backbone.eval()(pixel_values=pixels).last_hidden_state)
+        assert torch.equal(
+            remote(pixel_values=pixels).last_hidden_state,
+            trainer.model.backbone.eval()(pixel_values=pixels).last_hidden_state,
+        )
 
 
 def test_in_progress_push_runs_in_the_background(server, tmp_path, tiny_config, monkeypatch):
@@ -119,8 +144,7 @@ def test_in_progress_push_runs_in_the_background(server, tmp_path, tiny_config, 
     assert len(released) == 1  # saves 2 and 3 came while step 1's push ran: skipped, as Trainer does
 
 
-def test_full_disk_while_exporting_is_logged_and_training_goes_on(server, tmp_path, tiny_config, caplog,
-                                                                   monkeypatch):
+def test_full_disk_while_exporting_is_logged_and_training_goes_on(server, tmp_path, tiny_config, caplog, monkeypatch):
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     trainer = _trainer(tmp_path, tiny_config)
@@ -133,8 +157,7 @@ def test_full_disk_while_exporting_is_logged_and_training_goes_on(server, tmp_pa
     assert REPO not in server.repos
 
 
-def test_refused_credentials_during_training_are_logged_and_training_goes_on(server, tmp_path, tiny_config,
-                                                                             caplog):
+def test_refused_credentials_during_training_are_logged_and_training_goes_on(server, tmp_path, tiny_config, caplog):
     trainer = _trainer(tmp_path, tiny_config, steps=3, hub_token="hf_wrong_token")
     with caplog.at_level(logging.INFO, logger="paka_hf.trainer_hub"):
         trainer.train()
@@ -163,8 +186,7 @@ def test_unsupported_settings_fail_at_start_up(tmp_path, tiny_config):
     with pytest.raises(ConfigError, match="'every_save'.*'end'"):
         _trainer(tmp_path, tiny_config, hub_strategy="checkpoint")
     with pytest.raises(ConfigError, match="hub_model_id"):
-        trainer_hub.HubSettings.from_args(TrainingArguments(output_dir=str(tmp_path), push_to_hub=True,
-                                                            report_to=[]))
+        trainer_hub.HubSettings.from_args(TrainingArguments(output_dir=str(tmp_path), push_to_hub=True, report_to=[]))
 
 
 def test_end_strategy_pushes_only_at_the_end(server, tmp_path, tiny_config):
@@ -179,24 +201,51 @@ def test_paka_trainer_every_save_pushes_the_exported_student(server, tmp_path, m
     """The real PaKATrainer (HubPushMixin + export_backbone): each save pushes the student as a plain model."""
 
     from conftest import write_tiny_run_assets
+
     from paka_hf import PaKAConfig, PaKATrainer
 
     monkeypatch.setenv("HF_TOKEN", TOKEN)  # the token from the environment, as scripts/train.py takes it
     write_tiny_run_assets(tmp_path, (60, 70))
     args = PaKAConfig(
-        output_dir=str(tmp_path / "run"), model_name_or_path=str(tmp_path / "model"),
-        dataset_name=str(tmp_path / "images"), max_steps=2, save_steps=1, per_device_train_batch_size=2,
-        global_size=56, local_size=28, n_local=2, head_hidden_dim=32, head_out_dim=16, dataloader_num_workers=0,
-        shuffle_buffer_size=4, use_cpu=True, disable_tqdm=True, report_to=[], seed=0,
-        push_to_hub=True, hub_model_id=REPO, hub_strategy="every_save", hub_always_push=True,
+        output_dir=str(tmp_path / "run"),
+        model_name_or_path=str(tmp_path / "model"),
+        dataset_name=str(tmp_path / "images"),
+        max_steps=2,
+        save_steps=1,
+        per_device_train_batch_size=2,
+        global_size=56,
+        local_size=28,
+        n_local=2,
+        head_hidden_dim=32,
+        head_out_dim=16,
+        dataloader_num_workers=0,
+        shuffle_buffer_size=4,
+        use_cpu=True,
+        disable_tqdm=True,
+        report_to=[],
+        seed=0,
+        push_to_hub=True,
+        hub_model_id=REPO,
+        hub_strategy="every_save",
+        hub_always_push=True,
     )
     trainer = PaKATrainer(args=args)
     trainer.train()
     trainer.push_to_hub(eval_results=[eval_file(REPO, 44.0, 35.0)])  # the card changes: a commit of its own
-    assert _titles(server) == ["End of training", "Training in progress, step 2", "Training in progress, step 1",
-                               "initial commit"]
+    assert _titles(server) == [
+        "End of training",
+        "Training in progress, step 2",
+        "Training in progress, step 1",
+        "initial commit",
+    ]
     files = server.snapshot(REPO)
-    assert set(files) == {".gitattributes", "README.md", "config.json", "model.safetensors",
-                          "preprocessor_config.json", "training_config.yaml"}
+    assert set(files) == {
+        ".gitattributes",
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "training_config.yaml",
+    }
     assert files["model.safetensors"] == (tmp_path / "run" / "model.safetensors").read_bytes()
     assert server.repos[REPO].private is True  # hub_private_repo unset: the namespace's default

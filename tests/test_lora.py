@@ -8,16 +8,19 @@ import torch
 from transformers import AutoModel
 
 pytest.importorskip("peft")
-from peft import PeftModel  # noqa: E402
-
+import test_trainer  # noqa: E402
 from conftest import StopAt, tiny_dinov2_config  # noqa: E402
+from peft import PeftModel  # noqa: E402
+from test_trainer import run_config, states  # noqa: E402
+
+assets = test_trainer.assets  # the tiny model and images of the trainer's tests (a module-scoped fixture)
+
 from paka_hf import PaKATrainer  # noqa: E402
 from paka_hf.backbones import PatchBackbone  # noqa: E402
 from paka_hf.errors import ConfigError  # noqa: E402
 from paka_hf.hub import collect_upload_files, render_model_card  # noqa: E402
 from paka_hf.lora import LoRASettings, LoRATeacher, adapter_parameters, add_lora, base_parameters  # noqa: E402
 from paka_hf.modeling import PaKAModel  # noqa: E402
-from test_trainer import assets, run_config, states  # noqa: E402,F401  (the module's fixture and config)
 
 LORA = dict(use_lora=True, lora_rank=4, lora_alpha=8.0, learning_rate=1e-2)
 
@@ -123,7 +126,7 @@ def test_training_leaves_the_base_bit_identical_and_exports_merged_model_and_ada
     card = render_model_card(out, "org/dinov2-paka-lora").content
     assert 'PeftModel.from_pretrained(base, "org/dinov2-paka-lora", subfolder="adapter")' in card
     assert f'AutoModel.from_pretrained("{assets / "model"}")' in card
-    assert 'AutoModel.from_pretrained(model_id)' in card
+    assert "AutoModel.from_pretrained(model_id)" in card
 
 
 def test_a_full_export_into_a_folder_of_an_earlier_lora_export_removes_its_adapter(assets, tmp_path):
@@ -165,9 +168,9 @@ def test_resume_with_lora_is_bit_identical_to_an_uninterrupted_run(assets, tmp_p
 
 
 def test_activation_checkpointing_with_lora_is_non_reentrant_and_trains_the_adapters(assets, tmp_path):
-    trainer = PaKATrainer(args=run_config(
-        assets, tmp_path / "run", max_steps=2, save_steps=100, activation_checkpointing=True, **LORA
-    ))
+    trainer = PaKATrainer(
+        args=run_config(assets, tmp_path / "run", max_steps=2, save_steps=100, activation_checkpointing=True, **LORA)
+    )
     trainer.train()
     layer = trainer.model.student.model.encoder.layer[0]
     assert layer.gradient_checkpointing
@@ -175,16 +178,25 @@ def test_activation_checkpointing_with_lora_is_non_reentrant_and_trains_the_adap
     b = layer.attention.q_proj.lora_B.default.weight
     assert b.abs().sum() > 0  # B starts at zero: a gradient reached it through the checkpointed block
     with pytest.raises(ConfigError, match="non-reentrant"):
-        PaKATrainer(args=run_config(
-            assets, tmp_path / "bad", max_steps=1, activation_checkpointing=True,
-            activation_checkpointing_kwargs={"use_reentrant": True}, **LORA,
-        )).train()
+        PaKATrainer(
+            args=run_config(
+                assets,
+                tmp_path / "bad",
+                max_steps=1,
+                activation_checkpointing=True,
+                activation_checkpointing_kwargs={"use_reentrant": True},
+                **LORA,
+            )
+        ).train()
 
 
-@pytest.mark.parametrize("targets, message", [
-    (["query", "key", "value"], r"\['query', 'key', 'value'\] match no linear layer.*'q_proj'"),
-    (["fc1", "fc2"], r"wrap no attention projection.*matched: \['fc1', 'fc2'\]"),
-])
+@pytest.mark.parametrize(
+    "targets, message",
+    [
+        (["query", "key", "value"], r"\['query', 'key', 'value'\] match no linear layer.*'q_proj'"),
+        (["fc1", "fc2"], r"wrap no attention projection.*matched: \['fc1', 'fc2'\]"),
+    ],
+)
 def test_targets_that_miss_the_model_stop_at_start_up_naming_what_matched(targets, message):
     with pytest.raises(ConfigError, match=message):
         add_lora(tiny_backbone(), LoRASettings(target_modules=tuple(targets)))
@@ -204,11 +216,14 @@ def test_use_lora_without_peft_says_how_to_install_it(assets, tmp_path, monkeypa
         PaKATrainer(args=run_config(assets, tmp_path, max_steps=1, **LORA))
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("lora_rank", 0, "lora_rank must be a positive integer"),
-    ("lora_alpha", 0.0, "lora_alpha must be positive"),
-    ("lora_dropout", 1.0, r"lora_dropout must be in \[0, 1\)"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("lora_rank", 0, "lora_rank must be a positive integer"),
+        ("lora_alpha", 0.0, "lora_alpha must be positive"),
+        ("lora_dropout", 1.0, r"lora_dropout must be in \[0, 1\)"),
+    ],
+)
 def test_bad_lora_settings_fail_when_the_config_is_built(assets, tmp_path, field, value, message):
     with pytest.raises(ConfigError, match=message):
         run_config(assets, tmp_path, **{**LORA, field: value})

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_dinov2_config
 from PIL import Image
 
-from conftest import tiny_dinov2_config
 from paka_hf.backbones import PatchBackbone, ProjectionHead, default_image_processor
 from paka_hf.losses import cka_loss
 from paka_hf.modeling import PaKAModel
@@ -13,8 +13,15 @@ from paka_hf.views import GlimTransform, collate_views
 def batch_of_views(n_images=2, global_size=56, local_size=28, seed=0):
     rng = np.random.default_rng(seed)
     reference = default_image_processor("dinov2")  # what the tiny DINOv2 backbones normalize with
-    transform = GlimTransform(global_size, local_size, n_local=4, flip=True, patch_size=14,
-                              mean=reference.image_mean, std=reference.image_std)  # fmt: skip
+    transform = GlimTransform(
+        global_size,
+        local_size,
+        n_local=4,
+        flip=True,
+        patch_size=14,
+        mean=reference.image_mean,
+        std=reference.image_std,
+    )
     images = [Image.fromarray(rng.integers(0, 255, (60 + 10 * i, 80, 3), dtype=np.uint8)) for i in range(n_images)]
     g = torch.Generator().manual_seed(seed)
     return collate_views([transform(im, g) for im in images])
@@ -49,8 +56,16 @@ def test_loss_matches_manual_composition():
     with torch.no_grad():
         t = model.teacher(batch["global_views"].flatten(0, 1))
         s = model.student(batch["local_views"].flatten(0, 1))
-        aligned = align_pairs(t, s, batch["global_boxes"], batch["local_boxes"], batch["pair_index"],
-                              batch["global_flips"], batch["local_flips"], roi_size=4)
+        aligned = align_pairs(
+            t,
+            s,
+            batch["global_boxes"],
+            batch["local_boxes"],
+            batch["pair_index"],
+            batch["global_flips"],
+            batch["local_flips"],
+            roi_size=4,
+        )
         expected = cka_loss(aligned.student, aligned.teacher, aligned.mask)
         assert torch.allclose(model(**batch).loss, expected)
 
@@ -129,8 +144,16 @@ def test_logged_cka_is_mean_linear_cka_whatever_the_loss():
         with torch.no_grad():
             t = model.teacher(batch["global_views"].flatten(0, 1))
             s = model.student(batch["local_views"].flatten(0, 1))
-            aligned = align_pairs(t, s, batch["global_boxes"], batch["local_boxes"], batch["pair_index"],
-                                  batch["global_flips"], batch["local_flips"], roi_size=4)
+            aligned = align_pairs(
+                t,
+                s,
+                batch["global_boxes"],
+                batch["local_boxes"],
+                batch["pair_index"],
+                batch["global_flips"],
+                batch["local_flips"],
+                roi_size=4,
+            )
             cka, qualifies = cka_per_pair(aligned.student, aligned.teacher, aligned.mask)
             out = model(**batch)
         assert out.num_pairs.item() == qualifies.sum().item() == 8

@@ -9,24 +9,51 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO_ROOT
 from transformers import AutoModel
 
-from conftest import REPO_ROOT
 
-
-@pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None, reason="accelerate CLI not installed")
+@pytest.mark.skipif(
+    shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None, reason="accelerate CLI not installed"
+)
 def test_two_processes_see_different_images_and_end_identical(tmp_path):
     from paka_hf.demo import make_demo_assets
 
     assets = make_demo_assets(tmp_path / "demo", num_images=48)
     output = tmp_path / "out"
     command = [
-        str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-        str(REPO_ROOT / "scripts" / "train.py"), "--config", str(REPO_ROOT / "configs" / "demo.yaml"),
-        "--model_name_or_path", str(assets["model"]), "--dataset_name", str(assets["images"]),
-        "--output_dir", str(output), "--max_steps", "6", "--save_steps", "3", "--per_device_train_batch_size", "4",
-        "--dataloader_num_workers", "1", "--record_rank_diagnostics", "true",
+        str(Path(sys.executable).parent / "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29517",
+        str(REPO_ROOT / "scripts" / "train.py"),
+        "--config",
+        str(REPO_ROOT / "configs" / "demo.yaml"),
+        "--model_name_or_path",
+        str(assets["model"]),
+        "--dataset_name",
+        str(assets["images"]),
+        "--output_dir",
+        str(output),
+        "--max_steps",
+        "6",
+        "--save_steps",
+        "3",
+        "--per_device_train_batch_size",
+        "4",
+        "--dataloader_num_workers",
+        "1",
+        "--record_rank_diagnostics",
+        "true",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=400, env=env)
@@ -47,7 +74,9 @@ def test_two_processes_see_different_images_and_end_identical(tmp_path):
     assert torch.isfinite(model(pixel_values=torch.randn(1, 3, 56, 56)).last_hidden_state).all()
 
 
-@pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None, reason="accelerate CLI not installed")
+@pytest.mark.skipif(
+    shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None, reason="accelerate CLI not installed"
+)
 def test_a_process_whose_stream_has_no_image_stops_every_process_with_one_message(tmp_path):
     """Issue 13 item 12: one image for two processes leaves process 1's stream empty. Before, process 1 failed in
     its DataLoader while process 0 was already in DDP's first collective and died of a gloo 'Connection closed by
@@ -58,11 +87,32 @@ def test_a_process_whose_stream_has_no_image_stops_every_process_with_one_messag
 
     assets = make_demo_assets(tmp_path / "demo", num_images=1)
     command = [
-        str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29519",
-        str(REPO_ROOT / "scripts" / "train.py"), "--config", str(REPO_ROOT / "configs" / "demo.yaml"),
-        "--model_name_or_path", str(assets["model"]), "--dataset_name", str(assets["images"]),
-        "--output_dir", str(tmp_path / "out"), "--max_steps", "4", "--dataloader_num_workers", "0",
+        str(Path(sys.executable).parent / "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29519",
+        str(REPO_ROOT / "scripts" / "train.py"),
+        "--config",
+        str(REPO_ROOT / "configs" / "demo.yaml"),
+        "--model_name_or_path",
+        str(assets["model"]),
+        "--dataset_name",
+        str(assets["images"]),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "4",
+        "--dataloader_num_workers",
+        "0",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     start = time.perf_counter()

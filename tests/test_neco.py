@@ -4,15 +4,14 @@ import math
 
 import pytest
 import torch
-
 from conftest import tiny_dinov2_config
+from test_modeling import batch_of_views
+
 from paka_hf.backbones import PatchBackbone, ProjectionHead
 from paka_hf.errors import ConfigError
 from paka_hf.losses import NeCoSettings, PaKALoss, ReferenceQueue, neco_loss, sample_references
 from paka_hf.modeling import PaKAModel
 from paka_hf.sorting import bitonic_layers, soft_sort
-from test_modeling import batch_of_views
-
 
 # ---- the sort ---------------------------------------------------------------------------------
 
@@ -34,7 +33,9 @@ def test_soft_sort_tends_to_the_hard_sort_also_when_n_is_not_a_power_of_two(n):
     x = torch.randn(50, n, dtype=torch.float64)
     values, perm = soft_sort(x, steepness=1e12)
     torch.testing.assert_close(values, x.sort(1).values, atol=1e-6, rtol=0)  # Cauchy tails: 1/(π s Δ) per comparator
-    torch.testing.assert_close(perm, torch.nn.functional.one_hot(x.argsort(1), n).transpose(1, 2).double(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        perm, torch.nn.functional.one_hot(x.argsort(1), n).transpose(1, 2).double(), atol=1e-6, rtol=0
+    )
 
 
 def test_one_comparator_is_the_cauchy_relaxation():
@@ -43,7 +44,10 @@ def test_one_comparator_is_the_cauchy_relaxation():
     alpha = math.atan(10.0 * (0.1 - 0.3)) / math.pi + 0.5  # P[x_0 < x_1]
     expected = torch.tensor([[alpha, 1 - alpha], [1 - alpha, alpha]], dtype=torch.float64)
     torch.testing.assert_close(perm[0], expected)
-    torch.testing.assert_close(values[0], torch.tensor([alpha * 0.3 + (1 - alpha) * 0.1, (1 - alpha) * 0.3 + alpha * 0.1], dtype=torch.float64))
+    torch.testing.assert_close(
+        values[0],
+        torch.tensor([alpha * 0.3 + (1 - alpha) * 0.1, (1 - alpha) * 0.3 + alpha * 0.1], dtype=torch.float64),
+    )
 
 
 def test_bitonic_network_size():

@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_dinov2_config
 from torch import nn
 
-from conftest import tiny_dinov2_config
 from paka_hf.backbones import PatchBackbone, ProjectionHead
 from paka_hf.modeling import PaKAModel
 from paka_hf.optimization import SCHEDULED_DECAY_KEY, cosine_schedule, decay_groups, optimizer_groups
@@ -71,4 +71,7 @@ def test_optimizer_groups_of_a_paka_model():
     assert sorted(grouped) == sorted(id(p) for p in trainable)  # each trainable parameter once; no teacher
     assert all(p.ndim >= 2 for g in groups.values() if g[SCHEDULED_DECAY_KEY] for p in g["params"])
     without_head = PaKAModel(backbone)
-    assert {g["name"] for g in optimizer_groups(without_head, 1e-5, 1e-4, 0.04)} == {"student/decay", "student/no_decay"}
+    assert {g["name"] for g in optimizer_groups(without_head, 1e-5, 1e-4, 0.04)} == {
+        "student/decay",
+        "student/no_decay",
+    }

@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_dinov2_config
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from conftest import tiny_dinov2_config
 from paka_hf import photometric
 from paka_hf.augment import NUM_PARAMS, PhotometricAugment
 from paka_hf.backbones import PatchBackbone, ProjectionHead
@@ -35,7 +35,9 @@ def textured_image(height: int, width: int, seed: int = 0) -> Image.Image:
     """Edges, gradients and noise: every resampling weight matters, values span 0–255 with clipping."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
-    arr = np.stack([128 + 120 * np.sin(xx / 7.0 + yy / 13.0), 128 + 120 * np.cos(xx / 5.0), (xx * 3 + yy * 5) % 256], -1)
+    arr = np.stack(
+        [128 + 120 * np.sin(xx / 7.0 + yy / 13.0), 128 + 120 * np.cos(xx / 5.0), (xx * 3 + yy * 5) % 256], -1
+    )
     arr = arr + rng.normal(0, 25, arr.shape)
     arr[height // 3 : height // 2, width // 4 : width // 2] = 255  # a saturated block with hard edges
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
@@ -120,7 +122,9 @@ def uint8_views(count: int = 24, seed: int = 0) -> torch.Tensor:
 )
 def test_each_colour_op_matches_torchvision_on_each_view(batched, single, low, high):
     views = uint8_views()
-    factors = low + (high - low) * torch.rand(len(views), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    factors = low + (high - low) * torch.rand(
+        len(views), generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    )
     expected = torch.stack([single(view, float(f)) for view, f in zip(views, factors)])
     assert torch.equal(batched(views.float(), factors), expected.float())
 
@@ -130,9 +134,9 @@ def test_grayscale_and_blur_match_torchvision_on_each_view():
     assert torch.equal(photometric.rgb_to_grayscale(views.float()), F.rgb_to_grayscale(views, 3).float())
     sigma = torch.linspace(0.1, 2.0, len(views), dtype=torch.float64)
     sigma[::5] = 0  # no blur on these
-    expected = torch.stack([
-        F.gaussian_blur(view, [9, 9], [float(s), float(s)]) if s > 0 else view for view, s in zip(views, sigma)
-    ])
+    expected = torch.stack(
+        [F.gaussian_blur(view, [9, 9], [float(s), float(s)]) if s > 0 else view for view, s in zip(views, sigma)]
+    )
     assert torch.equal(photometric.gaussian_blur(views.float(), sigma, 9), expected.float())
 
 
@@ -149,7 +153,9 @@ def test_batched_augmentation_matches_the_per_view_cpu_augmentation():
         augment.apply_batch(views.float(), params[:3])
 
 
-@pytest.mark.parametrize("settings", [dict(hue=0.0), dict(brightness=0.0, saturation=0.0, grayscale_p=1.0), dict(jitter_p=1.0, blur_p=0.0)])
+@pytest.mark.parametrize(
+    "settings", [dict(hue=0.0), dict(brightness=0.0, saturation=0.0, grayscale_p=1.0), dict(jitter_p=1.0, blur_p=0.0)]
+)
 def test_batched_augmentation_with_skipped_ops_matches_per_view(settings):
     """Empty factor ranges (an op skipped), certain grayscale, no blur: still the per-view result."""
     augment = PhotometricAugment(**settings)
@@ -191,8 +197,15 @@ def test_device_rendering_draws_the_same_parameters_and_renders_the_cpu_views(te
         assert torch.equal(batch[key], ref[key]), key
     assert batch["local_flips"].any() and not batch["local_flips"].all()
     global_views, local_views = render_views(
-        batch["images"], batch["image_sizes"], batch["global_boxes"], batch["local_boxes"], batch["view_spec"],
-        batch["global_flips"], batch["local_flips"], batch.get("global_color"), batch.get("local_color"),
+        batch["images"],
+        batch["image_sizes"],
+        batch["global_boxes"],
+        batch["local_boxes"],
+        batch["view_spec"],
+        batch["global_flips"],
+        batch["local_flips"],
+        batch.get("global_color"),
+        batch.get("local_color"),
     )
     assert global_views.dtype == local_views.dtype == torch.uint8
     assert_close_to_pil(global_views, ref["global_views"])
@@ -233,8 +246,17 @@ def test_cuda_rendering_matches_cpu_rendering_without_host_device_sync():
     images = [textured_image(480, 640, i) for i in range(4)]
     transform = GlimTransform(224, 98, flip=True, teacher_augment=True, rendering="device")
     batch = collate_views([transform(im, torch.Generator().manual_seed(i)) for i, im in enumerate(images)])
-    keys = ("images", "image_sizes", "global_boxes", "local_boxes", "view_spec", "global_flips", "local_flips",
-            "global_color", "local_color")
+    keys = (
+        "images",
+        "image_sizes",
+        "global_boxes",
+        "local_boxes",
+        "view_spec",
+        "global_flips",
+        "local_flips",
+        "global_color",
+        "local_color",
+    )
     cpu_views = render_views(*(batch[k] for k in keys))
     cuda_batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}
     previous = torch.backends.cuda.matmul.allow_tf32
@@ -272,10 +294,19 @@ def test_a_large_image_is_downscaled_once_and_both_renderings_cut_the_same_views
     assert batch["images"].shape == (3, 640, 640, 3)  # not 1500 x 1500
     assert float(ref["global_boxes"][:, :, 2].max()) <= 640 and torch.equal(batch["global_boxes"], ref["global_boxes"])
     global_views, local_views = render_views(
-        batch["images"], batch["image_sizes"], batch["global_boxes"], batch["local_boxes"], batch["view_spec"],
-        batch["global_flips"], batch["local_flips"], None, batch.get("local_color"),
+        batch["images"],
+        batch["image_sizes"],
+        batch["global_boxes"],
+        batch["local_boxes"],
+        batch["view_spec"],
+        batch["global_flips"],
+        batch["local_flips"],
+        None,
+        batch.get("local_color"),
     )
     assert_close_to_pil(global_views, ref["global_views"])
     assert_close_to_pil(local_views, ref["local_views"])
-    unbounded = GlimTransform(112, 56, rendering="device", max_image_side=0)(images[0], torch.Generator().manual_seed(0))
+    unbounded = GlimTransform(112, 56, rendering="device", max_image_side=0)(
+        images[0], torch.Generator().manual_seed(0)
+    )
     assert unbounded["image"].shape == (1000, 1500, 3)

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO_ROOT
 
 REPRO = REPO_ROOT / "configs" / "repro"
@@ -39,7 +38,9 @@ def test_every_run_has_a_config_that_changes_exactly_one_field_of_the_main_recip
             continue
         values = yaml.safe_load((REPRO / f"{run}.yaml").read_text())
         if run in NECO_CHANGES:
-            assert all(k.startswith("neco_") for k in values.keys() - main.keys()) and main.keys() <= values.keys(), run
+            assert all(k.startswith("neco_") for k in values.keys() - main.keys()) and main.keys() <= values.keys(), (
+                run
+            )
             changed = {k for k in main if values[k] != main[k] and k != "output_dir"}
             assert changed == NECO_CHANGES[run], (run, changed)
             continue
@@ -56,6 +57,7 @@ def test_every_run_has_a_config_that_changes_exactly_one_field_of_the_main_recip
 @pytest.mark.parametrize("run", ["paka", "cosine", "gram", "min_intersection_0", "teacher_augment", "head"])
 def test_repro_configs_parse_as_paka_configs(run, tmp_path):
     from paka_hf.commands import train
+
     config = train.parse_config(["--config", str(REPRO / f"{run}.yaml"), "--output_dir", str(tmp_path)])
     assert config.max_steps == 160 and config.per_device_train_batch_size == 8
     assert (config.loss, config.min_intersection, config.teacher_augment, config.use_head) == {
@@ -71,6 +73,7 @@ def test_repro_configs_parse_as_paka_configs(run, tmp_path):
 @pytest.mark.parametrize("run", ["neco", "neco_equal_time"])
 def test_neco_recipes_parse_with_neco_settings_and_fewer_steps_at_equal_time(run, tmp_path):
     from paka_hf.commands import train
+
     config = train.parse_config(["--config", str(REPRO / f"{run}.yaml"), "--output_dir", str(tmp_path)])
     assert (config.loss, config.use_head, config.per_device_train_batch_size) == ("neco", True, 8)
     assert (config.neco_student_steepness, config.neco_teacher_steepness) == (100.0, 100.0)
@@ -81,8 +84,13 @@ def test_neco_recipes_parse_with_neco_settings_and_fewer_steps_at_equal_time(run
 
 def fake_eval(driver, linear, oc100, hb, seed=0, train_s=None):
     names = {key: name for key, (name, _) in driver.METRICS.items()}
-    results = {names["linear"]: linear, names["linear25"]: linear - 5, names["overcluster11"]: 30.0,
-               names["overcluster100"]: oc100, names["hummingbird"]: hb}  # fmt: skip
+    results = {
+        names["linear"]: linear,
+        names["linear25"]: linear - 5,
+        names["overcluster11"]: 30.0,
+        names["overcluster100"]: oc100,
+        names["hummingbird"]: hb,
+    }
     data = {"results": results, "timings_s": {"total": 120.0}, "seed": seed}
     if train_s is not None:
         data["train_wall_s"] = train_s
@@ -113,7 +121,10 @@ def test_claim_verdicts_outside_the_seed_spread(driver):
     found = {
         "base": [fake_eval(driver, 40.0, 45.0, 50.0)],
         "paka": [fake_eval(driver, 44.0, 52.0, 52.0, 0), fake_eval(driver, 42.0, 51.0, 54.0, 1)],
-        "cosine": [fake_eval(driver, 43.0, 50.0, 53.0, 0), fake_eval(driver, 43.0, 50.5, 53.0, 1)],  # +1.25: < margin 2
+        "cosine": [
+            fake_eval(driver, 43.0, 50.0, 53.0, 0),
+            fake_eval(driver, 43.0, 50.5, 53.0, 1),
+        ],  # +1.25: < margin 2
         "gram": [fake_eval(driver, 41.0, 48.0, 50.0, 0)],  # +3.5: yes
         "teacher_augment": [fake_eval(driver, 41.0, 55.0, 50.0, 0)],  # −3.5: no
     }
@@ -124,6 +135,7 @@ def test_claim_verdicts_outside_the_seed_spread(driver):
 
 def test_the_lora_recipe_parses_with_adapters_and_the_main_recipes_steps(tmp_path):
     from paka_hf.commands import train
+
     config = train.parse_config(["--config", str(REPRO / "paka_lora.yaml"), "--output_dir", str(tmp_path)])
     assert (config.use_lora, config.lora_rank, config.lora_alpha, config.learning_rate) == (True, 16, 16.0, 2e-4)
     assert config.max_steps == 160 and config.per_device_train_batch_size == 8 and config.loss == "cka"

@@ -8,11 +8,10 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import torch
+from conftest import REPO_ROOT, tiny_dinov2_config
 from PIL import Image
 
-from conftest import REPO_ROOT, tiny_dinov2_config
 from paka_hf.data import PaKAViewStream, load_image_source
 from paka_hf.views import GlimTransform
 
@@ -66,9 +65,21 @@ def test_the_final_loss_is_logged_when_logging_steps_exceeds_max_steps(tmp_path)
     AutoModel.from_config(tiny_dinov2_config()).save_pretrained(tmp_path / "model")
     write_images(tmp_path / "imgs", 4)
     args = PaKAConfig(
-        output_dir=str(tmp_path / "out"), model_name_or_path=str(tmp_path / "model"), dataset_name=str(tmp_path / "imgs"),
-        max_steps=3, logging_steps=10, save_strategy="no", per_device_train_batch_size=2, global_size=28, local_size=14,
-        n_local=2, head_hidden_dim=16, head_out_dim=8, dataloader_num_workers=0, shuffle_buffer_size=0, use_cpu=True,
+        output_dir=str(tmp_path / "out"),
+        model_name_or_path=str(tmp_path / "model"),
+        dataset_name=str(tmp_path / "imgs"),
+        max_steps=3,
+        logging_steps=10,
+        save_strategy="no",
+        per_device_train_batch_size=2,
+        global_size=28,
+        local_size=14,
+        n_local=2,
+        head_hidden_dim=16,
+        head_out_dim=8,
+        dataloader_num_workers=0,
+        shuffle_buffer_size=0,
+        use_cpu=True,
         disable_tqdm=True,
     )
     trainer = PaKATrainer(args=args)
@@ -85,9 +96,20 @@ def test_the_demo_config_trains_without_a_warning(tmp_path):
 
     assets = make_demo_assets(tmp_path / ".demo", num_images=16)
     command = [
-        sys.executable, str(REPO_ROOT / "scripts" / "train.py"), "--config", str(REPO_ROOT / "configs" / "demo.yaml"),
-        "--model_name_or_path", str(assets["model"]), "--dataset_name", str(assets["images"]),
-        "--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--save_strategy", "no",
+        sys.executable,
+        str(REPO_ROOT / "scripts" / "train.py"),
+        "--config",
+        str(REPO_ROOT / "configs" / "demo.yaml"),
+        "--model_name_or_path",
+        str(assets["model"]),
+        "--dataset_name",
+        str(assets["images"]),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "2",
+        "--save_strategy",
+        "no",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)

@@ -7,10 +7,10 @@ import importlib.util
 
 import pytest
 import yaml
-from huggingface_hub import HfApi, constants
-
 from hub_helpers import TOKEN, go_online, make_export_folder
 from hub_server import HubStandIn, space_key
+from huggingface_hub import HfApi, constants
+
 from paka_hf import space
 from paka_hf.errors import ConfigError
 
@@ -46,7 +46,11 @@ def test_space_files_load_the_model_and_its_base_by_hub_id():
     assert not any("__pycache__" in name for name in files)
     # or one requirement line (a published version, a Git URL) and no sources
     pinned = space.space_files("paka-org/x-explorer", REPO, BASE, package="paka_hf[app]==0.1.0")
-    assert pinned["requirements.txt"] == b"paka_hf[app]==0.1.0\n" and set(pinned) == {"app.py", "requirements.txt", "README.md"}
+    assert pinned["requirements.txt"] == b"paka_hf[app]==0.1.0\n" and set(pinned) == {
+        "app.py",
+        "requirements.txt",
+        "README.md",
+    }
 
 
 def test_space_refuses_local_paths(tmp_path):
@@ -67,7 +71,9 @@ def test_link_space_in_card_is_placed_once():
 def test_push_script_creates_the_space_and_links_it(server, tmp_path, tiny_config, capsys):
     out = tmp_path / "out"
     make_export_folder(out, tiny_config(registers=4))
-    spec = importlib.util.spec_from_file_location("push_script", space._PACKAGE_ROOT.parent / "scripts" / "push_to_hub.py")
+    spec = importlib.util.spec_from_file_location(
+        "push_script", space._PACKAGE_ROOT.parent / "scripts" / "push_to_hub.py"
+    )
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     assert script.main([str(out), "--repo_id", REPO, "--space"]) == 0

@@ -57,7 +57,9 @@ def test_schedule_runs_cosine_from_base_to_one():
 
 def test_errors():
     student, teacher = two_nets()
-    with pytest.raises(ValueError, match=r"teacher_momentum is the fraction of the teacher kept .* in \[0, 1\], got 1.5"):
+    with pytest.raises(
+        ValueError, match=r"teacher_momentum is the fraction of the teacher kept .* in \[0, 1\], got 1.5"
+    ):
         ema_update_(teacher, student, 1.5)
     with pytest.raises(ValueError, match=r"start is the fraction of the teacher kept .* in \[0, 1\], got -0.1"):
         teacher_momentum_at(0, 10, start=-0.1)

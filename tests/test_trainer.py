@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import REPO_ROOT, StopAt, tiny_dinov2_config
 from PIL import Image
 from transformers import AutoModel, pipeline
 
-from conftest import REPO_ROOT, StopAt, tiny_dinov2_config
 from paka_hf import PaKAConfig, PaKATrainer
 from paka_hf.errors import ConfigError
 from paka_hf.trainer import CHECKPOINT_MARKER, complete_checkpoints
@@ -73,7 +73,9 @@ def states(trainer):
 
 
 def test_ema_runs_once_per_optimizer_step_with_gradient_accumulation(assets, tmp_path):
-    trainer = PaKATrainer(args=run_config(assets, tmp_path, max_steps=3, gradient_accumulation_steps=4, save_steps=100))
+    trainer = PaKATrainer(
+        args=run_config(assets, tmp_path, max_steps=3, gradient_accumulation_steps=4, save_steps=100)
+    )
     initial_teacher = {k: v.clone() for k, v in trainer.model.teacher.state_dict().items()}
     trainer.train()
     assert trainer.state.global_step == 3
@@ -91,7 +93,15 @@ def test_logs_and_parameter_groups(assets, tmp_path):
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logged) == 2
-    for key in ("cka", "teacher_momentum", "learning_rate", "learning_rate_head", "weight_decay", "images_per_second", "images_skipped"):
+    for key in (
+        "cka",
+        "teacher_momentum",
+        "learning_rate",
+        "learning_rate_head",
+        "weight_decay",
+        "images_per_second",
+        "images_skipped",
+    ):
         assert key in logged[-1], key
     assert 0.0 <= logged[-1]["cka"] <= 1.0
     groups = {g["name"]: g for g in trainer.optimizer.param_groups}
@@ -112,14 +122,20 @@ def test_export_loads_with_no_custom_code_and_matches(assets, tmp_path, export):
     trainer.train()
     out = trainer.export_backbone(tmp_path / "export")
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "model.safetensors", "preprocessor_config.json", "training_config.yaml", "training_summary.json",
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "training_config.yaml",
+        "training_summary.json",
     ]
     loaded = AutoModel.from_pretrained(out).eval()
     assert loaded.config.drop_path_rate == 0.0  # the training-time stochastic depth is not exported
     trained = (trainer.model.student if export == "student" else trainer.model.teacher).model.eval()
     pixels = torch.randn(2, 3, 56, 70)
     with torch.no_grad():
-        assert torch.equal(loaded(pixel_values=pixels).last_hidden_state, trained(pixel_values=pixels).last_hidden_state)
+        assert torch.equal(
+            loaded(pixel_values=pixels).last_hidden_state, trained(pixel_values=pixels).last_hidden_state
+        )
     extractor = pipeline("image-feature-extraction", model=str(out), device="cpu")
     features = extractor(Image.new("RGB", (64, 48), (120, 30, 200)), return_tensors=True)
     assert features.shape[-1] == 32
@@ -134,7 +150,9 @@ def test_export_network_override_writes_the_other_network(assets, tmp_path):
     with torch.no_grad():
         for out, net in ((student_dir, trainer.model.student), (teacher_dir, trainer.model.teacher)):
             loaded = AutoModel.from_pretrained(out).eval()
-            assert torch.equal(loaded(pixel_values=pixels).last_hidden_state, net.model.eval()(pixel_values=pixels).last_hidden_state)
+            assert torch.equal(
+                loaded(pixel_values=pixels).last_hidden_state, net.model.eval()(pixel_values=pixels).last_hidden_state
+            )
             assert json.loads((out / "training_summary.json").read_text())["exported"] == out.name
         assert not torch.equal(  # two optimizer steps moved the student away from its EMA
             AutoModel.from_pretrained(student_dir)(pixel_values=pixels).last_hidden_state,
@@ -170,7 +188,7 @@ def test_a_run_killed_while_checkpointing_never_leaves_a_resumable_broken_checkp
     script = textwrap.dedent(
         f"""
         import os, signal, sys
-        sys.path.insert(0, {str(REPO_ROOT / 'tests')!r})
+        sys.path.insert(0, {str(REPO_ROOT / "tests")!r})
         from paka_hf import PaKATrainer
         from test_trainer import run_config
         from pathlib import Path
@@ -250,22 +268,29 @@ def test_shipped_configs_parse(name):
 
 
 # transformers >= 5.20 names it activation_checkpointing (the old name warns); older versions know only gradient_checkpointing
-CHECKPOINTING_FIELD = next(name for name in ("activation_checkpointing", "gradient_checkpointing")
-                           if name in {f.name for f in fields(PaKAConfig)})
+CHECKPOINTING_FIELD = next(
+    name
+    for name in ("activation_checkpointing", "gradient_checkpointing")
+    if name in {f.name for f in fields(PaKAConfig)}
+)
 
 
 def test_checkpointing_flag_under_either_name_reaches_the_installed_field(tmp_path):
     train = load_train_script()
     # both directions of the rename (the installed transformers exercises one of them below)
-    assert train.to_installed_names(["--gradient_checkpointing", "true", "--max_steps=3"], {"activation_checkpointing"}) == [
-        "--activation_checkpointing", "true", "--max_steps=3"]
-    assert train.to_installed_names(["--activation_checkpointing=true", "--gradient_checkpointing_kwargs", "{}"],
-                                    {"gradient_checkpointing", "gradient_checkpointing_kwargs"}) == [
-        "--gradient_checkpointing=true", "--gradient_checkpointing_kwargs", "{}"]
+    assert train.to_installed_names(
+        ["--gradient_checkpointing", "true", "--max_steps=3"], {"activation_checkpointing"}
+    ) == ["--activation_checkpointing", "true", "--max_steps=3"]
+    assert train.to_installed_names(
+        ["--activation_checkpointing=true", "--gradient_checkpointing_kwargs", "{}"],
+        {"gradient_checkpointing", "gradient_checkpointing_kwargs"},
+    ) == ["--gradient_checkpointing=true", "--gradient_checkpointing_kwargs", "{}"]
     for name in ("gradient_checkpointing", "activation_checkpointing"):
         config_file = tmp_path / f"{name}.yaml"
-        config_file.write_text(f"model_name_or_path: some/model\nmax_steps: 3\nuse_cpu: true\n{name}: true\n"
-                               f"output_dir: {tmp_path / 'out'}\n")
+        config_file.write_text(
+            f"model_name_or_path: some/model\nmax_steps: 3\nuse_cpu: true\n{name}: true\n"
+            f"output_dir: {tmp_path / 'out'}\n"
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("error", FutureWarning)  # the deprecated name is not passed on
             from_yaml = train.parse_config(["--config", str(config_file)])
@@ -275,11 +300,15 @@ def test_checkpointing_flag_under_either_name_reaches_the_installed_field(tmp_pa
 
 
 def test_gradient_checkpointing_through_the_trainer(assets, tmp_path):
-    trainer = PaKATrainer(args=run_config(assets, tmp_path, max_steps=2, save_steps=100, **{CHECKPOINTING_FIELD: True}))
+    trainer = PaKATrainer(
+        args=run_config(assets, tmp_path, max_steps=2, save_steps=100, **{CHECKPOINTING_FIELD: True})
+    )
     trainer.train()
     hf_model = trainer.model.student.model
-    assert getattr(hf_model, "is_activation_checkpointing" if CHECKPOINTING_FIELD.startswith("activation") else
-                   "is_gradient_checkpointing")
+    assert getattr(
+        hf_model,
+        "is_activation_checkpointing" if CHECKPOINTING_FIELD.startswith("activation") else "is_gradient_checkpointing",
+    )
     assert trainer.state.global_step == 2
 
 
@@ -308,8 +337,9 @@ def test_torch_compile_through_the_trainer_gives_the_eager_run(assets, tmp_path)
     def losses(output_dir, **compile_args):
         torch._dynamo.reset()
         try:
-            trainer = PaKATrainer(args=run_config(assets, output_dir, max_steps=3, logging_steps=1, save_steps=3,
-                                                  **compile_args))
+            trainer = PaKATrainer(
+                args=run_config(assets, output_dir, max_steps=3, logging_steps=1, save_steps=3, **compile_args)
+            )
             trainer.train()
         finally:
             torch._dynamo.reset()
@@ -349,20 +379,26 @@ def test_a_fresh_run_never_mixes_with_the_checkpoints_of_an_earlier_one(assets, 
     (output / "notes.txt").write_text("mine")
 
     again = PaKATrainer(args=run_config(assets, output, max_steps=2, save_steps=1, save_total_limit=2))
-    with pytest.raises(ConfigError, match=r"already holds checkpoints.*checkpoint-2, checkpoint-4.*"
-                                          r"--resume_from_checkpoint latest.*--overwrite_output_dir"):
+    with pytest.raises(
+        ConfigError,
+        match=r"already holds checkpoints.*checkpoint-2, checkpoint-4.*"
+        r"--resume_from_checkpoint latest.*--overwrite_output_dir",
+    ):
         again.train()
     assert checkpoint_names(output) == ["checkpoint-2", "checkpoint-4"]  # nothing touched
 
-    fresh = PaKATrainer(args=run_config(assets, output, max_steps=2, save_steps=1, save_total_limit=2,
-                                        overwrite_output_dir=True))
+    fresh = PaKATrainer(
+        args=run_config(assets, output, max_steps=2, save_steps=1, save_total_limit=2, overwrite_output_dir=True)
+    )
     fresh.train()
     # before: the old checkpoint-4 outranked every new save, so rotation deleted checkpoint-1 as soon as written
     assert checkpoint_names(output) == ["checkpoint-1", "checkpoint-2"]
     assert json.loads((output / "checkpoint-2" / "trainer_state.json").read_text())["max_steps"] == 2  # the new run's
     assert (output / "notes.txt").read_text() == "mine"
     both = PaKATrainer(args=run_config(assets, output, overwrite_output_dir=True))
-    with pytest.raises(ConfigError, match="--overwrite_output_dir would remove .*checkpoint-2, the checkpoint to resume"):
+    with pytest.raises(
+        ConfigError, match="--overwrite_output_dir would remove .*checkpoint-2, the checkpoint to resume"
+    ):
         both.train(resume_from_checkpoint="latest")
     assert checkpoint_names(output) == ["checkpoint-1", "checkpoint-2"]
 
@@ -372,12 +408,15 @@ def test_resuming_from_an_older_checkpoint_removes_the_later_ones_and_keeps_ever
     PaKATrainer(args=run_config(assets, output, max_steps=6, save_steps=1, save_total_limit=None)).train()
     assert checkpoint_names(output) == [f"checkpoint-{step}" for step in range(1, 7)]
 
-    resumed = PaKATrainer(args=run_config(assets, output, max_steps=6, save_steps=1, save_total_limit=2),
-                          callbacks=[StopAt(4)])
+    resumed = PaKATrainer(
+        args=run_config(assets, output, max_steps=6, save_steps=1, save_total_limit=2), callbacks=[StopAt(4)]
+    )
     with caplog.at_level("WARNING", logger="paka_hf.trainer"):
         resumed.train(resume_from_checkpoint=str(output / "checkpoint-2"))
-    assert "removing the later checkpoints of the run it continues: checkpoint-3, checkpoint-4, checkpoint-5, " \
-           "checkpoint-6" in caplog.text
+    assert (
+        "removing the later checkpoints of the run it continues: checkpoint-3, checkpoint-4, checkpoint-5, "
+        "checkpoint-6" in caplog.text
+    )
     # before: rotation by step number kept the other run's checkpoint-5 and -6 and deleted each new save
     assert checkpoint_names(output) == ["checkpoint-3", "checkpoint-4"]
     assert PaKATrainer(args=run_config(assets, output)).resolve_checkpoint("latest").endswith("checkpoint-4")
@@ -406,13 +445,24 @@ def test_a_crash_while_rewriting_a_complete_checkpoint_leaves_it_unmarked(assets
 
     synced = []  # what each fsync of the folder saw
     fsync_tree = trainer_module._fsync_tree
-    monkeypatch.setattr(trainer_module, "_fsync_tree", lambda folder: (synced.append(
-        sorted(p.name for p in folder.iterdir())), fsync_tree(folder)))
+    monkeypatch.setattr(
+        trainer_module,
+        "_fsync_tree",
+        lambda folder: (synced.append(sorted(p.name for p in folder.iterdir())), fsync_tree(folder)),
+    )
     trainer._save_checkpoint(trainer.model, None)  # the same save, uninterrupted
     assert checkpoint_names(output) == ["checkpoint-2", "checkpoint-4"]
     assert CHECKPOINT_MARKER not in synced[-1]  # the fsync came before the marker ...
-    assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
-            "paka_stream_rank0.json", "training_config.yaml", "training_summary.json"} <= set(synced[-1])  # ... of all
+    assert {
+        "model.safetensors",
+        "optimizer.pt",
+        "scheduler.pt",
+        "rng_state.pth",
+        "trainer_state.json",
+        "paka_stream_rank0.json",
+        "training_config.yaml",
+        "training_summary.json",
+    } <= set(synced[-1])  # ... of all
 
 
 def test_summary_adds_up_across_resumes_and_config_is_written_with_its_weights(assets, tmp_path, monkeypatch):

@@ -101,8 +101,12 @@ def test_teacher_views_are_the_plain_resize_of_their_box():
         assert torch.allclose(view, render_plain(image, box, 112, transform), atol=1e-6, rtol=0)
     # the student views did change, and an augmented teacher (the ablation) changes too
     assert not torch.allclose(out["local_views"][0], render_plain(image, out["local_boxes"][0], 56, transform))
-    augmented = GlimTransform(112, 56, augment=always, teacher_augment=True, mean=IMAGENET_MEAN, std=IMAGENET_STD)(image, torch.Generator().manual_seed(3))
-    assert not torch.allclose(augmented["global_views"][0], render_plain(image, augmented["global_boxes"][0], 112, transform))
+    augmented = GlimTransform(112, 56, augment=always, teacher_augment=True, mean=IMAGENET_MEAN, std=IMAGENET_STD)(
+        image, torch.Generator().manual_seed(3)
+    )
+    assert not torch.allclose(
+        augmented["global_views"][0], render_plain(image, augmented["global_boxes"][0], 112, transform)
+    )
 
 
 def test_flip_is_recorded_and_applied():
@@ -121,7 +125,11 @@ def test_flip_is_recorded_and_applied():
 @pytest.mark.parametrize("mode", ["RGB", "L", "1", "P", "RGBA", "LA", "CMYK", "I;16", "I", "F", "YCbCr"])
 @pytest.mark.parametrize("size", [(1, 1), (3, 200), (200, 3), (50, 37)])
 def test_any_mode_and_size_gives_finite_views(mode, size):
-    image = Image.new("RGB", size, (200, 30, 90)).convert(mode) if mode not in ("I;16", "I", "F") else Image.new(mode, size, 300)
+    image = (
+        Image.new("RGB", size, (200, 30, 90)).convert(mode)
+        if mode not in ("I;16", "I", "F")
+        else Image.new(mode, size, 300)
+    )
     transform = GlimTransform(28, 14, n_local=3, flip=True)
     out = transform(image, torch.Generator().manual_seed(0))
     assert out["global_views"].dtype == torch.uint8  # no mean/std given: the views stay uint8
@@ -148,7 +156,10 @@ def test_bad_settings_raise_helpful_errors():
         sample_boxes(10, 10, local_scale=(0.3, 0.2))
     with pytest.raises(ValueError, match="at least 1x1"):
         sample_boxes(0, 10)
-    with pytest.raises(ValueError, match="global_size=225 is not a multiple of the model's patch size 14; use for example global_size=224"):
+    with pytest.raises(
+        ValueError,
+        match="global_size=225 is not a multiple of the model's patch size 14; use for example global_size=224",
+    ):
         GlimTransform(225, 98, patch_size=14)
     with pytest.raises(ValueError, match="normalize=True needs mean and std"):
         GlimTransform(28, 14, normalize=True)  # no built-in statistics: the backbone's processor says

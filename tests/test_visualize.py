@@ -92,7 +92,9 @@ def test_real_model_retrieves_sky_for_a_sky_query(small_model_path, camvid_path)
     for name in names:
         _, pixels = viz.prepare_image(name, 224, 14, backbone.image_mean, backbone.image_std)
         feats.append(viz.patch_features(backbone, pixels))
-        mask = viz.resize_and_crop(Image.open(camvid_path / "val" / "masks" / (name.stem + ".png")), 224, 14, Image.NEAREST)
+        mask = viz.resize_and_crop(
+            Image.open(camvid_path / "val" / "masks" / (name.stem + ".png")), 224, 14, Image.NEAREST
+        )
         centres = np.asarray(mask)[7::14, 7::14]
         sky.append(centres == 0)  # class 0 = Sky
     assert sky[0].any() and sky[1].any()

@@ -96,8 +96,10 @@ class EvaluationArguments:
     on_unknown_label: Literal["raise", "ignore"] = field(default="raise", metadata={"help": "unexpected mask values"})
     mask_dir: str | None = field(
         default=None,
-        metadata={"help": "voc: mask folder inside VOC2012 (SegmentationClassAug with --train_split trainaug); "
-                          "coco-*: mask folder relative to --data_dir"},
+        metadata={
+            "help": "voc: mask folder inside VOC2012 (SegmentationClassAug with --train_split trainaug); "
+            "coco-*: mask folder relative to --data_dir"
+        },
     )
     hub_dataset_id: str | None = field(default=None, metadata={"help": "Hub dataset id (overrides the default)"})
     hub_config: str | None = None
@@ -109,15 +111,18 @@ class EvaluationArguments:
 # line gets the flag named here; a field in SHARED takes its value from another flag (one --seed for the run
 # and its protocols, one --eval_size for the linear probe and overclustering); a field in FROM_RUNNER is left
 # at its default, which run_evaluation fills in (the protocols' device is the run's --device).
-SECTIONS = {"settings": EvaluationSettings, "linear": LinearProbeConfig, "overcluster": OverclusterConfig,
-            "hummingbird": HummingbirdConfig}  # fmt: skip
+SECTIONS = {
+    "settings": EvaluationSettings,
+    "linear": LinearProbeConfig,
+    "overcluster": OverclusterConfig,
+    "hummingbird": HummingbirdConfig,
+}
 FLAG_NAMES = {
     "linear": {"batch_size": "linear_batch_size"},
     "hummingbird": {"eval_size": "hummingbird_eval_size", "backend": "knn_backend"},
 }
 SHARED = {"linear": {"seed": "seed"}, "overcluster": {"eval_size": "eval_size"}, "hummingbird": {"seed": "seed"}}
-FROM_RUNNER = {"settings": ("linear", "overcluster", "hummingbird"), "linear": ("device",),
-               "hummingbird": ("device",)}  # fmt: skip
+FROM_RUNNER = {"settings": ("linear", "overcluster", "hummingbird"), "linear": ("device",), "hummingbird": ("device",)}
 CONVERTERS = {"input_size": _size, "crop_scale": _floats, "num_clusters": _ints, "seeds": _ints}
 CHOICES = {"knn_backend": ("auto", "torch", "faiss")}
 HELP = {
@@ -181,7 +186,9 @@ def build_parser() -> StrictHfArgumentParser:
     """One ``HfArgumentParser`` over :class:`EvaluationArguments` and the library's settings dataclasses."""
     parser = StrictHfArgumentParser(
         [EvaluationArguments, *(_flags_dataclass(section) for section in SECTIONS)],
-        prog="evaluate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="evaluate.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.set_defaults(device=_default_device())  # the one default that differs from EvaluationSettings'
     return parser
@@ -227,8 +234,15 @@ def main(argv: list[str] | None = None) -> dict:
         dataset_kwargs["hub_spec"] = HubSpec(args.hub_dataset_id, args.image_column, args.mask_column, args.hub_config)
     timings: dict[str, float] = {}
     report = run_evaluation(
-        args.model_name_or_path, args.dataset_name, protocols, data_dir=args.data_dir, train_split=args.train_split,
-        val_split=args.val_split, settings=settings, timings=timings, **dataset_kwargs,
+        args.model_name_or_path,
+        args.dataset_name,
+        protocols,
+        data_dir=args.data_dir,
+        train_split=args.train_split,
+        val_split=args.val_split,
+        settings=settings,
+        timings=timings,
+        **dataset_kwargs,
     )
     report.save(args.output_file)
     for result in report.results:

@@ -46,29 +46,62 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="training output folder (written by scripts/train.py)")
+    parser.add_argument(
+        "output_dir", metavar="OUTPUT_DIR", help="training output folder (written by scripts/train.py)"
+    )
     parser.add_argument("--repo_id", "--repo-id", required=True, metavar="ORG/NAME", help="target model repository")
-    parser.add_argument("--private", action="store_const", const=True, default=None,
-                        help="create the repository private; refuse to push if it exists and is public "
-                             "(default: a new repository gets the namespace's default visibility)")
-    parser.add_argument("--eval_results", "--eval-results", nargs="+", default=[], metavar="JSON",
-                        help="evaluation results from scripts/evaluate.py, base and adapted model alike "
-                             "(default: OUTPUT_DIR/eval_results*.json)")
+    parser.add_argument(
+        "--private",
+        action="store_const",
+        const=True,
+        default=None,
+        help="create the repository private; refuse to push if it exists and is public "
+        "(default: a new repository gets the namespace's default visibility)",
+    )
+    parser.add_argument(
+        "--eval_results",
+        "--eval-results",
+        nargs="+",
+        default=[],
+        metavar="JSON",
+        help="evaluation results from scripts/evaluate.py, base and adapted model alike "
+        "(default: OUTPUT_DIR/eval_results*.json)",
+    )
     parser.add_argument("--revision", metavar="BRANCH", help="branch to commit to (created if missing; default main)")
-    parser.add_argument("--commit_message", "--commit-message", default=hub.DEFAULT_COMMIT_MESSAGE,
-                        help=f"commit title (default: {hub.DEFAULT_COMMIT_MESSAGE!r})")
-    parser.add_argument("--license", default=None,
-                        help="license in the card metadata (default: the base model family's, e.g. apache-2.0 for DINOv2, "
-                             "other/dinov3-license for DINOv3)")
-    parser.add_argument("--base_model", "--base-model", metavar="HUB_ID",
-                        help="base model for the card metadata (default: model_name_or_path of training_config.yaml)")
-    parser.add_argument("--dry_run", "--dry-run", action="store_true",
-                        help="print what would be uploaded and the model card, without contacting the Hub or "
-                             "writing anything")
+    parser.add_argument(
+        "--commit_message",
+        "--commit-message",
+        default=hub.DEFAULT_COMMIT_MESSAGE,
+        help=f"commit title (default: {hub.DEFAULT_COMMIT_MESSAGE!r})",
+    )
+    parser.add_argument(
+        "--license",
+        default=None,
+        help="license in the card metadata (default: the base model family's, e.g. apache-2.0 for DINOv2, "
+        "other/dinov3-license for DINOv3)",
+    )
+    parser.add_argument(
+        "--base_model",
+        "--base-model",
+        metavar="HUB_ID",
+        help="base model for the card metadata (default: model_name_or_path of training_config.yaml)",
+    )
+    parser.add_argument(
+        "--dry_run",
+        "--dry-run",
+        action="store_true",
+        help="print what would be uploaded and the model card, without contacting the Hub or writing anything",
+    )
     # The feature explorer as a Gradio Space next to the model (paka_hf.space).
-    parser.add_argument("--space", nargs="?", const="", default=None, metavar="ORG/NAME",
-                        help="also create a Gradio Space with the feature explorer (default id: REPO_ID-explorer) "
-                             "and link it from the model card")
+    parser.add_argument(
+        "--space",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ORG/NAME",
+        help="also create a Gradio Space with the feature explorer (default id: REPO_ID-explorer) "
+        "and link it from the model card",
+    )
     return parser
 
 
@@ -79,16 +112,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.dry_run:
             files = hub.collect_upload_files(args.output_dir)
-            card = hub.render_model_card(args.output_dir, args.repo_id, eval_results=args.eval_results,
-                                         license=args.license, base_model=args.base_model)
+            card = hub.render_model_card(
+                args.output_dir,
+                args.repo_id,
+                eval_results=args.eval_results,
+                license=args.license,
+                base_model=args.base_model,
+            )
             print(f"Would push to {args.repo_id} ({args.revision or 'main'}), deleting any other remote file:")
             for name in sorted([*files, hub.CARD_FILE]):
                 print(f"  {name}")
             print(f"\n{hub.CARD_FILE} (the model card):\n\n{card.content}")
             return 0
         info = hub.push_to_hub(
-            args.output_dir, args.repo_id, private=args.private, eval_results=args.eval_results,
-            revision=args.revision, commit_message=args.commit_message, license=args.license,
+            args.output_dir,
+            args.repo_id,
+            private=args.private,
+            eval_results=args.eval_results,
+            revision=args.revision,
+            commit_message=args.commit_message,
+            license=args.license,
             base_model=args.base_model,
         )
     except (FileNotFoundError, ValueError) as err:  # paka_hf.hub's own checks of the folder and settings
@@ -100,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         from paka_hf import space
 
         space_id, space_info = space.publish_space_for_model(
-            args.output_dir, args.repo_id, args.space or None, base_model=args.base_model, private=args.private)
+            args.output_dir, args.repo_id, args.space or None, base_model=args.base_model, private=args.private
+        )
         print(f"Pushed Space {space_id}: {space_info.commit_url} (linked from the model card)")
     return 0
 

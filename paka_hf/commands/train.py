@@ -160,19 +160,23 @@ def parse_config_and_origins(argv: list[str]) -> tuple[PaKAConfig, dict[str, str
     namespace, remaining = parser.parse_known_args(args)
     if remaining:  # before PaKAConfig checks its values: the unknown option is the error to report
         raise unknown_arguments_error(remaining, parser)
-    config = PaKAConfig(**{field.name: getattr(namespace, field.name)
-                           for field in dataclasses.fields(PaKAConfig) if field.init})
+    config = PaKAConfig(
+        **{field.name: getattr(namespace, field.name) for field in dataclasses.fields(PaKAConfig) if field.init}
+    )
     on_command_line = {token[2:].partition("=")[0].replace("-", "_") for token in args if token.startswith("--")}
     origins = {key: str(known.config) for key in values if key not in on_command_line}
     for name in secret_fields(on_command_line):
         logger.warning(
             "--%s on the command line is visible to every user of this machine (ps, shell history); run "
-            "`hf auth login` once or set the HF_TOKEN environment variable instead", name,
+            "`hf auth login` once or set the HF_TOKEN environment variable instead",
+            name,
         )
     for name in secret_fields(origins):
         logger.warning(
             "%s in %s: a token in a config file travels with the file; run `hf auth login` once or set the "
-            "HF_TOKEN environment variable instead", name, origins[name],
+            "HF_TOKEN environment variable instead",
+            name,
+            origins[name],
         )
     return config, origins
 
@@ -193,8 +197,10 @@ def main(argv: list[str] | None = None) -> None:
     trainer.save_metrics("train", metrics)
     trainer.save_state()
     if config.should_save:
-        print(f"adapted backbone ({config.export}) written to {output}; load it with "
-              f"AutoModel.from_pretrained({str(output)!r})")
+        print(
+            f"adapted backbone ({config.export}) written to {output}; load it with "
+            f"AutoModel.from_pretrained({str(output)!r})"
+        )
     if config.push_to_hub:
         # One commit with the backbone, a regenerated model card and the training configuration; evaluation
         # results written as output_dir/eval_results*.json by then are included in the card.

@@ -23,26 +23,42 @@ from ..paths import check_local_path
 from . import StrictArgumentParser
 
 
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = StrictArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("output_dir", help="training output folder holding the adapted model (config.json, model.safetensors)")
-    parser.add_argument("--base", help="base model: Hub id or folder (default: model_name_or_path of OUTPUT_DIR/training_config.yaml)")
+    parser.add_argument(
+        "output_dir", help="training output folder holding the adapted model (config.json, model.safetensors)"
+    )
+    parser.add_argument(
+        "--base", help="base model: Hub id or folder (default: model_name_or_path of OUTPUT_DIR/training_config.yaml)"
+    )
     parser.add_argument("--adapted", help="adapted model, if not OUTPUT_DIR itself")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", nargs="+", metavar="IMAGE", help="image files to show (2-4 read best)")
     source.add_argument("--image_dir", help="folder of images; the first --num_images in name order are used")
     parser.add_argument("--num_images", type=int, default=3, help="images taken from --image_dir (default 3)")
     parser.add_argument("--pictures_dir", help=f"where to write the PNGs (default OUTPUT_DIR/{PICTURES_DIR})")
-    parser.add_argument("--resolution", type=int, default=448, help="short side in pixels before cropping to patch multiples (default 448)")
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        default=448,
+        help="short side in pixels before cropping to patch multiples (default 448)",
+    )
     parser.add_argument("--n_clusters", type=int, default=10, help="k-means clusters for clusters.png (default 10)")
-    parser.add_argument("--query", type=float, nargs=2, default=(0.6, 0.5), metavar=("ROW", "COL"),
-                        help="query patch of retrieval.png as fractions of the first image's height and width (default 0.6 0.5)")
-    parser.add_argument("--top_k", type=int, default=5, help="nearest patches boxed per image in retrieval.png (default 5)")
+    parser.add_argument(
+        "--query",
+        type=float,
+        nargs=2,
+        default=(0.6, 0.5),
+        metavar=("ROW", "COL"),
+        help="query patch of retrieval.png as fractions of the first image's height and width (default 0.6 0.5)",
+    )
+    parser.add_argument(
+        "--top_k", type=int, default=5, help="nearest patches boxed per image in retrieval.png (default 5)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="k-means seed (default 0)")
     return parser.parse_args(argv)
 
@@ -68,8 +84,14 @@ def main(argv=None) -> int:
         if not images:
             raise ConfigError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {args.image_dir}")
     paths = make_pictures(
-        base, args.adapted or output_dir, images, args.pictures_dir or output_dir / PICTURES_DIR,
-        resolution=args.resolution, n_clusters=args.n_clusters, query=tuple(args.query), top_k=args.top_k,
+        base,
+        args.adapted or output_dir,
+        images,
+        args.pictures_dir or output_dir / PICTURES_DIR,
+        resolution=args.resolution,
+        n_clusters=args.n_clusters,
+        query=tuple(args.query),
+        top_k=args.top_k,
         seed=args.seed,
     )
     for name, path in paths.items():

@@ -38,10 +38,10 @@ import io
 import json
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -53,32 +53,195 @@ from ..imaging import IMAGE_SUFFIXES, is_image_file
 _UNKNOWN = np.iinfo(np.int64).min  # lookup-table value for raw labels outside the convention (never an ignore index)
 
 VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 
 ADE20K_CLASSES = (
-    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
-    "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water",
-    "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk",
-    "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
-    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand",
-    "path", "stairs", "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge",
-    "bookcase", "blind", "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove",
-    "palm", "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus",
-    "towel", "light", "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television receiver",
-    "airplane", "dirt track", "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle",
-    "buffet", "poster", "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything",
-    "swimming pool", "stool", "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven",
-    "ball", "food", "step", "tank", "trade name", "microwave", "pot", "animal", "bicycle", "lake",
-    "dishwasher", "screen", "blanket", "sculpture", "hood", "sconce", "vase", "traffic light", "tray",
-    "ashcan", "fan", "pier", "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator",
-    "glass", "clock", "flag",
-)  # fmt: skip
+    "wall",
+    "building",
+    "sky",
+    "floor",
+    "tree",
+    "ceiling",
+    "road",
+    "bed",
+    "windowpane",
+    "grass",
+    "cabinet",
+    "sidewalk",
+    "person",
+    "earth",
+    "door",
+    "table",
+    "mountain",
+    "plant",
+    "curtain",
+    "chair",
+    "car",
+    "water",
+    "painting",
+    "sofa",
+    "shelf",
+    "house",
+    "sea",
+    "mirror",
+    "rug",
+    "field",
+    "armchair",
+    "seat",
+    "fence",
+    "desk",
+    "rock",
+    "wardrobe",
+    "lamp",
+    "bathtub",
+    "railing",
+    "cushion",
+    "base",
+    "box",
+    "column",
+    "signboard",
+    "chest of drawers",
+    "counter",
+    "sand",
+    "sink",
+    "skyscraper",
+    "fireplace",
+    "refrigerator",
+    "grandstand",
+    "path",
+    "stairs",
+    "runway",
+    "case",
+    "pool table",
+    "pillow",
+    "screen door",
+    "stairway",
+    "river",
+    "bridge",
+    "bookcase",
+    "blind",
+    "coffee table",
+    "toilet",
+    "flower",
+    "book",
+    "hill",
+    "bench",
+    "countertop",
+    "stove",
+    "palm",
+    "kitchen island",
+    "computer",
+    "swivel chair",
+    "boat",
+    "bar",
+    "arcade machine",
+    "hovel",
+    "bus",
+    "towel",
+    "light",
+    "truck",
+    "tower",
+    "chandelier",
+    "awning",
+    "streetlight",
+    "booth",
+    "television receiver",
+    "airplane",
+    "dirt track",
+    "apparel",
+    "pole",
+    "land",
+    "bannister",
+    "escalator",
+    "ottoman",
+    "bottle",
+    "buffet",
+    "poster",
+    "stage",
+    "van",
+    "ship",
+    "fountain",
+    "conveyer belt",
+    "canopy",
+    "washer",
+    "plaything",
+    "swimming pool",
+    "stool",
+    "barrel",
+    "basket",
+    "waterfall",
+    "tent",
+    "bag",
+    "minibike",
+    "cradle",
+    "oven",
+    "ball",
+    "food",
+    "step",
+    "tank",
+    "trade name",
+    "microwave",
+    "pot",
+    "animal",
+    "bicycle",
+    "lake",
+    "dishwasher",
+    "screen",
+    "blanket",
+    "sculpture",
+    "hood",
+    "sconce",
+    "vase",
+    "traffic light",
+    "tray",
+    "ashcan",
+    "fan",
+    "pier",
+    "crt screen",
+    "plate",
+    "monitor",
+    "bulletin board",
+    "shower",
+    "radiator",
+    "glass",
+    "clock",
+    "flag",
+)
 
 CAMVID_CLASSES = (
-    "Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist",
-)  # fmt: skip
+    "Sky",
+    "Building",
+    "Pole",
+    "Road",
+    "Pavement",
+    "Tree",
+    "SignSymbol",
+    "Fence",
+    "Car",
+    "Pedestrian",
+    "Bicyclist",
+)
 
 
 class DatasetError(PaKAUserError, ValueError):
@@ -319,8 +482,14 @@ class FolderSegmentation(_FileDataset):
         **kwargs: Any,
     ):
         root = Path(root)
-        super().__init__(class_names, ignore_index, label_map, dataset_type=kwargs.pop("dataset_type", root.name),
-                         split=split, **kwargs)  # fmt: skip
+        super().__init__(
+            class_names,
+            ignore_index,
+            label_map,
+            dataset_type=kwargs.pop("dataset_type", root.name),
+            split=split,
+            **kwargs,
+        )
         image_dir, mask_dir = root / split / "images", root / split / "masks"
         for folder in (image_dir, mask_dir):
             if not folder.is_dir():
@@ -361,8 +530,15 @@ class VOCSegmentation(_FileDataset):
 
     name = "voc"
 
-    def __init__(self, root: str | os.PathLike, split: str = "val", *, mask_dir: str = "SegmentationClass",
-                 on_missing: str = "raise", **kwargs: Any):  # fmt: skip
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "val",
+        *,
+        mask_dir: str = "SegmentationClass",
+        on_missing: str = "raise",
+        **kwargs: Any,
+    ):
         super().__init__(VOC_CLASSES, 255, dataset_type=kwargs.pop("dataset_type", "voc2012"), split=split, **kwargs)
         base = _find_dir(Path(root), ("", "VOC2012", "VOCdevkit/VOC2012"), "JPEGImages")
         list_file = base / "ImageSets" / "Segmentation" / f"{split}.txt"
@@ -372,7 +548,9 @@ class VOCSegmentation(_FileDataset):
         images = [base / "JPEGImages" / f"{i}.jpg" for i in ids]
         absent = [p.name for p in images if not p.is_file()]
         if absent:
-            raise DatasetError(f"{len(absent)} image(s) listed in {list_file} are missing from JPEGImages: {absent[:5]}")
+            raise DatasetError(
+                f"{len(absent)} image(s) listed in {list_file} are missing from JPEGImages: {absent[:5]}"
+            )
         self._items = _pair_files(images, base / mask_dir, on_missing, self.build_stats)
         self._display_name = "Pascal VOC 2012"
 
@@ -390,8 +568,9 @@ class ADE20K(_FileDataset):
 
     def __init__(self, root: str | os.PathLike, split: str = "val", *, on_missing: str = "raise", **kwargs: Any):
         label_map = {0: 255, **{v: v - 1 for v in range(1, 151)}}
-        super().__init__(ADE20K_CLASSES, 255, label_map, dataset_type=kwargs.pop("dataset_type", "ade20k"),
-                         split=split, **kwargs)  # fmt: skip
+        super().__init__(
+            ADE20K_CLASSES, 255, label_map, dataset_type=kwargs.pop("dataset_type", "ade20k"), split=split, **kwargs
+        )
         base = _find_dir(Path(root), ("", "ADEChallengeData2016"), "annotations")
         sub = {"train": "training", "val": "validation", "training": "training", "validation": "validation"}.get(split)
         if sub is None:
@@ -422,9 +601,17 @@ class COCOSegmentation(_FileDataset):
 
     name = "coco"
 
-    def __init__(self, root: str | os.PathLike, split: str = "val", kind: str = "things", *,
-                 mask_dir: str | None = None, categories_json: str | None = None, on_missing: str = "raise",
-                 **kwargs: Any):  # fmt: skip
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "val",
+        kind: str = "things",
+        *,
+        mask_dir: str | None = None,
+        categories_json: str | None = None,
+        on_missing: str = "raise",
+        **kwargs: Any,
+    ):
         if kind not in ("things", "stuff"):
             raise ValueError(f"kind must be 'things' or 'stuff', got {kind!r}")
         root = Path(root)
@@ -439,8 +626,9 @@ class COCOSegmentation(_FileDataset):
             raise DatasetError(f"{cat_file} not found; COCO-{kind} needs the category list of a COCO JSON file")
         categories = json.loads(cat_file.read_text())["categories"]
         class_names, label_map = coco_supercategory_map(categories, kind)
-        super().__init__(class_names, 255, label_map, dataset_type=kwargs.pop("dataset_type", f"coco-{kind}"),
-                         split=split, **kwargs)  # fmt: skip
+        super().__init__(
+            class_names, 255, label_map, dataset_type=kwargs.pop("dataset_type", f"coco-{kind}"), split=split, **kwargs
+        )
         image_dir = root / "images" / f"{split}2017"
         if not image_dir.is_dir():
             raise DatasetError(f"{image_dir} not found; expected images in images/{split}2017")
@@ -519,11 +707,27 @@ class HubSegmentation(SegmentationDataset):
 
     name = "hub"
 
-    def __init__(self, spec: HubSpec, split: str, class_names: Sequence[str], ignore_index: int,
-                 label_map: dict[int, int] | None = None, *, display_name: str | None = None,
-                 load_fn: Callable[..., Any] | None = None, **kwargs: Any):  # fmt: skip
-        super().__init__(class_names, ignore_index, label_map, dataset_type=spec.repo_id,
-                         dataset_config=spec.config_name, split=split, **kwargs)  # fmt: skip
+    def __init__(
+        self,
+        spec: HubSpec,
+        split: str,
+        class_names: Sequence[str],
+        ignore_index: int,
+        label_map: dict[int, int] | None = None,
+        *,
+        display_name: str | None = None,
+        load_fn: Callable[..., Any] | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(
+            class_names,
+            ignore_index,
+            label_map,
+            dataset_type=spec.repo_id,
+            dataset_config=spec.config_name,
+            split=split,
+            **kwargs,
+        )
         import datasets as hf_datasets
 
         load = load_fn or hf_datasets.load_dataset

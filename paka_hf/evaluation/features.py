@@ -214,9 +214,11 @@ def extract_features(
         for j in range(passes):
             torch.manual_seed(seed + j)  # augmentations draw from the global generator (restored afterwards)
             loader = DataLoader(
-                _TransformedDataset(dataset_view, transform), batch_size=batch_size, shuffle=False,
+                _TransformedDataset(dataset_view, transform),
+                batch_size=batch_size,
+                shuffle=False,
                 num_workers=num_workers,
-            )  # fmt: skip
+            )
             for pixels, target in loader:
                 grid = backbone(pixels.to(device))
                 feats.append(grid.to("cpu", feature_dtype))
@@ -245,11 +247,17 @@ class FeatureCache:
         options["mean"] = tuple(options.get("mean") or mean)
         options["std"] = tuple(options.get("std") or std)
         key = (
-            id(dataset), getattr(dataset, "split", None), as_size(options.get("input_size", 448)),
-            bool(options.get("augment", False)), int(options.get("passes", 1)),
-            options["mean"], options["std"],
-            tuple(options.get("crop_scale", (0.8, 1.0))), options.get("max_images"), int(options.get("seed", 0)),
-        )  # fmt: skip
+            id(dataset),
+            getattr(dataset, "split", None),
+            as_size(options.get("input_size", 448)),
+            bool(options.get("augment", False)),
+            int(options.get("passes", 1)),
+            options["mean"],
+            options["std"],
+            tuple(options.get("crop_scale", (0.8, 1.0))),
+            options.get("max_images"),
+            int(options.get("seed", 0)),
+        )
         if key not in self._store:
             start = time.perf_counter()
             self._store[key] = extract_features(self.backbone, dataset, **options)

@@ -59,8 +59,9 @@ class HummingbirdConfig:
         return asdict(self)
 
 
-def patch_label_histograms(masks: torch.Tensor, patch_size: int, num_classes: int, ignore_index: int,
-                           chunk: int = 16) -> torch.Tensor:  # fmt: skip
+def patch_label_histograms(
+    masks: torch.Tensor, patch_size: int, num_classes: int, ignore_index: int, chunk: int = 16
+) -> torch.Tensor:
     """Per-patch class counts ``(N, h, w, C)`` of ``(N, h·p, w·p)`` masks (ignore pixels skipped)."""
     n, height, width = masks.shape
     h, w = height // patch_size, width // patch_size
@@ -78,8 +79,9 @@ def patch_label_histograms(masks: torch.Tensor, patch_size: int, num_classes: in
     return out.reshape(n, h, w, num_classes)
 
 
-def build_memory_bank(train: DenseFeatures, memory_size: int | None = None, seed: int = 0
-                      ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def build_memory_bank(
+    train: DenseFeatures, memory_size: int | None = None, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys ``(M, D)`` (float32, unit norm) and soft labels ``(M, C)`` (rows sum to 1)."""
     n, d, h, w = train.features.shape
     hist = patch_label_histograms(train.masks, train.patch_size, train.num_classes, train.ignore_index)
@@ -109,9 +111,17 @@ def _faiss():
     return faiss
 
 
-def knn_search(queries: torch.Tensor, keys: torch.Tensor, k: int, *, backend: str = "auto",
-               query_chunk: int = 1024, key_chunk: int = 32768, progress: bool = True,
-               device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def knn_search(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    k: int,
+    *,
+    backend: str = "auto",
+    query_chunk: int = 1024,
+    key_chunk: int = 32768,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-``k`` inner-product search; returns similarities and indices, both ``(Q, k)``.
 
     ``backend``: ``"torch"`` (chunked; peak extra memory ≈ ``query_chunk × (key_chunk + k)`` floats),
@@ -150,8 +160,14 @@ def knn_search(queries: torch.Tensor, keys: torch.Tensor, k: int, *, backend: st
     return torch.cat(all_sims), torch.cat(all_idx)
 
 
-def hummingbird_retrieval(train: DenseFeatures, val: DenseFeatures, config: HummingbirdConfig | None = None, *,
-                extra_zero_classes: int = 0, progress: bool = True) -> tuple[SegmentationScores, torch.Tensor, int]:  # fmt: skip
+def hummingbird_retrieval(
+    train: DenseFeatures,
+    val: DenseFeatures,
+    config: HummingbirdConfig | None = None,
+    *,
+    extra_zero_classes: int = 0,
+    progress: bool = True,
+) -> tuple[SegmentationScores, torch.Tensor, int]:
     """Build the bank from ``train``, segment ``val`` by retrieval.
 
     Returns (scores in percent, confusion matrix ``(C, C)``, memory-bank size ``M``).
@@ -174,8 +190,16 @@ def hummingbird_retrieval(train: DenseFeatures, val: DenseFeatures, config: Humm
         feats = val.features[start : start + images_per_chunk]
         b = feats.shape[0]
         queries = F.normalize(feats.permute(0, 2, 3, 1).reshape(-1, d).float(), dim=-1)
-        sims, idx = knn_search(queries, keys, cfg.num_neighbors, backend=cfg.backend, query_chunk=cfg.query_chunk,
-                               key_chunk=cfg.key_chunk, progress=False, device=cfg.device)  # fmt: skip
+        sims, idx = knn_search(
+            queries,
+            keys,
+            cfg.num_neighbors,
+            backend=cfg.backend,
+            query_chunk=cfg.query_chunk,
+            key_chunk=cfg.key_chunk,
+            progress=False,
+            device=cfg.device,
+        )
         weights = torch.softmax(sims / cfg.temperature, dim=1)  # (Q, k)
         soft = torch.einsum("qk,qkc->qc", weights, labels[idx])  # (Q, C)
         soft = soft.reshape(b, h, w, -1).permute(0, 3, 1, 2)

@@ -108,7 +108,9 @@ def train_linear_probe(
 
 
 @torch.no_grad()
-def predict_linear(head: nn.Module, features: torch.Tensor, size: tuple[int, int], batch_size: int = 64) -> torch.Tensor:
+def predict_linear(
+    head: nn.Module, features: torch.Tensor, size: tuple[int, int], batch_size: int = 64
+) -> torch.Tensor:
     """Argmax class map ``(N, *size)`` of the bilinearly upsampled logits."""
     preds = []
     device = next(head.parameters()).device

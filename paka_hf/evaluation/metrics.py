@@ -38,8 +38,9 @@ METRIC_PATH = str(Path(__file__).with_name("paka_mean_iou") / "paka_mean_iou.py"
 """``evaluate.load(METRIC_PATH)`` gives the same numbers as :func:`segmentation_scores`, offline."""
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int,
-                     num_pred_classes: int | None = None) -> torch.Tensor:  # fmt: skip
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int, num_pred_classes: int | None = None
+) -> torch.Tensor:
     """``(num_classes, num_pred_classes)`` int64 counts; rows = ground truth, columns = prediction.
 
     ``pred`` and ``target`` have the same shape; pixels with ``target == ignore_index`` are skipped.
@@ -54,7 +55,9 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
     target, pred = target[keep], pred[keep]
     if target.numel() and (target.min() < 0 or target.max() >= num_classes):
         bad = torch.unique(target[(target < 0) | (target >= num_classes)]).tolist()
-        raise ValueError(f"target has values {bad} outside 0..{num_classes - 1} that are not ignore_index {ignore_index}")
+        raise ValueError(
+            f"target has values {bad} outside 0..{num_classes - 1} that are not ignore_index {ignore_index}"
+        )
     if pred.numel() and (pred.min() < 0 or pred.max() >= num_pred):
         raise ValueError(f"predictions must lie in 0..{num_pred - 1}")
     counts = torch.bincount(target * num_pred + pred, minlength=num_classes * num_pred)

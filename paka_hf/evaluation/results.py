@@ -37,9 +37,21 @@ from paka_hf.files import WEIGHTS_FILE
 from paka_hf.hub.export import weights_sha256
 
 RESULT_KEYS = (
-    "protocol", "task_type", "dataset_name", "dataset_type", "dataset_config", "split", "metric_type",
-    "metric_name", "value", "settings", "per_class_iou", "pixel_accuracy", "std", "seeds",
-)  # fmt: skip
+    "protocol",
+    "task_type",
+    "dataset_name",
+    "dataset_type",
+    "dataset_config",
+    "split",
+    "metric_type",
+    "metric_name",
+    "value",
+    "settings",
+    "per_class_iou",
+    "pixel_accuracy",
+    "std",
+    "seeds",
+)
 TOP_KEYS = ("paka_hf_version", "date", "model", "model_sha256", "results")
 
 
@@ -86,7 +98,7 @@ class MetricResult:
         return _clean({key: data[key] for key in RESULT_KEYS})
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MetricResult":
+    def from_dict(cls, data: dict[str, Any]) -> MetricResult:
         missing = [k for k in RESULT_KEYS if k not in data]
         if missing:
             raise ValueError(f"result entry lacks keys {missing}; expected {list(RESULT_KEYS)}")
@@ -106,7 +118,7 @@ def model_weights_sha256(model_name_or_path: str | os.PathLike, revision: str | 
 
     try:
         cached = try_to_load_from_cache(os.fspath(model_name_or_path), WEIGHTS_FILE, revision=revision)
-    except Exception:  # not a valid repo id: nothing to record
+    except Exception:  # noqa: BLE001 - not a valid repo id: nothing to record
         return None
     return weights_sha256(cached) if isinstance(cached, str) else None
 
@@ -149,12 +161,12 @@ class EvaluationReport:
             handle.write(self.to_json() + "\n")
 
     @classmethod
-    def for_model(cls, model_name_or_path: str | os.PathLike, revision: str | None = None) -> "EvaluationReport":
+    def for_model(cls, model_name_or_path: str | os.PathLike, revision: str | None = None) -> EvaluationReport:
         """An empty report for ``model_name_or_path`` that records the sha256 of its weights."""
         return cls(model=str(model_name_or_path), model_sha256=model_weights_sha256(model_name_or_path, revision))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EvaluationReport":
+    def from_dict(cls, data: dict[str, Any]) -> EvaluationReport:
         missing = [k for k in TOP_KEYS if k not in data and k != "model_sha256"]  # files of 0.1 have no hash
         if missing:
             raise ValueError(f"results JSON lacks keys {missing}; expected {list(TOP_KEYS)}")
@@ -167,6 +179,6 @@ class EvaluationReport:
         )
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "EvaluationReport":
+    def load(cls, path: str | os.PathLike) -> EvaluationReport:
         with open(path, encoding="utf-8") as handle:
             return cls.from_dict(json.load(handle))

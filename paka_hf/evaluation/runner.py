@@ -131,15 +131,27 @@ def run_evaluation(
     needs_train = any(p != "overcluster" for p in protocols)  # overclustering only reads the val split
     if datasets is None:
         val_ds = load_segmentation_dataset(dataset_name, val_split, data_dir, **dataset_kwargs)
-        train_ds = load_segmentation_dataset(dataset_name, train_split, data_dir, **dataset_kwargs) if needs_train else None
+        train_ds = (
+            load_segmentation_dataset(dataset_name, train_split, data_dir, **dataset_kwargs) if needs_train else None
+        )
     else:
         train_ds, val_ds = datasets
     extra_zero = int(getattr(val_ds, "published_extra_zero_classes", 0)) if cfg.published_conventions else 0
     if feature_cache is not None and feature_cache.backbone is not backbone:
         raise ValueError("feature_cache was built on another backbone; pass the same backbone or no cache")
-    cache = feature_cache if feature_cache is not None else FeatureCache(backbone, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                                          device=cfg.device, crop_scale=cfg.crop_scale, progress=cfg.progress,
-                                          seed=cfg.seed)  # fmt: skip
+    cache = (
+        feature_cache
+        if feature_cache is not None
+        else FeatureCache(
+            backbone,
+            batch_size=cfg.batch_size,
+            num_workers=cfg.num_workers,
+            device=cfg.device,
+            crop_scale=cfg.crop_scale,
+            progress=cfg.progress,
+            seed=cfg.seed,
+        )
+    )
     max_train = cfg.max_train_images if cfg.max_train_images is not None else cfg.max_images
 
     mean, default_std = tuple(backbone.image_mean), tuple(backbone.image_std)  # the checkpoint's image processor
@@ -149,9 +161,16 @@ def run_evaluation(
         passes = cfg.augment_passes if augment else 1
         before = len(cache)
         start = time.perf_counter()
-        out = cache.get(dataset, input_size=size, augment=augment and passes > 0, passes=max(passes, 1),
-                        mean=mean, std=std, max_images=max_train if split == "train" else cfg.max_images,
-                        desc=f"features {split} {size[0]}x{size[1]}" + (f" x{passes} aug" if augment else ""))  # fmt: skip
+        out = cache.get(
+            dataset,
+            input_size=size,
+            augment=augment and passes > 0,
+            passes=max(passes, 1),
+            mean=mean,
+            std=std,
+            max_images=max_train if split == "train" else cfg.max_images,
+            desc=f"features {split} {size[0]}x{size[1]}" + (f" x{passes} aug" if augment else ""),
+        )
         if len(cache) > before:
             key = f"features/{split}/{size[0]}x{size[1]}/{'aug' + str(passes) if augment else 'plain'}/std{std[2]}"
             timings[key] = time.perf_counter() - start
@@ -176,19 +195,36 @@ def run_evaluation(
             train_f, size = features(train_ds, "train", "linear", augment=cfg.augment_passes > 0)
             val_f, _ = features(val_ds, "val", "linear", augment=False)
             start = time.perf_counter()
-            scores, _ = linear_probe(train_f, val_f, cfg.linear, num_views=max(cfg.augment_passes, 1),
-                                     extra_zero_classes=extra_zero, progress=cfg.progress)  # fmt: skip
+            scores, _ = linear_probe(
+                train_f,
+                val_f,
+                cfg.linear,
+                num_views=max(cfg.augment_passes, 1),
+                extra_zero_classes=extra_zero,
+                progress=cfg.progress,
+            )
             timings["linear"] = time.perf_counter() - start
             run_settings = {
-                **base_settings, **cfg.linear.to_dict(), "input_size": list(size),
-                "augmented_views": cfg.augment_passes, "crop_scale": list(cfg.crop_scale),
-                "train_images": len(train_f) // max(cfg.augment_passes, 1), "val_images": len(val_f),
+                **base_settings,
+                **cfg.linear.to_dict(),
+                "input_size": list(size),
+                "augmented_views": cfg.augment_passes,
+                "crop_scale": list(cfg.crop_scale),
+                "train_images": len(train_f) // max(cfg.augment_passes, 1),
+                "val_images": len(val_f),
                 "head": "1x1 conv on patch tokens, logits bilinearly upsampled",
-            }  # fmt: skip
-            report.results.append(MetricResult(
-                protocol="linear", metric_name="mIoU (linear)", value=scores.mean_iou, settings=run_settings,
-                per_class_iou=scores.per_class_dict(class_names), pixel_accuracy=scores.pixel_accuracy, **common,
-            ))  # fmt: skip
+            }
+            report.results.append(
+                MetricResult(
+                    protocol="linear",
+                    metric_name="mIoU (linear)",
+                    value=scores.mean_iou,
+                    settings=run_settings,
+                    per_class_iou=scores.per_class_dict(class_names),
+                    pixel_accuracy=scores.pixel_accuracy,
+                    **common,
+                )
+            )
         elif protocol == "overcluster":
             val_f, size = features(val_ds, "val", "overcluster", augment=False)
             oc_cfg = cfg.overcluster
@@ -199,34 +235,58 @@ def run_evaluation(
             timings["overcluster"] = time.perf_counter() - start
             for res in results:
                 run_settings = {
-                    **base_settings, **oc_cfg.to_dict(), "num_clusters": res.num_clusters, "input_size": list(size),
-                    "matching": res.matching, "seed_values": [round(v, 4) for v in res.seed_values],
-                    "val_images": len(val_f), "train_images": 0,
-                }  # fmt: skip
-                report.results.append(MetricResult(
-                    protocol="overcluster", metric_name=f"mIoU (overclustering, K={res.num_clusters})",
-                    value=res.mean_iou, settings=run_settings,
-                    per_class_iou=dict(zip(class_names, _round_list(res.per_class_iou))),
-                    pixel_accuracy=res.pixel_accuracy, std=res.std, seeds=res.seeds, **common,
-                ))  # fmt: skip
+                    **base_settings,
+                    **oc_cfg.to_dict(),
+                    "num_clusters": res.num_clusters,
+                    "input_size": list(size),
+                    "matching": res.matching,
+                    "seed_values": [round(v, 4) for v in res.seed_values],
+                    "val_images": len(val_f),
+                    "train_images": 0,
+                }
+                report.results.append(
+                    MetricResult(
+                        protocol="overcluster",
+                        metric_name=f"mIoU (overclustering, K={res.num_clusters})",
+                        value=res.mean_iou,
+                        settings=run_settings,
+                        per_class_iou=dict(zip(class_names, _round_list(res.per_class_iou))),
+                        pixel_accuracy=res.pixel_accuracy,
+                        std=res.std,
+                        seeds=res.seeds,
+                        **common,
+                    )
+                )
         else:
             std = published_hummingbird_std(default_std) if cfg.published_conventions else default_std
             train_f, size = features(train_ds, "train", "hummingbird", augment=cfg.augment_passes > 0, std=std)
             val_f, _ = features(val_ds, "val", "hummingbird", augment=False, std=std)
             start = time.perf_counter()
-            scores, _, bank = hummingbird_retrieval(train_f, val_f, cfg.hummingbird, extra_zero_classes=extra_zero,
-                                          progress=cfg.progress)  # fmt: skip
+            scores, _, bank = hummingbird_retrieval(
+                train_f, val_f, cfg.hummingbird, extra_zero_classes=extra_zero, progress=cfg.progress
+            )
             timings["hummingbird"] = time.perf_counter() - start
             run_settings = {
-                **base_settings, **cfg.hummingbird.to_dict(), "input_size": list(size),
-                "memory_passes": cfg.augment_passes, "memory_bank_size": bank, "normalize_std": list(std),
-                "train_images": len(train_f) // max(cfg.augment_passes, 1), "val_images": len(val_f),
-            }  # fmt: skip
-            report.results.append(MetricResult(
-                protocol="hummingbird", metric_name="mIoU (hummingbird)", value=scores.mean_iou,
-                settings=run_settings, per_class_iou=scores.per_class_dict(class_names),
-                pixel_accuracy=scores.pixel_accuracy, **common,
-            ))  # fmt: skip
+                **base_settings,
+                **cfg.hummingbird.to_dict(),
+                "input_size": list(size),
+                "memory_passes": cfg.augment_passes,
+                "memory_bank_size": bank,
+                "normalize_std": list(std),
+                "train_images": len(train_f) // max(cfg.augment_passes, 1),
+                "val_images": len(val_f),
+            }
+            report.results.append(
+                MetricResult(
+                    protocol="hummingbird",
+                    metric_name="mIoU (hummingbird)",
+                    value=scores.mean_iou,
+                    settings=run_settings,
+                    per_class_iou=scores.per_class_dict(class_names),
+                    pixel_accuracy=scores.pixel_accuracy,
+                    **common,
+                )
+            )
     for ds in (train_ds, val_ds):
         if ds is not None and ds.stats:
             logger.warning("%s/%s data issues handled: %s", ds.display_name, ds.split, dict(ds.stats))

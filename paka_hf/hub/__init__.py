@@ -19,26 +19,71 @@ Example::
     >>> push_to_hub("out/", "org/dinov2-paka", eval_results=["base.json", "paka.json"])
 """
 
-from .card import (
-    CITATION, DEFAULT_TAGS, PAPER_URL, TEMPLATE_PATH, Picture, find_pictures,
-    read_training_config, redact_secrets, render_model_card, results_table,
-)
 from ..files import (
-    ADAPTER_DIR, ADAPTER_FILES, CARD_FILE, EXPORT_FILES, PICTURES_DIR, TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE,
+    ADAPTER_DIR,
+    ADAPTER_FILES,
+    CARD_FILE,
+    EXPORT_FILES,
+    PICTURES_DIR,
+    TRAINING_CONFIG_FILE,
+    TRAINING_SUMMARY_FILE,
     WEIGHTS_FILE,
+)
+from .card import (
+    CITATION,
+    DEFAULT_TAGS,
+    PAPER_URL,
+    TEMPLATE_PATH,
+    Picture,
+    find_pictures,
+    read_training_config,
+    redact_secrets,
+    render_model_card,
+    results_table,
 )
 from .export import default_image_processor, save_backbone, weights_sha256
 from .push import (
-    DEFAULT_COMMIT_MESSAGE, HubAuthenticationError, HubVisibilityError, UnsafeUploadError, collect_upload_files,
-    push_to_hub, resolve_endpoint,
+    DEFAULT_COMMIT_MESSAGE,
+    HubAuthenticationError,
+    HubVisibilityError,
+    UnsafeUploadError,
+    collect_upload_files,
+    push_to_hub,
+    resolve_endpoint,
 )
 from .results import EvalResultsError, MislabelledResultsError, attribute_eval_results, load_eval_results
 
 __all__ = [
-    "ADAPTER_DIR", "ADAPTER_FILES", "CARD_FILE", "CITATION", "DEFAULT_COMMIT_MESSAGE", "DEFAULT_TAGS",
-    "EXPORT_FILES", "EvalResultsError", "HubAuthenticationError", "HubVisibilityError", "MislabelledResultsError",
-    "PAPER_URL", "PICTURES_DIR", "Picture", "TEMPLATE_PATH", "TRAINING_CONFIG_FILE", "TRAINING_SUMMARY_FILE",
-    "UnsafeUploadError", "WEIGHTS_FILE", "attribute_eval_results", "collect_upload_files", "default_image_processor",
-    "find_pictures", "load_eval_results", "push_to_hub", "read_training_config", "redact_secrets",
-    "render_model_card", "resolve_endpoint", "results_table", "save_backbone", "weights_sha256",
+    "ADAPTER_DIR",
+    "ADAPTER_FILES",
+    "CARD_FILE",
+    "CITATION",
+    "DEFAULT_COMMIT_MESSAGE",
+    "DEFAULT_TAGS",
+    "EXPORT_FILES",
+    "EvalResultsError",
+    "HubAuthenticationError",
+    "HubVisibilityError",
+    "MislabelledResultsError",
+    "PAPER_URL",
+    "PICTURES_DIR",
+    "Picture",
+    "TEMPLATE_PATH",
+    "TRAINING_CONFIG_FILE",
+    "TRAINING_SUMMARY_FILE",
+    "UnsafeUploadError",
+    "WEIGHTS_FILE",
+    "attribute_eval_results",
+    "collect_upload_files",
+    "default_image_processor",
+    "find_pictures",
+    "load_eval_results",
+    "push_to_hub",
+    "read_training_config",
+    "redact_secrets",
+    "render_model_card",
+    "resolve_endpoint",
+    "results_table",
+    "save_backbone",
+    "weights_sha256",
 ]

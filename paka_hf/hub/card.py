@@ -13,16 +13,23 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import yaml
 
 from ..backbones import FAMILIES, family_for
 from ..files import (
-    ADAPTER_DIR, ADAPTER_FILES, EVAL_RESULTS_GLOB, MODEL_CONFIG_FILE, PICTURES_DIR, PREPROCESSOR_FILE,
-    TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE, WEIGHTS_FILE,
+    ADAPTER_DIR,
+    ADAPTER_FILES,
+    EVAL_RESULTS_GLOB,
+    MODEL_CONFIG_FILE,
+    PICTURES_DIR,
+    PREPROCESSOR_FILE,
+    TRAINING_CONFIG_FILE,
+    TRAINING_SUMMARY_FILE,
+    WEIGHTS_FILE,
 )
 from ..paper import CITATION, PAPER_URL, TAGS  # noqa: F401  (CITATION, PAPER_URL: part of paka_hf.hub)
 from .export import REPO_ID_PATTERN, is_inside, weights_sha256
@@ -40,10 +47,30 @@ _REDACTED = "<redacted>"
 
 # Settings of training_config.yaml shown in the card's table, in this order (the full file is linked).
 _CARD_CONFIG_KEYS = (
-    "model_name_or_path", "dataset_name", "max_steps", "num_train_epochs", "per_device_train_batch_size",
-    "gradient_accumulation_steps", "learning_rate", "head_learning_rate", "weight_decay", "global_size",
-    "local_size", "n_local", "min_intersection", "loss", "kernel", "kernel_scope", "roi_size",
-    "teacher_momentum", "use_head", "drop_path_rate", "bf16", "fp16", "seed", "export",
+    "model_name_or_path",
+    "dataset_name",
+    "max_steps",
+    "num_train_epochs",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "head_learning_rate",
+    "weight_decay",
+    "global_size",
+    "local_size",
+    "n_local",
+    "min_intersection",
+    "loss",
+    "kernel",
+    "kernel_scope",
+    "roi_size",
+    "teacher_momentum",
+    "use_head",
+    "drop_path_rate",
+    "bf16",
+    "fp16",
+    "seed",
+    "export",
 )
 
 
@@ -84,18 +111,26 @@ def find_pictures(output_dir: str | os.PathLike) -> list[Picture]:
     """
     folder = Path(output_dir) / PICTURES_DIR
     order = {kind: i for i, kind in enumerate(_PICTURE_TEXT)}  # pca, clusters, retrieval, then the rest
-    pngs = sorted(folder.glob("*.png"), key=lambda p: (order.get(p.stem.split("_")[0], len(order)), p.name)) \
-        if folder.is_dir() else []
+    pngs = (
+        sorted(folder.glob("*.png"), key=lambda p: (order.get(p.stem.split("_")[0], len(order)), p.name))
+        if folder.is_dir()
+        else []
+    )
     pictures = []
     for png in pngs:
         if not is_inside(png, output_dir):
-            logger.warning("Skipping %s: a symlink to %s, outside %s (only the folder's own files are published)",
-                           png, png.resolve(), output_dir)
+            logger.warning(
+                "Skipping %s: a symlink to %s, outside %s (only the folder's own files are published)",
+                png,
+                png.resolve(),
+                output_dir,
+            )
             continue
         kind = png.stem.split("_")[0]
         title, caption = _PICTURE_TEXT.get(kind, (png.stem.replace("_", " ").capitalize(), ""))
         pictures.append(Picture(path=f"{PICTURES_DIR}/{png.name}", title=title, caption=caption))
     return pictures
+
 
 def _eval_result(entry: Mapping[str, Any]):
     """One evaluation entry as a ``huggingface_hub.EvalResult`` (the card's ``model-index``)."""
@@ -139,7 +174,10 @@ def results_table(base: Sequence[Mapping[str, Any]], adapted: Sequence[Mapping[s
             rows.setdefault(result_key(entry), {})[column] = entry
     if not rows:
         return ""
-    lines = ["| Protocol | Dataset | Split | Metric | Base | PaKA | Δ |", "| --- | --- | --- | --- | ---: | ---: | ---: |"]
+    lines = [
+        "| Protocol | Dataset | Split | Metric | Base | PaKA | Δ |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: |",
+    ]
     for key, cells in rows.items():
         protocol, dataset, config, split, metric_type, metric_name = key
         b, p = cells.get("base"), cells.get("paka")
@@ -211,8 +249,15 @@ def family_card_metadata(model_type: str | None) -> dict[str, Any]:
     ``license``, ``license_name``, ``license_link``, ``pipeline_tag``, ``notice``, ``tags`` and ``title``."""
     family = family_for(model_type, "the exported model")
     card = family.card
-    return dict(license=card.license, license_name=card.license_name, license_link=card.license_link,
-                pipeline_tag=card.pipeline_tag, notice=card.notice, tags=card.tags, title=family.title)  # fmt: skip
+    return dict(
+        license=card.license,
+        license_name=card.license_name,
+        license_link=card.license_link,
+        pipeline_tag=card.pipeline_tag,
+        notice=card.notice,
+        tags=card.tags,
+        title=family.title,
+    )
 
 
 def _forward_kwargs(model_config: Mapping[str, Any]) -> str:
@@ -234,7 +279,9 @@ patch_tokens = hidden[:, : h * w]  # (1, h*w, D): one feature per patch (no CLS 
     if prefix == 0:
         lines.append("num_prefix = 0  # no CLS token: every token is a patch")
     else:
-        lines.append('num_prefix = 1 + (getattr(model.config, "num_register_tokens", 0) or 0)  # CLS (+ register) tokens')
+        lines.append(
+            'num_prefix = 1 + (getattr(model.config, "num_register_tokens", 0) or 0)  # CLS (+ register) tokens'
+        )
     lines += [
         'height, width = inputs["pixel_values"].shape[-2:]',
         "h, w = height // model.config.patch_size, width // model.config.patch_size",
@@ -394,7 +441,8 @@ def render_model_card(
         results_table=results_table(base_entries, adapted_entries),
         results_notes=_results_notes(base_entries + adapted_entries),
         pictures=find_pictures(out),
-        config_table=_md_table(config_pairs, ("Setting", "Value")) if config_pairs
+        config_table=_md_table(config_pairs, ("Setting", "Value"))
+        if config_pairs
         else f"No `{TRAINING_CONFIG_FILE}` was found in the output folder.",
         compute_table=_compute_table(summary),
         notice=notice,

@@ -29,9 +29,19 @@ from ..files import (
 
 # The file names are re-exported from paka_hf.files, where they are defined, for code that imported them from here.
 __all__ = [
-    "ADAPTER_DIR", "ADAPTER_FILES", "CARD_FILE", "EXPORT_FILES", "PICTURES_DIR", "REPO_ID_PATTERN",
-    "TRAINING_CONFIG_FILE", "TRAINING_SUMMARY_FILE", "WEIGHTS_FILE", "default_image_processor", "is_inside",
-    "save_backbone", "weights_sha256",
+    "ADAPTER_DIR",
+    "ADAPTER_FILES",
+    "CARD_FILE",
+    "EXPORT_FILES",
+    "PICTURES_DIR",
+    "REPO_ID_PATTERN",
+    "TRAINING_CONFIG_FILE",
+    "TRAINING_SUMMARY_FILE",
+    "WEIGHTS_FILE",
+    "default_image_processor",
+    "is_inside",
+    "save_backbone",
+    "weights_sha256",
 ]
 
 #: A Hub repository id, ``namespace/name``.
@@ -85,7 +95,6 @@ def save_backbone(model: Any, output_dir: str | os.PathLike, image_processor: An
         image_processor = getattr(model, "image_processor", None) or default_image_processor(model_type)
     image_processor.save_pretrained(out)
     return out
-
 
 
 def weights_sha256(path: str | os.PathLike) -> str | None:

@@ -33,8 +33,8 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError, MissingPathError, PaKAUserError
-from .card import find_pictures, redact_secrets, render_model_card
 from ..files import ADAPTER_DIR, ADAPTER_FILES, CARD_FILE, EXPORT_FILES, TRAINING_CONFIG_FILE
+from .card import find_pictures, redact_secrets, render_model_card
 from .export import REPO_ID_PATTERN, is_inside
 
 logger = logging.getLogger(__name__)
@@ -126,14 +126,21 @@ def _with_retries(
                 raise _auth_error(err, repo_id, endpoint) from err
             if not _is_transient(err) or attempt >= max_retries:
                 if _is_transient(err):
-                    logger.error("%s on %s failed after %d attempts: %s", what, repo_id, attempt + 1, type(err).__name__)
+                    logger.error(
+                        "%s on %s failed after %d attempts: %s", what, repo_id, attempt + 1, type(err).__name__
+                    )
                 raise
             wait = backoff_s * (2**attempt)
             attempt += 1
             status = _status_code(err)
             logger.warning(
                 "%s on %s failed (%s); retry %d/%d in %.1f s",
-                what, repo_id, f"HTTP {status}" if status else type(err).__name__, attempt, max_retries, wait,
+                what,
+                repo_id,
+                f"HTTP {status}" if status else type(err).__name__,
+                attempt,
+                max_retries,
+                wait,
             )
             time.sleep(wait)
 
@@ -157,7 +164,9 @@ def collect_upload_files(output_dir: str | os.PathLike) -> dict[str, Path]:
         if any(name in EXPORT_FILES for name in missing):
             hint += " Export the backbone with paka_hf.hub.save_backbone(model, output_dir)."
         if any(name.startswith(f"{ADAPTER_DIR}/") for name in missing):
-            hint += f" {out / ADAPTER_DIR} is incomplete: export again (paka_hf.lora.export_lora_backbone) or remove it."
+            hint += (
+                f" {out / ADAPTER_DIR} is incomplete: export again (paka_hf.lora.export_lora_backbone) or remove it."
+            )
         if TRAINING_CONFIG_FILE in missing:
             hint += f" {TRAINING_CONFIG_FILE} is written by the trainer (scripts/train.py) at the start of training."
         raise MissingPathError(f"{out} lacks {', '.join(missing)}; nothing was pushed.{hint}")
@@ -231,15 +240,20 @@ def push_to_hub(
     def commit():
         # Fresh operations on every attempt: huggingface_hub mutates them and forbids reuse after a commit.
         head = api.repo_info(repo_id, revision=branch)
-        stale = sorted(s.rfilename for s in head.siblings or () if s.rfilename not in uploads
-                       and s.rfilename not in KEEP_REMOTE)
+        stale = sorted(
+            s.rfilename for s in head.siblings or () if s.rfilename not in uploads and s.rfilename not in KEEP_REMOTE
+        )
         if stale:
             logger.info("Deleting %d remote file(s) the export does not contain: %s", len(stale), ", ".join(stale))
         operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in uploads.items()]
         operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
         return api.create_commit(
-            repo_id, operations, commit_message=commit_message, commit_description=commit_description,
-            revision=revision, parent_commit=head.sha,
+            repo_id,
+            operations,
+            commit_message=commit_message,
+            commit_description=commit_description,
+            revision=revision,
+            parent_commit=head.sha,
         )
 
     created = _ensure_repo(api, repo_id, private, retry)
@@ -282,6 +296,10 @@ def _delete_created_repo(api, repo_id: str) -> None:
     try:
         api.delete_repo(repo_id, missing_ok=True)
         logger.warning("The first push to %s failed; deleted the repository it had created.", repo_id)
-    except Exception as err:  # the push's own error is the one to report
-        logger.error("The first push to %s failed and deleting the new, empty repository failed too (%s): delete "
-                     "it on the Hub.", repo_id, type(err).__name__)
+    except Exception as err:  # noqa: BLE001 - the push's own error is the one to report
+        logger.error(
+            "The first push to %s failed and deleting the new, empty repository failed too (%s): delete "
+            "it on the Hub.",
+            repo_id,
+            type(err).__name__,
+        )

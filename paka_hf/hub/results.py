@@ -83,8 +83,12 @@ def same_model(a: str | None, b: str | None) -> bool:
 def result_key(entry: Mapping[str, Any]) -> tuple:
     """What one result measures: (protocol, dataset, config, split, metric type, metric name)."""
     return (
-        entry.get("protocol"), entry.get("dataset_name"), entry.get("dataset_config"), entry.get("split"),
-        entry.get("metric_type"), entry.get("metric_name"),
+        entry.get("protocol"),
+        entry.get("dataset_name"),
+        entry.get("dataset_config"),
+        entry.get("split"),
+        entry.get("metric_type"),
+        entry.get("metric_name"),
     )
 
 
@@ -107,7 +111,8 @@ def attribute_eval_results(
     columns: dict[str, dict[tuple, tuple[str, dict]]] = {"base": {}, "adapted": {}}
     problems: list[str] = []
     pushed = f"the pushed model ({', '.join(map(str, adapted_refs))}" + (
-        f", sha256 {adapted_sha256[:12]}…)" if adapted_sha256 else ")")
+        f", sha256 {adapted_sha256[:12]}…)" if adapted_sha256 else ")"
+    )
 
     def add(column: str, data: Mapping[str, Any]) -> None:
         for entry in data["results"]:
@@ -143,7 +148,8 @@ def attribute_eval_results(
             problems.append(f"{source} measured {model!r}, which is neither {pushed} nor the base {base_model!r}")
     if problems:
         raise MislabelledResultsError(
-            "evaluation results that the card cannot show, nothing was pushed: " + "; ".join(dict.fromkeys(problems))
+            "evaluation results that the card cannot show, nothing was pushed: "
+            + "; ".join(dict.fromkeys(problems))
             + ". Pass only this model's and its base's results files (--eval_results)."
         )
     return [entry for _, entry in columns["base"].values()], [entry for _, entry in columns["adapted"].values()]
