@@ -20,13 +20,13 @@ from transformers import TrainingArguments
 
 from .backbones import SUPPORTED_MODEL_TYPES
 from .data import DATASET_FORMATS, DEFAULT_MAX_IMAGE_PIXELS
-from .errors import ConfigError, check_choice, check_patch_multiple, check_roi_size
+from .errors import ConfigError, check_choice, check_fraction, check_patch_multiple, check_roi_size
 from .lora import LoRASettings
 from .losses import KERNELS, LOSSES, NECO_QUEUE_LENGTH, NECO_QUEUE_PER_IMAGE, NECO_STEEPNESS, SCOPES, NeCoSettings
 from .modeling import STUDENT_VIEWS
 from .paths import check_local_path
 from .teacher import check_teacher_momentum
-from .views import RENDERINGS
+from .views import MIN_INTERSECTION_MEANING, RENDERINGS
 
 EXPORTS = ("student", "teacher")
 #: Fields read as a local path when they look like one (paka_hf.paths.looks_like_local_path).
@@ -269,10 +269,7 @@ class PaKAConfig(TrainingArguments):
         for spec in fields(self):  # every enumerated PaKA field declares its choices (_help)
             if "choices" in spec.metadata and spec.name not in trainer_fields:
                 check_choice(spec.name, getattr(self, spec.name), spec.metadata["choices"])
-        if not 0.0 <= self.min_intersection <= 1.0:
-            raise ConfigError(
-                f"min_intersection must be in [0, 1] (a containment fraction), got {self.min_intersection}"
-            )
+        check_fraction("min_intersection", self.min_intersection, MIN_INTERSECTION_MEANING)
         try:
             check_teacher_momentum(self.teacher_momentum)
         except ValueError as err:

@@ -56,6 +56,12 @@ def check_patch_multiple(name: str, size: int, patch_size: int) -> None:
 MIN_ROI_SIZE = 2
 
 
+def check_fraction(name: str, value: float, meaning: str) -> None:
+    """Raise :class:`ConfigError` unless ``0 <= value <= 1``; ``meaning`` says what the fraction is."""
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name} must be in [0, 1] ({meaning}), got {value}")
+
+
 def check_roi_size(roi_size: int) -> None:
     """Raise :class:`ConfigError` unless ``roi_size >= MIN_ROI_SIZE``."""
     if roi_size < MIN_ROI_SIZE:

@@ -52,6 +52,7 @@ import torch
 from PIL import Image
 
 from . import visualize as viz
+from .commands import StrictArgumentParser
 from .errors import ConfigError, EmptyDatasetError, MissingPathError, PaKAUserError
 from .files import TRAINING_CONFIG_FILE
 from .imaging import IMAGE_SUFFIXES, is_image_file
@@ -677,7 +678,7 @@ def build_app(
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = StrictArgumentParser(  # no abbreviated options; a bad one is one line naming the closest
         prog="paka-explore",
         description="Explore base vs PaKA-adapted dense features in the browser (Gradio, on localhost).",
         epilog="Example: paka-explore out/ --base facebook/dinov2-with-registers-small --images photos/",

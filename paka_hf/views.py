@@ -40,10 +40,12 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from .augment import PhotometricAugment
-from .errors import check_choice, check_patch_multiple
+from .errors import check_choice, check_fraction, check_patch_multiple
 from .imaging import fit_within, to_rgb
 from .resample import resample_boxes
 
+#: What min_intersection is, in the one message that checks its range (config and sample_boxes).
+MIN_INTERSECTION_MEANING = "the fraction of each local box that must lie inside its global box"
 CONTAINMENT_TOLERANCE = 1e-6  # float round-off allowance when comparing containment to τ
 
 
@@ -173,8 +175,7 @@ def sample_boxes(
         raise ValueError(f"image must be at least 1x1 pixels, got {width}x{height}")
     if n_global < 1 or n_local < 1:
         raise ValueError(f"need n_global >= 1 and n_local >= 1, got {n_global} and {n_local}")
-    if not 0.0 <= min_intersection <= 1.0:
-        raise ValueError(f"min_intersection must be in [0, 1], got {min_intersection}")
+    check_fraction("min_intersection", min_intersection, MIN_INTERSECTION_MEANING)
     if max_tries < 1:
         raise ValueError(f"max_tries must be >= 1, got {max_tries}")
     global_scale = _check_range("global_scale", global_scale, 0.0, 1.0)

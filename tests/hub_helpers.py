@@ -116,6 +116,10 @@ def go_online(monkeypatch, url: str | None = None, home: Path | None = None) -> 
         monkeypatch.setenv("HF_ENDPOINT", url)
         monkeypatch.setattr(constants, "ENDPOINT", url)
         monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+        # huggingface_hub's module-level HfApi (behind file_exists, list_repo_files ...: peft's loading uses them)
+        from huggingface_hub import hf_api
+
+        monkeypatch.setattr(hf_api.api, "endpoint", url)
     try:
         import transformers.utils.hub as transformers_hub
     except ImportError:  # pragma: no cover - transformers is a dependency

@@ -85,6 +85,9 @@ def test_other_scripts_take_no_abbreviation_either(capsys, monkeypatch, tmp_path
         capsys, evaluate_command.main, ["--model_name_or_path", "m", "--dataset_name", "camvid", "--knn_back", "torch"]
     )
     assert "did you mean --knn_backend?" in line
+    explore = importlib.import_module("paka_hf.explore")
+    line = _error_line(capsys, explore.main, [str(tmp_path), "--imag", "photos"])  # was taken as --images
+    assert "unknown option --imag; did you mean --images?" in line
 
 
 def test_yaml_values_reach_the_config_with_their_types(tmp_path):

@@ -430,3 +430,40 @@ def test_results_of_the_previous_push_never_label_new_weights(server, out, tiny_
     with pytest.raises(hub.MislabelledResultsError, match="with other weights"):
         _push(out, eval_results=[evaluated])
     assert [c.title for c in HfApi(endpoint=server.url).list_repo_commits(REPO, token=TOKEN)][0] == "with results"
+
+
+def test_a_lora_export_pushes_merged_weights_and_adapter_in_one_commit_and_both_load(server, tmp_path, tiny_config):
+    pytest.importorskip("peft")
+    from hub_helpers import TRAINING_CONFIG
+    from peft import PeftModel
+
+    from paka_hf.backbones import PatchBackbone
+    from paka_hf.lora import LoRASettings, adapter_parameters, add_lora, export_lora_backbone
+
+    torch.manual_seed(0)
+    AutoModel.from_config(tiny_config(registers=4)).save_pretrained(tmp_path / "base")
+    backbone = PatchBackbone.from_pretrained(tmp_path / "base")
+    add_lora(backbone, LoRASettings(rank=4), base_model_name_or_path=str(tmp_path / "base"))
+    with torch.no_grad():  # a trained adapter: B != 0
+        for param in adapter_parameters(backbone).values():
+            param.normal_(std=0.05)
+    out = export_lora_backbone(backbone, tmp_path / "out")
+    (out / "training_config.yaml").write_text(TRAINING_CONFIG)
+    _push(out)
+    files = server.snapshot(REPO)
+    assert set(files) == (EXPECTED - {"pictures/pca.png"}) | {
+        ".gitattributes",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+    }
+    assert server.count("POST", r"/commit/main$") == 1
+    card = files["README.md"].decode()
+    assert f'PeftModel.from_pretrained(base, "{REPO}", subfolder="adapter")' in card
+    pixels = torch.randn(1, 3, 28, 42)
+    with torch.no_grad():
+        merged = AutoModel.from_pretrained(REPO).eval()(pixel_values=pixels).last_hidden_state
+        base = AutoModel.from_pretrained(tmp_path / "base")
+        adapted = PeftModel.from_pretrained(base, REPO, subfolder="adapter").eval()
+        torch.testing.assert_close(adapted(pixel_values=pixels).last_hidden_state, merged, rtol=0, atol=1e-5)
+        plain = AutoModel.from_pretrained(tmp_path / "base").eval()  # (from_pretrained put the adapter into `base`)
+        assert not torch.allclose(plain(pixel_values=pixels).last_hidden_state, merged, atol=1e-3)
