@@ -227,7 +227,7 @@ class LoRATeacher(nn.Module):
 
 
 def _export_copy(backbone: PatchBackbone, adapter_state: dict[str, torch.Tensor] | None):
-    """A deep copy of the ``PeftModel`` with ``adapter_state`` (student names) in its adapters, on the CPU."""
+    """A deep copy of the ``PeftModel`` (on the CPU) with ``adapter_state`` (student names) in its adapters."""
     peft_model = copy.deepcopy(peft_model_of(backbone)).to("cpu")
     if adapter_state is not None:
         # backbone names are "model.<name inside the transformers model>"; the PeftModel's are
@@ -255,7 +255,8 @@ def export_lora_backbone(
 
     ``adapter_state`` (student names → tensors, e.g. :meth:`LoRATeacher.adapter_state`) replaces the student's
     adapters in what is written (the teacher's export); the backbone in memory is never changed. The merge
-    happens in a CPU copy of the model (one backbone's worth of host memory while exporting).
+    happens in a copy of the model, made where the model is and then moved to the CPU: one more backbone's
+    worth of device memory for a moment, and of host memory while exporting.
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
