@@ -30,6 +30,46 @@ SMALL_MODEL = SHARED / "models" / "dinov2-small-imgfocus"
 CAMVID = SHARED / "datasets" / "camvid"
 
 
+#: Command-line flags of a 2-step training run of a tiny model on CPU (scripts' tests add model, data, output).
+TINY_RUN = (
+    "--max_steps 2 --save_steps 1 --per_device_train_batch_size 2 --global_size 56 --local_size 28 --n_local 2 "
+    "--head_hidden_dim 32 --head_out_dim 16 --dataloader_num_workers 0 --shuffle_buffer_size 4 --use_cpu true "
+    "--report_to none --disable_tqdm true --logging_steps 1"
+).split()
+
+
+def tiny_run_config(output_dir, model_dir, images, **overrides):
+    """A ``PaKAConfig`` for a few CPU steps of a tiny model on a folder of images; ``overrides`` replace fields."""
+    from paka_hf import PaKAConfig
+
+    values = dict(
+        output_dir=str(output_dir),
+        model_name_or_path=str(model_dir),
+        dataset_name=str(images),
+        max_steps=6,
+        per_device_train_batch_size=2,
+        global_size=56,
+        local_size=28,
+        n_local=2,
+        head_hidden_dim=32,
+        head_out_dim=16,
+        learning_rate=1e-3,
+        head_learning_rate=1e-2,
+        teacher_momentum=0.9,
+        drop_path_rate=0.1,
+        dataloader_num_workers=0,
+        shuffle_buffer_size=8,
+        logging_steps=2,
+        save_steps=3,
+        save_total_limit=3,
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    values.update(overrides)
+    return PaKAConfig(**values)
+
+
 def tiny_dinov2_config(registers: int = 0, patch_size: int = 14, hidden_size: int = 32, layers: int = 2):
     """A DINOv2 (or DINOv2-with-registers) config small enough for millisecond forwards on CPU."""
     common = dict(

@@ -16,7 +16,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, StopAt, tiny_dinov2_config
+from conftest import REPO_ROOT, StopAt, tiny_dinov2_config, tiny_run_config
 from PIL import Image
 from transformers import (
     AutoModel,
@@ -264,33 +264,9 @@ def images(tmp_path_factory):
 
 
 def family_run_config(model_dir, images, output_dir, patch_size, **overrides) -> PaKAConfig:
-    values = dict(
-        output_dir=str(output_dir),
-        model_name_or_path=str(model_dir),
-        dataset_name=str(images),
-        max_steps=4,
-        per_device_train_batch_size=2,
-        global_size=4 * patch_size,
-        local_size=2 * patch_size,
-        n_local=2,
-        head_hidden_dim=32,
-        head_out_dim=16,
-        learning_rate=1e-3,
-        head_learning_rate=1e-2,
-        teacher_momentum=0.9,
-        drop_path_rate=0.1,
-        dataloader_num_workers=0,
-        shuffle_buffer_size=4,
-        logging_steps=2,
-        save_steps=2,
-        save_total_limit=3,
-        use_cpu=True,
-        disable_tqdm=True,
-        seed=0,
-        roi_size=3,
-    )
-    values.update(overrides)
-    return PaKAConfig(**values)
+    sizes = dict(global_size=4 * patch_size, local_size=2 * patch_size)
+    defaults = dict(max_steps=4, shuffle_buffer_size=4, save_steps=2, roi_size=3, **sizes)
+    return tiny_run_config(output_dir, model_dir, images, **{**defaults, **overrides})
 
 
 def _script(name: str):

@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT, write_tiny_run_assets
+from conftest import REPO_ROOT, TINY_RUN, write_tiny_run_assets
 
 from paka_hf.cli import USER_ERROR_STATUS, run_script, split_debug_flag
 from paka_hf.commands import train as train_command
@@ -25,36 +25,6 @@ from paka_hf.paths import looks_like_local_path
 SCRIPTS = REPO_ROOT / "scripts"
 TOKEN_ON_COMMAND_LINE = "hf_FakeCommandLineToken0123456789"
 TOKEN_IN_ENVIRONMENT = "hf_FakeEnvironmentToken0123456789"
-TINY_RUN = [
-    "--max_steps",
-    "2",
-    "--save_steps",
-    "1",
-    "--per_device_train_batch_size",
-    "2",
-    "--global_size",
-    "56",
-    "--local_size",
-    "28",
-    "--n_local",
-    "2",
-    "--head_hidden_dim",
-    "32",
-    "--head_out_dim",
-    "16",
-    "--dataloader_num_workers",
-    "0",
-    "--shuffle_buffer_size",
-    "4",
-    "--use_cpu",
-    "true",
-    "--report_to",
-    "none",
-    "--disable_tqdm",
-    "true",
-    "--logging_steps",
-    "1",
-]
 
 
 def _offline_env(**extra):

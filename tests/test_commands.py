@@ -12,42 +12,14 @@ import sys
 
 import pytest
 from conftest import REPO_ROOT, write_tiny_run_assets
+from conftest import TINY_RUN as CONFTEST_TINY_RUN
 
 from paka_hf.cli import USER_ERROR_STATUS, run_script
 from paka_hf.commands import evaluate as evaluate_command
 from paka_hf.commands import train as train_command
 from paka_hf.errors import ConfigError
 
-TINY_RUN = [
-    "--max_steps",
-    "2",
-    "--save_steps",
-    "2",
-    "--per_device_train_batch_size",
-    "2",
-    "--global_size",
-    "56",
-    "--local_size",
-    "28",
-    "--n_local",
-    "2",
-    "--head_hidden_dim",
-    "32",
-    "--head_out_dim",
-    "16",
-    "--dataloader_num_workers",
-    "0",
-    "--shuffle_buffer_size",
-    "4",
-    "--use_cpu",
-    "true",
-    "--report_to",
-    "none",
-    "--disable_tqdm",
-    "true",
-    "--logging_steps",
-    "1",
-]
+TINY_RUN = [*CONFTEST_TINY_RUN, "--save_steps", "2"]
 
 
 def _error_line(capsys, main, argv) -> str:

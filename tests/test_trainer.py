@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO_ROOT, StopAt, tiny_dinov2_config
+from conftest import REPO_ROOT, StopAt, tiny_dinov2_config, tiny_run_config
 from PIL import Image
 from transformers import AutoModel, pipeline
 
@@ -37,32 +37,7 @@ def assets(tmp_path_factory):
 
 
 def run_config(assets, output_dir, **overrides) -> PaKAConfig:
-    values = dict(
-        output_dir=str(output_dir),
-        model_name_or_path=str(assets / "model"),
-        dataset_name=str(assets / "images"),
-        max_steps=6,
-        per_device_train_batch_size=2,
-        global_size=56,
-        local_size=28,
-        n_local=2,
-        head_hidden_dim=32,
-        head_out_dim=16,
-        learning_rate=1e-3,
-        head_learning_rate=1e-2,
-        teacher_momentum=0.9,
-        drop_path_rate=0.1,
-        dataloader_num_workers=0,
-        shuffle_buffer_size=8,
-        logging_steps=2,
-        save_steps=3,
-        save_total_limit=3,
-        use_cpu=True,
-        disable_tqdm=True,
-        seed=0,
-    )
-    values.update(overrides)
-    return PaKAConfig(**values)
+    return tiny_run_config(output_dir, assets / "model", assets / "images", **overrides)
 
 
 def states(trainer):
