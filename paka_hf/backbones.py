@@ -76,7 +76,7 @@ import logging
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -197,47 +197,34 @@ _APACHE = CardMetadata(license="apache-2.0")
 _VIT_BLOCKS = r"encoder\.layers\.\d+"
 _CLIP_LIKE_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
+_DINOV2 = BackboneFamily(
+    name="dinov2",
+    title="DINOv2",
+    model_class="Dinov2Model",
+    input_mode="pixels",
+    prefix_tokens=_cls_and_registers,
+    block_pattern=r"encoder\.layer\.\d+",
+    lora_targets=lambda config: ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"),
+    has_drop_path=True,
+    unused_parameters=lambda config: ("embeddings.mask_token",),
+    processor_class="BitImageProcessor",
+    processor_kwargs=_DINOV2_PROCESSOR,
+    card=CardMetadata(license="apache-2.0", tags=("dinov2",)),
+    example_ids=("facebook/dinov2-small", "facebook/dinov2-base", "facebook/dinov2-large", "facebook/dinov2-giant"),
+)
+
 FAMILIES: dict[str, BackboneFamily] = {
     family.name: family
     for family in (
-        BackboneFamily(
-            name="dinov2",
-            title="DINOv2",
-            model_class="Dinov2Model",
-            input_mode="pixels",
-            prefix_tokens=_cls_and_registers,
-            block_pattern=r"encoder\.layer\.\d+",
-            lora_targets=lambda config: ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"),
-            has_drop_path=True,
-            unused_parameters=lambda config: ("embeddings.mask_token",),
-            processor_class="BitImageProcessor",
-            processor_kwargs=_DINOV2_PROCESSOR,
-            card=CardMetadata(license="apache-2.0", tags=("dinov2",)),
-            example_ids=(
-                "facebook/dinov2-small",
-                "facebook/dinov2-base",
-                "facebook/dinov2-large",
-                "facebook/dinov2-giant",
-            ),
-        ),
-        BackboneFamily(
+        _DINOV2,
+        # the same architecture with register tokens (their count is in the config: prefix_tokens reads it)
+        replace(
+            _DINOV2,
             name="dinov2_with_registers",
             title="DINOv2 with registers",
             model_class="Dinov2WithRegistersModel",
-            input_mode="pixels",
-            prefix_tokens=_cls_and_registers,
-            block_pattern=r"encoder\.layer\.\d+",
-            lora_targets=lambda config: ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"),
-            has_drop_path=True,
-            unused_parameters=lambda config: ("embeddings.mask_token",),
-            processor_class="BitImageProcessor",
-            processor_kwargs=_DINOV2_PROCESSOR,
-            card=CardMetadata(license="apache-2.0", tags=("dinov2",)),
-            example_ids=(
-                "facebook/dinov2-with-registers-small",
-                "facebook/dinov2-with-registers-base",
-                "facebook/dinov2-with-registers-large",
-                "facebook/dinov2-with-registers-giant",
+            example_ids=tuple(
+                f"facebook/dinov2-with-registers-{size}" for size in ("small", "base", "large", "giant")
             ),
         ),
         BackboneFamily(
