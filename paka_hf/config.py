@@ -20,7 +20,14 @@ from transformers import TrainingArguments
 
 from .backbones import SUPPORTED_MODEL_TYPES
 from .data import DATASET_FORMATS, DEFAULT_MAX_IMAGE_PIXELS
-from .errors import ConfigError, check_choice, check_fraction, check_patch_multiple, check_roi_size
+from .errors import (
+    ConfigError,
+    check_choice,
+    check_fraction,
+    check_patch_multiple,
+    check_positive_int,
+    check_roi_size,
+)
 from .lora import LoRASettings
 from .losses import KERNELS, LOSSES, NECO_QUEUE_LENGTH, NECO_QUEUE_PER_IMAGE, NECO_STEEPNESS, SCOPES, NeCoSettings
 from .modeling import STUDENT_VIEWS
@@ -292,8 +299,7 @@ class PaKAConfig(TrainingArguments):
             "head_out_dim",
             "max_box_tries",
         ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
+            check_positive_int(name, getattr(self, name))
         check_roi_size(self.roi_size)
         if self.loss in ("cosine", "neco") and self.kernel_scope != "pair":
             raise ConfigError(

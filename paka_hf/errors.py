@@ -56,6 +56,12 @@ def check_patch_multiple(name: str, size: int, patch_size: int) -> None:
 MIN_ROI_SIZE = 2
 
 
+def check_positive_int(name: str, value: int) -> None:
+    """Raise :class:`ConfigError` unless ``value >= 1`` (a count or a size)."""
+    if value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value}")
+
+
 def check_fraction(name: str, value: float, meaning: str) -> None:
     """Raise :class:`ConfigError` unless ``0 <= value <= 1``; ``meaning`` says what the fraction is."""
     if not 0.0 <= value <= 1.0:

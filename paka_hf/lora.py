@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from .backbones import PatchBackbone, resolve_lora_targets, vision_config
-from .errors import ConfigError
+from .errors import ConfigError, check_positive_int
 from .files import ADAPTER_DIR, CARD_FILE
 from .hub.export import save_backbone
 from .teacher import EMAPairs
@@ -83,8 +83,7 @@ class LoRASettings:
     target_modules: tuple[str, ...] | None = None
 
     def __post_init__(self):
-        if self.rank < 1:
-            raise ConfigError(f"lora_rank must be a positive integer, got {self.rank}")
+        check_positive_int("lora_rank", self.rank)
         if self.alpha <= 0:
             raise ConfigError(f"lora_alpha must be positive, got {self.alpha}")
         if not 0.0 <= self.dropout < 1.0:

@@ -40,7 +40,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from .augment import PhotometricAugment
-from .errors import check_choice, check_fraction, check_patch_multiple
+from .errors import check_choice, check_fraction, check_patch_multiple, check_positive_int
 from .imaging import fit_within, to_rgb
 from .resample import resample_boxes
 
@@ -176,8 +176,7 @@ def sample_boxes(
     if n_global < 1 or n_local < 1:
         raise ValueError(f"need n_global >= 1 and n_local >= 1, got {n_global} and {n_local}")
     check_fraction("min_intersection", min_intersection, MIN_INTERSECTION_MEANING)
-    if max_tries < 1:
-        raise ValueError(f"max_tries must be >= 1, got {max_tries}")
+    check_positive_int("max_tries", max_tries)
     global_scale = _check_range("global_scale", global_scale, 0.0, 1.0)
     local_scale = _check_range("local_scale", local_scale, 0.0, 1.0)
     ratio = _check_range("ratio", ratio, 1e-6, 1e6)
@@ -309,8 +308,8 @@ class GlimTransform:
         rendering: str = "cpu",
         max_image_side: int | None = None,
     ):
-        if global_size < 1 or local_size < 1:
-            raise ValueError(f"view sizes must be positive, got global {global_size}, local {local_size}")
+        check_positive_int("global_size", global_size)
+        check_positive_int("local_size", local_size)
         check_choice("rendering", rendering, RENDERINGS)
         if patch_size is not None:
             for name, size in (("global_size", global_size), ("local_size", local_size)):
