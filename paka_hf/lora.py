@@ -51,7 +51,6 @@ from torch import nn
 from .backbones import PatchBackbone, resolve_lora_targets, vision_config
 from .errors import ConfigError, check_positive_int
 from .files import ADAPTER_DIR, CARD_FILE
-from .hub.export import save_backbone
 from .teacher import EMAPairs
 
 #: How to get the optional dependency, in every error that needs it.
@@ -257,6 +256,9 @@ def export_lora_backbone(
     happens in a copy of the model, made where the model is and then moved to the CPU: one more backbone's
     worth of device memory for a moment, and of host memory while exporting.
     """
+    # here, not at module level: the model modules (modeling imports this one) stay free of the Hub stack
+    from .hub.export import save_backbone
+
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     peft_model = _export_copy(backbone, adapter_state)
