@@ -250,7 +250,7 @@ END_TO_END = [
     "siglip_vision_model",
     "siglip2",
     "clip",
-]  # fmt: skip  (full SigLIP 2 and CLIP checkpoints: their vision towers train)
+]  # "siglip2" and "clip" are full checkpoints: their vision towers train
 
 
 @pytest.fixture(scope="module")
