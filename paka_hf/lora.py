@@ -101,6 +101,7 @@ def check_lora_targets(backbone: PatchBackbone, targets: tuple[str, ...] | list[
     names = resolve_lora_targets(backbone, targets)
     family = backbone.family
     inner = backbone.model
+    default = list(family.lora_targets(vision_config(inner.config)))
     block = re.compile(rf"^{family.block_pattern}$")
     blocks = [name for name, _ in inner.named_modules() if block.match(name)]
 
@@ -116,13 +117,13 @@ def check_lora_targets(backbone: PatchBackbone, targets: tuple[str, ...] | list[
         raise ConfigError(
             f"lora_target_modules match only part of the {len(blocks)} transformer blocks of this {family.title} "
             f"model ({found}); name layers that every block has, or leave lora_target_modules unset for the "
-            f"family's default {list(family.lora_targets(vision_config(inner.config)))}"
+            f"family's default {default}"
         )
     if not any(_ATTENTION_PARTS.search(name) for name in names):
         raise ConfigError(
             f"lora_target_modules {sorted(per_target)} wrap no attention projection of this {family.title} model "
             f"(matched: {sorted(per_target)}); PaKA aligns patch relations, which attention makes: add its "
-            f"projections, e.g. the family's default {list(family.lora_targets(vision_config(inner.config)))}"
+            f"projections, e.g. the family's default {default}"
         )
     return names
 
@@ -197,8 +198,9 @@ class LoRATeacher(nn.Module):
         if not is_lora_backbone(student):
             raise ValueError("LoRATeacher needs a backbone with LoRA adapters (paka_hf.lora.add_lora)")
         self.__dict__["student"] = student  # a reference, not a submodule: the base belongs to the student
-        self.names = list(adapter_parameters(student))
-        for name, param in adapter_parameters(student).items():
+        adapters = adapter_parameters(student)
+        self.names = list(adapters)
+        for name, param in adapters.items():
             self.register_parameter(_key(name), nn.Parameter(param.detach().clone(), requires_grad=False))
         self.eval()
 

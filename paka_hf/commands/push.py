@@ -109,16 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     check_local_path(args.output_dir, "OUTPUT_DIR", always=True)
+    # one set of card settings, so the dry run shows the card the push would upload
+    card_options = dict(eval_results=args.eval_results, license=args.license, base_model=args.base_model)
     try:
         if args.dry_run:
             files = hub.collect_upload_files(args.output_dir)
-            card = hub.render_model_card(
-                args.output_dir,
-                args.repo_id,
-                eval_results=args.eval_results,
-                license=args.license,
-                base_model=args.base_model,
-            )
+            card = hub.render_model_card(args.output_dir, args.repo_id, **card_options)
             print(f"Would push to {args.repo_id} ({args.revision or 'main'}), deleting any other remote file:")
             for name in sorted([*files, hub.CARD_FILE]):
                 print(f"  {name}")
@@ -128,11 +124,9 @@ def main(argv: list[str] | None = None) -> int:
             args.output_dir,
             args.repo_id,
             private=args.private,
-            eval_results=args.eval_results,
             revision=args.revision,
             commit_message=args.commit_message,
-            license=args.license,
-            base_model=args.base_model,
+            **card_options,
         )
     except (FileNotFoundError, ValueError) as err:  # paka_hf.hub's own checks of the folder and settings
         if isinstance(err, PaKAUserError):
