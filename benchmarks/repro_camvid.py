@@ -38,6 +38,7 @@ import argparse
 import importlib.util
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -64,6 +65,7 @@ EVAL_CAMVID = _load_script(REPO / "benchmarks" / "eval_camvid.py", "paka_eval_ca
 LONG_LINEAR_EPOCHS = 100
 
 CONFIG_DIR = REPO / "configs" / "repro"
+TRAIN_COST_FILE = "train_cost.json"  # per trained run: steps, s/step and peak memory of the training process
 SHARED = REPO.parent / "shared"
 # Run order: the main recipe and its control first (they carry the targets), then the ablations.
 DEFAULT_RUNS = ("paka", "cosine", "gram", "min_intersection_0", "min_intersection_0.5", "teacher_augment", "head")
@@ -168,6 +170,18 @@ def train_one(config: Path, seed: int, output_dir: Path, extra: list[str]) -> No
     trainer.export_backbone(output_dir / "teacher", network="teacher")
     history = [e for e in trainer.state.log_history if "loss" in e and "train_runtime" not in e]
     (output_dir / "train_log.json").write_text(json.dumps(history, indent=2) + "\n")
+    # The cost side of an equal-compute comparison, measured in the training process itself: seconds per
+    # optimizer step over the whole run (data loading included) and the peak resident memory (ru_maxrss is
+    # KiB on Linux; data-loader workers are counted separately as children).
+    runtime = next(e["train_runtime"] for e in trainer.state.log_history if "train_runtime" in e)
+    cost = {
+        "steps": trainer.state.global_step,
+        "train_runtime_s": runtime,
+        "step_s": runtime / max(trainer.state.global_step, 1),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10,
+        "peak_rss_workers_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**10,
+    }
+    (output_dir / TRAIN_COST_FILE).write_text(json.dumps(cost, indent=2) + "\n")
 
 
 def run_and_evaluate(run: str, seed: int, args, settings: EvaluationSettings) -> None:
@@ -197,6 +211,7 @@ def run_and_evaluate(run: str, seed: int, args, settings: EvaluationSettings) ->
         print(f"[{run} seed {seed}] trained in {train_s / 60:.1f} min; evaluating …", flush=True)
         data = evaluate(out, f"{run} seed {seed}", args.data_dir, settings, out / "eval.json", args.protocols)
         data["train_wall_s"] = train_s
+        data["train_cost"] = json.loads((out / TRAIN_COST_FILE).read_text())
         (out / "eval.json").write_text(json.dumps(data, indent=2) + "\n")
         print(f"[{run} seed {seed}] " + _short(data), flush=True)
     if run in args.teacher_runs and (not (out / "teacher" / "eval.json").exists() or args.force):
