@@ -261,8 +261,12 @@ def aggregate(evals: list[dict]) -> dict[str, dict[str, float]]:
 def summarize(found: dict[str, list[dict]]) -> tuple[str, dict]:
     """The Markdown tables (results, targets, claims) and the same as a dict."""
     stats = {run: aggregate(evals) for run, evals in found.items()}
-    header = "| run | seeds | " + " | ".join(title for _, title in METRICS.values()) + " | train min | eval min |"
-    lines = [header, "|" + " --- |" * (len(METRICS) + 4)]
+    header = (
+        "| run | seeds | "
+        + " | ".join(title for _, title in METRICS.values())
+        + " | train min | s/step | peak RSS MiB | eval min |"
+    )
+    lines = [header, "|" + " --- |" * (len(METRICS) + 6)]
     for run, evals in found.items():
         cells = []
         for key in METRICS:
@@ -272,8 +276,14 @@ def summarize(found: dict[str, list[dict]]) -> tuple[str, dict]:
         evaluation = [e["timings_s"]["total"] / 60 for e in evals]
         seeds = ",".join(str(e["seed"]) for e in evals) if run != "base" else "–"
         train_text = f"{statistics.fmean(train):.1f}" if train else "–"
+        # Runs trained before train_cost.json existed show "–" rather than a figure from elsewhere.
+        costs = [e["train_cost"] for e in evals if "train_cost" in e]
+        step_text = f"{statistics.fmean(c['step_s'] for c in costs):.2f}" if costs else "–"
+        rss_text = f"{max(c['peak_rss_mib'] for c in costs):.0f}" if costs else "–"
         lines.append(
-            f"| {run} | {seeds} | " + " | ".join(cells) + f" | {train_text} | {statistics.fmean(evaluation):.1f} |"
+            f"| {run} | {seeds} | "
+            + " | ".join(cells)
+            + f" | {train_text} | {step_text} | {rss_text} | {statistics.fmean(evaluation):.1f} |"
         )
     summary = {"runs": stats, "targets": [], "claims": []}
     lines += ["", "| target (paka − base, mean over seeds) | needed | measured | met |", "| --- | ---: | ---: | --- |"]

@@ -82,7 +82,7 @@ def test_neco_recipes_parse_with_neco_settings_and_fewer_steps_at_equal_time(run
     assert config.max_steps == 160 if run == "neco" else 0 < config.max_steps < 160
 
 
-def fake_eval(driver, linear, oc100, hb, seed=0, train_s=None):
+def fake_eval(driver, linear, oc100, hb, seed=0, train_s=None, cost=None):
     names = {key: name for key, (name, _) in driver.METRICS.items()}
     results = {
         names["linear"]: linear,
@@ -94,6 +94,8 @@ def fake_eval(driver, linear, oc100, hb, seed=0, train_s=None):
     data = {"results": results, "timings_s": {"total": 120.0}, "seed": seed}
     if train_s is not None:
         data["train_wall_s"] = train_s
+    if cost is not None:
+        data["train_cost"] = dict(zip(("step_s", "peak_rss_mib"), cost))
     return data
 
 
@@ -115,6 +117,22 @@ def test_summary_means_over_seeds_targets_and_claim_directions(driver):
     verdicts = {c["worse"]: c["verdict"] for c in summary["claims"]}
     assert verdicts == {"cosine": "inside the seed spread (2.0)", "gram": "inside the seed spread (2.0)"}
     assert "| paka | 0,1 | 43.0 ± 1.0 |" in table and "| gram |" in table
+
+
+def test_summary_shows_each_runs_training_cost_and_a_dash_where_none_was_recorded(driver):
+    found = {
+        "base": [fake_eval(driver, 40.0, 45.0, 50.0)],
+        "neco": [
+            fake_eval(driver, 44.0, 52.0, 52.0, 0, 1080, cost=(6.5, 3100.0)),
+            fake_eval(driver, 42.0, 50.0, 54.0, 1, 1020, cost=(6.3, 3300.0)),
+        ],
+        "paka": [fake_eval(driver, 44.0, 52.0, 52.0, 0, 600)],  # trained before costs were recorded
+    }
+    table, _ = driver.summarize(found)
+    # mean seconds per step over seeds, the larger of the seeds' peaks (a machine must fit the worst one)
+    assert "| 17.5 | 6.40 | 3300 | 2.0 |" in table
+    assert "| 10.0 | – | – | 2.0 |" in table
+    assert table.splitlines()[1].count("---") == table.splitlines()[0].count("|") - 1
 
 
 def test_claim_verdicts_outside_the_seed_spread(driver):
