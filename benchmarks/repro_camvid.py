@@ -18,6 +18,7 @@ Layout under ``--output_dir`` (default ``outputs/repro``)::
     base/eval.json                      the pretrained backbone
     <run>/seed<s>/                      the adapted student: a normal model folder (AutoModel loads it)
     <run>/seed<s>/eval.json             its results (EvaluationReport JSON) and timings
+    <run>/seed<s>/train_cost.json       its training's steps, s/step and peak RSS (also in eval.json)
     <run>/seed<s>/teacher/              the EMA teacher of the same run (+ eval.json for --teacher_runs)
     summary.md, summary.json            the tables and claim checks
 
