@@ -173,8 +173,8 @@ def sample_boxes(
     """
     if height < 1 or width < 1:
         raise ValueError(f"image must be at least 1x1 pixels, got {width}x{height}")
-    if n_global < 1 or n_local < 1:
-        raise ValueError(f"need n_global >= 1 and n_local >= 1, got {n_global} and {n_local}")
+    check_positive_int("n_global", n_global)
+    check_positive_int("n_local", n_local)
     check_fraction("min_intersection", min_intersection, MIN_INTERSECTION_MEANING)
     check_positive_int("max_tries", max_tries)
     global_scale = _check_range("global_scale", global_scale, 0.0, 1.0)

@@ -156,6 +156,8 @@ def test_bad_settings_raise_helpful_errors():
         sample_boxes(10, 10, local_scale=(0.3, 0.2))
     with pytest.raises(ValueError, match="at least 1x1"):
         sample_boxes(0, 10)
+    with pytest.raises(ValueError, match="n_local must be a positive integer, got 0"):
+        sample_boxes(10, 10, n_local=0)
     with pytest.raises(
         ValueError,
         match="global_size=225 is not a multiple of the model's patch size 14; use for example global_size=224",
