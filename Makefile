@@ -16,7 +16,7 @@ $(VENV)/.installed: requirements-ci.txt setup.py pyproject.toml
 
 # The main job, offline: generate a tiny model and images in .demo/, post-train, export to out/demo.
 demo: venv
-	$(PY) -m paka_hf.demo .demo
+	$(PY) -m paka_hf.apps.demo .demo
 	rm -rf out/demo
 	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		scripts/train.py --config configs/demo.yaml

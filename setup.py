@@ -33,9 +33,9 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8.0", "selenium>=4.40"],  # selenium: the explorer's browser test
-        # the feature explorer (paka-explore, paka_hf.explore) and its Hub Space
+        # the feature explorer (paka-explore, paka_hf.apps.explorer) and its Hub Space
         "app": ["gradio>=6.0,<7"],
-        # LoRA post-training (use_lora, paka_hf.lora)
+        # LoRA post-training (use_lora, paka_hf.modeling.lora)
         "peft": ["peft>=0.15"],
     },
     entry_points={
@@ -44,7 +44,7 @@ setup(
             "paka-evaluate = paka_hf.commands.evaluate:cli_main",
             "paka-push = paka_hf.commands.push:cli_main",
             "paka-visualize = paka_hf.commands.visualize:cli_main",
-            "paka-explore = paka_hf.explore:cli_main",
+            "paka-explore = paka_hf.commands.explore:cli_main",
         ]
     },
     classifiers=[

@@ -1,6 +1,6 @@
 """Stand-ins for what a bare device machine may lack, for the benchmark scripts only (never for paka_hf).
 
-``paka_hf.align`` needs ``torchvision.ops.roi_align``, and ``paka_hf.views`` imports Pillow and torchvision's
+``paka_hf.views.align`` needs ``torchvision.ops.roi_align``, and ``paka_hf.views.glim`` imports Pillow and torchvision's
 transforms for view *rendering*. A benchmark that only builds the model and samples boxes can run without
 them: :func:`install_stand_ins` puts plain-torch replacements into ``sys.modules`` where the real library
 does not import. A script calls it explicitly, *before* it imports ``paka_hf`` and only when run as a script
@@ -79,8 +79,8 @@ def _stub(name: str, **attributes) -> types.ModuleType:
 def install_stand_ins() -> list[str]:
     """Make the model modules importable on a machine without torchvision or Pillow.
 
-    ``paka_hf.align`` needs ``torchvision.ops.roi_align`` (replaced by :func:`roi_align_stand_in`);
-    ``paka_hf.views`` imports Pillow and torchvision's transforms for view *rendering*, which this
+    ``paka_hf.views.align`` needs ``torchvision.ops.roi_align`` (replaced by :func:`roi_align_stand_in`);
+    ``paka_hf.views.glim`` imports Pillow and torchvision's transforms for view *rendering*, which this
     these scripts never do (they only call ``sample_boxes``). Returns the names replaced (normally none).
     """
     replaced = []

@@ -1,7 +1,7 @@
 """RoIAlign of every (global, local) pair at paper crops: undoing flips by mirroring boxes against flipping grids.
 
-``paka_hf.align.align_pairs`` undoes the horizontal flips of the views by mirroring the RoI boxes of
-flipped views and flipping their roi² outputs back (module docstring of ``paka_hf.align``). The
+``paka_hf.views.align.align_pairs`` undoes the horizontal flips of the views by mirroring the RoI boxes of
+flipped views and flipping their roi² outputs back (module docstring of ``paka_hf.views.align``). The
 reference computation flips every flipped view's whole grid back first and aligns without flips
 (what ``align_pairs`` did before): the same tokens (``tests/test_align.py``), with full copies of
 the teacher's grids. Both are timed here, forward and backward (the student's side takes
@@ -20,8 +20,8 @@ import time
 
 import torch
 
-from paka_hf.align import align_pairs
-from paka_hf.views import sample_boxes
+from paka_hf.views.align import align_pairs
+from paka_hf.views.glim import sample_boxes
 
 
 def token_grids(

@@ -25,9 +25,9 @@ import torch
 from PIL import Image
 from transformers import Dinov2Config
 
-from paka_hf.backbones import PatchBackbone, ProjectionHead
-from paka_hf.modeling import PaKAModel
-from paka_hf.views import GlimTransform, collate_views
+from paka_hf.modeling.backbones import PatchBackbone, ProjectionHead
+from paka_hf.modeling.model import PaKAModel
+from paka_hf.views.glim import GlimTransform, collate_views
 
 
 def vit_s14() -> Dinov2Config:
@@ -97,8 +97,8 @@ def main() -> None:
     batch = views()
 
     def paka_parts() -> float:
-        from paka_hf.align import align_pairs
         from paka_hf.losses import cka_loss
+        from paka_hf.views.align import align_pairs
 
         t0 = time.perf_counter()
         a = align_pairs(

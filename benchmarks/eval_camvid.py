@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from transformers import AutoConfig  # noqa: E402
 
-from paka_hf.backbones import PatchBackbone  # noqa: E402
 from paka_hf.evaluation import (  # noqa: E402
     CamVid,
     EvaluationSettings,
@@ -39,6 +38,7 @@ from paka_hf.evaluation import (  # noqa: E402
     OverclusterConfig,
     run_evaluation,
 )
+from paka_hf.modeling.backbones import PatchBackbone  # noqa: E402
 
 
 def evaluate_camvid(

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How long the feature explorer takes per image and per click (CPU), with the real ViT-S/14 at 448 px.
 
-Loads base and adapted models into a :class:`paka_hf.explore.FeatureExplorer`, encodes one image (both
+Loads base and adapted models into a :class:`paka_hf.apps.explorer.FeatureExplorer`, encodes one image (both
 models' features, computed once and cached), then times 20 clicks at random patches. A click is what the
 page runs for it: the similarity maps of both models and their pictures (``FeatureExplorer.click``), plus the
 JPEG encoding Gradio does for the pictures it sends back (query, two heat maps and, with a second image, two
@@ -25,7 +25,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from paka_hf.explore import PANEL_FORMAT, FeatureExplorer  # noqa: E402
+from paka_hf.apps.explorer import PANEL_FORMAT, FeatureExplorer  # noqa: E402
 
 SHARED = REPO.parent / "shared"
 

@@ -51,12 +51,12 @@ A model is skipped when ``--time_budget`` would likely be exceeded; each model's
 ``--json`` rewritten as soon as it is measured, so a run cut short keeps what it had.
 
 Data are synthetic and made on the device: normalized random views, GLIM boxes from
-``paka_hf.views.sample_boxes`` on a 640 × 480 image. Nothing is downloaded. Only the model modules of
+``paka_hf.views.glim.sample_boxes`` on a 640 × 480 image. Nothing is downloaded. Only the model modules of
 ``paka_hf`` are imported (no ``datasets``, no ``Trainer``); where torchvision or Pillow do not import,
 the script (run as a script, not when imported) puts the stand-ins of ``benchmarks/_stand_ins.py`` in their
 place (RoIAlign in plain torch, same numbers) and the header says so. What is timed is the package's own
 code: ``PaKAModel`` (its forward, ``objective``, ``update_teacher``, ``activation_checkpointing_enable``) and
-the AdamW groups of ``paka_hf.optimization.optimizer_groups`` that ``PaKATrainer`` builds, so a change to the
+the AdamW groups of ``paka_hf.training.optimization.optimizer_groups`` that ``PaKATrainer`` builds, so a change to the
 package shows in the figures.
 
     python benchmarks/gpu_step.py [--models s14 b14] [--batch 64] [--steps 30] [--warmup 3]
@@ -76,12 +76,12 @@ tokens back to the host once (its reference draw), which the sync check reports.
 ``--view_rendering device`` adds a third step, timed in the same alternating blocks:
 
     full+render:  B uint8 640 × 480 images + draws → PaKAModel renders the views on the device
-                  (``paka_hf.views.render_views``: Pillow-exact bicubic crop-resize as batched matmuls,
+                  (``paka_hf.views.glim.render_views``: Pillow-exact bicubic crop-resize as batched matmuls,
                   per-view colour jitter / grayscale / blur) → the full step as above
 
 so its ratio to the bare step *includes* the rendering, and the rendering alone is timed too (fp32
 flag off, and with ``torch.backends.cuda.matmul.allow_tf32`` on, which ``--tf32`` of Trainer sets; the
-resampling's products are float32-accurate pairs of TF32 products either way, see ``paka_hf.resample``). This is what training costs on the
+resampling's products are float32-accurate pairs of TF32 products either way, see ``paka_hf.views.resample``). This is what training costs on the
 device when the data workers only decode JPEGs (``view_rendering: device``).
 """
 
@@ -120,12 +120,12 @@ if __name__ == "__main__":  # run as a script: where torchvision or Pillow do no
 else:  # imported (tests, step_ops.py): the importer decides
     STAND_INS = []
 
-from paka_hf.backbones import PatchBackbone, ProjectionHead
-from paka_hf.lora import LoRASettings, LoRATeacher, add_lora
 from paka_hf.losses import NeCoSettings
-from paka_hf.modeling import PaKAModel
-from paka_hf.optimization import optimizer_groups
-from paka_hf.views import GlimTransform, collate_views, render_views, sample_boxes
+from paka_hf.modeling.backbones import PatchBackbone, ProjectionHead
+from paka_hf.modeling.lora import LoRASettings, LoRATeacher, add_lora
+from paka_hf.modeling.model import PaKAModel
+from paka_hf.training.optimization import optimizer_groups
+from paka_hf.views.glim import GlimTransform, collate_views, render_views, sample_boxes
 
 PAPER_IMAGES = 25 * 118_287  # 2,957,175: 25 epochs of COCO train2017
 IMAGE_HW = (480, 640)  # boxes are sampled on a COCO-sized image
@@ -151,7 +151,7 @@ MODELS = {
 }
 LABELS = {name: label for name, (label, _, _) in MODELS.items()}
 # appended to the model's label in the rows; "cka_lora": PaKA's loss on a LoRA student (rank 16 on every attention
-# and MLP projection, paka_hf.lora), whose teacher shares the frozen base (issue 15)
+# and MLP projection, paka_hf.modeling.lora), whose teacher shares the frozen base (issue 15)
 LOSS_LABELS = {"cka": "", "neco": " NeCo", "cka_lora": " LoRA r16"}
 LORA_RANK = 16
 
@@ -227,7 +227,7 @@ def build_model(name: str, args, loss: str = "cka") -> PaKAModel:
 
 
 def make_optimizer(model: PaKAModel, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW over PaKATrainer's groups (:func:`paka_hf.optimization.optimizer_groups`, PaKAConfig's defaults:
+    """AdamW over PaKATrainer's groups (:func:`paka_hf.training.optimization.optimizer_groups`, PaKAConfig's defaults:
     backbone lr 1e-5, head lr 1e-4, weight decay 0.04; no decay on biases and 1-D parameters)."""
     groups = optimizer_groups(model, learning_rate=1e-5, head_learning_rate=1e-4, weight_decay=0.04)
     # PaKAConfig's optim is Trainer's default, adamw_torch_fused.
@@ -298,7 +298,7 @@ def step_flops(model: PaKAModel, batch: dict) -> tuple[float, float]:
     b, n_global = batch["global_boxes"].shape[:2]
     n_local = batch["local_boxes"].shape[1]
     student = b * n_local * view_flops(model.student, batch["local_views"].shape[-1])
-    # a LoRA teacher (paka_hf.lora.LoRATeacher) runs the student's own modules with its EMA adapters
+    # a LoRA teacher (paka_hf.modeling.lora.LoRATeacher) runs the student's own modules with its EMA adapters
     teacher_net = model.student if isinstance(model.teacher, LoRATeacher) else model.teacher
     teacher = b * n_global * view_flops(teacher_net, batch["global_views"].shape[-1])
     head_params = sum(m.weight.numel() for m in model.student_head.modules() if isinstance(m, nn.Linear))

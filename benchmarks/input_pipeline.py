@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from paka_hf.data import PaKACollator, PaKAViewStream, load_image_source
-from paka_hf.demo import synthetic_jpegs
-from paka_hf.views import GlimTransform
+from paka_hf.apps.demo import synthetic_jpegs
+from paka_hf.training.data import PaKACollator, PaKAViewStream, load_image_source
+from paka_hf.views.glim import GlimTransform
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "camvid" / "train" / "images"
 
@@ -85,7 +85,7 @@ def main() -> None:
         "renders on its device, not timed here). Several: measured side by side, same run",
     )
     args = parser.parse_args()
-    logging.getLogger("paka_hf.data").setLevel(logging.ERROR)  # the stride warning, once per worker
+    logging.getLogger("paka_hf.training.data").setLevel(logging.ERROR)  # the stride warning, once per worker
 
     sets = {"synthetic 640x480": synthetic_jpegs(Path(tempfile.mkdtemp(prefix="paka_jpegs_")), 96)}
     if CAMVID.is_dir():

@@ -51,8 +51,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from paka_hf.backbones import PatchBackbone  # noqa: E402
 from paka_hf.evaluation import CamVid, EvaluationSettings, HummingbirdConfig, LinearProbeConfig, OverclusterConfig  # noqa: E402
+from paka_hf.modeling.backbones import PatchBackbone  # noqa: E402
 
 
 def _load_script(path: Path, name: str):

@@ -30,9 +30,9 @@ from PIL import Image
 from transformers import AutoModel, Dinov2Config, TrainerCallback
 
 from paka_hf import PaKAConfig, PaKATrainer
-from paka_hf.demo import synthetic_jpegs
-from paka_hf.imaging import is_image_file
-from paka_hf.views import collate_views, normalize_views
+from paka_hf.apps.demo import synthetic_jpegs
+from paka_hf.utils.imaging import is_image_file
+from paka_hf.views.glim import collate_views, normalize_views
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "camvid" / "train" / "images"
 

@@ -7,22 +7,26 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 # ``PaKAConfig`` and ``PaKATrainer`` are imported on first access (PEP 562), so that the model
-# modules (``paka_hf.modeling``, ``.backbones``, ``.views``, ``.align``, ``.losses``, ``.teacher``)
+# modules (``paka_hf.modeling.model``, ``.backbones``, ``.views``, ``.align``, ``.losses``, ``.teacher``)
 # import without pulling in ``transformers.Trainer``, the data stream or the Hub code — for
 # example on a benchmark machine that has no ``datasets``.
-_LAZY = {"PaKAConfig": ".config", "PaKATrainer": ".trainer", "PatchBackbone": ".backbones"}
+_LAZY = {
+    "PaKAConfig": "paka_hf.training.config",
+    "PaKATrainer": "paka_hf.training.trainer",
+    "PatchBackbone": "paka_hf.modeling.backbones",
+}
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .backbones import PatchBackbone
-    from .config import PaKAConfig
-    from .trainer import PaKATrainer
+    from paka_hf.modeling.backbones import PatchBackbone
+    from paka_hf.training.config import PaKAConfig
+    from paka_hf.training.trainer import PaKATrainer
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value  # later lookups skip this function
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

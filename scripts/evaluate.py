@@ -6,7 +6,7 @@ The program is :mod:`paka_hf.commands.evaluate` (also installed as ``paka-evalua
 
 import sys
 
-from paka_hf.cli import run_script
+from paka_hf.commands.cli import run_script
 from paka_hf.commands.evaluate import main
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ Examples:
 
 import sys
 
-from paka_hf.cli import run_script
-from paka_hf.explore import main
+from paka_hf.commands.cli import run_script
+from paka_hf.commands.explore import main
 
 if __name__ == "__main__":
     sys.exit(run_script(main))

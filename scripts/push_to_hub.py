@@ -6,7 +6,7 @@ The program is :mod:`paka_hf.commands.push` (also installed as ``paka-push``); `
 
 import sys
 
-from paka_hf.cli import run_script
+from paka_hf.commands.cli import run_script
 from paka_hf.commands.push import main
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ The program is :mod:`paka_hf.commands.visualize` (also installed as ``paka-visua
 
 import sys
 
-from paka_hf.cli import run_script
+from paka_hf.commands.cli import run_script
 from paka_hf.commands.visualize import main
 
 if __name__ == "__main__":

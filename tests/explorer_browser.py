@@ -205,7 +205,7 @@ def main(argv=None) -> int:
         print(f"error: {reason}", file=sys.stderr)
         return 2
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from paka_hf.explore import build_app
+    from paka_hf.apps.explorer import build_app
 
     demo = build_app(args.model, args.base, resolution=args.resolution)
     if demo.explorer_state["error"]:

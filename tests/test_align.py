@@ -4,8 +4,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from paka_hf.align import align_pairs, intersect, to_grid_coordinates
-from paka_hf.views import GlimTransform, collate_views
+from paka_hf.views.align import align_pairs, intersect, to_grid_coordinates
+from paka_hf.views.glim import GlimTransform, collate_views
 
 
 class MeanColourBackbone(nn.Module):

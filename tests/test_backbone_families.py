@@ -31,12 +31,12 @@ from transformers import (
     ViTConfig,
 )
 
-import paka_hf.backbones as backbones
+import paka_hf.modeling.backbones as backbones
 from paka_hf import PaKAConfig, PaKATrainer
-from paka_hf.backbones import FAMILIES, PatchBackbone, patchify, resolve_lora_targets
-from paka_hf.errors import ConfigError
 from paka_hf.hub import render_model_card
-from paka_hf.modeling import PaKAModel
+from paka_hf.modeling.backbones import FAMILIES, PatchBackbone, patchify, resolve_lora_targets
+from paka_hf.modeling.model import PaKAModel
+from paka_hf.utils.errors import ConfigError
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 
@@ -179,7 +179,7 @@ def test_normalization_comes_from_the_checkpoint_processor(tmp_path, caplog):
     )
     # no processor saved: the family's reference one (SigLIP: 0.5 / 0.5), said in a warning
     AutoModel.from_config(tiny_config("siglip_vision_model")).save_pretrained(tmp_path / "without")
-    with caplog.at_level(logging.WARNING, logger="paka_hf.backbones"):
+    with caplog.at_level(logging.WARNING, logger="paka_hf.modeling.backbones"):
         siglip = PatchBackbone.from_pretrained(tmp_path / "without")
     assert siglip.image_mean == (0.5, 0.5, 0.5) and siglip.image_std == (0.5, 0.5, 0.5)
     assert "has no image processor" in caplog.text and "SiglipImageProcessor" in caplog.text

@@ -3,7 +3,7 @@ import torch
 from conftest import tiny_dinov2_config
 from transformers import AutoModel, ViTConfig
 
-from paka_hf.backbones import PatchBackbone, ProjectionHead, load_backbone
+from paka_hf.modeling.backbones import PatchBackbone, ProjectionHead, load_backbone
 
 
 @pytest.mark.parametrize("registers", [0, 4])

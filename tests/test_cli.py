@@ -17,10 +17,10 @@ import sys
 import pytest
 from conftest import REPO_ROOT, TINY_RUN, write_tiny_run_assets
 
-from paka_hf.cli import USER_ERROR_STATUS, run_script, split_debug_flag
 from paka_hf.commands import train as train_command
-from paka_hf.errors import ConfigError, MissingPathError
-from paka_hf.paths import looks_like_local_path
+from paka_hf.commands.cli import USER_ERROR_STATUS, run_script, split_debug_flag
+from paka_hf.utils.errors import ConfigError, MissingPathError
+from paka_hf.utils.paths import looks_like_local_path
 
 SCRIPTS = REPO_ROOT / "scripts"
 TOKEN_ON_COMMAND_LINE = "hf_FakeCommandLineToken0123456789"

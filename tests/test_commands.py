@@ -14,10 +14,10 @@ import pytest
 from conftest import REPO_ROOT, write_tiny_run_assets
 from conftest import TINY_RUN as CONFTEST_TINY_RUN
 
-from paka_hf.cli import USER_ERROR_STATUS, run_script
 from paka_hf.commands import evaluate as evaluate_command
 from paka_hf.commands import train as train_command
-from paka_hf.errors import ConfigError
+from paka_hf.commands.cli import USER_ERROR_STATUS, run_script
+from paka_hf.utils.errors import ConfigError
 
 TINY_RUN = [*CONFTEST_TINY_RUN, "--save_steps", "2"]
 
@@ -57,7 +57,7 @@ def test_other_scripts_take_no_abbreviation_either(capsys, monkeypatch, tmp_path
         capsys, evaluate_command.main, ["--model_name_or_path", "m", "--dataset_name", "camvid", "--knn_back", "torch"]
     )
     assert "did you mean --knn_backend?" in line
-    explore = importlib.import_module("paka_hf.explore")
+    explore = importlib.import_module("paka_hf.commands.explore")
     line = _error_line(capsys, explore.main, [str(tmp_path), "--imag", "photos"])  # was taken as --images
     assert "unknown option --imag; did you mean --images?" in line
 
@@ -182,7 +182,7 @@ def test_setup_declares_the_console_commands_and_each_runs(monkeypatch, capsys):
         with pytest.raises(SystemExit) as exit_info:
             cli_main()
         assert exit_info.value.code == 0 and "usage:" in capsys.readouterr().out, command
-        if command != "paka-explore":  # its own parser (paka_hf.explore)
+        if command != "paka-explore":  # its own parser (paka_hf.commands.explore)
             monkeypatch.setattr(sys, "argv", [command, "--no_such_option", "1"])
             assert cli_main() == USER_ERROR_STATUS, command
             assert "unknown option --no_such_option" in capsys.readouterr().err

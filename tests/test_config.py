@@ -8,12 +8,12 @@ from dataclasses import fields
 import pytest
 from transformers import HfArgumentParser, TrainingArguments
 
-from paka_hf.config import PaKAConfig
-from paka_hf.data import DATASET_FORMATS
-from paka_hf.errors import ConfigError
 from paka_hf.losses import KERNELS, LOSSES, SCOPES
-from paka_hf.modeling import STUDENT_VIEWS
-from paka_hf.views import RENDERINGS
+from paka_hf.modeling.model import STUDENT_VIEWS
+from paka_hf.training.config import PaKAConfig
+from paka_hf.training.data import DATASET_FORMATS
+from paka_hf.utils.errors import ConfigError
+from paka_hf.views.glim import RENDERINGS
 
 ENUMERATED = {
     "loss": LOSSES,
@@ -73,9 +73,9 @@ def test_a_bad_value_in_python_fails_in_post_init_naming_the_choices(name, tmp_p
 def test_rules_have_one_wording_wherever_they_are_checked(tmp_path):
     from conftest import tiny_dinov2_config
 
-    from paka_hf.backbones import PatchBackbone
-    from paka_hf.modeling import PaKAModel
-    from paka_hf.views import GlimTransform
+    from paka_hf.modeling.backbones import PatchBackbone
+    from paka_hf.modeling.model import PaKAModel
+    from paka_hf.views.glim import GlimTransform
 
     config = PaKAConfig(output_dir=str(tmp_path), max_steps=1, global_size=225)
     with pytest.raises(ConfigError) as from_config:

@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from paka_hf.data import PaKACollator, PaKAViewStream, StreamState, decode_image, load_image_source
-from paka_hf.errors import EmptyDatasetError
-from paka_hf.views import GlimTransform
+from paka_hf.training.data import PaKACollator, PaKAViewStream, StreamState, decode_image, load_image_source
+from paka_hf.utils.errors import EmptyDatasetError
+from paka_hf.views.glim import GlimTransform
 
 
 def write_images(folder: Path, count: int, size=(64, 48)) -> list[Path]:
@@ -82,7 +82,7 @@ def test_image_kinds_decode_to_correct_rgb(kind):
     else:
         Image.new("L", (8, 8), 77).save(buffer, format="PNG")
         expected = [77, 77, 77]
-    from paka_hf.imaging import to_rgb
+    from paka_hf.utils.imaging import to_rgb
 
     rgb = to_rgb(decode_image({"bytes": buffer.getvalue(), "path": None}))
     assert rgb.mode == "RGB"
@@ -174,8 +174,8 @@ def test_empty_source_raises_a_clear_error(tmp_path):
 @pytest.mark.parametrize("kind", ["rgb", "L", "CMYK", "exif", "png", "truncated"])
 def test_device_rendering_decode_gives_the_pillow_pixels(kind, tmp_path):
     """decode_rgb_pixels (libjpeg through torchvision for colour JPEGs) = Pillow decode + to_rgb."""
-    from paka_hf.data import DECODE_ERRORS, decode_rgb_pixels
-    from paka_hf.imaging import to_rgb
+    from paka_hf.training.data import DECODE_ERRORS, decode_rgb_pixels
+    from paka_hf.utils.imaging import to_rgb
 
     rng = np.random.default_rng(0)
     buffer = io.BytesIO()
@@ -236,7 +236,7 @@ def test_images_above_the_pixel_limit_are_refused_from_their_header_on_every_dec
     decodes. Neither the Pillow path nor the JPEG fast path may start decoding such an image."""
     from PIL import ImageFile
 
-    from paka_hf.data import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLargeError, decode_rgb_pixels
+    from paka_hf.training.data import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLargeError, decode_rgb_pixels
 
     assert DEFAULT_MAX_IMAGE_PIXELS == Image.MAX_IMAGE_PIXELS
     bomb = {"bytes": bomb_jpeg(12000, 8000), "path": None}
@@ -258,7 +258,7 @@ def test_images_above_the_pixel_limit_are_refused_from_their_header_on_every_dec
 
 def test_the_size_limits_are_config_fields_with_checked_values(tmp_path):
     from paka_hf import PaKAConfig
-    from paka_hf.errors import ConfigError
+    from paka_hf.utils.errors import ConfigError
 
     config = PaKAConfig(output_dir=str(tmp_path), max_steps=1, use_cpu=True)
     assert (config.max_image_pixels, config.max_image_side) == (Image.MAX_IMAGE_PIXELS, None)
@@ -286,7 +286,7 @@ def image_bytes_parquet(path: Path, images: list[Path]) -> None:
 
 
 def source_rows(source) -> list[str]:
-    from paka_hf.data import image_key
+    from paka_hf.training.data import image_key
 
     return [image_key(row["image"]) for row in source]
 
@@ -304,14 +304,14 @@ def test_a_folder_of_images_with_a_stray_shard_or_metadata_is_read_as_an_image_f
     datasets.Dataset.from_dict({"file_name": [p.name for p in paths[:2]], "caption": ["a", "b"]}).to_parquet(
         str(folder / "metadata.parquet")
     )
-    with caplog.at_level(logging.WARNING, logger="paka_hf.data"):
+    with caplog.at_level(logging.WARNING, logger="paka_hf.training.data"):
         assert source_rows(load_image_source(str(folder))) == [str(p) for p in paths]
     assert not caplog.records  # images + imagefolder's metadata: one format, nothing to say
 
     image_bytes_parquet(folder / "stray.parquet", paths[:1])
     with tarfile.open(folder / "stray.tar", "w") as tar:
         tar.add(paths[0], arcname="0000.jpg")
-    with caplog.at_level(logging.WARNING, logger="paka_hf.data"):
+    with caplog.at_level(logging.WARNING, logger="paka_hf.training.data"):
         assert source_rows(load_image_source(str(folder))) == [str(p) for p in paths]
     message = caplog.records[-1].getMessage()
     assert "6 images, 1 .parquet shards, 1 .tar shards" in message and "reading it as imagefolder" in message
@@ -330,7 +330,7 @@ def test_a_folder_of_shards_with_a_stray_image_is_read_as_shards(tmp_path, caplo
     for i in range(3):
         image_bytes_parquet(folder / f"part-{i}.parquet", paths)
     (folder / "preview.jpg").write_bytes(paths[0].read_bytes())
-    with caplog.at_level(logging.WARNING, logger="paka_hf.data"):
+    with caplog.at_level(logging.WARNING, logger="paka_hf.training.data"):
         source = load_image_source(str(folder))
     assert source.num_shards == 3 and sum(1 for _ in source) == 12
     assert "reading it as parquet" in caplog.records[-1].getMessage()
@@ -364,7 +364,8 @@ def test_shuffle_buffer_memory_is_estimated_from_the_row_bytes_and_warned_about(
 
     import datasets
 
-    from paka_hf import PaKAConfig, data
+    from paka_hf import PaKAConfig
+    from paka_hf.training import data
 
     rows = [{"bytes": bytes(160_000), "path": None} for _ in range(8)]  # COCO-sized rows: only their length matters
     datasets.Dataset.from_dict({"image": rows}, features=datasets.Features({"image": datasets.Image()})).to_parquet(
@@ -379,7 +380,7 @@ def test_shuffle_buffer_memory_is_estimated_from_the_row_bytes_and_warned_about(
 
     default = PaKAConfig(output_dir=str(tmp_path / "o"), max_steps=1, use_cpu=True).shuffle_buffer_size
     monkeypatch.setattr(data, "total_memory_bytes", lambda: 256 * 2**30)  # an 8-GPU node, 4 workers per GPU
-    with caplog.at_level(logging.WARNING, logger="paka_hf.data"):
+    with caplog.at_level(logging.WARNING, logger="paka_hf.training.data"):
         data.warn_if_shuffle_buffers_exceed_memory(source, default, 8 * 4)
         assert not caplog.records  # the default is safe (5 GB)
         data.warn_if_shuffle_buffers_exceed_memory(source, 10_000, 8 * 4)  # the old default: 51 GB > 32 GiB

@@ -216,9 +216,9 @@ def test_any_ignore_index_survives_loading_and_feature_extraction(tmp_path, tiny
     """Issue 13 item 13: ignore indices up to 65535 (16-bit masks) and −1 keep their value end to end."""
     import torch
 
-    from paka_hf.backbones import PatchBackbone
     from paka_hf.evaluation.features import extract_features
     from paka_hf.evaluation.metrics import confusion_matrix
+    from paka_hf.modeling.backbones import PatchBackbone
 
     raw = np.zeros((28, 28), np.uint16)
     raw[:, 14:] = 1

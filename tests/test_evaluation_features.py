@@ -7,13 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from paka_hf.backbones import PatchBackbone
 from paka_hf.evaluation.features import (
     FeatureCache,
     _TransformedDataset,
     build_image_mask_transform,
     extract_features,
 )
+from paka_hf.modeling.backbones import PatchBackbone
 
 
 class ColourCoded(torch.utils.data.Dataset):

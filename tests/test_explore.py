@@ -11,10 +11,11 @@ import torch
 from PIL import Image
 from transformers import AutoModel
 
-from paka_hf import explore
-from paka_hf import visualize as viz
-from paka_hf.errors import PaKAUserError
+from paka_hf.apps import explorer as explore
+from paka_hf.apps import pictures as viz
+from paka_hf.commands import explore as explore_command
 from paka_hf.hub import default_image_processor
+from paka_hf.utils.errors import PaKAUserError
 
 RESOLUTION = 56  # 4 patches on the short side: forwards of a few milliseconds
 
@@ -211,7 +212,7 @@ def test_default_base_and_gallery(tmp_path):
 def test_main_without_a_base_is_a_user_error(tmp_path):
     pytest.importorskip("gradio")
     with pytest.raises(PaKAUserError, match="pass --base"):
-        explore.main([str(tmp_path)])
+        explore_command.main([str(tmp_path)])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ def test_upload_render_click_in_chromium(tmp_path, tiny_config):
     import torch
     from transformers import AutoModel
 
-    from paka_hf.explore import build_app
+    from paka_hf.apps.explorer import build_app
     from paka_hf.hub import default_image_processor
 
     for name, seed in (("base", 0), ("adapted", 1)):

@@ -15,9 +15,9 @@ import pytest
 import torch
 from conftest import REPO_ROOT, tiny_dinov2_config
 
-from paka_hf.backbones import PatchBackbone, ProjectionHead
-from paka_hf.modeling import PaKAModel
-from paka_hf.views import sample_boxes
+from paka_hf.modeling.backbones import PatchBackbone, ProjectionHead
+from paka_hf.modeling.model import PaKAModel
+from paka_hf.views.glim import sample_boxes
 
 # bf16 keeps 8 significant bits (relative rounding 2^-9 ≈ 0.2 % per op). Through a 2-layer ViT, the head
 # and RoIAlign, the fp32 loss moves by at most ~1e-3 on these models (measured over 6 seeds); the
@@ -193,8 +193,8 @@ def test_importing_the_script_leaves_sys_modules_alone():
 
 
 def test_gpu_step_times_the_trainers_optimizer_groups():
-    """The benchmark's AdamW has PaKATrainer's groups (paka_hf.optimization.optimizer_groups), not a copy."""
-    from paka_hf.optimization import optimizer_groups
+    """The benchmark's AdamW has PaKATrainer's groups (paka_hf.training.optimization.optimizer_groups), not a copy."""
+    from paka_hf.training.optimization import optimizer_groups
 
     model = tiny_model()
     optimizer = gpu_step().make_optimizer(model, torch.device("cpu"))
@@ -296,8 +296,8 @@ def test_model_modules_import_without_the_trainer_stack():
     """What the device script imports must not pull in Trainer, the data stream or datasets."""
     code = (
         "import sys\n"
-        "import paka_hf.modeling, paka_hf.backbones, paka_hf.views, paka_hf.teacher, paka_hf.losses, paka_hf.align\n"
-        "heavy = [m for m in ('paka_hf.trainer', 'paka_hf.data', 'paka_hf.hub', 'datasets', 'evaluate', 'sklearn') if m in sys.modules]\n"
+        "import paka_hf.modeling.model, paka_hf.modeling.backbones, paka_hf.views.glim, paka_hf.modeling.teacher, paka_hf.losses, paka_hf.views.align\n"
+        "heavy = [m for m in ('paka_hf.training.trainer', 'paka_hf.training.data', 'paka_hf.hub', 'datasets', 'evaluate', 'sklearn') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
         "from paka_hf import PaKAConfig, PaKATrainer\n"
         "import paka_hf\n"
@@ -309,7 +309,7 @@ def test_model_modules_import_without_the_trainer_stack():
 
 def test_trainer_loop_does_not_read_the_loss_every_step():
     """Trainer's logging_nan_inf_filter evaluates isnan(loss) on the host after each micro-batch: off by default."""
-    from paka_hf.config import PaKAConfig
+    from paka_hf.training.config import PaKAConfig
 
     assert {f.name: f.default for f in fields(PaKAConfig)}["logging_nan_inf_filter"] is False
 

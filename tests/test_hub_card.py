@@ -14,7 +14,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModel
 
 from paka_hf import hub
-from paka_hf.errors import PaKAUserError
+from paka_hf.utils.errors import PaKAUserError
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def export_dir(tmp_path, tiny_config):
 
 
 def test_save_backbone_writes_loadable_safetensors_only(tmp_path, tiny_config):
-    from paka_hf.backbones import PatchBackbone
+    from paka_hf.modeling.backbones import PatchBackbone
 
     config = tiny_config(registers=2)
     config.drop_path_rate = 0.1

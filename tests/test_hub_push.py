@@ -22,7 +22,7 @@ from huggingface_hub import HfApi, ModelCard, constants
 from transformers import AutoImageProcessor, AutoModel
 
 from paka_hf import hub
-from paka_hf.errors import PaKAUserError
+from paka_hf.utils.errors import PaKAUserError
 
 REPO = "paka-org/dinov2-paka-tiny"
 EXPECTED = {
@@ -437,8 +437,8 @@ def test_a_lora_export_pushes_merged_weights_and_adapter_in_one_commit_and_both_
     from hub_helpers import TRAINING_CONFIG
     from peft import PeftModel
 
-    from paka_hf.backbones import PatchBackbone
-    from paka_hf.lora import LoRASettings, adapter_parameters, add_lora, export_lora_backbone
+    from paka_hf.modeling.backbones import PatchBackbone
+    from paka_hf.modeling.lora import LoRASettings, adapter_parameters, add_lora, export_lora_backbone
 
     torch.manual_seed(0)
     AutoModel.from_config(tiny_config(registers=4)).save_pretrained(tmp_path / "base")

@@ -12,7 +12,7 @@ from hub_helpers import TOKEN, eval_file, go_online, make_export_folder
 from hub_server import HubStandIn
 from PIL import Image
 
-from paka_hf.cli import run_script
+from paka_hf.commands.cli import run_script
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 

@@ -1,6 +1,6 @@
-"""Pushes during training (paka_hf.trainer_hub): a real ``Trainer`` run against the loopback Hub stand-in.
+"""Pushes during training (paka_hf.training.hub_push): a real ``Trainer`` run against the loopback Hub stand-in.
 
-A toy trainer (a tiny DINOv2 and a made-up loss) with :class:`~paka_hf.trainer_hub.HubPushMixin` stands in
+A toy trainer (a tiny DINOv2 and a made-up loss) with :class:`~paka_hf.training.hub_push.HubPushMixin` stands in
 for ``PaKATrainer``, which uses the same mixin: training-time pushes go through ``Trainer``'s own hooks.
 """
 
@@ -19,7 +19,8 @@ from huggingface_hub import HfApi, constants
 from torch import nn
 from transformers import AutoModel, Trainer, TrainerCallback, TrainingArguments
 
-from paka_hf import hub, trainer_hub
+from paka_hf import hub
+from paka_hf.training import hub_push as trainer_hub
 
 REPO = "paka-org/dinov2-paka-tiny"
 
@@ -149,7 +150,7 @@ def test_full_disk_while_exporting_is_logged_and_training_goes_on(server, tmp_pa
     (tmp_path / "tmp").mkdir()
     trainer = _trainer(tmp_path, tiny_config)
     trainer.fail_export_with = OSError(errno.ENOSPC, "No space left on device")
-    with caplog.at_level(logging.ERROR, logger="paka_hf.trainer_hub"):
+    with caplog.at_level(logging.ERROR, logger="paka_hf.training.hub_push"):
         trainer.train()
     assert trainer.state.global_step == 2
     assert caplog.text.count("No space left on device") == 2 and "training continues" in caplog.text
@@ -159,7 +160,7 @@ def test_full_disk_while_exporting_is_logged_and_training_goes_on(server, tmp_pa
 
 def test_refused_credentials_during_training_are_logged_and_training_goes_on(server, tmp_path, tiny_config, caplog):
     trainer = _trainer(tmp_path, tiny_config, steps=3, hub_token="hf_wrong_token")
-    with caplog.at_level(logging.INFO, logger="paka_hf.trainer_hub"):
+    with caplog.at_level(logging.INFO, logger="paka_hf.training.hub_push"):
         trainer.train()
     assert trainer.state.global_step == 3
     assert "hf auth login" in caplog.text and "refused the credentials earlier" in caplog.text
@@ -172,7 +173,7 @@ def test_refused_credentials_during_training_are_logged_and_training_goes_on(ser
 def test_hub_outage_during_training_is_logged_and_the_final_push_succeeds(server, tmp_path, tiny_config, caplog):
     server.fail("POST", r"/commit/", status=503, times=4)  # both in-progress pushes: 1 try + 1 retry each
     trainer = _trainer(tmp_path, tiny_config, hub_always_push=True)
-    with caplog.at_level(logging.ERROR, logger="paka_hf.trainer_hub"):
+    with caplog.at_level(logging.ERROR, logger="paka_hf.training.hub_push"):
         trainer.train()
     assert trainer.state.global_step == 2 and len(trainer.hub_pusher.errors) == 2
     assert REPO not in server.repos  # each failed first push removed the repository it had created
@@ -181,7 +182,7 @@ def test_hub_outage_during_training_is_logged_and_the_final_push_succeeds(server
 
 
 def test_unsupported_settings_fail_at_start_up(tmp_path, tiny_config):
-    from paka_hf.errors import ConfigError
+    from paka_hf.utils.errors import ConfigError
 
     with pytest.raises(ConfigError, match="'every_save'.*'end'"):
         _trainer(tmp_path, tiny_config, hub_strategy="checkpoint")

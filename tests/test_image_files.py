@@ -1,4 +1,4 @@
-"""One set of image file suffixes (paka_hf.imaging.IMAGE_SUFFIXES): every folder reader takes the same files."""
+"""One set of image file suffixes (paka_hf.utils.imaging.IMAGE_SUFFIXES): every folder reader takes the same files."""
 
 from pathlib import Path
 
@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from paka_hf import explore
-from paka_hf.data import PaKAViewStream, decode_image, load_image_source
+from paka_hf.apps import explorer as explore
 from paka_hf.evaluation.datasets import FolderSegmentation
-from paka_hf.imaging import IMAGE_SUFFIXES, is_image_file, to_rgb
-from paka_hf.views import GlimTransform
+from paka_hf.training.data import PaKAViewStream, decode_image, load_image_source
+from paka_hf.utils.imaging import IMAGE_SUFFIXES, is_image_file, to_rgb
+from paka_hf.views.glim import GlimTransform
 
 # Upper-case suffixes and formats beyond JPEG/PNG that one reader or another used to leave out.
 IMAGES = {"a.webp": "WEBP", "B.JPG": "JPEG", "c.PNG": "PNG", "d.gif": "GIF", "e.tiff": "TIFF", "f.pgm": "PPM"}

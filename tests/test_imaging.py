@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from paka_hf.imaging import to_rgb
+from paka_hf.utils.imaging import to_rgb
 
 
 def test_sixteen_bit_grayscale_is_rescaled_not_clipped():

@@ -1,4 +1,4 @@
-"""LoRA post-training (paka_hf.lora): shared-base teacher, merged + adapter export, resume, errors."""
+"""LoRA post-training (paka_hf.modeling.lora): shared-base teacher, merged + adapter export, resume, errors."""
 
 import json
 import sys
@@ -16,11 +16,11 @@ from test_trainer import run_config, states  # noqa: E402
 assets = test_trainer.assets  # the tiny model and images of the trainer's tests (a module-scoped fixture)
 
 from paka_hf import PaKATrainer  # noqa: E402
-from paka_hf.backbones import PatchBackbone  # noqa: E402
-from paka_hf.errors import ConfigError  # noqa: E402
 from paka_hf.hub import collect_upload_files, render_model_card  # noqa: E402
-from paka_hf.lora import LoRASettings, LoRATeacher, adapter_parameters, add_lora, base_parameters  # noqa: E402
-from paka_hf.modeling import PaKAModel  # noqa: E402
+from paka_hf.modeling.backbones import PatchBackbone  # noqa: E402
+from paka_hf.modeling.lora import LoRASettings, LoRATeacher, adapter_parameters, add_lora, base_parameters  # noqa: E402
+from paka_hf.modeling.model import PaKAModel  # noqa: E402
+from paka_hf.utils.errors import ConfigError  # noqa: E402
 
 LORA = dict(use_lora=True, lora_rank=4, lora_alpha=8.0, learning_rate=1e-2)
 

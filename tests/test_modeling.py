@@ -4,10 +4,10 @@ import torch
 from conftest import tiny_dinov2_config
 from PIL import Image
 
-from paka_hf.backbones import PatchBackbone, ProjectionHead, default_image_processor
 from paka_hf.losses import cka_loss
-from paka_hf.modeling import PaKAModel
-from paka_hf.views import GlimTransform, collate_views
+from paka_hf.modeling.backbones import PatchBackbone, ProjectionHead, default_image_processor
+from paka_hf.modeling.model import PaKAModel
+from paka_hf.views.glim import GlimTransform, collate_views
 
 
 def batch_of_views(n_images=2, global_size=56, local_size=28, seed=0):
@@ -51,7 +51,7 @@ def test_loss_matches_manual_composition():
     torch.manual_seed(0)
     model = PaKAModel(PatchBackbone.from_config(tiny_dinov2_config()), roi_size=4).eval()
     batch = batch_of_views()
-    from paka_hf.align import align_pairs
+    from paka_hf.views.align import align_pairs
 
     with torch.no_grad():
         t = model.teacher(batch["global_views"].flatten(0, 1))
@@ -122,7 +122,7 @@ def test_uint8_views_are_normalized_by_the_model_like_float_views():
     as_float = GlimTransform(56, 28, patch_size=14, mean=mean, std=std)(image, torch.Generator().manual_seed(5))
     as_uint8 = GlimTransform(56, 28, patch_size=14, normalize=False)(image, torch.Generator().manual_seed(5))
     assert as_uint8["global_views"].dtype == torch.uint8 and as_uint8["local_views"].dtype == torch.uint8
-    from paka_hf.views import normalize_views
+    from paka_hf.views.glim import normalize_views
 
     assert torch.allclose(normalize_views(as_uint8["global_views"], mean, std), as_float["global_views"], atol=1e-6)
     model = PaKAModel(backbone, roi_size=4).eval()
@@ -134,8 +134,8 @@ def test_uint8_views_are_normalized_by_the_model_like_float_views():
 
 
 def test_logged_cka_is_mean_linear_cka_whatever_the_loss():
-    from paka_hf.align import align_pairs
     from paka_hf.losses import cka_per_pair
+    from paka_hf.views.align import align_pairs
 
     batch = batch_of_views()
     for loss in ("cka", "gram"):

@@ -17,7 +17,7 @@ from transformers import AutoModel
     shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None, reason="accelerate CLI not installed"
 )
 def test_two_processes_see_different_images_and_end_identical(tmp_path):
-    from paka_hf.demo import make_demo_assets
+    from paka_hf.apps.demo import make_demo_assets
 
     assets = make_demo_assets(tmp_path / "demo", num_images=48)
     output = tmp_path / "out"
@@ -83,7 +83,7 @@ def test_a_process_whose_stream_has_no_image_stops_every_process_with_one_messag
     peer' (with NCCL it could wait for the timeout). Now both stop before any collective with the same message."""
     import time
 
-    from paka_hf.demo import make_demo_assets
+    from paka_hf.apps.demo import make_demo_assets
 
     assets = make_demo_assets(tmp_path / "demo", num_images=1)
     command = [

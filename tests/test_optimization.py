@@ -1,4 +1,4 @@
-"""paka_hf.optimization: the one cosine schedule and the one weight-decay rule."""
+"""paka_hf.training.optimization: the one cosine schedule and the one weight-decay rule."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import torch
 from conftest import tiny_dinov2_config
 from torch import nn
 
-from paka_hf.backbones import PatchBackbone, ProjectionHead
-from paka_hf.modeling import PaKAModel
-from paka_hf.optimization import SCHEDULED_DECAY_KEY, cosine_schedule, decay_groups, optimizer_groups
+from paka_hf.modeling.backbones import PatchBackbone, ProjectionHead
+from paka_hf.modeling.model import PaKAModel
+from paka_hf.training.optimization import SCHEDULED_DECAY_KEY, decay_groups, optimizer_groups
+from paka_hf.utils.schedules import cosine_schedule
 
 
 @pytest.mark.parametrize(("start", "end"), [(0.04, 0.5), (0.9995, 1.0), (1.0, 0.0)])
@@ -34,7 +35,7 @@ def test_cosine_schedule_needs_steps():
 
 
 def test_teacher_momentum_and_weight_decay_use_the_one_schedule():
-    from paka_hf.teacher import teacher_momentum_at
+    from paka_hf.modeling.teacher import teacher_momentum_at
 
     for step in (0, 13, 50, 99, 100):
         assert teacher_momentum_at(step, 100, 0.99, 1.0) == cosine_schedule(0.99, 1.0, step, 100)

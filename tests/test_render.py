@@ -16,13 +16,13 @@ from conftest import tiny_dinov2_config
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from paka_hf import photometric
-from paka_hf.augment import NUM_PARAMS, PhotometricAugment
-from paka_hf.backbones import PatchBackbone, ProjectionHead
-from paka_hf.data import PaKACollator
-from paka_hf.modeling import PaKAModel
-from paka_hf.resample import resample_boxes, resize_weights
-from paka_hf.views import GlimTransform, collate_views, render_views, sample_boxes
+from paka_hf.modeling.backbones import PatchBackbone, ProjectionHead
+from paka_hf.modeling.model import PaKAModel
+from paka_hf.training.data import PaKACollator
+from paka_hf.views import photometric
+from paka_hf.views.augment import NUM_PARAMS, PhotometricAugment
+from paka_hf.views.glim import GlimTransform, collate_views, render_views, sample_boxes
+from paka_hf.views.resample import resample_boxes, resize_weights
 
 # Pillow vs float32 weights: measured mean |Δ| ≈ 2e-4 levels, ≤ 0.1 % of pixels differ, by ≤ 2 levels
 # (one flipped rounding in the horizontal pass can move the vertical sum by more than one level).
@@ -280,7 +280,7 @@ def test_cuda_rendering_matches_cpu_rendering_without_host_device_sync():
 def test_a_large_image_is_downscaled_once_and_both_renderings_cut_the_same_views():
     """Issue 13 item 9: the longer side is bounded (here 640 for 112/56 views) before the boxes are drawn, in
     both renderings, so the device batch stays ≤ B × 640 × 640 × 3 and the views stay the CPU path's."""
-    from paka_hf.views import default_max_image_side
+    from paka_hf.views.glim import default_max_image_side
 
     side = default_max_image_side(112, 56)
     assert side == 640

@@ -12,8 +12,8 @@ import torch
 from conftest import REPO_ROOT, tiny_dinov2_config
 from PIL import Image
 
-from paka_hf.data import PaKAViewStream, load_image_source
-from paka_hf.views import GlimTransform
+from paka_hf.training.data import PaKAViewStream, load_image_source
+from paka_hf.views.glim import GlimTransform
 
 
 def write_images(folder, count):
@@ -28,7 +28,7 @@ def stream_warnings(source, caplog, rank=0):
     """Warnings of process ``rank`` of two (one data stream each) while it reads four samples."""
     stream = PaKAViewStream(source, GlimTransform(28, 14, n_local=2, patch_size=14), rank=rank, world_size=2)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="paka_hf.data"):
+    with caplog.at_level(logging.WARNING, logger="paka_hf.training.data"):
         for count, _ in enumerate(stream, 1):
             if count == 4:
                 break
@@ -92,7 +92,7 @@ def test_the_final_loss_is_logged_when_logging_steps_exceeds_max_steps(tmp_path)
 def test_the_demo_config_trains_without_a_warning(tmp_path):
     """``make demo``'s training command (one process, two workers) on the demo assets: no warning on stderr,
     and the loss of the last step is logged although ``logging_steps`` (5) exceeds ``max_steps`` here."""
-    from paka_hf.demo import make_demo_assets
+    from paka_hf.apps.demo import make_demo_assets
 
     assets = make_demo_assets(tmp_path / ".demo", num_images=16)
     command = [

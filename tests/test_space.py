@@ -11,8 +11,8 @@ from hub_helpers import TOKEN, go_online, make_export_folder
 from hub_server import HubStandIn, space_key
 from huggingface_hub import HfApi, constants
 
-from paka_hf import space
-from paka_hf.errors import ConfigError
+from paka_hf.apps import space
+from paka_hf.utils.errors import ConfigError
 
 REPO = "paka-org/dinov2-paka-tiny"
 BASE = "facebook/dinov2-with-registers-small"  # model_name_or_path of hub_helpers.TRAINING_CONFIG
@@ -42,7 +42,12 @@ def test_space_files_load_the_model_and_its_base_by_hub_id():
     assert any(line.startswith("transformers==") for line in requirements)
     assert any(line.startswith("gradio") for line in requirements)
     # paka_hf is not on a package index: the Space carries its sources, the app's imports included
-    assert {"paka_hf/__init__.py", "paka_hf/explore.py", "paka_hf/visualize.py", "paka_hf/backbones.py"} <= set(files)
+    assert {
+        "paka_hf/__init__.py",
+        "paka_hf/apps/explorer.py",
+        "paka_hf/apps/pictures.py",
+        "paka_hf/modeling/backbones.py",
+    } <= set(files)
     assert not any("__pycache__" in name for name in files)
     # or one requirement line (a published version, a Git URL) and no sources
     pinned = space.space_files("paka-org/x-explorer", REPO, BASE, package="paka_hf[app]==0.1.0")
@@ -79,7 +84,7 @@ def test_push_script_creates_the_space_and_links_it(server, tmp_path, tiny_confi
     assert script.main([str(out), "--repo_id", REPO, "--space"]) == 0
     space_id = REPO + "-explorer"
     files = server.snapshot(space_key(space_id))
-    assert {"app.py", "requirements.txt", "README.md", "paka_hf/explore.py"} <= set(files)
+    assert {"app.py", "requirements.txt", "README.md", "paka_hf/apps/explorer.py"} <= set(files)
     assert _metadata(files["README.md"])["models"] == [REPO, BASE]
     assert f"build_app({REPO!r}, base={BASE!r}" in files["app.py"].decode()
     # the model card links the Space, in the repository and in the output folder

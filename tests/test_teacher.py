@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from paka_hf.teacher import ema_update_, make_teacher, teacher_momentum_at
+from paka_hf.modeling.teacher import ema_update_, make_teacher, teacher_momentum_at
 
 
 def two_nets():

@@ -17,8 +17,8 @@ from PIL import Image
 from transformers import AutoModel, pipeline
 
 from paka_hf import PaKAConfig, PaKATrainer
-from paka_hf.errors import ConfigError
-from paka_hf.trainer import CHECKPOINT_MARKER, complete_checkpoints
+from paka_hf.training.trainer import CHECKPOINT_MARKER, complete_checkpoints
+from paka_hf.utils.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -386,7 +386,7 @@ def test_resuming_from_an_older_checkpoint_removes_the_later_ones_and_keeps_ever
     resumed = PaKATrainer(
         args=run_config(assets, output, max_steps=6, save_steps=1, save_total_limit=2), callbacks=[StopAt(4)]
     )
-    with caplog.at_level("WARNING", logger="paka_hf.trainer"):
+    with caplog.at_level("WARNING", logger="paka_hf.training.trainer"):
         resumed.train(resume_from_checkpoint=str(output / "checkpoint-2"))
     assert (
         "removing the later checkpoints of the run it continues: checkpoint-3, checkpoint-4, checkpoint-5, "
@@ -399,7 +399,7 @@ def test_resuming_from_an_older_checkpoint_removes_the_later_ones_and_keeps_ever
 
 def test_a_crash_while_rewriting_a_complete_checkpoint_leaves_it_unmarked(assets, tmp_path, monkeypatch):
     """The marker goes before any file is rewritten, and comes back only after every file is written and fsynced."""
-    import paka_hf.trainer as trainer_module
+    import paka_hf.training.trainer as trainer_module
 
     output = tmp_path / "run"
     trainer = PaKATrainer(args=run_config(assets, output, max_steps=4, save_steps=2))
@@ -441,7 +441,7 @@ def test_a_crash_while_rewriting_a_complete_checkpoint_leaves_it_unmarked(assets
 
 
 def test_summary_adds_up_across_resumes_and_config_is_written_with_its_weights(assets, tmp_path, monkeypatch):
-    import paka_hf.trainer as trainer_module
+    import paka_hf.training.trainer as trainer_module
 
     images = tmp_path / "images"
     shutil.copytree(assets / "images", images)

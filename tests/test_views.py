@@ -4,8 +4,8 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from paka_hf.augment import PhotometricAugment
-from paka_hf.views import GlimTransform, collate_views, containment, sample_boxes
+from paka_hf.views.augment import PhotometricAugment
+from paka_hf.views.glim import GlimTransform, collate_views, containment, sample_boxes
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # a DINOv2 processor's, for these tests
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from transformers import AutoModel
 
-from paka_hf import visualize as viz
+from paka_hf.apps import pictures as viz
 
 
 def _two_region_features(seed=0, h=6, w=8, dim=16):

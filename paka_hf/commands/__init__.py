@@ -1,10 +1,10 @@
 """The command-line programs, importable: ``paka-train``, ``paka-evaluate``, ``paka-push``, ``paka-visualize``.
 
-Each module has ``main(argv)`` (raises :class:`~paka_hf.errors.PaKAUserError` for a user error) and
+Each module has ``main(argv)`` (raises :class:`~paka_hf.utils.errors.PaKAUserError` for a user error) and
 ``cli_main()``, the console entry point of ``setup.py``, which runs ``main`` through
-:func:`paka_hf.cli.run_script` (a user error is one line ``error: ...`` and exit status 2). The files under
+:func:`paka_hf.commands.cli.run_script` (a user error is one line ``error: ...`` and exit status 2). The files under
 ``scripts/`` call the same ``main``, so ``accelerate launch scripts/train.py --config X.yaml`` and
-``paka-train --config X.yaml`` are one program. ``paka-explore`` lives in :mod:`paka_hf.explore`.
+``paka-train --config X.yaml`` are one program. ``paka-explore`` lives in :mod:`paka_hf.apps.explorer`.
 
 Example::
 
@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 
 from transformers import HfArgumentParser
 
-from ..errors import ConfigError
+from paka_hf.utils.errors import ConfigError
 
 
 def closest_name(name: str, valid: Iterable[str]) -> str | None:
@@ -45,7 +45,7 @@ def unknown_arguments_error(remaining: Sequence[str], parser: argparse.ArgumentP
 
 class StrictParserMixin:
     """An ``argparse`` parser that takes no abbreviation (``--max_step`` is not ``--max_steps``) and raises
-    :class:`~paka_hf.errors.ConfigError` instead of printing its usage, so a bad command line is one line
+    :class:`~paka_hf.utils.errors.ConfigError` instead of printing its usage, so a bad command line is one line
     ``error: ...`` with exit status 2 like every other user error."""
 
     def __init__(self, *args, **kwargs):

@@ -32,8 +32,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..cli import run_script
-from ..evaluation import (
+from paka_hf.commands import StrictHfArgumentParser
+from paka_hf.commands.cli import run_script
+from paka_hf.evaluation import (
     BENCHMARKS,
     PROTOCOLS,
     EvaluationSettings,
@@ -44,8 +45,7 @@ from ..evaluation import (
     read_class_names,
     run_evaluation,
 )
-from ..paths import check_local_path
-from . import StrictHfArgumentParser
+from paka_hf.utils.paths import check_local_path
 
 
 def _ints(text: str) -> list[int]:

@@ -32,11 +32,11 @@ from __future__ import annotations
 import argparse
 import logging
 
-from .. import hub
-from ..cli import run_script
-from ..errors import ConfigError, MissingPathError, PaKAUserError
-from ..paths import check_local_path
-from . import StrictArgumentParser
+from paka_hf import hub
+from paka_hf.commands import StrictArgumentParser
+from paka_hf.commands.cli import run_script
+from paka_hf.utils.errors import ConfigError, MissingPathError, PaKAUserError
+from paka_hf.utils.paths import check_local_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print what would be uploaded and the model card, without contacting the Hub or writing anything",
     )
-    # The feature explorer as a Gradio Space next to the model (paka_hf.space).
+    # The feature explorer as a Gradio Space next to the model (paka_hf.apps.space).
     parser.add_argument(
         "--space",
         nargs="?",
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         raise (MissingPathError if isinstance(err, FileNotFoundError) else ConfigError)(str(err)) from err
     print(f"Pushed {args.repo_id}: {info.commit_url}")
     if args.space is not None:  # the feature explorer Space, after the model it loads
-        from paka_hf import space
+        from paka_hf.apps import space
 
         space_id, space_info = space.publish_space_for_model(
             args.output_dir, args.repo_id, args.space or None, base_model=args.base_model, private=args.private

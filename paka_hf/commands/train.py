@@ -34,13 +34,13 @@ from typing import Any
 
 import yaml
 
-from .. import PaKAConfig, PaKATrainer
-from ..cli import run_script
-from ..config import secret_fields
-from ..errors import ConfigError
-from ..files import EVAL_RESULTS_GLOB
-from ..paths import check_local_path
-from . import StrictHfArgumentParser, closest_name, unknown_arguments_error
+from paka_hf import PaKAConfig, PaKATrainer
+from paka_hf.commands import StrictHfArgumentParser, closest_name, unknown_arguments_error
+from paka_hf.commands.cli import run_script
+from paka_hf.training.config import secret_fields
+from paka_hf.utils.errors import ConfigError
+from paka_hf.utils.files import EVAL_RESULTS_GLOB
+from paka_hf.utils.paths import check_local_path
 
 logger = logging.getLogger("train")
 

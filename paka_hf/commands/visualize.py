@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cli import run_script
-from ..errors import ConfigError
-from ..files import PICTURES_DIR, TRAINING_CONFIG_FILE
-from ..hub import read_training_config
-from ..imaging import IMAGE_SUFFIXES, is_image_file
-from ..paths import check_local_path
-from . import StrictArgumentParser
+from paka_hf.commands import StrictArgumentParser
+from paka_hf.commands.cli import run_script
+from paka_hf.hub import read_training_config
+from paka_hf.utils.errors import ConfigError
+from paka_hf.utils.files import PICTURES_DIR, TRAINING_CONFIG_FILE
+from paka_hf.utils.imaging import IMAGE_SUFFIXES, is_image_file
+from paka_hf.utils.paths import check_local_path
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from ..visualize import make_pictures
+    from paka_hf.apps.pictures import make_pictures
 
     output_dir = Path(args.output_dir)
     check_local_path(output_dir, "OUTPUT_DIR", always=not args.adapted)

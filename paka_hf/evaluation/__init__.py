@@ -15,88 +15,88 @@ helpers (``confusion_matrix``, ``hungarian_match``...) and the constants (``BENC
 """
 
 # Importable from here as well, outside __all__: the building blocks and constants behind the calls above.
-from .datasets import (
+from paka_hf.evaluation.datasets import (
     ADE20K as ADE20K,
 )
-from .datasets import (
+from paka_hf.evaluation.datasets import (
     BENCHMARKS as BENCHMARKS,
 )
-from .datasets import (
+from paka_hf.evaluation.datasets import (
     HUB_SPECS as HUB_SPECS,
 )
-from .datasets import (
+from paka_hf.evaluation.datasets import (
     CamVid as CamVid,
 )
-from .datasets import (
+from paka_hf.evaluation.datasets import (
     COCOSegmentation as COCOSegmentation,
 )
-from .datasets import (
+from paka_hf.evaluation.datasets import (
     DatasetError as DatasetError,
 )
-from .datasets import (
+from paka_hf.evaluation.datasets import (
     FolderSegmentation as FolderSegmentation,
 )
-from .datasets import (
+from paka_hf.evaluation.datasets import (
     HubSegmentation as HubSegmentation,
 )
-from .datasets import (
+from paka_hf.evaluation.datasets import (
     HubSpec as HubSpec,
 )
-from .datasets import (
+from paka_hf.evaluation.datasets import (
     SegmentationDataset as SegmentationDataset,
 )
-from .datasets import (
+from paka_hf.evaluation.datasets import (
     VOCSegmentation as VOCSegmentation,
 )
-from .datasets import load_segmentation_dataset, read_class_names
-from .features import DenseFeatures, extract_features
-from .features import (
+from paka_hf.evaluation.datasets import load_segmentation_dataset, read_class_names
+from paka_hf.evaluation.features import DenseFeatures, extract_features
+from paka_hf.evaluation.features import (
     FeatureCache as FeatureCache,
 )
-from .hummingbird import HummingbirdConfig, hummingbird_retrieval
-from .hummingbird import (
+from paka_hf.evaluation.hummingbird import HummingbirdConfig, hummingbird_retrieval
+from paka_hf.evaluation.hummingbird import (
     build_memory_bank as build_memory_bank,
 )
-from .hummingbird import (
+from paka_hf.evaluation.hummingbird import (
     knn_search as knn_search,
 )
-from .linear import LinearProbeConfig, linear_probe
-from .linear import (
+from paka_hf.evaluation.linear import LinearProbeConfig, linear_probe
+from paka_hf.evaluation.linear import (
     train_linear_probe as train_linear_probe,
 )
-from .metrics import (
+from paka_hf.evaluation.metrics import (
     METRIC_PATH as METRIC_PATH,
 )
-from .metrics import (
+from paka_hf.evaluation.metrics import (
     SegmentationScores as SegmentationScores,
 )
-from .metrics import (
+from paka_hf.evaluation.metrics import (
     confusion_matrix as confusion_matrix,
 )
-from .metrics import (
+from paka_hf.evaluation.metrics import (
     greedy_match as greedy_match,
 )
-from .metrics import (
+from paka_hf.evaluation.metrics import (
     hungarian_match as hungarian_match,
 )
-from .metrics import (
+from paka_hf.evaluation.metrics import (
     match_clusters as match_clusters,
 )
-from .metrics import (
+from paka_hf.evaluation.metrics import (
     segmentation_scores as segmentation_scores,
 )
-from .overcluster import OverclusterConfig, overclustering
-from .overcluster import (
+from paka_hf.evaluation.overcluster import OverclusterConfig, overclustering
+from paka_hf.evaluation.overcluster import (
     OverclusterResult as OverclusterResult,
 )
-from .results import EvaluationReport
-from .results import (
+from paka_hf.evaluation.results import EvaluationReport
+from paka_hf.evaluation.results import (
     MetricResult as MetricResult,
 )
-from .runner import (
+from paka_hf.evaluation.runner import (
     PROTOCOLS as PROTOCOLS,
 )
-from .runner import EvaluationSettings, run_evaluation
+from paka_hf.evaluation.runner import EvaluationSettings, run_evaluation
 
 __all__ = [
     "DenseFeatures",

@@ -47,8 +47,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..errors import PaKAUserError
-from ..imaging import IMAGE_SUFFIXES, is_image_file
+from paka_hf.utils.errors import PaKAUserError
+from paka_hf.utils.imaging import IMAGE_SUFFIXES, is_image_file
 
 _UNKNOWN = np.iinfo(np.int64).min  # lookup-table value for raw labels outside the convention (never an ignore index)
 

@@ -1,6 +1,6 @@
 """Frozen dense features, computed once per run and shared by the protocols.
 
-:func:`extract_features` runs a frozen :class:`~paka_hf.backbones.PatchBackbone` over a
+:func:`extract_features` runs a frozen :class:`~paka_hf.modeling.backbones.PatchBackbone` over a
 segmentation dataset and returns a :class:`DenseFeatures`: the last-layer patch grids
 ``(N, D, h, w)`` (kept in ``float16`` to halve memory) and the ground-truth masks after the same
 geometric transform, ``(N, H, W)`` with ``H = h · p`` and ``W = w · p`` (``p`` the patch size).
@@ -14,7 +14,7 @@ with nearest-neighbour):
   ``RandomResizedCrop(input_size, scale=(0.8, 1.0)) + RandomHorizontalFlip()``; pass ``j`` of
   ``passes`` is seeded with ``seed + j`` so a run is reproducible;
 * then ``ToDtype(float32, scale=True)`` and ``Normalize(mean, std)`` with the backbone's own statistics
-  (its checkpoint's image processor, :class:`~paka_hf.backbones.PatchBackbone`); the published Hummingbird
+  (its checkpoint's image processor, :class:`~paka_hf.modeling.backbones.PatchBackbone`); the published Hummingbird
   code normalized ImageNet-statistics models with std ``(0.229, 0.224, 0.255)``, a typo that
   ``--published_conventions`` reproduces (:func:`published_hummingbird_std`).
 
@@ -183,7 +183,7 @@ def extract_features(
 
     Example::
 
-        from paka_hf.backbones import PatchBackbone
+        from paka_hf.modeling.backbones import PatchBackbone
         from paka_hf.evaluation import extract_features, load_segmentation_dataset
         dataset = load_segmentation_dataset("camvid", "val", data_dir="data/camvid")
         val = extract_features(PatchBackbone.from_pretrained("facebook/dinov2-small"), dataset, input_size=448)

@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .features import DenseFeatures
-from .linear import resize_masks
-from .metrics import SegmentationScores, confusion_matrix, segmentation_scores
+from paka_hf.evaluation.features import DenseFeatures
+from paka_hf.evaluation.linear import resize_masks
+from paka_hf.evaluation.metrics import SegmentationScores, confusion_matrix, segmentation_scores
 
 
 @dataclass

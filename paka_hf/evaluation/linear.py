@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .features import DenseFeatures
-from .metrics import SegmentationScores, confusion_matrix, segmentation_scores
+from paka_hf.evaluation.features import DenseFeatures
+from paka_hf.evaluation.metrics import SegmentationScores, confusion_matrix, segmentation_scores
 
 
 @dataclass

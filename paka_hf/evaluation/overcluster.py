@@ -31,9 +31,15 @@ from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
-from .features import DenseFeatures
-from .linear import resize_masks
-from .metrics import SegmentationScores, confusion_matrix, match_clusters, matched_confusion, segmentation_scores
+from paka_hf.evaluation.features import DenseFeatures
+from paka_hf.evaluation.linear import resize_masks
+from paka_hf.evaluation.metrics import (
+    SegmentationScores,
+    confusion_matrix,
+    match_clusters,
+    matched_confusion,
+    segmentation_scores,
+)
 
 
 @dataclass

@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from paka_hf import __version__
-from paka_hf.files import WEIGHTS_FILE
-from paka_hf.hub.export import weights_sha256
+from paka_hf.modeling.export import weights_sha256
+from paka_hf.utils.files import WEIGHTS_FILE
 
 RESULT_KEYS = (
     "protocol",

@@ -32,13 +32,13 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
-from .datasets import SegmentationDataset, load_segmentation_dataset
-from .features import FeatureCache, as_size, published_hummingbird_std
-from .hummingbird import HummingbirdConfig, hummingbird_retrieval
-from .linear import LinearProbeConfig, linear_probe
-from .overcluster import OverclusterConfig, overclustering
-from .results import EvaluationReport, MetricResult
+from paka_hf.evaluation.datasets import SegmentationDataset, load_segmentation_dataset
+from paka_hf.evaluation.features import FeatureCache, as_size, published_hummingbird_std
+from paka_hf.evaluation.hummingbird import HummingbirdConfig, hummingbird_retrieval
+from paka_hf.evaluation.linear import LinearProbeConfig, linear_probe
+from paka_hf.evaluation.overcluster import OverclusterConfig, overclustering
+from paka_hf.evaluation.results import EvaluationReport, MetricResult
+from paka_hf.utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def run_evaluation(
 ) -> EvaluationReport:
     """Evaluate ``model_name_or_path`` (Hub id or local directory) on ``dataset_name``.
 
-    ``backbone`` (a :class:`~paka_hf.backbones.PatchBackbone`) and ``datasets`` (train, val) skip
+    ``backbone`` (a :class:`~paka_hf.modeling.backbones.PatchBackbone`) and ``datasets`` (train, val) skip
     loading; ``timings`` (a dict) receives wall seconds per step: ``features/<split>/...`` for each
     extraction and ``<protocol>`` for each protocol's own work (features excluded).
     ``feature_cache``: a :class:`~.features.FeatureCache` on the same ``backbone`` to reuse features
@@ -111,7 +111,7 @@ def run_evaluation(
                                 data_dir="data/camvid", settings=EvaluationSettings(device="cuda"))
         report.save("results.json")
     """
-    from paka_hf.backbones import PatchBackbone
+    from paka_hf.modeling.backbones import PatchBackbone
 
     cfg = settings or EvaluationSettings()
     if cfg.linear.device is None:

@@ -3,14 +3,14 @@
 The end product of PaKA is a plain ``transformers`` model on the Hub that anyone loads with
 ``AutoModel.from_pretrained("org/dinov2-paka")``. One module per job:
 
-- :mod:`~paka_hf.hub.export`: :func:`save_backbone` writes the export folder (``config.json``,
+- :mod:`~paka_hf.modeling.export`: :func:`save_backbone` writes the export folder (``config.json``,
   ``model.safetensors``, ``preprocessor_config.json``);
 - :mod:`~paka_hf.hub.results`: which evaluation results belong to which model;
 - :mod:`~paka_hf.hub.card`: :func:`render_model_card` (template, results table, metadata);
 - :mod:`~paka_hf.hub.push`: :func:`push_to_hub` (one commit that makes the remote exactly the export,
   visibility checks, retries, errors).
 
-Pushes during training live with the trainer (:mod:`paka_hf.trainer_hub`).
+Pushes during training live with the trainer (:mod:`paka_hf.training.hub_push`).
 
 Example::
 
@@ -19,17 +19,7 @@ Example::
     >>> push_to_hub("out/", "org/dinov2-paka", eval_results=["base.json", "paka.json"])
 """
 
-from ..files import (
-    ADAPTER_DIR,
-    ADAPTER_FILES,
-    CARD_FILE,
-    EXPORT_FILES,
-    PICTURES_DIR,
-    TRAINING_CONFIG_FILE,
-    TRAINING_SUMMARY_FILE,
-    WEIGHTS_FILE,
-)
-from .card import (
+from paka_hf.hub.card import (
     CITATION,
     DEFAULT_TAGS,
     PAPER_URL,
@@ -41,8 +31,7 @@ from .card import (
     render_model_card,
     results_table,
 )
-from .export import default_image_processor, save_backbone, weights_sha256
-from .push import (
+from paka_hf.hub.push import (
     DEFAULT_COMMIT_MESSAGE,
     HubAuthenticationError,
     HubVisibilityError,
@@ -51,7 +40,19 @@ from .push import (
     push_to_hub,
     resolve_endpoint,
 )
-from .results import EvalResultsError, MislabelledResultsError, attribute_eval_results, load_eval_results
+from paka_hf.hub.results import EvalResultsError, MislabelledResultsError, attribute_eval_results, load_eval_results
+from paka_hf.modeling.backbones import default_image_processor
+from paka_hf.modeling.export import save_backbone, weights_sha256
+from paka_hf.utils.files import (
+    ADAPTER_DIR,
+    ADAPTER_FILES,
+    CARD_FILE,
+    EXPORT_FILES,
+    PICTURES_DIR,
+    TRAINING_CONFIG_FILE,
+    TRAINING_SUMMARY_FILE,
+    WEIGHTS_FILE,
+)
 
 __all__ = [
     "ADAPTER_DIR",

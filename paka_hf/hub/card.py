@@ -2,7 +2,7 @@
 
 Hub metadata, a ``model-index`` with every evaluation result of the adapted model, a base-vs-PaKA
 results table, a usage snippet that runs as written, the training configuration (secrets redacted) and
-compute, pictures from :mod:`paka_hf.visualize` and the paper's citation.
+compute, pictures from :mod:`paka_hf.apps.pictures` and the paper's citation.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from typing import Any
 
 import yaml
 
-from ..backbones import FAMILIES, family_for
-from ..files import (
+from paka_hf.hub.results import attribute_eval_results, load_eval_results, result_key
+from paka_hf.modeling.backbones import FAMILIES, family_for
+from paka_hf.modeling.export import weights_sha256
+from paka_hf.utils.files import (
     ADAPTER_DIR,
     ADAPTER_FILES,
     EVAL_RESULTS_GLOB,
@@ -31,9 +33,8 @@ from ..files import (
     TRAINING_SUMMARY_FILE,
     WEIGHTS_FILE,
 )
-from ..paper import CITATION, PAPER_URL, TAGS  # noqa: F401  (CITATION, PAPER_URL: part of paka_hf.hub)
-from .export import REPO_ID_PATTERN, is_inside, weights_sha256
-from .results import attribute_eval_results, load_eval_results, result_key
+from paka_hf.utils.paper import CITATION, PAPER_URL, TAGS  # noqa: F401  (CITATION, PAPER_URL: part of paka_hf.hub)
+from paka_hf.utils.paths import REPO_ID_PATTERN, is_inside
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +246,7 @@ def _compute_table(summary: Mapping[str, Any]) -> str:
 
 
 def family_card_metadata(model_type: str | None) -> dict[str, Any]:
-    """Card metadata of a derivative of a ``model_type`` backbone, from the registry (:mod:`paka_hf.backbones`):
+    """Card metadata of a derivative of a ``model_type`` backbone, from the registry (:mod:`paka_hf.modeling.backbones`):
     ``license``, ``license_name``, ``license_link``, ``pipeline_tag``, ``notice``, ``tags`` and ``title``."""
     family = family_for(model_type, "the exported model")
     card = family.card
@@ -369,7 +370,7 @@ def render_model_card(
     """
     from huggingface_hub import ModelCard, ModelCardData
 
-    from .. import __version__
+    from paka_hf import __version__
 
     out = Path(output_dir)
     config_path = out / MODEL_CONFIG_FILE

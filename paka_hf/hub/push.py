@@ -32,10 +32,10 @@ from typing import Any
 
 import yaml
 
-from ..errors import ConfigError, MissingPathError, PaKAUserError
-from ..files import ADAPTER_DIR, ADAPTER_FILES, CARD_FILE, EXPORT_FILES, TRAINING_CONFIG_FILE
-from .card import find_pictures, redact_secrets, render_model_card
-from .export import REPO_ID_PATTERN, is_inside
+from paka_hf.hub.card import find_pictures, redact_secrets, render_model_card
+from paka_hf.utils.errors import ConfigError, MissingPathError, PaKAUserError
+from paka_hf.utils.files import ADAPTER_DIR, ADAPTER_FILES, CARD_FILE, EXPORT_FILES, TRAINING_CONFIG_FILE
+from paka_hf.utils.paths import REPO_ID_PATTERN, is_inside
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def collect_upload_files(output_dir: str | os.PathLike) -> dict[str, Path]:
 
     Exactly: :data:`EXPORT_FILES`, ``training_config.yaml``, the pictures of :func:`find_pictures` and, for a
     LoRA run, the adapter (``adapter/adapter_config.json``, ``adapter/adapter_model.safetensors``). Nothing else in the folder (checkpoints, optimizer state, logs, pickles, a ``README.md``) is ever
-    uploaded. Raises :class:`~paka_hf.errors.MissingPathError` listing what is missing, and
+    uploaded. Raises :class:`~paka_hf.utils.errors.MissingPathError` listing what is missing, and
     :class:`UnsafeUploadError` when one of these files is a symlink to content outside ``output_dir``
     (pictures of that kind are skipped with a warning by :func:`find_pictures`).
     """
@@ -164,9 +164,7 @@ def collect_upload_files(output_dir: str | os.PathLike) -> dict[str, Path]:
         if any(name in EXPORT_FILES for name in missing):
             hint += " Export the backbone with paka_hf.hub.save_backbone(model, output_dir)."
         if any(name.startswith(f"{ADAPTER_DIR}/") for name in missing):
-            hint += (
-                f" {out / ADAPTER_DIR} is incomplete: export again (paka_hf.lora.export_lora_backbone) or remove it."
-            )
+            hint += f" {out / ADAPTER_DIR} is incomplete: export again (paka_hf.modeling.lora.export_lora_backbone) or remove it."
         if TRAINING_CONFIG_FILE in missing:
             hint += f" {TRAINING_CONFIG_FILE} is written by the trainer (scripts/train.py) at the start of training."
         raise MissingPathError(f"{out} lacks {', '.join(missing)}; nothing was pushed.{hint}")

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import MissingPathError, PaKAUserError
+from paka_hf.utils.errors import MissingPathError, PaKAUserError
 
 
 class EvalResultsError(PaKAUserError, ValueError):

@@ -47,8 +47,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .errors import ConfigError, check_choice
-from .sorting import soft_sort
+from paka_hf.losses.soft_sort import soft_sort
+from paka_hf.utils.errors import ConfigError, check_choice
 
 Kernel = Literal["linear", "rbf"]
 Scope = Literal["pair", "batch"]
@@ -389,7 +389,7 @@ def neco_loss(
 
     For pair ``p``, aligned token ``i`` and the pair's reference tokens ``r_1..r_M`` (teacher tokens of the
     batch or of the queue, :func:`sample_references`), each side's row of similarities
-    ``c_i = (cos(x_i, r_j))_j`` is soft-sorted (:func:`paka_hf.sorting.soft_sort`, ascending, with the side's
+    ``c_i = (cos(x_i, r_j))_j`` is soft-sorted (:func:`paka_hf.losses.soft_sort.soft_sort`, ascending, with the side's
     steepness) into a doubly-stochastic ``M × M`` matrix ``Π_i`` (``Π_i[j, k]``: weight of reference ``j`` at
     rank ``k``). The loss is the cross-entropy of the student's rank distribution of each reference under the
     teacher's:

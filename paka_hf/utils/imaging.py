@@ -15,7 +15,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
 #: The suffixes (compared in lower case: ``photo.JPG`` is an image) of the files read as images, by every reader
-#: of a folder: the training data (:mod:`paka_hf.data`), the evaluation folder datasets, the explorer's gallery
+#: of a folder: the training data (:mod:`paka_hf.training.data`), the evaluation folder datasets, the explorer's gallery
 #: and ``paka-visualize``. Formats Pillow decodes and that image collections hold in practice (JPEG, PNG, WebP,
 #: BMP, GIF, TIFF, Netpbm); all are in the ``datasets`` imagefolder builder's list too, so a folder the training
 #: data lists is one that builder reads. One set, so a folder is never read differently by two commands.

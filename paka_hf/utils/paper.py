@@ -1,7 +1,7 @@
 """The paper this package implements, written once: title, arXiv id and URL, BibTeX, and the Hub tags of its models.
 
 Yeo, Jang, Kim, "PaKA: Patch-level Kernel Alignment", arXiv 2509.05606. The model card
-(:mod:`paka_hf.hub.card`) and the trainer's Hub metadata (:class:`paka_hf.trainer.PaKATrainer`) read them here.
+(:mod:`paka_hf.hub.card`) and the trainer's Hub metadata (:class:`paka_hf.training.trainer.PaKATrainer`) read them here.
 """
 
 from __future__ import annotations

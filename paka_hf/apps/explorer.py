@@ -4,37 +4,36 @@
 localhost that shows, for the base model and the adapted model side by side:
 
 * **PCA to RGB**: the first three principal components of the last-layer patch tokens as colours
-  (:func:`paka_hf.visualize.pca_rgb`). *Per model* (default): each model gets its own PCA, as in the
+  (:func:`paka_hf.apps.pictures.pca_rgb`). *Per model* (default): each model gets its own PCA, as in the
   model card, because post-training may rotate the feature space and one basis would then favour one model.
   *Joint*: one PCA fitted on both models' patches, so equal colours mean equal directions in both.
 * **k-means**: ``K`` clusters (a slider) on the L2-normalised tokens of each model, overlaid
-  (:func:`paka_hf.visualize.cluster_labels`).
+  (:func:`paka_hf.apps.pictures.cluster_labels`).
 * **Click a patch**: cosine similarity of that patch to every patch, for both models, on one fixed colour
-  scale ([0, 1], viridis), over the image (:func:`paka_hf.visualize.similarity_maps`).
+  scale ([0, 1], viridis), over the image (:func:`paka_hf.apps.pictures.similarity_maps`).
 * **Correspondence**: with a second image loaded, the same click also shows the similarity over the second
   image, with its best match boxed, for both models.
 
-The maths and the drawing are :mod:`paka_hf.visualize`'s, the same as the model card's pictures. Models load
-through :meth:`paka_hf.backbones.PatchBackbone.from_pretrained` (every family it supports) and are
+The maths and the drawing are :mod:`paka_hf.apps.pictures`'s, the same as the model card's pictures. Models load
+through :meth:`paka_hf.modeling.backbones.PatchBackbone.from_pretrained` (every family it supports) and are
 normalized with the checkpoint's own image processor (``AutoImageProcessor``'s ``image_mean`` /
 ``image_std``); images are resized so the short side is ``resolution`` (448) and cropped to multiples of the
 patch size. Patch features are computed once per image and model and cached (:class:`FeatureExplorer`), so
 a click costs a matrix-vector product and two small pictures (benchmarks/explore_click.py).
 
-Images are decoded as the training stream decodes them (:func:`paka_hf.data.decode_image` and
-:func:`paka_hf.imaging.to_rgb`: grayscale, RGBA, CMYK, 16-bit, EXIF-rotated...); an image above
+Images are decoded as the training stream decodes them (:func:`paka_hf.training.data.decode_image` and
+:func:`paka_hf.utils.imaging.to_rgb`: grayscale, RGBA, CMYK, 16-bit, EXIF-rotated...); an image above
 ``max_pixels`` or one that is not an image gets a one-line message in the page, and so does a model that
 fails to load (the server keeps running; fix the id in *Models* and press *Load*).
 
 Gradio is an optional extra: ``pip install paka_hf[app]``. Example::
 
-    >>> from paka_hf.explore import build_app
+    >>> from paka_hf.apps.explorer import build_app
     >>> build_app("out/", base="facebook/dinov2-with-registers-small").launch()
 """
 
 # No "from __future__ import annotations": Gradio reads the gr.SelectData annotation of event handlers at runtime.
 
-import argparse
 import hashlib
 import io
 import logging
@@ -51,12 +50,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import visualize as viz
-from .commands import StrictArgumentParser
-from .errors import ConfigError, EmptyDatasetError, MissingPathError, PaKAUserError
-from .files import TRAINING_CONFIG_FILE
-from .imaging import IMAGE_SUFFIXES, is_image_file
-from .paths import check_local_path
+from paka_hf.apps import pictures as viz
+from paka_hf.utils.errors import ConfigError, EmptyDatasetError, MissingPathError, PaKAUserError
+from paka_hf.utils.files import TRAINING_CONFIG_FILE
+from paka_hf.utils.imaging import IMAGE_SUFFIXES, is_image_file
+from paka_hf.utils.paths import check_local_path
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +92,7 @@ class ExplorerModel:
     (``PatchBackbone.image_mean`` / ``image_std``, from the backbone registry)."""
 
     name: str
-    backbone: Any  # paka_hf.backbones.PatchBackbone (or anything returning (B, D, h, w) grids)
+    backbone: Any  # paka_hf.modeling.backbones.PatchBackbone (or anything returning (B, D, h, w) grids)
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
@@ -106,7 +104,7 @@ class ExplorerModel:
 def load_model(source: str | os.PathLike, **load_kwargs: Any) -> ExplorerModel:
     """Load ``source`` (Hub id or folder) with ``PatchBackbone.from_pretrained``; raise :class:`ModelLoadError`
     with a one-line reason when that fails."""
-    from .backbones import PatchBackbone
+    from paka_hf.modeling.backbones import PatchBackbone
 
     name = os.fspath(source)
     try:
@@ -129,8 +127,8 @@ def load_image(value: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     Raises :class:`ImageInputError` (one line) for a file that is not an image, an image of more than
     ``max_pixels`` pixels (read from the header, before decoding) or one that has no pixels.
     """
-    from .data import DECODE_ERRORS, decode_image
-    from .imaging import to_rgb
+    from paka_hf.training.data import DECODE_ERRORS, decode_image
+    from paka_hf.utils.imaging import to_rgb
 
     try:
         if isinstance(value, Image.Image):
@@ -199,7 +197,7 @@ class EncodedImage:
 
 class FeatureExplorer:
     """Base and adapted model on the same images: features computed once per image and model (an LRU cache of
-    ``cache_size`` images), then PCA, k-means and similarity pictures from :mod:`paka_hf.visualize`.
+    ``cache_size`` images), then PCA, k-means and similarity pictures from :mod:`paka_hf.apps.pictures`.
 
     ``models``: ``(base, adapted)`` :class:`ExplorerModel` (same patch size). ``forward_calls`` counts the
     backbone forwards actually run (what the cache saves).
@@ -398,7 +396,7 @@ def gallery_images(folder: str | os.PathLike) -> list[Path]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _require_gradio():
+def require_gradio():
     try:
         import gradio as gr
     except ImportError as err:
@@ -462,7 +460,7 @@ def build_app(
     API endpoints (``gradio_client``): ``/analyse`` (image, K, PCA mode), ``/query`` (image, x, y, second
     image or None), ``/load_models`` (model, base).
     """
-    gr = _require_gradio()
+    gr = require_gradio()
     state: dict[str, Any] = {"explorer": explorer, "error": None}
 
     def load(model_id, base_id):
@@ -670,66 +668,3 @@ def build_app(
             gallery.select(pick, gallery_target, [image_a, image_b], api_name=False)
     demo.explorer_state = state  # for tests and benchmarks: the explorer behind the page
     return demo
-
-
-# --------------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------------
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = StrictArgumentParser(  # no abbreviated options; a bad one is one line naming the closest
-        prog="paka-explore",
-        description="Explore base vs PaKA-adapted dense features in the browser (Gradio, on localhost).",
-        epilog="Example: paka-explore out/ --base facebook/dinov2-with-registers-small --images photos/",
-    )
-    parser.add_argument("model", metavar="MODEL", help="adapted model: Hub id or folder (a PaKA output folder)")
-    parser.add_argument(
-        "--base",
-        metavar="BASE",
-        help="base model: Hub id or folder (default: model_name_or_path of MODEL's training_config.yaml)",
-    )
-    parser.add_argument("--images", metavar="DIR", help="folder of images shown as a gallery")
-    parser.add_argument(
-        "--resolution",
-        type=int,
-        default=DEFAULT_RESOLUTION,
-        help=f"short side in pixels before cropping to patch multiples (default {DEFAULT_RESOLUTION})",
-    )
-    parser.add_argument(
-        "--max_pixels",
-        "--max-pixels",
-        type=int,
-        default=DEFAULT_MAX_PIXELS,
-        help=f"largest input image in pixels (default {DEFAULT_MAX_PIXELS:,})",
-    )
-    parser.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
-    )
-    parser.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860 or the next free one)")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``paka-explore``: build the app and serve it until interrupted. User errors raise
-    :class:`~paka_hf.errors.PaKAUserError` (the scripts print them as ``error: ...``, exit status 2)."""
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    _require_gradio()
-    images = gallery_images(args.images) if args.images else []
-    base = args.base or default_base(args.model)
-    if not base:
-        raise ConfigError(
-            f"no --base given and {args.model!r} names no base model (model_name_or_path in "
-            "training_config.yaml): pass --base HUB_ID_OR_FOLDER"
-        )
-    demo = build_app(args.model, base, images=images, resolution=args.resolution, max_pixels=args.max_pixels)
-    demo.launch(server_name=args.host, server_port=args.port, show_error=True)
-    return 0
-
-
-def cli_main() -> int:
-    """The ``paka-explore`` console command: :func:`main` with user errors as one line ``error: ...``, exit 2."""
-    from .cli import run_script
-
-    return run_script(main)

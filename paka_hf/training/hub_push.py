@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .files import TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE
-from .hub.card import find_pictures
-from .hub.push import HubAuthenticationError, push_to_hub
+from paka_hf.hub.card import find_pictures
+from paka_hf.hub.push import HubAuthenticationError, push_to_hub
+from paka_hf.utils.errors import ConfigError
+from paka_hf.utils.files import TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class HubPushMixin:
 
     Put it before ``Trainer`` and define ``export_backbone(output_dir)`` (write ``config.json``,
     ``model.safetensors`` and ``preprocessor_config.json`` there, e.g. with
-    :func:`paka_hf.hub.save_backbone`); :class:`~paka_hf.trainer.PaKATrainer` does::
+    :func:`paka_hf.hub.save_backbone`); :class:`~paka_hf.training.trainer.PaKATrainer` does::
 
         class PaKATrainer(HubPushMixin, Trainer):
             def export_backbone(self, output_dir):

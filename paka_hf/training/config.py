@@ -18,9 +18,21 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from .backbones import SUPPORTED_MODEL_TYPES
-from .data import DATASET_FORMATS, DEFAULT_MAX_IMAGE_PIXELS
-from .errors import (
+from paka_hf.losses import (
+    KERNELS,
+    LOSSES,
+    NECO_QUEUE_LENGTH,
+    NECO_QUEUE_PER_IMAGE,
+    NECO_STEEPNESS,
+    SCOPES,
+    NeCoSettings,
+)
+from paka_hf.modeling.backbones import SUPPORTED_MODEL_TYPES
+from paka_hf.modeling.lora import LoRASettings
+from paka_hf.modeling.model import STUDENT_VIEWS
+from paka_hf.modeling.teacher import check_teacher_momentum
+from paka_hf.training.data import DATASET_FORMATS, DEFAULT_MAX_IMAGE_PIXELS
+from paka_hf.utils.errors import (
     ConfigError,
     check_choice,
     check_fraction,
@@ -28,15 +40,11 @@ from .errors import (
     check_positive_int,
     check_roi_size,
 )
-from .lora import LoRASettings
-from .losses import KERNELS, LOSSES, NECO_QUEUE_LENGTH, NECO_QUEUE_PER_IMAGE, NECO_STEEPNESS, SCOPES, NeCoSettings
-from .modeling import STUDENT_VIEWS
-from .paths import check_local_path
-from .teacher import check_teacher_momentum
-from .views import MIN_INTERSECTION_MEANING, RENDERINGS
+from paka_hf.utils.paths import check_local_path
+from paka_hf.views.glim import MIN_INTERSECTION_MEANING, RENDERINGS
 
 EXPORTS = ("student", "teacher")
-#: Fields read as a local path when they look like one (paka_hf.paths.looks_like_local_path).
+#: Fields read as a local path when they look like one (paka_hf.utils.paths.looks_like_local_path).
 PATH_FIELDS = ("model_name_or_path", "dataset_name")
 #: A field whose name ends so holds a secret (the rule TrainingArguments.to_dict masks by).
 SECRET_FIELD_SUFFIX = "_token"
@@ -66,7 +74,7 @@ class PaKAConfig(TrainingArguments):
         >>> args.teacher_momentum, args.global_size, args.local_size
         (0.9995, 224, 98)
         >>> PaKAConfig(output_dir="out", max_steps=10, loss="mse")  # doctest: +SKIP
-        paka_hf.errors.ConfigError: loss must be one of ('cka', 'gram', 'cosine', 'neco'), got 'mse'
+        paka_hf.utils.errors.ConfigError: loss must be one of ('cka', 'gram', 'cosine', 'neco'), got 'mse'
     """
 
     # ---- model ------------------------------------------------------------------------------
@@ -202,7 +210,7 @@ class PaKAConfig(TrainingArguments):
         "Teacher tokens pushed to NeCo's queue per image and step.", default=NECO_QUEUE_PER_IMAGE
     )
 
-    # ---- LoRA (use_lora: adapters on a frozen base; paka_hf.lora, needs pip install 'paka_hf[peft]') ----------
+    # ---- LoRA (use_lora: adapters on a frozen base; paka_hf.modeling.lora, needs pip install 'paka_hf[peft]') ----------
     use_lora: bool = _help(
         "Train LoRA adapters (and the head) on a frozen base instead of every weight. The EMA teacher keeps a copy "
         "of the adapters only and shares the student's base weights in memory. The export is the merged model, "
@@ -214,7 +222,7 @@ class PaKAConfig(TrainingArguments):
     lora_dropout: float = _help("Dropout on the adapters' input (student only).", default=0.0)
     lora_target_modules: list[str] | None = _help(
         "Short names of the linear layers to wrap in every transformer block (e.g. q_proj v_proj); default: the "
-        "family's attention and MLP projections (paka_hf.backbones.lora_target_modules).",
+        "family's attention and MLP projections (paka_hf.modeling.backbones.lora_target_modules).",
         default=None,
     )
 
@@ -330,7 +338,7 @@ class PaKAConfig(TrainingArguments):
         return state
 
     def check_local_paths(self, origins: dict[str, str] | None = None) -> None:
-        """Raise :class:`~paka_hf.errors.MissingPathError` if ``model_name_or_path`` or ``dataset_name`` looks like
+        """Raise :class:`~paka_hf.utils.errors.MissingPathError` if ``model_name_or_path`` or ``dataset_name`` looks like
         a local path (``./x``, ``/x``, ``~/x``, ``a/b/c``) that does not exist, before anything asks the Hub.
         ``origins`` maps a field to where it was set (a config file) for the message."""
         origins = origins or {}
@@ -347,7 +355,7 @@ class PaKAConfig(TrainingArguments):
         )
 
     def lora_settings(self) -> LoRASettings:
-        """The ``lora_*`` fields as :func:`paka_hf.lora.add_lora` takes them."""
+        """The ``lora_*`` fields as :func:`paka_hf.modeling.lora.add_lora` takes them."""
         targets = tuple(self.lora_target_modules) if self.lora_target_modules is not None else None
         return LoRASettings(
             rank=self.lora_rank, alpha=self.lora_alpha, dropout=self.lora_dropout, target_modules=targets

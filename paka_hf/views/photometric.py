@@ -3,8 +3,8 @@
 ``torchvision.transforms.v2.functional`` applies one scalar factor to a whole batch; DINO
 augmentation draws a factor per view. These functions follow torchvision's definitions for ``uint8``
 images line by line, with the factor broadcast per view, so that rendering the augmentation of a
-whole batch on the accelerator (:func:`paka_hf.views.render_views`) gives what the per-view CPU path
-(:class:`paka_hf.augment.PhotometricAugment` on one ``uint8`` view) gives.
+whole batch on the accelerator (:func:`paka_hf.views.glim.render_views`) gives what the per-view CPU path
+(:class:`paka_hf.views.augment.PhotometricAugment` on one ``uint8`` view) gives.
 
 Views are float32 ``(V, 3, H, W)`` holding *integral values in [0, 255]* ("uint8 semantics"): every
 op ends as torchvision's ``uint8`` kernels end — ``clamp(0, 255)`` and the truncating cast

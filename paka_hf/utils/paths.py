@@ -3,7 +3,7 @@
 ``transformers`` and ``datasets`` treat any name that is not an existing local path as a Hub id: a
 mistyped folder becomes a repo-id validation error, or a network wait and a "repository not found".
 A name that *looks like a path* is therefore checked here first, and a missing one is reported as
-what it is (:class:`~paka_hf.errors.MissingPathError`, "no such folder"), with no network call.
+what it is (:class:`~paka_hf.utils.errors.MissingPathError`, "no such folder"), with no network call.
 
 A name looks like a path when it starts with ``.``, ``/`` or ``~``, or holds the path separator twice
 (a Hub id is ``name`` or ``org/name``: at most one ``/``).
@@ -12,9 +12,13 @@ A name looks like a path when it starts with ``.``, ``/`` or ``~``, or holds the
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
-from .errors import MissingPathError
+from paka_hf.utils.errors import MissingPathError
+
+#: A Hub repository id, ``namespace/name``.
+REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def looks_like_local_path(name: str) -> bool:
@@ -56,3 +60,16 @@ def check_local_path(
         return
     if not Path(name).expanduser().exists():
         raise MissingPathError(missing_path_message(name, option, origin))
+
+
+def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether ``path``, with every symlink followed, lies inside ``folder`` (also resolved).
+
+    Args:
+        path: the path to test.
+        folder: the folder it should lie in.
+
+    Returns:
+        ``True`` when the resolved ``path`` is ``folder`` or below it.
+    """
+    return Path(path).resolve().is_relative_to(Path(folder).resolve())

@@ -1,12 +1,12 @@
 """The PaKA objective as one module: student, EMA teacher, alignment and loss.
 
-``PaKAModel(batch) → loss`` for a batch of GLIM views (:func:`paka_hf.views.collate_views`):
+``PaKAModel(batch) → loss`` for a batch of GLIM views (:func:`paka_hf.views.glim.collate_views`):
 
 1. the teacher (EMA copy of backbone and head, eval mode, no gradients) encodes the clean global
    views: ``(B·n_global, d, h_g, w_g)`` patch grids;
 2. the student encodes the augmented local views: ``(B·n_local, d, h_l, w_l)``;
 3. each (local j, global j mod n_global) pair is RoI-aligned over the intersection of its boxes:
-   ``(P, N, d)`` per side, ``P = B·n_local``, ``N = roi_size²`` (:mod:`paka_hf.align`);
+   ``(P, N, d)`` per side, ``P = B·n_local``, ``N = roi_size²`` (:mod:`paka_hf.views.align`);
 4. the optional projection head maps the aligned tokens of each side (the teacher's head is the
    EMA of the student's);
 5. the configured loss compares them (:mod:`paka_hf.losses`; 1 − CKA by default).
@@ -17,7 +17,7 @@ paper crops (P·N = 4·49 tokens per image instead of 2·37² + 4·7²).
 
 The teacher is a registered submodule, so ``state_dict`` and any checkpoint hold it; its
 parameters have ``requires_grad=False`` and no optimizer sees them. With a LoRA student
-(:mod:`paka_hf.lora`) the teacher is a :class:`~paka_hf.lora.LoRATeacher`: an EMA copy of the adapters
+(:mod:`paka_hf.modeling.lora`) the teacher is a :class:`~paka_hf.modeling.lora.LoRATeacher`: an EMA copy of the adapters
 alone, run over the student's own frozen base weights, so the base is held once.
 """
 
@@ -29,13 +29,13 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .align import AlignedTokens, align_pairs
-from .backbones import PatchBackbone, ProjectionHead
-from .errors import ConfigError, check_choice, check_roi_size
-from .lora import LoRATeacher, is_lora_backbone
-from .losses import NeCoSettings, PaKALoss, cka_per_pair
-from .teacher import EMAPairs, ema_apply_, ema_pairs, make_teacher
-from .views import normalize_views, render_views
+from paka_hf.losses import NeCoSettings, PaKALoss, cka_per_pair
+from paka_hf.modeling.backbones import PatchBackbone, ProjectionHead
+from paka_hf.modeling.lora import LoRATeacher, is_lora_backbone
+from paka_hf.modeling.teacher import EMAPairs, ema_apply_, ema_pairs, make_teacher
+from paka_hf.utils.errors import ConfigError, check_choice, check_roi_size
+from paka_hf.views.align import AlignedTokens, align_pairs
+from paka_hf.views.glim import normalize_views, render_views
 
 #: The views the student encodes: its local views, or also its global views (aligned with the other global).
 STUDENT_VIEWS = ("local", "all")
@@ -78,7 +78,7 @@ class PaKAModel(nn.Module):
                 param.requires_grad_(False)
         self.student = backbone
         self.student_head = head
-        # A LoRA student (paka_hf.lora.add_lora): the teacher is an EMA of its adapters over the same base weights.
+        # A LoRA student (paka_hf.modeling.lora.add_lora): the teacher is an EMA of its adapters over the same base weights.
         self.teacher = LoRATeacher(backbone) if is_lora_backbone(backbone) else make_teacher(backbone)
         self.teacher_head = make_teacher(head) if head is not None else None
         # NeCo's reference queue (a buffer of the criterion, so checkpoints hold it) stores head outputs.
@@ -132,7 +132,7 @@ class PaKAModel(nn.Module):
         """EMA step on backbone and head: ``θ_t ← m θ_t + (1 − m) θ_s`` with ``m = teacher_momentum``.
 
         One ``_foreach_lerp_`` over the parameter lists of both networks, matched by name once
-        (:func:`~paka_hf.teacher.ema_pairs`) and kept until the module is moved or cast.
+        (:func:`~paka_hf.modeling.teacher.ema_pairs`) and kept until the module is moved or cast.
         """
         if self._ema_pairs is None:
             if isinstance(self.teacher, LoRATeacher):
@@ -222,7 +222,7 @@ class PaKAModel(nn.Module):
         Or, for views rendered here on the model's device (``view_rendering: device``), instead of
         the views: ``images`` (B, H, W, 3) uint8, ``image_sizes`` (B, 2), ``view_spec`` and the
         photometric parameters ``global_color``/``local_color`` (B, V, P) — see
-        :func:`paka_hf.views.render_views`. Flips are then folded into the rendering and recorded
+        :func:`paka_hf.views.glim.render_views`. Flips are then folded into the rendering and recorded
         as usual.
         """
         if images is not None:

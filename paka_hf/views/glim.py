@@ -17,15 +17,15 @@ their intersection onto each view's patch grid exactly.
 Rendering (:class:`GlimTransform`): each box is resampled straight from the source image to
 ``global_size`` / ``local_size`` pixels (PIL ``resize`` with a float ``box``, bicubic). Teacher
 (global) views are clean: resize and normalize only. Student (local) views get DINO photometric
-augmentation (:mod:`paka_hf.augment`). An optional horizontal flip is recorded per view so that
+augmentation (:mod:`paka_hf.views.augment`). An optional horizontal flip is recorded per view so that
 it can be undone on the feature grid.
 
 Where the views are rendered is a choice (``rendering``): on the CPU, in the data workers, with
 Pillow and torchvision, one view at a time; or on the accelerator, a batch at a time
 (:func:`render_views`): the workers then only decode the image and make the random draws (the same
 draws, through the same :meth:`GlimTransform.sample`), and the model renders the views on its device
-with the same arithmetic — Pillow's bicubic weights (:mod:`paka_hf.resample`) and torchvision's
-``uint8`` colour operations with a factor per view (:mod:`paka_hf.photometric`).
+with the same arithmetic — Pillow's bicubic weights (:mod:`paka_hf.views.resample`) and torchvision's
+``uint8`` colour operations with a factor per view (:mod:`paka_hf.views.photometric`).
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from .augment import PhotometricAugment
-from .errors import check_choice, check_fraction, check_patch_multiple, check_positive_int
-from .imaging import fit_within, to_rgb
-from .resample import resample_boxes
+from paka_hf.utils.errors import check_choice, check_fraction, check_patch_multiple, check_positive_int
+from paka_hf.utils.imaging import fit_within, to_rgb
+from paka_hf.views.augment import PhotometricAugment
+from paka_hf.views.resample import resample_boxes
 
 #: What min_intersection is, in the one message that checks its range (config and sample_boxes).
 MIN_INTERSECTION_MEANING = "the fraction of each local box that must lie inside its global box"
@@ -204,9 +204,9 @@ def normalize_views(
 ) -> torch.Tensor:
     """uint8 views ``(..., 3, H, W)`` → float32 ``(x / 255 − mean) / std``; float input is returned as is.
 
-    ``mean``/``std`` are the backbone's (its checkpoint's image processor, :class:`~paka_hf.backbones.PatchBackbone`).
+    ``mean``/``std`` are the backbone's (its checkpoint's image processor, :class:`~paka_hf.modeling.backbones.PatchBackbone`).
 
-    Pass ``mean``/``std`` as (3,) tensors already on the views' device (as :class:`~paka_hf.modeling.PaKAModel`
+    Pass ``mean``/``std`` as (3,) tensors already on the views' device (as :class:`~paka_hf.modeling.model.PaKAModel`
     does with its buffers) to avoid a host-to-device copy per call.
     """
     if views.dtype != torch.uint8:
@@ -273,15 +273,15 @@ class GlimTransform:
     - ``image`` (H, W, 3) uint8 numpy array (read-only), as decoded; ``image_size`` (2,) int64 (H, W)
     - the boxes, ``pair_index`` and flips as above
     - ``local_color`` (n_local, P) float64, the photometric parameters of each local view
-      (:mod:`paka_hf.augment`), and ``global_color`` (n_global, P) when ``teacher_augment``
+      (:mod:`paka_hf.views.augment`), and ``global_color`` (n_global, P) when ``teacher_augment``
     - ``view_spec``: the view sizes and blur kernel size (:meth:`view_spec`), plain ints
 
     Both modes draw from the generator through one method, :meth:`sample`, in the same order, so a
     seed gives the same boxes, flips and photometric parameters whichever side renders.
 
-    Any PIL mode and size (down to 1×1, any aspect ratio) is accepted: see :func:`paka_hf.imaging.to_rgb`.
+    Any PIL mode and size (down to 1×1, any aspect ratio) is accepted: see :func:`paka_hf.utils.imaging.to_rgb`.
     An image whose longer side exceeds ``max_image_side`` (default :func:`default_max_image_side`,
-    ≤ 0 for none) is first downscaled to it (:func:`paka_hf.imaging.fit_within`), in both renderings,
+    ≤ 0 for none) is first downscaled to it (:func:`paka_hf.utils.imaging.fit_within`), in both renderings,
     so the boxes and views come from the same pixels and a batch padded for the device stays bounded.
     """
 
@@ -409,7 +409,7 @@ class GlimTransform:
         """Views (or, with ``rendering="device"``, pixels and draws) of one image.
 
         ``image``: a PIL image of any mode, or — for ``rendering="device"`` — an RGB ``(H, W, 3)``
-        uint8 array as :func:`paka_hf.data.decode_rgb_pixels` makes it.
+        uint8 array as :func:`paka_hf.training.data.decode_rgb_pixels` makes it.
         """
         if isinstance(image, np.ndarray):
             if self.rendering != "device" or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -492,9 +492,9 @@ def render_views(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Render a batch's views on the images' device: what :meth:`GlimTransform.render` does on the CPU.
 
-    Crop-and-resize of every box with Pillow's bicubic (:func:`paka_hf.resample.resample_boxes`,
+    Crop-and-resize of every box with Pillow's bicubic (:func:`paka_hf.views.resample.resample_boxes`,
     flips folded in), then the photometric parameters per view
-    (:meth:`~paka_hf.augment.PhotometricAugment.apply_batch`). Flipping before the photometric ops
+    (:meth:`~paka_hf.views.augment.PhotometricAugment.apply_batch`). Flipping before the photometric ops
     instead of after changes nothing: they are per pixel, per-view means, or a symmetric blur with
     symmetric (reflect) padding.
 

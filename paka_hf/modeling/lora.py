@@ -48,10 +48,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .backbones import PatchBackbone, resolve_lora_targets, vision_config
-from .errors import ConfigError, check_positive_int
-from .files import ADAPTER_DIR, CARD_FILE
-from .teacher import EMAPairs
+from paka_hf.modeling.backbones import PatchBackbone, resolve_lora_targets, vision_config
+from paka_hf.modeling.teacher import EMAPairs
+from paka_hf.utils.errors import ConfigError, check_positive_int
+from paka_hf.utils.files import ADAPTER_DIR, CARD_FILE
 
 #: How to get the optional dependency, in every error that needs it.
 PEFT_INSTALL_HINT = "pip install 'paka_hf[peft]' (or pip install peft)"
@@ -74,7 +74,7 @@ def import_peft():
 class LoRASettings:
     """The adapter: ``rank`` r, ``alpha`` α (the update is scaled by α / r), ``dropout`` on the adapter's
     input, ``target_modules`` (short names such as ``q_proj``; ``None``: the family's default from
-    :func:`paka_hf.backbones.lora_target_modules`)."""
+    :func:`paka_hf.modeling.backbones.lora_target_modules`)."""
 
     rank: int = 16
     alpha: float = 16.0
@@ -93,7 +93,7 @@ def check_lora_targets(backbone: PatchBackbone, targets: tuple[str, ...] | list[
     """Full names of the linear layers to wrap, after checking that the set is whole.
 
     Stops with a :class:`ConfigError` that names what matched when a target matches nothing
-    (:func:`~paka_hf.backbones.resolve_lora_targets`), when a target matches in some transformer blocks but
+    (:func:`~paka_hf.modeling.backbones.resolve_lora_targets`), when a target matches in some transformer blocks but
     not all of them, or when nothing in the attention is wrapped (the MLP alone: the patch relations that
     PaKA aligns are made by attention, and this is what a list of ``transformers`` 4.x names silently gives
     on a 5.x model).
@@ -163,7 +163,7 @@ def is_lora_backbone(backbone: nn.Module) -> bool:
 def peft_model_of(backbone: PatchBackbone):
     """The ``peft.PeftModel`` around ``backbone.model`` (:func:`add_lora`)."""
     if not is_lora_backbone(backbone):
-        raise ValueError("this backbone has no LoRA adapters (add them with paka_hf.lora.add_lora)")
+        raise ValueError("this backbone has no LoRA adapters (add them with paka_hf.modeling.lora.add_lora)")
     return backbone.__dict__["_peft_model"]
 
 
@@ -196,7 +196,7 @@ class LoRATeacher(nn.Module):
     def __init__(self, student: PatchBackbone):
         super().__init__()
         if not is_lora_backbone(student):
-            raise ValueError("LoRATeacher needs a backbone with LoRA adapters (paka_hf.lora.add_lora)")
+            raise ValueError("LoRATeacher needs a backbone with LoRA adapters (paka_hf.modeling.lora.add_lora)")
         self.__dict__["student"] = student  # a reference, not a submodule: the base belongs to the student
         adapters = adapter_parameters(student)
         self.names = list(adapters)
@@ -209,7 +209,7 @@ class LoRATeacher(nn.Module):
         return {name: getattr(self, _key(name)) for name in self.names}
 
     def ema_pairs(self) -> EMAPairs:
-        """(teacher adapter, student adapter) tensors for :func:`paka_hf.teacher.ema_apply_`; no buffers."""
+        """(teacher adapter, student adapter) tensors for :func:`paka_hf.modeling.teacher.ema_apply_`; no buffers."""
         sources = adapter_parameters(self.student)
         if list(sources) != self.names:
             raise ValueError("the student's adapters changed after the LoRA teacher was built")
@@ -248,7 +248,7 @@ def export_lora_backbone(
 ) -> Path:
     """Write the merged model to ``output_dir`` and the adapter to ``output_dir/adapter``.
 
-    - ``output_dir``: :func:`paka_hf.hub.export.save_backbone` of ``W + (α/r) B A`` for every wrapped layer,
+    - ``output_dir``: :func:`paka_hf.modeling.export.save_backbone` of ``W + (α/r) B A`` for every wrapped layer,
       a plain ``transformers`` model (``AutoModel.from_pretrained(output_dir)``).
     - ``output_dir/adapter``: ``adapter_config.json`` and ``adapter_model.safetensors`` (peft's format), for
       ``PeftModel.from_pretrained(AutoModel.from_pretrained(base), output_dir, subfolder="adapter")``.
@@ -259,7 +259,7 @@ def export_lora_backbone(
     worth of device memory for a moment, and of host memory while exporting.
     """
     # here, not at module level: the model modules (modeling imports this one) stay free of the Hub stack
-    from .hub.export import save_backbone
+    from paka_hf.modeling.export import save_backbone
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

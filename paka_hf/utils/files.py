@@ -16,7 +16,7 @@ An exported ``output_dir``::
     README.md                                                  the model card, rendered at push time only
 
 Example:
-    >>> from paka_hf.files import EXPORT_FILES, STREAM_STATE_FILE
+    >>> from paka_hf.utils.files import EXPORT_FILES, STREAM_STATE_FILE
     >>> EXPORT_FILES
     ('config.json', 'model.safetensors', 'preprocessor_config.json')
     >>> STREAM_STATE_FILE.format(rank=0)

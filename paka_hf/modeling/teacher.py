@@ -8,7 +8,7 @@ After every optimizer step (not every micro-batch) each teacher tensor is update
 
 where ``m``, the *teacher momentum* (``teacher_momentum`` here and in the config), is the fraction of the
 *teacher* that is kept: ``m = 1`` freezes the teacher, ``m = 0`` copies the student. ``m`` follows the cosine
-schedule of :func:`paka_hf.optimization.cosine_schedule` from the config's ``teacher_momentum`` ``m_0``
+schedule of :func:`paka_hf.utils.schedules.cosine_schedule` from the config's ``teacher_momentum`` ``m_0``
 (0.9995) at step 0 to 1.0 at the last step ``K``:
 
 .. math::
@@ -24,12 +24,12 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .optimization import cosine_schedule
+from paka_hf.utils.schedules import cosine_schedule
 
 
 def check_teacher_momentum(value: float, name: str = "teacher_momentum") -> None:
     """Raise ``ValueError`` unless ``value`` is a teacher momentum, a fraction in [0, 1] (the one wording of the
-    rule; :class:`~paka_hf.config.PaKAConfig` reports it as a ``ConfigError``)."""
+    rule; :class:`~paka_hf.training.config.PaKAConfig` reports it as a ``ConfigError``)."""
     if not 0.0 <= value <= 1.0:
         raise ValueError(
             f"{name} is the fraction of the teacher kept per EMA step and must be in [0, 1], got {value} "
@@ -39,7 +39,7 @@ def check_teacher_momentum(value: float, name: str = "teacher_momentum") -> None
 
 def teacher_momentum_at(step: int, total_steps: int, start: float = 0.9995, end: float = 1.0) -> float:
     """Fraction of the teacher kept at optimizer step ``step`` of ``total_steps``:
-    :func:`~paka_hf.optimization.cosine_schedule` from ``start`` to ``end``."""
+    :func:`~paka_hf.utils.schedules.cosine_schedule` from ``start`` to ``end``."""
     check_teacher_momentum(start, "start")
     check_teacher_momentum(end, "end")
     return cosine_schedule(start, end, step, total_steps)
@@ -69,7 +69,7 @@ def ema_pairs(teacher: nn.Module, student: nn.Module) -> EMAPairs:
     """Match the teacher's parameters and buffers with the student's, by name.
 
     Walking the module trees costs ~1 ms of host time per step for a ViT-S pair (two
-    ``named_parameters`` walks); :class:`~paka_hf.modeling.PaKAModel` does it once and keeps the lists.
+    ``named_parameters`` walks); :class:`~paka_hf.modeling.model.PaKAModel` does it once and keeps the lists.
     The parameters are listed as themselves (``Module.to`` keeps Parameter objects), so the lists stay valid.
     """
     t_params, s_params = dict(teacher.named_parameters()), dict(student.named_parameters())

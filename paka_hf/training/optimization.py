@@ -1,41 +1,25 @@
-"""The optimisation rules PaKA's trainer and the benchmarks share: the cosine schedule and the weight-decay groups.
+"""The optimisation rules PaKA's trainer and the benchmarks share: the weight-decay groups and their schedule.
 
-**Cosine schedule.** A value that moves from ``start`` at step 0 to ``end`` at step ``K`` along half a cosine
-(the teacher momentum 0.9995 → 1 and the weight decay 0.04 → 0.5 of the recipe, as in DINO and NeCo):
-
-.. math::
-
-    v(k) = \\mathrm{end} + (\\mathrm{start} - \\mathrm{end})\\,\\frac{1 + \\cos(\\pi \\min(\\max(k / K, 0), 1))}{2}
-
-so ``v(0) = start``, ``v(K/2) = (start + end) / 2``, ``v(K) = end``, and it stays at ``end`` after ``K``.
-(The learning rate follows ``Trainer``'s own ``lr_scheduler_type``, not this function.)
+The weight decay follows :func:`paka_hf.utils.schedules.cosine_schedule` from ``weight_decay`` (0.04) to
+``weight_decay_end`` (0.5); the learning rate follows ``Trainer``'s own ``lr_scheduler_type``.
 
 **Weight-decay groups.** Biases and every parameter with at most one dimension (norm scales and shifts,
 layer scales, class and register tokens of shape ``(1, 1, d)`` are 3-D and *are* decayed, as in DINO) take no
 weight decay; the other trainable parameters do. :func:`optimizer_groups` makes the four AdamW groups of a
-:class:`~paka_hf.modeling.PaKAModel` (backbone and head, each decayed and not) that
-:meth:`paka_hf.trainer.PaKATrainer.create_optimizer` and ``benchmarks/gpu_step.py`` both use.
+:class:`~paka_hf.modeling.model.PaKAModel` (backbone and head, each decayed and not) that
+:meth:`paka_hf.training.trainer.PaKATrainer.create_optimizer` and ``benchmarks/gpu_step.py`` both use.
 
 Imports nothing beyond torch: the benchmarks use it without the trainer stack.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from torch import nn
 
 #: The key of a parameter group whose weight decay follows the cosine schedule (the decayed groups).
 SCHEDULED_DECAY_KEY = "paka_decay"
-
-
-def cosine_schedule(start: float, end: float, step: int, total_steps: int) -> float:
-    """``start`` at step 0 → ``end`` at ``total_steps`` along half a cosine (module docstring); clamped outside."""
-    if total_steps <= 0:
-        raise ValueError(f"total_steps must be positive, got {total_steps}")
-    progress = min(max(step / total_steps, 0.0), 1.0)
-    return end + (start - end) * (1.0 + math.cos(math.pi * progress)) / 2.0
 
 
 def takes_weight_decay(name: str, param: nn.Parameter) -> bool:
@@ -60,7 +44,7 @@ def decay_groups(module: nn.Module, lr: float, weight_decay: float, name: str) -
 def optimizer_groups(
     model: nn.Module, learning_rate: float, head_learning_rate: float, weight_decay: float
 ) -> list[dict]:
-    """AdamW groups of a :class:`~paka_hf.modeling.PaKAModel`: the student backbone at ``learning_rate`` and its
+    """AdamW groups of a :class:`~paka_hf.modeling.model.PaKAModel`: the student backbone at ``learning_rate`` and its
     projection head (if any) at ``head_learning_rate``, each split by :func:`decay_groups`. The teacher has no
     trainable parameters and no group."""
     groups = []

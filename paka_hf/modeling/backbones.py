@@ -60,7 +60,7 @@ Choices made per family (each is a field of the entry, so a new family is one en
 
 Example::
 
-    >>> from paka_hf.backbones import PatchBackbone
+    >>> from paka_hf.modeling.backbones import PatchBackbone
     >>> backbone = PatchBackbone.from_pretrained("facebook/dinov3-vits16-pretrain-lvd1689m")
     >>> grid = backbone(torch.randn(2, 3, 224, 320))   # (2, 384, 14, 20)
     >>> backbone.image_mean, backbone.image_std          # from the checkpoint's image processor
@@ -84,7 +84,7 @@ from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, PretrainedConfig, PreTrainedModel
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from .errors import ConfigError
+from paka_hf.utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -378,15 +378,18 @@ def load_backbone(
     return _transformers_class(family.model_class).from_pretrained(source, config=config, revision=revision, **kwargs)
 
 
-def default_image_processor(family: BackboneFamily | str):
+def default_image_processor(family: BackboneFamily | str = "dinov2"):
     """The family's reference image processor (for a checkpoint saved without one).
+
+    ``family`` is a :class:`BackboneFamily` or the ``model_type`` of a vision or full checkpoint
+    (``"dinov2"``, ``"siglip"``, ``"clip_vision_model"``, ...).
 
     DINOv2: ``BitImageProcessor`` with the ``facebook/dinov2-*`` settings (ImageNet mean/std, shortest edge
     256, center crop 224 — the class's own defaults are CLIP's); the others: their processor class with its
     ``transformers`` defaults, which are the reference checkpoints' values (DINOv3: ImageNet; SigLIP /
     SigLIP 2: mean = std = 0.5; CLIP: OpenAI's).
     """
-    family = FAMILIES[family] if isinstance(family, str) else family
+    family = family_for(family) if isinstance(family, str) else family
     return _transformers_class(family.processor_class)(**family.processor_kwargs)
 
 

@@ -1,6 +1,6 @@
 """Offline demo assets: a tiny random-init DINOv2-with-registers and a folder of generated images.
 
-``python -m paka_hf.demo DIR`` writes ``DIR/model`` (a ``transformers`` model folder with its
+``python -m paka_hf.apps.demo DIR`` writes ``DIR/model`` (a ``transformers`` model folder with its
 image processor) and ``DIR/images`` (procedural scenes: smooth colour fields with rectangles,
 discs and stripes, as JPEG and PNG in several sizes and modes), so that ``configs/demo.yaml``
 trains end to end with no network. Deterministic for a given seed; skips what already exists.
@@ -31,8 +31,8 @@ def make_tiny_model(path: Path, seed: int = 0) -> Path:
     import torch
     from transformers import AutoModel, Dinov2WithRegistersConfig
 
-    from .backbones import load_image_processor
-    from .files import MODEL_CONFIG_FILE, WEIGHTS_FILE
+    from paka_hf.modeling.backbones import load_image_processor
+    from paka_hf.utils.files import MODEL_CONFIG_FILE, WEIGHTS_FILE
 
     if (path / MODEL_CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file():
         return path

@@ -12,7 +12,7 @@ sees what post-training changed:
 
 Only PIL, NumPy and scikit-learn are used (no matplotlib). Example::
 
-    >>> from paka_hf.visualize import make_pictures
+    >>> from paka_hf.apps.pictures import make_pictures
     >>> make_pictures("facebook/dinov2-with-registers-small", "out/", ["a.jpg", "b.jpg"], "out/pictures")
     {'pca': PosixPath('out/pictures/pca.png'), 'clusters': ..., 'retrieval': ...}
 
@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .backbones import PatchBackbone
-from .errors import ConfigError
+from paka_hf.modeling.backbones import PatchBackbone
+from paka_hf.utils.errors import ConfigError
 
 # 20 well-separated colours (the "tab20" hues) for cluster overlays.
 PALETTE = np.array(

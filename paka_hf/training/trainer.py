@@ -3,10 +3,10 @@
 What it adds to ``Trainer`` (the rest — mixed precision, DDP through ``accelerate``,
 gradient accumulation, logging, checkpoint rotation, the progress bar — is ``Trainer``'s own):
 
-- the model is a :class:`~paka_hf.modeling.PaKAModel` (student, EMA teacher, head, loss) built
-  from :class:`~paka_hf.config.PaKAConfig`; the teacher is a registered submodule, so every
+- the model is a :class:`~paka_hf.modeling.model.PaKAModel` (student, EMA teacher, head, loss) built
+  from :class:`~paka_hf.training.config.PaKAConfig`; the teacher is a registered submodule, so every
   checkpoint holds it;
-- data comes from a resumable :class:`~paka_hf.data.PaKAViewStream`, split between processes
+- data comes from a resumable :class:`~paka_hf.training.data.PaKAViewStream`, split between processes
   and workers by the stream itself (the DataLoader is not re-sharded by ``accelerate``);
 - the EMA teacher update and the weight-decay schedule run once per *optimizer* step, as
   callbacks (``on_step_end`` / ``on_step_begin``), never per micro-batch;
@@ -51,9 +51,13 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, enable_full_determinism, set_seed
 
-from .backbones import PatchBackbone, ProjectionHead
-from .config import PaKAConfig
-from .data import (
+from paka_hf.hub import save_backbone
+from paka_hf.modeling.backbones import PatchBackbone, ProjectionHead
+from paka_hf.modeling.lora import add_lora, export_lora_backbone, is_lora_backbone
+from paka_hf.modeling.model import PaKAModel
+from paka_hf.modeling.teacher import teacher_momentum_at
+from paka_hf.training.config import PaKAConfig
+from paka_hf.training.data import (
     STREAM_KEYS,
     PaKACollator,
     PaKAViewStream,
@@ -62,8 +66,10 @@ from .data import (
     load_image_source,
     warn_if_shuffle_buffers_exceed_memory,
 )
-from .errors import ConfigError, MissingPathError
-from .files import (  # CHECKPOINT_MARKER etc. stay importable from paka_hf.trainer
+from paka_hf.training.hub_push import HubPushMixin
+from paka_hf.training.optimization import SCHEDULED_DECAY_KEY, optimizer_groups
+from paka_hf.utils.errors import ConfigError, MissingPathError
+from paka_hf.utils.files import (  # CHECKPOINT_MARKER etc. stay importable from paka_hf.training.trainer
     ADAPTER_DIR,
     CHECKPOINT_MARKER,
     RANK_DIAGNOSTICS_DIR,
@@ -73,14 +79,9 @@ from .files import (  # CHECKPOINT_MARKER etc. stay importable from paka_hf.trai
     TRAINING_SUMMARY_FILE,
     WEIGHTS_FILE,
 )
-from .hub import save_backbone
-from .lora import add_lora, export_lora_backbone, is_lora_backbone
-from .modeling import PaKAModel
-from .optimization import SCHEDULED_DECAY_KEY, cosine_schedule, optimizer_groups
-from .paper import PAPER_ID, PAPER_TITLE, TAGS
-from .teacher import teacher_momentum_at
-from .trainer_hub import HubPushMixin
-from .views import GlimTransform
+from paka_hf.utils.paper import PAPER_ID, PAPER_TITLE, TAGS
+from paka_hf.utils.schedules import cosine_schedule
+from paka_hf.views.glim import GlimTransform
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +92,9 @@ logger = logging.getLogger(__name__)
 
 
 def build_model(config: PaKAConfig) -> PaKAModel:
-    """Student backbone from ``model_name_or_path`` (any family of :mod:`paka_hf.backbones`, with
+    """Student backbone from ``model_name_or_path`` (any family of :mod:`paka_hf.modeling.backbones`, with
     ``drop_path_rate``, ``student_rope_augment`` and the checkpoint's image processor), LoRA adapters with
-    ``use_lora`` (:mod:`paka_hf.lora`), optional head, teacher."""
+    ``use_lora`` (:mod:`paka_hf.modeling.lora`), optional head, teacher."""
     backbone = PatchBackbone.from_pretrained(
         config.model_name_or_path,
         drop_path_rate=config.drop_path_rate,
@@ -354,7 +355,7 @@ class PaKATrainer(HubPushMixin, Trainer):
         """AdamW (or ``args.optim``) with four groups: backbone/head × decayed/not decayed.
 
         Not decayed: biases and every parameter with at most one dimension (norms, layer scales),
-        as in DINO (:func:`~paka_hf.optimization.optimizer_groups`, which ``benchmarks/gpu_step.py`` uses too).
+        as in DINO (:func:`~paka_hf.training.optimization.optimizer_groups`, which ``benchmarks/gpu_step.py`` uses too).
         The decayed groups carry ``paka_decay=True`` for the weight-decay schedule.
         """
         if self.optimizer is not None:
@@ -659,7 +660,7 @@ class PaKATrainer(HubPushMixin, Trainer):
         """Write the ``export`` network (student or teacher) as a plain ``transformers`` model —
         ``config.json``, ``model.safetensors``, ``preprocessor_config.json`` — plus
         ``training_config.yaml`` and ``training_summary.json``. With ``use_lora`` the model is the merged one
-        and the adapter alone goes to ``adapter/`` (:func:`paka_hf.lora.export_lora_backbone`). ``network`` ('student' or 'teacher')
+        and the adapter alone goes to ``adapter/`` (:func:`paka_hf.modeling.lora.export_lora_backbone`). ``network`` ('student' or 'teacher')
         overrides ``args.export`` for this call, e.g. to write the other network beside the exported one.
 
         The configuration and summary of an earlier export are removed before the weights are written and

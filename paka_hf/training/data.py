@@ -39,9 +39,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import ConfigError, EmptyDatasetError, check_choice
-from .imaging import IMAGE_SUFFIXES, to_rgb
-from .views import GlimTransform, collate_views
+from paka_hf.utils.errors import ConfigError, EmptyDatasetError, check_choice
+from paka_hf.utils.imaging import IMAGE_SUFFIXES, to_rgb
+from paka_hf.views.glim import GlimTransform, collate_views
 
 logger = logging.getLogger(__name__)
 
@@ -329,7 +329,7 @@ def decode_rgb_pixels(value: Any, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIX
     applied): the pixels Pillow decodes, without building a Pillow image and converting it to an
     array (about a third of the data workers' time with ``view_rendering: device``). Everything
     else — grayscale and CMYK JPEGs, other formats, anything libjpeg refuses — takes the Pillow path
-    (:func:`decode_image` + :func:`~paka_hf.imaging.to_rgb`), which raises :data:`DECODE_ERRORS`
+    (:func:`decode_image` + :func:`~paka_hf.utils.imaging.to_rgb`), which raises :data:`DECODE_ERRORS`
     for unreadable data. Both paths refuse an image above ``max_pixels`` from its header, before decoding.
     """
     try:

@@ -1,68 +1,30 @@
 """Export: the backbone as a plain ``transformers`` model folder that ``AutoModel.from_pretrained`` loads.
 
 :func:`save_backbone` writes ``config.json``, ``model.safetensors`` (never a pickle) and
-``preprocessor_config.json``; the form of a repository id is defined here. The names of the files of an
-output folder live in :mod:`paka_hf.files` (imported here, and re-exported, for the Hub code).
+``preprocessor_config.json``; :func:`weights_sha256` is the identity of those weights that evaluation results
+record and the Hub push checks. The names of the files of an output folder live in :mod:`paka_hf.utils.files`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import re
 from pathlib import Path
 from typing import Any
 
-from ..backbones import VISION_MODEL_TYPES, family_for
-from ..backbones import default_image_processor as _family_image_processor
-from ..files import (
-    ADAPTER_DIR,
-    ADAPTER_FILES,
-    CARD_FILE,
-    EXPORT_FILES,
-    PICKLE_WEIGHTS_FILES,
-    PICTURES_DIR,
-    TRAINING_CONFIG_FILE,
-    TRAINING_SUMMARY_FILE,
-    WEIGHTS_FILE,
-)
-
-# The file names are re-exported from paka_hf.files, where they are defined, for code that imported them from here.
-__all__ = [
-    "ADAPTER_DIR",
-    "ADAPTER_FILES",
-    "CARD_FILE",
-    "EXPORT_FILES",
-    "PICTURES_DIR",
-    "REPO_ID_PATTERN",
-    "TRAINING_CONFIG_FILE",
-    "TRAINING_SUMMARY_FILE",
-    "WEIGHTS_FILE",
-    "default_image_processor",
-    "is_inside",
-    "save_backbone",
-    "weights_sha256",
-]
-
-#: A Hub repository id, ``namespace/name``.
-REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def default_image_processor(model_type: str = "dinov2"):
-    """The reference image processor of a backbone family (:func:`paka_hf.backbones.default_image_processor`),
-    for a checkpoint saved without one."""
-    return _family_image_processor(family_for(model_type))
+from paka_hf.modeling.backbones import VISION_MODEL_TYPES, default_image_processor
+from paka_hf.utils.files import PICKLE_WEIGHTS_FILES, WEIGHTS_FILE
 
 
 def save_backbone(model: Any, output_dir: str | os.PathLike, image_processor: Any = None) -> Path:
     """Write ``config.json``, ``model.safetensors`` and ``preprocessor_config.json`` to ``output_dir``.
 
     ``model`` is a vision model of a supported backbone family or a
-    :class:`paka_hf.backbones.PatchBackbone` (its ``.model`` is saved). The weights go to safetensors
+    :class:`paka_hf.modeling.backbones.PatchBackbone` (its ``.model`` is saved). The weights go to safetensors
     only; a stale ``pytorch_model.bin`` left in the folder by an earlier run is removed so the folder never
     offers a pickle. The saved config has ``drop_path_rate = 0.0`` (stochastic depth is a training setting
     of the student, not part of the published model); the in-memory model is left unchanged.
-    ``image_processor`` defaults to the backbone's own (a :class:`~paka_hf.backbones.PatchBackbone` carries its
+    ``image_processor`` defaults to the backbone's own (a :class:`~paka_hf.modeling.backbones.PatchBackbone` carries its
     checkpoint's), else the family's reference one. Returns the folder.
     """
     backbone = getattr(model, "model", model)  # PatchBackbone -> the transformers model inside
@@ -113,8 +75,3 @@ def weights_sha256(path: str | os.PathLike) -> str | None:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
-    """Whether ``path``, with every symlink followed, lies inside ``folder`` (also resolved)."""
-    return Path(path).resolve().is_relative_to(Path(folder).resolve())

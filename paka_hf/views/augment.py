@@ -10,7 +10,7 @@ Drawing and applying are separate steps, so that the draws can be made on the CP
 operations run elsewhere: :meth:`PhotometricAugment.sample` returns a packed parameter vector
 (:data:`PARAM_FIELDS`), :meth:`~PhotometricAugment.apply` applies it to one ``uint8`` view with
 torchvision, and :meth:`~PhotometricAugment.apply_batch` applies a ``(V, P)`` stack of them to a
-batch of views with :mod:`paka_hf.photometric` (per-view factors, same definitions). The parameter
+batch of views with :mod:`paka_hf.views.photometric` (per-view factors, same definitions). The parameter
 vector, float64, ``P = 11``::
 
     [jitter, order_0..order_3, brightness, contrast, saturation, hue, grayscale, sigma]
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torchvision.transforms.v2 import functional as F
 
-from . import photometric
+from paka_hf.views import photometric
 
 PARAM_FIELDS = (
     "jitter",
@@ -137,7 +137,7 @@ class PhotometricAugment:
     def apply_batch(views: torch.Tensor, params: torch.Tensor, kernel_size: int = 9) -> torch.Tensor:
         """A batch ``(V, 3, H, W)`` (float, integral values in [0, 255]) with per-view ``params`` ``(V, P)``.
 
-        Same result as :meth:`apply` on each view (:mod:`paka_hf.photometric` follows torchvision's
+        Same result as :meth:`apply` on each view (:mod:`paka_hf.views.photometric` follows torchvision's
         ``uint8`` definitions), without any branch on the parameters' values. A view's jitter is a
         sequence of blends (brightness, contrast, saturation: one formula, blend with 0, the mean
         gray or the gray) with one hue rotation somewhere in it. So: the blends before each view's

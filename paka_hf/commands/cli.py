@@ -5,7 +5,7 @@ Each script ends with::
     if __name__ == "__main__":
         sys.exit(run_script(main))
 
-:func:`run_script` calls ``main(argv)``. A :class:`~paka_hf.errors.PaKAUserError` (a bad config value, a
+:func:`run_script` calls ``main(argv)``. A :class:`~paka_hf.utils.errors.PaKAUserError` (a bad config value, a
 path that does not exist, an empty dataset, no checkpoint to resume, refused credentials) is printed as
 ``error: <message>`` on one line of stderr and the exit status is :data:`USER_ERROR_STATUS` (2, as
 ``argparse`` uses for a bad command line). Any other exception is a bug: it propagates with its traceback.
@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import PaKAUserError
+from paka_hf.utils.errors import PaKAUserError
 
 #: Exit status of a script stopped by a user error.
 USER_ERROR_STATUS = 2
