@@ -3,7 +3,7 @@
 ``paka_hf.views.align.align_pairs`` undoes the horizontal flips of the views by mirroring the RoI boxes of
 flipped views and flipping their roi² outputs back (module docstring of ``paka_hf.views.align``). The
 reference computation flips every flipped view's whole grid back first and aligns without flips
-(what ``align_pairs`` did before): the same tokens (``tests/test_align.py``), with full copies of
+(what ``align_pairs`` did before): the same tokens (``tests/test_views_align.py``), with full copies of
 the teacher's grids. Both are timed here, forward and backward (the student's side takes
 gradients), on grids laid out as ``PatchBackbone`` returns them (a transposed view of the
 backbone's tokens), ViT-S/14 width, 2 global views of 518 (37² patches) and 4 local views of 98

@@ -22,7 +22,7 @@ else
   EXTRA=(); BUDGET_EAGER=100; BUDGET_COMPILE=190; COMPILE=(--compile)
   BUDGET_NECO=90; NECO_MODELS=(--models s14); LORA_MODELS=(--models s14 b14 --no_breakdown)
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/nvidia_smi.txt"
-  timeout 45 $PY -m pytest -q -p no:cacheprovider tests/test_render.py tests/test_gpu_step.py -k "cuda" 2>&1 | tail -5 | tee "$OUT/cuda_tests.txt"
+  timeout 45 $PY -m pytest -q -p no:cacheprovider tests/test_views_device_rendering.py tests/test_benchmarks_gpu_step.py -k "cuda" 2>&1 | tail -5 | tee "$OUT/cuda_tests.txt"
 fi
 timeout $((BUDGET_EAGER + 30)) $PY benchmarks/gpu_step.py "${EXTRA[@]}" --view_rendering cpu device --profile_render \
   --time_budget $BUDGET_EAGER --json "$OUT/eager.json" 2>&1 | tee "$OUT/eager.log"

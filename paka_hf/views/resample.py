@@ -17,7 +17,7 @@ pass is one batched matrix product: ``(B, 3H, W) @ (B, W, n·S)`` horizontally f
 each image, then ``(B·n, S, H) @ (B·n, H, 3S)`` vertically, each followed by Pillow's 8-bit rounding
 ``clamp(⌊x + ½⌋, 0, 255)`` (on CUDA each product is two TF32 products, float32-accurate: :func:`_split_matmul`). Pillow stores the weights as 22-bit fixed point; float32 weights differ
 from those by less than 1e-6, so a pixel differs from Pillow's at most by one level, where a sum
-falls within round-off of a half (measured: mean absolute difference ~1e-3 levels; tests/test_render.py).
+falls within round-off of a half (measured: mean absolute difference ~1e-3 levels; tests/test_views_device_rendering.py).
 
 A horizontal flip of the output is folded into the weights (their rows reversed): free.
 Images of different sizes share a zero-padded batch; each image's weights stop at its own size.

@@ -1,5 +1,5 @@
 """The feature explorer: cached features, the pictures it shows, robust image input, model-load errors in the
-page, and the Gradio API through gradio_client (no browser; the browser test is test_explore_browser.py)."""
+page, and the Gradio API through gradio_client (no browser; the browser test is test_apps_explorer_browser.py)."""
 
 from __future__ import annotations
 
