@@ -1,13 +1,13 @@
 #!/usr/bin/env python
-"""CamVid benchmark of the dense evaluation suite (run by hand; not part of the tests).
+r"""CamVid benchmark of the dense evaluation suite (run by hand; not part of the tests).
 
 Pretrained DINOv2 ViT-S/14 versus a random-init ViT-S/14 of the same shape, on CamVid (train = linear
 training / Hummingbird memory split, val = evaluation split): linear mIoU, overclustering mIoU at
 K = 11 and K = 100 (5 seeds), Hummingbird mIoU with the full memory bank, and the wall time of each
 step. Writes the two results JSON files and a Markdown table (the one in docs/EVALUATION.md).
 
-    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/eval_camvid.py \\
-        --model_dir ../shared/models/dinov2-small-imgfocus --data_dir ../shared/datasets/camvid \\
+    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/eval_camvid.py \
+        --model_dir ../shared/models/dinov2-small-imgfocus --data_dir ../shared/datasets/camvid \
         --input_size 224,308 --output_dir outputs/bench_camvid
 
 The default input (224 × 308, aspect close to CamVid's 480 × 360) keeps the whole benchmark under

@@ -55,7 +55,7 @@ LFS_EXTENSIONS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpa
 
 
 def git_blob_sha1(content: bytes) -> str:
-    """Git's object id of a blob: sha1 over ``b"blob <size>\\0" + content``."""
+    r"""Git's object id of a blob: sha1 over ``b"blob <size>\0" + content``."""
     return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
 
 

@@ -1,12 +1,12 @@
-"""Dense evaluation of a supported ViT checkpoint (DINOv2, DINOv2R, DINOv3, SigLIP / SigLIP 2, CLIP): linear probe, overclustering, Hummingbird.
+r"""Dense evaluation of a supported ViT checkpoint (DINOv2, DINOv2R, DINOv3, SigLIP / SigLIP 2, CLIP): linear probe, overclustering, Hummingbird.
 
 Examples::
 
-    python scripts/evaluate.py --model_name_or_path facebook/dinov2-small --dataset_name voc \\
+    python scripts/evaluate.py --model_name_or_path facebook/dinov2-small --dataset_name voc \
         --data_dir data/VOCdevkit --protocol linear --output_file results.json
-    python scripts/evaluate.py --model_name_or_path out/ --dataset_name folder --data_dir data/my_set \\
+    python scripts/evaluate.py --model_name_or_path out/ --dataset_name folder --data_dir data/my_set \
         --class_names sky,road,car --ignore_index 255 --protocol overcluster --num_clusters 3,100
-    python scripts/evaluate.py --model_name_or_path out/ --dataset_name camvid --data_dir data/camvid \\
+    python scripts/evaluate.py --model_name_or_path out/ --dataset_name camvid --data_dir data/camvid \
         --protocol all --input_size 224,308 --max_images 50     # a quick CPU run
 
 A user error (missing folder, bad mask, missing class names) prints one line ``error: ...`` and exits

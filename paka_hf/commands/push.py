@@ -1,4 +1,4 @@
-"""Publish a PaKA training output folder to the Hugging Face Hub in one commit.
+r"""Publish a PaKA training output folder to the Hugging Face Hub in one commit.
 
 Uploads exactly model.safetensors, config.json, preprocessor_config.json, README.md (the model card,
 rendered now from the folder, the training configuration and the evaluation results; a README.md of
@@ -22,7 +22,7 @@ Set HF_ENDPOINT to push to another Hub deployment.
 
 Examples (``paka-push`` is the same command):
     python scripts/push_to_hub.py out/ --repo_id my-org/dinov2-paka
-    python scripts/push_to_hub.py out/ --repo_id my-org/dinov2-paka --private \\
+    python scripts/push_to_hub.py out/ --repo_id my-org/dinov2-paka --private \
         --eval_results eval_base.json eval_paka.json --revision experiment-1
     python scripts/push_to_hub.py out/ --repo_id my-org/dinov2-paka --dry_run   # card + file list only
 """

@@ -1,11 +1,11 @@
-"""Make the model card's pictures: base vs PaKA-adapted dense features on a few images.
+r"""Make the model card's pictures: base vs PaKA-adapted dense features on a few images.
 
 Writes pca.png (PCA of patch features as RGB), clusters.png (k-means overclustering overlays) and
 retrieval.png (cosine similarity to a query patch, nearest patches boxed) to OUTPUT_DIR/pictures, where
 scripts/push_to_hub.py and paka_hf.hub.render_model_card pick them up.
 
 Example (``paka-visualize`` is the same command):
-    python scripts/visualize.py out/ --base facebook/dinov2-with-registers-small \\
+    python scripts/visualize.py out/ --base facebook/dinov2-with-registers-small \
         --images street1.jpg street2.jpg street3.jpg
 """
 

@@ -1,4 +1,4 @@
-"""Hummingbird dense retrieval (Balažević et al., NeurIPS 2023; docs/EVALUATION.md): in-context segmentation by k-NN.
+r"""Hummingbird dense retrieval (Balažević et al., NeurIPS 2023; docs/EVALUATION.md): in-context segmentation by k-NN.
 
 Memory bank (from the training split, ``passes = 2`` augmented passes by default):
 
@@ -11,7 +11,7 @@ Memory bank (from the training split, ``passes = 2`` augmented passes by default
 Query: each evaluation patch ``q`` (L2-normalised) retrieves its ``k = 30`` nearest keys by cosine
 similarity ``s_j = ⟨q, k_j⟩`` and predicts
 
-.. math::  \\hat y(q) = \\sum_{j=1}^{k} \\operatorname{softmax}_j(s_j / \\tau)\\, y_j, \\qquad \\tau = 0.02.
+.. math::  \hat y(q) = \sum_{j=1}^{k} \operatorname{softmax}_j(s_j / \tau)\, y_j, \qquad \tau = 0.02.
 
 The ``C × h × w`` soft prediction of an image is upsampled bilinearly to the evaluation size (by
 default the input resolution, where the masks live) and its argmax scored against the ground truth.

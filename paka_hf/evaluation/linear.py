@@ -1,10 +1,10 @@
-"""Linear segmentation probe on frozen patch tokens (the Leopart / NeCo protocol; docs/EVALUATION.md).
+r"""Linear segmentation probe on frozen patch tokens (the Leopart / NeCo protocol; docs/EVALUATION.md).
 
 A ``1 × 1`` convolution ``W ∈ R^{C × D}, b ∈ R^C`` maps each patch token ``f ∈ R^D`` to class logits.
 The published protocol upsamples the tokens bilinearly to ``100 × 100`` and then applies the
 ``1 × 1`` conv; both operations are linear and act on different axes, so
 
-.. math::  \\mathrm{up}(W F + b) = W\\,\\mathrm{up}(F) + b
+.. math::  \mathrm{up}(W F + b) = W\,\mathrm{up}(F) + b
 
 and we apply the conv on the ``h × w`` grid first and upsample the ``C``-channel logits (same
 numbers, ``D / C`` times cheaper). Training: cross-entropy with ``ignore_index`` against the ground

@@ -1,13 +1,13 @@
-"""Segmentation metrics and cluster-to-class matching.
+r"""Segmentation metrics and cluster-to-class matching.
 
 Confusion matrix ``M`` (``C × C``, rows = ground truth, columns = prediction), built over the pixels
 whose ground truth is not ``ignore_index``:
 
 .. math::
 
-    \\mathrm{IoU}_c = \\frac{M_{cc}}{\\sum_j M_{cj} + \\sum_i M_{ic} - M_{cc}}, \\qquad
-    \\mathrm{mIoU} = \\frac{1}{|\\{c : \\text{union}_c > 0\\}|} \\sum_{c : \\text{union}_c > 0} \\mathrm{IoU}_c, \\qquad
-    \\mathrm{pixel\\ acc} = \\frac{\\operatorname{tr} M}{\\sum_{ij} M_{ij}}.
+    \mathrm{IoU}_c = \frac{M_{cc}}{\sum_j M_{cj} + \sum_i M_{ic} - M_{cc}}, \qquad
+    \mathrm{mIoU} = \frac{1}{|\{c : \text{union}_c > 0\}|} \sum_{c : \text{union}_c > 0} \mathrm{IoU}_c, \qquad
+    \mathrm{pixel\ acc} = \frac{\operatorname{tr} M}{\sum_{ij} M_{ij}}.
 
 A class that is neither present nor predicted has no IoU (``nan``, ``null`` in JSON) and is left
 out of the mean, as ``evaluate``'s ``mean_iou`` and mmsegmentation do. ``extra_zero_classes``

@@ -1,4 +1,4 @@
-"""PaKA losses: kernel alignment (CKA) between aligned student and teacher patch tokens.
+r"""PaKA losses: kernel alignment (CKA) between aligned student and teacher patch tokens.
 
 For one (global, local) crop pair, RoIAlign gives ``N`` aligned tokens on each side: the student's
 ``S ∈ R^{N×d}`` and the teacher's ``T ∈ R^{N×d'}`` (``d`` and ``d'`` may differ). PaKA aligns the
@@ -6,13 +6,13 @@ For one (global, local) crop pair, RoIAlign gives ``N`` aligned tokens on each s
 
 .. math::
 
-    K_s = k(S, S), \\quad K_t = k(T, T), \\qquad H = I_N - \\tfrac{1}{N} \\mathbf{1}\\mathbf{1}^\\top
+    K_s = k(S, S), \quad K_t = k(T, T), \qquad H = I_N - \tfrac{1}{N} \mathbf{1}\mathbf{1}^\top
 
-    \\mathrm{HSIC}(A, B) = \\langle H A H,\\; H B H \\rangle_F
+    \mathrm{HSIC}(A, B) = \langle H A H,\; H B H \rangle_F
 
-    \\mathrm{CKA} = \\frac{\\mathrm{HSIC}(K_s, K_t)}
-                    {\\sqrt{\\max(\\mathrm{HSIC}(K_s, K_s), \\varepsilon)\\,\\max(\\mathrm{HSIC}(K_t, K_t), \\varepsilon)}}
-    \\qquad \\mathcal{L}_{\\mathrm{PaKA}} = 1 - \\mathrm{CKA}
+    \mathrm{CKA} = \frac{\mathrm{HSIC}(K_s, K_t)}
+                    {\sqrt{\max(\mathrm{HSIC}(K_s, K_s), \varepsilon)\,\max(\mathrm{HSIC}(K_t, K_t), \varepsilon)}}
+    \qquad \mathcal{L}_{\mathrm{PaKA}} = 1 - \mathrm{CKA}
 
 with the linear kernel ``k(X, X) = X Xᵀ`` (Kornblith et al., ICML 2019) or the RBF kernel
 ``exp(-‖x_i − x_j‖² / 2σ²)`` with σ² the median pairwise squared distance. The HSIC
@@ -385,7 +385,7 @@ def neco_loss(
     student_steepness: float = NECO_STEEPNESS,
     teacher_steepness: float = NECO_STEEPNESS,
 ) -> torch.Tensor:
-    """NeCo's patch-neighbour-consistency loss (Pariza et al., ICLR 2025, Eq. 3-4; code vpariza/NeCo).
+    r"""NeCo's patch-neighbour-consistency loss (Pariza et al., ICLR 2025, Eq. 3-4; code vpariza/NeCo).
 
     For pair ``p``, aligned token ``i`` and the pair's reference tokens ``r_1..r_M`` (teacher tokens of the
     batch or of the queue, :func:`sample_references`), each side's row of similarities
@@ -396,8 +396,8 @@ def neco_loss(
 
     .. math::
 
-        \\mathcal{L}_{\\mathrm{NeCo}} = -\\frac{1}{|\\text{valid } (p, i)|\\, M}
-            \\sum_{p, i \\text{ valid}} \\sum_{j=1}^{M} \\sum_{k=1}^{M} \\Pi^t_{p,i}[j, k] \\log \\Pi^s_{p,i}[j, k]
+        \mathcal{L}_{\mathrm{NeCo}} = -\frac{1}{|\text{valid } (p, i)|\, M}
+            \sum_{p, i \text{ valid}} \sum_{j=1}^{M} \sum_{k=1}^{M} \Pi^t_{p,i}[j, k] \log \Pi^s_{p,i}[j, k]
 
     For a given teacher it is smallest when the student's matrices equal the teacher's (then it is their
     entropy, not 0). ``log`` is clamped at float32's smallest normal number: products of many confident

@@ -1,4 +1,4 @@
-"""Differentiable sorting: a relaxed bitonic sorting network that returns a soft permutation matrix.
+r"""Differentiable sorting: a relaxed bitonic sorting network that returns a soft permutation matrix.
 
 NeCo (Pariza et al., ICLR 2025) sorts each row of patch-to-reference similarities with the relaxed
 sorting networks of Petersen et al. ("Monotonic differentiable sorting networks", ICLR 2022; the
@@ -12,9 +12,9 @@ One comparator on wires ``a < b`` with values ``x_a, x_b`` and steepness ``s``:
 
 .. math::
 
-    \\alpha = \\tfrac{1}{\\pi} \\arctan\\big(s\\,(x_b - x_a)\\big) + \\tfrac12 \\qquad (\\approx P[x_a < x_b])
+    \alpha = \tfrac{1}{\pi} \arctan\big(s\,(x_b - x_a)\big) + \tfrac12 \qquad (\approx P[x_a < x_b])
 
-    \\min = \\alpha x_a + (1 - \\alpha) x_b, \\qquad \\max = (1 - \\alpha) x_a + \\alpha x_b
+    \min = \alpha x_a + (1 - \alpha) x_b, \qquad \max = (1 - \alpha) x_a + \alpha x_b
 
 The minimum goes to wire ``a`` in an ascending block and to ``b`` in a descending one. The columns of
 the permutation matrix ``P`` (``(R, n, n)``, starting from the identity) are mixed the same way, so that

@@ -1,4 +1,4 @@
-"""LoRA post-training: low-rank adapters on a frozen backbone, and an EMA teacher that shares its base.
+r"""LoRA post-training: low-rank adapters on a frozen backbone, and an EMA teacher that shares its base.
 
 With ``use_lora`` the student is the frozen base plus `peft <https://github.com/huggingface/peft>`_ LoRA
 adapters (Hu et al., 2021, arXiv 2106.09685) on the attention and MLP projections of every transformer block.
@@ -6,8 +6,8 @@ A wrapped linear layer ``y = W x + b`` computes
 
 .. math::
 
-    y = W x + b + \\frac{\\alpha}{r} B A x, \\qquad A \\in \\mathbb{R}^{r \\times d_{in}},\\;
-    B \\in \\mathbb{R}^{d_{out} \\times r},
+    y = W x + b + \frac{\alpha}{r} B A x, \qquad A \in \mathbb{R}^{r \times d_{in}},\;
+    B \in \mathbb{R}^{d_{out} \times r},
 
 with ``W``, ``b`` frozen and ``B = 0`` at the start (peft's initialisation), so the student starts as the base
 model. Only ``A`` and ``B`` (and the optional projection head) train.
@@ -18,7 +18,7 @@ EMA copy of the adapter tensors alone,
 
 .. math::
 
-    A_t \\leftarrow m A_t + (1 - m) A_s, \\qquad B_t \\leftarrow m B_t + (1 - m) B_s,
+    A_t \leftarrow m A_t + (1 - m) A_s, \qquad B_t \leftarrow m B_t + (1 - m) B_s,
 
 and runs the student's own modules with ``(A_t, B_t)`` put in place of ``(A_s, B_s)``
 (``torch.func.functional_call``), in eval mode and without gradients. The weights ``W`` exist once in memory,

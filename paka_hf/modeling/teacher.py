@@ -1,10 +1,10 @@
-"""The EMA teacher: a frozen copy of the student whose weights trail the student's.
+r"""The EMA teacher: a frozen copy of the student whose weights trail the student's.
 
 After every optimizer step (not every micro-batch) each teacher tensor is updated as
 
 .. math::
 
-    \\theta_t \\leftarrow m\\,\\theta_t + (1 - m)\\,\\theta_s
+    \theta_t \leftarrow m\,\theta_t + (1 - m)\,\theta_s
 
 where ``m``, the *teacher momentum* (``teacher_momentum`` here and in the config), is the fraction of the
 *teacher* that is kept: ``m = 1`` freezes the teacher, ``m = 0`` copies the student. ``m`` follows the cosine
@@ -13,7 +13,7 @@ schedule of :func:`paka_hf.utils.schedules.cosine_schedule` from the config's ``
 
 .. math::
 
-    m(k) = 1 - (1 - m_0)\\,\\frac{1 + \\cos(\\pi k / K)}{2}
+    m(k) = 1 - (1 - m_0)\,\frac{1 + \cos(\pi k / K)}{2}
 """
 
 from __future__ import annotations

@@ -234,11 +234,11 @@ def _row_bytes(value: Any) -> int:
 
 
 def shuffle_buffer_bytes(source, shuffle_buffer_size: int, streams: int, sample_rows: int = SIZE_SAMPLE_ROWS) -> int:
-    """Estimated memory of the shuffle buffers of ``streams`` data streams (on one machine), in bytes:
+    r"""Estimated memory of the shuffle buffers of ``streams`` data streams (on one machine), in bytes:
 
     .. math::
 
-        M = \\text{streams} \\times \\text{shuffle\\_buffer\\_size} \\times \\bar b
+        M = \text{streams} \times \text{shuffle\_buffer\_size} \times \bar b
 
     with ``b̄`` the mean bytes per row over the source's first ``sample_rows`` rows (undecoded: the
     encoded image, ~160 KB for COCO's JPEGs; a local image folder's rows hold a path, under 1 KB).

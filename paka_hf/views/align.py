@@ -7,7 +7,7 @@ in original-image pixels, the shared region is ``I = G ∩ L``. A view rendered 
 
 .. math::
 
-    g_x = \\frac{x - v_{x1}}{v_{x2} - v_{x1}}\\, w, \\qquad g_y = \\frac{y - v_{y1}}{v_{y2} - v_{y1}}\\, h
+    g_x = \frac{x - v_{x1}}{v_{x2} - v_{x1}}\, w, \qquad g_y = \frac{y - v_{y1}}{v_{y2} - v_{y1}}\, h
 
 where cell ``i`` spans ``[i, i + 1)``; this is the convention of ``torchvision.ops.roi_align``
 with ``aligned=True``. Mapping ``I`` into both grids and RoI-aligning each onto a ``roi_size ×

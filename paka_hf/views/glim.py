@@ -1,4 +1,4 @@
-"""GLIM views (global–local intersection maximization): sampling crop boxes and rendering views.
+r"""GLIM views (global–local intersection maximization): sampling crop boxes and rendering views.
 
 From each image we sample ``n_global`` (2) *global* boxes, random resized crops with area scale
 in ``global_scale`` (0.25–1) and aspect ratio in ``ratio`` (3/4–4/3), and ``n_local`` (4) *local*
@@ -7,7 +7,7 @@ boxes with area scale in ``local_scale`` (0.05–0.25). Local box ``j`` is paire
 
 .. math::
 
-    c(L, G) = \\frac{|L \\cap G|}{|L|} \\ge \\tau \\qquad (\\tau = \\texttt{min\\_intersection}, 0.9)
+    c(L, G) = \frac{|L \cap G|}{|L|} \ge \tau \qquad (\tau = \texttt{min\_intersection}, 0.9)
 
 Candidates are drawn in a vectorized batch and the first one that fits is kept; if none does,
 the local box is drawn inside ``G`` itself (containment 1). ``τ = 0`` gives plain random crops.
@@ -231,7 +231,7 @@ def default_max_image_side(
     local_scale: Sequence[float] = (0.05, 0.25),
     ratio: Sequence[float] = (3 / 4, 4 / 3),
 ) -> int:
-    """The longer side beyond which an image is downscaled before its views are cut (:class:`GlimTransform`).
+    r"""The longer side beyond which an image is downscaled before its views are cut (:class:`GlimTransform`).
 
     On an ``n × n`` image the smallest crop of a kind (area scale ``s_min``, aspect ratio at the
     extreme ``ρ = min(r_min, 1 / r_max)``) has a short side of ``n·sqrt(s_min·ρ)``; it still holds at
@@ -239,7 +239,7 @@ def default_max_image_side(
 
     .. math::
 
-        L = \\lceil 2 \\max_{k \\in \\{global, local\\}} S_k / \\sqrt{s_{min,k}\\,ρ} \\rceil_{64}
+        L = \lceil 2 \max_{k \in \{global, local\}} S_k / \sqrt{s_{min,k}\,ρ} \rceil_{64}
 
     (the factor 2 covers images up to 4:1): beyond ``L`` pixels the views only get downsampled more.
     224/98 views with the default scales give 1088, the paper's 518/98 give 2432; COCO (≤ 640) and

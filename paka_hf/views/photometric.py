@@ -1,4 +1,4 @@
-"""Photometric operations on a *batch* of views, each view with its own factor.
+r"""Photometric operations on a *batch* of views, each view with its own factor.
 
 ``torchvision.transforms.v2.functional`` applies one scalar factor to a whole batch; DINO
 augmentation draws a factor per view. These functions follow torchvision's definitions for ``uint8``
@@ -16,11 +16,11 @@ With ``x`` a view, ``f`` its factor and ``⌊·⌋`` the truncating cast:
 
 .. math::
 
-    \\mathrm{gray}(x) &= ⌊0.2989\\,r + 0.587\\,g + 0.114\\,b⌋ \\\\
-    \\mathrm{blend}(x, o, f) &= ⌊\\mathrm{clamp}(f\\,x + (1 - f)\\,o,\\ 0, 255)⌋ \\\\
-    \\mathrm{brightness}(x, f) &= \\mathrm{blend}(x, 0, f) \\qquad
-    \\mathrm{saturation}(x, f) = \\mathrm{blend}(x, \\mathrm{gray}(x), f) \\\\
-    \\mathrm{contrast}(x, f) &= \\mathrm{blend}(x, \\overline{\\mathrm{gray}(x)}, f) \\quad (\\text{mean over the view})
+    \mathrm{gray}(x) &= ⌊0.2989\,r + 0.587\,g + 0.114\,b⌋ \\
+    \mathrm{blend}(x, o, f) &= ⌊\mathrm{clamp}(f\,x + (1 - f)\,o,\ 0, 255)⌋ \\
+    \mathrm{brightness}(x, f) &= \mathrm{blend}(x, 0, f) \qquad
+    \mathrm{saturation}(x, f) = \mathrm{blend}(x, \mathrm{gray}(x), f) \\
+    \mathrm{contrast}(x, f) &= \mathrm{blend}(x, \overline{\mathrm{gray}(x)}, f) \quad (\text{mean over the view})
 
 hue: RGB → HSV on ``x / 255``, ``h ← (h + f) mod 1``, back to RGB, ``⌊255.999 · rgb⌋``; Gaussian blur:
 reflect-padded convolution with the normalised kernel ``softmax(−(t/σ)²)``, ``t`` evenly spaced on

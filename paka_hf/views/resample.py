@@ -1,4 +1,4 @@
-"""Crop-and-resize of many boxes at once, as Pillow's bicubic ``Image.resize(size, box=...)`` does it.
+r"""Crop-and-resize of many boxes at once, as Pillow's bicubic ``Image.resize(size, box=...)`` does it.
 
 The CPU path renders a view with ``PIL.Image.resize((S, S), BICUBIC, box=(x1, y1, x2, y2))``. Pillow
 resamples separably, horizontal pass first, each pass a weighted sum of input pixels rounded to
@@ -7,9 +7,9 @@ resamples separably, horizontal pass first, each pass a weighted sum of input pi
 
 .. math::
 
-    s = \\frac{b - a}{S},\\quad \\phi = \\max(s, 1),\\quad c_i = a + (i + \\tfrac12)\\,s,\\quad
-    w_{ij} \\propto K\\!\\left(\\frac{j + \\tfrac12 - c_i}{\\phi}\\right)\\ \\text{for}\\
-    \\lfloor c_i - 2\\phi + \\tfrac12 \\rfloor \\le j < \\lfloor c_i + 2\\phi + \\tfrac12 \\rfloor,\\ 0 \\le j < n
+    s = \frac{b - a}{S},\quad \phi = \max(s, 1),\quad c_i = a + (i + \tfrac12)\,s,\quad
+    w_{ij} \propto K\!\left(\frac{j + \tfrac12 - c_i}{\phi}\right)\ \text{for}\
+    \lfloor c_i - 2\phi + \tfrac12 \rfloor \le j < \lfloor c_i + 2\phi + \tfrac12 \rfloor,\ 0 \le j < n
 
 normalised to sum 1 per row, with ``K`` the bicubic kernel (a = −0.5). ``φ > 1`` widens the kernel
 when downscaling: that is Pillow's antialiasing. Here the weights of every box form a matrix, and a
