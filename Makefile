@@ -43,7 +43,7 @@ bench-eval: venv
 	OMP_NUM_THREADS=1 $(PY) benchmarks/eval_camvid.py --model_dir ../shared/models/dinov2-small-imgfocus \
 		--data_dir ../shared/datasets/camvid
 
-# Issue 6: PaKA on the real ViT-S/14 and CamVid in ../shared, controls and ablations (~1.5 h on 2 cores).
+# CamVid reproduction: PaKA on the real ViT-S/14 and CamVid in ../shared, controls and ablations (~1.5 h on 2 cores).
 repro: venv
 	$(PY) benchmarks/repro_camvid.py
 

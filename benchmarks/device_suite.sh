@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# One device session for issue 7: CUDA tests of the step and the renderer, then benchmarks/gpu_step.py
+# One GPU session of the step benchmarks: CUDA tests of the step and the renderer, then benchmarks/gpu_step.py
 # eager and compiled (the whole PaKAModel, as torch_compile: true in Trainer), ViT-S/14 and ViT-B/14, each
 # with the full step from rendered views and from uint8 images (views rendered on the device), the
 # bare+heads baseline and the breakdown of what the full step adds; then the ATen ops the full step adds
 # under CUDA's autocast rules, at batch 64 (benchmarks/step_ops.py, seconds). Writes JSON and logs to $OUT
-# (default: ./gpu_out). Then (issue 18) NeCo's full step beside PaKA's, ViT-S/14, in one gpu_step.py run (neco.json),
-# and (issue 15) the LoRA student's step and peak memory beside full post-training's, ViT-S/14 and ViT-B/14 (lora.json).
+# (default: ./gpu_out). Then NeCo's full step beside PaKA's, ViT-S/14, in one gpu_step.py run (neco.json),
+# and the LoRA student's step and peak memory beside full post-training's, ViT-S/14 and ViT-B/14 (lora.json).
 #   bash benchmarks/device_suite.sh            # on the GPU machine, at most ~9 minutes
 #   bash benchmarks/device_suite.sh --smoke    # the same sequence with tiny shapes, on CPU, seconds
 set -u
@@ -33,10 +33,10 @@ if $PY -c "import json, sys; r = json.load(open(sys.argv[1]))['results']; sys.ex
   timeout $((BUDGET_COMPILE + 45)) $PY benchmarks/gpu_step.py "${EXTRA[@]}" "${COMPILE[@]}" --compile_scope backbones \
     --view_rendering cpu device --time_budget $BUDGET_COMPILE --json "$OUT/compiled_backbones.json" 2>&1 | tee "$OUT/compiled_backbones.log"
 fi
-# NeCo's step beside PaKA's (issue 18): ViT-S/14, eager, the same views, NeCo's published loss settings.
+# NeCo's step beside PaKA's: ViT-S/14, eager, the same views, NeCo's published loss settings.
 timeout $((BUDGET_NECO + 30)) $PY benchmarks/gpu_step.py "${EXTRA[@]}" "${NECO_MODELS[@]}" --loss cka neco --no_sync_check \
   --time_budget $BUDGET_NECO --json "$OUT/neco.json" 2>&1 | tee "$OUT/neco.log"
-# LoRA's step beside full post-training's (issue 15): ViT-S/14 and ViT-B/14, eager, the same views; peak memory.
+# LoRA's step beside full post-training's: ViT-S/14 and ViT-B/14, eager, the same views; peak memory.
 timeout $((BUDGET_NECO + 30)) $PY benchmarks/gpu_step.py "${EXTRA[@]}" "${LORA_MODELS[@]}" --loss cka cka_lora --no_sync_check \
   --time_budget $BUDGET_NECO --json "$OUT/lora.json" 2>&1 | tee "$OUT/lora.log"
 # What the full step runs beyond the bare step under CUDA's autocast rules, at the benchmark's batch (seconds).
