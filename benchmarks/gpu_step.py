@@ -12,7 +12,7 @@ alternating blocks so that clock and thermal drift hit them alike:
     bare+heads:  bare, plus the teacher's head (no_grad) and the student's head (fwd/bwd) on as many tokens
                  as the full step aligns (B · n_local · roi² per side, straight from the grids, no RoIAlign)
 
-and the script prints, per model: ms per step of each, full / bare (the issue's ratio: the cost of
+and the script prints, per model: ms per step of each, full / bare (the overhead ratio: the cost of
 everything that is not the backbones' own arithmetic) and full / (bare+heads) (the cost of what is
 not the method's own arithmetic: alignment, loss, clipping, AdamW, EMA), images/s of the full step,
 peak memory (``torch.cuda.max_memory_allocated``),
@@ -151,7 +151,7 @@ MODELS = {
 }
 LABELS = {name: label for name, (label, _, _) in MODELS.items()}
 # appended to the model's label in the rows; "cka_lora": PaKA's loss on a LoRA student (rank 16 on every attention
-# and MLP projection, paka_hf.modeling.lora), whose teacher shares the frozen base (issue 15)
+# and MLP projection, paka_hf.modeling.lora), whose teacher shares the frozen base
 LOSS_LABELS = {"cka": "", "neco": " NeCo", "cka_lora": " LoRA r16"}
 LORA_RANK = 16
 

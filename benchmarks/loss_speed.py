@@ -10,7 +10,7 @@ without its dependencies (its loss modules need only torch and torchvision)::
     pip install --no-deps --target /tmp/lightly lightly==1.6.0
     PYTHONPATH=/tmp/lightly python benchmarks/loss_speed.py [--pairs 256] [--tokens 49] [--dim 256] [--threads 1]
 
-The default shape is the issue's: 256 aligned pairs of 49 tokens (7 × 7 RoIAlign) of 256 dims (the
+The default shape is the paper-scale step's: 256 aligned pairs of 49 tokens (7 × 7 RoIAlign) of 256 dims (the
 projection head's output). ``--tokens 512 --dim 64`` exercises the many-tokens / few-dims path.
 """
 

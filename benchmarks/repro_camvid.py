@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Small-scale PaKA reproduction on CamVid (issue 6): post-train, evaluate, compare (run by hand).
+"""Small-scale PaKA reproduction on CamVid: post-train, evaluate, compare (run by hand).
 
 Post-trains the real pretrained ViT-S/14 in ``../shared/models/dinov2-small-imgfocus`` with PaKA on the
 367 images of ``../shared/datasets/camvid/train`` (labels unused), once per run config in
@@ -10,7 +10,7 @@ whether our measured direction agrees (or lies within the seed spread of the two
 
     python benchmarks/repro_camvid.py                                  # everything (≈ 2 h on 2 cores)
     python benchmarks/repro_camvid.py --runs paka cosine --seeds 0 1   # some runs
-    python benchmarks/repro_camvid.py --runs paka neco neco_equal_time --seeds 0 1   # PaKA against NeCo (issue 18)
+    python benchmarks/repro_camvid.py --runs paka neco neco_equal_time --seeds 0 1   # PaKA against NeCo
     python benchmarks/repro_camvid.py --report                         # only rebuild the summary
 
 Layout under ``--output_dir`` (default ``outputs/repro``)::
@@ -70,10 +70,10 @@ TRAIN_COST_FILE = "train_cost.json"  # per trained run: steps, s/step and peak m
 SHARED = REPO.parent / "shared"
 # Run order: the main recipe and its control first (they carry the targets), then the ablations.
 DEFAULT_RUNS = ("paka", "cosine", "gram", "min_intersection_0", "min_intersection_0.5", "teacher_augment", "head")
-# Issue 18, PaKA against NeCo (not in the default sweep): NeCo at the PaKA recipe's steps and at its wall-clock.
+# PaKA against NeCo (not in the default sweep): NeCo at the PaKA recipe's steps and at its wall-clock.
 # Like paka and cosine they carry a comparison, so they get every --seeds.
 NECO_RUNS = ("neco", "neco_equal_time")
-#: The LoRA recipe of issue 15 (rank-16 adapters on a frozen base), against the full recipe.
+#: The LoRA recipe (rank-16 adapters on a frozen base), against the full recipe.
 LORA_RUNS = ("paka_lora",)
 SEEDED_RUNS = ("paka", "cosine", *NECO_RUNS, *LORA_RUNS)
 METRICS = {  # key: (metric name in the EvaluationReport, column title)
@@ -83,7 +83,7 @@ METRICS = {  # key: (metric name in the EvaluationReport, column title)
     "overcluster100": ("mIoU (overclustering, K=100)", "overcl. K=100"),
     "hummingbird": ("mIoU (hummingbird)", "Hummingbird"),
 }
-# Targets of issue 6 for the main recipe against the base backbone (mean over seeds).
+# The reproduction's targets for the main recipe against the base backbone (mean over seeds), set before the sweep.
 TARGETS = {"overcluster100": 6.0, "hummingbird": 3.0, "linear": 3.0}
 # The paper's claims: (description, better run, worse run, metric, minimum margin).
 CLAIMS = (
@@ -106,8 +106,8 @@ CLAIMS = (
     ("a clean teacher helps: clean > augmented teacher", "paka", "teacher_augment", "overcluster100", 0.0),
     ("the paper's projection head: head on ≥ head off", "head", "paka", "overcluster100", 0.0),
     ("the student is exported: student ≥ teacher", "paka", "paka/teacher", "overcluster100", 0.0),
-    ("PaKA beats NeCo at equal steps (issue 18)", "paka", "neco", "overcluster100", 0.0),
-    ("PaKA beats NeCo at equal wall-clock (issue 18)", "paka", "neco_equal_time", "overcluster100", 0.0),
+    ("PaKA beats NeCo at equal steps", "paka", "neco", "overcluster100", 0.0),
+    ("PaKA beats NeCo at equal wall-clock", "paka", "neco_equal_time", "overcluster100", 0.0),
 )
 
 

@@ -390,9 +390,9 @@ def test_device_suite_smoke_writes_every_figure(tmp_path):
     assert json.loads((out / "compiled.json").read_text())["settings"]["compile"] is True
     assert not (out / "compiled_backbones.json").exists()  # the fallback runs only when the whole-model compile fails
     assert "what the full step runs beyond the bare step" in (out / "step_ops.log").read_text()
-    neco = json.loads((out / "neco.json").read_text())["results"]  # NeCo's step beside PaKA's (issue 18)
+    neco = json.loads((out / "neco.json").read_text())["results"]  # NeCo's step beside PaKA's
     assert [(r["loss"], r["loss_finite"]) for r in neco] == [("cka", True), ("neco", True)]
-    full, lora = json.loads((out / "lora.json").read_text())["results"]  # LoRA's step beside full's (issue 15)
+    full, lora = json.loads((out / "lora.json").read_text())["results"]  # LoRA's step beside full's
     assert (full["loss"], lora["loss"]) == ("cka", "cka_lora") and lora["loss_finite"]
     assert lora["params_trainable"] - lora["params_head"] < 0.5 * (full["params_trainable"] - full["params_head"])
 

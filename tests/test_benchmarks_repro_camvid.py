@@ -1,4 +1,4 @@
-"""The issue-6 reproduction: its configs are valid and each changes one thing; its summary is right."""
+"""The CamVid reproduction: its configs are valid and each changes one thing; its summary is right."""
 
 import importlib.util
 from pathlib import Path
@@ -22,10 +22,10 @@ def driver():
     return load_module(REPO_ROOT / "benchmarks" / "repro_camvid.py", "repro_camvid")
 
 
-# NeCo's runs (issue 18) change what NeCo needs and nothing else: the loss, the head and NeCo's own fields;
+# NeCo's runs change what NeCo needs and nothing else: the loss, the head and NeCo's own fields;
 # the equal-wall-clock run also the step count.
 NECO_CHANGES = {"neco": {"loss", "use_head"}, "neco_equal_time": {"loss", "use_head", "max_steps"}}
-# The LoRA recipe (issue 15): the adapters' own fields, and the learning rate that adapters need.
+# The LoRA recipe: the adapters' own fields, and the learning rate that adapters need.
 LORA_CHANGES = {"paka_lora": {"learning_rate"}}
 
 

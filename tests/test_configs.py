@@ -1,4 +1,4 @@
-"""The shipped configs run without warnings a user must act on (issue 13 item 15), and the final loss is logged."""
+"""The shipped configs run without warnings a user must act on, and the final loss is logged."""
 
 from __future__ import annotations
 

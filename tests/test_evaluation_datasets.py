@@ -213,7 +213,7 @@ def test_ade20k_from_the_hub_keeps_the_label_convention(monkeypatch):
 
 @pytest.mark.parametrize("ignore_index", [-1, 255, 256, 32767, 32768, 65535])
 def test_any_ignore_index_survives_loading_and_feature_extraction(tmp_path, tiny_config, ignore_index):
-    """Issue 13 item 13: ignore indices up to 65535 (16-bit masks) and −1 keep their value end to end."""
+    """Ignore indices up to 65535 (16-bit masks) and −1 keep their value end to end."""
     import torch
 
     from paka_hf.evaluation.features import extract_features

@@ -289,7 +289,7 @@ def test_real_hub_round_trip(out, tmp_path, monkeypatch):
     _round_trip(out, tmp_path, constants._HF_DEFAULT_ENDPOINT)
 
 
-# ----- privacy is the user's (issue 13 item 5) -----
+# ----- privacy is the user's -----
 
 
 @pytest.mark.parametrize("private, expected", [(None, True), (False, False), (True, True)])
@@ -339,7 +339,7 @@ def test_failed_push_to_an_existing_repo_never_deletes_it(server, out, tiny_conf
     assert REPO in server.repos and server.count("DELETE", r"/api/repos/delete") == 0
 
 
-# ----- the remote is exactly what was pushed (issue 13 item 6) -----
+# ----- the remote is exactly what was pushed -----
 
 
 def test_push_deletes_stale_remote_files_in_the_same_commit(server, out):

@@ -232,7 +232,7 @@ def bomb_jpeg(width: int, height: int) -> bytes:
 
 
 def test_images_above_the_pixel_limit_are_refused_from_their_header_on_every_decode_path(monkeypatch):
-    """Issue 13 item 9: 12000 x 8000 = 96 Mpx is over Pillow's 89.5 Mpx; Pillow alone only warns at open and then
+    """12000 x 8000 = 96 Mpx is over Pillow's 89.5 Mpx; Pillow alone only warns at open and then
     decodes. Neither the Pillow path nor the JPEG fast path may start decoding such an image."""
     from PIL import ImageFile
 
@@ -292,8 +292,8 @@ def source_rows(source) -> list[str]:
 
 
 def test_a_folder_of_images_with_a_stray_shard_or_metadata_is_read_as_an_image_folder(tmp_path, caplog):
-    """Issue 13 item 10: before, one stray .tar or .parquet (even imagefolder's own metadata.parquet) made the
-    whole folder that single shard."""
+    """One stray .tar or .parquet (even imagefolder's own metadata.parquet) must not turn a folder of images into
+    that single shard: the folder is read as the format most of its files have."""
     import logging
     import tarfile
 
@@ -339,7 +339,7 @@ def test_a_folder_of_shards_with_a_stray_image_is_read_as_shards(tmp_path, caplo
 
 
 def test_each_stream_is_checked_for_an_image_before_training(tmp_path):
-    """Issue 13 item 12: one image and two processes x two workers: three of the four streams have nothing."""
+    """One image and two processes x two workers: three of the four streams have nothing."""
     write_images(tmp_path / "imgs", 1)
     source = load_image_source(str(tmp_path / "imgs"))
     found = [
@@ -358,7 +358,7 @@ def test_each_stream_is_checked_for_an_image_before_training(tmp_path):
 
 
 def test_shuffle_buffer_memory_is_estimated_from_the_row_bytes_and_warned_about(tmp_path, monkeypatch, caplog):
-    """Issue 13 item 11: rows are undecoded (encoded bytes, or a path for a local folder); the buffers of a machine
+    """Rows are undecoded (encoded bytes, or a path for a local folder); the buffers of a machine
     hold streams x shuffle_buffer_size rows, and a warning says when that exceeds 1/8 of its RAM."""
     import logging
 

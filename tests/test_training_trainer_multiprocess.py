@@ -78,9 +78,9 @@ def test_two_processes_see_different_images_and_end_identical(tmp_path):
     shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None, reason="accelerate CLI not installed"
 )
 def test_a_process_whose_stream_has_no_image_stops_every_process_with_one_message(tmp_path):
-    """Issue 13 item 12: one image for two processes leaves process 1's stream empty. Before, process 1 failed in
-    its DataLoader while process 0 was already in DDP's first collective and died of a gloo 'Connection closed by
-    peer' (with NCCL it could wait for the timeout). Now both stop before any collective with the same message."""
+    """One image for two processes leaves process 1's stream empty. Both processes stop before any collective with
+    the same message: a process failing in its DataLoader while the other is already in DDP's first collective
+    would leave that one dying of a gloo 'Connection closed by peer' (with NCCL, waiting for the timeout)."""
     import time
 
     from paka_hf.apps.demo import make_demo_assets

@@ -21,6 +21,7 @@ from paka_hf.modeling.model import PaKAModel
 from paka_hf.training.data import PaKACollator
 from paka_hf.views import photometric
 from paka_hf.views.augment import NUM_PARAMS, PhotometricAugment
+from paka_hf.views.geometry import GEOMETRY_KEYS, ViewGeometry
 from paka_hf.views.glim import GlimTransform, collate_views, render_views, sample_boxes
 from paka_hf.views.resample import resample_boxes, resize_weights
 
@@ -193,17 +194,14 @@ def test_device_rendering_draws_the_same_parameters_and_renders_the_cpu_views(te
     batch = collate_views(samples)
     assert batch["images"].shape == (3, 480, 640, 3) and batch["images"][2, 300:].abs().sum() == 0
     assert batch["view_spec"] == {"global_size": 112, "local_size": 56, "blur_kernel_size": 9}
-    for key in ("global_boxes", "local_boxes", "pair_index", "global_flips", "local_flips"):
+    for key in GEOMETRY_KEYS:
         assert torch.equal(batch[key], ref[key]), key
     assert batch["local_flips"].any() and not batch["local_flips"].all()
     global_views, local_views = render_views(
         batch["images"],
         batch["image_sizes"],
-        batch["global_boxes"],
-        batch["local_boxes"],
+        ViewGeometry.from_batch(batch),
         batch["view_spec"],
-        batch["global_flips"],
-        batch["local_flips"],
         batch.get("global_color"),
         batch.get("local_color"),
     )
@@ -246,27 +244,22 @@ def test_cuda_rendering_matches_cpu_rendering_without_host_device_sync():
     images = [textured_image(480, 640, i) for i in range(4)]
     transform = GlimTransform(224, 98, flip=True, teacher_augment=True, rendering="device")
     batch = collate_views([transform(im, torch.Generator().manual_seed(i)) for i, im in enumerate(images)])
-    keys = (
-        "images",
-        "image_sizes",
-        "global_boxes",
-        "local_boxes",
-        "view_spec",
-        "global_flips",
-        "local_flips",
-        "global_color",
-        "local_color",
-    )
-    cpu_views = render_views(*(batch[k] for k in keys))
+
+    def render(b):
+        return render_views(
+            b["images"], b["image_sizes"], ViewGeometry.from_batch(b), b["view_spec"], b["global_color"], b["local_color"]
+        )
+
+    cpu_views = render(batch)
     cuda_batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}
     previous = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        render_views(*(cuda_batch[k] for k in keys))  # first call: lazy initialisation, cached tables
+        render(cuda_batch)  # first call: lazy initialisation, cached tables
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
-            cuda_views = render_views(*(cuda_batch[k] for k in keys))
+            cuda_views = render(cuda_batch)
         finally:
             torch.cuda.set_sync_debug_mode(0)
     finally:
@@ -278,7 +271,7 @@ def test_cuda_rendering_matches_cpu_rendering_without_host_device_sync():
 
 
 def test_a_large_image_is_downscaled_once_and_both_renderings_cut_the_same_views():
-    """Issue 13 item 9: the longer side is bounded (here 640 for 112/56 views) before the boxes are drawn, in
+    """The longer side is bounded (here 640 for 112/56 views) before the boxes are drawn, in
     both renderings, so the device batch stays ≤ B × 640 × 640 × 3 and the views stay the CPU path's."""
     from paka_hf.views.glim import default_max_image_side
 
@@ -296,11 +289,8 @@ def test_a_large_image_is_downscaled_once_and_both_renderings_cut_the_same_views
     global_views, local_views = render_views(
         batch["images"],
         batch["image_sizes"],
-        batch["global_boxes"],
-        batch["local_boxes"],
+        ViewGeometry.from_batch(batch),
         batch["view_spec"],
-        batch["global_flips"],
-        batch["local_flips"],
         None,
         batch.get("local_color"),
     )
