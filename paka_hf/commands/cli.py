@@ -12,6 +12,11 @@ path that does not exist, an empty dataset, no checkpoint to resume, refused cre
 ``--debug`` (a bare flag anywhere on the command line) or ``PAKA_DEBUG=1`` in the environment lets user
 errors propagate with their traceback too.
 
+Ctrl-C (``KeyboardInterrupt``) ends the same way: one line, ``interrupted: <what was interrupted and how to go
+on>`` (a :class:`~paka_hf.utils.errors.Interrupted` raised by the program carries that text; a bare
+``KeyboardInterrupt`` prints ``interrupted``), and exit status :data:`INTERRUPTED_STATUS` (130, the shell's
+128 + SIGINT), never the traceback of whatever was running.
+
 ``--debug`` is taken out of ``argv`` only when it stands alone (no value after it), because
 ``TrainingArguments`` has a ``debug`` field of its own (``--debug underflow_overflow``).
 """
@@ -23,10 +28,12 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from paka_hf.utils.errors import PaKAUserError
+from paka_hf.utils.errors import Interrupted, PaKAUserError
 
 #: Exit status of a script stopped by a user error.
 USER_ERROR_STATUS = 2
+#: Exit status of a script stopped by Ctrl-C (SIGINT): 128 + 2, as a shell reports it.
+INTERRUPTED_STATUS = 130
 DEBUG_FLAG = "--debug"
 DEBUG_ENVIRONMENT_VARIABLE = "PAKA_DEBUG"
 
@@ -57,11 +64,26 @@ def one_line(error: BaseException) -> str:
 
 
 def run_script(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> int:
-    """Run ``main(argv)`` and return the exit status: ``main``'s own integer, 0 for anything else it
-    returns, :data:`USER_ERROR_STATUS` after printing ``error: ...`` for a :class:`PaKAUserError`."""
+    """Run ``main(argv)`` and return the exit status.
+
+    Args:
+        main: the program, called with the arguments (a bare ``--debug`` taken out).
+        argv: the arguments; ``sys.argv[1:]`` when ``None``.
+
+    Returns:
+        ``main``'s own integer, 0 for anything else it returns, :data:`USER_ERROR_STATUS` after printing
+        ``error: ...`` for a :class:`PaKAUserError`, :data:`INTERRUPTED_STATUS` after printing
+        ``interrupted...`` for Ctrl-C.
+    """
     argv, debug = split_debug_flag(sys.argv[1:] if argv is None else argv)
     try:
         status = main(argv)
+    except KeyboardInterrupt as interrupt:  # Interrupted is one too, with the text of where and how to resume
+        if debug:
+            raise
+        detail = one_line(interrupt) if isinstance(interrupt, Interrupted) else ""
+        print(f"interrupted: {detail}" if detail else "interrupted", file=sys.stderr, flush=True)
+        return INTERRUPTED_STATUS
     except PaKAUserError as error:
         if debug:
             raise

@@ -32,6 +32,11 @@ class EmptyDatasetError(PaKAUserError, ValueError):
     """A dataset yields no usable image (or too few for one batch per process)."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what was interrupted and how to go on (where training stopped, its last complete checkpoint
+    and the resume command); scripts print it as ``interrupted: ...`` and exit with status 130."""
+
+
 # The rules more than one module checks, each written once (one place, one wording).
 
 
