@@ -35,3 +35,17 @@ def test_debug_lets_the_interrupt_and_user_errors_propagate(capsys):
         run_script(_raise(ConfigError("bad")), ["--debug"])
     assert run_script(_raise(ConfigError("bad value")), []) == USER_ERROR_STATUS
     assert capsys.readouterr().err == "error: bad value\n"
+
+
+@pytest.mark.parametrize(("argv", "level"), [([], "WARNING"), (["--debug"], "DEBUG")])
+def test_http_request_lines_show_only_with_debug(monkeypatch, argv, level):
+    import logging
+
+    from paka_hf.commands import cli
+
+    monkeypatch.delenv(cli.DEBUG_ENVIRONMENT_VARIABLE, raising=False)
+    monkeypatch.setattr(cli, "_debug_requested", None)
+    assert run_script(lambda _: cli.configure_logging(), argv) == 0
+    for name in cli.HTTP_LOGGERS:
+        assert logging.getLevelName(logging.getLogger(name).level) == level
+    logging.getLogger("httpx").setLevel(logging.NOTSET)

@@ -23,6 +23,7 @@ on>`` (a :class:`~paka_hf.utils.errors.Interrupted` raised by the program carrie
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -36,6 +37,34 @@ USER_ERROR_STATUS = 2
 INTERRUPTED_STATUS = 130
 DEBUG_FLAG = "--debug"
 DEBUG_ENVIRONMENT_VARIABLE = "PAKA_DEBUG"
+#: The HTTP clients under ``huggingface_hub``: at INFO they log one line per request (16 for a push), so they are
+#: shown only with ``--debug``.
+HTTP_LOGGERS = ("httpx", "httpcore", "urllib3")
+# Set by run_script from the command line, for configure_logging; None when a program's main is called directly.
+_debug_requested: bool | None = None
+
+
+def debug_from_environment() -> bool:
+    """Whether ``PAKA_DEBUG`` is set to a true value (``1``, ``true``, ``yes``, ``on``)."""
+    return os.environ.get(DEBUG_ENVIRONMENT_VARIABLE, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def configure_logging(log_format: str = "%(levelname)s %(name)s: %(message)s", level: int = logging.INFO) -> bool:
+    """The log set-up every program starts with: ``logging.basicConfig`` at ``level``, and the HTTP clients'
+    request lines off unless debugging was asked for (``--debug`` through :func:`run_script`, or ``PAKA_DEBUG``).
+
+    Args:
+        log_format: the root handler's format.
+        level: the root logger's level.
+
+    Returns:
+        Whether debugging was asked for.
+    """
+    logging.basicConfig(level=level, format=log_format)
+    debug = _debug_requested if _debug_requested is not None else debug_from_environment()
+    for name in HTTP_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
+    return debug
 
 
 def split_debug_flag(argv: Sequence[str]) -> tuple[list[str], bool]:
@@ -44,7 +73,7 @@ def split_debug_flag(argv: Sequence[str]) -> tuple[list[str], bool]:
     ``--debug VALUE`` (``TrainingArguments.debug``) is left in place.
     """
     argv = list(argv)
-    debug = os.environ.get(DEBUG_ENVIRONMENT_VARIABLE, "").strip().lower() in ("1", "true", "yes", "on")
+    debug = debug_from_environment()
     kept = []
     for index, token in enumerate(argv):
         following = argv[index + 1] if index + 1 < len(argv) else None
@@ -75,7 +104,9 @@ def run_script(main: Callable[[list[str]], Any], argv: Sequence[str] | None = No
         ``error: ...`` for a :class:`PaKAUserError`, :data:`INTERRUPTED_STATUS` after printing
         ``interrupted...`` for Ctrl-C.
     """
+    global _debug_requested
     argv, debug = split_debug_flag(sys.argv[1:] if argv is None else argv)
+    _debug_requested = debug
     try:
         status = main(argv)
     except KeyboardInterrupt as interrupt:  # Interrupted is one too, with the text of where and how to resume

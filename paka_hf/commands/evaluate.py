@@ -27,13 +27,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from paka_hf.commands import StrictHfArgumentParser
-from paka_hf.commands.cli import run_script
+from paka_hf.commands.cli import configure_logging, run_script
 from paka_hf.evaluation import (
     BENCHMARKS,
     PROTOCOLS,
@@ -217,7 +216,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvaluationArguments, Eval
 def main(argv: list[str] | None = None) -> dict:
     """Evaluate, write ``--output_file``, print one line per result; returns the results as a dict."""
     args, settings = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging()
     check_local_path(args.model_name_or_path, "--model_name_or_path")  # a mistyped folder never reaches the Hub
     check_local_path(args.data_dir, "--data_dir", always=True)
     protocols = list(PROTOCOLS) if args.protocol == "all" else [p.strip() for p in args.protocol.split(",")]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Sequence
 
 from paka_hf.apps.explorer import (
@@ -15,7 +14,7 @@ from paka_hf.apps.explorer import (
     require_gradio,
 )
 from paka_hf.commands import StrictArgumentParser
-from paka_hf.commands.cli import run_script
+from paka_hf.commands.cli import configure_logging, run_script
 from paka_hf.utils.errors import ConfigError
 
 
@@ -56,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``paka-explore``: build the app and serve it until interrupted. User errors raise
     :class:`~paka_hf.utils.errors.PaKAUserError` (the scripts print them as ``error: ...``, exit status 2)."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging()
     require_gradio()
     images = gallery_images(args.images) if args.images else []
     base = args.base or default_base(args.model)

@@ -30,11 +30,10 @@ Examples (``paka-push`` is the same command):
 from __future__ import annotations
 
 import argparse
-import logging
 
 from paka_hf import hub
 from paka_hf.commands import StrictArgumentParser
-from paka_hf.commands.cli import run_script
+from paka_hf.commands.cli import configure_logging, run_script
 from paka_hf.utils.errors import ConfigError, MissingPathError, PaKAUserError
 from paka_hf.utils.paths import check_local_path
 
@@ -107,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging()
     check_local_path(args.output_dir, "OUTPUT_DIR", always=True)
     # one set of card settings, so the dry run shows the card the push would upload
     card_options = dict(eval_results=args.eval_results, license=args.license, base_model=args.base_model)

@@ -36,7 +36,7 @@ import yaml
 
 from paka_hf import PaKAConfig, PaKATrainer
 from paka_hf.commands import StrictHfArgumentParser, closest_name, unknown_arguments_error
-from paka_hf.commands.cli import run_script
+from paka_hf.commands.cli import configure_logging, run_script
 from paka_hf.training.config import secret_fields
 from paka_hf.utils.errors import ConfigError
 from paka_hf.utils.files import EVAL_RESULTS_GLOB
@@ -183,7 +183,7 @@ def parse_config_and_origins(argv: list[str]) -> tuple[PaKAConfig, dict[str, str
 
 def main(argv: list[str] | None = None) -> None:
     """Train, export the backbone to ``output_dir``, write the run's metrics and state there, push if asked."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    configure_logging("%(asctime)s %(levelname)s %(name)s: %(message)s")
     config, origins = parse_config_and_origins(sys.argv[1:] if argv is None else argv)
     logging.getLogger().setLevel(logging.INFO if config.should_log else logging.WARNING)
     config.check_local_paths(origins)  # before anything is loaded: a mistyped folder never reaches the Hub
