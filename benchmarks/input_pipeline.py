@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from paka_hf.apps.demo import synthetic_jpegs
+from paka_hf.testing import synthetic_jpegs
 from paka_hf.training.data import PaKACollator, PaKAViewStream, load_image_source
 from paka_hf.views.glim import GlimTransform
 

@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoModel, Dinov2Config, TrainerCallback
+from transformers import AutoModel, TrainerCallback
 
 from paka_hf import PaKAConfig, PaKATrainer
-from paka_hf.apps.demo import synthetic_jpegs
+from paka_hf.testing import synthetic_jpegs, vit_s14_config
 from paka_hf.utils.imaging import is_image_file
 from paka_hf.views.glim import collate_views, normalize_views
 
@@ -58,10 +58,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="paka_bench_"))
     images = args.images or (CAMVID if CAMVID.is_dir() else synthetic_jpegs(work / "images", 64))
     torch.manual_seed(0)
-    vit_s = Dinov2Config(
-        hidden_size=384, num_hidden_layers=12, num_attention_heads=6, mlp_ratio=4, patch_size=14, image_size=518
-    )
-    AutoModel.from_config(vit_s).save_pretrained(work / "model")
+    AutoModel.from_config(vit_s14_config()).save_pretrained(work / "model")
 
     config = PaKAConfig(
         output_dir=str(work / "out"),

@@ -29,7 +29,7 @@ def _save_model(path, config, seed):
 
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
-    from conftest import tiny_dinov2_config
+    from paka_hf.testing import tiny_dinov2_config
 
     root = tmp_path_factory.mktemp("explorer_models")
     base = _save_model(root / "base", tiny_dinov2_config(), 0)

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import yaml
 from hub_helpers import TOKEN, go_online, make_export_folder
@@ -12,6 +10,7 @@ from hub_server import HubStandIn, space_key
 from huggingface_hub import HfApi, constants
 
 from paka_hf.apps import space
+from paka_hf.commands import push as push_command
 from paka_hf.utils.errors import ConfigError
 
 REPO = "paka-org/dinov2-paka-tiny"
@@ -76,12 +75,7 @@ def test_link_space_in_card_is_placed_once():
 def test_push_script_creates_the_space_and_links_it(server, tmp_path, tiny_config, capsys):
     out = tmp_path / "out"
     make_export_folder(out, tiny_config(registers=4))
-    spec = importlib.util.spec_from_file_location(
-        "push_script", space._PACKAGE_ROOT.parent / "scripts" / "push_to_hub.py"
-    )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    assert script.main([str(out), "--repo_id", REPO, "--space"]) == 0
+    assert push_command.main([str(out), "--repo_id", REPO, "--space"]) == 0
     space_id = REPO + "-explorer"
     files = server.snapshot(space_key(space_id))
     assert {"app.py", "requirements.txt", "README.md", "paka_hf/apps/explorer.py"} <= set(files)

@@ -10,14 +10,17 @@ import os
 import subprocess
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, tiny_dinov2_config
 
 from paka_hf.modeling.backbones import PatchBackbone, ProjectionHead
 from paka_hf.modeling.model import PaKAModel
+from paka_hf.testing import tiny_dinov2_config
 from paka_hf.views.glim import sample_boxes
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # bf16 keeps 8 significant bits (relative rounding 2^-9 ≈ 0.2 % per op). Through a 2-layer ViT, the head
 # and RoIAlign, the fp32 loss moves by at most ~1e-3 on these models (measured over 6 seeds); the

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO_ROOT
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 REPRO = REPO_ROOT / "configs" / "repro"
 

@@ -9,15 +9,18 @@ import importlib
 import json
 import re
 import sys
+from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, write_tiny_run_assets
-from conftest import TINY_RUN as CONFTEST_TINY_RUN
 
 from paka_hf.commands import evaluate as evaluate_command
 from paka_hf.commands import train as train_command
 from paka_hf.commands.cli import USER_ERROR_STATUS, run_script
+from paka_hf.testing import TINY_RUN as CONFTEST_TINY_RUN
+from paka_hf.testing import write_tiny_run_assets
 from paka_hf.utils.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 TINY_RUN = [*CONFTEST_TINY_RUN, "--save_steps", "2"]
 

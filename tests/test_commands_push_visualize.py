@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,16 +10,9 @@ from hub_helpers import TOKEN, eval_file, go_online, make_export_folder
 from hub_server import HubStandIn
 from PIL import Image
 
+from paka_hf.commands import push as push_command
+from paka_hf.commands import visualize as visualize_command
 from paka_hf.commands.cli import run_script
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -33,7 +24,7 @@ def out(tmp_path, tiny_config):
 
 def test_push_script_help_lists_the_options(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        _load("push_to_hub").main(["--help"])
+        push_command.main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for option in (
@@ -57,7 +48,7 @@ def test_push_script_pushes_with_env_token(out, tmp_path, monkeypatch, capsys):
         go_online(monkeypatch, server.url)
         monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
         monkeypatch.setenv("HF_TOKEN", TOKEN)
-        code = _load("push_to_hub").main(
+        code = push_command.main(
             [
                 str(out),
                 "--repo_id",
@@ -89,7 +80,7 @@ def test_push_script_auth_failure_exit_code(out, tmp_path, monkeypatch, capsys):
         go_online(monkeypatch, server.url)
         monkeypatch.setenv("HF_TOKEN", "hf_not_a_valid_token")
         monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
-        script = _load("push_to_hub")
+        script = push_command
         assert run_script(script.main, [str(out), "--repo_id", "paka-org/cli"]) == 2  # a user error, one line
     err = capsys.readouterr().err
     assert "hf auth login" in err and "hf_not_a_valid_token" not in err
@@ -104,7 +95,7 @@ def test_push_script_dry_run_contacts_nobody_and_writes_nothing(out, capsys, mon
     """--dry_run prints the file list and the card (before: it wrote OUTPUT_DIR/README.md)."""
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # would fail if anything were sent
     before = _tree(out)
-    assert _load("push_to_hub").main([str(out), "--repo_id", "paka-org/cli", "--dry_run"]) == 0
+    assert push_command.main([str(out), "--repo_id", "paka-org/cli", "--dry_run"]) == 0
     text = capsys.readouterr().out
     assert "  model.safetensors" in text and "  README.md" in text and "pipeline_tag: image-feature-extraction" in text
     assert _tree(out) == before
@@ -117,7 +108,7 @@ def test_push_script_private_on_existing_public_repo_stops(out, monkeypatch, cap
         go_online(monkeypatch, server.url)
         monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
         monkeypatch.setenv("HF_TOKEN", TOKEN)
-        script = _load("push_to_hub")
+        script = push_command
         assert script.main([str(out), "--repo_id", "paka-org/cli"]) == 0  # namespace default: public here
         capsys.readouterr()
         assert run_script(script.main, [str(out), "--repo_id", "paka-org/cli", "--private"]) == 2
@@ -136,7 +127,7 @@ def test_visualize_script_writes_pictures_the_card_embeds(out, tmp_path, tiny_co
     rng = np.random.default_rng(0)
     for i in range(3):
         Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(images / f"{i}.jpg")
-    code = _load("visualize").main(
+    code = visualize_command.main(
         [
             str(out),
             "--base",
@@ -166,5 +157,5 @@ def test_push_script_without_private_keeps_the_namespace_default(out, monkeypatc
         go_online(monkeypatch, server.url)
         monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
         monkeypatch.setenv("HF_TOKEN", TOKEN)
-        assert _load("push_to_hub").main([str(out), "--repo_id", "paka-org/cli"]) == 0
+        assert push_command.main([str(out), "--repo_id", "paka-org/cli"]) == 0
         assert server.repos["paka-org/cli"].private is True

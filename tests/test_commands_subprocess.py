@@ -8,19 +8,24 @@ and each test reads its own run's result; the other cases call the same ``run_sc
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, TINY_RUN, write_tiny_run_assets
 
+from paka_hf.commands import evaluate as evaluate_command
+from paka_hf.commands import push as push_command
 from paka_hf.commands import train as train_command
+from paka_hf.commands import visualize as visualize_command
 from paka_hf.commands.cli import USER_ERROR_STATUS, run_script, split_debug_flag
+from paka_hf.testing import TINY_RUN, write_tiny_run_assets
 from paka_hf.utils.errors import ConfigError, MissingPathError
 from paka_hf.utils.paths import looks_like_local_path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPTS = REPO_ROOT / "scripts"
 TOKEN_ON_COMMAND_LINE = "hf_FakeCommandLineToken0123456789"
@@ -181,11 +186,13 @@ def test_a_relative_path_in_a_config_says_from_where_it_was_resolved(runs):
     )
 
 
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+# the programs behind scripts/<name>.py
+COMMANDS = {
+    "train": train_command,
+    "evaluate": evaluate_command,
+    "visualize": visualize_command,
+    "push_to_hub": push_command,
+}
 
 
 def _in_process_cases(root):
@@ -284,7 +291,7 @@ def test_user_errors_of_every_script_are_one_line_and_exit_2(runs, case, capsys,
     root = runs[1]
     script, argv, expected, only_line = _in_process_cases(root)[case]
     capsys.readouterr()
-    code = run_script(_load_script(script).main, argv)
+    code = run_script(COMMANDS[script].main, argv)
     _assert_one_line_error((code, "", capsys.readouterr().err), *expected, only_line=only_line)
 
 
@@ -292,7 +299,7 @@ def test_debug_shows_the_traceback_of_a_user_error(runs, monkeypatch):
     monkeypatch.delenv("PAKA_DEBUG", raising=False)
     argv = ["--min_intersection", "3", "--max_steps", "2", "--output_dir", str(runs[1] / "o"), "--debug"]
     with pytest.raises(ConfigError, match=r"min_intersection must be in \[0, 1\]"):
-        run_script(_load_script("train").main, argv)
+        run_script(train_command.main, argv)
 
 
 def test_no_token_in_any_file_or_log_of_a_training_run(runs):

@@ -6,14 +6,17 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import REPO_ROOT, tiny_dinov2_config
 from PIL import Image
 
+from paka_hf.testing import tiny_dinov2_config
 from paka_hf.training.data import PaKAViewStream, load_image_source
 from paka_hf.views.glim import GlimTransform
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_images(folder, count):

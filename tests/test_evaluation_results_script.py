@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 from PIL import Image
 
 from paka_hf import __version__
+from paka_hf.commands import evaluate as evaluate_command
 from paka_hf.evaluation.results import RESULT_KEYS, TOP_KEYS, EvaluationReport, MetricResult
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,13 +49,6 @@ def test_results_json_round_trip(tmp_path):
         EvaluationReport.from_dict({"model": "m"})
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "scripts" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _tiny_dataset(root: Path, rng: np.random.Generator):
     for split, n in (("train", 4), ("val", 3)):
         (root / split / "images").mkdir(parents=True)
@@ -79,7 +72,7 @@ def test_script_end_to_end_on_tiny_model(tmp_path, tiny_config):
     data_dir = tmp_path / "data"
     _tiny_dataset(data_dir, np.random.default_rng(0))
     out = tmp_path / "results.json"
-    script = _load_script()
+    script = evaluate_command
     result = script.main(
         [
             "--model_name_or_path",
@@ -137,7 +130,7 @@ def test_script_published_conventions_changes_hummingbird_std(tmp_path, tiny_con
     data_dir = tmp_path / "data"
     _tiny_dataset(data_dir, np.random.default_rng(1))
     out = tmp_path / "r.json"
-    _load_script().main(
+    evaluate_command.main(
         [
             "--model_name_or_path",
             str(model_dir),
@@ -198,8 +191,8 @@ def test_script_reports_broken_data(tmp_path, tiny_config):
         "cpu",
     ]
     with pytest.raises(DatasetError, match=r"label values \[9\]"):
-        _load_script().main(args)
-    _load_script().main(args + ["--on_unknown_label", "ignore"])
+        evaluate_command.main(args)
+    evaluate_command.main(args + ["--on_unknown_label", "ignore"])
     (entry,) = json.loads((tmp_path / "r.json").read_text())["results"]
     assert entry["settings"]["data_issues"]["val"]["unknown_label_9_pixels"] == 2000  # one image, counted once
 
@@ -215,7 +208,7 @@ def test_overclustering_needs_no_train_split(tmp_path, tiny_config):
 
     shutil.rmtree(data_dir / "train")
     out = tmp_path / "r.json"
-    _load_script().main(
+    evaluate_command.main(
         [
             "--model_name_or_path",
             str(model_dir),

@@ -4,13 +4,12 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_dinov2_config
-from test_modeling import batch_of_views
 
 from paka_hf.losses import NeCoSettings, PaKALoss, ReferenceQueue, neco_loss, sample_references
 from paka_hf.losses.soft_sort import bitonic_layers, soft_sort
 from paka_hf.modeling.backbones import PatchBackbone, ProjectionHead
 from paka_hf.modeling.model import PaKAModel
+from paka_hf.testing import batch_of_views, tiny_dinov2_config
 from paka_hf.utils.errors import ConfigError
 
 # ---- the sort ---------------------------------------------------------------------------------

@@ -9,62 +9,33 @@ the trained student's outputs, ``scripts/evaluate.py`` and ``scripts/visualize.p
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, StopAt, tiny_dinov2_config, tiny_run_config
 from PIL import Image
 from transformers import (
     AutoModel,
-    CLIPConfig,
     CLIPImageProcessor,
-    CLIPVisionConfig,
-    DINOv3ViTConfig,
-    Siglip2Config,
-    Siglip2VisionConfig,
-    SiglipConfig,
-    SiglipVisionConfig,
     ViTConfig,
 )
 
 import paka_hf.modeling.backbones as backbones
 from paka_hf import PaKAConfig, PaKATrainer
+from paka_hf.commands import evaluate as evaluate_command
+from paka_hf.commands import visualize as visualize_command
 from paka_hf.hub import render_model_card
 from paka_hf.modeling.backbones import FAMILIES, PatchBackbone, patchify, resolve_lora_targets
 from paka_hf.modeling.model import PaKAModel
+from paka_hf.testing import TINY_ARCHITECTURE as TINY
+from paka_hf.testing import StopAt, tiny_run_config
+from paka_hf.testing import tiny_family_config as tiny_config
 from paka_hf.utils.errors import ConfigError
 
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-
-
-def tiny_config(variant: str):
-    """A tiny config of each supported variant; full CLIP/SigLIP checkpoints hold a tiny text tower too."""
-    vision16 = dict(TINY, patch_size=16, image_size=64)
-    if variant == "dinov2":
-        return tiny_dinov2_config()
-    if variant == "dinov2_with_registers":
-        return tiny_dinov2_config(registers=4)
-    if variant in ("dinov3_vit", "dinov3_vit_gated"):
-        return DINOv3ViTConfig(**vision16, num_register_tokens=4, use_gated_mlp=variant.endswith("gated"))
-    if variant == "siglip_vision_model":
-        return SiglipVisionConfig(**vision16)
-    if variant == "siglip2_vision_model":
-        return Siglip2VisionConfig(**TINY, patch_size=16, num_patches=16)
-    if variant == "clip_vision_model":
-        return CLIPVisionConfig(**vision16)
-    text = dict(TINY, vocab_size=64, max_position_embeddings=16)
-    if variant == "clip":
-        return CLIPConfig(vision_config=vision16, text_config=text, projection_dim=16)
-    if variant == "siglip":
-        return SiglipConfig(vision_config=vision16, text_config=text)
-    if variant == "siglip2":
-        return Siglip2Config(vision_config=dict(TINY, patch_size=16, num_patches=16), text_config=text)
-    raise KeyError(variant)
-
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 VISION_VARIANTS = [
     "dinov2",
@@ -269,13 +240,6 @@ def family_run_config(model_dir, images, output_dir, patch_size, **overrides) ->
     return tiny_run_config(output_dir, model_dir, images, **{**defaults, **overrides})
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", REPO_ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _segmentation_folder(root):
     rng = np.random.default_rng(0)
     for split, n in (("train", 3), ("val", 2)):
@@ -355,7 +319,7 @@ def test_family_end_to_end(variant, images, tmp_path):
     # scripts/evaluate.py and scripts/visualize.py on the export
     data = tmp_path / "seg"
     _segmentation_folder(data)
-    report = _script("evaluate").main(
+    report = evaluate_command.main(
         [
             "--model_name_or_path",
             str(export),
@@ -385,7 +349,7 @@ def test_family_end_to_end(variant, images, tmp_path):
         ]
     )
     assert len(report["results"]) == 3 and all(0.0 <= r["value"] <= 100.0 for r in report["results"])
-    status = _script("visualize").main(
+    status = visualize_command.main(
         [
             str(export),
             "--base",

@@ -1,9 +1,9 @@
 import pytest
 import torch
-from conftest import tiny_dinov2_config
 from transformers import AutoModel, ViTConfig
 
 from paka_hf.modeling.backbones import PatchBackbone, ProjectionHead, load_backbone
+from paka_hf.testing import tiny_dinov2_config
 
 
 @pytest.mark.parametrize("registers", [0, 4])

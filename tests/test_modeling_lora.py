@@ -8,10 +8,11 @@ import torch
 from transformers import AutoModel
 
 pytest.importorskip("peft")
-import test_trainer  # noqa: E402
-from conftest import StopAt, tiny_dinov2_config  # noqa: E402
+import test_training_trainer as test_trainer  # noqa: E402
 from peft import PeftModel  # noqa: E402
-from test_trainer import run_config, states  # noqa: E402
+from test_training_trainer import run_config, states  # noqa: E402
+
+from paka_hf.testing import StopAt, tiny_dinov2_config  # noqa: E402
 
 assets = test_trainer.assets  # the tiny model and images of the trainer's tests (a module-scoped fixture)
 

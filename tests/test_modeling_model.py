@@ -1,30 +1,13 @@
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_dinov2_config
 from PIL import Image
 
 from paka_hf.losses import cka_loss
-from paka_hf.modeling.backbones import PatchBackbone, ProjectionHead, default_image_processor
+from paka_hf.modeling.backbones import PatchBackbone, ProjectionHead
 from paka_hf.modeling.model import PaKAModel
+from paka_hf.testing import batch_of_views, tiny_dinov2_config
 from paka_hf.views.glim import GlimTransform, collate_views
-
-
-def batch_of_views(n_images=2, global_size=56, local_size=28, seed=0):
-    rng = np.random.default_rng(seed)
-    reference = default_image_processor("dinov2")  # what the tiny DINOv2 backbones normalize with
-    transform = GlimTransform(
-        global_size,
-        local_size,
-        n_local=4,
-        flip=True,
-        patch_size=14,
-        mean=reference.image_mean,
-        std=reference.image_std,
-    )
-    images = [Image.fromarray(rng.integers(0, 255, (60 + 10 * i, 80, 3), dtype=np.uint8)) for i in range(n_images)]
-    g = torch.Generator().manual_seed(seed)
-    return collate_views([transform(im, g) for im in images])
 
 
 @pytest.mark.parametrize("with_head", [False, True])

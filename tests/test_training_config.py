@@ -71,10 +71,9 @@ def test_a_bad_value_in_python_fails_in_post_init_naming_the_choices(name, tmp_p
 
 
 def test_rules_have_one_wording_wherever_they_are_checked(tmp_path):
-    from conftest import tiny_dinov2_config
-
     from paka_hf.modeling.backbones import PatchBackbone
     from paka_hf.modeling.model import PaKAModel
+    from paka_hf.testing import tiny_dinov2_config
     from paka_hf.views.glim import GlimTransform
 
     config = PaKAConfig(output_dir=str(tmp_path), max_steps=1, global_size=225)

@@ -201,9 +201,8 @@ def test_end_strategy_pushes_only_at_the_end(server, tmp_path, tiny_config):
 def test_paka_trainer_every_save_pushes_the_exported_student(server, tmp_path, monkeypatch):
     """The real PaKATrainer (HubPushMixin + export_backbone): each save pushes the student as a plain model."""
 
-    from conftest import write_tiny_run_assets
-
     from paka_hf import PaKAConfig, PaKATrainer
+    from paka_hf.testing import write_tiny_run_assets
 
     monkeypatch.setenv("HF_TOKEN", TOKEN)  # the token from the environment, as scripts/train.py takes it
     write_tiny_run_assets(tmp_path, (60, 70))

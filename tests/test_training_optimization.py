@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_dinov2_config
 from torch import nn
 
 from paka_hf.modeling.backbones import PatchBackbone, ProjectionHead
 from paka_hf.modeling.model import PaKAModel
+from paka_hf.testing import tiny_dinov2_config
 from paka_hf.training.optimization import SCHEDULED_DECAY_KEY, decay_groups, optimizer_groups
 from paka_hf.utils.schedules import cosine_schedule
 

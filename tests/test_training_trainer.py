@@ -7,18 +7,21 @@ import sys
 import textwrap
 import warnings
 from dataclasses import fields
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO_ROOT, StopAt, tiny_dinov2_config, tiny_run_config
 from PIL import Image
 from transformers import AutoModel, pipeline
 
 from paka_hf import PaKAConfig, PaKATrainer
+from paka_hf.testing import StopAt, tiny_dinov2_config, tiny_run_config
 from paka_hf.training.trainer import CHECKPOINT_MARKER, complete_checkpoints
 from paka_hf.utils.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -163,9 +166,8 @@ def test_a_run_killed_while_checkpointing_never_leaves_a_resumable_broken_checkp
     script = textwrap.dedent(
         f"""
         import os, signal, sys
-        sys.path.insert(0, {str(REPO_ROOT / "tests")!r})
         from paka_hf import PaKATrainer
-        from test_trainer import run_config
+        from paka_hf.testing import tiny_run_config
         from pathlib import Path
 
         class Killed(PaKATrainer):
@@ -174,7 +176,8 @@ def test_a_run_killed_while_checkpointing_never_leaves_a_resumable_broken_checkp
                     os.kill(os.getpid(), signal.SIGKILL)  # model and optimizer written, marker not
                 return super()._save_rng_state(output_dir)
 
-        Killed(args=run_config(Path({str(tmp_path)!r}), {str(output)!r}, save_steps=2)).train()
+        root = Path({str(tmp_path)!r})
+        Killed(args=tiny_run_config({str(output)!r}, root / "model", root / "images", save_steps=2)).train()
         """
     )
     # the assets of this module live elsewhere: link them where the script looks

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT
 from transformers import AutoModel
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.skipif(

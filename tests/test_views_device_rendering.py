@@ -12,12 +12,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_dinov2_config
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from paka_hf.modeling.backbones import PatchBackbone, ProjectionHead
 from paka_hf.modeling.model import PaKAModel
+from paka_hf.testing import tiny_dinov2_config
 from paka_hf.training.data import PaKACollator
 from paka_hf.views import photometric
 from paka_hf.views.augment import NUM_PARAMS, PhotometricAugment

@@ -26,22 +26,41 @@ TINY_MODEL = dict(
 )
 
 
-def make_tiny_model(path: Path, seed: int = 0) -> Path:
-    """A random-init ``Dinov2WithRegistersModel`` (patch 14, width 64, 3 layers, 4 registers)."""
+def save_random_model(path: Path, config, seed: int = 0, image_processor: bool = True) -> Path:
+    """Write a random-init ``AutoModel`` of ``config`` (weights drawn after ``torch.manual_seed(seed)``) to ``path``.
+
+    Args:
+        path: The model folder, created if missing.
+        config: A ``transformers`` config of a supported backbone family.
+        seed: Seed of torch's global generator before the weights are drawn.
+        image_processor: Also save the family's reference image processor (``preprocessor_config.json``).
+
+    Returns:
+        ``path``.
+    """
     import torch
-    from transformers import AutoModel, Dinov2WithRegistersConfig
+    from transformers import AutoModel
 
     from paka_hf.modeling.backbones import load_image_processor
+
+    torch.manual_seed(seed)
+    model = AutoModel.from_config(config)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    if image_processor:
+        load_image_processor(str(path)).save_pretrained(path)
+    return path
+
+
+def make_tiny_model(path: Path, seed: int = 0) -> Path:
+    """A random-init ``Dinov2WithRegistersModel`` (patch 14, width 64, 3 layers, 4 registers)."""
+    from transformers import Dinov2WithRegistersConfig
+
     from paka_hf.utils.files import MODEL_CONFIG_FILE, WEIGHTS_FILE
 
     if (path / MODEL_CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file():
         return path
-    torch.manual_seed(seed)
-    model = AutoModel.from_config(Dinov2WithRegistersConfig(**TINY_MODEL))
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    load_image_processor(str(path)).save_pretrained(path)
-    return path
+    return save_random_model(path, Dinov2WithRegistersConfig(**TINY_MODEL), seed)
 
 
 def synthetic_scene(rng: np.random.Generator, width: int, height: int) -> Image.Image:
@@ -82,15 +101,6 @@ def make_images(path: Path, count: int = 96, seed: int = 0) -> Path:
             image.convert("RGBA").save(path / f"scene_{index:04d}.png")
         else:
             image.save(path / f"scene_{index:04d}.jpg", quality=90)
-    return path
-
-
-def synthetic_jpegs(path: Path, count: int, width: int = 640, height: int = 480, seed: int = 0) -> Path:
-    """``count`` JPEG scenes of one size (640 × 480 like COCO's by default), for benchmarks."""
-    rng = np.random.default_rng(seed)
-    path.mkdir(parents=True, exist_ok=True)
-    for index in range(count):
-        synthetic_scene(rng, width, height).save(path / f"{index:04d}.jpg", quality=90)
     return path
 
 
