@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from paka_hf.losses import cka_loss
+from paka_hf.losses.cka import cka_loss
 
 
 def time_call(loss_fn, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None) -> float:
