@@ -21,6 +21,7 @@ import time
 import torch
 
 from paka_hf.views.align import align_pairs
+from paka_hf.views.geometry import ViewGeometry
 from paka_hf.views.glim import sample_boxes
 
 
@@ -53,13 +54,15 @@ def main() -> None:
     student = token_grids(4 * args.batch, 7, args.dim, 5, device, requires_grad=True)
 
     def mirrored_boxes() -> None:
-        aligned = align_pairs(teacher, student, global_boxes, local_boxes, pair_index, global_flips, local_flips)
+        aligned = align_pairs(
+            teacher, student, ViewGeometry(global_boxes, local_boxes, pair_index, global_flips, local_flips)
+        )
         aligned.student.sum().backward()
 
     def flipped_grids() -> None:
         t = torch.where(global_flips.reshape(-1)[:, None, None, None], teacher.flip(-1), teacher)
         s = torch.where(local_flips.reshape(-1)[:, None, None, None], student.flip(-1), student)
-        aligned = align_pairs(t, s, global_boxes, local_boxes, pair_index)
+        aligned = align_pairs(t, s, ViewGeometry(global_boxes, local_boxes, pair_index))
         aligned.student.sum().backward()
 
     def timed(step) -> float:

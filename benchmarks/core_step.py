@@ -99,17 +99,10 @@ def main() -> None:
     def paka_parts() -> float:
         from paka_hf.losses import cka_loss
         from paka_hf.views.align import align_pairs
+        from paka_hf.views.geometry import ViewGeometry
 
         t0 = time.perf_counter()
-        a = align_pairs(
-            t_grids,
-            s_grids,
-            batch["global_boxes"],
-            batch["local_boxes"],
-            batch["pair_index"],
-            batch["global_flips"],
-            batch["local_flips"],
-        )
+        a = align_pairs(t_grids, s_grids, ViewGeometry.from_batch(batch))
         cka_loss(a.student, a.teacher, a.mask).backward()
         return time.perf_counter() - t0
 

@@ -125,6 +125,7 @@ from paka_hf.modeling.backbones import PatchBackbone, ProjectionHead
 from paka_hf.modeling.lora import LoRASettings, LoRATeacher, add_lora
 from paka_hf.modeling.model import PaKAModel
 from paka_hf.training.optimization import optimizer_groups
+from paka_hf.views.geometry import ViewGeometry
 from paka_hf.views.glim import GlimTransform, collate_views, render_views, sample_boxes
 
 PAPER_IMAGES = 25 * 118_287  # 2,957,175: 25 epochs of COCO train2017
@@ -330,15 +331,7 @@ def bare_loss(
 
 def objective(model: PaKAModel, teacher_grids: torch.Tensor, student_grids: torch.Tensor, batch: dict) -> torch.Tensor:
     """PaKAModel.forward after the backbones (``PaKAModel.objective``: RoIAlign, heads, loss)."""
-    loss, _ = model.objective(
-        teacher_grids,
-        student_grids,
-        batch["global_boxes"],
-        batch["local_boxes"],
-        batch["pair_index"],
-        batch["global_flips"],
-        batch["local_flips"],
-    )
+    loss, _ = model.objective(teacher_grids, student_grids, ViewGeometry.from_batch(batch))
     return loss
 
 
@@ -431,11 +424,8 @@ class Steps:
         render_views(
             b["images"],
             b["image_sizes"],
-            b["global_boxes"],
-            b["local_boxes"],
+            ViewGeometry.from_batch(b),
             b["view_spec"],
-            b["global_flips"],
-            b["local_flips"],
             b.get("global_color"),
             b.get("local_color"),
         )

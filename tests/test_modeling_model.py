@@ -7,6 +7,7 @@ from paka_hf.losses import cka_loss
 from paka_hf.modeling.backbones import PatchBackbone, ProjectionHead
 from paka_hf.modeling.model import PaKAModel
 from paka_hf.testing import batch_of_views, tiny_dinov2_config
+from paka_hf.views.geometry import ViewGeometry
 from paka_hf.views.glim import GlimTransform, collate_views
 
 
@@ -42,11 +43,7 @@ def test_loss_matches_manual_composition():
         aligned = align_pairs(
             t,
             s,
-            batch["global_boxes"],
-            batch["local_boxes"],
-            batch["pair_index"],
-            batch["global_flips"],
-            batch["local_flips"],
+            ViewGeometry.from_batch(batch),
             roi_size=4,
         )
         expected = cka_loss(aligned.student, aligned.teacher, aligned.mask)
@@ -130,11 +127,7 @@ def test_logged_cka_is_mean_linear_cka_whatever_the_loss():
             aligned = align_pairs(
                 t,
                 s,
-                batch["global_boxes"],
-                batch["local_boxes"],
-                batch["pair_index"],
-                batch["global_flips"],
-                batch["local_flips"],
+                ViewGeometry.from_batch(batch),
                 roi_size=4,
             )
             cka, qualifies = cka_per_pair(aligned.student, aligned.teacher, aligned.mask)

@@ -5,6 +5,7 @@ from PIL import Image
 from torch import nn
 
 from paka_hf.views.align import align_pairs, intersect, to_grid_coordinates
+from paka_hf.views.geometry import ViewGeometry
 from paka_hf.views.glim import GlimTransform, collate_views
 
 
@@ -61,11 +62,7 @@ def test_alignment_is_exact_on_a_linear_image(flip):
     aligned = align_pairs(
         t_grids,
         s_grids,
-        batch["global_boxes"],
-        batch["local_boxes"],
-        batch["pair_index"],
-        batch["global_flips"],
-        batch["local_flips"],
+        ViewGeometry.from_batch(batch),
         roi_size=7,
     )
     error = (aligned.teacher - aligned.student).abs().reshape(16, 7, 7, 3)
@@ -79,11 +76,7 @@ def test_aligned_tokens_describe_the_same_image_region(flip):
     aligned = align_pairs(
         t_grids,
         s_grids,
-        batch["global_boxes"],
-        batch["local_boxes"],
-        batch["pair_index"],
-        batch["global_flips"],
-        batch["local_flips"],
+        ViewGeometry.from_batch(batch),
         roi_size=7,
     )
     assert aligned.teacher.shape == (16, 49, 3) and aligned.student.shape == (16, 49, 3)
@@ -97,17 +90,15 @@ def test_aligned_tokens_describe_the_same_image_region(flip):
     wrong = align_pairs(
         t_grids,
         s_grids,
-        batch["global_boxes"],
-        swapped,
-        batch["pair_index"],
-        batch["global_flips"],
-        batch["local_flips"],
+        ViewGeometry.from_batch(batch)._replace(local_boxes=swapped),
         roi_size=7,
     )
     assert mean_error(wrong) > 5 * mean_error(aligned)
     if flip:  # forgetting to undo the flips must fail too
         assert batch["local_flips"].any() or batch["global_flips"].any()
-        unflipped = align_pairs(t_grids, s_grids, batch["global_boxes"], batch["local_boxes"], batch["pair_index"])
+        unflipped = align_pairs(
+            t_grids, s_grids, ViewGeometry.from_batch(batch)._replace(global_flips=None, local_flips=None)
+        )
         assert mean_error(unflipped) > 3 * mean_error(aligned)
 
 
@@ -116,7 +107,9 @@ def test_disjoint_pairs_are_masked():
     grids_s = torch.randn(2, 8, 7, 7)
     global_boxes = torch.tensor([[[0.0, 0.0, 100.0, 100.0], [0.0, 0.0, 50.0, 50.0]]])
     local_boxes = torch.tensor([[[10.0, 10.0, 40.0, 40.0], [200.0, 200.0, 230.0, 230.0]]])
-    aligned = align_pairs(grids_t, grids_s, global_boxes, local_boxes, torch.tensor([[0, 1]]), roi_size=5)
+    aligned = align_pairs(
+        grids_t, grids_s, ViewGeometry(global_boxes, local_boxes, torch.tensor([[0, 1]])), roi_size=5
+    )
     assert aligned.mask.shape == (2, 25)
     assert not aligned.mask[0].any() and aligned.mask[1].all()
 
@@ -137,7 +130,7 @@ def test_gradients_reach_the_student_grid():
     l_boxes = torch.tensor(
         [[[10.0, 10.0, 40.0, 40.0], [30.0, 30.0, 60.0, 50.0], [0.0, 0.0, 20.0, 20.0], [50.0, 50.0, 80.0, 80.0]]]
     )
-    aligned = align_pairs(grids_t, grids_s, g_boxes, l_boxes, torch.tensor([[0, 1, 0, 1]]))
+    aligned = align_pairs(grids_t, grids_s, ViewGeometry(g_boxes, l_boxes, torch.tensor([[0, 1, 0, 1]])))
     aligned.student.sum().backward()
     assert (grids_s.grad.abs().sum((1, 2, 3)) > 0).all()
 
@@ -147,9 +140,7 @@ def test_shape_errors():
         align_pairs(
             torch.randn(3, 4, 8, 8),
             torch.randn(2, 4, 7, 7),
-            torch.zeros(1, 2, 4),
-            torch.zeros(1, 2, 4),
-            torch.zeros(1, 2, dtype=torch.long),
+            ViewGeometry(torch.zeros(1, 2, 4), torch.zeros(1, 2, 4), torch.zeros(1, 2, dtype=torch.long)),
         )
 
 
@@ -168,25 +159,17 @@ def test_flips_by_mirrored_boxes_equal_flipping_the_grids_first():
     global_flips = torch.tensor([[True, False], [False, True], [True, True]])
     local_flips = torch.rand(batch, n_local, generator=generator) < 0.5
     local_flips[0, 0], local_flips[0, 1] = True, False
+    unflipped = ViewGeometry(global_boxes, local_boxes, pair_index)
+    flipped = unflipped._replace(global_flips=global_flips, local_flips=local_flips)
 
     def aligned_tokens(flip_grids_first: bool):
         s = student.clone().requires_grad_(True)
         if flip_grids_first:
             t_in = torch.where(global_flips.reshape(-1)[:, None, None, None], teacher.flip(-1), teacher)
             s_in = torch.where(local_flips.reshape(-1)[:, None, None, None], s.flip(-1), s)
-            out = align_pairs(t_in, s_in, global_boxes, local_boxes, pair_index, roi_size=4, sampling_ratio=2)
+            out = align_pairs(t_in, s_in, unflipped, roi_size=4, sampling_ratio=2)
         else:
-            out = align_pairs(
-                teacher,
-                s,
-                global_boxes,
-                local_boxes,
-                pair_index,
-                global_flips,
-                local_flips,
-                roi_size=4,
-                sampling_ratio=2,
-            )
+            out = align_pairs(teacher, s, flipped, roi_size=4, sampling_ratio=2)
         (out.student * torch.arange(16.0)[None, :, None]).sum().backward()  # position-dependent gradient
         return out, s.grad
 
@@ -197,5 +180,5 @@ def test_flips_by_mirrored_boxes_equal_flipping_the_grids_first():
     torch.testing.assert_close(mirrored_grad, reference_grad, rtol=0, atol=1e-5)
     assert torch.equal(mirrored.mask, reference.mask)
     assert (
-        reference.student - align_pairs(teacher, student, global_boxes, local_boxes, pair_index, roi_size=4).student
+        reference.student - align_pairs(teacher, student, unflipped, roi_size=4).student
     ).abs().max() > 0.1  # the flips do matter here

@@ -247,7 +247,12 @@ def test_cuda_rendering_matches_cpu_rendering_without_host_device_sync():
 
     def render(b):
         return render_views(
-            b["images"], b["image_sizes"], ViewGeometry.from_batch(b), b["view_spec"], b["global_color"], b["local_color"]
+            b["images"],
+            b["image_sizes"],
+            ViewGeometry.from_batch(b),
+            b["view_spec"],
+            b["global_color"],
+            b["local_color"],
         )
 
     cpu_views = render(batch)

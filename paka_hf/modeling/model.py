@@ -35,6 +35,7 @@ from paka_hf.modeling.lora import LoRATeacher, is_lora_backbone
 from paka_hf.modeling.teacher import EMAPairs, ema_apply_, ema_pairs, make_teacher
 from paka_hf.utils.errors import ConfigError, check_choice, check_roi_size
 from paka_hf.views.align import AlignedTokens, align_pairs
+from paka_hf.views.geometry import ViewGeometry
 from paka_hf.views.glim import normalize_views, render_views
 
 #: The views the student encodes: its local views, or also its global views (aligned with the other global).
@@ -152,42 +153,28 @@ class PaKAModel(nn.Module):
         self,
         teacher_grids: torch.Tensor,
         student_grids: torch.Tensor,
-        global_boxes: torch.Tensor,
-        local_boxes: torch.Tensor,
-        pair_index: torch.Tensor,
-        global_flips: torch.Tensor | None = None,
-        local_flips: torch.Tensor | None = None,
+        geometry: ViewGeometry,
         student_global_grids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, AlignedTokens]:
         """Everything after the backbones: RoIAlign of every pair, the heads, the loss.
 
-        Grids ``(B·n_global | B·n_local, d, h, w)`` as the backbones return them; boxes, ``pair_index`` and
-        flips as in :meth:`forward`. With ``student_views="all"``, ``student_global_grids`` (the student on
-        the global views) adds the pairs (student global g, teacher global g + 1 mod n_global).
-        Returns the loss and the tokens it compared: ``(P, N, d_out)`` per side after the heads, and the mask.
+        Args:
+            teacher_grids, student_grids: ``(B·n_global | B·n_local, d, h, w)`` as the backbones return them.
+            geometry: the batch's boxes, ``pair_index`` and flips (:class:`~paka_hf.views.geometry.ViewGeometry`).
+            student_global_grids: with ``student_views="all"``, the student on the global views: adds the pairs
+                (student global g, teacher global g + 1 mod n_global) (:meth:`ViewGeometry.between_globals`).
+
+        Returns:
+            The loss and the tokens it compared: ``(P, N, d_out)`` per side after the heads, and the mask.
         """
         aligned = align_pairs(
-            teacher_grids,
-            student_grids,
-            global_boxes,
-            local_boxes,
-            pair_index,
-            global_flips,
-            local_flips,
-            roi_size=self.roi_size,
-            sampling_ratio=self.sampling_ratio,
+            teacher_grids, student_grids, geometry, roi_size=self.roi_size, sampling_ratio=self.sampling_ratio
         )
         if student_global_grids is not None:
-            batch, n_global = global_boxes.shape[:2]
-            other = (torch.arange(n_global, device=global_boxes.device) + 1) % n_global
             crossed = align_pairs(
                 teacher_grids,
                 student_global_grids,
-                global_boxes,
-                global_boxes,
-                other.expand(batch, -1),
-                global_flips,
-                global_flips,
+                geometry.between_globals(),
                 roi_size=self.roi_size,
                 sampling_ratio=self.sampling_ratio,
             )
@@ -197,7 +184,7 @@ class PaKAModel(nn.Module):
             with torch.no_grad():
                 teacher_tokens = self.teacher_head(teacher_tokens)
             student_tokens = self.student_head(student_tokens)
-        loss = self.criterion(student_tokens, teacher_tokens, aligned.mask, num_images=global_boxes.shape[0])
+        loss = self.criterion(student_tokens, teacher_tokens, aligned.mask, num_images=geometry.global_boxes.shape[0])
         return loss, AlignedTokens(teacher_tokens, student_tokens, aligned.mask)
 
     def forward(
@@ -217,7 +204,9 @@ class PaKAModel(nn.Module):
         **unused,
     ) -> PaKAOutput:
         """Shapes: views (B, V, 3, S, S), float32 normalized or uint8; boxes (B, V, 4);
-        pair_index (B, n_local); flips (B, V).
+        pair_index (B, n_local); flips (B, V). The batch is the flat dict of :func:`~paka_hf.views.glim.collate_views`
+        (what ``Trainer`` moves to the device); boxes, ``pair_index`` and flips are gathered here into the
+        batch's :class:`~paka_hf.views.geometry.ViewGeometry`.
 
         Or, for views rendered here on the model's device (``view_rendering: device``), instead of
         the views: ``images`` (B, H, W, 3) uint8, ``image_sizes`` (B, 2), ``view_spec`` and the
@@ -225,6 +214,7 @@ class PaKAModel(nn.Module):
         :func:`paka_hf.views.glim.render_views`. Flips are then folded into the rendering and recorded
         as usual.
         """
+        geometry = ViewGeometry(global_boxes, local_boxes, pair_index, global_flips, local_flips)
         if images is not None:
             if global_views is not None or local_views is not None:
                 raise ValueError(
@@ -235,15 +225,7 @@ class PaKAModel(nn.Module):
                     "rendering views on the device needs images, image_sizes and view_spec (collate_views makes them)"
                 )
             global_views, local_views = render_views(
-                images,
-                image_sizes,
-                global_boxes,
-                local_boxes,
-                view_spec,
-                global_flips,
-                local_flips,
-                global_color,
-                local_color,
+                images, image_sizes, geometry, view_spec, global_color, local_color
             )
         elif global_views is None or local_views is None:
             raise ValueError(
@@ -256,14 +238,7 @@ class PaKAModel(nn.Module):
         student_grids = self.student(local_views.flatten(0, 1))
         student_global_grids = self.student(global_views.flatten(0, 1)) if self.student_views == "all" else None
         loss, tokens = self.objective(
-            teacher_grids,
-            student_grids,
-            global_boxes,
-            local_boxes,
-            pair_index,
-            global_flips,
-            local_flips,
-            student_global_grids=student_global_grids,
+            teacher_grids, student_grids, geometry, student_global_grids=student_global_grids
         )
         teacher_tokens, student_tokens = tokens.teacher, tokens.student
         with torch.no_grad():

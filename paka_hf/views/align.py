@@ -34,6 +34,8 @@ from typing import NamedTuple
 import torch
 from torchvision.ops import roi_align
 
+from paka_hf.views.geometry import ViewGeometry
+
 
 class AlignedTokens(NamedTuple):
     """``teacher`` (P, N, d_t) and ``student`` (P, N, d_s) tokens, and ``mask`` (P, N), True = ignore.
@@ -97,11 +99,7 @@ def _roi_tokens(
 def align_pairs(
     teacher_grids: torch.Tensor,
     student_grids: torch.Tensor,
-    global_boxes: torch.Tensor,
-    local_boxes: torch.Tensor,
-    pair_index: torch.Tensor,
-    global_flips: torch.Tensor | None = None,
-    local_flips: torch.Tensor | None = None,
+    geometry: ViewGeometry,
     roi_size: int = 7,
     sampling_ratio: int = 2,
 ) -> AlignedTokens:
@@ -110,12 +108,19 @@ def align_pairs(
     Args:
         teacher_grids: (B · n_global, d_t, h_t, w_t) patch grids of the global views, image-major.
         student_grids: (B · n_local, d_s, h_s, w_s) patch grids of the local views, image-major.
-        global_boxes: (B, n_global, 4) and local_boxes: (B, n_local, 4) pixel boxes.
-        pair_index: (B, n_local) index of the global view each local view pairs with.
-        global_flips, local_flips: (B, n_global) / (B, n_local) bool, or None for no flips.
+        geometry: the batch's :class:`~paka_hf.views.geometry.ViewGeometry`: ``global_boxes`` (B, n_global, 4)
+            and ``local_boxes`` (B, n_local, 4) pixel boxes, ``pair_index`` (B, n_local) the global view each
+            local view pairs with, flips (B, n_global) / (B, n_local) bool or None for no flips.
         roi_size: side of the output token grid (N = roi_size²).
         sampling_ratio: bilinear samples per output bin and axis (see ``torchvision.ops.roi_align``).
+
+    Returns:
+        The :class:`AlignedTokens` of the ``P = B · n_local`` pairs, image-major.
+
+    Raises:
+        ValueError: if the grids or ``pair_index`` do not match the boxes' batch and view counts.
     """
+    global_boxes, local_boxes, pair_index, global_flips, local_flips = geometry
     batch, n_global = global_boxes.shape[:2]
     n_local = local_boxes.shape[1]
     if teacher_grids.shape[0] != batch * n_global or student_grids.shape[0] != batch * n_local:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,20 +42,24 @@ from torchvision.transforms.v2 import functional as F
 from paka_hf.utils.errors import check_choice, check_fraction, check_patch_multiple, check_positive_int
 from paka_hf.utils.imaging import fit_within, to_rgb
 from paka_hf.views.augment import PhotometricAugment
+from paka_hf.views.geometry import GEOMETRY_KEYS, ViewGeometry
 from paka_hf.views.resample import resample_boxes
+
+# The GLIM defaults (the paper's recipe, docs/METHOD.md): the one source for sample_boxes, GlimTransform,
+# default_max_image_side and the training configuration (paka_hf.training.config.PaKAConfig).
+GLOBAL_SIZE = 224  # side of the teacher's global views, pixels
+LOCAL_SIZE = 98  # side of the student's local views, pixels
+N_GLOBAL = 2  # global views per image
+N_LOCAL = 4  # local views per image
+GLOBAL_SCALE = (0.25, 1.0)  # area scale range of global crops
+LOCAL_SCALE = (0.05, 0.25)  # area scale range of local crops
+CROP_RATIO = (3 / 4, 4 / 3)  # aspect-ratio (w / h) range of all crops
+MIN_INTERSECTION = 0.9  # τ: the containment every local box needs in its global box
+MAX_TRIES = 64  # candidates drawn per box before the fallback
 
 #: What min_intersection is, in the one message that checks its range (config and sample_boxes).
 MIN_INTERSECTION_MEANING = "the fraction of each local box that must lie inside its global box"
 CONTAINMENT_TOLERANCE = 1e-6  # float round-off allowance when comparing containment to τ
-
-
-class GlimBoxes(NamedTuple):
-    """Boxes of one image: ``global_boxes`` (n_global, 4), ``local_boxes`` (n_local, 4) float32
-    ``(x1, y1, x2, y2)`` pixels, and ``pair_index`` (n_local,) int64, the global each local pairs with."""
-
-    global_boxes: torch.Tensor
-    local_boxes: torch.Tensor
-    pair_index: torch.Tensor
 
 
 def containment(inner: torch.Tensor, outer: torch.Tensor) -> torch.Tensor:
@@ -155,21 +159,29 @@ def _local_box(height, width, paired_global, scale, ratio, min_intersection, tri
 def sample_boxes(
     height: int,
     width: int,
-    n_local: int = 4,
+    n_local: int = N_LOCAL,
     *,
-    n_global: int = 2,
-    global_scale: Sequence[float] = (0.25, 1.0),
-    local_scale: Sequence[float] = (0.05, 0.25),
-    ratio: Sequence[float] = (3 / 4, 4 / 3),
-    min_intersection: float = 0.9,
-    max_tries: int = 64,
+    n_global: int = N_GLOBAL,
+    global_scale: Sequence[float] = GLOBAL_SCALE,
+    local_scale: Sequence[float] = LOCAL_SCALE,
+    ratio: Sequence[float] = CROP_RATIO,
+    min_intersection: float = MIN_INTERSECTION,
+    max_tries: int = MAX_TRIES,
     generator: torch.Generator | None = None,
-) -> GlimBoxes:
+) -> ViewGeometry:
     """Sample the GLIM boxes of one ``height`` × ``width`` image (see the module docstring).
 
     Every local box lies inside the image and has containment ≥ ``min_intersection`` in global
     box ``pair_index[j] = j mod n_global``. ``max_tries`` candidates are drawn per box in one
     vectorized batch. A seeded ``generator`` makes the result deterministic.
+
+    Returns:
+        The boxes and ``pair_index`` of one image as a :class:`~paka_hf.views.geometry.ViewGeometry` without
+        flips (``global_boxes`` ``(n_global, 4)``, ``local_boxes`` ``(n_local, 4)`` float32, ``pair_index``
+        ``(n_local,)`` int64).
+
+    Raises:
+        ValueError: for an empty image or settings out of range.
     """
     if height < 1 or width < 1:
         raise ValueError(f"image must be at least 1x1 pixels, got {width}x{height}")
@@ -196,7 +208,7 @@ def sample_boxes(
     globals_ = torch.from_numpy(np.minimum(np.maximum(globals_, 0), limits))
     locals_ = torch.from_numpy(np.minimum(np.maximum(locals_, 0), limits))
     pair_index = torch.tensor(pair_index, dtype=torch.int64)
-    return GlimBoxes(globals_.float(), locals_.float(), pair_index)
+    return ViewGeometry(globals_.float(), locals_.float(), pair_index)
 
 
 def normalize_views(
@@ -227,9 +239,9 @@ IMAGE_SIDE_MULTIPLE = 64
 def default_max_image_side(
     global_size: int,
     local_size: int,
-    global_scale: Sequence[float] = (0.25, 1.0),
-    local_scale: Sequence[float] = (0.05, 0.25),
-    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    global_scale: Sequence[float] = GLOBAL_SCALE,
+    local_scale: Sequence[float] = LOCAL_SCALE,
+    ratio: Sequence[float] = CROP_RATIO,
 ) -> int:
     r"""The longer side beyond which an image is downscaled before its views are cut (:class:`GlimTransform`).
 
@@ -287,16 +299,16 @@ class GlimTransform:
 
     def __init__(
         self,
-        global_size: int = 224,
-        local_size: int = 98,
-        n_local: int = 4,
+        global_size: int = GLOBAL_SIZE,
+        local_size: int = LOCAL_SIZE,
+        n_local: int = N_LOCAL,
         *,
-        n_global: int = 2,
-        global_scale: Sequence[float] = (0.25, 1.0),
-        local_scale: Sequence[float] = (0.05, 0.25),
-        ratio: Sequence[float] = (3 / 4, 4 / 3),
-        min_intersection: float = 0.9,
-        max_tries: int = 64,
+        n_global: int = N_GLOBAL,
+        global_scale: Sequence[float] = GLOBAL_SCALE,
+        local_scale: Sequence[float] = LOCAL_SCALE,
+        ratio: Sequence[float] = CROP_RATIO,
+        min_intersection: float = MIN_INTERSECTION,
+        max_tries: int = MAX_TRIES,
         flip: bool = False,
         teacher_augment: bool = False,
         student_augment: bool = True,
@@ -358,19 +370,14 @@ class GlimTransform:
     def sample(self, height: int, width: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Every random draw for one ``height`` × ``width`` image: boxes, flips, photometric parameters.
 
-        Returns the box fields of :func:`sample_boxes`, ``global_flips``/``local_flips``, and
+        Returns the fields of the image's :class:`~paka_hf.views.geometry.ViewGeometry` (boxes of
+        :func:`sample_boxes`, ``pair_index``, ``global_flips``/``local_flips``) as dict entries, and
         ``global_color``/``local_color`` ``(n, P)`` float64 for the views that are augmented.
         """
         boxes = sample_boxes(height, width, self.n_local, generator=generator, **self.box_kwargs)
         global_color, global_flips = self._sample_views(self.n_global, self.teacher_augment, generator)
         local_color, local_flips = self._sample_views(self.n_local, self.student_augment, generator)
-        draws = {
-            "global_boxes": boxes.global_boxes,
-            "local_boxes": boxes.local_boxes,
-            "pair_index": boxes.pair_index,
-            "global_flips": global_flips,
-            "local_flips": local_flips,
-        }
+        draws = boxes._replace(global_flips=global_flips, local_flips=local_flips).as_dict()
         if global_color is not None:
             draws["global_color"] = global_color
         if local_color is not None:
@@ -430,8 +437,8 @@ class GlimTransform:
         return {"image": pixels, "image_size": torch.tensor([height, width]), **draws, "view_spec": self.view_spec()}
 
 
-VIEW_KEYS = ("global_views", "local_views", "global_boxes", "local_boxes", "pair_index", "global_flips", "local_flips")
-DEVICE_KEYS = ("image_size", "global_boxes", "local_boxes", "pair_index", "global_flips", "local_flips")
+VIEW_KEYS = ("global_views", "local_views", *GEOMETRY_KEYS)
+DEVICE_KEYS = ("image_size", *GEOMETRY_KEYS)
 COLOR_KEYS = ("global_color", "local_color")
 
 
@@ -482,11 +489,8 @@ def collate_views(samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, Any]:
 def render_views(
     images: torch.Tensor,
     image_sizes: torch.Tensor,
-    global_boxes: torch.Tensor,
-    local_boxes: torch.Tensor,
+    geometry: ViewGeometry,
     view_spec: dict[str, int],
-    global_flips: torch.Tensor | None = None,
-    local_flips: torch.Tensor | None = None,
     global_color: torch.Tensor | None = None,
     local_color: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -500,11 +504,16 @@ def render_views(
 
     Args:
         images: ``(B, H, W, 3)`` uint8, zero-padded; ``image_sizes`` ``(B, 2)`` true (height, width).
-        global_boxes, local_boxes: ``(B, n, 4)``; flips ``(B, n)`` bool; colors ``(B, n, P)`` or None.
+        geometry: the batch's boxes ``(B, n, 4)`` and flips ``(B, n)`` bool or None
+            (:class:`~paka_hf.views.geometry.ViewGeometry`).
+        global_color, local_color: photometric parameters ``(B, n, P)``, or None for unaugmented views.
         view_spec: ``global_size``, ``local_size``, ``blur_kernel_size`` (:meth:`GlimTransform.view_spec`).
 
     Returns:
         ``global_views`` ``(B, n_global, 3, S_g, S_g)`` and ``local_views`` ``(B, n_local, 3, S_l, S_l)`` uint8.
+
+    Raises:
+        ValueError: if ``images`` is not a uint8 ``(B, H, W, 3)`` batch.
     """
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != torch.uint8:
         raise ValueError(
@@ -514,8 +523,8 @@ def render_views(
         pixels = images.permute(0, 3, 1, 2).float()
         out = []
         for boxes, flips, color, size in (
-            (global_boxes, global_flips, global_color, view_spec["global_size"]),
-            (local_boxes, local_flips, local_color, view_spec["local_size"]),
+            (geometry.global_boxes, geometry.global_flips, global_color, view_spec["global_size"]),
+            (geometry.local_boxes, geometry.local_flips, local_color, view_spec["local_size"]),
         ):
             views = resample_boxes(pixels, image_sizes, boxes, size, flips)
             if color is not None:
