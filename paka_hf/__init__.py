@@ -1,4 +1,10 @@
-"""paka_hf: PaKA (Patch-level Kernel Alignment, arXiv 2509.05606) post-training for DINOv2 on the Hugging Face stack."""
+"""paka_hf: PaKA (Patch-level Kernel Alignment, arXiv 2509.05606) post-training of vision transformers' dense patch
+features on the Hugging Face stack.
+
+The package is layered, top to bottom: ``commands``, ``apps``, ``training``, ``hub``, ``evaluation``,
+``modeling``, ``losses`` and ``views`` (siblings), ``utils``; a module imports only from its own layer or the
+layers below it (``make quality`` checks the rule). ``paka_hf.testing`` is the test kit, above every layer.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# ``PaKAConfig`` and ``PaKATrainer`` are imported on first access (PEP 562), so that the model
-# modules (``paka_hf.modeling.model``, ``.backbones``, ``.views``, ``.align``, ``.losses``, ``.teacher``)
-# import without pulling in ``transformers.Trainer``, the data stream or the Hub code — for
-# example on a benchmark machine that has no ``datasets``.
+# The public classes are imported on first access (PEP 562), so that ``import paka_hf`` and the layers below
+# ``training`` (``paka_hf.modeling``, ``paka_hf.losses``, ``paka_hf.views``, ``paka_hf.utils``) import without
+# pulling in ``transformers.Trainer``, the data stream or the Hub code: for example on a benchmark machine that
+# has no ``datasets``.
 _LAZY = {
     "PaKAConfig": "paka_hf.training.config",
     "PaKATrainer": "paka_hf.training.trainer",

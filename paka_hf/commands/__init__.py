@@ -1,10 +1,15 @@
-"""The command-line programs, importable: ``paka-train``, ``paka-evaluate``, ``paka-push``, ``paka-visualize``.
+"""The command-line programs, importable: ``paka-train``, ``paka-evaluate``, ``paka-push``, ``paka-visualize``,
+``paka-explore``.
 
 Each module has ``main(argv)`` (raises :class:`~paka_hf.utils.errors.PaKAUserError` for a user error) and
 ``cli_main()``, the console entry point of ``setup.py``, which runs ``main`` through
 :func:`paka_hf.commands.cli.run_script` (a user error is one line ``error: ...`` and exit status 2). The files under
 ``scripts/`` call the same ``main``, so ``accelerate launch scripts/train.py --config X.yaml`` and
-``paka-train --config X.yaml`` are one program. ``paka-explore`` lives in :mod:`paka_hf.apps.explorer`.
+``paka-train --config X.yaml`` are one program. ``paka-explore`` (:mod:`paka_hf.commands.explore`) serves the
+explorer of :mod:`paka_hf.apps.explorer`.
+
+This package is the top layer: it may import every other layer, and no other layer imports it. Its ``__init__`` holds the
+strict argument parsers the programs share (no abbreviations, an unknown option names the closest one).
 
 Example::
 

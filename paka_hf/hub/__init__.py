@@ -3,14 +3,16 @@
 The end product of PaKA is a plain ``transformers`` model on the Hub that anyone loads with
 ``AutoModel.from_pretrained("org/dinov2-paka")``. One module per job:
 
-- :mod:`~paka_hf.modeling.export`: :func:`save_backbone` writes the export folder (``config.json``,
-  ``model.safetensors``, ``preprocessor_config.json``);
 - :mod:`~paka_hf.hub.results`: which evaluation results belong to which model;
-- :mod:`~paka_hf.hub.card`: :func:`render_model_card` (template, results table, metadata);
+- :mod:`~paka_hf.hub.card`: :func:`render_model_card` (the packaged template
+  ``paka_hf/hub/templates/paka_model_card.md``, results table, metadata);
 - :mod:`~paka_hf.hub.push`: :func:`push_to_hub` (one commit that makes the remote exactly the export,
   visibility checks, retries, errors).
 
-Pushes during training live with the trainer (:mod:`paka_hf.training.hub_push`).
+The export folder itself is written by :func:`save_backbone`, defined in :mod:`paka_hf.modeling.export` (the
+model layer, which the trainer and the evaluation also use) and re-exported here with
+:func:`weights_sha256` and :func:`default_image_processor`, so that a user publishes from one import. Pushes
+during training live with the trainer (:mod:`paka_hf.training.hub_push`).
 
 Example::
 
