@@ -41,7 +41,18 @@ from paka_hf.utils.errors import (
     check_roi_size,
 )
 from paka_hf.utils.paths import check_local_path
-from paka_hf.views.glim import MIN_INTERSECTION_MEANING, RENDERINGS
+from paka_hf.views.glim import (
+    CROP_RATIO,
+    GLOBAL_SCALE,
+    GLOBAL_SIZE,
+    LOCAL_SCALE,
+    LOCAL_SIZE,
+    MAX_TRIES,
+    MIN_INTERSECTION,
+    MIN_INTERSECTION_MEANING,
+    N_LOCAL,
+    RENDERINGS,
+)
 
 EXPORTS = ("student", "teacher")
 #: Fields read as a local path when they look like one (paka_hf.utils.paths.looks_like_local_path).
@@ -142,16 +153,21 @@ class PaKAConfig(TrainingArguments):
     )
 
     # ---- views (GLIM) -----------------------------------------------------------------------
-    global_size: int = _help("Side of the teacher's global views in pixels (multiple of the patch size).", default=224)
-    local_size: int = _help("Side of the student's local views in pixels (multiple of the patch size).", default=98)
-    n_local: int = _help("Local views per image; local j pairs with global j mod 2.", default=4)
-    global_scale: list[float] = _help("Area scale range of global crops.", default_factory=lambda: [0.25, 1.0])
-    local_scale: list[float] = _help("Area scale range of local crops.", default_factory=lambda: [0.05, 0.25])
-    crop_ratio: list[float] = _help("Aspect-ratio range of all crops.", default_factory=lambda: [3 / 4, 4 / 3])
-    min_intersection: float = _help(
-        "Minimum containment |L ∩ G| / |L| of a local crop in its global crop (0 = plain random crops).", default=0.9
+    global_size: int = _help(
+        "Side of the teacher's global views in pixels (multiple of the patch size).", default=GLOBAL_SIZE
     )
-    max_box_tries: int = _help("Candidate boxes drawn per crop before the fallback.", default=64)
+    local_size: int = _help(
+        "Side of the student's local views in pixels (multiple of the patch size).", default=LOCAL_SIZE
+    )
+    n_local: int = _help("Local views per image; local j pairs with global j mod 2.", default=N_LOCAL)
+    global_scale: list[float] = _help("Area scale range of global crops.", default_factory=lambda: list(GLOBAL_SCALE))
+    local_scale: list[float] = _help("Area scale range of local crops.", default_factory=lambda: list(LOCAL_SCALE))
+    crop_ratio: list[float] = _help("Aspect-ratio range of all crops.", default_factory=lambda: list(CROP_RATIO))
+    min_intersection: float = _help(
+        "Minimum containment |L ∩ G| / |L| of a local crop in its global crop (0 = plain random crops).",
+        default=MIN_INTERSECTION,
+    )
+    max_box_tries: int = _help("Candidate boxes drawn per crop before the fallback.", default=MAX_TRIES)
     flip: bool = _help("Random horizontal flips (recorded and undone on the feature grid).", default=False)
     teacher_augment: bool = _help("Photometric augmentation on the teacher's views too (ablation).", default=False)
     view_rendering: str = _help(
