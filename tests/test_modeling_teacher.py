@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from paka_hf.modeling.teacher import ema_update_, make_teacher, teacher_momentum_at
+from paka_hf.modeling.teacher import DEFAULT_TEACHER_MOMENTUM, ema_update_, make_teacher, teacher_momentum_at
 
 
 def two_nets():
@@ -47,6 +47,9 @@ def test_intermediate_fraction_is_the_share_of_the_teacher_kept():
 
 
 def test_schedule_runs_cosine_from_base_to_one():
+    assert DEFAULT_TEACHER_MOMENTUM == 0.9995  # the paper's starting momentum
+    assert teacher_momentum_at(0, 100) == DEFAULT_TEACHER_MOMENTUM
+    assert teacher_momentum_at(50, 100) == pytest.approx(1 - 0.0005 / 2)
     assert teacher_momentum_at(0, 100, start=0.9995) == pytest.approx(0.9995)
     assert teacher_momentum_at(100, 100, start=0.9995) == 1.0
     assert teacher_momentum_at(50, 100, start=0.99) == pytest.approx(0.995)
@@ -58,7 +61,8 @@ def test_schedule_runs_cosine_from_base_to_one():
 def test_errors():
     student, teacher = two_nets()
     with pytest.raises(
-        ValueError, match=r"teacher_momentum is the fraction of the teacher kept .* in \[0, 1\], got 1.5"
+        ValueError,
+        match=r"teacher_momentum is the fraction of the teacher kept .* in \[0, 1\], got 1.5 \(the paper starts at 0.9995\)",
     ):
         ema_update_(teacher, student, 1.5)
     with pytest.raises(ValueError, match=r"start is the fraction of the teacher kept .* in \[0, 1\], got -0.1"):

@@ -3,15 +3,17 @@ and a config built in Python fails in __post_init__ with the same choices."""
 
 from __future__ import annotations
 
+import ast
+import inspect
 from dataclasses import fields
 
 import pytest
 from transformers import HfArgumentParser, TrainingArguments
 
+import paka_hf.training.config as config_module
 from paka_hf.losses import KERNELS, LOSSES, SCOPES
 from paka_hf.modeling.model import STUDENT_VIEWS
-from paka_hf.training.config import PaKAConfig
-from paka_hf.training.data import DATASET_FORMATS
+from paka_hf.training.config import DATASET_FORMATS, PaKAConfig
 from paka_hf.utils.errors import ConfigError
 from paka_hf.views.glim import RENDERINGS
 
@@ -87,3 +89,25 @@ def test_rules_have_one_wording_wherever_they_are_checked(tmp_path):
     with pytest.raises(ConfigError) as from_model:
         PaKAModel(PatchBackbone.from_config(tiny_dinov2_config()), roi_size=1)
     assert str(from_config.value) == str(from_model.value)
+
+
+def test_the_config_is_a_leaf_of_the_training_layer():
+    """config.py imports nothing from paka_hf.training: data, trainer and the commands build on it, never it on them."""
+    tree = ast.parse(inspect.getsource(config_module))
+    imported = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module]
+    imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    assert "paka_hf.modeling.teacher" in imported  # the walk sees the module's imports
+    assert [name for name in imported if name.startswith("paka_hf.training")] == []
+
+
+def test_defaults_come_from_the_modules_that_use_them(tmp_path):
+    from PIL import Image
+
+    from paka_hf.modeling.teacher import DEFAULT_TEACHER_MOMENTUM, teacher_momentum_at
+    from paka_hf.training import data
+
+    config = PaKAConfig(output_dir=str(tmp_path), max_steps=1)
+    assert config.teacher_momentum == DEFAULT_TEACHER_MOMENTUM == teacher_momentum_at(0, 10) == 0.9995
+    assert config.max_image_pixels == data.DEFAULT_MAX_IMAGE_PIXELS == Image.MAX_IMAGE_PIXELS
+    assert data.DATASET_FORMATS is DATASET_FORMATS
+    assert inspect.signature(data.decode_image).parameters["max_pixels"].default == config.max_image_pixels

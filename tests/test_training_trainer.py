@@ -18,7 +18,7 @@ from transformers import AutoModel, pipeline
 
 from paka_hf import PaKAConfig, PaKATrainer
 from paka_hf.testing import StopAt, tiny_dinov2_config, tiny_run_config
-from paka_hf.training.trainer import CHECKPOINT_MARKER, complete_checkpoints
+from paka_hf.training.checkpoints import CHECKPOINT_MARKER, complete_checkpoints
 from paka_hf.utils.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -161,6 +161,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(assets, tmp_path, worke
         assert torch.equal(teacher_a[name], teacher_b[name]), f"teacher {name}"
 
 
+@pytest.mark.slow
 def test_a_run_killed_while_checkpointing_never_leaves_a_resumable_broken_checkpoint(assets, tmp_path):
     output = tmp_path / "run"
     script = textwrap.dedent(
@@ -422,10 +423,10 @@ def test_a_crash_while_rewriting_a_complete_checkpoint_leaves_it_unmarked(assets
     assert trainer.resolve_checkpoint("latest").endswith("checkpoint-2")
 
     synced = []  # what each fsync of the folder saw
-    fsync_tree = trainer_module._fsync_tree
+    fsync_tree = trainer_module.fsync_tree
     monkeypatch.setattr(
         trainer_module,
-        "_fsync_tree",
+        "fsync_tree",
         lambda folder: (synced.append(sorted(p.name for p in folder.iterdir())), fsync_tree(folder)),
     )
     trainer._save_checkpoint(trainer.model, None)  # the same save, uninterrupted

@@ -26,6 +26,10 @@ from torch import nn
 
 from paka_hf.utils.schedules import cosine_schedule
 
+#: The teacher momentum ``m_0`` at step 0 (the paper's, as DINO's): the default of :func:`teacher_momentum_at`
+#: and of :class:`~paka_hf.training.config.PaKAConfig`'s ``teacher_momentum``.
+DEFAULT_TEACHER_MOMENTUM = 0.9995
+
 
 def check_teacher_momentum(value: float, name: str = "teacher_momentum") -> None:
     """Raise ``ValueError`` unless ``value`` is a teacher momentum, a fraction in [0, 1] (the one wording of the
@@ -33,11 +37,13 @@ def check_teacher_momentum(value: float, name: str = "teacher_momentum") -> None
     if not 0.0 <= value <= 1.0:
         raise ValueError(
             f"{name} is the fraction of the teacher kept per EMA step and must be in [0, 1], got {value} "
-            "(the paper starts at 0.9995)"
+            f"(the paper starts at {DEFAULT_TEACHER_MOMENTUM})"
         )
 
 
-def teacher_momentum_at(step: int, total_steps: int, start: float = 0.9995, end: float = 1.0) -> float:
+def teacher_momentum_at(
+    step: int, total_steps: int, start: float = DEFAULT_TEACHER_MOMENTUM, end: float = 1.0
+) -> float:
     """Fraction of the teacher kept at optimizer step ``step`` of ``total_steps``:
     :func:`~paka_hf.utils.schedules.cosine_schedule` from ``start`` to ``end``."""
     check_teacher_momentum(start, "start")

@@ -30,8 +30,7 @@ from paka_hf.losses import (
 from paka_hf.modeling.backbones import SUPPORTED_MODEL_TYPES
 from paka_hf.modeling.lora import LoRASettings
 from paka_hf.modeling.model import STUDENT_VIEWS
-from paka_hf.modeling.teacher import check_teacher_momentum
-from paka_hf.training.data import DATASET_FORMATS, DEFAULT_MAX_IMAGE_PIXELS
+from paka_hf.modeling.teacher import DEFAULT_TEACHER_MOMENTUM, check_teacher_momentum
 from paka_hf.utils.errors import (
     ConfigError,
     check_choice,
@@ -40,6 +39,7 @@ from paka_hf.utils.errors import (
     check_positive_int,
     check_roi_size,
 )
+from paka_hf.utils.imaging import DEFAULT_MAX_IMAGE_PIXELS
 from paka_hf.utils.paths import check_local_path
 from paka_hf.views.glim import (
     CROP_RATIO,
@@ -55,6 +55,9 @@ from paka_hf.views.glim import (
 )
 
 EXPORTS = ("student", "teacher")
+#: How a local dataset folder is read (``dataset_format``): by the format most of its files have, or as one of
+#: ``datasets``' builders (:func:`paka_hf.training.data.load_image_source`).
+DATASET_FORMATS = ("auto", "imagefolder", "parquet", "webdataset")
 #: Fields read as a local path when they look like one (paka_hf.utils.paths.looks_like_local_path).
 PATH_FIELDS = ("model_name_or_path", "dataset_name")
 #: A field whose name ends so holds a secret (the rule TrainingArguments.to_dict masks by).
@@ -205,7 +208,8 @@ class PaKAConfig(TrainingArguments):
     head_learning_rate: float = _help("Peak learning rate of the projection head.", default=1e-4)
     weight_decay_end: float = _help("Final weight decay of the cosine weight-decay schedule.", default=0.5)
     teacher_momentum: float = _help(
-        "Fraction of the teacher kept at each EMA step at the start; follows a cosine to 1.0.", default=0.9995
+        "Fraction of the teacher kept at each EMA step at the start; follows a cosine to 1.0.",
+        default=DEFAULT_TEACHER_MOMENTUM,
     )
     export: str = _help(
         "Network written to output_dir at the end: 'student' or 'teacher'.", choices=EXPORTS, default="student"

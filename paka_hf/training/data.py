@@ -39,13 +39,12 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from paka_hf.training.config import DATASET_FORMATS
 from paka_hf.utils.errors import ConfigError, EmptyDatasetError, check_choice
-from paka_hf.utils.imaging import IMAGE_SUFFIXES, to_rgb
+from paka_hf.utils.imaging import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_SUFFIXES, to_rgb
 from paka_hf.views.glim import GlimTransform, collate_views
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb threshold (89,478,485 pixels)
 
 
 class ImageTooLargeError(Image.DecompressionBombError):
@@ -70,7 +69,6 @@ STREAM_KEYS = ("stream_index", "stream_epoch", "stream_position", "num_skipped")
 
 
 IMAGEFOLDER_METADATA = {"metadata.parquet", "metadata.csv", "metadata.jsonl"}  # datasets' imagefolder side files
-DATASET_FORMATS = ("auto", "imagefolder", "parquet", "webdataset")
 _FORMAT_FILES = {"imagefolder": "images", "parquet": ".parquet shards", "webdataset": ".tar shards"}
 
 

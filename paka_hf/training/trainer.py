@@ -18,7 +18,7 @@ gradient accumulation, logging, checkpoint rotation, the progress bar — is ``T
   fsynced (the marker of a folder being rewritten is removed first), and resuming picks the
   newest complete one and loads it strictly (docs/STACK.md: ``Trainer``'s own loader is not strict),
   restoring the stream position, so a resumed run is bit-identical to an uninterrupted one on
-  CPU;
+  CPU; the folders' rules are :mod:`paka_hf.training.checkpoints`, the barriers between processes here;
 - ``output_dir`` belongs to one run: a fresh run stops if it holds checkpoints (unless
   ``overwrite_output_dir``), a resume from ``checkpoint-N`` removes the higher-numbered ones (an
   abandoned future), so rotation (``save_total_limit``) only ever removes older saves;
@@ -33,12 +33,10 @@ gradient accumulation, logging, checkpoint rotation, the progress bar — is ``T
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from pathlib import Path
@@ -56,6 +54,18 @@ from paka_hf.modeling.backbones import PatchBackbone, ProjectionHead
 from paka_hf.modeling.lora import add_lora, export_lora_backbone, is_lora_backbone
 from paka_hf.modeling.model import PaKAModel
 from paka_hf.modeling.teacher import teacher_momentum_at
+from paka_hf.training.checkpoints import (
+    RunTotals,
+    folder_names,
+    fsync_tree,
+    mark_checkpoint_complete,
+    remove_checkpoint,
+    resolve_checkpoint,
+    rotate_checkpoints,
+    stale_checkpoints,
+    write_text_atomic,
+    write_training_summary,
+)
 from paka_hf.training.config import PaKAConfig
 from paka_hf.training.data import (
     STREAM_KEYS,
@@ -69,9 +79,8 @@ from paka_hf.training.data import (
 from paka_hf.training.hub_push import HubPushMixin
 from paka_hf.training.optimization import SCHEDULED_DECAY_KEY, optimizer_groups
 from paka_hf.utils.errors import ConfigError, MissingPathError
-from paka_hf.utils.files import (  # CHECKPOINT_MARKER etc. stay importable from paka_hf.training.trainer
+from paka_hf.utils.files import (
     ADAPTER_DIR,
-    CHECKPOINT_MARKER,
     RANK_DIAGNOSTICS_DIR,
     RANK_DIAGNOSTICS_FILE,
     STREAM_STATE_FILE,
@@ -137,38 +146,6 @@ def build_transform(config: PaKAConfig, patch_size: int) -> GlimTransform:
         rendering=config.view_rendering,  # "device": PaKAModel renders the views from the decoded images
         max_image_side=config.max_image_side,
     )
-
-
-def checkpoint_folders(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """Every ``checkpoint-N`` folder of ``output_dir``, complete or not, as ``(N, path)`` by increasing N."""
-    root = Path(output_dir)
-    if not root.is_dir():
-        return []
-    found = []
-    for path in root.iterdir():
-        match = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", path.name)
-        if match and path.is_dir():
-            found.append((int(match.group(1)), path))
-    return sorted(found)
-
-
-def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """Checkpoint folders of ``output_dir`` marked complete, oldest (lowest step) first."""
-    return [path for _, path in checkpoint_folders(output_dir) if (path / CHECKPOINT_MARKER).is_file()]
-
-
-def remove_checkpoint(folder: Path) -> None:
-    """Unmark ``folder`` durably (marker gone, parent folder fsynced), then delete it: an interrupted
-    removal leaves an unmarked folder, which is never resumed, never a marked partial one."""
-    _unmark_checkpoint(folder)
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def _unmark_checkpoint(folder: Path) -> None:
-    marker = folder / CHECKPOINT_MARKER
-    if marker.exists():
-        marker.unlink()
-        _fsync_directory(folder)
 
 
 def state_checksum(module: torch.nn.Module) -> str:
@@ -428,11 +405,8 @@ class PaKATrainer(HubPushMixin, Trainer):
 
     # ---- checkpoints and resume -----------------------------------------------------------------
     #
-    # A checkpoint-N folder is resumable only while it holds CHECKPOINT_MARKER, and the marker is written
-    # last: after every process has written its files (weights, optimizer, scheduler, RNG, stream state,
-    # training_config.yaml, training_summary.json) and fsynced them and the folder. Before a folder is
-    # (re)written its marker is removed durably, so a crash at any point leaves the previous complete state
-    # or no marker. Rotation removes only complete checkpoints older than the one just written.
+    # What a complete checkpoint is, which one a run resumes and which it removes: paka_hf.training.checkpoints.
+    # Here: which process writes or removes, and the barriers that keep every process in step with it.
 
     def _save_checkpoint(self, model, trial) -> None:
         """``Trainer``'s checkpoint plus the stream state of every process, the run's configuration and
@@ -451,7 +425,7 @@ class PaKATrainer(HubPushMixin, Trainer):
         finally:
             self.args.save_total_limit = limit
         folder.mkdir(parents=True, exist_ok=True)
-        _write_text_atomic(
+        write_text_atomic(
             folder / STREAM_STATE_FILE.format(rank=self.args.process_index), json.dumps(self.stream_state.to_dict())
         )
         totals = self._gather_totals()  # a collective: every process is here
@@ -459,71 +433,33 @@ class PaKATrainer(HubPushMixin, Trainer):
             self._write_training_config(folder)
             self._write_training_summary(folder, totals, exported=None)
         self.accelerator.wait_for_everyone()  # every file of every process is written ...
-        _fsync_tree(folder)  # ... and each process has flushed what it sees of them to disk
+        fsync_tree(folder)  # ... and each process has flushed what it sees of them to disk
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            _write_text_atomic(
-                folder / CHECKPOINT_MARKER,
-                json.dumps(
-                    {
-                        "global_step": self.state.global_step,
-                        "world_size": self.args.world_size,
-                        "num_workers": self.args.dataloader_num_workers,
-                    }
-                ),
+            mark_checkpoint_complete(
+                folder,
+                global_step=self.state.global_step,
+                world_size=self.args.world_size,
+                num_workers=self.args.dataloader_num_workers,
             )
             self._rotate_complete_checkpoints(keep=folder)
         self.accelerator.wait_for_everyone()
 
     def _rotate_complete_checkpoints(self, keep: Path) -> None:
-        """Keep the ``save_total_limit`` newest complete checkpoints, ``keep`` (just written) always among them.
-
-        Only folders older than ``keep`` can go: :meth:`_prepare_output_dir` removed every higher-numbered one
-        when training started."""
-        limit = self.args.save_total_limit
-        if not limit or limit <= 0:
-            return
-        older = [path for path in complete_checkpoints(keep.parent) if path != keep]
-        for stale in older[: max(0, len(older) + 1 - limit)]:
-            logger.info("deleting older checkpoint %s (save_total_limit=%d)", stale, limit)
-            remove_checkpoint(stale)
+        """Keep the ``save_total_limit`` newest complete checkpoints, ``keep`` (just written) always among them
+        (:func:`~paka_hf.training.checkpoints.rotate_checkpoints`)."""
+        rotate_checkpoints(keep, self.args.save_total_limit)
 
     def _prepare_output_dir(self, checkpoint: str | None) -> None:
-        """Make ``output_dir`` hold only this run's checkpoints before the first save.
+        """Make ``output_dir`` hold only this run's checkpoints before the first save: remove what
+        :func:`~paka_hf.training.checkpoints.stale_checkpoints` names (or stop with its :class:`ConfigError`).
 
-        - fresh run (``checkpoint`` is ``None``) into a folder with ``checkpoint-*`` folders: stop with a
-          :class:`ConfigError`, unless ``overwrite_output_dir``, which removes those folders (nothing else);
-        - resume from ``checkpoint-N``: the checkpoints of ``output_dir`` numbered above N are an abandoned
-          future (this run will write its own at those steps); they are removed, with a warning naming them.
         Every process reads the folder; process zero removes; all wait for it.
         """
-        output_dir = Path(self.args.output_dir)
-        existing = checkpoint_folders(output_dir)
-        if checkpoint is None:
-            if existing and not self.args.overwrite_output_dir:
-                raise ConfigError(
-                    f"output_dir {output_dir} already holds checkpoints of an earlier run "
-                    f"({_names(existing)}): continue that run with --resume_from_checkpoint latest, or start a new "
-                    "one with --overwrite_output_dir true (removes those checkpoints), or choose another --output_dir"
-                )
-            doomed, why = existing, "overwrite_output_dir: removing the checkpoints of an earlier run"
-        else:
-            resumed = Path(checkpoint).resolve()
-            inside = resumed.parent == output_dir.resolve()
-            if self.args.overwrite_output_dir and inside:
-                raise ConfigError(
-                    f"--overwrite_output_dir would remove {checkpoint}, the checkpoint to resume from: drop one of "
-                    "--overwrite_output_dir and --resume_from_checkpoint"
-                )
-            if self.args.overwrite_output_dir:
-                doomed, why = existing, "overwrite_output_dir: removing the checkpoints of an earlier run"
-            else:
-                step = _checkpoint_step(resumed)
-                doomed = [(n, path) for n, path in existing if n > step]
-                why = f"resuming from {checkpoint}: removing the later checkpoints of the run it continues"
+        doomed, why = stale_checkpoints(self.args.output_dir, checkpoint, self.args.overwrite_output_dir)
         self.accelerator.wait_for_everyone()  # every process has looked before anything is removed
         if doomed and self.args.should_save:
-            logger.warning("%s: %s", why, _names(doomed))
+            logger.warning("%s: %s", why, folder_names(doomed))
             for _, path in doomed:
                 remove_checkpoint(path)
         self.accelerator.wait_for_everyone()
@@ -544,28 +480,9 @@ class PaKATrainer(HubPushMixin, Trainer):
             ) from error
 
     def resolve_checkpoint(self, resume_from_checkpoint: str | bool | None) -> str | None:
-        """``True``/"latest" → newest complete checkpoint of ``output_dir``; a path must be complete."""
-        if resume_from_checkpoint in (None, False, "", "false", "False", "none", "None"):
-            return None
-        if resume_from_checkpoint in (True, "true", "True", "latest"):
-            complete = complete_checkpoints(self.args.output_dir)
-            if not complete:
-                raise ConfigError(
-                    f"--resume_from_checkpoint latest: no complete checkpoint in {self.args.output_dir} to resume "
-                    "from; start without --resume_from_checkpoint"
-                )
-            return str(complete[-1])
-        path = Path(resume_from_checkpoint)
-        if not path.exists():
-            raise MissingPathError(f"--resume_from_checkpoint {str(path)!r}: no such folder: {path.absolute()}")
-        if not (path / CHECKPOINT_MARKER).is_file():
-            newest = complete_checkpoints(path.parent)
-            hint = f"; the newest complete one is {newest[-1]}" if newest else ""
-            raise ConfigError(
-                f"{path} is not a complete PaKA checkpoint (no {CHECKPOINT_MARKER}: the run was interrupted while "
-                f"saving it, or it is not a checkpoint){hint}"
-            )
-        return str(path)
+        """``True``/"latest" → newest complete checkpoint of ``output_dir``; a path must be complete
+        (:func:`~paka_hf.training.checkpoints.resolve_checkpoint`, which says what raises)."""
+        return resolve_checkpoint(self.args.output_dir, resume_from_checkpoint)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         checkpoint = self.resolve_checkpoint(resume_from_checkpoint)
@@ -634,7 +551,7 @@ class PaKATrainer(HubPushMixin, Trainer):
         folder = Path(self.args.output_dir) / RANK_DIAGNOSTICS_DIR
         folder.mkdir(parents=True, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model)
-        _write_text_atomic(
+        write_text_atomic(
             folder / RANK_DIAGNOSTICS_FILE.format(rank=self.args.process_index),
             json.dumps(
                 {
@@ -695,43 +612,17 @@ class PaKATrainer(HubPushMixin, Trainer):
     def _write_training_config(self, output_dir: str | os.PathLike) -> None:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        _write_text_atomic(output_dir / TRAINING_CONFIG_FILE, yaml.safe_dump(self.args.paka_dict(), sort_keys=True))
+        write_text_atomic(output_dir / TRAINING_CONFIG_FILE, yaml.safe_dump(self.args.paka_dict(), sort_keys=True))
 
     def _write_training_summary(self, output_dir: Path, totals: RunTotals | None, exported: str | None) -> None:
         """``training_summary.json``: compute and data totals of the run so far (``None`` where not gathered)."""
-        summary = {
-            "train_runtime_s": round(totals.train_runtime_s, 1) if totals else None,
-            "global_step": self.state.global_step,
-            "images_seen": totals.images_seen if totals else None,
-            "images_skipped": totals.images_skipped if totals else None,
-            "device": _device_name(self.args.device),
-            "num_processes": self.args.world_size,
-        }
-        if exported is not None:
-            summary["exported"] = exported
-        _write_text_atomic(output_dir / TRAINING_SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
-
-
-@dataclasses.dataclass
-class RunTotals:
-    """What a run has done so far, over every process; a checkpoint's ``training_summary.json`` carries it
-    into the run that resumes from it."""
-
-    images_seen: int = 0
-    images_skipped: int = 0
-    train_runtime_s: float = 0.0
-
-    @classmethod
-    def read(cls, summary_file: Path) -> RunTotals:
-        """The totals of a checkpoint's summary (zeros for a checkpoint written without one)."""
-        if not summary_file.is_file():
-            logger.warning("%s is missing: images seen and runtime count from this resume on", summary_file)
-            return cls()
-        data = json.loads(summary_file.read_text())
-        return cls(
-            images_seen=int(data.get("images_seen") or 0),
-            images_skipped=int(data.get("images_skipped") or 0),
-            train_runtime_s=float(data.get("train_runtime_s") or 0.0),
+        write_training_summary(
+            output_dir,
+            totals,
+            global_step=self.state.global_step,
+            device=_device_name(self.args.device),
+            num_processes=self.args.world_size,
+            exported=exported,
         )
 
 
@@ -739,51 +630,3 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{device.type} ({os.cpu_count()} cores)"
-
-
-def _names(folders: list[tuple[int, Path]]) -> str:
-    return ", ".join(path.name for _, path in folders)
-
-
-def _checkpoint_step(folder: Path) -> int:
-    """The global step a checkpoint folder was saved at (its marker's, else the number in its name)."""
-    marker = folder / CHECKPOINT_MARKER
-    if marker.is_file():
-        return int(json.loads(marker.read_text())["global_step"])
-    return int(folder.name.rsplit("-", 1)[-1])
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` via a temporary file, fsync, ``os.replace`` and an fsync of the folder: the file is
-    either the old one or the whole new one, also after a power loss."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(folder: Path) -> None:
-    """Make the folder's entries (created, renamed, removed files) durable."""
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _fsync_tree(folder: Path) -> None:
-    """fsync every file under ``folder``, then every folder (deepest first)."""
-    folders = []
-    for root, _, files in os.walk(folder):
-        folders.append(Path(root))
-        for name in files:
-            descriptor = os.open(Path(root) / name, os.O_RDONLY)
-            try:
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
-    for path in reversed(folders):
-        _fsync_directory(path)

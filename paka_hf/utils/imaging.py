@@ -4,7 +4,8 @@ Handles what real image collections contain: EXIF orientation, grayscale and bil
 (with or without transparency), RGBA / LA (composited on white, as ``transformers`` does),
 CMYK, YCbCr / LAB / HSV, 16-bit and 32-bit integer and float images (rescaled to 8 bits rather
 than clipped to white). :func:`fit_within` bounds the size of what the views are cut from.
-:data:`IMAGE_SUFFIXES` are the file suffixes every image folder reader of the package takes as images.
+:data:`IMAGE_SUFFIXES` are the file suffixes every image folder reader of the package takes as images;
+:data:`DEFAULT_MAX_IMAGE_PIXELS` is the pixel count above which an image is not decoded by default.
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ from PIL import ExifTags, Image, ImageOps
 #: BMP, GIF, TIFF, Netpbm); all are in the ``datasets`` imagefolder builder's list too, so a folder the training
 #: data lists is one that builder reads. One set, so a folder is never read differently by two commands.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+#: Pillow's decompression-bomb threshold (``PIL.Image.MAX_IMAGE_PIXELS``, 89,478,485 pixels): the default pixel
+#: limit of the training data's decoder (:func:`paka_hf.training.data.decode_image`) and of the config's
+#: ``max_image_pixels``.
+DEFAULT_MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
 
 
 def is_image_file(path: os.PathLike | str) -> bool:

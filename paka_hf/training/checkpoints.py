@@ -1,0 +1,408 @@
+"""Checkpoint folders on disk: which are complete, which a run resumes from, which it removes.
+
+A ``checkpoint-N`` folder of ``output_dir`` is resumable only while it holds :data:`CHECKPOINT_MARKER`, and
+:class:`~paka_hf.training.trainer.PaKATrainer` writes the marker last (:func:`mark_checkpoint_complete`): after
+every process has written its files (weights, optimizer, scheduler, RNG, stream state, ``training_config.yaml``,
+``training_summary.json``) and fsynced them and the folder (:func:`fsync_tree`). Before a folder is (re)written
+or deleted its marker is removed durably (:func:`remove_checkpoint`), so a crash at any point leaves the previous
+complete state or no marker. The rules, each in one function:
+
+- :func:`complete_checkpoints` lists the resumable folders, oldest first; :func:`resolve_checkpoint` turns
+  ``--resume_from_checkpoint`` into one of them;
+- :func:`stale_checkpoints` names what ``output_dir`` must lose before a run's first save: every checkpoint of an
+  earlier run (a fresh run with ``overwrite_output_dir``; without it, an error), or, on a resume from
+  ``checkpoint-N``, the ones numbered above N (an abandoned future);
+- :func:`rotate_checkpoints` keeps the ``save_total_limit`` newest complete checkpoints, the one just written
+  always among them, so rotation only ever removes older saves;
+- :class:`RunTotals` is what ``training_summary.json`` (:func:`write_training_summary`) carries into the run that
+  resumes from a checkpoint.
+
+Every text file of a checkpoint or an export is written with :func:`write_text_atomic`. Nothing here needs the
+``Trainer``: the trainer adds the barriers between processes and decides which process writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from paka_hf.utils.errors import ConfigError, MissingPathError
+from paka_hf.utils.files import CHECKPOINT_MARKER, TRAINING_SUMMARY_FILE
+
+__all__ = [
+    "CHECKPOINT_MARKER",
+    "RunTotals",
+    "checkpoint_folders",
+    "checkpoint_step",
+    "complete_checkpoints",
+    "folder_names",
+    "fsync_directory",
+    "fsync_tree",
+    "mark_checkpoint_complete",
+    "remove_checkpoint",
+    "resolve_checkpoint",
+    "rotate_checkpoints",
+    "stale_checkpoints",
+    "write_text_atomic",
+    "write_training_summary",
+]
+
+logger = logging.getLogger(__name__)
+
+#: ``--resume_from_checkpoint`` values that mean "start fresh" and "the newest complete checkpoint".
+NO_RESUME = (None, False, "", "false", "False", "none", "None")
+RESUME_LATEST = (True, "true", "True", "latest")
+
+
+# ---------------------------------------------------------------------------------------------
+# the folders
+# ---------------------------------------------------------------------------------------------
+
+
+def checkpoint_folders(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Every ``checkpoint-N`` folder of ``output_dir``, complete or not.
+
+    Args:
+        output_dir: the run's output folder; a missing one holds no checkpoints.
+
+    Returns:
+        ``(N, path)`` pairs by increasing ``N`` (numerically: ``checkpoint-10`` after ``checkpoint-9``). Files and
+        folders named otherwise (``checkpoint-best``, ``checkpoint-3.tmp``) are left out.
+    """
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", path.name)
+        if match and path.is_dir():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """The checkpoint folders of ``output_dir`` marked complete (holding :data:`CHECKPOINT_MARKER`).
+
+    Args:
+        output_dir: the run's output folder.
+
+    Returns:
+        Their paths, oldest (lowest step) first: the last one is what ``--resume_from_checkpoint latest`` resumes.
+    """
+    return [path for _, path in checkpoint_folders(output_dir) if (path / CHECKPOINT_MARKER).is_file()]
+
+
+def checkpoint_step(folder: Path) -> int:
+    """The global step a checkpoint folder was saved at.
+
+    Args:
+        folder: a ``checkpoint-N`` folder.
+
+    Returns:
+        The ``global_step`` of its marker, or ``N`` from its name when it has no marker.
+
+    Raises:
+        ValueError: it has no marker and its name does not end in ``-<number>``.
+    """
+    marker = folder / CHECKPOINT_MARKER
+    if marker.is_file():
+        return int(json.loads(marker.read_text())["global_step"])
+    return int(folder.name.rsplit("-", 1)[-1])
+
+
+def folder_names(folders: list[tuple[int, Path]]) -> str:
+    """``"checkpoint-2, checkpoint-4"``: the names of ``(N, path)`` pairs, for messages.
+
+    Args:
+        folders: pairs as :func:`checkpoint_folders` returns them.
+
+    Returns:
+        Their folder names, comma-separated, in the given order.
+    """
+    return ", ".join(path.name for _, path in folders)
+
+
+def mark_checkpoint_complete(folder: Path, *, global_step: int, world_size: int, num_workers: int) -> None:
+    """Write :data:`CHECKPOINT_MARKER` into ``folder`` (atomically): from now on it can be resumed.
+
+    Call it only once every file of every process is in ``folder`` and fsynced (:func:`fsync_tree`).
+
+    Args:
+        folder: the checkpoint folder just written.
+        global_step: the step it was saved at (what :func:`checkpoint_step` reads back).
+        world_size: the number of processes that wrote it (one stream state file each).
+        num_workers: data loader workers per process when it was written.
+    """
+    write_text_atomic(
+        folder / CHECKPOINT_MARKER,
+        json.dumps({"global_step": global_step, "world_size": world_size, "num_workers": num_workers}),
+    )
+
+
+def remove_checkpoint(folder: Path) -> None:
+    """Unmark ``folder`` durably (marker gone, folder fsynced), then delete it.
+
+    An interrupted removal leaves an unmarked folder, which is never resumed, never a marked partial one.
+
+    Args:
+        folder: a checkpoint folder; a missing one is left missing.
+    """
+    _unmark_checkpoint(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _unmark_checkpoint(folder: Path) -> None:
+    marker = folder / CHECKPOINT_MARKER
+    if marker.exists():
+        marker.unlink()
+        fsync_directory(folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# resume, output_dir, rotation
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_checkpoint(output_dir: str | os.PathLike, resume_from_checkpoint: str | bool | None) -> str | None:
+    """The checkpoint a run resumes from, given ``--resume_from_checkpoint``.
+
+    Args:
+        output_dir: the run's output folder (where ``latest`` looks).
+        resume_from_checkpoint: ``None``/``False``/``"false"``/``"none"``/``""`` (start fresh),
+            ``True``/``"true"``/``"latest"`` (the newest complete checkpoint of ``output_dir``), or the path of a
+            checkpoint folder.
+
+    Returns:
+        The checkpoint folder as a string, or ``None`` to start fresh.
+
+    Raises:
+        ConfigError: ``latest`` and ``output_dir`` holds no complete checkpoint, or the path is not a complete
+            checkpoint (the message names the newest complete one beside it, if any).
+        MissingPathError: the path does not exist.
+    """
+    if resume_from_checkpoint in NO_RESUME:
+        return None
+    if resume_from_checkpoint in RESUME_LATEST:
+        complete = complete_checkpoints(output_dir)
+        if not complete:
+            raise ConfigError(
+                f"--resume_from_checkpoint latest: no complete checkpoint in {output_dir} to resume "
+                "from; start without --resume_from_checkpoint"
+            )
+        return str(complete[-1])
+    path = Path(resume_from_checkpoint)
+    if not path.exists():
+        raise MissingPathError(f"--resume_from_checkpoint {str(path)!r}: no such folder: {path.absolute()}")
+    if not (path / CHECKPOINT_MARKER).is_file():
+        newest = complete_checkpoints(path.parent)
+        hint = f"; the newest complete one is {newest[-1]}" if newest else ""
+        raise ConfigError(
+            f"{path} is not a complete PaKA checkpoint (no {CHECKPOINT_MARKER}: the run was interrupted while "
+            f"saving it, or it is not a checkpoint){hint}"
+        )
+    return str(path)
+
+
+def stale_checkpoints(
+    output_dir: str | os.PathLike, checkpoint: str | None, overwrite_output_dir: bool
+) -> tuple[list[tuple[int, Path]], str]:
+    """The checkpoints of ``output_dir`` that are not this run's, which it removes before its first save.
+
+    - a fresh run (``checkpoint`` is ``None``) into a folder with ``checkpoint-*`` folders: an error, unless
+      ``overwrite_output_dir``, which removes those folders (nothing else);
+    - a resume from ``checkpoint-N``: the checkpoints numbered above N are an abandoned future (this run writes its
+      own at those steps); with ``overwrite_output_dir``, every checkpoint, which must not include the one resumed.
+
+    Args:
+        output_dir: the run's output folder.
+        checkpoint: the checkpoint resumed (:func:`resolve_checkpoint`), or ``None``.
+        overwrite_output_dir: the config's ``overwrite_output_dir``.
+
+    Returns:
+        ``(doomed, why)``: the ``(N, path)`` pairs to remove, oldest first, and why, for the warning that names them.
+
+    Raises:
+        ConfigError: a fresh run into a folder with checkpoints without ``overwrite_output_dir``, or
+            ``overwrite_output_dir`` would remove the checkpoint resumed.
+    """
+    output_dir = Path(output_dir)
+    existing = checkpoint_folders(output_dir)
+    overwrite = "overwrite_output_dir: removing the checkpoints of an earlier run"
+    if checkpoint is None:
+        if existing and not overwrite_output_dir:
+            raise ConfigError(
+                f"output_dir {output_dir} already holds checkpoints of an earlier run "
+                f"({folder_names(existing)}): continue that run with --resume_from_checkpoint latest, or start a new "
+                "one with --overwrite_output_dir true (removes those checkpoints), or choose another --output_dir"
+            )
+        return existing, overwrite
+    resumed = Path(checkpoint).resolve()
+    if overwrite_output_dir:
+        if resumed.parent == output_dir.resolve():
+            raise ConfigError(
+                f"--overwrite_output_dir would remove {checkpoint}, the checkpoint to resume from: drop one of "
+                "--overwrite_output_dir and --resume_from_checkpoint"
+            )
+        return existing, overwrite
+    step = checkpoint_step(resumed)
+    doomed = [(n, path) for n, path in existing if n > step]
+    return doomed, f"resuming from {checkpoint}: removing the later checkpoints of the run it continues"
+
+
+def rotate_checkpoints(keep: Path, limit: int | None) -> list[Path]:
+    """Keep the ``limit`` newest complete checkpoints beside ``keep``, ``keep`` always among them; remove the rest.
+
+    Only complete folders other than ``keep`` go, oldest first; the trainer removed every higher-numbered one
+    (:func:`stale_checkpoints`) when training started, so these are older than ``keep``.
+
+    Args:
+        keep: the checkpoint folder just written and marked complete.
+        limit: ``save_total_limit``; ``None`` or ``<= 0`` keeps every checkpoint.
+
+    Returns:
+        The folders removed, oldest first.
+    """
+    if not limit or limit <= 0:
+        return []
+    older = [path for path in complete_checkpoints(keep.parent) if path != keep]
+    stale = older[: max(0, len(older) + 1 - limit)]
+    for path in stale:
+        logger.info("deleting older checkpoint %s (save_total_limit=%d)", path, limit)
+        remove_checkpoint(path)
+    return stale
+
+
+# ---------------------------------------------------------------------------------------------
+# the summary
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RunTotals:
+    """What a run has done so far, over every process; a checkpoint's ``training_summary.json`` carries it
+    into the run that resumes from it.
+
+    Args:
+        images_seen: images trained on, over every process and every resume.
+        images_skipped: images the data streams skipped (undecodable, too large).
+        train_runtime_s: wall-clock seconds of training, over every resume.
+    """
+
+    images_seen: int = 0
+    images_skipped: int = 0
+    train_runtime_s: float = 0.0
+
+    @classmethod
+    def read(cls, summary_file: Path) -> RunTotals:
+        """The totals of a checkpoint's summary.
+
+        Args:
+            summary_file: a ``training_summary.json``.
+
+        Returns:
+            Its totals; zeros (with a warning) for a checkpoint written without one, and for totals it left
+            ``null``.
+        """
+        if not summary_file.is_file():
+            logger.warning("%s is missing: images seen and runtime count from this resume on", summary_file)
+            return cls()
+        data = json.loads(summary_file.read_text())
+        return cls(
+            images_seen=int(data.get("images_seen") or 0),
+            images_skipped=int(data.get("images_skipped") or 0),
+            train_runtime_s=float(data.get("train_runtime_s") or 0.0),
+        )
+
+
+def write_training_summary(
+    output_dir: Path,
+    totals: RunTotals | None,
+    *,
+    global_step: int,
+    device: str,
+    num_processes: int,
+    exported: str | None = None,
+) -> None:
+    """Write ``training_summary.json`` (atomically): compute and data totals of the run so far.
+
+    Args:
+        output_dir: a checkpoint or export folder.
+        totals: the run's totals over every process, or ``None`` where not gathered (written as ``null``).
+        global_step: optimizer steps done.
+        device: the device trained on, in words (``"NVIDIA H100 80GB HBM3"``, ``"cpu (8 cores)"``).
+        num_processes: processes that trained.
+        exported: for an export, which network it holds (``"student"`` or ``"teacher"``); left out otherwise.
+    """
+    summary = {
+        "train_runtime_s": round(totals.train_runtime_s, 1) if totals else None,
+        "global_step": global_step,
+        "images_seen": totals.images_seen if totals else None,
+        "images_skipped": totals.images_skipped if totals else None,
+        "device": device,
+        "num_processes": num_processes,
+    }
+    if exported is not None:
+        summary["exported"] = exported
+    write_text_atomic(Path(output_dir) / TRAINING_SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# durable writes
+# ---------------------------------------------------------------------------------------------
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that it is either the old file or the whole new one, also after a power loss.
+
+    Through ``<name>.tmp`` beside it: write, fsync, ``os.replace``, then an fsync of the folder.
+
+    Args:
+        path: the file to (re)write; its folder must exist.
+        text: its new content, written as UTF-8.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_directory(path.parent)
+
+
+def fsync_directory(folder: Path) -> None:
+    """Make the folder's entries (created, renamed, removed files) durable.
+
+    Args:
+        folder: an existing folder.
+    """
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file under ``folder``, then every folder (deepest first), ``folder`` itself last.
+
+    Args:
+        folder: an existing folder.
+    """
+    folders = []
+    for root, _, files in os.walk(folder):
+        folders.append(Path(root))
+        for name in files:
+            descriptor = os.open(Path(root) / name, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+    for path in reversed(folders):
+        fsync_directory(path)
