@@ -225,3 +225,41 @@ def test_redaction_of_training_config():
     assert hub.redact_secrets({"nested": {"api_key": "k", "hub_token": None}}) == {
         "nested": {"api_key": "<redacted>", "hub_token": None}
     }
+
+
+def test_the_card_template_is_package_data_found_through_importlib_resources():
+    # A wheel holds only what setup.py declares: the template must be inside paka_hf and declared, or an
+    # installed paka_hf cannot render a card (.ci/wheel_smoke.sh checks the built wheel itself).
+    import ast
+    import importlib.resources
+    from fnmatch import fnmatch
+    from pathlib import Path
+
+    from paka_hf.hub.card import TEMPLATE_PATH, read_template
+
+    packaged = importlib.resources.files("paka_hf.hub") / "templates" / "paka_model_card.md"
+    assert TEMPLATE_PATH == packaged and packaged.is_file()
+    assert read_template().startswith("---\n{{ card_data }}\n---")
+    package_dir = Path(hub.__file__).resolve().parent
+    template = Path(str(TEMPLATE_PATH)).resolve()
+    assert template.is_relative_to(package_dir)
+
+    root = package_dir.parents[1]
+    setup_call = next(
+        node
+        for node in ast.walk(ast.parse((root / "setup.py").read_text()))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setup"
+    )
+    package_data = ast.literal_eval(next(k.value for k in setup_call.keywords if k.arg == "package_data"))
+    relative = template.relative_to(package_dir).as_posix()
+    assert any(fnmatch(relative, pattern) for pattern in package_data["paka_hf.hub"])
+
+
+def test_read_template_reads_a_given_file_and_names_a_missing_one(tmp_path):
+    from paka_hf.hub.card import read_template
+
+    own = tmp_path / "card.md"
+    own.write_text("---\n{{ card_data }}\n---\n# {{ model_id }}\n", encoding="utf-8")
+    assert read_template(own) == own.read_text(encoding="utf-8")
+    with pytest.raises(FileNotFoundError, match="nothere.md"):
+        read_template(tmp_path / "nothere.md")

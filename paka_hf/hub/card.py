@@ -1,4 +1,4 @@
-"""The model card: ``model_cards/paka_model_card.md`` rendered with ``huggingface_hub.ModelCard``.
+"""The model card: ``paka_hf/hub/templates/paka_model_card.md`` rendered with ``huggingface_hub.ModelCard``.
 
 Hub metadata, a ``model-index`` with every evaluation result of the adapted model, a base-vs-PaKA
 results table, a usage snippet that runs as written, the training configuration (secrets redacted) and
@@ -7,6 +7,7 @@ compute, pictures from :mod:`paka_hf.apps.pictures` and the paper's citation.
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import logging
 import os
@@ -38,7 +39,10 @@ from paka_hf.utils.paths import REPO_ID_PATTERN, is_inside
 
 logger = logging.getLogger(__name__)
 
-TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "model_cards" / "paka_model_card.md"
+#: The card's Jinja template: package data of ``paka_hf.hub`` (declared in setup.py), so a wheel install has it
+#: too; an ``importlib.resources`` Traversable (a ``pathlib.Path`` for an unpacked install), read with
+#: :func:`read_template`.
+TEMPLATE_PATH = importlib.resources.files("paka_hf.hub") / "templates" / "paka_model_card.md"
 
 #: Tags of every PaKA card; the backbone family adds its own (``dinov2``, ``dinov3``, ``siglip``, ``clip``).
 DEFAULT_TAGS = TAGS
@@ -450,13 +454,34 @@ def render_model_card(
         citation=CITATION,
         paka_hf_version=__version__,
     )
-    template = Path(template_path) if template_path is not None else TEMPLATE_PATH
-    if not template.is_file():
+    return ModelCard.from_template(card_data, template_str=read_template(template_path), **kwargs)
+
+
+def read_template(template_path: str | os.PathLike | None = None) -> str:
+    """Text of the model card's Jinja template.
+
+    Args:
+        template_path: A template file of your own; ``None`` reads the packaged one (:data:`TEMPLATE_PATH`,
+            through ``importlib.resources``, so it works from a wheel as well as from a source checkout).
+
+    Returns:
+        The template's text (UTF-8).
+
+    Raises:
+        FileNotFoundError: ``template_path`` is not a file, or the packaged template is missing (an install
+            built without its package data).
+    """
+    if template_path is not None:
+        template = Path(template_path)
+        if not template.is_file():
+            raise FileNotFoundError(f"model card template {template} not found (template_path=)")
+        return template.read_text(encoding="utf-8")
+    if not TEMPLATE_PATH.is_file():
         raise FileNotFoundError(
-            f"model card template {template} not found; run from a source checkout of paka_hf "
-            "(pip install -e .) or pass template_path="
+            f"the packaged model card template {TEMPLATE_PATH} is missing: paka_hf was installed without its "
+            "package data (paka_hf/hub/templates/*.md, declared in setup.py); reinstall it, or pass template_path="
         )
-    return ModelCard.from_template(card_data, template_path=str(template), **kwargs)
+    return TEMPLATE_PATH.read_text(encoding="utf-8")
 
 
 def _results_notes(entries: Sequence[Mapping[str, Any]]) -> str:
