@@ -88,3 +88,34 @@ def test_push_script_creates_the_space_and_links_it(server, tmp_path, tiny_confi
     commits = HfApi(endpoint=server.url).list_repo_commits(space_id, repo_type="space", token=TOKEN)
     assert len(commits) == 2  # the Hub's initial commit and ours: the Space's files went in one commit
     assert f"Pushed Space {space_id}" in capsys.readouterr().out
+
+
+def test_space_requirements_come_from_the_package_metadata():
+    # One source: setup.py's install_requires, read back from the installed metadata (no copy in space.py).
+    import ast
+    import re
+    from pathlib import Path
+
+    setup_py = Path(space.__file__).resolve().parents[2] / "setup.py"
+    setup_call = next(
+        node
+        for node in ast.walk(ast.parse(setup_py.read_text()))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setup"
+    )
+    declared = ast.literal_eval(next(k.value for k in setup_call.keywords if k.arg == "install_requires"))
+    names = [re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0] for r in declared]
+    assert space.runtime_requirements() == names
+    lines = space.space_requirements().splitlines()
+    assert [line.split("==")[0] for line in lines[1:]] == [*names, "gradio"]
+
+
+def test_space_requirements_need_the_installed_metadata(monkeypatch):
+    import importlib.metadata
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "requires", not_installed)
+    with pytest.raises(ConfigError, match=r"pip install -e \."):
+        space.space_requirements()
+    assert space.space_requirements("paka_hf[app]==0.1.0") == "paka_hf[app]==0.1.0\n"

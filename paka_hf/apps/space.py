@@ -35,24 +35,6 @@ CARD_SECTION_START = "<!-- paka-explorer-space -->"
 CARD_SECTION_END = "<!-- /paka-explorer-space -->"
 # The package's root folder (this module is paka_hf/apps/space.py), whose sources a Space ships.
 _PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-# Runtime dependencies when paka_hf's own metadata is not installed (a source checkout on sys.path).
-_FALLBACK_REQUIREMENTS = (
-    "torch",
-    "torchvision",
-    "transformers",
-    "datasets",
-    "accelerate",
-    "huggingface-hub",
-    "evaluate",
-    "safetensors",
-    "pillow",
-    "numpy",
-    "pyyaml",
-    "scipy",
-    "scikit-learn",
-    "tqdm",
-    "jinja2",
-)
 
 
 def default_space_id(repo_id: str) -> str:
@@ -88,19 +70,43 @@ def _installed(name: str) -> str | None:
         return None
 
 
+def runtime_requirements() -> list[str]:
+    """Names of paka_hf's runtime dependencies (no extras), read from the installed package's metadata, whose one
+    source is ``install_requires`` in setup.py.
+
+    Returns:
+        Distribution names in the metadata's order, e.g. ``["torch", "torchvision", "transformers", ...]``.
+
+    Raises:
+        ConfigError: paka_hf's metadata is not installed (a source tree on ``sys.path`` without
+            ``pip install -e .``), so its dependencies are unknown.
+    """
+    try:
+        requires = importlib.metadata.requires("paka_hf")
+    except importlib.metadata.PackageNotFoundError as err:
+        raise ConfigError(
+            "paka_hf's package metadata is not installed, so the Space's requirements cannot be read from it: "
+            "install paka_hf (pip install -e . in a source checkout), or pass package= (a requirements line)"
+        ) from err
+    return [re.split(r"[\s<>=!~;\[(]", r, maxsplit=1)[0] for r in requires or [] if "extra ==" not in r]
+
+
 def space_requirements(package: str | None = None) -> str:
-    """``requirements.txt``: ``package`` alone when given, else paka_hf's runtime dependencies and Gradio pinned
-    to the versions installed here (what the explorer was run with)."""
+    """``requirements.txt`` of the Space.
+
+    Args:
+        package: One requirements line to use instead (``"paka_hf[app]==0.1.0"``, a Git URL...).
+
+    Returns:
+        ``package`` alone when given, else paka_hf's runtime dependencies (:func:`runtime_requirements`) and Gradio,
+        each pinned to the version installed here (what the explorer was run with), one per line.
+
+    Raises:
+        ConfigError: no ``package`` and paka_hf's metadata is not installed.
+    """
     if package:
         return package.strip() + "\n"
-    try:
-        names = [
-            re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0]
-            for r in importlib.metadata.requires("paka_hf") or []
-            if "extra ==" not in r
-        ]
-    except importlib.metadata.PackageNotFoundError:
-        names = list(_FALLBACK_REQUIREMENTS)
+    names = runtime_requirements()
     lines = []
     for name in [*names, "gradio"]:
         version = _installed(name)
