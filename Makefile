@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv demo test quality style bench-core bench-train bench-eval repro clean
+.PHONY: venv demo test test-fast quality style bench-core bench-train bench-eval repro clean
 
 venv: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q tests
+
+# Everything but the tests marked slow (subprocesses, several processes, a browser, long end-to-end runs).
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow" tests
 
 # Lint and format check (ruff, settings in pyproject.toml); `make style` applies the fixes and the formatting.
 quality: venv

@@ -11,6 +11,7 @@ from PIL import Image
 pytestmark = pytest.mark.skipif(chromium_missing() is not None, reason=str(chromium_missing()))
 
 
+@pytest.mark.slow
 def test_upload_render_click_in_chromium(tmp_path, tiny_config):
     pytest.importorskip("gradio")
     import torch

@@ -81,6 +81,7 @@ def flat(grads: dict[str, torch.Tensor]) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_gpu_step_smoke_runs_on_cpu_and_prints_the_table(tmp_path):
     out = tmp_path / "figures.json"
     result = subprocess.run(
@@ -125,6 +126,7 @@ def test_gpu_step_smoke_runs_on_cpu_and_prints_the_table(tmp_path):
     assert row["ratio_full_render_over_bare"] == pytest.approx(row["full_render_ms"] / row["bare_ms"])
 
 
+@pytest.mark.slow
 def test_gpu_step_smoke_times_neco_beside_paka_in_one_run(tmp_path):
     out = tmp_path / "figures.json"
     result = subprocess.run(
@@ -295,6 +297,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
         torch.testing.assert_close(grads_ckpt[name], grads_plain[name], rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.slow
 def test_model_modules_import_without_the_trainer_stack():
     """What the device script imports must not pull in Trainer, the data stream or datasets."""
     code = (
@@ -372,6 +375,7 @@ def test_step_ops_lists_what_the_full_step_adds_over_the_bare_step(capsys):
     assert "what the full step runs beyond the bare step" in out and "_fused_adamw_" in out
 
 
+@pytest.mark.slow
 def test_device_suite_smoke_writes_every_figure(tmp_path):
     """benchmarks/device_suite.sh is what a lent GPU runs, once: its whole sequence (eager and whole-model
     compiled gpu_step, step_ops) runs with tiny shapes on CPU and leaves every result in $OUT."""
@@ -400,6 +404,7 @@ def test_device_suite_smoke_writes_every_figure(tmp_path):
     assert lora["params_trainable"] - lora["params_head"] < 0.5 * (full["params_trainable"] - full["params_head"])
 
 
+@pytest.mark.slow
 def test_gpu_step_smoke_times_every_backbone_family(tmp_path):
     """``--models`` takes the registry's families: each tiny variant runs one smoke step with its own patch size."""
     out = tmp_path / "families.json"

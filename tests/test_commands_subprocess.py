@@ -164,6 +164,7 @@ def _no_connection_attempted(listener) -> bool:
     return False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, option", [("model_path", "--model_name_or_path"), ("dataset_path", "--dataset_name")])
 def test_a_missing_folder_is_no_such_folder_without_asking_the_hub(runs, case, option):
     results, _, listener = runs
@@ -174,6 +175,7 @@ def test_a_missing_folder_is_no_such_folder_without_asking_the_hub(runs, case, o
     assert _no_connection_attempted(listener)  # never a network wait
 
 
+@pytest.mark.slow
 def test_a_relative_path_in_a_config_says_from_where_it_was_resolved(runs):
     results, root, _ = runs
     _assert_one_line_error(
@@ -271,6 +273,7 @@ def _in_process_cases(root):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case",
     [
@@ -295,6 +298,7 @@ def test_user_errors_of_every_script_are_one_line_and_exit_2(runs, case, capsys,
     _assert_one_line_error((code, "", capsys.readouterr().err), *expected, only_line=only_line)
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback_of_a_user_error(runs, monkeypatch):
     monkeypatch.delenv("PAKA_DEBUG", raising=False)
     argv = ["--min_intersection", "3", "--max_steps", "2", "--output_dir", str(runs[1] / "o"), "--debug"]
@@ -302,6 +306,7 @@ def test_debug_shows_the_traceback_of_a_user_error(runs, monkeypatch):
         run_script(train_command.main, argv)
 
 
+@pytest.mark.slow
 def test_no_token_in_any_file_or_log_of_a_training_run(runs):
     """Trainer pickles its arguments into every checkpoint (training_args.bin): the token must not be there."""
     results, root, _ = runs

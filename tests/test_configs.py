@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -92,6 +93,7 @@ def test_the_final_loss_is_logged_when_logging_steps_exceeds_max_steps(tmp_path)
     assert np.isfinite(logged[0]["loss"]) and "cka" in logged[0]
 
 
+@pytest.mark.slow
 def test_the_demo_config_trains_without_a_warning(tmp_path):
     """``make demo``'s training command (one process, two workers) on the demo assets: no warning on stderr,
     and the loss of the last step is logged although ``logging_steps`` (5) exceeds ``max_steps`` here."""

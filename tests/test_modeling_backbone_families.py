@@ -254,6 +254,7 @@ def _segmentation_folder(root):
             Image.fromarray(mask).save(root / split / "masks" / f"{i}.png")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", END_TO_END)
 def test_family_end_to_end(variant, images, tmp_path):
     torch.manual_seed(0)

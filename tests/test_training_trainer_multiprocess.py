@@ -14,6 +14,7 @@ from transformers import AutoModel
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None, reason="accelerate CLI not installed"
 )
@@ -75,6 +76,7 @@ def test_two_processes_see_different_images_and_end_identical(tmp_path):
     assert torch.isfinite(model(pixel_values=torch.randn(1, 3, 56, 56)).last_hidden_state).all()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None, reason="accelerate CLI not installed"
 )
