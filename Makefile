@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv demo test test-fast quality style bench-core bench-train bench-eval repro clean
+.PHONY: venv demo test test-fast quality style wheel-check bench-core bench-train bench-eval repro clean
 
 venv: $(VENV)/.installed
 
@@ -28,10 +28,16 @@ test: venv
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow" tests
 
-# Lint and format check (ruff, settings in pyproject.toml); `make style` applies the fixes and the formatting.
+# Lint and format check (ruff, settings in pyproject.toml) and the layer contracts (import-linter, same file);
+# `make style` applies ruff's fixes and formatting.
 quality: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
+
+# The package as a user installs it: wheel, fresh virtual environment, demo, training, card, push (.ci/wheel_smoke.sh).
+wheel-check:
+	.ci/wheel_smoke.sh
 
 style: venv
 	$(VENV)/bin/ruff check --fix .
