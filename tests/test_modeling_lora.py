@@ -53,6 +53,20 @@ def test_only_adapters_train_and_the_teacher_shares_the_base_weights(assets, tmp
     assert sum(k.endswith("q_proj.base_layer.weight") for k in keys) == 2
 
 
+def test_adding_lora_warns_nothing():
+    """peft 0.21.2 reads transformers' deprecated ``is_gradient_checkpointing`` in get_peft_model: add_lora filters
+    that FutureWarning at its call, and nothing else of the setup warns."""
+    import warnings
+
+    backbone = tiny_backbone()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        add_lora(backbone, LoRASettings(rank=4, alpha=8.0))
+        PaKAModel(backbone)
+    assert [str(w.message) for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))] == []
+    assert adapter_parameters(backbone)  # the adapters are in
+
+
 def test_the_teacher_is_the_student_with_the_ema_adapters_in_eval_mode():
     backbone = tiny_backbone()
     add_lora(backbone, LoRASettings(rank=4, alpha=8.0, dropout=0.5))

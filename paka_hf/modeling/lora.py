@@ -41,6 +41,7 @@ import copy
 import os
 import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,8 @@ from paka_hf.utils.files import ADAPTER_DIR, CARD_FILE
 PEFT_INSTALL_HINT = "pip install 'paka_hf[peft]' (or pip install peft)"
 #: peft's name for the single adapter the student trains.
 ADAPTER_NAME = "default"
+#: The start of transformers' deprecation message for ``is_gradient_checkpointing`` (what peft 0.21.2 reads).
+GRADIENT_CHECKPOINTING_DEPRECATION = r"`is_gradient_checkpointing` is deprecated"
 #: A module path with one of these parts is an attention projection (DINOv2/v3 ``attention``, CLIP/SigLIP ``self_attn``).
 _ATTENTION_PARTS = re.compile(r"(^|\.)(attention|self_attn|attn)(\.|$)")
 
@@ -148,7 +151,12 @@ def add_lora(backbone: PatchBackbone, settings: LoRASettings, base_model_name_or
         bias="none",
         base_model_name_or_path=base_model_name_or_path,
     )
-    peft_model = peft.get_peft_model(backbone.model, config, adapter_name=ADAPTER_NAME)
+    with warnings.catch_warnings():
+        # peft 0.21.2's PeftModel.__init__ reads model.is_gradient_checkpointing, which transformers 5.x deprecates
+        # ("`is_gradient_checkpointing` is deprecated and will be removed in v6. Use `is_activation_checkpointing`
+        # instead."): a FutureWarning on every LoRA run that no setting of ours can avoid.
+        warnings.filterwarnings("ignore", message=GRADIENT_CHECKPOINTING_DEPRECATION, category=FutureWarning)
+        peft_model = peft.get_peft_model(backbone.model, config, adapter_name=ADAPTER_NAME)
     if base_model_name_or_path is not None:
         peft_model.peft_config[ADAPTER_NAME].base_model_name_or_path = base_model_name_or_path
     backbone.__dict__["_peft_model"] = peft_model  # not a submodule (see the docstring)
