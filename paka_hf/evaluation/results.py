@@ -19,6 +19,9 @@ Hub id not in the local cache); files written before it existed load with ``null
 
 Each entry maps onto one Hub ``model-index`` result: ``task_type`` → ``task.type``,
 ``dataset_*`` → ``dataset.{name,type,config,split}``, ``metric_*``/``value`` → ``metrics[0]``.
+
+Every reader of these files starts from :func:`read_results_json`: :meth:`EvaluationReport.load` (which then
+checks every key above) and the model card's :func:`paka_hf.hub.results.load_eval_results`.
 """
 
 from __future__ import annotations
@@ -26,14 +29,17 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from paka_hf import __version__
 from paka_hf.modeling.export import weights_sha256
+from paka_hf.utils.errors import MissingPathError, PaKAUserError
 from paka_hf.utils.files import WEIGHTS_FILE
 
 RESULT_KEYS = (
@@ -53,6 +59,46 @@ RESULT_KEYS = (
     "seeds",
 )
 TOP_KEYS = ("paka_hf_version", "date", "model", "model_sha256", "results")
+
+
+class ResultsFileError(PaKAUserError, ValueError):
+    """An evaluation-results file that is not valid JSON or has no ``results`` list."""
+
+
+def read_results_json(source: str | os.PathLike | Mapping[str, Any], name: str | None = None) -> dict[str, Any]:
+    """The top-level object of one evaluation-results JSON: read, parsed and checked to hold a ``results`` list.
+
+    The one reader of the format (see the module docstring for the keys); callers check what they need
+    beyond the list.
+
+    Args:
+        source: the path of a JSON file written by ``scripts/evaluate.py``, or such a JSON already loaded.
+        name: what messages call the source; defaults to the path (or ``<results>`` for a loaded dict).
+
+    Returns:
+        The object as a new dict (a loaded ``source`` is copied, not changed).
+
+    Raises:
+        MissingPathError: if the file does not exist.
+        ResultsFileError: if it is not valid JSON or has no ``results`` list.
+    """
+    if isinstance(source, Mapping):
+        data: Any = dict(source)
+        name = name or "<results>"
+    else:
+        name = name or os.fspath(source)
+        try:
+            data = json.loads(Path(source).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise MissingPathError(f"evaluation results file {name} does not exist") from None
+        except json.JSONDecodeError as err:
+            raise ResultsFileError(f"evaluation results file {name} is not valid JSON: {err}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("results"), list):
+        raise ResultsFileError(
+            f"{name} has no 'results' list; expected the JSON written by scripts/evaluate.py "
+            '({"model": ..., "results": [{"protocol": ..., "value": ...}, ...]})'
+        )
+    return data
 
 
 def _clean(value: Any) -> Any:
@@ -180,5 +226,17 @@ class EvaluationReport:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> EvaluationReport:
-        with open(path, encoding="utf-8") as handle:
-            return cls.from_dict(json.load(handle))
+        """The report saved at ``path`` (:meth:`save`).
+
+        Args:
+            path: a results JSON file.
+
+        Returns:
+            The :class:`EvaluationReport` it holds.
+
+        Raises:
+            MissingPathError: if the file does not exist.
+            ResultsFileError: if it is not valid JSON or has no ``results`` list.
+            ValueError: if a key of the schema is missing.
+        """
+        return cls.from_dict(read_results_json(path))

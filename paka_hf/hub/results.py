@@ -16,13 +16,15 @@ columns of the card by that record:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from paka_hf.utils.errors import MissingPathError, PaKAUserError
+from paka_hf.utils.errors import PaKAUserError
+
+#: What every result entry needs (not null) to become a ``model-index`` result on the card.
+CARD_RESULT_KEYS = ("task_type", "dataset_name", "metric_type", "value")
 
 
 class EvalResultsError(PaKAUserError, ValueError):
@@ -38,29 +40,34 @@ def load_eval_results(sources: Iterable[str | os.PathLike | Mapping[str, Any]]) 
 
     Each has ``model``, ``model_sha256`` (``None`` in files of paka_hf 0.1) and ``results`` (a list of
     entries with ``protocol``, ``task_type``, ``dataset_name``, ``dataset_type``, ``split``, ``metric_type``,
-    ``metric_name``, ``value`` in percent...). The file name is kept as ``_source`` for messages. Raises
-    :class:`EvalResultsError` naming the file when the shape is wrong.
+    ``metric_name``, ``value`` in percent...), read by :func:`paka_hf.evaluation.results.read_results_json`.
+    The file name is kept as ``_source`` for messages.
+
+    Args:
+        sources: paths of results files, or results already loaded as dicts.
+
+    Returns:
+        One dict per source: its JSON object with ``model`` and ``model_sha256`` defaulted to ``None`` and
+        ``_source`` added.
+
+    Raises:
+        MissingPathError: naming a file that does not exist.
+        EvalResultsError: naming the file when its shape is wrong or an entry lacks what the card shows
+            (:data:`CARD_RESULT_KEYS`).
     """
+    # Imported here: the evaluation package's __init__ brings datasets and scikit-learn, which a push or a
+    # training run (both import paka_hf.hub) needs only when it reads results.
+    from paka_hf.evaluation.results import ResultsFileError, read_results_json
+
     loaded = []
     for number, source in enumerate(sources):
-        if isinstance(source, Mapping):
-            data, name = dict(source), f"<results #{number}>"
-        else:
-            name = os.fspath(source)
-            try:
-                data = json.loads(Path(name).read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                raise MissingPathError(f"evaluation results file {name} does not exist") from None
-            except json.JSONDecodeError as err:
-                raise EvalResultsError(f"evaluation results file {name} is not valid JSON: {err}") from None
-        results = data.get("results") if isinstance(data, dict) else None
-        if not isinstance(results, list):
-            raise EvalResultsError(
-                f"{name} has no 'results' list; expected the JSON written by scripts/evaluate.py "
-                '({"model": ..., "results": [{"protocol": ..., "value": ...}, ...]})'
-            )
-        for i, entry in enumerate(results):
-            missing = [k for k in ("task_type", "dataset_name", "metric_type", "value") if entry.get(k) is None]
+        name = f"<results #{number}>" if isinstance(source, Mapping) else os.fspath(source)
+        try:
+            data = read_results_json(source, name)
+        except ResultsFileError as err:
+            raise EvalResultsError(str(err)) from None
+        for i, entry in enumerate(data["results"]):
+            missing = [k for k in CARD_RESULT_KEYS if entry.get(k) is None]
             if missing:
                 raise EvalResultsError(f"{name}: results[{i}] lacks {', '.join(missing)}")
         data.setdefault("model", None)
