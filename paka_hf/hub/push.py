@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -245,14 +246,19 @@ def push_to_hub(
             logger.info("Deleting %d remote file(s) the export does not contain: %s", len(stale), ", ".join(stale))
         operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in uploads.items()]
         operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
-        return api.create_commit(
-            repo_id,
-            operations,
-            commit_message=commit_message,
-            commit_description=commit_description,
-            revision=revision,
-            parent_commit=head.sha,
-        )
+        with warnings.catch_warnings():
+            # huggingface_hub 2.4.0 uploads LFS files with httpx2 2.17.0's deprecated data=<bytes> ("Use
+            # 'content=<...>' to upload raw bytes/text content."), a DeprecationWarning per file we cannot avoid.
+            # It is raised in huggingface_hub's upload threads: the filter list is process-wide, so this holds there.
+            warnings.filterwarnings("ignore", message=r"Use 'content=<\.\.\.>'", category=DeprecationWarning)
+            return api.create_commit(
+                repo_id,
+                operations,
+                commit_message=commit_message,
+                commit_description=commit_description,
+                revision=revision,
+                parent_commit=head.sha,
+            )
 
     created = _ensure_repo(api, repo_id, private, retry)
     try:
