@@ -41,14 +41,32 @@ class Interrupted(KeyboardInterrupt):
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    """Raise :class:`ConfigError` unless ``value`` is one of ``choices`` (an enumerated setting)."""
+    """Raise :class:`ConfigError` unless ``value`` is one of ``choices`` (an enumerated setting).
+
+    Args:
+        name: the setting's name, as the message shows it.
+        value: the value passed.
+        choices: the values allowed.
+
+    Raises:
+        ConfigError: ``value`` is not in ``choices``.
+    """
     if value not in choices:
         raise ConfigError(f"{name} must be one of {tuple(choices)}, got {value!r}")
 
 
 def check_patch_multiple(name: str, size: int, patch_size: int) -> None:
     """Raise :class:`ConfigError` unless the view side ``size`` is a multiple of the backbone's ``patch_size``,
-    with the nearest multiple as a suggestion."""
+    with the nearest multiple as a suggestion.
+
+    Args:
+        name: the setting's name, as the message shows it.
+        size: the view side in pixels.
+        patch_size: the backbone's patch side in pixels.
+
+    Raises:
+        ConfigError: ``size`` is not a multiple of ``patch_size``.
+    """
     if size % patch_size:
         suggestion = max(patch_size, round(size / patch_size) * patch_size)
         raise ConfigError(
@@ -62,18 +80,42 @@ MIN_ROI_SIZE = 2
 
 
 def check_positive_int(name: str, value: int) -> None:
-    """Raise :class:`ConfigError` unless ``value >= 1`` (a count or a size)."""
+    """Raise :class:`ConfigError` unless ``value >= 1`` (a count or a size).
+
+    Args:
+        name: the setting's name, as the message shows it.
+        value: the value passed.
+
+    Raises:
+        ConfigError: ``value < 1``.
+    """
     if value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value}")
 
 
 def check_fraction(name: str, value: float, meaning: str) -> None:
-    """Raise :class:`ConfigError` unless ``0 <= value <= 1``; ``meaning`` says what the fraction is."""
+    """Raise :class:`ConfigError` unless ``0 <= value <= 1``; ``meaning`` says what the fraction is.
+
+    Args:
+        name: the setting's name, as the message shows it.
+        value: the value passed.
+        meaning: what the fraction is, shown in the message.
+
+    Raises:
+        ConfigError: ``value`` lies outside ``[0, 1]``.
+    """
     if not 0.0 <= value <= 1.0:
         raise ConfigError(f"{name} must be in [0, 1] ({meaning}), got {value}")
 
 
 def check_roi_size(roi_size: int) -> None:
-    """Raise :class:`ConfigError` unless ``roi_size >= MIN_ROI_SIZE``."""
+    """Raise :class:`ConfigError` unless ``roi_size >= MIN_ROI_SIZE``.
+
+    Args:
+        roi_size: the side of the RoIAlign grid, in tokens.
+
+    Raises:
+        ConfigError: ``roi_size < MIN_ROI_SIZE``.
+    """
     if roi_size < MIN_ROI_SIZE:
         raise ConfigError(f"roi_size must be >= {MIN_ROI_SIZE} (a kernel needs two tokens), got {roi_size}")

@@ -32,6 +32,12 @@ DEFAULT_MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
 def is_image_file(path: os.PathLike | str) -> bool:
     """Whether ``path`` names an image by its suffix (any case; see :data:`IMAGE_SUFFIXES`).
 
+    Args:
+        path: a file name or path.
+
+    Returns:
+        ``True`` when its suffix, in lower case, is in :data:`IMAGE_SUFFIXES`.
+
     Example:
         >>> is_image_file("photos/IMG_0001.JPG"), is_image_file("notes.txt")
         (True, False)
@@ -62,6 +68,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """Return ``image`` as an upright 8-bit RGB ``PIL.Image``.
 
     Raises ``ValueError`` for an empty (0-pixel) image, since no view can be cut from it.
+
+    Args:
+        image: a decoded image of any Pillow mode.
+
+    Returns:
+        The image in mode ``RGB``, upright by its EXIF orientation; ``image`` itself when it is already an
+        upright RGB image.
+
+    Raises:
+        ValueError: the image has no pixels.
     """
     if image.width < 1 or image.height < 1:
         raise ValueError(f"image has no pixels (size {image.width}x{image.height})")
@@ -88,6 +104,13 @@ def fit_within(image: Image.Image | np.ndarray, max_side: int | None) -> Image.I
     images, and ``max_side`` None or ≤ 0, are returned as they are. A PIL image gives a PIL image
     and an RGB ``(H, W, 3)`` uint8 array an array, with the same pixels either way, so the CPU and
     the device rendering cut their views from the same image.
+
+    Args:
+        image: a PIL image, or an RGB ``(H, W, 3)`` uint8 array.
+        max_side: the longest side allowed in pixels; None or ≤ 0 for no limit.
+
+    Returns:
+        The downscaled image, of the same type as ``image``, or ``image`` itself when it already fits.
     """
     height, width = (image.shape[0], image.shape[1]) if isinstance(image, np.ndarray) else (image.height, image.width)
     if not max_side or max_side <= 0 or max(height, width) <= max_side:

@@ -22,7 +22,14 @@ REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def looks_like_local_path(name: str) -> bool:
-    """``True`` for ``./x``, ``../x``, ``/x``, ``~/x`` and ``a/b/c``; ``False`` for ``name`` and ``org/name``."""
+    """``True`` for ``./x``, ``../x``, ``/x``, ``~/x`` and ``a/b/c``; ``False`` for ``name`` and ``org/name``.
+
+    Args:
+        name: a name the user passed (a folder, a file or a Hub id).
+
+    Returns:
+        Whether the name can only be a local path (see the module docstring for the rule).
+    """
     separators = {os.sep, os.altsep} - {None}
     return name.startswith((".", "/", "~", *separators)) or sum(name.count(s) for s in separators) >= 2
 
@@ -31,6 +38,14 @@ def missing_path_message(name: str, option: str, origin: str | None = None) -> s
     """``--option 'name': no such folder (or file): /abs/path ...``, saying from where a relative path was resolved.
 
     ``origin`` is where the value was written (e.g. ``"configs/run.yaml"``) when it was not the command line.
+
+    Args:
+        name: the path as the user passed it.
+        option: the option or setting that took it, e.g. ``"--model_name_or_path"``.
+        origin: where the value was written, or None for the command line.
+
+    Returns:
+        The one-line message.
     """
     path = Path(name).expanduser()
     message = f"{option} {name!r}: no such folder (or file): {path.absolute()}"
@@ -52,6 +67,15 @@ def check_local_path(
 
     Only names that :func:`looks_like_local_path` are checked (others may be Hub ids), unless ``always``
     (an argument that can only be a local path).
+
+    Args:
+        name: the name the user passed; None is never checked.
+        option: the option or setting that took it, shown in the message.
+        origin: where the value was written, or None for the command line.
+        always: check ``name`` even when it does not look like a path.
+
+    Raises:
+        MissingPathError: the path does not exist.
     """
     if name is None:
         return
