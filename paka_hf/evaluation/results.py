@@ -3,7 +3,7 @@
 Schema (keys fixed; ``value``, ``per_class_iou`` and ``pixel_accuracy`` in percent; ``std`` and
 ``seeds`` only for multi-seed protocols, ``null`` otherwise)::
 
-    {"paka_hf_version": "0.1.0", "date": "2026-01-01T00:00:00+00:00", "model": "<id or path>",
+    {"format_version": 1, "paka_hf_version": "0.1.0", "date": "2026-01-01T00:00:00+00:00", "model": "<id or path>",
      "model_sha256": "<sha256 of the model's model.safetensors, or null>",
      "results": [{"protocol": "linear", "task_type": "semantic-segmentation",
                   "dataset_name": "CamVid", "dataset_type": "camvid", "dataset_config": null, "split": "val",
@@ -16,6 +16,9 @@ model card only for the model it records (:mod:`paka_hf.hub.results`), so an eva
 in the same folder, or of the previous push of a repository, is never shown for new weights.
 ``model_sha256`` is ``null`` when the weights are not one local ``model.safetensors`` (a sharded model, a
 Hub id not in the local cache); files written before it existed load with ``null`` too.
+
+``format_version`` is :data:`RESULTS_FORMAT_VERSION` when written; a reader refuses a file of a newer format
+(written by a newer paka_hf) and reads a file without the key as format 1.
 
 Each entry maps onto one Hub ``model-index`` result: ``task_type`` → ``task.type``,
 ``dataset_*`` → ``dataset.{name,type,config,split}``, ``metric_*``/``value`` → ``metrics[0]``.
@@ -42,6 +45,10 @@ from paka_hf.modeling.export import weights_sha256
 from paka_hf.utils.errors import MissingPathError, PaKAUserError
 from paka_hf.utils.files import WEIGHTS_FILE
 
+#: The version of the schema above that this package writes and the newest it reads; a change to the schema that
+#: an older reader would misread raises it (and CHANGELOG.md's "File formats" records it).
+RESULTS_FORMAT_VERSION = 1
+
 RESULT_KEYS = (
     "protocol",
     "task_type",
@@ -58,18 +65,19 @@ RESULT_KEYS = (
     "std",
     "seeds",
 )
-TOP_KEYS = ("paka_hf_version", "date", "model", "model_sha256", "results")
+TOP_KEYS = ("format_version", "paka_hf_version", "date", "model", "model_sha256", "results")
 
 
 class ResultsFileError(PaKAUserError, ValueError):
-    """An evaluation-results file that is not valid JSON or has no ``results`` list."""
+    """An evaluation-results file that is not valid JSON, has no ``results`` list or is of a newer format."""
 
 
 def read_results_json(source: str | os.PathLike | Mapping[str, Any], name: str | None = None) -> dict[str, Any]:
     """The top-level object of one evaluation-results JSON: read, parsed and checked to hold a ``results`` list.
 
     The one reader of the format (see the module docstring for the keys); callers check what they need
-    beyond the list.
+    beyond the list and the format version. A file without ``format_version`` (written before the key existed)
+    is format 1.
 
     Args:
         source: the path of a JSON file written by ``scripts/evaluate.py``, or such a JSON already loaded.
@@ -80,7 +88,8 @@ def read_results_json(source: str | os.PathLike | Mapping[str, Any], name: str |
 
     Raises:
         MissingPathError: if the file does not exist.
-        ResultsFileError: if it is not valid JSON or has no ``results`` list.
+        ResultsFileError: if it is not valid JSON, has no ``results`` list, or its ``format_version`` is not a
+            positive integer or is newer than :data:`RESULTS_FORMAT_VERSION`.
     """
     if isinstance(source, Mapping):
         data: Any = dict(source)
@@ -97,6 +106,14 @@ def read_results_json(source: str | os.PathLike | Mapping[str, Any], name: str |
         raise ResultsFileError(
             f"{name} has no 'results' list; expected the JSON written by scripts/evaluate.py "
             '({"model": ..., "results": [{"protocol": ..., "value": ...}, ...]})'
+        )
+    version = data.get("format_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ResultsFileError(f"{name}: format_version must be a positive integer, got {version!r}")
+    if version > RESULTS_FORMAT_VERSION:
+        raise ResultsFileError(
+            f"{name} is an evaluation results file of format {version}, newer than this paka_hf {__version__} "
+            f"reads (format {RESULTS_FORMAT_VERSION}): upgrade paka_hf to read it"
         )
     return data
 
@@ -189,6 +206,7 @@ class EvaluationReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "format_version": RESULTS_FORMAT_VERSION,
             "paka_hf_version": self.paka_hf_version,
             "date": self.date,
             "model": str(self.model),
@@ -213,7 +231,8 @@ class EvaluationReport:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvaluationReport:
-        missing = [k for k in TOP_KEYS if k not in data and k != "model_sha256"]  # files of 0.1 have no hash
+        # files of 0.1 have no hash and no format version (read as format 1)
+        missing = [k for k in TOP_KEYS if k not in data and k not in ("model_sha256", "format_version")]
         if missing:
             raise ValueError(f"results JSON lacks keys {missing}; expected {list(TOP_KEYS)}")
         return cls(
@@ -236,7 +255,8 @@ class EvaluationReport:
 
         Raises:
             MissingPathError: if the file does not exist.
-            ResultsFileError: if it is not valid JSON or has no ``results`` list.
+            ResultsFileError: if it is not valid JSON, has no ``results`` list or is of a newer format
+                (:func:`read_results_json`).
             ValueError: if a key of the schema is missing.
         """
         return cls.from_dict(read_results_json(path))
