@@ -49,14 +49,33 @@ class AlignedTokens(NamedTuple):
 
 
 def intersect(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Intersection boxes ``(..., 4)`` of ``a`` and ``b``, and whether each has positive area."""
+    """Intersection boxes ``(..., 4)`` of ``a`` and ``b``, and whether each has positive area.
+
+    Args:
+        a: boxes ``(..., 4)`` as ``(x1, y1, x2, y2)``.
+        b: boxes broadcastable against ``a``.
+
+    Returns:
+        The intersection boxes ``(..., 4)`` (possibly inverted where empty) and a bool ``(...)`` mask of the
+        non-empty ones.
+    """
     box = torch.cat([torch.maximum(a[..., :2], b[..., :2]), torch.minimum(a[..., 2:], b[..., 2:])], dim=-1)
     nonempty = (box[..., 2] > box[..., 0]) & (box[..., 3] > box[..., 1])
     return box, nonempty
 
 
 def to_grid_coordinates(boxes: torch.Tensor, view_boxes: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
-    """Map image-pixel ``boxes`` (P, 4) into the patch-grid coordinates of views cut from ``view_boxes`` (P, 4)."""
+    """Map image-pixel ``boxes`` (P, 4) into the patch-grid coordinates of views cut from ``view_boxes`` (P, 4).
+
+    Args:
+        boxes: ``(P, 4)`` boxes in image pixels.
+        view_boxes: ``(P, 4)`` the boxes the views were cut from, in image pixels.
+        grid_h: the view's patch-grid height.
+        grid_w: the view's patch-grid width.
+
+    Returns:
+        ``(P, 4)`` boxes in patch units of each view's grid (unflipped).
+    """
     origin = view_boxes[:, :2].repeat(1, 2)  # slicing, not a list index: no host-to-device index copy
     extent = (view_boxes[:, 2:] - view_boxes[:, :2]).clamp_min(torch.finfo(view_boxes.dtype).tiny)
     fraction = (boxes - origin) / extent.repeat(1, 2)  # (P, 4): x1, y1, x2, y2 as fractions of the view
@@ -67,7 +86,16 @@ def to_grid_coordinates(boxes: torch.Tensor, view_boxes: torch.Tensor, grid_h: i
 
 
 def mirror_boxes(boxes: torch.Tensor, flips: torch.Tensor | None, grid_w: int) -> torch.Tensor:
-    """Grid-coordinate boxes (P, 4) mirrored left-right, ``x → grid_w − x``, where ``flips`` (P,) is True."""
+    """Grid-coordinate boxes (P, 4) mirrored left-right, ``x → grid_w − x``, where ``flips`` (P,) is True.
+
+    Args:
+        boxes: ``(P, 4)`` boxes in grid coordinates.
+        flips: ``(P,)`` bool, or None for no flips.
+        grid_w: the patch-grid width.
+
+    Returns:
+        ``(P, 4)`` boxes; ``boxes`` itself when ``flips`` is None.
+    """
     if flips is None:
         return boxes
     mirrored = torch.stack([grid_w - boxes[:, 2], boxes[:, 1], grid_w - boxes[:, 0], boxes[:, 3]], dim=1)

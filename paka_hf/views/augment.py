@@ -58,7 +58,23 @@ def _chance(p: float, generator: torch.Generator | None) -> bool:
 
 @dataclass
 class PhotometricAugment:
-    """Callable: ``augment(view_uint8 (3, H, W), generator) -> (3, H, W) uint8``."""
+    """Callable: ``augment(view_uint8 (3, H, W), generator) -> (3, H, W) uint8``.
+
+    Args:
+        brightness: brightness jitter strength; factors drawn from ``[max(0, 1 − b), 1 + b]``.
+        contrast: contrast jitter strength, likewise.
+        saturation: saturation jitter strength, likewise.
+        hue: hue jitter, shifts drawn from ``[−hue, hue]``, in ``[0, 0.5]``.
+        jitter_p: probability of the color jitter.
+        grayscale_p: probability of turning the view gray.
+        blur_p: probability of the Gaussian blur.
+        blur_sigma: ``(min, max)`` range of the blur's σ.
+        blur_kernel_size: the blur kernel's side, odd.
+
+    Raises:
+        ValueError: a strength below 0, a hue outside ``[0, 0.5]``, a probability outside ``[0, 1]``, an even or
+            non-positive kernel size, or a σ range that is not ``0 < min <= max``.
+    """
 
     brightness: float = 0.8
     contrast: float = 0.8
@@ -97,6 +113,12 @@ class PhotometricAugment:
 
         The draws, in order: jitter?, then (if jittered) the op order and each op's factor in that
         order, grayscale?, blur?, then (if blurred) σ — one ``torch.rand``/``randperm`` each.
+
+        Args:
+            generator: the random generator; None for torch's global one.
+
+        Returns:
+            The ``(P,)`` float64 parameters.
         """
         params = [0.0, 0.0, 1.0, 2.0, 3.0, *_IDENTITY, 0.0, 0.0]  # plain floats: a tensor at the end, once
         if _chance(self.jitter_p, generator):
@@ -115,7 +137,15 @@ class PhotometricAugment:
         return torch.tensor(params, dtype=torch.float64)
 
     def apply(self, view: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        """One ``uint8`` view ``(3, H, W)`` with torchvision's ops (the CPU path, and the reference)."""
+        """One ``uint8`` view ``(3, H, W)`` with torchvision's ops (the CPU path, and the reference).
+
+        Args:
+            view: a ``(3, H, W)`` uint8 view.
+            params: the ``(P,)`` parameters :meth:`sample` drew.
+
+        Returns:
+            The augmented ``(3, H, W)`` uint8 view.
+        """
         values = params.tolist()
         if values[0]:
             ranges = self._ranges()
@@ -145,6 +175,18 @@ class PhotometricAugment:
         rotation for the whole batch (kept where the view has one), the blends after it
         (positions 1–3); then grayscale and blur where drawn. The expensive hue runs once, not at
         each of the four positions.
+
+        Args:
+            views: ``(V, 3, H, W)`` float views with integral values in [0, 255].
+            params: ``(V, P)`` parameters, one row per view (:meth:`sample`).
+            kernel_size: the blur kernel's side, odd.
+
+        Returns:
+            The augmented ``(V, 3, H, W)`` float views, integral values in [0, 255].
+
+        Raises:
+            ValueError: ``params`` is not ``(V, P)``, ``views`` is not a float ``(V, 3, H, W)`` batch, or
+                ``kernel_size`` is even or non-positive.
         """
         if params.ndim != 2 or params.shape != (views.shape[0], NUM_PARAMS):
             raise ValueError(

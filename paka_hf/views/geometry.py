@@ -58,7 +58,11 @@ class ViewGeometry(NamedTuple):
         return cls(*(batch[key] if key in REQUIRED_KEYS else batch.get(key) for key in GEOMETRY_KEYS))
 
     def as_dict(self) -> dict[str, torch.Tensor]:
-        """The fields as the flat dict entries a sample or batch carries (``None`` flips left out)."""
+        """The fields as the flat dict entries a sample or batch carries (``None`` flips left out).
+
+        Returns:
+            ``{key: tensor}`` for the :data:`GEOMETRY_KEYS` whose value is not None.
+        """
         return {key: value for key, value in zip(GEOMETRY_KEYS, self) if value is not None}
 
     def between_globals(self) -> ViewGeometry:

@@ -63,7 +63,16 @@ CONTAINMENT_TOLERANCE = 1e-6  # float round-off allowance when comparing contain
 
 
 def containment(inner: torch.Tensor, outer: torch.Tensor) -> torch.Tensor:
-    """``|inner ∩ outer| / |inner|`` for boxes ``(..., 4)`` broadcast against each other."""
+    """``|inner ∩ outer| / |inner|`` for boxes ``(..., 4)`` broadcast against each other.
+
+    Args:
+        inner: boxes ``(..., 4)`` as ``(x1, y1, x2, y2)`` pixels.
+        outer: boxes ``(..., 4)``, broadcastable against ``inner``.
+
+    Returns:
+        The fraction of each inner box's area inside its outer box, shape of the broadcast ``(...)``; 0 for an
+        inner box of zero area.
+    """
     x1 = torch.maximum(inner[..., 0], outer[..., 0])
     y1 = torch.maximum(inner[..., 1], outer[..., 1])
     x2 = torch.minimum(inner[..., 2], outer[..., 2])
@@ -182,6 +191,18 @@ def sample_boxes(
 
     Raises:
         ValueError: for an empty image or settings out of range.
+
+    Args:
+        height: the image height in pixels.
+        width: the image width in pixels.
+        n_local: the number of local (student) boxes.
+        n_global: the number of global (teacher) boxes.
+        global_scale: ``(min, max)`` area fraction of the image a global box covers.
+        local_scale: ``(min, max)`` area fraction of the image a local box covers.
+        ratio: ``(min, max)`` aspect ratio ``w / h`` of every box.
+        min_intersection: τ, the containment each local box needs in its global box.
+        max_tries: candidates drawn per box before the fallback.
+        generator: the random generator; None for torch's global one.
     """
     if height < 1 or width < 1:
         raise ValueError(f"image must be at least 1x1 pixels, got {width}x{height}")
@@ -220,6 +241,14 @@ def normalize_views(
 
     Pass ``mean``/``std`` as (3,) tensors already on the views' device (as :class:`~paka_hf.modeling.model.PaKAModel`
     does with its buffers) to avoid a host-to-device copy per call.
+
+    Args:
+        views: uint8 views ``(..., 3, H, W)``, or float views (returned unchanged).
+        mean: the per-channel mean, 3 values or a ``(3,)`` tensor.
+        std: the per-channel standard deviation, likewise.
+
+    Returns:
+        float32 views of the same shape, or ``views`` itself when they are not uint8.
     """
     if views.dtype != torch.uint8:
         return views
@@ -257,6 +286,16 @@ def default_max_image_side(
     224/98 views with the default scales give 1088, the paper's 518/98 give 2432; COCO (≤ 640) and
     CamVid (480) images are never touched. With ``view_rendering: device`` the padded batch is then
     at most ``B × L × L × 3`` bytes.
+
+    Args:
+        global_size: the side ``S_global`` of a global view in pixels.
+        local_size: the side ``S_local`` of a local view in pixels.
+        global_scale: ``(min, max)`` area fraction of a global crop.
+        local_scale: ``(min, max)`` area fraction of a local crop.
+        ratio: ``(min, max)`` aspect ratio of the crops.
+
+    Returns:
+        ``L``, a multiple of 64.
     """
     rho = min(float(ratio[0]), 1.0 / float(ratio[1]), 1.0)
     need = max(
@@ -295,6 +334,32 @@ class GlimTransform:
     An image whose longer side exceeds ``max_image_side`` (default :func:`default_max_image_side`,
     ≤ 0 for none) is first downscaled to it (:func:`paka_hf.utils.imaging.fit_within`), in both renderings,
     so the boxes and views come from the same pixels and a batch padded for the device stays bounded.
+
+    Args:
+        global_size: the side of a global (teacher) view in pixels.
+        local_size: the side of a local (student) view in pixels.
+        n_local: local views per image.
+        n_global: global views per image.
+        global_scale: ``(min, max)`` area fraction of the image a global box covers.
+        local_scale: ``(min, max)`` area fraction of the image a local box covers.
+        ratio: ``(min, max)`` aspect ratio of every box.
+        min_intersection: τ, the containment each local box needs in its global box.
+        max_tries: candidates drawn per box before the fallback.
+        flip: flip each view horizontally with probability 1/2.
+        teacher_augment: apply photometric augmentation to the global views.
+        student_augment: apply photometric augmentation to the local views.
+        augment: the photometric augmentation; None for :class:`~paka_hf.views.augment.PhotometricAugment` defaults.
+        mean: the backbone's image mean, to normalize on the CPU.
+        std: the backbone's image std, likewise.
+        patch_size: the backbone's patch size; when given, both view sizes must be multiples of it.
+        normalize: return float32 normalized views; None for whether ``mean`` is given.
+        rendering: ``"cpu"`` or ``"device"`` (see above).
+        max_image_side: downscale longer image sides to this; None for :func:`default_max_image_side`,
+            ≤ 0 for no limit.
+
+    Raises:
+        ConfigError: a size that is not a positive multiple of ``patch_size``, or an unknown ``rendering``.
+        ValueError: box settings out of range (:func:`sample_boxes`), or ``normalize`` without ``mean`` and ``std``.
     """
 
     def __init__(
@@ -352,7 +417,11 @@ class GlimTransform:
         self.max_image_side = int(max_image_side)
 
     def view_spec(self) -> dict[str, int]:
-        """What :func:`render_views` needs besides the per-sample draws (plain ints, carried in each batch)."""
+        """What :func:`render_views` needs besides the per-sample draws (plain ints, carried in each batch).
+
+        Returns:
+            ``{"global_size", "local_size", "blur_kernel_size"}`` as ints.
+        """
         return {
             "global_size": self.global_size,
             "local_size": self.local_size,
@@ -373,6 +442,14 @@ class GlimTransform:
         Returns the fields of the image's :class:`~paka_hf.views.geometry.ViewGeometry` (boxes of
         :func:`sample_boxes`, ``pair_index``, ``global_flips``/``local_flips``) as dict entries, and
         ``global_color``/``local_color`` ``(n, P)`` float64 for the views that are augmented.
+
+        Args:
+            height: the image height in pixels.
+            width: the image width in pixels.
+            generator: the random generator; None for torch's global one.
+
+        Returns:
+            The draws, keyed as described above.
         """
         boxes = sample_boxes(height, width, self.n_local, generator=generator, **self.box_kwargs)
         global_color, global_flips = self._sample_views(self.n_global, self.teacher_augment, generator)
@@ -398,7 +475,16 @@ class GlimTransform:
         return normalize_views(tensor, self.mean, self.std)
 
     def render(self, image: Image.Image, draws: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The views of :meth:`sample`'s ``draws`` rendered on the CPU with Pillow and torchvision."""
+        """The views of :meth:`sample`'s ``draws`` rendered on the CPU with Pillow and torchvision.
+
+        Args:
+            image: the RGB image the boxes were drawn on.
+            draws: :meth:`sample`'s output for that image.
+
+        Returns:
+            ``{"global_views": (n_global, 3, S_g, S_g), "local_views": (n_local, 3, S_l, S_l)}``, uint8 or
+            (when ``normalize``) float32.
+        """
         views = {}
         for kind, size in (("global", self.global_size), ("local", self.local_size)):
             colors = draws.get(f"{kind}_color")
@@ -417,6 +503,16 @@ class GlimTransform:
 
         ``image``: a PIL image of any mode, or — for ``rendering="device"`` — an RGB ``(H, W, 3)``
         uint8 array as :func:`paka_hf.training.data.decode_rgb_pixels` makes it.
+
+        Args:
+            image: the image.
+            generator: the random generator; None for torch's global one.
+
+        Returns:
+            The dict described in the class docstring for this transform's ``rendering``.
+
+        Raises:
+            ValueError: an array image that is not RGB uint8, or an array with ``rendering="cpu"``; an empty image.
         """
         if isinstance(image, np.ndarray):
             if self.rendering != "device" or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -447,6 +543,12 @@ def pad_images(images: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
 
     Inside a DataLoader worker the batch is allocated in shared memory, as ``default_collate`` does,
     so that sending it to the main process copies nothing; only the padding is zeroed.
+
+    Args:
+        images: ``B`` RGB images ``(H_i, W_i, 3)`` uint8, numpy arrays or tensors.
+
+    Returns:
+        The ``(B, max H, max W, 3)`` uint8 batch, each image in its top-left corner.
     """
     height = max(image.shape[0] for image in images)
     width = max(image.shape[1] for image in images)
@@ -470,6 +572,16 @@ def collate_views(samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, Any]:
 
     Samples of ``rendering="device"`` become ``images`` (B, H, W, 3) uint8, zero-padded to the
     largest image, ``image_sizes`` (B, 2), the draws stacked, and ``view_spec`` (plain ints).
+
+    Args:
+        samples: the outputs of one :class:`GlimTransform` for the images of a batch.
+
+    Returns:
+        The batch dict (views and geometry stacked, or for device rendering images, sizes, draws and
+        ``view_spec``).
+
+    Raises:
+        ValueError: no samples, or device samples with different view sizes.
     """
     if not samples:
         raise ValueError("cannot collate an empty list of samples")

@@ -59,19 +59,46 @@ def _per_view(factor: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
 
 
 def to_uint8_values(views: torch.Tensor) -> torch.Tensor:
-    """In place: ``clamp(0, 255)`` then truncate, i.e. what ``.to(torch.uint8)`` does to a float tensor."""
+    """In place: ``clamp(0, 255)`` then truncate, i.e. what ``.to(torch.uint8)`` does to a float tensor.
+
+    Args:
+        views: a float tensor, modified in place.
+
+    Returns:
+        ``views`` itself.
+    """
     return views.clamp_(0, 255).trunc_()
 
 
 def grayscale(views: torch.Tensor, floor: bool = True) -> torch.Tensor:
-    """Luma ``(V, 1, H, W)``: torchvision's ``_rgb_to_grayscale_image``, floored (truncated) as for ``uint8``."""
+    """Luma ``(V, 1, H, W)``: torchvision's ``_rgb_to_grayscale_image``, floored (truncated) as for ``uint8``.
+
+    Args:
+        views: ``(V, 3, H, W)`` float views with integral values in [0, 255].
+        floor: floor the luma, as ``uint8`` arithmetic does.
+
+    Returns:
+        The ``(V, 1, H, W)`` luma.
+    """
     r, g, b = views.unbind(dim=-3)
     luma = r.mul(_LUMA[0]).add_(g, alpha=_LUMA[1]).add_(b, alpha=_LUMA[2]).unsqueeze(-3)
     return luma.floor_() if floor else luma
 
 
 def blend(views: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """``⌊clamp(f·x + (1 − f)·other, 0, 255)⌋`` per view (torchvision's ``_blend`` on ``uint8``)."""
+    """``⌊clamp(f·x + (1 − f)·other, 0, 255)⌋`` per view (torchvision's ``_blend`` on ``uint8``).
+
+    Args:
+        views: ``(V, 3, H, W)`` float views with integral values in [0, 255].
+        other: what to blend with, broadcastable against ``views``.
+        factor: ``(V,)`` the weight ``f`` of ``views``, one per view.
+
+    Returns:
+        The blended ``(V, 3, H, W)`` float views, integral values in [0, 255].
+
+    Raises:
+        ValueError: ``factor`` is not ``(V,)``.
+    """
     factor = _per_view(factor, views).double()
     ratio = factor.float().view(-1, 1, 1, 1)
     alpha = (1.0 - factor).float().view(-1, 1, 1, 1)  # formed in double, as torchvision forms 1.0 - ratio
@@ -81,19 +108,52 @@ def blend(views: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> tor
 
 
 def adjust_brightness(views: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Per-view ``torchvision.transforms.v2.functional.adjust_brightness`` (``x · f``)."""
+    """Per-view ``torchvision.transforms.v2.functional.adjust_brightness`` (``x · f``).
+
+    Args:
+        views: ``(V, 3, H, W)`` float views with integral values in [0, 255].
+        factor: ``(V,)`` one factor per view.
+
+    Returns:
+        The adjusted ``(V, 3, H, W)`` float views, integral values in [0, 255].
+
+    Raises:
+        ValueError: ``views`` is not a float ``(V, 3, H, W)`` batch, or ``factor`` is not ``(V,)``.
+    """
     _check_views(views)
     return to_uint8_values(views.mul(_per_view(factor, views).float().view(-1, 1, 1, 1)))
 
 
 def adjust_saturation(views: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Per-view ``adjust_saturation``: blend with the view's own (floored) grayscale."""
+    """Per-view ``adjust_saturation``: blend with the view's own (floored) grayscale.
+
+    Args:
+        views: ``(V, 3, H, W)`` float views with integral values in [0, 255].
+        factor: ``(V,)`` one factor per view.
+
+    Returns:
+        The adjusted ``(V, 3, H, W)`` float views, integral values in [0, 255].
+
+    Raises:
+        ValueError: ``views`` is not a float ``(V, 3, H, W)`` batch, or ``factor`` is not ``(V,)``.
+    """
     _check_views(views)
     return blend(views, grayscale(views), factor)
 
 
 def adjust_contrast(views: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Per-view ``adjust_contrast``: blend with the mean of the view's (floored) grayscale."""
+    """Per-view ``adjust_contrast``: blend with the mean of the view's (floored) grayscale.
+
+    Args:
+        views: ``(V, 3, H, W)`` float views with integral values in [0, 255].
+        factor: ``(V,)`` one factor per view.
+
+    Returns:
+        The adjusted ``(V, 3, H, W)`` float views, integral values in [0, 255].
+
+    Raises:
+        ValueError: ``views`` is not a float ``(V, 3, H, W)`` batch, or ``factor`` is not ``(V,)``.
+    """
     _check_views(views)
     return blend(views, grayscale(views).mean(dim=(-3, -2, -1), keepdim=True), factor)
 
@@ -152,7 +212,18 @@ def _hsv_to_rgb(img: torch.Tensor) -> torch.Tensor:
 
 
 def adjust_hue(views: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Per-view ``adjust_hue`` (``factor`` in [−0.5, 0.5]): hue rotation in HSV, as torchvision on ``uint8``."""
+    """Per-view ``adjust_hue`` (``factor`` in [−0.5, 0.5]): hue rotation in HSV, as torchvision on ``uint8``.
+
+    Args:
+        views: ``(V, 3, H, W)`` float views with integral values in [0, 255].
+        factor: ``(V,)`` the hue shift of each view, in [−0.5, 0.5].
+
+    Returns:
+        The adjusted ``(V, 3, H, W)`` float views, integral values in [0, 255].
+
+    Raises:
+        ValueError: ``views`` is not a float ``(V, 3, H, W)`` batch, or ``factor`` is not ``(V,)``.
+    """
     _check_views(views)
     shift = _per_view(factor, views).float().view(-1, 1, 1)
     hsv = _rgb_to_hsv(views.mul(1.0 / 255))
@@ -163,13 +234,31 @@ def adjust_hue(views: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 def rgb_to_grayscale(views: torch.Tensor) -> torch.Tensor:
-    """``rgb_to_grayscale(num_output_channels=3)`` on ``uint8``: truncated luma in all three channels."""
+    """``rgb_to_grayscale(num_output_channels=3)`` on ``uint8``: truncated luma in all three channels.
+
+    Args:
+        views: ``(V, 3, H, W)`` float views with integral values in [0, 255].
+
+    Returns:
+        ``(V, 3, H, W)``: the luma repeated in the three channels.
+
+    Raises:
+        ValueError: ``views`` is not a float ``(V, 3, H, W)`` batch.
+    """
     _check_views(views)
     return grayscale(views, floor=False).trunc_().expand_as(views)
 
 
 def gaussian_kernels(kernel_size: int, sigma: torch.Tensor) -> torch.Tensor:
-    """``(V, k, k)`` kernels of torchvision's ``_get_gaussian_kernel2d`` with σ per view (σ > 0)."""
+    """``(V, k, k)`` kernels of torchvision's ``_get_gaussian_kernel2d`` with σ per view (σ > 0).
+
+    Args:
+        kernel_size: the kernel's side ``k``, odd.
+        sigma: ``(V,)`` σ per view, all > 0.
+
+    Returns:
+        ``(V, k, k)`` float32 kernels, each summing to 1.
+    """
     lim = (kernel_size - 1) / (2.0 * math.sqrt(2.0))
     t = torch.linspace(-lim, lim, steps=kernel_size, dtype=torch.float32, device=sigma.device)
     kernel1d = torch.softmax(t.div(sigma.float().view(-1, 1)).pow(2).neg(), dim=-1)  # (V, k)
@@ -181,6 +270,18 @@ def gaussian_blur(views: torch.Tensor, sigma: torch.Tensor, kernel_size: int = 9
 
     One grouped convolution over the batch: every (view, channel) plane is its own group.
     ``σ ≤ 0`` marks a view to leave untouched (it gets σ = 1 inside and is then passed through).
+
+    Args:
+        views: ``(V, 3, H, W)`` float views with integral values in [0, 255].
+        sigma: ``(V,)`` σ per view; ≤ 0 for no blur.
+        kernel_size: the kernel's side ``k``, odd.
+
+    Returns:
+        The blurred ``(V, 3, H, W)`` float views, integral values in [0, 255].
+
+    Raises:
+        ValueError: ``views`` is not a float ``(V, 3, H, W)`` batch, ``sigma`` is not ``(V,)``, or ``kernel_size``
+            is even or non-positive.
     """
     _check_views(views)
     if kernel_size % 2 == 0 or kernel_size < 1:

@@ -31,7 +31,14 @@ import torch
 
 
 def bicubic_kernel(x: torch.Tensor) -> torch.Tensor:
-    """Pillow's bicubic filter (Keys, a = −0.5), support 2."""
+    """Pillow's bicubic filter (Keys, a = −0.5), support 2.
+
+    Args:
+        x: distances from the sample point, any shape.
+
+    Returns:
+        The filter's weights, same shape; 0 for ``|x| >= 2``.
+    """
     a = -0.5
     x = x.abs()
     near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
@@ -50,6 +57,16 @@ def resize_weights(
 
     Only the taps of each row are computed (at most ``⌈4φ_max⌉ + 2``, φ_max = max(length / out_size, 1)),
     in float64 as Pillow does, then scattered into the dense matrix the matrix products need.
+
+    Args:
+        start: ``(K,)`` box start on this axis, input pixels.
+        end: ``(K,)`` box end on this axis, input pixels.
+        in_size: ``(K,)`` the image's size on this axis.
+        out_size: the output side ``S``.
+        length: the padded axis length.
+
+    Returns:
+        ``(K, S, length)`` float32, each row summing to 1.
     """
     start, end = start.double(), end.double()
     scale = (end - start) / out_size  # (K,)
@@ -116,6 +133,9 @@ def resample_boxes(
     Returns:
         ``(B, n, 3, S, S)`` float32 with integral values in [0, 255] (what ``pil_to_tensor`` of the
         Pillow view holds, up to one level where Pillow's fixed point rounds the other way).
+
+    Raises:
+        ValueError: ``images``, ``boxes`` or ``image_sizes`` do not have the shapes above.
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
