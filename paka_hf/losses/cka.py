@@ -64,6 +64,13 @@ EPS = 1e-12
 def check_kernel_inputs(student, teacher, mask, kernel: str, scope: str) -> None:
     """Checks shared by the kernel losses (CKA, Gram): shapes, mask, kernel and scope names.
 
+    Args:
+        student: ``(P, N, d)`` aligned student tokens.
+        teacher: ``(P, N, d')`` aligned teacher tokens.
+        mask: optional ``(P, N)`` bool, True = ignore the token.
+        kernel: the kernel's name.
+        scope: the scope's name.
+
     Raises:
         ValueError: a shape is wrong (:func:`paka_hf.losses._inputs.check_aligned`) or ``kernel`` /
             ``scope`` is not one of :data:`KERNELS` / :data:`SCOPES`.
@@ -74,7 +81,15 @@ def check_kernel_inputs(student, teacher, mask, kernel: str, scope: str) -> None
 
 
 def center_features(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Subtract the mean of the valid tokens and zero the ignored ones. x (P, N, d), weights (P, N)."""
+    """Subtract the mean of the valid tokens and zero the ignored ones. x (P, N, d), weights (P, N).
+
+    Args:
+        x: ``(P, N, d)`` tokens.
+        weights: ``(P, N)`` 0/1 weights, 1 = valid token.
+
+    Returns:
+        ``(P, N, d)`` centred tokens, 0 at ignored ones.
+    """
     count = weights.sum(1, keepdim=True).clamp_min(1.0)  # (P, 1)
     mean = (x * weights[..., None]).sum(1, keepdim=True) / count[..., None]
     return (x - mean) * weights[..., None]
@@ -85,6 +100,13 @@ def center_kernel(k: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
     With ``w`` the 0/1 weights and ``n = Σ w``: ``(H K H)_ij = w_i w_j (K_ij − r_i − r_j + r̄)`` where
     ``r_i = Σ_j w_j K_ij / n`` and ``r̄ = Σ_i w_i r_i / n``. The row means are one batched mat-vec.
+
+    Args:
+        k: ``(P, N, N)`` symmetric kernels.
+        weights: ``(P, N)`` 0/1 weights, 1 = valid token.
+
+    Returns:
+        ``(P, N, N)`` centred kernels.
     """
     count = weights.sum(1).clamp_min(1.0)  # (P,)
     row_mean = torch.bmm(k, weights[..., None]).squeeze(-1) / count[:, None]  # (P, N): mean over valid j of K_ij
@@ -102,13 +124,26 @@ def linear_kernel(x: torch.Tensor) -> torch.Tensor:
     features share a large mean, and centring an N×N kernel of un-shifted tokens in float32 would
     subtract nearly equal large numbers. Centring the N×N kernel afterwards is cheaper than centring the
     N×d features when N < d (49 tokens of 256 dims per pair by default).
+
+    Args:
+        x: ``(P, N, d)`` tokens.
+
+    Returns:
+        ``(P, N, N)`` linear kernels.
     """
     x = x - x.detach().mean((0, 1))
     return x @ x.transpose(1, 2)
 
 
 def sq_dists(x: torch.Tensor) -> torch.Tensor:
-    """Pairwise squared Euclidean distances (P, N, N), clamped at 0 against round-off."""
+    """Pairwise squared Euclidean distances (P, N, N), clamped at 0 against round-off.
+
+    Args:
+        x: ``(P, N, d)`` tokens.
+
+    Returns:
+        ``(P, N, N)`` squared distances.
+    """
     sq = (x * x).sum(-1)
     return (sq[:, :, None] + sq[:, None, :] - 2.0 * x @ x.transpose(1, 2)).clamp_min(0.0)
 
@@ -117,6 +152,13 @@ def rbf_kernel(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """exp(-d²/2σ²) with σ² the median of the off-diagonal squared distances among valid tokens.
 
     The bandwidth is a statistic of the data, not a path for gradients: it is computed detached.
+
+    Args:
+        x: ``(P, N, d)`` tokens.
+        weights: ``(P, N)`` 0/1 weights; the bandwidth uses the valid tokens only.
+
+    Returns:
+        ``(P, N, N)`` RBF kernels (σ² = 1 for a pair with fewer than two valid tokens).
     """
     d2 = sq_dists(x)
     with torch.no_grad():
@@ -129,13 +171,29 @@ def rbf_kernel(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 def centered_kernels(x: torch.Tensor, weights: torch.Tensor, kernel: str) -> torch.Tensor:
-    """``H K H`` (P, N, N) of tokens ``x`` (P, N, d) with ``kernel`` ``"linear"`` or ``"rbf"``."""
+    """``H K H`` (P, N, N) of tokens ``x`` (P, N, d) with ``kernel`` ``"linear"`` or ``"rbf"``.
+
+    Args:
+        x: ``(P, N, d)`` tokens.
+        weights: ``(P, N)`` 0/1 weights, 1 = valid token.
+        kernel: ``"linear"`` or ``"rbf"``.
+
+    Returns:
+        ``(P, N, N)`` centred kernels.
+    """
     raw = linear_kernel(x) if kernel == "linear" else rbf_kernel(x, weights)
     return center_kernel(raw, weights)
 
 
 def qualifying_pairs(weights: torch.Tensor) -> torch.Tensor:
-    """``(P,)`` bool: the pairs with at least two valid tokens (a kernel needs two)."""
+    """``(P,)`` bool: the pairs with at least two valid tokens (a kernel needs two).
+
+    Args:
+        weights: ``(P, N)`` 0/1 weights, 1 = valid token.
+
+    Returns:
+        ``(P,)`` bool.
+    """
     return weights.sum(1) >= 2
 
 

@@ -88,6 +88,14 @@ class PaKALoss(nn.Module):
         """NeCo's ``(P, N, d)`` reference tokens (:func:`~paka_hf.losses.neco.draw_references`); pushes to
         the queue when training.
 
+        Args:
+            teacher: ``(P, N, d)`` aligned teacher tokens.
+            mask: optional ``(P, N)`` bool, True = ignore the token.
+            num_images: images of the batch; needed when the queue is filled.
+
+        Returns:
+            ``(P, N, d)`` reference tokens.
+
         Raises:
             ValueError: the queue is to be filled and ``num_images`` is None.
         """

@@ -60,6 +60,12 @@ class NeCoSettings:
     ``queue_length`` 0 draws the reference tokens from the batch only; otherwise a FIFO of past teacher
     tokens (``queue_per_image`` pushed per image and step) is the pool they are drawn from.
 
+    Args:
+        student_steepness: steepness of the student's soft sort (NeCo: 100).
+        teacher_steepness: steepness of the teacher's soft sort.
+        queue_length: rows of the reference queue; 0 for no queue.
+        queue_per_image: tokens pushed into the queue per image and step.
+
     Raises:
         ConfigError: a steepness is not positive, ``queue_length`` is negative or ``queue_per_image`` < 1.
     """
@@ -153,7 +159,15 @@ class ReferenceQueue(nn.Module):
         self.filled.copy_((self.filled + count).clamp(max=self.length))
 
     def sample(self, num_pairs: int, per_pair: int) -> torch.Tensor:
-        """``(num_pairs, per_pair, dim)`` tokens drawn from the filled rows (call after a push)."""
+        """``(num_pairs, per_pair, dim)`` tokens drawn from the filled rows (call after a push).
+
+        Args:
+            num_pairs: the number of pairs ``P``.
+            per_pair: reference tokens per pair.
+
+        Returns:
+            ``(num_pairs, per_pair, dim)`` tokens in the queue's dtype.
+        """
         return sample_references(self.tokens, num_pairs, per_pair, available=self.filled.clamp_min(1))
 
     def extra_repr(self) -> str:

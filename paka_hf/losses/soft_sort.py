@@ -52,6 +52,15 @@ def bitonic_layers(
     the soft minimum to ``min_to[c]`` and the maximum to ``max_to[c]``; ``order`` lists, for every output
     wire, its index in ``[minima..., maxima..., untouched wires...]`` (the untouched wires in ascending
     order), so a layer is one concatenation and one gather.
+
+    Args:
+        n: the number of wires.
+
+    Returns:
+        One ``(a, b, min_to, max_to, order)`` tuple of int tuples per layer; none for ``n = 1``.
+
+    Raises:
+        ValueError: ``n < 1``.
     """
     if n < 1:
         raise ValueError(f"a sorting network needs n >= 1 wires, got {n}")
@@ -109,6 +118,16 @@ def soft_sort(x: torch.Tensor, steepness: float) -> tuple[torch.Tensor, torch.Te
     Returns ``(sorted, perm)``: ``sorted`` ``(R, n)`` (the soft-sorted values, ``= x @ perm``) and ``perm``
     ``(R, n, n)``, doubly stochastic, ``perm[r, i, j]`` = weight of input ``i`` at position ``j``.
     Computed in ``x``'s dtype; differentiable in ``x``.
+
+    Args:
+        x: ``(R, n)`` rows to sort.
+        steepness: the comparators' steepness (> 0); larger is closer to a hard sort.
+
+    Returns:
+        ``(sorted, perm)`` as above.
+
+    Raises:
+        ValueError: ``x`` is not 2-D, or ``steepness`` is not positive.
     """
     if x.ndim != 2:
         raise ValueError(f"soft_sort sorts the rows of a (R, n) tensor, got shape {tuple(x.shape)}")
