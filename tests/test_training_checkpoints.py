@@ -13,8 +13,10 @@ import pytest
 
 import paka_hf.training.checkpoints as checkpoints
 from paka_hf.training.checkpoints import (
+    CHECKPOINT_FORMAT_VERSION,
     CHECKPOINT_MARKER,
     RunTotals,
+    check_checkpoint_format,
     checkpoint_folders,
     checkpoint_step,
     complete_checkpoints,
@@ -70,6 +72,7 @@ def test_folders_are_listed_by_step_number_and_only_marked_ones_are_complete(tmp
 def test_the_marker_records_the_save_and_its_step_wins_over_the_name(tmp_path):
     folder = make_checkpoint(tmp_path, 4)
     assert json.loads((folder / CHECKPOINT_MARKER).read_text()) == {
+        "format_version": CHECKPOINT_FORMAT_VERSION,
         "global_step": 4,
         "world_size": 1,
         "num_workers": 0,
@@ -120,6 +123,36 @@ def test_resolving_a_checkpoint_that_cannot_be_resumed_says_why(tmp_path):
     with pytest.raises(ConfigError, match="the newest complete one is .*checkpoint-4$"):
         resolve_checkpoint(tmp_path, str(torn))
     assert resolve_checkpoint(tmp_path, str(tmp_path / "checkpoint-4")) == str(tmp_path / "checkpoint-4")
+
+
+def set_marker_version(folder: Path, version) -> None:
+    marker = json.loads((folder / CHECKPOINT_MARKER).read_text())
+    if version is None:
+        del marker["format_version"]
+    else:
+        marker["format_version"] = version
+    (folder / CHECKPOINT_MARKER).write_text(json.dumps(marker))
+
+
+def test_a_checkpoint_of_a_newer_format_is_refused_and_one_without_a_version_resumes(tmp_path):
+    """A marker without format_version (written before the key existed) is format 1 and resumes; a newer format,
+    given by path or found by ``latest``, stops with one line asking for an upgrade; a malformed one is refused."""
+    assert CHECKPOINT_FORMAT_VERSION == 1
+    old = make_checkpoint(tmp_path, 2)
+    set_marker_version(old, None)
+    assert check_checkpoint_format(old) == 1
+    assert resolve_checkpoint(tmp_path, "latest") == resolve_checkpoint(tmp_path, str(old)) == str(old)
+    newer = make_checkpoint(tmp_path, 4)
+    assert check_checkpoint_format(newer) == CHECKPOINT_FORMAT_VERSION
+    set_marker_version(newer, CHECKPOINT_FORMAT_VERSION + 1)
+    for value in ("latest", str(newer)):
+        with pytest.raises(ConfigError, match=r"checkpoint-4 is a checkpoint of format 2, newer than") as info:
+            resolve_checkpoint(tmp_path, value)
+        assert str(info.value).endswith("upgrade paka_hf to resume from it") and "\n" not in str(info.value)
+    for bad in ("1", 0, 1.5, True):
+        set_marker_version(newer, bad)
+        with pytest.raises(ConfigError, match="has no valid format_version"):
+            resolve_checkpoint(tmp_path, str(newer))
 
 
 def test_a_fresh_run_removes_earlier_checkpoints_only_when_told_to(tmp_path):

@@ -8,7 +8,7 @@ or deleted its marker is removed durably (:func:`remove_checkpoint`), so a crash
 complete state or no marker. The rules, each in one function:
 
 - :func:`complete_checkpoints` lists the resumable folders, oldest first; :func:`resolve_checkpoint` turns
-  ``--resume_from_checkpoint`` into one of them;
+  ``--resume_from_checkpoint`` into one of them, of a format this package reads (:func:`check_checkpoint_format`);
 - :func:`stale_checkpoints` names what ``output_dir`` must lose before a run's first save: every checkpoint of an
   earlier run (a fresh run with ``overwrite_output_dir``; without it, an error), or, on a resume from
   ``checkpoint-N``, the ones numbered above N (an abandoned future);
@@ -33,12 +33,15 @@ from pathlib import Path
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from paka_hf import __version__
 from paka_hf.utils.errors import ConfigError, MissingPathError
 from paka_hf.utils.files import CHECKPOINT_MARKER, TRAINING_SUMMARY_FILE
 
 __all__ = [
+    "CHECKPOINT_FORMAT_VERSION",
     "CHECKPOINT_MARKER",
     "RunTotals",
+    "check_checkpoint_format",
     "checkpoint_folders",
     "checkpoint_step",
     "complete_checkpoints",
@@ -59,6 +62,11 @@ logger = logging.getLogger(__name__)
 #: ``--resume_from_checkpoint`` values that mean "start fresh" and "the newest complete checkpoint".
 NO_RESUME = (None, False, "", "false", "False", "none", "None")
 RESUME_LATEST = (True, "true", "True", "latest")
+
+#: The version of the checkpoint layout (the folder's files and the marker's keys) this package writes into every
+#: marker and the newest it resumes; a change an older reader would misresume raises it (and CHANGELOG.md's
+#: "File formats" records it). A marker without ``format_version`` (written before the key existed) is format 1.
+CHECKPOINT_FORMAT_VERSION = 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,7 +140,8 @@ def folder_names(folders: list[tuple[int, Path]]) -> str:
 def mark_checkpoint_complete(folder: Path, *, global_step: int, world_size: int, num_workers: int) -> None:
     """Write :data:`CHECKPOINT_MARKER` into ``folder`` (atomically): from now on it can be resumed.
 
-    Call it only once every file of every process is in ``folder`` and fsynced (:func:`fsync_tree`).
+    Call it only once every file of every process is in ``folder`` and fsynced (:func:`fsync_tree`). The marker
+    also records the layout's :data:`CHECKPOINT_FORMAT_VERSION` (``format_version``).
 
     Args:
         folder: the checkpoint folder just written.
@@ -142,8 +151,40 @@ def mark_checkpoint_complete(folder: Path, *, global_step: int, world_size: int,
     """
     write_text_atomic(
         folder / CHECKPOINT_MARKER,
-        json.dumps({"global_step": global_step, "world_size": world_size, "num_workers": num_workers}),
+        json.dumps(
+            {
+                "format_version": CHECKPOINT_FORMAT_VERSION,
+                "global_step": global_step,
+                "world_size": world_size,
+                "num_workers": num_workers,
+            }
+        ),
     )
+
+
+def check_checkpoint_format(folder: Path) -> int:
+    """The format version of a complete checkpoint, checked to be one this package resumes.
+
+    Args:
+        folder: a ``checkpoint-N`` folder holding :data:`CHECKPOINT_MARKER`.
+
+    Returns:
+        Its marker's ``format_version``; 1 for a marker without one (written before the key existed).
+
+    Raises:
+        ConfigError: the version is not a positive integer, or is newer than :data:`CHECKPOINT_FORMAT_VERSION`
+            (written by a newer paka_hf: the message asks for an upgrade).
+    """
+    marker = json.loads((Path(folder) / CHECKPOINT_MARKER).read_text())
+    version = marker.get("format_version", 1) if isinstance(marker, dict) else None
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ConfigError(f"{folder}: {CHECKPOINT_MARKER} has no valid format_version (got {version!r})")
+    if version > CHECKPOINT_FORMAT_VERSION:
+        raise ConfigError(
+            f"{folder} is a checkpoint of format {version}, newer than this paka_hf {__version__} resumes "
+            f"(format {CHECKPOINT_FORMAT_VERSION}): upgrade paka_hf to resume from it"
+        )
+    return version
 
 
 def remove_checkpoint(folder: Path) -> None:
@@ -184,7 +225,8 @@ def resolve_checkpoint(output_dir: str | os.PathLike, resume_from_checkpoint: st
 
     Raises:
         ConfigError: ``latest`` and ``output_dir`` holds no complete checkpoint, or the path is not a complete
-            checkpoint (the message names the newest complete one beside it, if any).
+            checkpoint (the message names the newest complete one beside it, if any), or the checkpoint is of a
+            newer format than this package resumes (:func:`check_checkpoint_format`).
         MissingPathError: the path does not exist.
     """
     if resume_from_checkpoint in NO_RESUME:
@@ -196,6 +238,7 @@ def resolve_checkpoint(output_dir: str | os.PathLike, resume_from_checkpoint: st
                 f"--resume_from_checkpoint latest: no complete checkpoint in {output_dir} to resume "
                 "from; start without --resume_from_checkpoint"
             )
+        check_checkpoint_format(complete[-1])
         return str(complete[-1])
     path = Path(resume_from_checkpoint)
     if not path.exists():
@@ -207,6 +250,7 @@ def resolve_checkpoint(output_dir: str | os.PathLike, resume_from_checkpoint: st
             f"{path} is not a complete PaKA checkpoint (no {CHECKPOINT_MARKER}: the run was interrupted while "
             f"saving it, or it is not a checkpoint){hint}"
         )
+    check_checkpoint_format(path)
     return str(path)
 
 
