@@ -99,6 +99,14 @@ class CardMetadata:
 
     ``license`` is the Hub licence id (``other`` with ``license_name``/``license_link`` for a custom
     licence); ``notice`` is text the licence requires on the card (``None`` when it requires none).
+
+    Args:
+        license: the Hub licence id.
+        license_name: the custom licence's name (with ``license="other"``).
+        license_link: the custom licence's address (with ``license="other"``).
+        notice: text the licence requires on the card, or None.
+        pipeline_tag: the card's ``pipeline_tag``.
+        tags: extra card tags.
     """
 
     license: str
@@ -161,6 +169,14 @@ class BackboneFamily:
     processor_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def num_prefix_tokens(self, config: PretrainedConfig) -> int:
+        """The number of tokens before the patches in ``last_hidden_state`` (class token, registers).
+
+        Args:
+            config: the vision model's config.
+
+        Returns:
+            The prefix length.
+        """
         return int(self.prefix_tokens(config))
 
 
@@ -317,7 +333,18 @@ SUPPORTED_MODEL_TYPES = VISION_MODEL_TYPES + tuple(t for f in FAMILIES.values() 
 
 
 def family_for(model_type: str | None, source: str = "the model") -> BackboneFamily:
-    """The family of a vision or full checkpoint's ``model_type``; :class:`ConfigError` when unsupported."""
+    """The family of a vision or full checkpoint's ``model_type``; :class:`ConfigError` when unsupported.
+
+    Args:
+        model_type: the config's ``model_type``.
+        source: what the config came from, for the message.
+
+    Returns:
+        The :class:`BackboneFamily`.
+
+    Raises:
+        ConfigError: the model type is not supported.
+    """
     for family in FAMILIES.values():
         if model_type == family.name or model_type in family.full_model_types:
             return family
@@ -329,7 +356,17 @@ def family_for(model_type: str | None, source: str = "the model") -> BackboneFam
 
 
 def vision_config(config: PretrainedConfig) -> PretrainedConfig:
-    """The vision tower's config of a full CLIP/SigLIP checkpoint; any other config as is."""
+    """The vision tower's config of a full CLIP/SigLIP checkpoint; any other config as is.
+
+    Args:
+        config: a supported checkpoint's config.
+
+    Returns:
+        The vision tower's config.
+
+    Raises:
+        ConfigError: the model type is not supported.
+    """
     family = family_for(getattr(config, "model_type", None), type(config).__name__)
     if config.model_type in family.full_model_types:
         return config.vision_config
@@ -367,6 +404,19 @@ def load_backbone(
     the PaKA student; ignored with a warning for families without it). Extra keyword arguments go to
     ``from_pretrained`` (``dtype``, ``token``, ``cache_dir``...). Raises :class:`ConfigError` for an
     unsupported ``model_type``.
+
+    Args:
+        name_or_path: a Hub id or a local folder.
+        drop_path_rate: stochastic depth to set; None keeps the checkpoint's.
+        attn_implementation: ``transformers``' attention implementation; None for its default.
+        revision: the Hub revision.
+        **kwargs: passed to ``from_pretrained``.
+
+    Returns:
+        The ``transformers`` vision model.
+
+    Raises:
+        ConfigError: the checkpoint's model type is not supported.
     """
     source = os.fspath(name_or_path)
     config = AutoConfig.from_pretrained(source, revision=revision, token=kwargs.get("token"))
@@ -388,6 +438,15 @@ def default_image_processor(family: BackboneFamily | str = "dinov2"):
     256, center crop 224 — the class's own defaults are CLIP's); the others: their processor class with its
     ``transformers`` defaults, which are the reference checkpoints' values (DINOv3: ImageNet; SigLIP /
     SigLIP 2: mean = std = 0.5; CLIP: OpenAI's).
+
+    Args:
+        family: a :class:`BackboneFamily` or a ``model_type``.
+
+    Returns:
+        A new image processor of the family's class.
+
+    Raises:
+        ConfigError: an unsupported ``model_type``.
     """
     family = family_for(family) if isinstance(family, str) else family
     return _transformers_class(family.processor_class)(**family.processor_kwargs)
@@ -396,7 +455,19 @@ def default_image_processor(family: BackboneFamily | str = "dinov2"):
 def load_image_processor(
     name_or_path: str | os.PathLike, revision: str | None = None, family: BackboneFamily | None = None
 ):
-    """The checkpoint's image processor; the family's reference one (with a warning) when it has none."""
+    """The checkpoint's image processor; the family's reference one (with a warning) when it has none.
+
+    Args:
+        name_or_path: a Hub id or a local folder.
+        revision: the Hub revision.
+        family: the checkpoint's family, when already known (else read from its config).
+
+    Returns:
+        The image processor.
+
+    Raises:
+        ConfigError: the checkpoint has no image processor and its model type is not supported.
+    """
     source = os.fspath(name_or_path)
     try:
         return AutoImageProcessor.from_pretrained(source, revision=revision)
@@ -414,7 +485,17 @@ def load_image_processor(
 
 
 def processor_normalization(image_processor: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """``(mean, std)`` per channel of an image processor (applied to pixels scaled to [0, 1])."""
+    """``(mean, std)`` per channel of an image processor (applied to pixels scaled to [0, 1]).
+
+    Args:
+        image_processor: a ``transformers`` image processor.
+
+    Returns:
+        ``(mean, std)``, three floats each; ``(0, 0, 0), (1, 1, 1)`` when the processor does not normalize.
+
+    Raises:
+        ConfigError: the processor has no ``image_mean`` / ``image_std``.
+    """
     mean, std = getattr(image_processor, "image_mean", None), getattr(image_processor, "image_std", None)
     if mean is None or std is None:
         raise ConfigError(
@@ -434,6 +515,13 @@ def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
 
     The layout of ``Siglip2ImageProcessor`` (its ``convert_image_to_patches``), which ``Siglip2VisionModel``
     expects; ``H`` and ``W`` must be multiples of ``p``.
+
+    Args:
+        pixel_values: ``(B, C, H, W)`` images.
+        patch_size: the patch side ``p``.
+
+    Returns:
+        ``(B, h·w, p·p·C)`` patches.
     """
     batch, channels, height, width = pixel_values.shape
     p = patch_size
@@ -447,7 +535,17 @@ def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
 
 
 def lora_target_modules(model: PreTrainedModel | nn.Module) -> tuple[str, ...]:
-    """The family's default LoRA targets (short names) for this model's config."""
+    """The family's default LoRA targets (short names) for this model's config.
+
+    Args:
+        model: a :class:`PatchBackbone` or a ``transformers`` vision model.
+
+    Returns:
+        The short module names.
+
+    Raises:
+        ConfigError: the model type is not supported.
+    """
     model = getattr(model, "model", model) if isinstance(model, PatchBackbone) else model
     config = vision_config(model.config)
     return family_for(config.model_type).lora_targets(config)
@@ -464,6 +562,16 @@ def resolve_lora_targets(
     order, to pass to ``peft.LoraConfig(target_modules=...)``. Raises :class:`ConfigError` naming the
     targets that match nothing, and the candidate names the blocks do have — the ``transformers`` 4.x names
     ``query``/``key``/``value``/``dense`` on a 5.x model, for example.
+
+    Args:
+        model: a :class:`PatchBackbone` or a ``transformers`` vision model.
+        targets: short module names; None for the family's default.
+
+    Returns:
+        The matching modules' full names, in model order.
+
+    Raises:
+        ConfigError: ``targets`` is empty, or some target matches no linear layer of a block.
     """
     inner = model.model if isinstance(model, PatchBackbone) else model
     config = vision_config(inner.config)
@@ -510,6 +618,14 @@ class PatchBackbone(nn.Module):
     ``patch_size``, ``hidden_size``, ``num_prefix_tokens``, ``image_processor`` (the checkpoint's, or the
     family's reference one), ``image_mean`` / ``image_std`` (its normalization), ``rope_augment``.
 
+    Args:
+        model: a supported ``transformers`` vision model (not a full CLIP / SigLIP model).
+        image_processor: its image processor; None for the family's reference one.
+        rope_augment: keep the RoPE coordinate augmentation on in training mode (DINOv3 only).
+
+    Raises:
+        ConfigError: an unsupported or full (vision + text) model, or ``rope_augment`` for a family without RoPE.
+
     Example::
 
         from paka_hf import PatchBackbone
@@ -543,7 +659,20 @@ class PatchBackbone(nn.Module):
         cls, name_or_path: str | os.PathLike, *, image_processor: Any = None, rope_augment: bool = False, **kwargs: Any
     ) -> PatchBackbone:
         """Load from a Hub id or local folder (keyword arguments as :func:`load_backbone`), with the
-        checkpoint's image processor unless ``image_processor`` is given."""
+        checkpoint's image processor unless ``image_processor`` is given.
+
+        Args:
+            name_or_path: a Hub id or a local folder.
+            image_processor: the image processor; None for the checkpoint's own (or the family's reference).
+            rope_augment: as for :class:`PatchBackbone`.
+            **kwargs: passed to :func:`load_backbone`.
+
+        Returns:
+            The backbone.
+
+        Raises:
+            ConfigError: an unsupported model type, or ``rope_augment`` for a family without RoPE.
+        """
         model = load_backbone(name_or_path, **kwargs)
         if image_processor is None:
             image_processor = load_image_processor(
@@ -555,7 +684,20 @@ class PatchBackbone(nn.Module):
     def from_config(
         cls, config: PretrainedConfig, *, image_processor: Any = None, rope_augment: bool = False, **kwargs: Any
     ) -> PatchBackbone:
-        """Random-init backbone from a supported (vision) config, with the family's reference processor."""
+        """Random-init backbone from a supported (vision) config, with the family's reference processor.
+
+        Args:
+            config: a supported vision or full config.
+            image_processor: the image processor; None for the family's reference one.
+            rope_augment: as for :class:`PatchBackbone`.
+            **kwargs: passed to the model class's ``_from_config`` (``attn_implementation`` defaults to ``"sdpa"``).
+
+        Returns:
+            The backbone, randomly initialized.
+
+        Raises:
+            ConfigError: an unsupported model type, or ``rope_augment`` for a family without RoPE.
+        """
         family = family_for(getattr(config, "model_type", None), type(config).__name__)
         config = vision_config(config)
         kwargs.setdefault("attn_implementation", "sdpa")
@@ -563,22 +705,49 @@ class PatchBackbone(nn.Module):
         return cls(model, image_processor, rope_augment=rope_augment)
 
     def unused_parameter_names(self) -> list[str]:
-        """Names (in this module) of the parameters that never reach the patch grid; frozen by PaKA."""
+        """Names (in this module) of the parameters that never reach the patch grid; frozen by PaKA.
+
+        Returns:
+            The parameter names, ``model.``-prefixed.
+        """
         prefixes = self.family.unused_parameters(self.model.config)
         return [f"model.{name}" for name, _ in self.model.named_parameters() if name.startswith(prefixes)]
 
     def train(self, mode: bool = True) -> PatchBackbone:
+        """Set training mode; the RoPE module stays in eval mode (exact coordinates) unless ``rope_augment``.
+
+        Args:
+            mode: training (True) or evaluation (False).
+
+        Returns:
+            The backbone itself.
+        """
         super().train(mode)
         if self.family.rope_module is not None and not self.rope_augment:
             getattr(self.model, self.family.rope_module).eval()  # exact RoPE coordinates, as the teacher's
         return self
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
-        """Patch-grid size ``(h, w)`` for an input of ``height`` × ``width`` pixels."""
+        """Patch-grid size ``(h, w)`` for an input of ``height`` × ``width`` pixels.
+
+        Args:
+            height: the input height in pixels.
+            width: the input width in pixels.
+
+        Returns:
+            ``(height // p, width // p)``.
+        """
         return height // self.patch_size, width // self.patch_size
 
     def tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Every final token, prefix included: ``(B, prefix + h·w, D)``, after the final norm."""
+        """Every final token, prefix included: ``(B, prefix + h·w, D)``, after the final norm.
+
+        Args:
+            pixel_values: ``(B, 3, H, W)`` normalized images, sides multiples of the patch size.
+
+        Returns:
+            ``(B, prefix + h·w, D)`` tokens.
+        """
         mode = self.family.input_mode
         if mode == "pixels":
             hidden = self.model(pixel_values=pixel_values).last_hidden_state
@@ -597,6 +766,17 @@ class PatchBackbone(nn.Module):
         return hidden
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The patch grid of ``pixel_values``.
+
+        Args:
+            pixel_values: ``(B, 3, H, W)`` normalized images, sides multiples of the patch size ``p``.
+
+        Returns:
+            ``(B, D, H / p, W / p)`` patch tokens.
+
+        Raises:
+            ValueError: ``pixel_values`` is not 4-D, or a side is not a multiple of ``p``.
+        """
         if pixel_values.ndim != 4:
             raise ValueError(f"pixel_values must be (B, 3, H, W), got shape {tuple(pixel_values.shape)}")
         batch, _, height, width = pixel_values.shape
@@ -617,6 +797,11 @@ class ProjectionHead(nn.Module):
 
     Acts on the last dimension, so it takes ``(..., D)`` tokens and returns ``(..., out_dim)``.
     Used during training only; the exported model is always the bare backbone.
+
+    Args:
+        in_dim: the token width ``D``.
+        hidden_dim: the hidden layers' width.
+        out_dim: the output width.
     """
 
     def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 256):
@@ -635,6 +820,17 @@ class ProjectionHead(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Project ``tokens``.
+
+        Args:
+            tokens: ``(..., in_dim)`` tokens.
+
+        Returns:
+            ``(..., out_dim)`` projections.
+
+        Raises:
+            ValueError: the last dimension is not ``in_dim``.
+        """
         if tokens.shape[-1] != self.in_dim:
             raise ValueError(f"ProjectionHead expects tokens (..., {self.in_dim}), got shape {tuple(tokens.shape)}")
         return self.mlp(tokens)

@@ -26,6 +26,18 @@ def save_backbone(model: Any, output_dir: str | os.PathLike, image_processor: An
     of the student, not part of the published model); the in-memory model is left unchanged.
     ``image_processor`` defaults to the backbone's own (a :class:`~paka_hf.modeling.backbones.PatchBackbone` carries its
     checkpoint's), else the family's reference one. Returns the folder.
+
+    Args:
+        model: a supported vision model or a :class:`~paka_hf.modeling.backbones.PatchBackbone`.
+        output_dir: the folder to write (created when missing).
+        image_processor: the processor to save; None for the model's own or the family's reference one.
+
+    Returns:
+        ``output_dir`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        TypeError: ``model`` is not a vision model of a supported family (e.g. the training module).
+        RuntimeError: ``save_pretrained`` did not write a single ``model.safetensors``.
     """
     backbone = getattr(model, "model", model)  # PatchBackbone -> the transformers model inside
     config = getattr(backbone, "config", None)
@@ -64,6 +76,12 @@ def weights_sha256(path: str | os.PathLike) -> str | None:
 
     This is the identity of a model's weights that evaluation results record and the push checks: the same
     digest the Hub shows as the LFS ``sha256`` of ``model.safetensors``.
+
+    Args:
+        path: a weights file or a model folder.
+
+    Returns:
+        The hex digest, or None when the file does not exist.
     """
     path = Path(path).expanduser()
     if path.is_dir():

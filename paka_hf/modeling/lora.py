@@ -65,7 +65,14 @@ _ATTENTION_PARTS = re.compile(r"(^|\.)(attention|self_attn|attn)(\.|$)")
 
 
 def import_peft():
-    """The ``peft`` module; :class:`ConfigError` saying how to install it when it is missing."""
+    """The ``peft`` module; :class:`ConfigError` saying how to install it when it is missing.
+
+    Returns:
+        The ``peft`` module.
+
+    Raises:
+        ConfigError: ``peft`` is not installed.
+    """
     try:
         import peft
     except ImportError as error:
@@ -77,7 +84,17 @@ def import_peft():
 class LoRASettings:
     """The adapter: ``rank`` r, ``alpha`` α (the update is scaled by α / r), ``dropout`` on the adapter's
     input, ``target_modules`` (short names such as ``q_proj``; ``None``: the family's default from
-    :func:`paka_hf.modeling.backbones.lora_target_modules`)."""
+    :func:`paka_hf.modeling.backbones.lora_target_modules`).
+
+    Args:
+        rank: the adapter rank r.
+        alpha: the scale α.
+        dropout: dropout on the adapter's input, in [0, 1).
+        target_modules: short names of the layers to wrap, or None for the family's default.
+
+    Raises:
+        ConfigError: ``rank < 1``, ``alpha <= 0`` or ``dropout`` outside [0, 1).
+    """
 
     rank: int = 16
     alpha: float = 16.0
@@ -100,6 +117,16 @@ def check_lora_targets(backbone: PatchBackbone, targets: tuple[str, ...] | list[
     not all of them, or when nothing in the attention is wrapped (the MLP alone: the patch relations that
     PaKA aligns are made by attention, and this is what a list of ``transformers`` 4.x names silently gives
     on a 5.x model).
+
+    Args:
+        backbone: the backbone to wrap.
+        targets: short names; None for the family's default.
+
+    Returns:
+        The full names of the layers to wrap, in model order.
+
+    Raises:
+        ConfigError: as above, or an empty ``targets``.
     """
     names = resolve_lora_targets(backbone, targets)
     family = backbone.family
@@ -138,6 +165,18 @@ def add_lora(backbone: PatchBackbone, settings: LoRASettings, base_model_name_or
     wrapped layer's weight becomes ``<layer>.base_layer.weight`` beside ``<layer>.lora_A.default.weight`` and
     ``<layer>.lora_B.default.weight``. The ``peft.PeftModel`` around it is kept for export
     (:func:`peft_model_of`), outside the module tree so that no tensor is listed twice.
+
+    Args:
+        backbone: the backbone, changed in place.
+        settings: the adapter's settings.
+        base_model_name_or_path: the base checkpoint the adapter's config records, or None.
+
+    Returns:
+        The full names of the wrapped layers.
+
+    Raises:
+        ConfigError: ``peft`` is missing, the backbone already has adapters, or the targets are not a whole set
+            (:func:`check_lora_targets`).
     """
     peft = import_peft()
     if is_lora_backbone(backbone):
@@ -164,24 +203,55 @@ def add_lora(backbone: PatchBackbone, settings: LoRASettings, base_model_name_or
 
 
 def is_lora_backbone(backbone: nn.Module) -> bool:
-    """Whether ``backbone`` (a :class:`PatchBackbone`) carries LoRA adapters put in by :func:`add_lora`."""
+    """Whether ``backbone`` (a :class:`PatchBackbone`) carries LoRA adapters put in by :func:`add_lora`.
+
+    Args:
+        backbone: any module.
+
+    Returns:
+        True when :func:`add_lora` put adapters into it.
+    """
     return "_peft_model" in getattr(backbone, "__dict__", {})
 
 
 def peft_model_of(backbone: PatchBackbone):
-    """The ``peft.PeftModel`` around ``backbone.model`` (:func:`add_lora`)."""
+    """The ``peft.PeftModel`` around ``backbone.model`` (:func:`add_lora`).
+
+    Args:
+        backbone: a backbone with LoRA adapters.
+
+    Returns:
+        The ``peft.PeftModel``.
+
+    Raises:
+        ValueError: the backbone has no LoRA adapters.
+    """
     if not is_lora_backbone(backbone):
         raise ValueError("this backbone has no LoRA adapters (add them with paka_hf.modeling.lora.add_lora)")
     return backbone.__dict__["_peft_model"]
 
 
 def adapter_parameters(backbone: PatchBackbone) -> dict[str, nn.Parameter]:
-    """The adapter tensors (``lora_A``/``lora_B`` weights) by their names in ``backbone``, in model order."""
+    """The adapter tensors (``lora_A``/``lora_B`` weights) by their names in ``backbone``, in model order.
+
+    Args:
+        backbone: a backbone, with or without adapters.
+
+    Returns:
+        ``{name: parameter}``; empty without adapters.
+    """
     return {name: param for name, param in backbone.named_parameters() if ".lora_A." in name or ".lora_B." in name}
 
 
 def base_parameters(backbone: PatchBackbone) -> dict[str, nn.Parameter]:
-    """Every other parameter of ``backbone``: the frozen base."""
+    """Every other parameter of ``backbone``: the frozen base.
+
+    Args:
+        backbone: a backbone, with or without adapters.
+
+    Returns:
+        ``{name: parameter}`` of every parameter not in :func:`adapter_parameters`.
+    """
     adapters = adapter_parameters(backbone)
     return {name: param for name, param in backbone.named_parameters() if name not in adapters}
 
@@ -199,6 +269,12 @@ class LoRATeacher(nn.Module):
     the student. ``forward(pixel_values)`` runs the student's :class:`PatchBackbone` with these tensors in
     place of the student's adapters, in eval mode (no dropout, drop-path or RoPE jitter), without gradients:
     ``(B, 3, H, W)`` → ``(B, D, H / p, W / p)``, as a teacher copy of the whole backbone would.
+
+    Args:
+        student: the student backbone, with LoRA adapters.
+
+    Raises:
+        ValueError: ``student`` has no LoRA adapters.
     """
 
     def __init__(self, student: PatchBackbone):
@@ -213,11 +289,22 @@ class LoRATeacher(nn.Module):
         self.eval()
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
-        """The teacher's adapter tensors by the student's parameter names."""
+        """The teacher's adapter tensors by the student's parameter names.
+
+        Returns:
+            ``{student parameter name: teacher tensor}``.
+        """
         return {name: getattr(self, _key(name)) for name in self.names}
 
     def ema_pairs(self) -> EMAPairs:
-        """(teacher adapter, student adapter) tensors for :func:`paka_hf.modeling.teacher.ema_apply_`; no buffers."""
+        """(teacher adapter, student adapter) tensors for :func:`paka_hf.modeling.teacher.ema_apply_`; no buffers.
+
+        Returns:
+            The :class:`~paka_hf.modeling.teacher.EMAPairs`, with no buffers.
+
+        Raises:
+            ValueError: the student's adapters are no longer those the teacher was built from.
+        """
         sources = adapter_parameters(self.student)
         if list(sources) != self.names:
             raise ValueError("the student's adapters changed after the LoRA teacher was built")
@@ -225,6 +312,14 @@ class LoRATeacher(nn.Module):
 
     @torch.no_grad()
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The teacher's patch grid: the student's backbone with the teacher's adapters, in eval mode, no gradients.
+
+        Args:
+            pixel_values: ``(B, 3, H, W)`` normalized images.
+
+        Returns:
+            ``(B, D, H / p, W / p)`` patch tokens.
+        """
         student = self.student
         was_training = student.training
         student.train(False)
@@ -265,6 +360,18 @@ def export_lora_backbone(
     adapters in what is written (the teacher's export); the backbone in memory is never changed. The merge
     happens in a copy of the model, made where the model is and then moved to the CPU: one more backbone's
     worth of device memory for a moment, and of host memory while exporting.
+
+    Args:
+        backbone: the LoRA backbone.
+        output_dir: the folder to write.
+        image_processor: the processor to save; None for the backbone's.
+        adapter_state: adapter tensors by student names to write instead of the student's; None for the student's.
+
+    Returns:
+        ``output_dir`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: the backbone has no LoRA adapters.
     """
     # here, not at module level: the model modules (modeling imports this one) stay free of the Hub stack
     from paka_hf.modeling.export import save_backbone

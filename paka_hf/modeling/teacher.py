@@ -33,7 +33,15 @@ DEFAULT_TEACHER_MOMENTUM = 0.9995
 
 def check_teacher_momentum(value: float, name: str = "teacher_momentum") -> None:
     """Raise ``ValueError`` unless ``value`` is a teacher momentum, a fraction in [0, 1] (the one wording of the
-    rule; :class:`~paka_hf.training.config.PaKAConfig` reports it as a ``ConfigError``)."""
+    rule; :class:`~paka_hf.training.config.PaKAConfig` reports it as a ``ConfigError``).
+
+    Args:
+        value: the momentum.
+        name: the setting's name, as the message shows it.
+
+    Raises:
+        ValueError: ``value`` is outside [0, 1].
+    """
     if not 0.0 <= value <= 1.0:
         raise ValueError(
             f"{name} is the fraction of the teacher kept per EMA step and must be in [0, 1], got {value} "
@@ -45,14 +53,34 @@ def teacher_momentum_at(
     step: int, total_steps: int, start: float = DEFAULT_TEACHER_MOMENTUM, end: float = 1.0
 ) -> float:
     """Fraction of the teacher kept at optimizer step ``step`` of ``total_steps``:
-    :func:`~paka_hf.utils.schedules.cosine_schedule` from ``start`` to ``end``."""
+    :func:`~paka_hf.utils.schedules.cosine_schedule` from ``start`` to ``end``.
+
+    Args:
+        step: the optimizer step.
+        total_steps: the run's optimizer steps.
+        start: the momentum at step 0.
+        end: the momentum at the last step.
+
+    Returns:
+        The momentum at ``step``.
+
+    Raises:
+        ValueError: ``start`` or ``end`` is outside [0, 1].
+    """
     check_teacher_momentum(start, "start")
     check_teacher_momentum(end, "end")
     return cosine_schedule(start, end, step, total_steps)
 
 
 def make_teacher(student: nn.Module) -> nn.Module:
-    """A deep copy of ``student`` with gradients off, in eval mode (no dropout or drop-path)."""
+    """A deep copy of ``student`` with gradients off, in eval mode (no dropout or drop-path).
+
+    Args:
+        student: the student module.
+
+    Returns:
+        The teacher copy.
+    """
     teacher = copy.deepcopy(student)
     teacher.requires_grad_(False)
     return teacher.eval()
@@ -77,6 +105,16 @@ def ema_pairs(teacher: nn.Module, student: nn.Module) -> EMAPairs:
     Walking the module trees costs ~1 ms of host time per step for a ViT-S pair (two
     ``named_parameters`` walks); :class:`~paka_hf.modeling.model.PaKAModel` does it once and keeps the lists.
     The parameters are listed as themselves (``Module.to`` keeps Parameter objects), so the lists stay valid.
+
+    Args:
+        teacher: the teacher, a copy of ``student``.
+        student: the student.
+
+    Returns:
+        The :class:`EMAPairs` (teacher and student parameters in the student's order; buffers both have).
+
+    Raises:
+        ValueError: the parameter names differ, or a parameter's shape, dtype or device does.
     """
     t_params, s_params = dict(teacher.named_parameters()), dict(student.named_parameters())
     if t_params.keys() != s_params.keys():
@@ -101,7 +139,15 @@ def ema_pairs(teacher: nn.Module, student: nn.Module) -> EMAPairs:
 @torch.no_grad()
 def ema_apply_(pairs: EMAPairs, teacher_momentum: float) -> None:
     """In place: ``θ_t ← teacher_momentum · θ_t + (1 − teacher_momentum) · θ_s`` for every pair (one
-    ``torch._foreach_lerp_`` over all parameters); buffers copied from the student."""
+    ``torch._foreach_lerp_`` over all parameters); buffers copied from the student.
+
+    Args:
+        pairs: the tensors of one EMA step (:func:`ema_pairs`).
+        teacher_momentum: ``m`` in [0, 1]; 1 leaves the parameters unchanged, 0 copies the student.
+
+    Raises:
+        ValueError: ``teacher_momentum`` is outside [0, 1].
+    """
     check_teacher_momentum(teacher_momentum)
     if teacher_momentum == 0.0:
         torch._foreach_copy_(pairs.targets, pairs.sources)
@@ -116,5 +162,13 @@ def ema_update_(teacher: nn.Module, student: nn.Module, teacher_momentum: float)
 
     Buffers are copied from the student. The two modules must have the same parameter names,
     shapes, dtypes and devices (the teacher is a copy of the student).
+
+    Args:
+        teacher: the teacher, updated in place.
+        student: the student.
+        teacher_momentum: ``m`` in [0, 1].
+
+    Raises:
+        ValueError: the modules do not match (:func:`ema_pairs`), or ``teacher_momentum`` is outside [0, 1].
     """
     ema_apply_(ema_pairs(teacher, student), teacher_momentum)
