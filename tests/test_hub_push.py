@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 
+import huggingface_hub.lfs
 import pytest
 import torch
 from hub_helpers import SECRET, TOKEN, eval_file, go_online, make_export_folder
@@ -317,17 +318,27 @@ def test_private_push_into_an_existing_public_repo_stops(server, out, tiny_confi
 
 
 @pytest.mark.parametrize("failure", ["commit-500", "lfs-upload-dropped"])
-def test_failed_first_push_leaves_no_repository(server, out, caplog, failure):
+def test_failed_first_push_leaves_no_repository(server, out, caplog, monkeypatch, failure):
     """The repository this push created is deleted again when its first commit fails (before: an empty
     repository with the namespace's or a public visibility was left behind)."""
     if failure == "commit-500":
         server.fail("POST", r"/commit/", status=500, times=-1)
     else:
+        # huggingface_hub retries every LFS PUT itself, 5 times with 1-8 s waits (23 s per commit try); the same
+        # retries without the waits fail the same way
+        lfs_backoff = huggingface_hub.lfs.http_backoff
+        monkeypatch.setattr(
+            huggingface_hub.lfs,
+            "http_backoff",
+            lambda *args, **kwargs: lfs_backoff(*args, **kwargs, base_wait_time=0.01, max_wait_time=0.01),
+        )
         server.fail("PUT", r"^/lfs-upload/", status=0, times=-1)
     with pytest.raises(Exception):  # noqa: B017 - an HTTP 500 or a dropped upload: either must fail the push
         _push(out, max_retries=1)
     assert REPO not in server.repos
     assert "deleted the repository it had created" in caplog.text
+    if failure == "lfs-upload-dropped":  # 2 commit tries (max_retries=1), each with the client's 1 + 5 LFS PUTs
+        assert server.count("PUT", r"^/lfs-upload/") >= 2 * 6
 
 
 def test_failed_push_to_an_existing_repo_never_deletes_it(server, out, tiny_config):
