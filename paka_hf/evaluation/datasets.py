@@ -258,6 +258,13 @@ def identity_label_map(num_classes: int, ignore_index: int) -> dict[int, int]:
 
     A negative ``ignore_index`` (−1) never occurs in a mask file (PNG values are unsigned), so it has
     no raw entry: it is only what unknown values become with ``on_unknown_label='ignore'``.
+
+    Args:
+        num_classes: the number of classes.
+        ignore_index: the mask value ignored in scores.
+
+    Returns:
+        ``{raw value: class id}``.
     """
     mapping = {c: c for c in range(num_classes)}
     if ignore_index >= 0:
@@ -286,6 +293,20 @@ class SegmentationDataset(Dataset):
     ``label_map`` maps every *valid* raw mask value to a class id in ``[0, num_classes)`` or to
     ``ignore_index``; anything else is an unknown label (see the module docstring for the
     ``on_*`` policies). ``__getitem__`` returns ``(PIL RGB image, int64 mask (H, W))``.
+
+    Args:
+        class_names: one name per class.
+        ignore_index: the class id of ignored pixels, outside ``[0, num_classes)``.
+        label_map: raw mask value → class id or ``ignore_index``; None for the identity on ``0..num_classes − 1``.
+        on_size_mismatch: ``"raise"`` or ``"resize"`` (nearest-neighbour) for a mask whose size differs from its image.
+        on_unknown_label: ``"raise"`` or ``"ignore"`` (count and ignore) for mask values outside ``label_map``.
+        dataset_type: what the results record as the dataset's type; None for :attr:`name`.
+        dataset_config: the Hub dataset's config, if any.
+        split: the split's name.
+
+    Raises:
+        ValueError: an unknown ``on_*`` policy, or a ``label_map`` value that is neither a class nor ignore.
+        DatasetError: no class names, or an ``ignore_index`` that is a class id.
     """
 
     name: str = "segmentation"
@@ -371,7 +392,19 @@ class SegmentationDataset(Dataset):
         return image, mask
 
     def map_labels(self, raw: np.ndarray, where: str = "mask", issues: Counter | None = None) -> np.ndarray:
-        """Map a raw mask through the label table; unknown values raise or become ``ignore_index``."""
+        """Map a raw mask through the label table; unknown values raise or become ``ignore_index``.
+
+        Args:
+            raw: the raw mask values, any integer array.
+            where: the mask's name, for the message.
+            issues: the counter unknown values are counted in; None for :attr:`build_stats`.
+
+        Returns:
+            The int64 class-id mask, same shape.
+
+        Raises:
+            DatasetError: unknown values with ``on_unknown_label="raise"``.
+        """
         raw = np.asarray(raw).astype(np.int64, copy=False)
         inside = (raw >= 0) & (raw < len(self._table))
         mapped = np.full(raw.shape, _UNKNOWN, dtype=np.int64)
@@ -394,7 +427,11 @@ class SegmentationDataset(Dataset):
         return mapped
 
     def describe(self) -> dict[str, Any]:
-        """The fields the results JSON needs about this dataset."""
+        """The fields the results JSON needs about this dataset.
+
+        Returns:
+            ``dataset_name``, ``dataset_type``, ``dataset_config`` and ``split``.
+        """
         return {
             "dataset_name": self.display_name,
             "dataset_type": self.dataset_type,
@@ -404,6 +441,7 @@ class SegmentationDataset(Dataset):
 
     @property
     def display_name(self) -> str:
+        """The dataset's name as results and messages show it (``"CamVid"``, ``"Pascal VOC 2012"``...)."""
         return getattr(self, "_display_name", self.name)
 
 
@@ -461,6 +499,20 @@ class FolderSegmentation(_FileDataset):
     Masks hold raw class ids ``0..len(class_names) − 1`` and ``ignore_index`` (or any ids,
     through ``label_map``). Extra masks with no image are counted in ``stats``.
 
+    Args:
+        root: the dataset folder.
+        split: the split's sub-folder.
+        class_names: one name per class.
+        ignore_index: the mask value ignored in scores.
+        label_map: raw mask value → class id; None for the identity.
+        on_missing: ``"raise"`` (:class:`DatasetError`) or ``"skip"`` (count and leave out) for an image with no mask.
+        display_name: the name results show; None for the folder's name.
+        **kwargs: passed to :class:`SegmentationDataset` (``on_size_mismatch``, ``on_unknown_label``...).
+
+    Raises:
+        DatasetError: the images or masks folder is missing, it has no images, an image has no mask (with
+            ``on_missing="raise"``) or two images share a file stem.
+
     Example::
 
         >>> ds = FolderSegmentation("data/camvid", "val", CAMVID_CLASSES, ignore_index=11)
@@ -509,7 +561,16 @@ class FolderSegmentation(_FileDataset):
 
 
 class CamVid(FolderSegmentation):
-    """CamVid (SegNet split) in the folder layout: 11 classes, raw 11 = void (ignored)."""
+    """CamVid (SegNet split) in the folder layout: 11 classes, raw 11 = void (ignored).
+
+    Args:
+        root: the dataset folder (``root/{split}/images``, ``root/{split}/masks``).
+        split: the split's sub-folder.
+        **kwargs: passed to :class:`FolderSegmentation`.
+
+    Raises:
+        DatasetError: as :class:`FolderSegmentation`.
+    """
 
     name = "camvid"
 
@@ -526,6 +587,17 @@ class VOCSegmentation(_FileDataset):
     Image ids come from ``ImageSets/Segmentation/{split}.txt``; masks from ``SegmentationClass``
     (palette PNGs whose indices are the class ids) or, with ``mask_dir="SegmentationClassAug"``,
     from the augmented set (then ``split="trainaug"`` reads ``ImageSets/Segmentation/trainaug.txt``).
+
+    Args:
+        root: the VOC folder (see above).
+        split: the split list's name.
+        mask_dir: the mask folder under ``VOC2012``.
+        on_missing: ``"raise"`` (:class:`DatasetError`) or ``"skip"`` (count and leave out) for an image with no mask.
+        **kwargs: passed to :class:`SegmentationDataset` (``on_size_mismatch``, ``on_unknown_label``...).
+
+    Raises:
+        DatasetError: the folder, the split list or a listed image is missing, or an image has no mask (with
+            ``on_missing="raise"``).
     """
 
     name = "voc"
@@ -561,6 +633,15 @@ class ADE20K(_FileDataset):
     Raw annotation value 0 means "other / unlabelled" and is ignored; raw ``v`` in 1..150 becomes
     class ``v − 1``. (Published dense-SSL numbers average over 151 classes with class 0 scored 0;
     see :mod:`paka_hf.evaluation.runner` and ``--published_conventions``.)
+
+    Args:
+        root: ``ADEChallengeData2016`` or its parent folder.
+        split: ``"train"`` or ``"val"``.
+        on_missing: ``"raise"`` (:class:`DatasetError`) or ``"skip"`` (count and leave out) for an image with no mask.
+        **kwargs: passed to :class:`SegmentationDataset` (``on_size_mismatch``, ``on_unknown_label``...).
+
+    Raises:
+        DatasetError: an unknown split, a missing folder, or an image with no mask (with ``on_missing="raise"``).
     """
 
     name = "ade20k"
@@ -597,6 +678,20 @@ class COCOSegmentation(_FileDataset):
     * ``kind="stuff"``: masks are COCO-Stuff pixel maps (``stuff_{split}2017_pixelmaps``; pixel 0 =
       any thing, 92–182 stuff, 183 "other"); categories ``annotations/stuff_{split}2017.json``.
       Stuff categories → their super-category except "other"; things, "other" and 255 → ignore.
+
+    Args:
+        root: the COCO folder (``images/{split}2017``, ``annotations/...``).
+        split: ``"train"`` or ``"val"``.
+        kind: ``"things"`` or ``"stuff"``.
+        mask_dir: the mask folder under ``root``; None for the default above.
+        categories_json: the COCO JSON with the category list, under ``root``; None for the default above.
+        on_missing: ``"raise"`` (:class:`DatasetError`) or ``"skip"`` (count and leave out) for an image with no mask.
+        **kwargs: passed to :class:`SegmentationDataset` (``on_size_mismatch``, ``on_unknown_label``...).
+
+    Raises:
+        ValueError: an unknown ``kind``.
+        DatasetError: the category file or the image folder is missing, or an image has no mask (with
+            ``on_missing="raise"``).
     """
 
     name = "coco"
@@ -645,6 +740,13 @@ def coco_supercategory_map(categories: list[dict[str, Any]], kind: str) -> tuple
     panoptic files, ``isthing``). Things: the super-categories of categories with ``isthing == 1``
     (or id ≤ 91 when the field is absent). Stuff: the super-categories of ids 92–182 except
     "other". Everything else maps to 255 (ignored).
+
+    Args:
+        categories: the COCO JSON's ``"categories"``.
+        kind: ``"things"`` or ``"stuff"``.
+
+    Returns:
+        ``(class_names, label_map)``: the sorted super-category names and ``{raw id: class id or 255}``.
     """
 
     def is_thing(cat: dict[str, Any]) -> bool:
@@ -680,7 +782,15 @@ def _find_dir(root: Path, candidates: Sequence[str], marker: str) -> Path:
 
 @dataclass
 class HubSpec:
-    """How to read one benchmark from a Hub dataset (``datasets.load_dataset``)."""
+    """How to read one benchmark from a Hub dataset (``datasets.load_dataset``).
+
+    Args:
+        repo_id: the Hub dataset id.
+        image_column: the column of the images.
+        mask_column: the column of the masks.
+        config_name: the dataset's config, if any.
+        split_names: this package's split names (``train``, ``val``) → the dataset's.
+    """
 
     repo_id: str
     image_column: str = "image"
@@ -703,6 +813,19 @@ class HubSegmentation(SegmentationDataset):
     a :class:`DatasetError` naming its row instead of ending a stream (docs/STACK.md). The label
     convention (class names, ignore index, raw → class map) is the benchmark's, as for the on-disk
     layout; e.g. ADE20K's ``annotation`` column holds raw 0..150 like the PNG files.
+
+    Args:
+        spec: where and how to read the dataset.
+        split: ``"train"``, ``"val"`` or a split of the dataset.
+        class_names: one name per class.
+        ignore_index: the mask value ignored in scores.
+        label_map: raw mask value → class id; None for the identity.
+        display_name: the name results show; None for the repository id.
+        load_fn: replaces ``datasets.load_dataset`` (tests).
+        **kwargs: passed to :class:`SegmentationDataset`.
+
+    Raises:
+        DatasetError: the dataset cannot be loaded or lacks a column; reading a row that cannot be decoded.
     """
 
     name = "hub"
@@ -795,6 +918,22 @@ def load_segmentation_dataset(
     (``ignore_index`` defaults to 255). Extra keyword arguments (``on_missing``,
     ``on_size_mismatch``, ``on_unknown_label``) go to the dataset.
 
+    Args:
+        dataset_name: one of :data:`BENCHMARKS`, or an alias (``pascal-voc``, ``ade``...).
+        split: the split (``"train"``, ``"val"``...).
+        data_dir: the on-disk dataset; None to load the benchmark from the Hub.
+        class_names: the classes of a ``folder`` dataset.
+        ignore_index: the ignore value of a ``folder`` dataset (default 255).
+        hub_spec: the Hub dataset to read instead of the registered one.
+        **kwargs: passed to the dataset class.
+
+    Returns:
+        The :class:`SegmentationDataset`.
+
+    Raises:
+        DatasetError: an unknown name, no Hub dataset for it, COCO without ``data_dir``, a ``folder`` dataset
+            without class names, or what the dataset class raises.
+
     Example::
 
         from paka_hf.evaluation import load_segmentation_dataset
@@ -849,6 +988,12 @@ def _convention(key: str, class_names, ignore_index, spec: HubSpec):
 
 def read_class_names(value: str) -> tuple[str, ...]:
     """``"a,b,c"`` or the path of a text file with one class name per line.
+
+    Args:
+        value: comma-separated names, or a file path.
+
+    Returns:
+        The names, blank entries dropped.
 
     Example::
 

@@ -46,13 +46,29 @@ def published_hummingbird_std(std: Sequence[float]) -> tuple[float, ...]:
 
     The typo (0.255 for 0.225 in the blue channel) only exists for ImageNet statistics; any other
     backbone (SigLIP, CLIP) keeps its own std.
+
+    Args:
+        std: the backbone's per-channel std.
+
+    Returns:
+        :data:`HUMMINGBIRD_PUBLISHED_STD` for ImageNet's std, else ``std`` as a tuple.
     """
     std = tuple(float(s) for s in std)
     return HUMMINGBIRD_PUBLISHED_STD if all(abs(a - b) < 1e-6 for a, b in zip(std, IMAGENET_DEFAULT_STD)) else std
 
 
 def backbone_normalization(backbone: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """``(mean, std)`` the backbone's inputs are normalized with (its checkpoint's image processor)."""
+    """``(mean, std)`` the backbone's inputs are normalized with (its checkpoint's image processor).
+
+    Args:
+        backbone: a module with ``image_mean`` and ``image_std`` (a :class:`~paka_hf.modeling.backbones.PatchBackbone`).
+
+    Returns:
+        ``(mean, std)`` as tuples.
+
+    Raises:
+        ValueError: the backbone has no ``image_mean`` / ``image_std``.
+    """
     mean, std = getattr(backbone, "image_mean", None), getattr(backbone, "image_std", None)
     if mean is None or std is None:
         raise ValueError(f"{type(backbone).__name__} has no image_mean / image_std; pass mean= and std= explicitly")
@@ -60,7 +76,17 @@ def backbone_normalization(backbone: torch.nn.Module) -> tuple[tuple[float, ...]
 
 
 def as_size(size: int | Sequence[int]) -> tuple[int, int]:
-    """``448`` → ``(448, 448)``; ``(H, W)`` stays."""
+    """``448`` → ``(448, 448)``; ``(H, W)`` stays.
+
+    Args:
+        size: a side, or ``(height, width)``.
+
+    Returns:
+        ``(height, width)``.
+
+    Raises:
+        ValueError: a sequence that is not two sides.
+    """
     if isinstance(size, int):
         return (size, size)
     size = tuple(int(s) for s in size)
@@ -75,6 +101,16 @@ class DenseFeatures:
 
     ``features``: ``(N, D, h, w)``; ``masks``: ``(N, h·p, w·p)`` integer class ids or the ignore
     index; ``patch_size``: ``p``. ``N`` counts images × passes (pass-major order).
+
+    Args:
+        features: ``(N, D, h, w)`` patch grids.
+        masks: ``(N, h·p, w·p)`` masks.
+        patch_size: ``p``.
+        num_classes: the dataset's number of classes.
+        ignore_index: the mask value ignored in scores.
+
+    Raises:
+        ValueError: the shapes are not as above or do not match.
 
     Example::
 
@@ -106,6 +142,7 @@ class DenseFeatures:
 
     @property
     def grid_size(self) -> tuple[int, int]:
+        """The patch grid ``(h, w)``."""
         return tuple(self.features.shape[-2:])  # type: ignore[return-value]
 
 
@@ -132,7 +169,21 @@ def build_image_mask_transform(
     std: Sequence[float],
     crop_scale: tuple[float, float] = (0.8, 1.0),
 ) -> v2.Transform:
-    """The joint image/mask transform described in the module docstring."""
+    """The joint image/mask transform described in the module docstring.
+
+    Args:
+        input_size: the side, or ``(height, width)``, images and masks are resized to.
+        augment: a random resized crop and flip instead of a plain resize.
+        mean: the normalization mean.
+        std: the normalization std.
+        crop_scale: the crop's area range with ``augment``.
+
+    Returns:
+        A ``torchvision.transforms.v2`` transform of ``(image, mask)``.
+
+    Raises:
+        ValueError: ``input_size`` is not a side or two sides.
+    """
     size = as_size(input_size)
     geometric = (
         [v2.RandomResizedCrop(size, scale=crop_scale, antialias=True), v2.RandomHorizontalFlip()]
@@ -146,7 +197,18 @@ def build_image_mask_transform(
 def mask_storage_dtype(num_classes: int, ignore_index: int) -> torch.dtype:
     """The smallest integer dtype that holds every class id ``0..num_classes − 1`` and ``ignore_index``
     exactly: ``uint8``, ``int16`` or ``int32`` (masks of a whole split are kept in memory, so the
-    width matters; a narrower type would wrap, e.g. 65535 → −1 in ``int16``)."""
+    width matters; a narrower type would wrap, e.g. 65535 → −1 in ``int16``).
+
+    Args:
+        num_classes: the number of classes.
+        ignore_index: the mask value ignored in scores.
+
+    Returns:
+        The dtype.
+
+    Raises:
+        ValueError: the values do not fit in ``int32``.
+    """
     low, high = min(0, int(ignore_index)), max(int(num_classes) - 1, int(ignore_index))
     for dtype in (torch.uint8, torch.int16, torch.int32):
         info = torch.iinfo(dtype)
@@ -180,6 +242,32 @@ def extract_features(
     default to its ``image_mean``/``image_std``.
     ``max_images`` keeps the first images only (quick CPU runs). Returns features in
     ``feature_dtype`` and masks in :func:`mask_storage_dtype`.
+
+    Args:
+        backbone: the frozen patch backbone.
+        dataset: a :class:`~paka_hf.evaluation.datasets.SegmentationDataset` (``num_classes``, ``ignore_index``,
+            items ``(PIL image, mask)``).
+        input_size: the side, or ``(height, width)``, the images are resized to; multiples of the patch size.
+        augment: random resized crops and flips (:func:`build_image_mask_transform`).
+        passes: passes over the dataset (several only with ``augment``).
+        mean: the normalization mean; None for the backbone's.
+        std: the normalization std; None for the backbone's.
+        crop_scale: the crops' area range with ``augment``.
+        batch_size: images per forward pass.
+        max_images: keep the first images only; None for all.
+        num_workers: DataLoader workers.
+        device: where the backbone runs.
+        feature_dtype: the dtype features are kept in, on the CPU.
+        seed: the seed of pass ``j`` is ``seed + j`` (torch's global generator is restored afterwards).
+        desc: the progress bar's label.
+        progress: show a progress bar.
+
+    Returns:
+        The :class:`DenseFeatures`, on the CPU.
+
+    Raises:
+        ValueError: an input size that is not a multiple of the patch size, several passes without ``augment``,
+            an empty dataset, or a backbone without normalization and no ``mean``/``std``.
 
     Example::
 
@@ -233,6 +321,10 @@ class FeatureCache:
 
     ``cache.get(dataset, input_size=..., augment=..., passes=..., std=...)`` computes once per distinct
     key ``(id(dataset), split, size, augment, passes, mean, std, crop_scale, max_images, seed)``.
+
+    Args:
+        backbone: the frozen patch backbone.
+        **defaults: :func:`extract_features` keyword arguments for every call (``device``, ``batch_size``...).
     """
 
     def __init__(self, backbone: torch.nn.Module, **defaults: Any):
@@ -242,6 +334,18 @@ class FeatureCache:
         self.seconds: dict[tuple, float] = {}
 
     def get(self, dataset: Any, **kwargs: Any) -> DenseFeatures:
+        """The features of ``dataset`` with these options, extracted on the first call.
+
+        Args:
+            dataset: the dataset.
+            **kwargs: :func:`extract_features` keyword arguments, over the cache's defaults.
+
+        Returns:
+            The :class:`DenseFeatures`.
+
+        Raises:
+            ValueError: as :func:`extract_features`.
+        """
         options = {**self.defaults, **kwargs}
         mean, std = backbone_normalization(self.backbone)
         options["mean"] = tuple(options.get("mean") or mean)

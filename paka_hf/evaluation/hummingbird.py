@@ -40,6 +40,17 @@ from paka_hf.evaluation.metrics import SegmentationScores, confusion_matrix, seg
 class HummingbirdConfig:
     """Settings of the Hummingbird protocol (defaults: docs/EVALUATION.md, full memory bank).
 
+    Args:
+        num_neighbors: the neighbours ``k`` each query patch retrieves.
+        temperature: the softmax temperature of the neighbours' similarities.
+        memory_size: the memory bank's size (patches drawn evenly per training map); None keeps every labelled patch.
+        eval_size: the side the masks are scored at; None for the input resolution.
+        backend: the k-NN backend, ``"auto"``, ``"torch"`` or ``"faiss"`` (:func:`knn_search`).
+        query_chunk: query patches per search chunk.
+        key_chunk: keys per chunk of the torch search.
+        seed: the seed of the memory bank's draw.
+        device: where the k-NN search runs; None for the CPU.
+
     Example::
 
         HummingbirdConfig(num_neighbors=30, memory_size=1_000_000)  # for EvaluationSettings(hummingbird=...)
@@ -56,13 +67,29 @@ class HummingbirdConfig:
     device: str | None = None  # where the k-NN search runs (None: CPU); the runner passes its --device
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict (for the results JSON).
+
+        Returns:
+            ``{field: value}``.
+        """
         return asdict(self)
 
 
 def patch_label_histograms(
     masks: torch.Tensor, patch_size: int, num_classes: int, ignore_index: int, chunk: int = 16
 ) -> torch.Tensor:
-    """Per-patch class counts ``(N, h, w, C)`` of ``(N, h·p, w·p)`` masks (ignore pixels skipped)."""
+    """Per-patch class counts ``(N, h, w, C)`` of ``(N, h·p, w·p)`` masks (ignore pixels skipped).
+
+    Args:
+        masks: ``(N, h·p, w·p)`` integer masks.
+        patch_size: ``p``.
+        num_classes: ``C``.
+        ignore_index: the mask value skipped.
+        chunk: masks counted at once.
+
+    Returns:
+        ``(N, h, w, C)`` float32 counts.
+    """
     n, height, width = masks.shape
     h, w = height // patch_size, width // patch_size
     ys = torch.arange(height) // patch_size
@@ -82,7 +109,19 @@ def patch_label_histograms(
 def build_memory_bank(
     train: DenseFeatures, memory_size: int | None = None, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys ``(M, D)`` (float32, unit norm) and soft labels ``(M, C)`` (rows sum to 1)."""
+    """Keys ``(M, D)`` (float32, unit norm) and soft labels ``(M, C)`` (rows sum to 1).
+
+    Args:
+        train: the training features and masks.
+        memory_size: the bank's size, drawn evenly per feature map; None for every patch with a labelled pixel.
+        seed: the seed of the draw.
+
+    Returns:
+        ``(keys, labels)``.
+
+    Raises:
+        ValueError: no training patch has a labelled pixel.
+    """
     n, d, h, w = train.features.shape
     hist = patch_label_histograms(train.masks, train.patch_size, train.num_classes, train.ignore_index)
     hist = hist.reshape(n, h * w, -1)
@@ -127,6 +166,23 @@ def knn_search(
     ``backend``: ``"torch"`` (chunked; peak extra memory ≈ ``query_chunk × (key_chunk + k)`` floats),
     ``"faiss"`` (``IndexFlatIP``), or ``"auto"`` (faiss when importable). ``device``: where the torch
     search runs (e.g. ``"cuda"``; keys are copied there once); results come back on the CPU.
+
+    Args:
+        queries: ``(Q, D)`` query vectors.
+        keys: ``(M, D)`` key vectors.
+        k: the neighbours per query (at most ``M``).
+        backend: ``"auto"``, ``"torch"`` or ``"faiss"``.
+        query_chunk: queries per chunk.
+        key_chunk: keys per chunk (torch).
+        progress: show a progress bar.
+        device: where the torch search runs; None for the CPU.
+
+    Returns:
+        ``(similarities, indices)``, ``(Q, min(k, M))`` each, on the CPU.
+
+    Raises:
+        ValueError: queries and keys differ in dimension, or an unknown backend.
+        ImportError: ``backend="faiss"`` without faiss installed.
     """
     if queries.shape[1] != keys.shape[1]:
         raise ValueError(f"queries {tuple(queries.shape)} and keys {tuple(keys.shape)} differ in dimension")
@@ -171,6 +227,19 @@ def hummingbird_retrieval(
     """Build the bank from ``train``, segment ``val`` by retrieval.
 
     Returns (scores in percent, confusion matrix ``(C, C)``, memory-bank size ``M``).
+
+    Args:
+        train: the memory bank's features and masks.
+        val: the features and masks to segment.
+        config: the protocol's settings; None for the defaults.
+        extra_zero_classes: classes with IoU 0 added to the mean (:func:`~paka_hf.evaluation.metrics.segmentation_scores`).
+        progress: show a progress bar.
+
+    Returns:
+        ``(scores, confusion, memory_size)``.
+
+    Raises:
+        ValueError: ``train`` and ``val`` differ in feature dimension or classes, or the memory bank is empty.
 
     Example::
 

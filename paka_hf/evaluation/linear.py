@@ -37,6 +37,18 @@ from paka_hf.evaluation.metrics import SegmentationScores, confusion_matrix, seg
 class LinearProbeConfig:
     """Settings of the linear protocol (defaults: docs/EVALUATION.md).
 
+    Args:
+        epochs: training epochs.
+        batch_size: feature maps per step.
+        lr: SGD learning rate.
+        momentum: SGD momentum.
+        weight_decay: SGD weight decay.
+        lr_step_epoch: epochs between learning-rate drops.
+        lr_gamma: the learning rate's factor at each drop.
+        eval_size: the side masks are trained and scored at.
+        seed: the seed of the head's init and the batch order.
+        device: where the head trains; None for the CPU.
+
     Example::
 
         LinearProbeConfig(epochs=5, lr=0.05)  # for run_evaluation via EvaluationSettings(linear=...)
@@ -54,11 +66,24 @@ class LinearProbeConfig:
     device: str | None = None  # where the head trains (None: CPU); the runner passes its --device
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict (for the results JSON).
+
+        Returns:
+            ``{field: value}``.
+        """
         return asdict(self)
 
 
 def resize_masks(masks: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    """Nearest-neighbour resize of ``(N, H, W)`` integer masks to ``size`` (``int64`` result)."""
+    """Nearest-neighbour resize of ``(N, H, W)`` integer masks to ``size`` (``int64`` result).
+
+    Args:
+        masks: ``(N, H, W)`` integer masks.
+        size: a side, or ``(height, width)``.
+
+    Returns:
+        ``(N, *size)`` int64 masks.
+    """
     size = (size, size) if isinstance(size, int) else tuple(size)
     if tuple(masks.shape[-2:]) == size:
         return masks.long()
@@ -80,6 +105,18 @@ def train_linear_probe(
 
     ``num_views``: ``train`` holds ``num_views`` passes over the same images (pass-major); epoch ``e``
     trains on pass ``e mod num_views``.
+
+    Args:
+        train: the training features and masks.
+        config: the protocol's settings; None for the defaults.
+        num_views: the passes ``train`` holds.
+        progress: show a progress bar.
+
+    Returns:
+        The trained head, on ``config.device``.
+
+    Raises:
+        ValueError: ``len(train)`` is not a multiple of ``num_views``.
     """
     cfg = config or LinearProbeConfig()
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -111,7 +148,17 @@ def train_linear_probe(
 def predict_linear(
     head: nn.Module, features: torch.Tensor, size: tuple[int, int], batch_size: int = 64
 ) -> torch.Tensor:
-    """Argmax class map ``(N, *size)`` of the bilinearly upsampled logits."""
+    """Argmax class map ``(N, *size)`` of the bilinearly upsampled logits.
+
+    Args:
+        head: the linear head.
+        features: ``(N, D, h, w)`` feature maps.
+        size: ``(height, width)`` of the predictions.
+        batch_size: maps per forward pass.
+
+    Returns:
+        ``(N, *size)`` int64 class ids, on the CPU.
+    """
     preds = []
     device = next(head.parameters()).device
     for start in range(0, features.shape[0], batch_size):
@@ -122,7 +169,19 @@ def predict_linear(
 
 @torch.no_grad()
 def evaluate_linear_probe(head: nn.Module, val: DenseFeatures, eval_size: int = 100) -> torch.Tensor:
-    """Confusion matrix ``(C, C)`` of the head on ``val`` at ``eval_size × eval_size``."""
+    """Confusion matrix ``(C, C)`` of the head on ``val`` at ``eval_size × eval_size``.
+
+    Args:
+        head: the linear head.
+        val: the features and masks to score.
+        eval_size: the side predictions and masks are compared at.
+
+    Returns:
+        The ``(C, C)`` int64 confusion matrix.
+
+    Raises:
+        ValueError: a mask value outside the classes and ignore (:func:`~paka_hf.evaluation.metrics.confusion_matrix`).
+    """
     targets = resize_masks(val.masks, eval_size)
     preds = predict_linear(head, val.features, tuple(targets.shape[-2:]))
     return confusion_matrix(preds, targets, val.num_classes, val.ignore_index)
@@ -138,6 +197,21 @@ def linear_probe(
     progress: bool = True,
 ) -> tuple[SegmentationScores, torch.Tensor]:
     """Train on ``train``, score on ``val``; returns (scores in percent, confusion matrix).
+
+    Args:
+        train: the training features and masks.
+        val: the features and masks to score.
+        config: the protocol's settings; None for the defaults.
+        num_views: the passes ``train`` holds.
+        extra_zero_classes: classes with IoU 0 added to the mean (:func:`~paka_hf.evaluation.metrics.segmentation_scores`).
+        progress: show a progress bar.
+
+    Returns:
+        ``(scores, confusion)``.
+
+    Raises:
+        ValueError: ``train`` and ``val`` differ in feature dimension or classes, or ``len(train)`` is not a
+            multiple of ``num_views``.
 
     Example::
 

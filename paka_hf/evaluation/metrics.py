@@ -45,6 +45,19 @@ def confusion_matrix(
 
     ``pred`` and ``target`` have the same shape; pixels with ``target == ignore_index`` are skipped.
     ``num_pred_classes`` (default ``num_classes``) allows cluster ids as predictions.
+
+    Args:
+        pred: predicted ids, any shape.
+        target: ground-truth ids, same shape.
+        num_classes: the number of classes.
+        ignore_index: the target value skipped.
+        num_pred_classes: the number of predicted ids; None for ``num_classes``.
+
+    Returns:
+        The counts.
+
+    Raises:
+        ValueError: the shapes differ, a target is neither a class nor ignore, or a prediction is out of range.
     """
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape")
@@ -66,13 +79,27 @@ def confusion_matrix(
 
 @dataclass
 class SegmentationScores:
-    """mIoU and pixel accuracy in percent, per-class IoU in percent (``nan`` when undefined)."""
+    """mIoU and pixel accuracy in percent, per-class IoU in percent (``nan`` when undefined).
+
+    Args:
+        mean_iou: the mean IoU in percent.
+        pixel_accuracy: the pixel accuracy in percent.
+        per_class_iou: ``(C,)`` IoU per class in percent.
+    """
 
     mean_iou: float
     pixel_accuracy: float
     per_class_iou: np.ndarray
 
     def per_class_dict(self, class_names: Sequence[str]) -> dict[str, float | None]:
+        """The per-class IoU by class name, rounded to 4 decimals.
+
+        Args:
+            class_names: one name per class.
+
+        Returns:
+            ``{name: IoU}``, None where the IoU is undefined.
+        """
         return {
             name: (None if np.isnan(v) else round(float(v), 4)) for name, v in zip(class_names, self.per_class_iou)
         }
@@ -83,6 +110,16 @@ def segmentation_scores(confusion: torch.Tensor | np.ndarray, extra_zero_classes
 
     ``extra_zero_classes``: add that many classes with IoU 0 to the mean (the published ADE20K
     convention averages 150 classes plus the ignored "other" class over 151).
+
+    Args:
+        confusion: a ``(C, C)`` confusion matrix (rows = ground truth).
+        extra_zero_classes: classes with IoU 0 added to the mean.
+
+    Returns:
+        The :class:`SegmentationScores`.
+
+    Raises:
+        ValueError: ``confusion`` is not square.
     """
     conf = torch.as_tensor(confusion, dtype=torch.float64)
     if conf.ndim != 2 or conf.shape[0] != conf.shape[1]:
@@ -102,6 +139,15 @@ def hungarian_match(overlap: torch.Tensor | np.ndarray) -> np.ndarray:
     """One-to-one map cluster → class maximising the total overlap (``K ≤ C``).
 
     ``overlap``: ``(K, C)``; returns ``(K,)`` class ids.
+
+    Args:
+        overlap: ``(K, C)`` pixel counts of cluster × class.
+
+    Returns:
+        ``(K,)`` int64 class ids.
+
+    Raises:
+        ValueError: ``K > C``.
     """
     overlap = np.asarray(overlap, dtype=np.float64)
     k, c = overlap.shape
@@ -114,13 +160,31 @@ def hungarian_match(overlap: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def greedy_match(overlap: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Many-to-one map: each cluster to the class it is most precise for (its majority class)."""
+    """Many-to-one map: each cluster to the class it is most precise for (its majority class).
+
+    Args:
+        overlap: ``(K, C)`` pixel counts of cluster × class.
+
+    Returns:
+        ``(K,)`` int64 class ids.
+    """
     overlap = np.asarray(overlap, dtype=np.float64)
     return overlap.argmax(axis=1).astype(np.int64)
 
 
 def match_clusters(overlap: torch.Tensor | np.ndarray, method: str = "auto") -> np.ndarray:
-    """``method``: ``"hungarian"``, ``"greedy"`` or ``"auto"`` (Hungarian when ``K ≤ C``, else greedy)."""
+    """Map each cluster to a class (:func:`hungarian_match` or :func:`greedy_match`).
+
+    Args:
+        overlap: ``(K, C)`` pixel counts of cluster × class.
+        method: ``"hungarian"``, ``"greedy"`` or ``"auto"`` (Hungarian when ``K ≤ C``, else greedy).
+
+    Returns:
+        ``(K,)`` int64 class ids.
+
+    Raises:
+        ValueError: an unknown ``method``, or ``"hungarian"`` with ``K > C``.
+    """
     k, c = np.asarray(overlap).shape
     if method == "auto":
         method = "hungarian" if k <= c else "greedy"
@@ -135,6 +199,14 @@ def matched_confusion(overlap: torch.Tensor | np.ndarray, mapping: np.ndarray, n
     """Class confusion after relabelling clusters: ``M[:, c] = Σ_{k: σ(k)=c} O[k, :]ᵀ``.
 
     ``overlap`` is ``(K, C)`` (cluster × class), the result ``(C, C)`` (ground truth × prediction).
+
+    Args:
+        overlap: ``(K, C)`` pixel counts.
+        mapping: ``(K,)`` class of each cluster (σ).
+        num_classes: ``C``.
+
+    Returns:
+        The ``(C, C)`` int64 confusion matrix.
     """
     overlap = torch.as_tensor(np.asarray(overlap), dtype=torch.int64)
     conf = torch.zeros(num_classes, num_classes, dtype=torch.int64)

@@ -46,6 +46,14 @@ from paka_hf.evaluation.metrics import (
 class OverclusterConfig:
     """Settings of the overclustering protocol (defaults: docs/EVALUATION.md, with K = #classes and 100).
 
+    Args:
+        num_clusters: the values of ``K``; None for ``(#classes, 100, 300, 500)``.
+        seeds: one k-means fit per seed and ``K``.
+        pca_dim: the PCA dimension of the tokens.
+        eval_size: the side clusters and masks are compared at.
+        max_fit_patches: fit k-means on at most this many tokens (drawn per seed); None for all.
+        kmeans_max_iter: k-means iterations.
+
     Example::
 
         OverclusterConfig(num_clusters=[100, 300], seeds=[0, 1])  # for EvaluationSettings(overcluster=...)
@@ -59,6 +67,11 @@ class OverclusterConfig:
     kmeans_max_iter: int = 300
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict (for the results JSON).
+
+        Returns:
+            ``{field: value}``, sequences as lists.
+        """
         out = asdict(self)
         out["num_clusters"] = None if self.num_clusters is None else list(self.num_clusters)
         out["seeds"] = list(self.seeds)
@@ -67,7 +80,19 @@ class OverclusterConfig:
 
 @dataclass
 class OverclusterResult:
-    """Scores for one ``K`` (percent)."""
+    """Scores for one ``K`` (percent).
+
+    Args:
+        num_clusters: ``K``.
+        mean_iou: the mIoU, mean over seeds.
+        std: its sample standard deviation over seeds; None for one seed.
+        seed_values: the mIoU of each seed.
+        seeds: the seeds.
+        per_class_iou: ``(C,)`` IoU per class, mean over seeds (NaN where never defined).
+        pixel_accuracy: the pixel accuracy, mean over seeds.
+        matching: ``"hungarian"`` or ``"greedy"``.
+        per_seed: the scores of each seed.
+    """
 
     num_clusters: int
     mean_iou: float
@@ -94,7 +119,16 @@ def _tokens(features: torch.Tensor) -> np.ndarray:
 
 
 def project_tokens(val: DenseFeatures, pca_dim: int = 50, seed: int = 0) -> np.ndarray:
-    """Standardised, PCA-projected tokens ``(N h w, min(pca_dim, D))`` (steps 1–2 above)."""
+    """Standardised, PCA-projected tokens ``(N h w, min(pca_dim, D))`` (steps 1–2 above).
+
+    Args:
+        val: the features.
+        pca_dim: the PCA dimension.
+        seed: the PCA's random state.
+
+    Returns:
+        float32 ``(N h w, dim)`` tokens.
+    """
     x = StandardScaler().fit_transform(_tokens(val.features))
     dim = min(int(pca_dim), x.shape[1], x.shape[0])
     return PCA(n_components=dim, random_state=seed).fit_transform(x).astype(np.float32)
@@ -108,6 +142,18 @@ def overclustering(
     progress: bool = True,
 ) -> list[OverclusterResult]:
     """Run the protocol on ``val`` for every ``K`` in ``config.num_clusters``.
+
+    Args:
+        val: the features and masks to cluster and score.
+        config: the protocol's settings; None for the defaults.
+        extra_zero_classes: classes with IoU 0 added to the mean (:func:`~paka_hf.evaluation.metrics.segmentation_scores`).
+        progress: show a progress bar.
+
+    Returns:
+        One :class:`OverclusterResult` per ``K``, in order.
+
+    Raises:
+        ValueError: a ``K`` larger than the number of patch tokens.
 
     Example::
 

@@ -50,6 +50,23 @@ DEFAULT_INPUT_SIZE = {"linear": 448, "overcluster": 448, "hummingbird": 504}
 class EvaluationSettings:
     """Everything a run needs besides the model and the data (defaults: docs/EVALUATION.md).
 
+    Args:
+        linear: the linear probe's settings.
+        overcluster: the overclustering's settings.
+        hummingbird: the Hummingbird settings.
+        input_size: the side, or ``(height, width)``, images are resized to (rounded down to multiples of the patch
+            size); None for each protocol's default (448 / 448 / 504).
+        augment_passes: augmented training passes (linear views, Hummingbird memory passes).
+        crop_scale: the area range of the augmented crops.
+        batch_size: images per forward pass.
+        max_images: images per split; None for all.
+        max_train_images: images of the training split, over ``max_images``; None for ``max_images``.
+        published_conventions: score as the published numbers do (ADE20K's extra zero class, Hummingbird's std).
+        device: where the backbone (and, unless their configs say otherwise, the probe and k-NN search) runs.
+        num_workers: DataLoader workers.
+        seed: the seed of the augmentations.
+        progress: show progress bars.
+
     Example::
 
         from paka_hf.evaluation import EvaluationSettings, LinearProbeConfig
@@ -103,6 +120,28 @@ def run_evaluation(
     ``feature_cache``: a :class:`~.features.FeatureCache` on the same ``backbone`` to reuse features
     across calls (e.g. the same features with two linear schedules).
     ``dataset_kwargs`` go to :func:`~.datasets.load_segmentation_dataset`.
+
+    Args:
+        model_name_or_path: a Hub id or a local folder (also recorded in the report).
+        dataset_name: a benchmark name (:func:`~.datasets.load_segmentation_dataset`).
+        protocols: a non-empty subset of :data:`PROTOCOLS`.
+        data_dir: the on-disk dataset; None for the benchmark's Hub copy.
+        train_split: the training split's name.
+        val_split: the evaluation split's name.
+        settings: the run's settings; None for the defaults.
+        backbone: the backbone to evaluate instead of loading ``model_name_or_path``.
+        datasets: ``(train, val)`` instead of loading them.
+        timings: a dict that receives the wall seconds per step.
+        feature_cache: a cache on ``backbone`` shared across calls.
+        **dataset_kwargs: passed to :func:`~.datasets.load_segmentation_dataset`.
+
+    Returns:
+        The :class:`~.results.EvaluationReport`.
+
+    Raises:
+        ConfigError: no or an unknown protocol, or an unsupported model.
+        ValueError: ``feature_cache`` was built on another backbone, or what the protocols raise.
+        DatasetError: the datasets cannot be read (:func:`~.datasets.load_segmentation_dataset`).
 
     Example::
 
