@@ -78,7 +78,15 @@ def load_eval_results(sources: Iterable[str | os.PathLike | Mapping[str, Any]]) 
 
 
 def same_model(a: str | None, b: str | None) -> bool:
-    """Whether two model references name the same model: equal strings, or paths of one existing folder."""
+    """Whether two model references name the same model: equal strings, or paths of one existing folder.
+
+    Args:
+        a: a Hub id or a path, or None.
+        b: likewise.
+
+    Returns:
+        False when either is empty.
+    """
     if not a or not b:
         return False
     if a == b:
@@ -88,7 +96,14 @@ def same_model(a: str | None, b: str | None) -> bool:
 
 
 def result_key(entry: Mapping[str, Any]) -> tuple:
-    """What one result measures: (protocol, dataset, config, split, metric type, metric name)."""
+    """What one result measures: (protocol, dataset, config, split, metric type, metric name).
+
+    Args:
+        entry: one entry of a results file's ``results``.
+
+    Returns:
+        The 6-tuple (None for a missing field).
+    """
     return (
         entry.get("protocol"),
         entry.get("dataset_name"),
@@ -114,6 +129,20 @@ def attribute_eval_results(
     path. ``base_files`` are taken as the base's on the caller's word (their ``model`` is not checked).
     Raises :class:`MislabelledResultsError` naming every file that belongs to neither model, and every pair
     of files that measure the same thing for the same model; see the module docstring for the rule.
+
+    Args:
+        files: the loaded results files, each with its ``_source``.
+        adapted_refs: the pushed model's names.
+        adapted_sha256: the pushed weights' sha256, or None when unknown.
+        base_model: the base model's Hub id or path, or None.
+        base_files: results files of the base model.
+
+    Returns:
+        ``(base_entries, adapted_entries)``, one entry per measured key.
+
+    Raises:
+        MislabelledResultsError: a file belongs to neither model, measured other weights of the pushed model, or
+            measures what another file already does for the same model.
     """
     columns: dict[str, dict[tuple, tuple[str, dict]]] = {"base": {}, "adapted": {}}
     problems: list[str] = []

@@ -23,13 +23,31 @@ SCHEDULED_DECAY_KEY = "paka_decay"
 
 
 def takes_weight_decay(name: str, param: nn.Parameter) -> bool:
-    """Whether AdamW decays this parameter: not a bias, and at least two dimensions."""
+    """Whether AdamW decays this parameter: not a bias, and at least two dimensions.
+
+    Args:
+        name: the parameter's name.
+        param: the parameter.
+
+    Returns:
+        True when it is decayed.
+    """
     return not (name.endswith(".bias") or name == "bias" or param.ndim <= 1)
 
 
 def decay_groups(module: nn.Module, lr: float, weight_decay: float, name: str) -> list[dict[str, Any]]:
     """The trainable parameters of ``module`` as two AdamW groups, ``{name}/decay`` (``weight_decay``, marked
-    :data:`SCHEDULED_DECAY_KEY`) and ``{name}/no_decay`` (0.0); a group without parameters is left out."""
+    :data:`SCHEDULED_DECAY_KEY`) and ``{name}/no_decay`` (0.0); a group without parameters is left out.
+
+    Args:
+        module: the module whose trainable parameters are grouped.
+        lr: the groups' learning rate.
+        weight_decay: the decayed group's weight decay.
+        name: the groups' name prefix.
+
+    Returns:
+        The parameter groups (zero, one or two).
+    """
     decay, no_decay = [], []
     for param_name, param in module.named_parameters():
         if param.requires_grad:
@@ -46,7 +64,17 @@ def optimizer_groups(
 ) -> list[dict]:
     """AdamW groups of a :class:`~paka_hf.modeling.model.PaKAModel`: the student backbone at ``learning_rate`` and its
     projection head (if any) at ``head_learning_rate``, each split by :func:`decay_groups`. The teacher has no
-    trainable parameters and no group."""
+    trainable parameters and no group.
+
+    Args:
+        model: the :class:`~paka_hf.modeling.model.PaKAModel` (``student``, ``student_head``).
+        learning_rate: the backbone's learning rate.
+        head_learning_rate: the projection head's learning rate.
+        weight_decay: the decayed groups' weight decay.
+
+    Returns:
+        The AdamW parameter groups.
+    """
     groups = []
     for part, lr in (("student", learning_rate), ("student_head", head_learning_rate)):
         module = getattr(model, part)
