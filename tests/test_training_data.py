@@ -386,3 +386,62 @@ def test_shuffle_buffer_memory_is_estimated_from_the_row_bytes_and_warned_about(
         data.warn_if_shuffle_buffers_exceed_memory(source, 10_000, 8 * 4)  # the old default: 51 GB > 32 GiB
     message = caplog.records[-1].getMessage()
     assert "about 47.8 GiB (32 streams" in message and "Lower shuffle_buffer_size (e.g. to 6694)" in message
+
+
+@pytest.mark.parametrize("rendering", ["cpu", "device"])
+def test_skipped_images_travel_named_with_their_reason(tmp_path, rendering):
+    write_images(tmp_path / "imgs", 3)
+    add_bad_files(tmp_path / "imgs")
+    (tmp_path / "imgs" / "img_001_huge.jpg").write_bytes(bomb_jpeg(12000, 8000))  # read after img_001.jpg
+    folder = tmp_path / "imgs"
+    source = load_image_source(str(folder))
+    transform = GlimTransform(28, 14, n_local=2, patch_size=14, rendering=rendering)
+    samples = take(PaKAViewStream(source, transform, seed=0), 4)
+    # Name order: garbage.png, img_000, img_001, img_001_huge, img_002, truncated.jpg, zero.jpg, then epoch 1.
+    named = [[(Path(r["image"]).name, r["reason"]) for r in s["skipped_images"]] for s in samples]
+    assert named == [
+        [("garbage.png", "unknown format")],
+        [],
+        [("img_001_huge.jpg", "too many pixels")],
+        [("truncated.jpg", "truncated"), ("zero.jpg", "empty file"), ("garbage.png", "unknown format")],
+    ]
+    assert [s["num_skipped"] for s in samples] == [len(n) for n in named]
+    huge = samples[2]["skipped_images"][0]
+    assert huge["image"] == str(folder / "img_001_huge.jpg") and "96,000,000 pixels" in huge["detail"]
+    batch = PaKACollator()(samples[2:])
+    assert batch["skipped_images"] == samples[2]["skipped_images"] + samples[3]["skipped_images"]
+    assert int(batch["num_skipped"]) == 4
+
+
+def test_skip_reasons_name_each_kind_of_unreadable_file():
+    from PIL import UnidentifiedImageError
+
+    from paka_hf.training.data import EmptyImageError, ImageTooLargeError, skip_reason
+
+    assert skip_reason(ImageTooLargeError("12000x8000")) == "too many pixels"
+    assert skip_reason(Image.DecompressionBombError("bomb")) == "too many pixels"
+    assert skip_reason(EmptyImageError("0 bytes")) == "empty file"
+    assert skip_reason(UnidentifiedImageError("cannot identify")) == "unknown format"
+    assert skip_reason(OSError("image file is truncated (3 bytes not processed)")) == "truncated"
+    assert skip_reason(OSError("broken data stream")) == "corrupt"
+    assert skip_reason(SyntaxError("not a PNG file")) == "corrupt"
+
+
+def test_the_skipped_images_list_appends_and_reads_back_past_a_torn_last_line(tmp_path):
+    from paka_hf.training.data import append_skipped_images, read_skipped_images, skipped_images_message
+
+    path = tmp_path / "out" / "skipped_images.jsonl"
+    assert read_skipped_images(path) == []
+    first = [{"image": "a.jpg", "reason": "truncated", "detail": "x"}]
+    second = [{"image": f"b{i}.png", "reason": "empty file", "detail": ""} for i in range(7)]
+    append_skipped_images(path, first)
+    append_skipped_images(path, second)
+    assert read_skipped_images(path) == first + second
+    with open(path, "a") as handle:
+        handle.write('{"image": "c.jp')  # a crash mid-append
+    assert read_skipped_images(path) == first + second
+    message = skipped_images_message(second, 8, path)
+    assert message == (
+        "skipped 7 new unreadable image(s): b0.png (empty file), b1.png (empty file), b2.png (empty file), "
+        f"b3.png (empty file), b4.png (empty file) and 2 more; all 8 are listed in {path}"
+    )

@@ -14,7 +14,8 @@ file of parquet shards, or webdataset ``.tar`` shards. The image column is cast 
   count; otherwise every stream reads all rows and keeps one in ``world_size · W`` (a warning
   says so, and how to avoid it, when those rows carry image bytes: a local folder's rows are paths);
 - decodes each row (skipping and counting corrupt, truncated and empty files, and images whose header
-  announces more than ``max_image_pixels``: decompression bombs are never decoded), converts it to RGB
+  announces more than ``max_image_pixels``: decompression bombs are never decoded; each skipped image
+  travels with the next sample, named with its reason, :func:`skipped_image_record`), converts it to RGB
   and renders its GLIM views with a generator seeded by ``(seed, epoch, stream, row)``, so a
   sample's views do not depend on timing, worker scheduling or resumption;
 - runs epoch after epoch (``set_epoch`` reshuffles) until the trainer stops at ``max_steps``;
@@ -26,6 +27,7 @@ file of parquet shards, or webdataset ``.tar`` shards. The image column is cast 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import struct
@@ -51,6 +53,10 @@ class ImageTooLargeError(Image.DecompressionBombError):
     """An image's header announces more pixels than the configured limit; it is never decoded."""
 
 
+class EmptyImageError(ValueError):
+    """An image file of 0 bytes."""
+
+
 DECODE_ERRORS = (
     UnidentifiedImageError,
     OSError,
@@ -61,6 +67,9 @@ DECODE_ERRORS = (
     Image.DecompressionBombError,
 )
 STREAM_KEYS = ("stream_index", "stream_epoch", "stream_position", "num_skipped")
+#: A sample's and a batch's list of the images skipped since the previous one (:func:`skipped_image_record`);
+#: ``num_skipped`` is its length.
+SKIPPED_IMAGES_KEY = "skipped_images"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,11 +302,11 @@ def decode_image(value: Any, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) 
         data, path = None, value
     if data is not None:
         if len(data) == 0:
-            raise ValueError("empty image file (0 bytes)")
+            raise EmptyImageError("empty image file (0 bytes)")
         image = open_image(io.BytesIO(data), max_pixels)
     elif path:
         if os.path.getsize(path) == 0:
-            raise ValueError(f"empty image file (0 bytes): {path}")
+            raise EmptyImageError(f"empty image file (0 bytes): {path}")
         image = open_image(path, max_pixels)
     else:
         raise ValueError("image value holds neither bytes nor a path")
@@ -362,6 +371,100 @@ def image_key(value: Any) -> str:
     if isinstance(value, (bytes, bytearray)):
         return hashlib.sha1(value).hexdigest()
     return str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# skipped images
+# ---------------------------------------------------------------------------------------------
+
+
+def skip_reason(error: BaseException) -> str:
+    """Why an image was skipped, in a few words, from the error its decode raised (one of :data:`DECODE_ERRORS`).
+
+    Args:
+        error: the exception.
+
+    Returns:
+        ``"too many pixels"`` (its header announces more than ``max_image_pixels``), ``"empty file"``,
+        ``"unknown format"`` (Pillow cannot identify it: not an image, or a header corrupt beyond recognition),
+        ``"truncated"`` or ``"corrupt"`` (any other decode error).
+    """
+    if isinstance(error, Image.DecompressionBombError):
+        return "too many pixels"
+    if isinstance(error, EmptyImageError):
+        return "empty file"
+    if isinstance(error, UnidentifiedImageError):
+        return "unknown format"
+    if isinstance(error, OSError) and "truncated" in str(error).lower():
+        return "truncated"
+    return "corrupt"
+
+
+def skipped_image_record(value: Any, error: BaseException) -> dict[str, str]:
+    """One skipped image, as the stream ships it to the trainer and the trainer lists it.
+
+    Args:
+        value: the row's undecoded image value.
+        error: what decoding it raised.
+
+    Returns:
+        ``{"image": image_key(value), "reason": skip_reason(error), "detail": the error's message}``; the detail
+        of an unidentified format is left empty (Pillow's message names only a temporary buffer).
+    """
+    detail = "" if isinstance(error, UnidentifiedImageError) else str(error)
+    return {"image": image_key(value), "reason": skip_reason(error), "detail": detail}
+
+
+def read_skipped_images(path: Path) -> list[dict[str, str]]:
+    """The records of a skipped-images list (one JSON object a line, :func:`append_skipped_images`).
+
+    Args:
+        path: the file; a missing one lists nothing.
+
+    Returns:
+        Its records in file order; a last line cut short by a crash is left out.
+    """
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a torn last line: what follows it, if anything, was never fully written either
+    return records
+
+
+def append_skipped_images(path: Path, records: Sequence[dict[str, str]]) -> None:
+    """Append records to a skipped-images list, one JSON object a line, flushed to disk.
+
+    Args:
+        path: the file, created with its folder if missing.
+        records: what :func:`skipped_image_record` returns.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def skipped_images_message(new: Sequence[dict[str, str]], total: int, path: Path, shown: int = 5) -> str:
+    """The one log line that names images skipped for the first time.
+
+    Args:
+        new: their records.
+        total: images the list holds now, these included.
+        path: the list.
+        shown: how many of ``new`` are named; the rest are counted.
+
+    Returns:
+        e.g. ``"skipped 2 new unreadable image(s): a.jpg (truncated), b.png (unknown format); all 7 are listed
+        in out/skipped_images.jsonl"``.
+    """
+    names = ", ".join(f"{record['image']} ({record['reason']})" for record in new[:shown])
+    more = f" and {len(new) - shown} more" if len(new) > shown else ""
+    return f"skipped {len(new)} new unreadable image(s): {names}{more}; all {total} are listed in {path}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -573,7 +676,7 @@ class PaKAViewStream(torch.utils.data.IterableDataset):
         stream_global = self.rank * self.num_streams + stream
         position = self.state.positions[stream]
         epoch, start_row = position.epoch, position.row
-        skipped = 0  # undecodable rows since the last yielded sample (carried across epochs)
+        skipped: list[dict[str, str]] = []  # undecodable rows since the last yielded sample (carried across epochs)
         while True:
             rows_read, produced = 0, 0
             for row_index, row in enumerate(self._rows(stream, epoch)):
@@ -584,8 +687,8 @@ class PaKAViewStream(torch.utils.data.IterableDataset):
                 try:
                     image = self._decode(row["image"])
                 except DECODE_ERRORS as error:
-                    skipped += 1
-                    logger.debug("skipping undecodable image %s: %s", image_key(row["image"]), error)
+                    skipped.append(skipped_image_record(row["image"], error))
+                    logger.debug("skipping undecodable image %s: %s", skipped[-1]["image"], error)
                     continue
                 generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, stream_global, row_index))
                 sample = self.transform(image, generator)
@@ -593,17 +696,18 @@ class PaKAViewStream(torch.utils.data.IterableDataset):
                     stream_index=stream,
                     stream_epoch=epoch,
                     stream_position=rows_read,
-                    num_skipped=skipped,
+                    num_skipped=len(skipped),
                 )
+                sample[SKIPPED_IMAGES_KEY] = skipped
                 if self.record_keys:
                     sample["image_key"] = image_key(row["image"])
-                skipped = 0
+                skipped = []
                 produced += 1
                 yield sample
             if produced == 0 and start_row == 0:
                 raise empty_stream_error(
                     [
-                        f"process {self.rank} stream {stream} ({rows_read} rows, {skipped} undecodable) in epoch {epoch}"
+                        f"process {self.rank} stream {stream} ({rows_read} rows, {len(skipped)} undecodable) in epoch {epoch}"
                     ],
                     self.world_size,
                     self.num_streams,
@@ -625,8 +729,8 @@ def empty_stream_error(empty: Sequence[str], world_size: int, num_workers: int) 
 class PaKACollator:
     """Stack samples of one stream into a batch: the tensors of :func:`collate_views` (rendered
     views, or images and draws for rendering on the device) plus the stream bookkeeping of the
-    *last* sample (its stream, epoch and position) and the number of images skipped while the batch
-    was read."""
+    *last* sample (its stream, epoch and position), the number of images skipped while the batch
+    was read and their records (:data:`SKIPPED_IMAGES_KEY`)."""
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if not samples:
@@ -640,6 +744,7 @@ class PaKACollator:
             batch["stream_epoch"] = torch.tensor(last["stream_epoch"])
             batch["stream_position"] = torch.tensor(last["stream_position"])
             batch["num_skipped"] = torch.tensor(sum(s["num_skipped"] for s in samples))
+            batch[SKIPPED_IMAGES_KEY] = [record for s in samples for record in s.get(SKIPPED_IMAGES_KEY, ())]
         if "image_key" in last:
             batch["image_keys"] = [s["image_key"] for s in samples]
         return batch

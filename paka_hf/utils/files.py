@@ -7,12 +7,14 @@ folder is exactly what ``AutoModel.from_pretrained`` / ``AutoImageProcessor.from
 An exported ``output_dir``::
 
     config.json, model.safetensors, preprocessor_config.json   EXPORT_FILES (save_backbone)
-    training_config.yaml, training_summary.json                the trainer, at the start / each save
+    training_config.yaml, training_summary.json                the trainer, with the exported weights (export_backbone)
+    skipped_images.jsonl                                       the trainer, as unreadable images are skipped
     adapter/adapter_config.json, adapter/adapter_model.safetensors   LoRA runs (ADAPTER_DIR, ADAPTER_FILES)
     pictures/*.png                                             paka-visualize (PICTURES_DIR)
     eval_results*.json                                         evaluation reports the model card picks up
     rank_diagnostics/rank{rank}.json                           record_rank_diagnostics
-    checkpoint-N/paka_checkpoint_complete.json, paka_stream_rank{rank}.json   resumable checkpoints
+    checkpoint-N/paka_checkpoint_complete.json, paka_stream_rank{rank}.json   resumable checkpoints (each also
+        holds its own training_config.yaml, training_summary.json and skipped_images.jsonl)
     README.md                                                  the model card, rendered at push time only
 
 Example:
@@ -38,7 +40,8 @@ EXPORT_FILES = (MODEL_CONFIG_FILE, WEIGHTS_FILE, PREPROCESSOR_FILE)
 PICKLE_WEIGHTS_FILES = (WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
 
 # ---- written by the trainer -----------------------------------------------------------------------------------
-#: The run's PaKAConfig, written at the start of training; the model card and the push read it.
+#: The run's PaKAConfig, written with the weights it describes: into each checkpoint before its marker, into
+#: output_dir when the backbone is exported (end of training); the model card and the push read it.
 TRAINING_CONFIG_FILE = "training_config.yaml"
 #: Compute and data totals of the run so far, in output_dir and in each checkpoint.
 TRAINING_SUMMARY_FILE = "training_summary.json"
@@ -46,6 +49,10 @@ TRAINING_SUMMARY_FILE = "training_summary.json"
 CHECKPOINT_MARKER = "paka_checkpoint_complete.json"
 #: Each process's position in the image stream, in a checkpoint-N folder (``.format(rank=...)``).
 STREAM_STATE_FILE = "paka_stream_rank{rank}.json"
+#: The images the data streams skipped, one JSON object a line (``image``, ``reason``, ``detail``), each image
+#: once, over every process and every resume; process zero appends at each logging step and checkpoint save,
+#: each checkpoint holds a copy, which a resume restores.
+SKIPPED_IMAGES_FILE = "skipped_images.jsonl"
 #: record_rank_diagnostics: output_dir/RANK_DIAGNOSTICS_DIR/RANK_DIAGNOSTICS_FILE.format(rank=...).
 RANK_DIAGNOSTICS_DIR = "rank_diagnostics"
 RANK_DIAGNOSTICS_FILE = "rank{rank}.json"
@@ -80,6 +87,7 @@ __all__ = [
     "PREPROCESSOR_FILE",
     "RANK_DIAGNOSTICS_DIR",
     "RANK_DIAGNOSTICS_FILE",
+    "SKIPPED_IMAGES_FILE",
     "STREAM_STATE_FILE",
     "TRAINING_CONFIG_FILE",
     "TRAINING_SUMMARY_FILE",
