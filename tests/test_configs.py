@@ -122,3 +122,93 @@ def test_the_demo_config_trains_without_a_warning(tmp_path):
     noise = [line for line in result.stderr.splitlines() if "warn" in line.lower()]
     assert noise == [], noise
     assert "'loss'" in result.stdout + result.stderr
+
+
+# The CPU recipe for your own images is the measured CamVid recipe with the model from the Hub: every setting
+# but where the model, the data and the outputs live (and how often checkpoints are kept) is the recipe's.
+CPU_RECIPE_OWN_FIELDS = {
+    "model_name_or_path",
+    "dataset_name",
+    "output_dir",
+    "shuffle_buffer_size",
+    "save_strategy",
+    "save_steps",
+    "save_total_limit",
+}
+
+
+def _shipped_yaml(path):
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def test_the_cpu_config_is_the_measured_camvid_recipe():
+    cpu = _shipped_yaml(REPO_ROOT / "configs" / "cpu_vits14.yaml")
+    recipe = _shipped_yaml(REPO_ROOT / "configs" / "repro" / "paka.yaml")
+    shared = set(cpu) - CPU_RECIPE_OWN_FIELDS
+    assert shared == set(recipe) - CPU_RECIPE_OWN_FIELDS
+    assert {key: cpu[key] for key in shared} == {key: recipe[key] for key in shared}
+    demo = _shipped_yaml(REPO_ROOT / "configs" / "demo.yaml")
+    # the demo's settings are for a random-init model only: a pretrained one needs a smaller step, a slower teacher
+    assert cpu["learning_rate"] < demo["learning_rate"] and cpu["teacher_momentum"] > demo["teacher_momentum"]
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO_ROOT / "configs").glob("*.yaml")))
+def test_every_shipped_config_parses_into_a_valid_config(name, tmp_path):
+    """Each top-level config of ``configs/`` builds a :class:`PaKAConfig` as shipped (on this CPU: bf16 off),
+    keeps the values its file sets, and its views fit its family's patch size."""
+    from paka_hf.commands import train
+
+    path = REPO_ROOT / "configs" / f"{name}.yaml"
+    config = train.parse_config(["--config", str(path), "--output_dir", str(tmp_path), "--bf16", "false"])
+    for key, value in _shipped_yaml(path).items():
+        if key not in ("output_dir", "bf16", "max_steps") or (key == "max_steps" and value > 0):
+            assert getattr(config, key) == value, key
+    patch = 16 if any(family in name for family in ("dinov3", "siglip")) else 14
+    config.check_patch_size(patch)
+
+
+def test_the_cpu_config_trains_a_pretrained_shape_without_a_warning(tmp_path, caplog):
+    """configs/cpu_vits14.yaml as shipped (224/98 views, batch 8, no head) for two steps on a tiny random-init
+    DINOv2 and ten generated images: no warning from paka_hf, finite losses, the exported backbone written."""
+    from paka_hf import PaKATrainer
+    from paka_hf.apps.demo import save_random_model
+    from paka_hf.commands import train
+
+    save_random_model(tmp_path / "model", tiny_dinov2_config())
+    write_images(tmp_path / "my_images", 10)
+    config = train.parse_config(
+        [
+            "--config",
+            str(REPO_ROOT / "configs" / "cpu_vits14.yaml"),
+            "--model_name_or_path",
+            str(tmp_path / "model"),
+            "--dataset_name",
+            str(tmp_path / "my_images"),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--max_steps",
+            "2",
+            "--logging_steps",
+            "1",
+            "--save_strategy",
+            "no",
+            "--dataloader_num_workers",
+            "0",
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+        ]
+    )
+    assert (config.global_size, config.local_size, config.per_device_train_batch_size) == (224, 98, 8)
+    caplog.clear()  # writing the tiny model warns that it has no image processor yet
+    with caplog.at_level(logging.WARNING, logger="paka_hf"):
+        trainer = PaKATrainer(args=config)
+        trainer.train()
+        trainer.export_backbone(config.output_dir)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    assert (tmp_path / "out" / "model.safetensors").is_file()
