@@ -53,7 +53,15 @@ def save_random_model(path: Path, config, seed: int = 0, image_processor: bool =
 
 
 def make_tiny_model(path: Path, seed: int = 0) -> Path:
-    """A random-init ``Dinov2WithRegistersModel`` (patch 14, width 64, 3 layers, 4 registers)."""
+    """A random-init ``Dinov2WithRegistersModel`` (patch 14, width 64, 3 layers, 4 registers).
+
+    Args:
+        path: the folder to write; kept as it is when it already holds a model.
+        seed: the seed of the random init.
+
+    Returns:
+        ``path``.
+    """
     from transformers import Dinov2WithRegistersConfig
 
     from paka_hf.utils.files import MODEL_CONFIG_FILE, WEIGHTS_FILE
@@ -64,7 +72,16 @@ def make_tiny_model(path: Path, seed: int = 0) -> Path:
 
 
 def synthetic_scene(rng: np.random.Generator, width: int, height: int) -> Image.Image:
-    """A smooth colour field with a few flat-coloured shapes: regions a dense model can separate."""
+    """A smooth colour field with a few flat-coloured shapes: regions a dense model can separate.
+
+    Args:
+        rng: the random generator.
+        width: the image width in pixels (at least 9).
+        height: the image height in pixels (at least 9).
+
+    Returns:
+        The RGB image.
+    """
     y, x = np.mgrid[0:height, 0:width] / max(width, height)
     base = np.stack(
         [0.5 + 0.4 * np.sin(2 * np.pi * (f * x + g * y) + p) for f, g, p in rng.uniform(0.2, 1.5, (3, 3))], -1
@@ -87,7 +104,16 @@ def synthetic_scene(rng: np.random.Generator, width: int, height: int) -> Image.
 
 
 def make_images(path: Path, count: int = 96, seed: int = 0) -> Path:
-    """``count`` generated images, 96–320 px wide, mostly JPEG RGB, some PNG grayscale / RGBA."""
+    """``count`` generated images, 96–320 px wide, mostly JPEG RGB, some PNG grayscale / RGBA.
+
+    Args:
+        path: the folder to write; kept as it is when it already holds ``count`` files.
+        count: the number of images.
+        seed: the seed of the generator.
+
+    Returns:
+        ``path``.
+    """
     path.mkdir(parents=True, exist_ok=True)
     if len(list(path.glob("*.*"))) >= count:
         return path
@@ -105,11 +131,22 @@ def make_images(path: Path, count: int = 96, seed: int = 0) -> Path:
 
 
 def make_demo_assets(root: str | Path, num_images: int = 96, seed: int = 0) -> dict[str, Path]:
+    """Write (or keep) the demo's tiny model and images under ``root``.
+
+    Args:
+        root: the folder for ``model/`` and ``images/``.
+        num_images: the number of images.
+        seed: the seed of the model's init and the images.
+
+    Returns:
+        ``{"model": path, "images": path}``.
+    """
     root = Path(root)
     return {"model": make_tiny_model(root / "model", seed), "images": make_images(root / "images", num_images, seed)}
 
 
 def main() -> None:
+    """The ``paka-demo`` command: parse ``root``, ``--num_images`` and ``--seed``, write the assets and print where."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", nargs="?", default=".demo", help="folder for model/ and images/ (default .demo)")
     parser.add_argument("--num_images", type=int, default=96)

@@ -89,7 +89,14 @@ class ModelLoadError(PaKAUserError, OSError):
 @dataclass
 class ExplorerModel:
     """A backbone in eval mode and the normalization its checkpoint's image processor asks for
-    (``PatchBackbone.image_mean`` / ``image_std``, from the backbone registry)."""
+    (``PatchBackbone.image_mean`` / ``image_std``, from the backbone registry).
+
+    Args:
+        name: the model's Hub id or folder, as shown.
+        backbone: the backbone (``(B, 3, H, W)`` → ``(B, D, h, w)``, with ``patch_size``).
+        mean: the per-channel normalization mean.
+        std: the per-channel normalization std.
+    """
 
     name: str
     backbone: Any  # paka_hf.modeling.backbones.PatchBackbone (or anything returning (B, D, h, w) grids)
@@ -98,12 +105,24 @@ class ExplorerModel:
 
     @property
     def patch_size(self) -> int:
+        """The backbone's patch size in pixels."""
         return int(self.backbone.patch_size)
 
 
 def load_model(source: str | os.PathLike, **load_kwargs: Any) -> ExplorerModel:
     """Load ``source`` (Hub id or folder) with ``PatchBackbone.from_pretrained``; raise :class:`ModelLoadError`
-    with a one-line reason when that fails."""
+    with a one-line reason when that fails.
+
+    Args:
+        source: a Hub id or a local folder.
+        **load_kwargs: passed to ``PatchBackbone.from_pretrained``.
+
+    Returns:
+        The :class:`ExplorerModel`.
+
+    Raises:
+        ModelLoadError: the folder does not exist, or loading failed for any reason.
+    """
     from paka_hf.modeling.backbones import PatchBackbone
 
     name = os.fspath(source)
@@ -126,6 +145,17 @@ def load_image(value: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
 
     Raises :class:`ImageInputError` (one line) for a file that is not an image, an image of more than
     ``max_pixels`` pixels (read from the header, before decoding) or one that has no pixels.
+
+    Args:
+        value: a file path, the file's bytes, or a PIL image.
+        max_pixels: the largest image accepted, in pixels.
+
+    Returns:
+        The RGB image.
+
+    Raises:
+        MissingPathError: a path that is not a file.
+        ImageInputError: as above.
     """
     from paka_hf.training.data import DECODE_ERRORS, decode_image
     from paka_hf.utils.imaging import to_rgb
@@ -160,7 +190,15 @@ def load_image(value: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
 
 
 def crop_to_aspect(image: Image.Image, max_ratio: float = MAX_ASPECT_RATIO) -> Image.Image:
-    """Center-crop the longer side to at most ``max_ratio`` times the shorter one (no-op otherwise)."""
+    """Center-crop the longer side to at most ``max_ratio`` times the shorter one (no-op otherwise).
+
+    Args:
+        image: the image.
+        max_ratio: the largest ratio of the longer side to the shorter.
+
+    Returns:
+        The cropped image, or ``image`` itself.
+    """
     width, height = image.size
     if width > max_ratio * height:
         new = max(1, round(max_ratio * height))
@@ -181,7 +219,16 @@ def crop_to_aspect(image: Image.Image, max_ratio: float = MAX_ASPECT_RATIO) -> I
 @dataclass
 class EncodedImage:
     """One image as both models see it: the picture shown (resized and cropped, ``(W, H)`` pixels) and, per
-    model, its ``(h, w, D)`` patch features raw (PCA, k-means) and L2-normalised (similarity)."""
+    model, its ``(h, w, D)`` patch features raw (PCA, k-means) and L2-normalised (similarity).
+
+    Args:
+        key: the image's content key (the cache's key).
+        shown: the picture shown.
+        features: per model, the ``(h, w, D)`` features.
+        normalized: per model, the L2-normalised features.
+        original_size: ``(width, height)`` of the decoded image.
+        seconds: per model, the seconds the features took.
+    """
 
     key: str
     shown: Image.Image
@@ -192,6 +239,7 @@ class EncodedImage:
 
     @property
     def grid(self) -> tuple[int, int]:
+        """The patch grid ``(h, w)``."""
         return self.features[0].shape[:2]
 
 
@@ -201,6 +249,16 @@ class FeatureExplorer:
 
     ``models``: ``(base, adapted)`` :class:`ExplorerModel` (same patch size). ``forward_calls`` counts the
     backbone forwards actually run (what the cache saves).
+
+    Args:
+        models: ``(base, adapted)``.
+        resolution: the short side images are resized to, in pixels.
+        max_pixels: the largest image accepted, in pixels (:func:`load_image`).
+        cache_size: the images whose features are kept.
+        labels: the two models' names in the pictures.
+
+    Raises:
+        ConfigError: not two models, different patch sizes, or ``resolution`` below the patch size.
     """
 
     def __init__(
@@ -236,7 +294,20 @@ class FeatureExplorer:
 
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike, base: str | os.PathLike, **kwargs: Any) -> "FeatureExplorer":
-        """Load ``base`` and ``model`` (Hub ids or folders) with :func:`load_model`."""
+        """Load ``base`` and ``model`` (Hub ids or folders) with :func:`load_model`.
+
+        Args:
+            model: the adapted model.
+            base: the base model.
+            **kwargs: passed to :class:`FeatureExplorer`.
+
+        Returns:
+            The explorer.
+
+        Raises:
+            ModelLoadError: a model could not be loaded.
+            ConfigError: as :class:`FeatureExplorer`.
+        """
         return cls([load_model(base), load_model(model)], **kwargs)
 
     # ----- cache -----
@@ -267,7 +338,18 @@ class FeatureExplorer:
             store.popitem(last=False)
 
     def encode(self, image: Any) -> EncodedImage:
-        """Features of ``image`` (path, bytes or PIL image) for both models, from the cache when present."""
+        """Features of ``image`` (path, bytes or PIL image) for both models, from the cache when present.
+
+        Args:
+            image: a file path, the file's bytes, or a PIL image.
+
+        Returns:
+            The :class:`EncodedImage`.
+
+        Raises:
+            MissingPathError: a path that is not a file.
+            ImageInputError: the image cannot be used (:func:`load_image`).
+        """
         with self._lock:
             key = self._key(image)
             cached = self._cache.get(key)
@@ -301,7 +383,18 @@ class FeatureExplorer:
     # ----- pictures -----
 
     def pca(self, encoded: EncodedImage, mode: str = PCA_MODES[0]) -> list[Image.Image]:
-        """PCA-to-RGB picture per model: one PCA per model (``"per model"``) or one on both (``"joint"``)."""
+        """PCA-to-RGB picture per model: one PCA per model (``"per model"``) or one on both (``"joint"``).
+
+        Args:
+            encoded: the image (:meth:`encode`).
+            mode: one of :data:`PCA_MODES`.
+
+        Returns:
+            One picture per model.
+
+        Raises:
+            ConfigError: an unknown ``mode``.
+        """
         if mode not in PCA_MODES:
             raise ConfigError(f"PCA mode must be one of {PCA_MODES}, got {mode!r}")
 
@@ -315,7 +408,16 @@ class FeatureExplorer:
         return self._cached_pictures(("pca", encoded.key, mode), make)
 
     def clusters(self, encoded: EncodedImage, n_clusters: int = DEFAULT_CLUSTERS, seed: int = 0) -> list[Image.Image]:
-        """k-means overlay per model (``n_clusters`` clusters on that model's L2-normalised patch tokens)."""
+        """k-means overlay per model (``n_clusters`` clusters on that model's L2-normalised patch tokens).
+
+        Args:
+            encoded: the image (:meth:`encode`).
+            n_clusters: ``K``.
+            seed: the k-means random state.
+
+        Returns:
+            One picture per model.
+        """
 
         def make():
             return [
@@ -326,11 +428,29 @@ class FeatureExplorer:
         return self._cached_pictures(("clusters", encoded.key, int(n_clusters), seed), make)
 
     def query_picture(self, encoded: EncodedImage, row: int, col: int) -> Image.Image:
-        """The shown image with the query patch boxed in white."""
+        """The shown image with the query patch boxed in white.
+
+        Args:
+            encoded: the image (:meth:`encode`).
+            row: the query patch's row.
+            col: the query patch's column.
+
+        Returns:
+            A new picture.
+        """
         return viz.mark_patches(encoded.shown.copy(), encoded.grid, query=(row, col))
 
     def similarity(self, encoded: EncodedImage, row: int, col: int) -> list[Image.Image]:
-        """Per model: cosine similarity of patch ``(row, col)`` to every patch, over the image, scale [0, 1]."""
+        """Per model: cosine similarity of patch ``(row, col)`` to every patch, over the image, scale [0, 1].
+
+        Args:
+            encoded: the image (:meth:`encode`).
+            row: the query patch's row.
+            col: the query patch's column.
+
+        Returns:
+            One picture per model.
+        """
         pictures = []
         for normalized in encoded.normalized:
             sim = viz.similarity_maps([normalized], (0, row, col), normalized=True)[0]
@@ -339,7 +459,17 @@ class FeatureExplorer:
 
     def correspondence(self, source: EncodedImage, target: EncodedImage, row: int, col: int) -> list[Image.Image]:
         """Per model: similarity of patch ``(row, col)`` of ``source`` to every patch of ``target`` (same scale),
-        with the best match in ``target`` boxed."""
+        with the best match in ``target`` boxed.
+
+        Args:
+            source: the image of the query patch.
+            target: the image searched.
+            row: the query patch's row.
+            col: the query patch's column.
+
+        Returns:
+            One picture of ``target`` per model.
+        """
         pictures = []
         for a, b in zip(source.normalized, target.normalized):
             sim = viz.similarity_maps([a, b], (0, row, col), normalized=True)[1]
@@ -348,7 +478,17 @@ class FeatureExplorer:
 
     def click(self, source: EncodedImage, x: float, y: float, target: EncodedImage | None = None):
         """A click at pixel ``(x, y)`` of ``source.shown``: ``(query picture, [heat maps], [correspondence maps]
-        or None, (row, col))``."""
+        or None, (row, col))``.
+
+        Args:
+            source: the clicked image.
+            x: the click's column in pixels of ``source.shown``.
+            y: the click's row.
+            target: a second image for the correspondence maps, or None.
+
+        Returns:
+            The 4-tuple above.
+        """
         row, col = viz.patch_at(x, y, source.shown.size, source.grid)
         heat = self.similarity(source, row, col)
         matches = self.correspondence(source, target, row, col) if target is not None else None
@@ -362,7 +502,14 @@ class FeatureExplorer:
 
 def default_base(model: str | os.PathLike) -> str | None:
     """The base model a PaKA output names: ``model_name_or_path`` of its ``training_config.yaml`` (a local
-    folder, or the file in a Hub model repository); ``None`` when there is none."""
+    folder, or the file in a Hub model repository); ``None`` when there is none.
+
+    Args:
+        model: a PaKA output: a local folder or a Hub id.
+
+    Returns:
+        The base model's name or path, or None.
+    """
     import yaml
 
     path = Path(model)
@@ -381,7 +528,18 @@ def default_base(model: str | os.PathLike) -> str | None:
 
 
 def gallery_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files directly in ``folder``, in name order."""
+    """Image files directly in ``folder``, in name order.
+
+    Args:
+        folder: the gallery folder.
+
+    Returns:
+        The image paths.
+
+    Raises:
+        MissingPathError: ``folder`` is not a folder.
+        EmptyDatasetError: it holds no image.
+    """
     path = Path(folder)
     if not path.is_dir():
         raise MissingPathError(f"--images {os.fspath(folder)!r}: no such folder")
@@ -397,6 +555,14 @@ def gallery_images(folder: str | os.PathLike) -> list[Path]:
 
 
 def require_gradio():
+    """The ``gradio`` module, imported on first use (the explorer is an optional extra).
+
+    Returns:
+        The ``gradio`` module.
+
+    Raises:
+        ConfigError: Gradio is not installed.
+    """
     try:
         import gradio as gr
     except ImportError as err:
@@ -459,6 +625,22 @@ def build_app(
     to load does not raise: the page shows why, and *Models* → *Load* retries. ``images``: the gallery.
     API endpoints (``gradio_client``): ``/analyse`` (image, K, PCA mode), ``/query`` (image, x, y, second
     image or None), ``/load_models`` (model, base).
+
+    Args:
+        model: the adapted model, or None (with ``explorer``, or to load from the page).
+        base: the base model; None for the one ``model``'s ``training_config.yaml`` names.
+        images: the gallery's image files.
+        resolution: the short side images are resized to, in pixels.
+        max_pixels: the largest image accepted, in pixels.
+        labels: the two models' names in the pictures.
+        explorer: a ready explorer, used instead of loading.
+        title: the page's title.
+
+    Returns:
+        The ``gradio.Blocks``.
+
+    Raises:
+        ConfigError: Gradio is not installed.
     """
     gr = require_gradio()
     state: dict[str, Any] = {"explorer": explorer, "error": None}

@@ -83,7 +83,18 @@ VIRIDIS = np.array(
 
 
 def as_backbone(model: Any, **load_kwargs: Any) -> PatchBackbone:
-    """A :class:`PatchBackbone` in eval mode from a Hub id, a local folder, a transformers model or a backbone."""
+    """A :class:`PatchBackbone` in eval mode from a Hub id, a local folder, a transformers model or a backbone.
+
+    Args:
+        model: a Hub id, a local folder, a ``transformers`` vision model or a :class:`PatchBackbone`.
+        **load_kwargs: passed to :meth:`PatchBackbone.from_pretrained` for an id or folder.
+
+    Returns:
+        The backbone, in eval mode.
+
+    Raises:
+        ConfigError: an unsupported model.
+    """
     if isinstance(model, PatchBackbone):
         backbone = model
     elif isinstance(model, (str, os.PathLike)):
@@ -99,6 +110,18 @@ def resize_and_crop(
     """Resize so the short side is ``resolution``, then center-crop both sides to multiples of ``patch_size``.
 
     Use ``resample=Image.NEAREST`` to bring a label mask onto the same pixels as its image.
+
+    Args:
+        image: the image.
+        resolution: the short side after resizing, in pixels.
+        patch_size: the backbone's patch size.
+        resample: the Pillow resampling filter.
+
+    Returns:
+        The resized, cropped image.
+
+    Raises:
+        ConfigError: ``resolution < patch_size``.
     """
     if resolution < patch_size:
         raise ConfigError(f"resolution {resolution} is smaller than the patch size {patch_size}")
@@ -123,6 +146,19 @@ def prepare_image(
     ``mean`` / ``std`` default to ImageNet's (DINOv2); pass a checkpoint's own (its image processor's
     ``image_mean`` / ``image_std``) for other families. Returns the resized image (what the pictures show)
     and its ``(1, 3, H, W)`` float32 tensor.
+
+    Args:
+        image: a PIL image or an image file's path.
+        resolution: the short side after resizing, in pixels.
+        patch_size: the backbone's patch size.
+        mean: the per-channel normalization mean.
+        std: the per-channel normalization std.
+
+    Returns:
+        ``(resized image, pixel_values)``.
+
+    Raises:
+        ConfigError: ``resolution < patch_size``.
     """
     if not isinstance(image, Image.Image):
         image = Image.open(image)
@@ -134,7 +170,15 @@ def prepare_image(
 
 @torch.no_grad()
 def patch_features(backbone: PatchBackbone, pixel_values: torch.Tensor) -> np.ndarray:
-    """Last-layer patch tokens of one image as an ``(h, w, D)`` float32 array."""
+    """Last-layer patch tokens of one image as an ``(h, w, D)`` float32 array.
+
+    Args:
+        backbone: the backbone.
+        pixel_values: ``(1, 3, H, W)`` normalized image.
+
+    Returns:
+        The ``(h, w, D)`` array.
+    """
     param = next(backbone.parameters())
     grid = backbone(pixel_values.to(device=param.device, dtype=param.dtype))
     return grid[0].permute(1, 2, 0).float().cpu().numpy()
@@ -152,6 +196,16 @@ def pca_rgb(feature_maps: Sequence[np.ndarray], clip_percentile: float = 1.0) ->
     percentiles over all patches, so a few extreme patches do not wash out the picture. The sign of each
     component is fixed so its mean over the first image's patches is non-negative, making the colours
     reproducible.
+
+    Args:
+        feature_maps: ``(h_i, w_i, D)`` patch-feature maps.
+        clip_percentile: the percentile clipped at each end of every component.
+
+    Returns:
+        One ``(h_i, w_i, 3)`` uint8 array per map.
+
+    Raises:
+        ValueError: fewer than 3 patches or 3 feature dimensions in all.
     """
     flat = np.concatenate([f.reshape(-1, f.shape[-1]) for f in feature_maps]).astype(np.float64)
     if flat.shape[0] < 3 or flat.shape[1] < 3:
@@ -175,12 +229,28 @@ def pca_rgb(feature_maps: Sequence[np.ndarray], clip_percentile: float = 1.0) ->
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """``x / max(‖x‖₂, 1e-12)`` along the last axis (feature vectors), so dot products are cosines."""
+    """``x / max(‖x‖₂, 1e-12)`` along the last axis (feature vectors), so dot products are cosines.
+
+    Args:
+        x: an array of vectors along its last axis.
+
+    Returns:
+        The normalized array, same shape.
+    """
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def cluster_labels(feature_maps: Sequence[np.ndarray], n_clusters: int, seed: int = 0) -> list[np.ndarray]:
-    """k-means (scikit-learn) on the L2-normalised patch tokens of all maps jointly; ``(h, w)`` int labels."""
+    """k-means (scikit-learn) on the L2-normalised patch tokens of all maps jointly; ``(h, w)`` int labels.
+
+    Args:
+        feature_maps: ``(h_i, w_i, D)`` patch-feature maps.
+        n_clusters: ``K`` (at most the number of patches).
+        seed: the k-means random state.
+
+    Returns:
+        One ``(h_i, w_i)`` int64 label map per map.
+    """
     from sklearn.cluster import KMeans
 
     flat = np.concatenate([f.reshape(-1, f.shape[-1]) for f in feature_maps])
@@ -202,6 +272,14 @@ def similarity_maps(
     ``s[i][r, c] = <f_i[r, c], q> / (‖f_i[r, c]‖ ‖q‖)`` with ``q = f_index[row, col]``: ``(h_i, w_i)``
     float32 maps in [-1, 1]. ``normalized=True`` says the maps are already :func:`l2_normalize`-d (the
     explorer keeps them so, making a click one matrix-vector product per map).
+
+    Args:
+        feature_maps: ``(h_i, w_i, D)`` patch-feature maps.
+        query: ``(image index, row, col)`` of the query patch.
+        normalized: the maps are already L2-normalized.
+
+    Returns:
+        One similarity map per map.
     """
     index, row, col = query
     maps = feature_maps if normalized else [l2_normalize(f) for f in feature_maps]
@@ -210,14 +288,32 @@ def similarity_maps(
 
 
 def top_matches(similarity: np.ndarray, k: int) -> list[tuple[int, int]]:
-    """The ``k`` (row, col) positions of highest similarity, best first."""
+    """The ``k`` (row, col) positions of highest similarity, best first.
+
+    Args:
+        similarity: an ``(h, w)`` similarity map.
+        k: the number of positions.
+
+    Returns:
+        ``[(row, col), ...]``.
+    """
     order = np.argsort(similarity.ravel())[::-1][:k]
     return [tuple(int(v) for v in np.unravel_index(i, similarity.shape)) for i in order]
 
 
 def patch_at(x: float, y: float, image_size: tuple[int, int], grid_shape: tuple[int, int]) -> tuple[int, int]:
     """The ``(row, col)`` of the patch under pixel ``(x, y)`` of an image of ``image_size = (width, height)``
-    pixels shown over a ``grid_shape = (h, w)`` patch grid (clamped to the grid)."""
+    pixels shown over a ``grid_shape = (h, w)`` patch grid (clamped to the grid).
+
+    Args:
+        x: the pixel's column.
+        y: the pixel's row.
+        image_size: ``(width, height)`` of the shown image.
+        grid_shape: ``(h, w)`` of the patch grid.
+
+    Returns:
+        ``(row, col)``.
+    """
     (width, height), (h, w) = image_size, grid_shape
     row = min(h - 1, max(0, int(y * h / height)))
     col = min(w - 1, max(0, int(x * w / width)))
@@ -230,12 +326,29 @@ def patch_at(x: float, y: float, image_size: tuple[int, int], grid_shape: tuple[
 
 
 def colorize_labels(labels: np.ndarray) -> np.ndarray:
+    """``(h, w)`` integer labels as :data:`PALETTE` colours (cycled).
+
+    Args:
+        labels: the label map.
+
+    Returns:
+        ``(h, w, 3)`` uint8 RGB.
+    """
     return PALETTE[labels % len(PALETTE)]
 
 
 def colorize_similarity(similarity: np.ndarray, low: float = 0.0, high: float = 1.0) -> np.ndarray:
     """Map values in [low, high] to viridis RGB (uint8); the fixed range keeps the two models comparable
-    (cosine similarities of dense features are rarely negative, so negatives are clipped to ``low``)."""
+    (cosine similarities of dense features are rarely negative, so negatives are clipped to ``low``).
+
+    Args:
+        similarity: a similarity map, any shape.
+        low: the value shown as the scale's first colour.
+        high: the value shown as its last colour.
+
+    Returns:
+        ``(..., 3)`` uint8 RGB.
+    """
     t = np.clip((similarity - low) / max(high - low, 1e-12), 0, 1) * (len(VIRIDIS) - 1)
     lo = np.floor(t).astype(int)
     hi = np.minimum(lo + 1, len(VIRIDIS) - 1)
@@ -269,12 +382,29 @@ def _cell(image: Image.Image, grid_shape: tuple[int, int]) -> tuple[float, float
 
 
 def pca_picture(rgb: np.ndarray, size: tuple[int, int]) -> Image.Image:
-    """An ``(h, w, 3)`` :func:`pca_rgb` map bilinearly upsampled to ``size = (width, height)`` pixels."""
+    """An ``(h, w, 3)`` :func:`pca_rgb` map bilinearly upsampled to ``size = (width, height)`` pixels.
+
+    Args:
+        rgb: the ``(h, w, 3)`` uint8 map.
+        size: ``(width, height)`` in pixels.
+
+    Returns:
+        The picture.
+    """
     return _upsample(rgb, size)
 
 
 def cluster_overlay(image: Image.Image, labels: np.ndarray, alpha: float = 0.6) -> Image.Image:
-    """``(h, w)`` cluster labels as :data:`PALETTE` colours (nearest upsampling) blended over ``image``."""
+    """``(h, w)`` cluster labels as :data:`PALETTE` colours (nearest upsampling) blended over ``image``.
+
+    Args:
+        image: the image shown under the labels.
+        labels: the ``(h, w)`` label map.
+        alpha: the overlay's weight.
+
+    Returns:
+        A new RGB image.
+    """
     return _blend(image, _upsample(colorize_labels(labels), image.size, True), alpha)
 
 
@@ -289,7 +419,20 @@ def similarity_overlay(
     high: float = 1.0,
 ) -> Image.Image:
     """An ``(h, w)`` similarity map in viridis over ``image`` on the fixed scale [low, high], so maps of two
-    models read on the same colours; the ``query`` patch boxed in white and ``matches`` in black."""
+    models read on the same colours; the ``query`` patch boxed in white and ``matches`` in black.
+
+    Args:
+        image: the image shown under the map.
+        similarity: the ``(h, w)`` similarity map.
+        query: ``(row, col)`` of the patch boxed in white, or None.
+        matches: ``(row, col)`` of the patches boxed in black.
+        alpha: the overlay's weight.
+        low: the scale's low end.
+        high: the scale's high end.
+
+    Returns:
+        A new RGB image.
+    """
     tile = _blend(image, _upsample(colorize_similarity(similarity, low, high), image.size), alpha)
     return mark_patches(tile, similarity.shape, query=query, matches=matches)
 
@@ -302,7 +445,17 @@ def mark_patches(
     matches: Sequence[tuple[int, int]] = (),
 ) -> Image.Image:
     """Box, in place, the ``query`` patch in white and the ``matches`` in black on ``image`` shown over a
-    ``grid_shape = (h, w)`` patch grid; returns ``image``."""
+    ``grid_shape = (h, w)`` patch grid; returns ``image``.
+
+    Args:
+        image: the image, drawn on in place.
+        grid_shape: ``(h, w)`` of the patch grid.
+        query: ``(row, col)`` boxed in white, or None.
+        matches: ``(row, col)`` boxed in black.
+
+    Returns:
+        ``image``.
+    """
     draw = ImageDraw.Draw(image)
     cell = _cell(image, grid_shape)
     if query is not None:
@@ -319,7 +472,18 @@ def compose_grid(
     title: str | None = None,
     pad: int = 6,
 ) -> Image.Image:
-    """Paste equally-sized tiles into a labelled grid on a white background."""
+    """Paste equally-sized tiles into a labelled grid on a white background.
+
+    Args:
+        rows: the tiles, row by row.
+        column_titles: one title per column, drawn above it.
+        row_titles: one title per row, drawn at its left, or None.
+        title: a title above everything, or None.
+        pad: the space between tiles, in pixels.
+
+    Returns:
+        The grid as a new RGB image.
+    """
     tile_w = max(t.width for r in rows for t in r)
     tile_h = max(t.height for r in rows for t in r)
     font = _font(max(12, tile_h // 18))
@@ -370,6 +534,26 @@ def make_pictures(
     ``images``: paths or PIL images (2–4 read best). ``resolution``: short side in pixels before cropping to
     multiples of the patch size. ``query``: the query patch of ``retrieval.png`` as (row, col) fractions of
     the first image. Returns ``{"pca": path, "clusters": path, "retrieval": path}``.
+
+    Args:
+        base: the base model (as above).
+        adapted: the adapted model (as above).
+        images: the images.
+        output_dir: the folder the pictures go to (created when missing).
+        resolution: the short side in pixels.
+        n_clusters: ``K`` of the cluster picture.
+        query: the query patch as ``(row, col)`` fractions of the first image.
+        top_k: the best matches boxed in each image.
+        seed: the k-means random state.
+        labels: the two models' names in the pictures.
+
+    Returns:
+        The three pictures' paths by name.
+
+    Raises:
+        ValueError: no images.
+        ConfigError: the models' patch sizes differ, ``resolution`` is smaller than the patch size, or a model is
+            not supported.
     """
     if not images:
         raise ValueError("make_pictures needs at least one image")
