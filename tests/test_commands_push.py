@@ -1,17 +1,14 @@
-"""The two command-line entry points: scripts/push_to_hub.py and scripts/visualize.py (run in-process)."""
+"""scripts/push_to_hub.py (paka_hf.commands.push), run in-process against the loopback Hub stand-in."""
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 from hub_helpers import TOKEN, eval_file, go_online, make_export_folder
 from hub_server import HubStandIn
-from PIL import Image
 
 from paka_hf.commands import push as push_command
-from paka_hf.commands import visualize as visualize_command
 from paka_hf.commands.cli import run_script
 
 
@@ -115,37 +112,6 @@ def test_push_script_private_on_existing_public_repo_stops(out, monkeypatch, cap
         assert server.repos["paka-org/cli"].private is False
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: paka-org/cli already exists and is public")
-
-
-def test_visualize_script_writes_pictures_the_card_embeds(out, tmp_path, tiny_config, capsys):
-    from paka_hf.hub import render_model_card
-
-    base = tmp_path / "base"
-    make_export_folder(base, tiny_config(), seed=5)
-    images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(images / f"{i}.jpg")
-    code = visualize_command.main(
-        [
-            str(out),
-            "--base",
-            str(base),
-            "--image_dir",
-            str(images),
-            "--num_images",
-            "2",
-            "--resolution",
-            "42",
-            "--n_clusters",
-            "3",
-        ]
-    )
-    assert code == 0
-    assert sorted(p.name for p in (out / "pictures").iterdir()) == ["clusters.png", "pca.png", "retrieval.png"]
-    text = render_model_card(out).text
-    assert "](pictures/pca.png)" in text and "](pictures/retrieval.png)" in text
 
 
 def test_push_script_without_private_keeps_the_namespace_default(out, monkeypatch):
