@@ -19,11 +19,13 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from paka_hf.utils.errors import ConfigError
-from paka_hf.utils.files import CARD_FILE
+from paka_hf.utils.files import CARD_FILE, TRAINING_CONFIG_FILE
 from paka_hf.utils.paths import REPO_ID_PATTERN
 
 SPACE_SUFFIX = "-explorer"
@@ -213,11 +215,14 @@ def push_space(
     token: str | None = None,
     endpoint: str | None = None,
     commit_message: str = DEFAULT_COMMIT_MESSAGE,
+    files: Mapping[str, bytes] | None = None,
 ):
     """Create the Gradio Space ``space_id`` if needed and commit :func:`space_files` to it in one commit;
-    return the ``CommitInfo``."""
+    return the ``CommitInfo``. ``files``: the Space's files as already built (:class:`SpacePlan`), instead of
+    building them here from ``package``, ``resolution`` and ``license``."""
     _check_hub_id(space_id, "the Space id")
-    files = space_files(space_id, model_id, base_id, package=package, resolution=resolution, license=license)
+    if files is None:
+        files = space_files(space_id, model_id, base_id, package=package, resolution=resolution, license=license)
     from huggingface_hub import CommitOperationAdd
 
     api = _api(token, endpoint)
@@ -285,26 +290,105 @@ def link_space_in_model_card(
     return info
 
 
+@dataclass(frozen=True)
+class SpacePlan:
+    """A Space checked and built before anything is uploaded (:func:`plan_space_for_model`).
+
+    Attributes:
+        space_id: The Space's Hub id.
+        model_id: The model repository the Space loads.
+        base_id: The base model's Hub id the Space loads next to it.
+        files: Path in the Space → content (:func:`space_files`).
+    """
+
+    space_id: str
+    model_id: str
+    base_id: str
+    files: dict[str, bytes]
+
+
+def plan_space_for_model(
+    output_dir: str | os.PathLike,
+    repo_id: str,
+    space_id: str | None = None,
+    *,
+    base_model: str | None = None,
+    package: str | None = None,
+    resolution: int = 448,
+    license: str = "apache-2.0",
+) -> SpacePlan:
+    """Everything the Space of the model ``repo_id`` (pushed from ``output_dir``) needs, checked and built without
+    contacting the Hub, so that a push which cannot make the Space stops before its first upload.
+
+    Args:
+        output_dir: The training output folder (its ``training_config.yaml`` names the base model).
+        repo_id: The model repository's Hub id.
+        space_id: The Space's Hub id (default ``repo_id + '-explorer'``, :func:`default_space_id`).
+        base_model: The base model's Hub id (``--base_model``); default: the one the run records
+            (:func:`paka_hf.hub.card.resolve_base_model`: a Hub id, or the id a local checkpoint records).
+        package: One requirements line instead of the pinned dependencies and shipped sources.
+        resolution: The explorer's default short side in pixels.
+        license: The Space card's licence.
+
+    Returns:
+        The :class:`SpacePlan`.
+
+    Raises:
+        ConfigError: the model, Space or base id is not a Hub id, the base is a local checkpoint with no known
+            Hub id, or the requirements cannot be read (:func:`space_requirements`).
+    """
+    from paka_hf.hub.card import read_training_config, resolve_base_model
+
+    _check_hub_id(repo_id, "the model (--repo_id)")
+    space_id = space_id or default_space_id(repo_id)
+    _check_hub_id(space_id, "the Space id (--space)")
+    base = resolve_base_model(read_training_config(output_dir), base_model)
+    if base.hub_id is None:
+        where = (
+            f"the base {base.source!r} is a local checkpoint that records no Hub id"
+            if base.source
+            else f"{Path(output_dir) / TRAINING_CONFIG_FILE} names no base model"
+        )
+        raise ConfigError(
+            f"the Space loads the base model from the Hub, but {where}: pass --base_model ORG/NAME (the base's Hub "
+            "id), or push without --space"
+        )
+    files = space_files(space_id, repo_id, base.hub_id, package=package, resolution=resolution, license=license)
+    return SpacePlan(space_id=space_id, model_id=repo_id, base_id=base.hub_id, files=files)
+
+
 def publish_space_for_model(
     output_dir: str | os.PathLike,
     repo_id: str,
     space_id: str | None = None,
     *,
     base_model: str | None = None,
+    plan: SpacePlan | None = None,
     **kwargs: Any,
 ) -> tuple[str, Any]:
-    """After the model ``repo_id`` was pushed from ``output_dir``: push its Space (``space_id``, default
-    ``repo_id + '-explorer'``; base model from ``base_model`` or ``training_config.yaml``) and link it from
-    the model card. Returns ``(space_id, CommitInfo of the Space)``."""
-    from paka_hf.hub import read_training_config
+    """After the model ``repo_id`` was pushed from ``output_dir``: push its Space and link it from the model card.
 
-    space_id = space_id or default_space_id(repo_id)
-    base = base_model or read_training_config(output_dir).get("model_name_or_path")
-    if not base:
-        raise ConfigError(
-            f"no base model for the Space: pass --base_model (training_config.yaml in {output_dir} names none)"
-        )
+    Args:
+        output_dir: The training output folder the model was pushed from (its ``README.md`` gets the link too).
+        repo_id: The pushed model's Hub id.
+        space_id: The Space's Hub id (default ``repo_id + '-explorer'``); ignored with ``plan``.
+        base_model: The base model's Hub id (default: the one the run records); ignored with ``plan``.
+        plan: The Space as built by :func:`plan_space_for_model` before the model was pushed (a caller that checks
+            everything before its first upload passes it); built here when ``None``.
+        **kwargs: ``package``, ``resolution``, ``license`` (for building the plan) and ``private``, ``token``,
+            ``endpoint``, ``commit_message`` (for :func:`push_space`).
+
+    Returns:
+        ``(space_id, CommitInfo of the Space's commit)``.
+
+    Raises:
+        ConfigError: the Space cannot be made (:func:`plan_space_for_model`).
+        paka_hf.hub.HubAuthenticationError: the Hub refused the write.
+    """
+    build = {k: kwargs.pop(k) for k in ("package", "resolution", "license") if k in kwargs}
+    if plan is None:
+        plan = plan_space_for_model(output_dir, repo_id, space_id, base_model=base_model, **build)
     link_kwargs = {k: kwargs[k] for k in ("token", "endpoint") if k in kwargs}
-    info = push_space(space_id, repo_id, base, **kwargs)
-    link_space_in_model_card(repo_id, space_id, output_dir=output_dir, **link_kwargs)
-    return space_id, info
+    info = push_space(plan.space_id, plan.model_id, plan.base_id, files=plan.files, **kwargs)
+    link_space_in_model_card(repo_id, plan.space_id, output_dir=output_dir, **link_kwargs)
+    return plan.space_id, info

@@ -111,12 +111,29 @@ def main(argv: list[str] | None = None) -> int:
     # one set of card settings, so the dry run shows the card the push would upload
     card_options = dict(eval_results=args.eval_results, license=args.license, base_model=args.base_model)
     try:
+        # Everything that can be known without the Hub is checked, and built, before the first upload: with
+        # --space, the Space's files and the Hub ids it loads here; the export files and the card (with its
+        # results) by push_to_hub before it contacts the Hub.
+        space_plan = None
+        if args.space is not None:
+            from paka_hf.apps import space
+
+            space_plan = space.plan_space_for_model(
+                args.output_dir, args.repo_id, args.space or None, base_model=args.base_model
+            )
         if args.dry_run:
             files = hub.collect_upload_files(args.output_dir)
             card = hub.render_model_card(args.output_dir, args.repo_id, **card_options)
             print(f"Would push to {args.repo_id} ({args.revision or 'main'}), deleting any other remote file:")
             for name in sorted([*files, hub.CARD_FILE]):
                 print(f"  {name}")
+            if space_plan is not None:
+                shown = [name for name in sorted(space_plan.files) if not name.startswith("paka_hf/")]
+                print(
+                    f"Would push the Space {space_plan.space_id} ({space_plan.model_id} against its base "
+                    f"{space_plan.base_id}): {', '.join(shown)} and {len(space_plan.files) - len(shown)} paka_hf "
+                    "source files"
+                )
             print(f"\n{hub.CARD_FILE} (the model card):\n\n{card.content}")
             return 0
         info = hub.push_to_hub(
@@ -132,11 +149,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         raise (MissingPathError if isinstance(err, FileNotFoundError) else ConfigError)(str(err)) from err
     print(f"Pushed {args.repo_id}: {info.commit_url}")
-    if args.space is not None:  # the feature explorer Space, after the model it loads
-        from paka_hf.apps import space
-
+    if space_plan is not None:  # the feature explorer Space, after the model it loads
         space_id, space_info = space.publish_space_for_model(
-            args.output_dir, args.repo_id, args.space or None, base_model=args.base_model, private=args.private
+            args.output_dir, args.repo_id, plan=space_plan, private=args.private
         )
         print(f"Pushed Space {space_id}: {space_info.commit_url} (linked from the model card)")
     return 0

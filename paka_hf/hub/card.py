@@ -23,6 +23,7 @@ import yaml
 from paka_hf.hub.results import attribute_eval_results, load_eval_results, result_key
 from paka_hf.modeling.backbones import FAMILIES, family_for
 from paka_hf.modeling.export import weights_sha256
+from paka_hf.utils.errors import ConfigError
 from paka_hf.utils.files import (
     ADAPTER_DIR,
     ADAPTER_FILES,
@@ -320,7 +321,8 @@ def _adapter_snippet(out: Path, model_ref: str, base_ref: str | None) -> str | N
     if not config_path.is_file():
         return None
     adapter = json.loads(config_path.read_text(encoding="utf-8"))
-    base_ref = base_ref or adapter.get("base_model_name_or_path") or "BASE_MODEL_ID"
+    recorded = adapter.get("base_model_name_or_path")  # peft records the path it was given: published only as an id
+    base_ref = base_ref or (recorded if _is_hub_id(recorded) else None) or "BASE_MODEL_ID"
     return f'''from peft import PeftModel  # pip install peft
 from transformers import AutoModel
 
@@ -332,6 +334,148 @@ model = PeftModel.from_pretrained(base, "{model_ref}", subfolder="{ADAPTER_DIR}"
 
 def _is_hub_id(value: Any) -> bool:
     return isinstance(value, str) and bool(REPO_ID_PATTERN.match(value)) and not Path(value).expanduser().exists()
+
+
+#: A snapshot folder of the Hugging Face download cache: ``.../models--ORG--NAME/snapshots/<revision>``
+#: (Hub names cannot contain ``--``, so the folder name splits back into the id unambiguously).
+_HF_CACHE_SNAPSHOT = re.compile(r"(?:^|[\\/])models--([^\\/]+)[\\/]snapshots(?:[\\/]|$)")
+
+#: How the card names a base model that is a local folder with no recorded Hub id.
+LOCAL_BASE_TEXT = "a local checkpoint"
+
+
+@dataclass(frozen=True)
+class BaseModelRef:
+    """The base model of a run, as the card and the Hub may name it.
+
+    ``source`` is what the run was started from (``model_name_or_path`` of ``training_config.yaml``, or
+    ``--base_model``): it may be a local folder, so it is used to recognise the base's evaluation results but is
+    never published. ``hub_id`` is the base's Hub id when it is known (the only name a card, its metadata or a
+    Space carries); ``local`` says that ``source`` is a local folder.
+    """
+
+    source: str | None
+    hub_id: str | None
+    local: bool
+
+    @property
+    def unknown_local(self) -> bool:
+        """A local folder whose Hub id is not known: the card says :data:`LOCAL_BASE_TEXT`."""
+        return self.local and self.hub_id is None
+
+
+def hub_id_of_local_checkpoint(path: str | os.PathLike) -> str | None:
+    """The Hub id a local checkpoint folder records, or ``None``.
+
+    Read, in this order, from the folder's location in the Hugging Face download cache (``hf download`` and
+    ``from_pretrained`` keep a model in ``.../models--ORG--NAME/snapshots/<sha>/``; the path as written and the
+    path with symlinks followed are both tried) and from ``_name_or_path`` in its ``config.json`` (saved by
+    ``transformers`` 4; ``transformers`` 5 no longer writes it). A ``base_model:`` in the folder's ``README.md``
+    is not used: it names the model *that* checkpoint was derived from, not the checkpoint itself.
+
+    Args:
+        path: The local folder (it need not exist here; then only its path is read).
+
+    Returns:
+        ``"ORG/NAME"``, or ``None`` when nothing records it.
+    """
+    folder = Path(path).expanduser()
+    candidates = [os.fspath(path)]
+    if folder.exists():
+        candidates.append(os.fspath(folder.resolve()))
+    for text in candidates:
+        match = _HF_CACHE_SNAPSHOT.search(text)
+        if match:
+            hub_id = "/".join(match.group(1).split("--"))
+            if REPO_ID_PATTERN.match(hub_id):
+                return hub_id
+    config_path = folder / MODEL_CONFIG_FILE
+    if config_path.is_file():
+        try:
+            recorded = json.loads(config_path.read_text(encoding="utf-8")).get("_name_or_path")
+        except (ValueError, AttributeError):  # not JSON, or not a mapping: records nothing
+            return None
+        if _is_hub_id(recorded):
+            return recorded
+    return None
+
+
+def resolve_base_model(training_config: Mapping[str, Any], base_model: str | None = None) -> BaseModelRef:
+    """The base model of a run and the Hub id a card may name it by.
+
+    Args:
+        training_config: The run's ``training_config.yaml`` as a dict (its ``model_name_or_path``).
+        base_model: The base's Hub id given by the user (``--base_model``); it wins over what the folder records.
+
+    Returns:
+        The :class:`BaseModelRef`: ``hub_id`` is ``base_model``, else ``model_name_or_path`` when it is a Hub id,
+        else what the local folder records (:func:`hub_id_of_local_checkpoint`), else ``None``.
+
+    Raises:
+        ConfigError: ``base_model`` is not a Hub id (a local path would be published in the card's metadata).
+    """
+    source = training_config.get("model_name_or_path")
+    source = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
+    local = source is not None and not _is_hub_id(source)
+    if base_model is not None:
+        if not _is_hub_id(base_model):
+            raise ConfigError(
+                f"--base_model must be the base model's Hub id like 'org/name' (it goes into the card's metadata and "
+                f"the Space), got {base_model!r}"
+            )
+        return BaseModelRef(source=source or base_model, hub_id=base_model, local=local)
+    if source is None:
+        return BaseModelRef(source=None, hub_id=None, local=False)
+    return BaseModelRef(source=source, hub_id=hub_id_of_local_checkpoint(source) if local else source, local=local)
+
+
+def publishable_training_config(training_config: Mapping[str, Any], base: BaseModelRef) -> dict[str, Any]:
+    """``training_config`` as it may be published: a local ``model_name_or_path`` becomes the base's Hub id, or
+    ``None`` when that is not known (a folder of the machine the run was trained on means nothing elsewhere).
+
+    Args:
+        training_config: The run's settings (secrets already redacted, :func:`redact_secrets`).
+        base: The run's base model (:func:`resolve_base_model`).
+
+    Returns:
+        A copy of ``training_config`` with ``model_name_or_path`` replaced where it was a local path.
+    """
+    published = dict(training_config)
+    if base.local and "model_name_or_path" in published:
+        published["model_name_or_path"] = base.hub_id
+    return published
+
+
+#: The card's evaluation hint when no results are attached: a labelled folder in the ``folder`` layout of
+#: scripts/evaluate.py (``{split}/images/*`` + ``{split}/masks/<stem>.png``), its class names, and the results
+#: file of this model and of its base (the names a push finds in the output folder, ``eval_results*.json``).
+HINT_DATA_DIR = "my_seg"
+HINT_CLASS_NAMES = "road,car,sky"
+HINT_RESULTS_FILES = ("eval_results_paka.json", "eval_results_base.json")
+
+
+def evaluate_hint(model_ref: str, base_ref: str | None = None) -> list[dict[str, str]]:
+    """The evaluation commands the card gives when no results are attached: ``scripts/evaluate.py`` with its real
+    flags, for this model and, when its Hub id is known, its base, on the labelled folder :data:`HINT_DATA_DIR`.
+
+    Args:
+        model_ref: This model's Hub id (what the card's reader evaluates).
+        base_ref: The base model's Hub id, or ``None`` (a local base: no command for it).
+
+    Returns:
+        One ``{"command": ..., "output_file": ...}`` per model, this model first; each command is one shell line
+        with a backslash continuation, to run as written once the data folder and class names are the reader's.
+    """
+    hints = []
+    for ref, output_file in zip((model_ref, base_ref), HINT_RESULTS_FILES):
+        if ref:
+            command = (
+                f"python scripts/evaluate.py --model_name_or_path {ref} --dataset_name folder "
+                f"--data_dir {HINT_DATA_DIR} \\\n    --class_names {HINT_CLASS_NAMES} --ignore_index 255 --protocol all "
+                f"--output_file {output_file}"
+            )
+            hints.append({"command": command, "output_file": output_file})
+    return hints
 
 
 def render_model_card(
@@ -392,8 +536,14 @@ def render_model_card(
     if (out / TRAINING_SUMMARY_FILE).is_file():
         summary = json.loads((out / TRAINING_SUMMARY_FILE).read_text(encoding="utf-8"))
 
-    base_source = base_model or training_config.get("model_name_or_path")
-    base_model_meta = base_model or (base_source if _is_hub_id(base_source) else None)
+    base = resolve_base_model(training_config, base_model)
+    if base.unknown_local:
+        logger.warning(
+            "The base model %s is a local checkpoint that records no Hub id: the card says it started from %s and "
+            "names no base_model (pass --base_model ORG/NAME to name it)",
+            base.source,
+            LOCAL_BASE_TEXT,
+        )
     dataset_source = training_config.get("dataset_name")
     if datasets is None:
         datasets = [dataset_source] if _is_hub_id(dataset_source) else None
@@ -402,12 +552,18 @@ def render_model_card(
     if not eval_sources:
         eval_sources = sorted(out.glob(EVAL_RESULTS_GLOB))
     adapted_ref = repo_id or os.fspath(out)
+    adapted_sha256 = weights_sha256(out / WEIGHTS_FILE)
+    loaded, base_files = load_eval_results(eval_sources), load_eval_results(base_eval_results)
+    if base.local and base.hub_id:  # the base measured under its Hub id rather than the local folder trained from
+        named_base = [d for d in loaded if d["model"] == base.hub_id and d["model_sha256"] != adapted_sha256]
+        loaded = [d for d in loaded if all(d is not n for n in named_base)]
+        base_files = [*base_files, *named_base]
     base_entries, adapted_entries = attribute_eval_results(
-        load_eval_results(eval_sources),
+        loaded,
         adapted_refs=[os.fspath(out), *([repo_id] if repo_id else [])],
-        adapted_sha256=weights_sha256(out / WEIGHTS_FILE),
-        base_model=base_source,
-        base_files=load_eval_results(base_eval_results),
+        adapted_sha256=adapted_sha256,
+        base_model=base.source,
+        base_files=base_files,
     )
 
     model_name = repo_id.split("/")[-1] if repo_id else out.resolve().name
@@ -421,19 +577,23 @@ def render_model_card(
         license=license,
         license_name=license_name,
         license_link=license_link,
-        base_model=base_model_meta,
+        base_model=base.hub_id,
         datasets=list(datasets) if datasets else None,
         tags=list(dict.fromkeys([*family["tags"], *DEFAULT_TAGS, *tags])),
         model_name=model_name if adapted_entries else None,
         eval_results=[_eval_result(e) for e in adapted_entries] or None,
     )
 
-    config_pairs = [(k, training_config[k]) for k in _CARD_CONFIG_KEYS if k in training_config]
+    shown_config = publishable_training_config(training_config, base)
+    if base.unknown_local and "model_name_or_path" in shown_config:
+        shown_config["model_name_or_path"] = LOCAL_BASE_TEXT
+    config_pairs = [(k, shown_config[k]) for k in _CARD_CONFIG_KEYS if k in shown_config]
     crop = preprocessor.get("crop_size") or {}
     num_params = _count_parameters(out / WEIGHTS_FILE)
     kwargs = dict(
         model_title=repo_id or model_name,
-        base_model_display=base_source,
+        base_model_display=base.hub_id,
+        base_is_local=base.unknown_local,
         dataset_display=dataset_source,
         architecture=(model_config.get("architectures") or [model_config.get("model_type")])[0],
         num_parameters=f"{num_params:,}" if num_params else "an unknown number of",
@@ -441,7 +601,10 @@ def render_model_card(
         num_register_tokens=model_config.get("num_register_tokens", 0),
         crop_size=f"{crop.get('height', '?')}×{crop.get('width', '?')}" if crop else "its configured size",
         usage_snippet=_usage_snippet(adapted_ref, model_config),
-        adapter_snippet=_adapter_snippet(out, adapted_ref, base_source),
+        adapter_snippet=_adapter_snippet(out, adapted_ref, base.hub_id),
+        evaluate_hint=evaluate_hint(adapted_ref, base.hub_id),
+        hint_data_dir=HINT_DATA_DIR,
+        local_base_text=LOCAL_BASE_TEXT,
         backbone_title=family["title"],
         results_table=results_table(base_entries, adapted_entries),
         results_notes=_results_notes(base_entries + adapted_entries),

@@ -33,7 +33,14 @@ from typing import Any
 
 import yaml
 
-from paka_hf.hub.card import find_pictures, redact_secrets, render_model_card
+from paka_hf.hub.card import (
+    BaseModelRef,
+    find_pictures,
+    publishable_training_config,
+    redact_secrets,
+    render_model_card,
+    resolve_base_model,
+)
 from paka_hf.utils.errors import ConfigError, MissingPathError, PaKAUserError
 from paka_hf.utils.files import ADAPTER_DIR, ADAPTER_FILES, CARD_FILE, EXPORT_FILES, TRAINING_CONFIG_FILE
 from paka_hf.utils.paths import REPO_ID_PATTERN, is_inside
@@ -222,14 +229,16 @@ def push_to_hub(
         raise ConfigError(f"repo_id must look like 'org/name' (got {repo_id!r})")
     out = Path(output_dir)
     files = collect_upload_files(out)
+    training_config = redact_secrets(yaml.safe_load(files[TRAINING_CONFIG_FILE].read_text(encoding="utf-8")) or {})
+    base = resolve_base_model(training_config, card_options.get("base_model"))
     card_bytes = render_model_card(out, repo_id, eval_results=eval_results, **card_options).content.encode("utf-8")
-    config_bytes = yaml.safe_dump(
-        redact_secrets(yaml.safe_load(files[TRAINING_CONFIG_FILE].read_text(encoding="utf-8")) or {}),
-        sort_keys=False,
-    ).encode("utf-8")
+    config_bytes = yaml.safe_dump(publishable_training_config(training_config, base), sort_keys=False).encode("utf-8")
     uploads: dict[str, str | bytes] = {name: str(path) for name, path in files.items()}
     uploads[TRAINING_CONFIG_FILE] = config_bytes
     uploads[CARD_FILE] = card_bytes
+    adapter_config = f"{ADAPTER_DIR}/{ADAPTER_FILES[0]}"
+    if adapter_config in files:
+        uploads[adapter_config] = _publishable_adapter_config(files[adapter_config], base)
 
     endpoint = resolve_endpoint(endpoint)
     api = HfApi(endpoint=endpoint, token=token)
@@ -274,6 +283,18 @@ def push_to_hub(
         raise
     logger.info("Pushed %s: %s", repo_id, getattr(info, "commit_url", info))
     return info
+
+
+def _publishable_adapter_config(path: Path, base: BaseModelRef) -> str | bytes:
+    """The LoRA adapter's config as it may be published: peft records the base as the path it was loaded from,
+    which becomes the base's Hub id, or ``None`` when that is not known (``PeftModel.from_pretrained(base, ...)``
+    takes the base model itself and needs neither). An adapter config naming a Hub id is uploaded as it is."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    recorded = config.get("base_model_name_or_path")
+    if recorded is None or (REPO_ID_PATTERN.match(str(recorded)) and not Path(recorded).expanduser().exists()):
+        return str(path)
+    config["base_model_name_or_path"] = base.hub_id
+    return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
 def _ensure_repo(api, repo_id: str, private: bool | None, retry: Mapping[str, Any]) -> bool:
