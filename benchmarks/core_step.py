@@ -22,24 +22,11 @@ import time
 
 import numpy as np
 import torch
-from PIL import Image
-from transformers import Dinov2Config
 
 from paka_hf.modeling.backbones import PatchBackbone, ProjectionHead
 from paka_hf.modeling.model import PaKAModel
+from paka_hf.testing import random_image, vit_s14_config
 from paka_hf.views.glim import GlimTransform, collate_views
-
-
-def vit_s14() -> Dinov2Config:
-    return Dinov2Config(
-        hidden_size=384,
-        num_hidden_layers=12,
-        num_attention_heads=6,
-        mlp_ratio=4,
-        patch_size=14,
-        image_size=518,
-        drop_path_rate=0.0,
-    )
 
 
 def main() -> None:
@@ -53,10 +40,10 @@ def main() -> None:
     torch.manual_seed(0)
 
     rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 255, (360, 480, 3), dtype=np.uint8)) for _ in range(args.batch)]
+    images = [random_image(rng, 360, 480) for _ in range(args.batch)]
     transform = GlimTransform(224, 98, n_local=4, patch_size=14)
     head = ProjectionHead(384) if args.head else None
-    model = PaKAModel(PatchBackbone.from_config(vit_s14()), head).train()
+    model = PaKAModel(PatchBackbone.from_config(vit_s14_config(drop_path_rate=0.0)), head).train()
 
     def views():
         return collate_views([transform(im) for im in images])

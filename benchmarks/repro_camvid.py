@@ -36,7 +36,6 @@ under-trains 367 images: docs/EVALUATION.md), overclustering K = 11 (Hungarian) 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import resource
@@ -53,16 +52,9 @@ sys.path.insert(0, str(REPO))
 
 from paka_hf.evaluation import CamVid, EvaluationSettings, HummingbirdConfig, LinearProbeConfig, OverclusterConfig  # noqa: E402
 from paka_hf.modeling.backbones import PatchBackbone  # noqa: E402
+from paka_hf.testing import load_file_module  # noqa: E402
 
-
-def _load_script(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-EVAL_CAMVID = _load_script(REPO / "benchmarks" / "eval_camvid.py", "paka_eval_camvid")  # its evaluate_camvid
+EVAL_CAMVID = load_file_module(REPO / "benchmarks" / "eval_camvid.py", "paka_eval_camvid")  # its evaluate_camvid
 LONG_LINEAR_EPOCHS = 100
 
 CONFIG_DIR = REPO / "configs" / "repro"

@@ -4,7 +4,6 @@ model modules import without the trainer stack. One test needs CUDA: no host–d
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,7 +16,7 @@ import torch
 
 from paka_hf.modeling.backbones import PatchBackbone, ProjectionHead
 from paka_hf.modeling.model import PaKAModel
-from paka_hf.testing import tiny_dinov2_config
+from paka_hf.testing import load_file_module, tiny_dinov2_config
 from paka_hf.views.glim import sample_boxes
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -68,10 +67,7 @@ def loss_and_grads(
 
 def gpu_step():
     """benchmarks/gpu_step.py as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("gpu_step", REPO_ROOT / "benchmarks" / "gpu_step.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file_module(REPO_ROOT / "benchmarks" / "gpu_step.py", "gpu_step")
 
 
 def flat(grads: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -172,9 +168,7 @@ def test_roi_align_stand_in_matches_torchvision():
     """The plain-torch RoIAlign the device script falls back to when torchvision does not import."""
     from torchvision.ops import roi_align
 
-    spec = importlib.util.spec_from_file_location("_stand_ins", REPO_ROOT / "benchmarks" / "_stand_ins.py")
-    stand_ins = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stand_ins)
+    stand_ins = load_file_module(REPO_ROOT / "benchmarks" / "_stand_ins.py", "_stand_ins")
     stand_in = stand_ins.roi_align_stand_in
     generator = torch.Generator().manual_seed(0)
     for height, width in ((37, 37), (7, 7), (4, 6)):
@@ -349,9 +343,7 @@ def test_full_step_has_no_host_device_sync_on_cuda():
 def test_step_ops_lists_what_the_full_step_adds_over_the_bare_step(capsys):
     """benchmarks/step_ops.py: the ops the full step adds are the alignment, the heads, the loss and the optimizer
     tail, with the bytes they touch; the bare step runs none of them; view ops are not counted."""
-    spec = importlib.util.spec_from_file_location("step_ops", REPO_ROOT / "benchmarks" / "step_ops.py")
-    step_ops = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(step_ops)
+    step_ops = load_file_module(REPO_ROOT / "benchmarks" / "step_ops.py", "step_ops")
     (report,) = step_ops.main(["--smoke", "--device", "cpu"]).values()
     added = {row["op"]: row for row in report["added"]}
     bare = report["ops"]["bare"]

@@ -1,26 +1,20 @@
 """The CamVid reproduction: its configs are valid and each changes one thing; its summary is right."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import yaml
+
+from paka_hf.testing import load_file_module
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 REPRO = REPO_ROOT / "configs" / "repro"
 
 
-def load_module(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def driver():
-    return load_module(REPO_ROOT / "benchmarks" / "repro_camvid.py", "repro_camvid")
+    return load_file_module(REPO_ROOT / "benchmarks" / "repro_camvid.py", "repro_camvid")
 
 
 # NeCo's runs change what NeCo needs and nothing else: the loss, the head and NeCo's own fields;
