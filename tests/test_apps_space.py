@@ -11,6 +11,7 @@ from huggingface_hub import HfApi, constants
 
 from paka_hf.apps import space
 from paka_hf.commands import push as push_command
+from paka_hf.commands.cli import run_script
 from paka_hf.utils.errors import ConfigError
 
 REPO = "paka-org/dinov2-paka-tiny"
@@ -119,3 +120,70 @@ def test_space_requirements_need_the_installed_metadata(monkeypatch):
     with pytest.raises(ConfigError, match=r"pip install -e \."):
         space.space_requirements()
     assert space.space_requirements("paka_hf[app]==0.1.0") == "paka_hf[app]==0.1.0\n"
+
+
+def _with_base(out, base: str) -> None:
+    """Point the export's training_config.yaml at another base model (a local folder, a cache path...)."""
+    config = yaml.safe_load((out / "training_config.yaml").read_text())
+    config["model_name_or_path"] = base
+    (out / "training_config.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_a_space_that_cannot_be_made_stops_the_push_before_any_upload(server, tmp_path, tiny_config, capsys):
+    out = tmp_path / "out"
+    make_export_folder(out, tiny_config())
+    local_base = tmp_path / "shared" / "models" / "dinov2-small"
+    local_base.mkdir(parents=True)
+    _with_base(out, str(local_base))
+    capsys.readouterr()  # what writing the export printed
+    status = run_script(push_command.main, [str(out), "--repo_id", REPO, "--space"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.count("\n") == 1 and err.startswith("error: the Space loads the base model from the Hub")
+    assert "--base_model ORG/NAME" in err
+    assert server.repos == {}  # neither the model nor the Space was created
+    # a Space id that is no Hub id stops it just as early
+    _with_base(out, BASE)
+    assert run_script(push_command.main, [str(out), "--repo_id", REPO, "--space", "not a hub id"]) == 2
+    assert "the Space id (--space) must be a Hub id" in capsys.readouterr().err and server.repos == {}
+
+
+def test_the_space_requirements_are_checked_before_the_model_is_pushed(server, tmp_path, tiny_config, monkeypatch):
+    import importlib.metadata
+
+    out = tmp_path / "out"
+    make_export_folder(out, tiny_config())
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "requires", not_installed)
+    with pytest.raises(ConfigError, match="package metadata is not installed"):
+        push_command.main([str(out), "--repo_id", REPO, "--space"])
+    assert server.repos == {}
+
+
+def test_space_of_a_base_from_the_hf_cache_loads_it_by_its_hub_id(tmp_path, tiny_config):
+    out = tmp_path / "out"
+    make_export_folder(out, tiny_config())
+    snapshot = tmp_path / "hf_home" / "hub" / "models--facebook--dinov2-small" / "snapshots" / "0123abcd"
+    _with_base(out, str(snapshot))  # the folder need not exist here: its path names the model
+    plan = space.plan_space_for_model(out, REPO)
+    assert (plan.space_id, plan.model_id, plan.base_id) == (REPO + "-explorer", REPO, "facebook/dinov2-small")
+    assert "base='facebook/dinov2-small'" in plan.files["app.py"].decode()
+    assert str(tmp_path) not in b"".join(plan.files[name] for name in ("app.py", "README.md")).decode()
+    # --base_model names it when nothing records it; a path there is refused, not published
+    _with_base(out, str(tmp_path))
+    assert space.plan_space_for_model(out, REPO, base_model=BASE).base_id == BASE
+    with pytest.raises(ConfigError, match="must be the base model's Hub id"):
+        space.plan_space_for_model(out, REPO, base_model=str(tmp_path))
+
+
+def test_dry_run_with_space_shows_the_space_and_contacts_nobody(tmp_path, tiny_config, capsys, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: a request would fail
+    out = tmp_path / "out"
+    make_export_folder(out, tiny_config())
+    assert push_command.main([str(out), "--repo_id", REPO, "--space", "--dry_run"]) == 0
+    printed = capsys.readouterr().out
+    assert f"Would push the Space {REPO}-explorer ({REPO} against its base {BASE}): README.md, app.py, " in printed
+    assert not (out / "README.md").exists()
