@@ -263,3 +263,110 @@ def test_read_template_reads_a_given_file_and_names_a_missing_one(tmp_path):
     assert read_template(own) == own.read_text(encoding="utf-8")
     with pytest.raises(FileNotFoundError, match="nothere.md"):
         read_template(tmp_path / "nothere.md")
+
+
+def _set_base(out, base: str) -> None:
+    import yaml
+
+    config = yaml.safe_load((out / "training_config.yaml").read_text())
+    config["model_name_or_path"] = base
+    (out / "training_config.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_a_local_base_is_never_published_and_the_card_says_so(export_dir, tmp_path, caplog):
+    out, _ = export_dir
+    local_base = tmp_path / "shared" / "models" / "dinov2-small"
+    local_base.mkdir(parents=True)
+    _set_base(out, str(local_base))
+    with caplog.at_level("WARNING", logger="paka_hf.hub.card"):
+        card = hub.render_model_card(out, "paka-org/dinov2-paka-tiny")
+    assert "shared/models" not in card.content and str(tmp_path) not in card.content
+    assert card.data.base_model is None
+    assert "It starts from a local checkpoint (its Hub id was not recorded)" in card.text
+    assert "| `model_name_or_path` | a local checkpoint |" in card.text
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "--base_model ORG/NAME" in warnings[0].getMessage()
+    # the hint evaluates this model only: there is no Hub id to evaluate the base by
+    hint = re.findall(r"```bash\n(.*?)```", card.text, flags=re.S)[0]
+    assert hint.count("scripts/evaluate.py") == 1 and "eval_results_base.json" not in card.text
+    # --base_model names it; a path there would be published, so it is refused
+    named = hub.render_model_card(out, "paka-org/dinov2-paka-tiny", base_model="facebook/dinov2-small")
+    assert named.data.base_model == "facebook/dinov2-small" and "shared/models" not in named.content
+    assert "It starts from `facebook/dinov2-small`" in named.text
+    with pytest.raises(PaKAUserError, match="must be the base model's Hub id"):
+        hub.render_model_card(out, base_model=str(local_base))
+
+
+def test_a_local_base_that_records_its_hub_id_is_named_by_it(export_dir, tmp_path, tiny_config, caplog):
+    from paka_hf.hub.card import hub_id_of_local_checkpoint
+
+    out, _ = export_dir
+    # a snapshot of the Hugging Face download cache: the folder's path names the model (it need not exist here)
+    snapshot = tmp_path / "hf_home" / "hub" / "models--facebook--dinov2-with-registers-small" / "snapshots" / "9a1b"
+    _set_base(out, str(snapshot))
+    with caplog.at_level("WARNING", logger="paka_hf.hub.card"):
+        card = hub.render_model_card(out, "paka-org/dinov2-paka-tiny")
+    assert not caplog.records
+    assert card.data.base_model == "facebook/dinov2-with-registers-small"
+    assert "It starts from `facebook/dinov2-with-registers-small`" in card.text
+    assert "| `model_name_or_path` | facebook/dinov2-with-registers-small |" in card.text
+    assert "hf_home" not in card.content and "models--" not in card.content
+    assert "--model_name_or_path facebook/dinov2-with-registers-small" in card.text  # the base's hint too
+    # a symlink to such a snapshot, and a folder whose config.json records the id (transformers 4 wrote
+    # _name_or_path; transformers 5 does not)
+    snapshot.mkdir(parents=True)
+    (tmp_path / "linked").symlink_to(snapshot)
+    assert hub_id_of_local_checkpoint(tmp_path / "linked") == "facebook/dinov2-with-registers-small"
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "config.json").write_text(json.dumps({"model_type": "dinov2", "_name_or_path": "facebook/dinov2-base"}))
+    assert hub_id_of_local_checkpoint(saved) == "facebook/dinov2-base"
+    (saved / "config.json").write_text(json.dumps({"model_type": "dinov2", "_name_or_path": str(tmp_path)}))
+    assert hub_id_of_local_checkpoint(saved) is None
+
+
+def test_the_cards_evaluation_hint_runs_and_its_results_go_on_the_card(export_dir, tmp_path):
+    import shlex
+
+    import numpy as np
+    from PIL import Image
+
+    from paka_hf.commands import evaluate as evaluate_command
+    from paka_hf.hub.card import HINT_CLASS_NAMES, HINT_DATA_DIR
+
+    out, _ = export_dir
+    repo = "paka-org/dinov2-paka-tiny"
+    card = hub.render_model_card(out, repo)
+    commands = re.findall(r"```bash\n(.*?)```", card.text, flags=re.S)[0].replace("\\\n", " ").splitlines()
+    assert len(commands) == 2  # this model and its base (a Hub id), each one shell line
+    argv = shlex.split(commands[0])
+    assert argv[:2] == ["python", "scripts/evaluate.py"]
+    output_file = argv[argv.index("--output_file") + 1]
+    assert f"--eval_results {output_file} " in card.text.replace("`", " ")
+    # the reader's data: a labelled folder in the layout the card describes, with as many classes as it names
+    rng = np.random.default_rng(0)
+    classes = HINT_CLASS_NAMES.split(",")
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        for folder in ("images", "masks"):
+            (data / split / folder).mkdir(parents=True)
+        for i in range(3):
+            mask = np.zeros((28, 28), np.uint8)
+            mask[:, 14:], mask[20:, :], mask[:2, :2] = 1, len(classes) - 1, 255
+            Image.fromarray(rng.integers(0, 255, (28, 28, 3), dtype=np.uint8)).save(
+                data / split / "images" / f"{i}.png"
+            )
+            Image.fromarray(mask).save(data / split / "masks" / f"{i}.png")
+    # run it as written, with the export folder for the repository id, this data folder and a results path in
+    # tmp_path, plus settings small enough for a test
+    results = tmp_path / output_file
+    substitute = {repo: str(out), HINT_DATA_DIR: str(data), output_file: str(results)}
+    fast = ["--input_size", "28", "--epochs", "1", "--num_clusters", "3", "--seeds", "0", "--augment_passes", "0"]
+    evaluate_command.main([*(substitute.get(a, a) for a in argv[2:]), *fast, "--no_progress", "--device", "cpu"])
+    measured = json.loads(results.read_text())
+    assert {r["protocol"] for r in measured["results"]} == {"linear", "overcluster", "hummingbird"}
+    with_results = hub.render_model_card(out, repo, eval_results=[results])
+    assert len(with_results.data.eval_results) == len(measured["results"])
+    assert "No evaluation results were attached" not in with_results.text
+    linear = next(r for r in measured["results"] if r["protocol"] == "linear")
+    assert f"| – | {linear['value']:.1f} | – |" in with_results.text  # the PaKA column, no base file given
