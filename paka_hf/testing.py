@@ -243,23 +243,42 @@ def batch_of_views(n_images: int = 2, global_size: int = 56, local_size: int = 2
     return collate_views([transform(image, generator) for image in images])
 
 
-def write_random_images(folder: Path, count: int, image_hw: tuple[int, int], seed: int = 0) -> Path:
-    """``count`` noise JPEGs of one size (:func:`random_image`), named ``0.jpg``, ``1.jpg``, ...
+def write_random_images(
+    folder: Path,
+    count: int,
+    image_hw: tuple[int, int] | None = None,
+    seed: int = 0,
+    *,
+    side_range: tuple[int, int] | None = None,
+) -> Path:
+    """``count`` noise JPEGs (:func:`random_image`), all of one size or each of its own, named ``0.jpg``,
+    ``1.jpg``, ... with the numbers zero-padded to one width (``00.jpg`` to ``15.jpg`` for 16), so that names
+    sort as numbers.
 
     Args:
         folder: Created if missing.
         count: Number of images.
-        image_hw: ``(height, width)`` of each.
+        image_hw: ``(height, width)`` of every image.
         seed: Seed of the generator.
+        side_range: ``(low, high)``: instead of ``image_hw``, each image's height and then width are drawn from
+            ``[low, high)`` by the same generator, before its pixels: a folder of mixed sizes, as real ones are.
 
     Returns:
         ``folder``.
+
+    Raises:
+        ValueError: neither or both of ``image_hw`` and ``side_range`` given.
     """
+    if (image_hw is None) == (side_range is None):
+        raise ValueError("write_random_images takes one of image_hw (one size) and side_range (mixed sizes)")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
+    digits = len(str(max(count - 1, 0)))
     for i in range(count):
-        random_image(rng, *image_hw).save(folder / f"{i}.jpg")
+        if side_range is not None:
+            image_hw = int(rng.integers(*side_range)), int(rng.integers(*side_range))
+        random_image(rng, *image_hw).save(folder / f"{i:0{digits}d}.jpg")
     return folder
 
 

@@ -31,7 +31,7 @@ from paka_hf.hub import render_model_card
 from paka_hf.modeling.backbones import FAMILIES, PatchBackbone, patchify, resolve_lora_targets
 from paka_hf.modeling.model import PaKAModel
 from paka_hf.testing import TINY_ARCHITECTURE as TINY
-from paka_hf.testing import StopAt, tiny_run_config
+from paka_hf.testing import StopAt, tiny_run_config, write_random_images
 from paka_hf.testing import tiny_family_config as tiny_config
 from paka_hf.utils.errors import ConfigError
 
@@ -226,12 +226,7 @@ END_TO_END = [
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for i in range(12):
-        h, w = int(rng.integers(50, 90)), int(rng.integers(50, 90))
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / f"{i:02d}.jpg")
-    return root
+    return write_random_images(tmp_path_factory.mktemp("images"), 12, side_range=(50, 90))
 
 
 def family_run_config(model_dir, images, output_dir, patch_size, **overrides) -> PaKAConfig:

@@ -9,7 +9,6 @@ import warnings
 from dataclasses import fields
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -17,7 +16,7 @@ from PIL import Image
 from transformers import AutoModel, pipeline
 
 from paka_hf import PaKAConfig, PaKATrainer
-from paka_hf.testing import StopAt, tiny_dinov2_config, tiny_run_config
+from paka_hf.testing import StopAt, tiny_dinov2_config, tiny_run_config, write_random_images
 from paka_hf.training.checkpoints import CHECKPOINT_MARKER, complete_checkpoints
 from paka_hf.utils.errors import ConfigError
 
@@ -31,11 +30,7 @@ def assets(tmp_path_factory):
     config.drop_path_rate = 0.0
     torch.manual_seed(0)
     AutoModel.from_config(config).save_pretrained(root / "model")
-    rng = np.random.default_rng(0)
-    (root / "images").mkdir()
-    for i in range(16):
-        h, w = int(rng.integers(40, 90)), int(rng.integers(40, 90))
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / "images" / f"{i:02d}.jpg")
+    write_random_images(root / "images", 16, side_range=(40, 90))
     return root
 
 
