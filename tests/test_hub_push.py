@@ -11,6 +11,7 @@ files over classic Git-LFS).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -26,6 +27,7 @@ from paka_hf import hub
 from paka_hf.utils.errors import PaKAUserError
 
 REPO = "paka-org/dinov2-paka-tiny"
+BASE = "facebook/dinov2-with-registers-small"  # model_name_or_path of hub_helpers.TRAINING_CONFIG
 EXPECTED = {
     "model.safetensors",
     "config.json",
@@ -470,6 +472,9 @@ def test_a_lora_export_pushes_merged_weights_and_adapter_in_one_commit_and_both_
     assert server.count("POST", r"/commit/main$") == 1
     card = files["README.md"].decode()
     assert f'PeftModel.from_pretrained(base, "{REPO}", subfolder="adapter")' in card
+    # peft recorded the local folder the base came from; the published adapter config names the base's Hub id
+    assert json.loads(files["adapter/adapter_config.json"])["base_model_name_or_path"] == BASE
+    assert str(tmp_path) not in card and all(str(tmp_path).encode() not in content for content in files.values())
     pixels = torch.randn(1, 3, 28, 42)
     with torch.no_grad():
         merged = AutoModel.from_pretrained(REPO).eval()(pixel_values=pixels).last_hidden_state
@@ -478,3 +483,29 @@ def test_a_lora_export_pushes_merged_weights_and_adapter_in_one_commit_and_both_
         torch.testing.assert_close(adapted(pixel_values=pixels).last_hidden_state, merged, rtol=0, atol=1e-5)
         plain = AutoModel.from_pretrained(tmp_path / "base").eval()  # (from_pretrained put the adapter into `base`)
         assert not torch.allclose(plain(pixel_values=pixels).last_hidden_state, merged, atol=1e-3)
+
+
+def test_a_local_base_path_is_published_nowhere(server, out, tmp_path, caplog):
+    import yaml
+
+    local_base = tmp_path / "shared" / "models" / "dinov2-small"
+    local_base.mkdir(parents=True)
+    config = yaml.safe_load((out / "training_config.yaml").read_text())
+    (out / "training_config.yaml").write_text(yaml.safe_dump({**config, "model_name_or_path": str(local_base)}))
+    with caplog.at_level("WARNING"):
+        _push(out)
+    files = server.snapshot(REPO)
+    assert all(b"shared/models" not in content for content in files.values())
+    assert yaml.safe_load(files["training_config.yaml"])["model_name_or_path"] is None
+    card = ModelCard(files["README.md"].decode())
+    assert card.data.base_model is None and "It starts from a local checkpoint" in card.text
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "local checkpoint that records no Hub id" in warnings[0]
+    # a base in the Hugging Face download cache is published as its Hub id, in the card and the configuration
+    cached = tmp_path / "hf_home" / "hub" / "models--facebook--dinov2-small" / "snapshots" / "0123abcd"
+    (out / "training_config.yaml").write_text(yaml.safe_dump({**config, "model_name_or_path": str(cached)}))
+    _push(out)
+    files = server.snapshot(REPO)
+    assert yaml.safe_load(files["training_config.yaml"])["model_name_or_path"] == "facebook/dinov2-small"
+    assert ModelCard(files["README.md"].decode()).data.base_model == "facebook/dinov2-small"
+    assert all(b"models--" not in content for content in files.values())
