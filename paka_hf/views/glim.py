@@ -92,9 +92,10 @@ def _check_range(name: str, value: Sequence[float], low: float, high: float) -> 
 
 
 # The samplers below draw with torch (one ``torch.rand`` per batch of candidates, from the caller's
-# generator) and compute in numpy float64: the same IEEE operations as the torch version they replace
-# (so the same boxes), at a fraction of the per-call overhead of tiny torch ops, which dominated the
-# data workers' time once the views moved to the device.
+# generator) and compute in numpy float64: they run in the data workers for every image, where the per-call
+# overhead of tiny torch ops costs more than their arithmetic. The arithmetic is the float64 IEEE operations
+# torch would do, in the same order (``_containment`` is :func:`containment` step for step), so checking the
+# boxes with the torch functions gives the numbers the sampler compared against τ.
 
 
 def _rand(count: int, generator) -> np.ndarray:
