@@ -9,6 +9,7 @@ import warnings
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -505,3 +506,77 @@ def test_resume_with_neco_restores_its_reference_queue_bit_exactly(assets, tmp_p
         assert torch.equal(student_a[name], student_b[name]), f"student {name}"
     for name in teacher_a:
         assert torch.equal(teacher_a[name], teacher_b[name]), f"teacher {name}"
+
+
+def bad_images(folder: Path) -> dict[str, str]:
+    """Unreadable files among the good ones of ``folder`` (names sorted between them), each with its reason."""
+    import io
+
+    png = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 60, 3), dtype=np.uint8)).save(png, format="PNG")
+    bomb = io.BytesIO()
+    Image.fromarray(np.full((16, 16, 3), 120, np.uint8)).save(bomb, format="JPEG")
+    bomb = bytearray(bomb.getvalue())
+    sof = bomb.index(b"\xff\xc0")
+    bomb[sof + 5 : sof + 9] = (8000).to_bytes(2, "big") + (12000).to_bytes(2, "big")  # 96 Mpx announced
+    files = {
+        "01b.jpg": (b"not a jpeg at all", "unknown format"),
+        "04e.jpg": (b"", "empty file"),
+        "06t.png": (png.getvalue()[:200], "truncated"),
+        "09h.jpg": (bytes(bomb), "too many pixels"),
+    }
+    for name, (data, _) in files.items():
+        (folder / name).write_bytes(data)
+    return {name: reason for name, (_, reason) in files.items()}
+
+
+def test_skipped_images_are_named_in_the_log_and_listed_once_across_a_resume(assets, tmp_path, caplog):
+    images = tmp_path / "images"
+    shutil.copytree(assets / "images", images)
+    reasons = bad_images(images)
+    # Source order, 20 images over 10 steps of 2: the stream wraps into a second epoch and meets 01b and 04e again.
+    kwargs = dict(dataset_name=str(images), shuffle_buffer_size=0, max_steps=10)
+    expected = [{"image": str(images / name), "reason": reason} for name, reason in reasons.items()]
+
+    def listed(path):
+        return [{key: record[key] for key in ("image", "reason")} for record in map(json.loads, path.open())]
+
+    def warnings_naming(name):
+        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and f"{name} (" in r.getMessage()]
+
+    with caplog.at_level("WARNING", logger="paka_hf.training.trainer"):
+        PaKATrainer(args=run_config(assets, tmp_path / "a", **kwargs)).train()
+    straight = (tmp_path / "a" / "skipped_images.jsonl").read_text()
+    assert listed(tmp_path / "a" / "skipped_images.jsonl") == expected  # each once, though 01b was skipped in both epochs
+    for name, reason in reasons.items():
+        (message,) = warnings_naming(name)  # named in one warning line, when first skipped
+        assert f"{images / name} ({reason})" in message
+        assert message.startswith("skipped ") and str(tmp_path / "a" / "skipped_images.jsonl") in message
+    assert "96,000,000 pixels" in json.loads(straight.splitlines()[3])["detail"]
+
+    output = tmp_path / "b"
+    PaKATrainer(args=run_config(assets, output, **kwargs), callbacks=[StopAt(5)]).train()
+    assert listed(output / "checkpoint-3" / "skipped_images.jsonl") == expected[:2]
+    assert listed(output / "skipped_images.jsonl") == expected[:3]  # 06t was skipped after checkpoint-3
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="paka_hf.training.trainer"):
+        PaKATrainer(args=run_config(assets, output, **kwargs)).train(resume_from_checkpoint="latest")
+    assert (output / "skipped_images.jsonl").read_text() == straight  # 06t, skipped again, is listed once
+    assert not warnings_naming("01b.jpg") and len(warnings_naming("06t.png")) == 1
+
+    PaKATrainer(args=run_config(assets, output, overwrite_output_dir=True, dataset_name=str(assets / "images"))).train()
+    assert not (output / "skipped_images.jsonl").exists()  # a new run's list: none of an earlier run's images
+
+
+def test_epoch_after_a_resume_equals_the_uninterrupted_runs(assets, tmp_path):
+    straight = PaKATrainer(args=run_config(assets, tmp_path / "a"))
+    metrics_a = straight.train().metrics
+    PaKATrainer(args=run_config(assets, tmp_path / "b"), callbacks=[StopAt(3)]).train()
+    resumed = PaKATrainer(args=run_config(assets, tmp_path / "b"))
+    metrics_b = resumed.train(resume_from_checkpoint="latest").metrics
+    assert metrics_a["epoch"] == metrics_b["epoch"] == straight.state.epoch == resumed.state.epoch == 1.0
+    epochs_a = [entry["epoch"] for entry in straight.state.log_history]
+    epochs_b = [entry["epoch"] for entry in resumed.state.log_history]
+    assert epochs_b == epochs_a == [1 / 3, 2 / 3, 1.0, 1.0]  # logged at steps 2, 4, 6 and the final metrics
+    saved = [json.loads((tmp_path / run / "checkpoint-6" / "trainer_state.json").read_text()) for run in "ab"]
+    assert saved[0]["epoch"] == saved[1]["epoch"] == 1.0

@@ -68,12 +68,16 @@ from paka_hf.training.checkpoints import (
 )
 from paka_hf.training.config import PaKAConfig
 from paka_hf.training.data import (
+    SKIPPED_IMAGES_KEY,
     STREAM_KEYS,
     PaKACollator,
     PaKAViewStream,
     StreamState,
+    append_skipped_images,
     empty_stream_error,
     load_image_source,
+    read_skipped_images,
+    skipped_images_message,
     warn_if_shuffle_buffers_exceed_memory,
 )
 from paka_hf.training.hub_push import HubPushMixin
@@ -83,6 +87,7 @@ from paka_hf.utils.files import (
     ADAPTER_DIR,
     RANK_DIAGNOSTICS_DIR,
     RANK_DIAGNOSTICS_FILE,
+    SKIPPED_IMAGES_FILE,
     STREAM_STATE_FILE,
     TRAINING_CONFIG_FILE,
     TRAINING_SUMMARY_FILE,
@@ -190,6 +195,20 @@ class WeightDecayScheduleCallback(TrainerCallback):
                 group["weight_decay"] = self.value
 
 
+class EpochCallback(TrainerCallback):
+    r"""``state.epoch`` = optimizer steps done / ``max_steps``, the same in a resumed run as in an uninterrupted one.
+
+    The view stream has no length, so ``Trainer`` counts one epoch as ``max_steps`` optimizer steps (``max_steps``
+    × gradient accumulation batches) and sets ``state.epoch`` from the batches of the current ``train`` call only:
+    a run resumed at step :math:`k` would end at :math:`1 - k / \text{max\_steps}`. Set after every optimizer
+    step, before ``Trainer`` logs (the ``epoch`` of the logs and of the final metrics) or saves it
+    (``trainer_state.json``).
+    """
+
+    def on_step_end(self, args, state, control, **kwargs):
+        state.epoch = state.global_step / state.max_steps
+
+
 class FinalStepLogCallback(TrainerCallback):
     """Log at the last optimizer step too, so the final loss is logged whatever ``logging_steps`` is
     (``Trainer`` logs only at multiples of it: ``logging_steps`` > ``max_steps`` would log no loss at all)."""
@@ -273,7 +292,13 @@ class PaKATrainer(HubPushMixin, Trainer):
             train_dataset=self._make_stream(args, None),
             data_collator=PaKACollator(),
             processing_class=image_processor,
-            callbacks=[self.ema_callback, self.weight_decay_callback, FinalStepLogCallback(), *(callbacks or [])],
+            callbacks=[
+                EpochCallback(),
+                self.ema_callback,
+                self.weight_decay_callback,
+                FinalStepLogCallback(),
+                *(callbacks or []),
+            ],
             **kwargs,
         )
         if self.is_fsdp_enabled:
@@ -288,6 +313,8 @@ class PaKATrainer(HubPushMixin, Trainer):
         self._reset_log_accumulators()
         self._images_seen = 0  # this process, this session (training_step)
         self._seen_keys: list[str] = []
+        self._skipped_pending: list[dict[str, str]] = []  # this process's skipped images, not yet listed
+        self._skipped_listed: set[str] = set()  # process zero: the images output_dir's list holds
         self._train_start = None
         self._totals_before = RunTotals()  # from the checkpoint resumed, over every process
         self._totals: RunTotals | None = None  # last gathered over every process (checkpoint saves, end of train)
@@ -349,6 +376,7 @@ class PaKATrainer(HubPushMixin, Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         if "stream_index" in inputs:  # bookkeeping on CPU tensors, before they move to the device
             self.stream_state.record({key: inputs.pop(key) for key in STREAM_KEYS})
+            self._skipped_pending.extend(inputs.pop(SKIPPED_IMAGES_KEY, ()))
         keys = inputs.pop("image_keys", None)
         if keys is not None and self.args.record_rank_diagnostics:
             self._seen_keys.extend(keys)
@@ -400,6 +428,7 @@ class PaKATrainer(HubPushMixin, Trainer):
                         logs["learning_rate_head"] = group["lr"]
             logs["images_per_second"] = round(images / max(now - self._last_log_time, 1e-9), 2)
             logs["images_skipped"] = int(skipped)
+            self._list_skipped_images()
             self._reset_log_accumulators()
         super().log(logs, start_time)
 
@@ -429,6 +458,7 @@ class PaKATrainer(HubPushMixin, Trainer):
             folder / STREAM_STATE_FILE.format(rank=self.args.process_index), json.dumps(self.stream_state.to_dict())
         )
         totals = self._gather_totals()  # a collective: every process is here
+        self._list_skipped_images(checkpoint=folder)
         if self.args.should_save:
             self._write_training_config(folder)
             self._write_training_summary(folder, totals, exported=None)
@@ -499,15 +529,55 @@ class PaKATrainer(HubPushMixin, Trainer):
             self._totals_before = RunTotals.read(Path(checkpoint) / TRAINING_SUMMARY_FILE)
         self._check_data_before_training()
         self._prepare_output_dir(checkpoint)
+        self._restore_skipped_images(checkpoint)
         self._images_seen = 0
         self._totals = None
         self._train_start = time.perf_counter()
         self._reset_log_accumulators()
         output = super().train(resume_from_checkpoint=checkpoint, **kwargs)
+        self._list_skipped_images()
         self._totals = self._gather_totals()
         if self.args.record_rank_diagnostics:
             self._write_rank_diagnostics()
         return output
+
+    def _restore_skipped_images(self, checkpoint: str | None) -> None:
+        """Start output_dir's list of skipped images (:data:`~paka_hf.utils.files.SKIPPED_IMAGES_FILE`) as the
+        resumed checkpoint's copy, so images listed after that checkpoint, which the resumed stream skips again,
+        are listed once; a fresh run starts with no list. Process zero alone writes the list."""
+        self._skipped_pending, self._skipped_listed = [], set()
+        if not self.args.should_save:
+            return
+        path = Path(self.args.output_dir) / SKIPPED_IMAGES_FILE
+        records = read_skipped_images(Path(checkpoint) / SKIPPED_IMAGES_FILE) if checkpoint else []
+        path.unlink(missing_ok=True)
+        if records:
+            append_skipped_images(path, records)
+        self._skipped_listed = {record["image"] for record in records}
+
+    def _list_skipped_images(self, checkpoint: Path | None = None) -> None:
+        """Gather the images every process skipped since the last call (a collective call); process zero appends
+        those new to the list to output_dir's :data:`~paka_hf.utils.files.SKIPPED_IMAGES_FILE` and names the first
+        few in one warning. With ``checkpoint``, it also copies the list into that checkpoint folder (for a resume).
+        """
+        pending, self._skipped_pending = self._skipped_pending, []
+        if self.args.world_size > 1:
+            from accelerate.utils import gather_object
+
+            pending = gather_object(pending)
+        if not self.args.should_save:
+            return
+        path = Path(self.args.output_dir) / SKIPPED_IMAGES_FILE
+        new = []
+        for record in pending:  # an image is skipped again each epoch: listed once
+            if record["image"] not in self._skipped_listed:
+                self._skipped_listed.add(record["image"])
+                new.append(record)
+        if new:
+            append_skipped_images(path, new)
+            logger.warning(skipped_images_message(new, len(self._skipped_listed), path))
+        if checkpoint is not None and path.is_file():
+            write_text_atomic(Path(checkpoint) / SKIPPED_IMAGES_FILE, path.read_text(encoding="utf-8"))
 
     def _gather_totals(self) -> RunTotals:
         """This run's totals so far over every process and every resume (a collective call).
