@@ -11,7 +11,9 @@
 
 :func:`link_space_in_model_card` then adds a link to the Space to the model card (``README.md`` of the model
 repository, and of the output folder) in a second, small commit. ``scripts/push_to_hub.py OUT --repo_id ORG/NAME
---space`` does both after pushing the model. Authentication and ``HF_ENDPOINT`` as in :mod:`paka_hf.hub`.
+--space`` does both after pushing the model, with the Space built and checked before the model's commit
+(:func:`plan_space_for_model`: the Hub ids, the requirements), so a Space that cannot be made uploads nothing.
+Authentication and ``HF_ENDPOINT`` as in :mod:`paka_hf.hub`.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@ r"""Publish a PaKA training output folder to the Hugging Face Hub in one commit.
 Uploads exactly model.safetensors, config.json, preprocessor_config.json, README.md (the model card,
 rendered now from the folder, the training configuration and the evaluation results; a README.md of
 your own in the folder is neither uploaded nor overwritten), pictures/*.png (from scripts/visualize.py)
-and training_config.yaml (token-like values redacted). Nothing else in the folder (checkpoints,
-optimizer state, logs, pickles) is uploaded, and remote files the export does not contain are deleted
-in the same commit: the repository then holds exactly this export. The push is a single commit: if it
+and training_config.yaml (token-like values redacted; a local base folder is published as its Hub id,
+or as null when none is known: the card then says it started from a local checkpoint, and --base_model
+names it). Nothing else in the folder (checkpoints, optimizer state, logs, pickles) is uploaded, and
+remote files the export does not contain are deleted in the same commit: the repository then holds exactly this export. The push is a single commit: if it
 fails, the repository is left exactly as it was (a repository the push created is deleted again).
 Transient HTTP errors are retried with back-off.
 
@@ -19,6 +20,10 @@ id) and its base; any other file, or two files measuring the same metric for one
 Authentication: run `hf auth login` once, or set HF_TOKEN to a token with write access. There is
 deliberately no --token option (command lines are visible to other users of the machine).
 Set HF_ENDPOINT to push to another Hub deployment.
+
+Everything that can be checked without the Hub is checked before the first upload: the export files, the
+card and its results and, with --space, the Space's files and the Hub ids it loads (a base that is a local
+folder with no known Hub id needs --base_model); a push that cannot finish uploads nothing.
 
 Examples (``paka-push`` is the same command):
     python scripts/push_to_hub.py out/ --repo_id my-org/dinov2-paka

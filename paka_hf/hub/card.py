@@ -513,7 +513,10 @@ def render_model_card(
 
     ``repo_id`` goes into the usage snippet and the ``model-index`` name (the folder path is used when
     ``None``). Metadata ``base_model`` / ``datasets`` are set only for Hub ids (the Hub rejects local
-    paths); override with ``base_model=`` / ``datasets=``. The card is not written to disk: call
+    paths); override with ``base_model=`` (a Hub id) / ``datasets=``. A local base folder is never published:
+    the card names it by the Hub id it records (:func:`resolve_base_model`), else says it started from
+    :data:`LOCAL_BASE_TEXT` and logs a warning. With no results attached, the card gives the evaluation
+    commands that produce them (:func:`evaluate_hint`). The card is not written to disk: call
     ``card.save(path)``.
     """
     from huggingface_hub import ModelCard, ModelCardData

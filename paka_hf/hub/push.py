@@ -174,7 +174,11 @@ def collect_upload_files(output_dir: str | os.PathLike) -> dict[str, Path]:
         if any(name.startswith(f"{ADAPTER_DIR}/") for name in missing):
             hint += f" {out / ADAPTER_DIR} is incomplete: export again (paka_hf.modeling.lora.export_lora_backbone) or remove it."
         if TRAINING_CONFIG_FILE in missing:
-            hint += f" {TRAINING_CONFIG_FILE} is written by the trainer (scripts/train.py) at the start of training."
+            hint += (
+                f" {TRAINING_CONFIG_FILE} is written with the exported weights when training ends (scripts/train.py "
+                "exports the backbone to its output_dir); a run that has not ended has it only in its checkpoint-N "
+                "folders, which are not exports."
+            )
         raise MissingPathError(f"{out} lacks {', '.join(missing)}; nothing was pushed.{hint}")
     outside = [name for name in required if not is_inside(out / name, out)]
     if outside:
@@ -207,7 +211,9 @@ def push_to_hub(
     """Publish ``output_dir`` to ``repo_id`` in one commit; return the ``huggingface_hub.CommitInfo``.
 
     The commit holds exactly ``model.safetensors``, ``config.json``, ``preprocessor_config.json``,
-    ``pictures/*.png``, the LoRA adapter's ``adapter/*`` when there is one, ``training_config.yaml`` (token-like values redacted) and ``README.md``, rendered now
+    ``pictures/*.png``, the LoRA adapter's ``adapter/*`` when there is one, ``training_config.yaml`` (token-like values redacted; a local ``model_name_or_path``, like a LoRA adapter's
+    ``base_model_name_or_path``, replaced by the base's Hub id or ``None``, never published:
+    :func:`~paka_hf.hub.card.resolve_base_model`) and ``README.md``, rendered now
     by :func:`~paka_hf.hub.card.render_model_card` (``card_options`` go to it: ``license``, ``base_model``,
     ``pipeline_tag``, ...) and uploaded from memory; it deletes every other remote file but ``.gitattributes``.
     Nothing is written to ``output_dir``. The branch ``revision`` is created if missing.
