@@ -17,6 +17,12 @@ or the ``HF_TOKEN`` environment variable. ``--hub_token`` still works but warns:
 to every user of the machine (``ps``). A user error (bad value, missing path, no checkpoint to resume)
 prints one line ``error: ...`` and exits with status 2; ``--debug`` shows its traceback.
 
+Ctrl-C prints one line, ``interrupted: ...``: the step training stopped at, the last complete checkpoint and the
+command that resumes from it (:func:`interrupted_message`), and exits with status 130. A checkpoint folder the
+run was writing is removed, as is an ``output_dir`` the run created and left without a file (so a failed start,
+such as ``--resume_from_checkpoint latest`` with nothing to resume, leaves no empty folder behind); a folder that
+existed before the run is never removed.
+
 Example::
 
     from paka_hf.commands.train import parse_config
@@ -28,6 +34,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
+import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,9 +45,10 @@ import yaml
 
 from paka_hf import PaKAConfig, PaKATrainer
 from paka_hf.commands import StrictHfArgumentParser, closest_name, unknown_arguments_error
-from paka_hf.commands.cli import configure_logging, run_script
+from paka_hf.commands.cli import INTERRUPTED_STATUS, configure_logging, run_script
+from paka_hf.training.checkpoints import CHECKPOINT_MARKER, checkpoint_folders, complete_checkpoints
 from paka_hf.training.config import secret_fields
-from paka_hf.utils.errors import ConfigError
+from paka_hf.utils.errors import ConfigError, Interrupted
 from paka_hf.utils.files import EVAL_RESULTS_GLOB
 from paka_hf.utils.paths import check_local_path
 
@@ -182,14 +192,45 @@ def parse_config_and_origins(argv: list[str]) -> tuple[PaKAConfig, dict[str, str
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Train, export the backbone to ``output_dir``, write the run's metrics and state there, push if asked."""
+    """Train, export the backbone to ``output_dir``, write the run's metrics and state there, push if asked.
+
+    Raises:
+        Interrupted: on Ctrl-C, with where training stopped, its last complete checkpoint and the resume command
+            (:func:`interrupted_message`); on every process but process zero, ``SystemExit(130)`` instead, so that
+            a multi-process run prints that line once.
+    """
     configure_logging("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config, origins = parse_config_and_origins(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    config, origins = parse_config_and_origins(argv)
     logging.getLogger().setLevel(logging.INFO if config.should_log else logging.WARNING)
     config.check_local_paths(origins)  # before anything is loaded: a mistyped folder never reaches the Hub
-    trainer = PaKATrainer(args=config)
-    train_result = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
-    output = trainer.export_backbone(config.output_dir)
+    run = RunFolder(config.output_dir)  # before the trainer creates output_dir
+    trainer = None
+    exporting = False
+    try:
+        trainer = PaKATrainer(args=config)
+        train_result = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+        exporting = True
+        output = trainer.export_backbone(config.output_dir)
+    except BaseException as error:
+        if config.should_save:  # process zero: the one that writes and removes
+            run.clean_up()
+        if not isinstance(error, KeyboardInterrupt) or isinstance(error, Interrupted):
+            raise
+        if config.process_index != 0:
+            raise SystemExit(INTERRUPTED_STATUS) from None
+        state = trainer.state if trainer is not None else None
+        raise Interrupted(
+            interrupted_message(
+                global_step=state.global_step if state is not None else 0,
+                max_steps=(state.max_steps if state is not None else 0) or config.max_steps,
+                started=trainer is not None,
+                exporting=exporting,
+                output_dir=config.output_dir,
+                command=resume_command(argv, overwrite_output_dir=config.overwrite_output_dir),
+                rerun_command=f"{program_name()} {shlex.join(argv)}".rstrip(),
+            )
+        ) from None
     # As the transformers example scripts: train_results.json, all_results.json and trainer_state.json in
     # output_dir (process zero writes them). The Hub push uploads none of them (paka_hf.hub.collect_upload_files).
     metrics = train_result.metrics
@@ -208,6 +249,148 @@ def main(argv: list[str] | None = None) -> None:
         info = trainer.push_to_hub(eval_results=results)
         if info is not None:
             print(f"pushed to {config.hub_model_id}: {getattr(info, 'commit_url', info)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# a run that stops: what it leaves behind, what it says
+# ---------------------------------------------------------------------------------------------
+
+
+class RunFolder:
+    """What a run found in ``output_dir`` before it started, so that when it stops early it removes only what it
+    created itself and left unfinished.
+
+    Args:
+        output_dir: the run's output folder, looked at now (before the trainer creates it).
+    """
+
+    def __init__(self, output_dir: str | os.PathLike):
+        self.output_dir = Path(output_dir)
+        self.existed = self.output_dir.exists()
+        self.checkpoints_before = {path.name for _, path in checkpoint_folders(self.output_dir)}
+
+    def clean_up(self) -> list[Path]:
+        """Remove the unfinished leftovers of this run: each checkpoint folder it created that has no completion
+        marker (a save that Ctrl-C or an error cut short; never resumable, and it would stop the next fresh run
+        into this folder), then ``output_dir`` itself if this run created it and it holds no file.
+
+        Checkpoint folders that were there before the run started, complete or not, are left alone, and so is an
+        ``output_dir`` that existed before.
+
+        Returns:
+            The folders removed.
+        """
+        removed = []
+        for _, path in checkpoint_folders(self.output_dir):
+            if path.name not in self.checkpoints_before and not (path / CHECKPOINT_MARKER).exists():
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        if not self.existed and self.output_dir.is_dir() and not any(p.is_file() for p in self.output_dir.rglob("*")):
+            shutil.rmtree(self.output_dir, ignore_errors=True)
+            removed.append(self.output_dir)
+        for path in removed:
+            logger.info("removed %s: the run stopped before it held anything", path)
+        return removed
+
+
+def program_name(argv0: str | None = None) -> str:
+    """How to run this program again from the current folder, for a message: ``python scripts/train.py`` for a
+    script, ``python -m paka_hf.commands.train`` for the module, ``paka-train`` for the console command.
+
+    Args:
+        argv0: the program as started (``sys.argv[0]`` when ``None``).
+
+    Returns:
+        The command's first words, quoted for a POSIX shell.
+    """
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    path = Path(argv0)
+    if path.suffix == ".py":
+        if path.resolve() == Path(__file__).resolve():
+            return "python -m paka_hf.commands.train"
+        return f"python {shlex.quote(argv0)}"
+    if path.name and argv0 not in ("-c", "-m", "-"):
+        return shlex.quote(path.name)  # a console command on PATH
+    return "paka-train"
+
+
+def _without_option(argv: list[str], name: str) -> list[str]:
+    """``argv`` without ``--name VALUE``, ``--name=VALUE`` or a bare ``--name`` (``-`` and ``_`` alike)."""
+    out = []
+    skip_value = False
+    for token in argv:
+        if skip_value:
+            skip_value = False
+            if not token.startswith("-"):
+                continue
+        key, equals, _ = token.partition("=")
+        if key.startswith("--") and key[2:].replace("-", "_") == name:
+            skip_value = not equals
+            continue
+        out.append(token)
+    return out
+
+
+def resume_command(argv: list[str], overwrite_output_dir: bool = False, program: str | None = None) -> str:
+    """The command line that resumes this run from its newest complete checkpoint: the same program and
+    arguments, with ``--resume_from_checkpoint latest`` in place of any ``--resume_from_checkpoint`` given.
+
+    ``--overwrite_output_dir`` goes (set to ``false`` where the run had it on): a resume keeps the checkpoints
+    that an overwrite would remove.
+
+    Args:
+        argv: the arguments the run was started with (after the program name).
+        overwrite_output_dir: the run's ``overwrite_output_dir``, from wherever it was set.
+        program: the program's first words (:func:`program_name` when ``None``).
+
+    Returns:
+        The command, quoted for a POSIX shell.
+    """
+    args = _without_option(_without_option(argv, "resume_from_checkpoint"), "overwrite_output_dir")
+    if overwrite_output_dir:
+        args += ["--overwrite_output_dir", "false"]
+    args += ["--resume_from_checkpoint", "latest"]
+    return f"{program or program_name()} {shlex.join(args)}"
+
+
+def interrupted_message(
+    *,
+    global_step: int,
+    max_steps: int,
+    started: bool,
+    exporting: bool,
+    output_dir: str | os.PathLike,
+    command: str,
+    rerun_command: str,
+) -> str:
+    """The one line Ctrl-C prints (after ``interrupted: ``): where the run stopped, its last complete checkpoint
+    and how to go on.
+
+    Args:
+        global_step: optimizer steps done.
+        max_steps: the run's total, ``<= 0`` when unknown.
+        started: whether the trainer was built (``False``: stopped while loading the model or data).
+        exporting: whether training had finished and the export of the backbone was under way.
+        output_dir: the run's output folder (where its checkpoints are).
+        command: the resume command (:func:`resume_command`).
+        rerun_command: the command as it was run, for a run without a complete checkpoint.
+
+    Returns:
+        The message, one line.
+    """
+    of = f" of {max_steps}" if max_steps > 0 else ""
+    if not started:
+        where = "before training started (loading the model or data)"
+    elif exporting:
+        where = f"after the last step ({global_step}{of}), while exporting the backbone to {output_dir}"
+    elif global_step == 0:
+        where = f"before the first step{of}"
+    else:
+        where = f"after step {global_step}{of}"
+    complete = complete_checkpoints(output_dir)
+    if not complete:
+        return f"training stopped {where}; no complete checkpoint yet: rerun the same command ({rerun_command})"
+    return f"training stopped {where}; last complete checkpoint: {complete[-1]}; resume with: {command}"
 
 
 def cli_main() -> int:
