@@ -547,7 +547,8 @@ def test_skipped_images_are_named_in_the_log_and_listed_once_across_a_resume(ass
     with caplog.at_level("WARNING", logger="paka_hf.training.trainer"):
         PaKATrainer(args=run_config(assets, tmp_path / "a", **kwargs)).train()
     straight = (tmp_path / "a" / "skipped_images.jsonl").read_text()
-    assert listed(tmp_path / "a" / "skipped_images.jsonl") == expected  # each once, though 01b was skipped in both epochs
+    # each image once, though 01b was skipped in both epochs
+    assert listed(tmp_path / "a" / "skipped_images.jsonl") == expected
     for name, reason in reasons.items():
         (message,) = warnings_naming(name)  # named in one warning line, when first skipped
         assert f"{images / name} ({reason})" in message
@@ -564,7 +565,8 @@ def test_skipped_images_are_named_in_the_log_and_listed_once_across_a_resume(ass
     assert (output / "skipped_images.jsonl").read_text() == straight  # 06t, skipped again, is listed once
     assert not warnings_naming("01b.jpg") and len(warnings_naming("06t.png")) == 1
 
-    PaKATrainer(args=run_config(assets, output, overwrite_output_dir=True, dataset_name=str(assets / "images"))).train()
+    fresh = run_config(assets, output, overwrite_output_dir=True, dataset_name=str(assets / "images"))
+    PaKATrainer(args=fresh).train()
     assert not (output / "skipped_images.jsonl").exists()  # a new run's list: none of an earlier run's images
 
 
@@ -580,3 +582,17 @@ def test_epoch_after_a_resume_equals_the_uninterrupted_runs(assets, tmp_path):
     assert epochs_b == epochs_a == [1 / 3, 2 / 3, 1.0, 1.0]  # logged at steps 2, 4, 6 and the final metrics
     saved = [json.loads((tmp_path / run / "checkpoint-6" / "trainer_state.json").read_text()) for run in "ab"]
     assert saved[0]["epoch"] == saved[1]["epoch"] == 1.0
+
+
+def test_pushing_an_unfinished_runs_folder_says_where_its_configuration_is(assets, tmp_path):
+    from paka_hf.hub.push import collect_upload_files
+    from paka_hf.utils.errors import MissingPathError
+
+    PaKATrainer(args=run_config(assets, tmp_path), callbacks=[StopAt(3)]).train()
+    assert (tmp_path / "checkpoint-3" / "training_config.yaml").is_file()
+    with pytest.raises(
+        MissingPathError,
+        match="training_config.yaml is written with the exported weights when "
+        "training ends .* only in its checkpoint-N folders",
+    ):
+        collect_upload_files(tmp_path)
