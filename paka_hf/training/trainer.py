@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -337,7 +338,10 @@ class PaKATrainer(HubPushMixin, Trainer):
 
     def get_train_dataloader(self) -> DataLoader:
         """Our own DataLoader over the view stream (not passed to ``accelerator.prepare``: the stream
-        already splits data between processes and workers, and restores its position on resume)."""
+        already splits data between processes and workers, and restores its position on resume).
+
+        Its workers ignore Ctrl-C (:func:`ignore_interrupts_in_worker`): the main process alone handles it and
+        shuts them down, so an interrupted run prints no worker's traceback."""
         stream = self._make_stream(self.args, self._resume_stream_state)
         self.stream_state = copy.deepcopy(stream.state)
         args = self.args
@@ -351,6 +355,7 @@ class PaKATrainer(HubPushMixin, Trainer):
             prefetch_factor=args.dataloader_prefetch_factor if args.dataloader_num_workers > 0 else None,
             persistent_workers=False,
             generator=generator,
+            worker_init_fn=ignore_interrupts_in_worker,
         )
 
     # ---- optimisation ---------------------------------------------------------------------------
@@ -700,3 +705,17 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{device.type} ({os.cpu_count()} cores)"
+
+
+def ignore_interrupts_in_worker(worker_id: int) -> None:
+    """A DataLoader worker's ``worker_init_fn``: ignore SIGINT.
+
+    Ctrl-C in a terminal sends SIGINT to the whole foreground process group, the loader's workers included; a
+    worker would stop wherever it is (decoding an image, rendering views) and print its own traceback. Ignoring
+    it leaves the interrupt to the main process, which ends training and shuts the workers down. Module-level so
+    that it pickles for the ``spawn`` start method.
+
+    Args:
+        worker_id: the worker's index (unused: every worker ignores SIGINT alike).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
