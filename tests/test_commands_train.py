@@ -217,6 +217,27 @@ def test_ctrl_c_before_the_first_step_leaves_no_new_folder(assets, tmp_path, cap
     assert not output.exists()
 
 
+class InterruptedWhileExporting(PaKATrainer):
+    def export_backbone(self, output_dir=None, network=None):
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_while_exporting_resumes_from_the_last_checkpoint_to_the_export(assets, tmp_path, capsys, monkeypatch):
+    output = tmp_path / "run"
+    argv = _argv(assets, output)
+    monkeypatch.setattr(train_command, "PaKATrainer", InterruptedWhileExporting)
+    assert run_script(train_command.main, argv) == INTERRUPTED_STATUS
+    assert _last_line(capsys).startswith(
+        f"interrupted: training stopped after the last step (6 of 6), while exporting the backbone to {output}; "
+        f"last complete checkpoint: {output / 'checkpoint-6'}; resume with: "
+    )
+    assert not (output / "model.safetensors").exists()
+
+    monkeypatch.setattr(train_command, "PaKATrainer", PaKATrainer)
+    assert run_script(train_command.main, [*argv, "--resume_from_checkpoint", "latest"]) == 0
+    assert (output / "model.safetensors").is_file() and (output / "training_config.yaml").is_file()
+
+
 def test_ctrl_c_on_a_process_other_than_zero_exits_130_silently(assets, tmp_path, capsys, monkeypatch):
     def interrupted_at_start(**kwargs):
         raise KeyboardInterrupt
