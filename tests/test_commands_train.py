@@ -79,9 +79,10 @@ def test_resume_command_replaces_any_resume_option_and_never_overwrites():
 
 
 def test_program_name_is_what_reruns_it_from_here():
-    assert program_name("scripts/train.py") == "python scripts/train.py"
-    assert program_name("/my dir/train.py") == "python '/my dir/train.py'"
-    assert program_name(train_command.__file__) == "python -m paka_hf.commands.train"
+    assert program_name("scripts/train.py", launched=False) == "python scripts/train.py"
+    assert program_name("/my dir/train.py", launched=False) == "python '/my dir/train.py'"
+    assert program_name(train_command.__file__, launched=False) == "python -m paka_hf.commands.train"
+    assert program_name("scripts/train.py", launched=True) == "accelerate launch <its options> scripts/train.py"
     assert program_name("/venv/bin/paka-train") == "paka-train"
     assert program_name("-c") == program_name("-") == "paka-train"
 

@@ -293,22 +293,27 @@ class RunFolder:
         return removed
 
 
-def program_name(argv0: str | None = None) -> str:
+def program_name(argv0: str | None = None, launched: bool | None = None) -> str:
     """How to run this program again from the current folder, for a message: ``python scripts/train.py`` for a
-    script, ``python -m paka_hf.commands.train`` for the module, ``paka-train`` for the console command.
+    script, ``python -m paka_hf.commands.train`` for the module, ``paka-train`` for the console command; under a
+    launcher (``accelerate launch``, ``torchrun``), ``accelerate launch <its options> scripts/train.py``, since a
+    process cannot see the launcher's own options.
 
     Args:
         argv0: the program as started (``sys.argv[0]`` when ``None``).
+        launched: whether a launcher started this process (``LOCAL_RANK`` set, when ``None``).
 
     Returns:
-        The command's first words, quoted for a POSIX shell.
+        The command's first words, quoted for a POSIX shell (but for the launcher's placeholder).
     """
     argv0 = sys.argv[0] if argv0 is None else argv0
+    launched = "LOCAL_RANK" in os.environ if launched is None else launched
     path = Path(argv0)
     if path.suffix == ".py":
-        if path.resolve() == Path(__file__).resolve():
-            return "python -m paka_hf.commands.train"
-        return f"python {shlex.quote(argv0)}"
+        module = path.resolve() == Path(__file__).resolve()
+        if launched:
+            return f"accelerate launch <its options> {'-m paka_hf.commands.train' if module else shlex.quote(argv0)}"
+        return "python -m paka_hf.commands.train" if module else f"python {shlex.quote(argv0)}"
     if path.name and argv0 not in ("-c", "-m", "-"):
         return shlex.quote(path.name)  # a console command on PATH
     return "paka-train"
