@@ -370,3 +370,18 @@ def test_the_cards_evaluation_hint_runs_and_its_results_go_on_the_card(export_di
     assert "No evaluation results were attached" not in with_results.text
     linear = next(r for r in measured["results"] if r["protocol"] == "linear")
     assert f"| – | {linear['value']:.1f} | – |" in with_results.text  # the PaKA column, no base file given
+
+
+def test_card_records_the_collapse_guards_measures_before_and_after(tmp_path, tiny_config):
+    out = tmp_path / "out"
+    make_export_folder(out, tiny_config())
+    summary = json.loads((out / "training_summary.json").read_text())
+    summary["feature_health"] = {
+        "mean_patch_cosine": {"start": 0.5312, "end": 0.5504},
+        "effective_rank": {"start": 17.55, "end": 16.9},
+    }
+    (out / "training_summary.json").write_text(json.dumps(summary))
+    text = hub.render_model_card(out, "org/model").text
+    assert "| `mean_patch_cosine` | 0.531 at the start → 0.550 at the end |" in text
+    assert "| `effective_rank` | 17.550 at the start → 16.900 at the end |" in text
+    assert "feature_health" not in text

@@ -44,7 +44,20 @@ def test_stats_take_no_gradient_and_reject_bad_shapes():
     grids = torch.randn(2, 4, 2, 2, requires_grad=True)
     stats = patch_feature_stats(grids)
     assert not stats.mean_patch_cosine.requires_grad and stats.mean_patch_cosine.dtype == torch.float32
-    with pytest.raises(ValueError, match=r"\(V, D, h, w\)"):
+    with pytest.raises(ValueError, match=r"\(B·V, D, h, w\)"):
         patch_feature_stats(torch.randn(4, 2, 2))
     with pytest.raises(ValueError, match="at least two patches"):
         patch_feature_stats(torch.randn(2, 4, 1, 1))
+    with pytest.raises(ValueError, match="3 views do not divide into images of 2"):
+        patch_feature_stats(torch.randn(3, 4, 2, 2), views_per_image=2)
+
+
+def test_an_images_views_are_pooled():
+    generator = torch.Generator().manual_seed(1)
+    grids = torch.randn(6, 5, 2, 3, generator=generator)  # 2 images of 3 views of 2x3 patches
+    pooled = patch_feature_stats(grids, views_per_image=3)
+    per_image = [patch_feature_stats(grids[3 * i : 3 * i + 3].permute(1, 0, 2, 3).reshape(1, 5, 3, 6)) for i in (0, 1)]
+    assert pooled.mean_patch_cosine.item() == pytest.approx(
+        sum(s.mean_patch_cosine.item() for s in per_image) / 2, abs=1e-6
+    )
+    assert pooled.effective_rank.item() == pytest.approx(sum(s.effective_rank.item() for s in per_image) / 2, rel=1e-5)

@@ -28,6 +28,7 @@ from paka_hf.utils.files import (
     ADAPTER_DIR,
     ADAPTER_FILES,
     EVAL_RESULTS_GLOB,
+    FEATURE_HEALTH_KEY,
     MODEL_CONFIG_FILE,
     PICTURES_DIR,
     PREPROCESSOR_FILE,
@@ -244,10 +245,23 @@ def _compute_table(summary: Mapping[str, Any]) -> str:
     for key in ("images_seen", "images_skipped"):
         if summary.get(key) is not None:
             pairs.append((key, f"{int(summary[key]):,}"))
+    health = summary.get(FEATURE_HEALTH_KEY) or {}
+    for key in ("mean_patch_cosine", "effective_rank"):  # the student's patch features, collapse guard
+        ends = health.get(key) or {}
+        if ends.get("start") is not None and ends.get("end") is not None:
+            pairs.append((key, f"{ends['start']:.3f} at the start → {ends['end']:.3f} at the end"))
+    shown = {"train_runtime_s", "device", "num_processes", "images_seen", "images_skipped", FEATURE_HEALTH_KEY}
     for key, value in summary.items():
-        if key not in {"train_runtime_s", "device", "num_processes", "images_seen", "images_skipped"}:
+        if key not in shown:
             pairs.append((key, value))
-    return _md_table(pairs, ("Quantity", "Value"))
+    table = _md_table(pairs, ("Quantity", "Value"))
+    if any(key in health for key in ("mean_patch_cosine", "effective_rank")):
+        table += (
+            "\n\n`mean_patch_cosine` (the mean cosine between distinct patches of an image) and `effective_rank` "
+            "(of an image's patch features) were measured on the student's training views, on the first batch "
+            "and over the last steps; a collapse of the features raises the first and lowers the second."
+        )
+    return table
 
 
 def family_card_metadata(model_type: str | None) -> dict[str, Any]:

@@ -5,8 +5,8 @@ momentum meant for a random-init model) can *collapse* the student's patch featu
 gets nearly the same feature, while the alignment loss still falls (two constant maps align perfectly). Both
 measures see this on the patch tokens the student already computed, at the cost of one small SVD per view.
 
-For one view with patch tokens :math:`z_1, \dots, z_N \in \mathbb{R}^D` (the student's last-layer grid,
-:math:`N = h w`):
+For one image with patch tokens :math:`z_1, \dots, z_N \in \mathbb{R}^D` (the student's last-layer grids of
+the image's views, :math:`N = V h w` for ``V`` views of ``h × w`` patches):
 
 **Mean patch cosine**, the mean cosine similarity between distinct patches,
 
@@ -28,7 +28,9 @@ constant map has rank 1) and :math:`p_k = \sigma_k / \sum_l \sigma_l`,
 
 It falls towards 1 as the features concentrate on fewer directions.
 
-Both are averaged over the views of a batch and computed in float32 without gradients.
+Both are averaged over the images of a batch and computed in float32 without gradients. Pooling an image's
+views matters: the student sees small local crops (4 × 4 patches at 56 px), whose patches are alike even in a
+healthy model (mean cosine about 0.8 for the pretrained ViT-S/14), which leaves little room to see a collapse.
 """
 
 from __future__ import annotations
@@ -47,30 +49,34 @@ class PatchFeatureStats(NamedTuple):
 
 
 @torch.no_grad()
-def patch_feature_stats(grids: torch.Tensor) -> PatchFeatureStats:
-    r"""Mean patch cosine and effective rank of patch grids (module docstring), averaged over the views.
+def patch_feature_stats(grids: torch.Tensor, views_per_image: int = 1) -> PatchFeatureStats:
+    r"""Mean patch cosine and effective rank of patch grids (module docstring), averaged over the images.
 
     Args:
-        grids: ``(V, D, h, w)`` patch grids, one per view, as :class:`~paka_hf.modeling.backbones.PatchBackbone`
-            returns them; any float dtype. A view needs at least two patches.
+        grids: ``(B·V, D, h, w)`` patch grids, ``V`` consecutive views per image, as
+            :class:`~paka_hf.modeling.backbones.PatchBackbone` returns them for views flattened image-major; any
+            float dtype. An image needs at least two patches.
+        views_per_image: ``V``; the patches of an image's views are pooled.
 
     Returns:
         :class:`PatchFeatureStats` of float32 scalars on ``grids``' device.
 
     Raises:
-        ValueError: ``grids`` is not 4-D, or a view has fewer than two patches.
+        ValueError: ``grids`` is not 4-D, its views do not divide into images, or an image has fewer than two
+            patches.
     """
     if grids.dim() != 4:
-        raise ValueError(f"patch_feature_stats expects (V, D, h, w) grids, got shape {tuple(grids.shape)}")
-    tokens = grids.detach().float().flatten(2).transpose(1, 2)  # (V, N, D)
+        raise ValueError(f"patch_feature_stats expects (B·V, D, h, w) grids, got shape {tuple(grids.shape)}")
+    if views_per_image < 1 or grids.shape[0] % views_per_image:
+        raise ValueError(f"{grids.shape[0]} views do not divide into images of {views_per_image} views")
+    tokens = grids.detach().float().flatten(2).transpose(1, 2)  # (B·V, h·w, D)
+    tokens = tokens.reshape(grids.shape[0] // views_per_image, -1, tokens.shape[-1])  # (B, V·h·w, D)
     count = tokens.shape[1]
     if count < 2:
-        raise ValueError(
-            f"patch_feature_stats needs at least two patches per view, got a {tuple(grids.shape[2:])} grid"
-        )
-    unit_sum = F.normalize(tokens, dim=-1).sum(1)  # (V, D)
+        raise ValueError(f"patch_feature_stats needs at least two patches per image, got {count}")
+    unit_sum = F.normalize(tokens, dim=-1).sum(1)  # (B, D)
     mean_cosine = (unit_sum.square().sum(-1) - count) / (count * (count - 1))
-    singular = torch.linalg.svdvals(tokens)  # (V, min(N, D))
+    singular = torch.linalg.svdvals(tokens)  # (B, min(N, D))
     shares = singular / singular.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
     entropy = -(shares * shares.clamp_min(torch.finfo(torch.float32).tiny).log()).sum(-1)
     return PatchFeatureStats(mean_cosine.mean(), entropy.exp().mean())

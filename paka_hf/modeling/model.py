@@ -31,6 +31,7 @@ from transformers.utils import ModelOutput
 
 from paka_hf.losses import NeCoSettings, PaKALoss, cka_per_pair
 from paka_hf.modeling.backbones import PatchBackbone, ProjectionHead
+from paka_hf.modeling.feature_stats import patch_feature_stats
 from paka_hf.modeling.lora import LoRATeacher, is_lora_backbone
 from paka_hf.modeling.teacher import EMAPairs, ema_apply_, ema_pairs, make_teacher
 from paka_hf.utils.errors import ConfigError, check_choice, check_roi_size
@@ -45,11 +46,15 @@ STUDENT_VIEWS = ("local", "all")
 @dataclass
 class PaKAOutput(ModelOutput):
     """``loss`` (scalar, float32), ``cka`` (mean CKA of the batch's qualifying pairs, detached),
-    ``num_pairs`` (number of pairs that entered the loss)."""
+    ``num_pairs`` (number of pairs that entered the loss), and the collapse guard's two measures of the student's
+    patch features on the batch's local views (:mod:`paka_hf.modeling.feature_stats`, detached float32 scalars):
+    ``mean_patch_cosine`` and ``effective_rank``."""
 
     loss: torch.Tensor | None = None
     cka: torch.Tensor | None = None
     num_pairs: torch.Tensor | None = None
+    mean_patch_cosine: torch.Tensor | None = None
+    effective_rank: torch.Tensor | None = None
 
 
 class PaKAModel(nn.Module):
@@ -251,4 +256,13 @@ class PaKAModel(nn.Module):
                 cka, qualifies = cka_per_pair(student_tokens.detach(), teacher_tokens, tokens.mask)
                 num_pairs = qualifies.sum()
                 mean_cka = (cka * qualifies).sum() / num_pairs.clamp_min(1)
-        return PaKAOutput(loss=loss, cka=mean_cka, num_pairs=num_pairs)
+            # The student's own patch grids, before the head: what the export holds and what a collapse empties.
+            # The local views are encoded whatever student_views is, so the measure is the same in every recipe.
+            health = patch_feature_stats(student_grids, views_per_image=local_views.shape[1])
+        return PaKAOutput(
+            loss=loss,
+            cka=mean_cka,
+            num_pairs=num_pairs,
+            mean_patch_cosine=health.mean_patch_cosine,
+            effective_rank=health.effective_rank,
+        )

@@ -35,7 +35,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from paka_hf import __version__
 from paka_hf.utils.errors import ConfigError, MissingPathError
-from paka_hf.utils.files import CHECKPOINT_MARKER, TRAINING_SUMMARY_FILE
+from paka_hf.utils.files import CHECKPOINT_MARKER, FEATURE_HEALTH_KEY, TRAINING_SUMMARY_FILE
 
 __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
@@ -365,6 +365,22 @@ class RunTotals:
         )
 
 
+def feature_health_start(summary_file: Path) -> tuple[float | None, float | None]:
+    """The mean patch cosine and effective rank a run had on its first batch, from a checkpoint's summary.
+
+    Args:
+        summary_file: a ``training_summary.json``.
+
+    Returns:
+        ``(mean patch cosine, effective rank)`` at the start of the run; ``(None, None)`` when the file or the
+        values are missing (a checkpoint written before the guard measured them).
+    """
+    if not summary_file.is_file():
+        return None, None
+    health = json.loads(summary_file.read_text()).get(FEATURE_HEALTH_KEY) or {}
+    return (health.get("mean_patch_cosine") or {}).get("start"), (health.get("effective_rank") or {}).get("start")
+
+
 def write_training_summary(
     output_dir: Path,
     totals: RunTotals | None,
@@ -373,6 +389,7 @@ def write_training_summary(
     device: str,
     num_processes: int,
     exported: str | None = None,
+    feature_health: dict[str, dict[str, float | None]] | None = None,
 ) -> None:
     """Write ``training_summary.json`` (atomically): compute and data totals of the run so far.
 
@@ -383,6 +400,8 @@ def write_training_summary(
         device: the device trained on, in words (``"NVIDIA H100 80GB HBM3"``, ``"cpu (8 cores)"``).
         num_processes: processes that trained.
         exported: for an export, which network it holds (``"student"`` or ``"teacher"``); left out otherwise.
+        feature_health: the collapse guard's measures at the start and now
+            (:meth:`paka_hf.training.collapse_guard.CollapseGuard.summary`); left out when ``None``.
     """
     summary = {
         "train_runtime_s": round(totals.train_runtime_s, 1) if totals else None,
@@ -394,6 +413,11 @@ def write_training_summary(
     }
     if exported is not None:
         summary["exported"] = exported
+    if feature_health is not None:
+        summary[FEATURE_HEALTH_KEY] = {
+            measure: {key: None if value is None else round(value, 4) for key, value in ends.items()}
+            for measure, ends in feature_health.items()
+        }
     write_text_atomic(Path(output_dir) / TRAINING_SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
 
 

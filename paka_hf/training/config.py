@@ -58,6 +58,30 @@ EXPORTS = ("student", "teacher")
 #: How a local dataset folder is read (``dataset_format``): by the format most of its files have, or as one of
 #: ``datasets``' builders (:func:`paka_hf.training.data.load_image_source`).
 DATASET_FORMATS = ("auto", "imagefolder", "parquet", "webdataset")
+#: What the collapse guard (paka_hf.training.collapse_guard) does when the student's patch features collapse.
+COLLAPSE_ACTIONS = ("stop", "warn")
+#: The collapse limits: the share of its distance to 1 that the mean patch cosine may close, and the share of its
+#: starting value below which the effective rank may not fall (paka_hf.training.collapse_guard explains both).
+DEFAULT_COLLAPSE_COSINE_RISE = 0.3
+DEFAULT_COLLAPSE_RANK_RATIO = 0.7
+
+
+def check_collapse_limits(cosine_rise: float, rank_ratio: float) -> None:
+    """Raise :class:`ConfigError` unless ``0 < cosine_rise <= 1`` and ``0 < rank_ratio < 1``.
+
+    Args:
+        cosine_rise: ``collapse_cosine_rise``.
+        rank_ratio: ``collapse_rank_ratio``.
+
+    Raises:
+        ConfigError: either is out of its range.
+    """
+    if not 0.0 < cosine_rise <= 1.0:
+        raise ConfigError(f"collapse_cosine_rise must be in (0, 1] (a share of the distance to 1), got {cosine_rise}")
+    if not 0.0 < rank_ratio < 1.0:
+        raise ConfigError(f"collapse_rank_ratio must be in (0, 1) (a share of the starting rank), got {rank_ratio}")
+
+
 #: Fields read as a local path when they look like one (paka_hf.utils.paths.looks_like_local_path).
 PATH_FIELDS = ("model_name_or_path", "dataset_name")
 #: A field whose name ends so holds a secret (the rule TrainingArguments.to_dict masks by).
@@ -214,6 +238,20 @@ class PaKAConfig(TrainingArguments):
     export: str = _help(
         "Network written to output_dir at the end: 'student' or 'teacher'.", choices=EXPORTS, default="student"
     )
+    collapse_action: str = _help(
+        "What to do when the student's patch features collapse (mean patch cosine up, effective rank down, against "
+        "the first batch; docs/RELIABILITY.md): 'stop' the run with one line, or 'warn' and go on.",
+        choices=COLLAPSE_ACTIONS,
+        default="stop",
+    )
+    collapse_cosine_rise: float = _help(
+        "Collapse limit of the mean patch cosine: the share of its distance to 1 it may close (0.3: 0.5 -> 0.65).",
+        default=DEFAULT_COLLAPSE_COSINE_RISE,
+    )
+    collapse_rank_ratio: float = _help(
+        "Collapse limit of the effective rank of the patch features: the share of its starting value it must keep.",
+        default=DEFAULT_COLLAPSE_RANK_RATIO,
+    )
 
     # ---- NeCo (loss: neco; defaults: NeCo's published configs) --------------------------------
     neco_student_steepness: float = _help(
@@ -305,6 +343,7 @@ class PaKAConfig(TrainingArguments):
             if "choices" in spec.metadata and spec.name not in trainer_fields:
                 check_choice(spec.name, getattr(self, spec.name), spec.metadata["choices"])
         check_fraction("min_intersection", self.min_intersection, MIN_INTERSECTION_MEANING)
+        check_collapse_limits(self.collapse_cosine_rise, self.collapse_rank_ratio)
         try:
             check_teacher_momentum(self.teacher_momentum)
         except ValueError as err:

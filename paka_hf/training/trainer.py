@@ -57,6 +57,8 @@ from paka_hf.modeling.model import PaKAModel
 from paka_hf.modeling.teacher import teacher_momentum_at
 from paka_hf.training.checkpoints import (
     RunTotals,
+    complete_checkpoints,
+    feature_health_start,
     folder_names,
     fsync_tree,
     mark_checkpoint_complete,
@@ -67,6 +69,7 @@ from paka_hf.training.checkpoints import (
     write_text_atomic,
     write_training_summary,
 )
+from paka_hf.training.collapse_guard import CollapseGuard, CollapseGuardCallback
 from paka_hf.training.config import PaKAConfig
 from paka_hf.training.data import (
     SKIPPED_IMAGES_KEY,
@@ -287,16 +290,31 @@ class PaKATrainer(HubPushMixin, Trainer):
         self.view_transform = build_transform(args, model.student.patch_size)
         self.ema_callback = TeacherEMACallback()
         self.weight_decay_callback = WeightDecayScheduleCallback()
+        self.collapse_callback = CollapseGuardCallback(
+            CollapseGuard(
+                args.collapse_action,
+                args.collapse_cosine_rise,
+                args.collapse_rank_ratio,
+                cause=(
+                    f"learning rate {args.learning_rate:g}, head learning rate {args.head_learning_rate:g}, "
+                    f"teacher momentum {args.teacher_momentum:g}"
+                ),
+            ),
+            reduce_sum=(lambda t: self.accelerator.reduce(t, reduction="sum")) if args.world_size > 1 else None,
+            last_checkpoint=self._last_checkpoint_line,
+        )
         super().__init__(
             model=model,
             args=args,
             train_dataset=self._make_stream(args, None),
             data_collator=PaKACollator(),
             processing_class=image_processor,
+            # The EMA step first, then the guard, which may stop the run before Trainer logs or saves the step.
             callbacks=[
                 EpochCallback(),
                 self.ema_callback,
                 self.weight_decay_callback,
+                self.collapse_callback,
                 FinalStepLogCallback(),
                 *(callbacks or []),
             ],
@@ -395,12 +413,16 @@ class PaKATrainer(HubPushMixin, Trainer):
         if model.training:
             self._cka_sum = self._cka_sum + outputs["cka"].detach().float()
             self._cka_batches += 1
+            cosine, rank = outputs["mean_patch_cosine"], outputs["effective_rank"]
+            self._health_sum = self._health_sum + torch.stack([cosine.float(), rank.float()]).cpu()
+            self.collapse_callback.add(cosine, rank)
         return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
 
     # ---- logging --------------------------------------------------------------------------------
 
     def _reset_log_accumulators(self) -> None:
         self._cka_sum = torch.zeros(())
+        self._health_sum = torch.zeros(2)  # mean patch cosine, effective rank: sums over the batches of _cka_batches
         self._cka_batches = 0
         self._images_since_log = 0
         self._last_log_time = time.perf_counter()
@@ -412,6 +434,7 @@ class PaKATrainer(HubPushMixin, Trainer):
                 [
                     float(self._cka_sum) if self._cka_batches else 0.0,
                     float(self._cka_batches),
+                    *self._health_sum.tolist(),
                     float(self._images_since_log),
                     float(self.stream_state.images_skipped),
                 ],
@@ -420,9 +443,11 @@ class PaKATrainer(HubPushMixin, Trainer):
             )
             if self.args.world_size > 1:
                 stats = self.accelerator.reduce(stats, reduction="sum")
-            cka_sum, cka_batches, images, skipped = stats.tolist()
+            cka_sum, cka_batches, cosine_sum, rank_sum, images, skipped = stats.tolist()
             if cka_batches:
                 logs["cka"] = round(cka_sum / cka_batches, 6)
+                logs["mean_patch_cosine"] = round(cosine_sum / cka_batches, 4)
+                logs["effective_rank"] = round(rank_sum / cka_batches, 3)
             if self.ema_callback.momentum is not None:
                 logs["teacher_momentum"] = self.ema_callback.momentum
             if self.weight_decay_callback.value is not None:
@@ -532,6 +557,8 @@ class PaKATrainer(HubPushMixin, Trainer):
                 )
             self._resume_stream_state = StreamState.from_dict(json.loads(state_file.read_text()))
             self._totals_before = RunTotals.read(Path(checkpoint) / TRAINING_SUMMARY_FILE)
+            # The guard compares with the checkpoint as first loaded, not with the weights resumed.
+            self.collapse_callback.guard.restore(*feature_health_start(Path(checkpoint) / TRAINING_SUMMARY_FILE))
         self._check_data_before_training()
         self._prepare_output_dir(checkpoint)
         self._restore_skipped_images(checkpoint)
@@ -698,7 +725,15 @@ class PaKATrainer(HubPushMixin, Trainer):
             device=_device_name(self.args.device),
             num_processes=self.args.world_size,
             exported=exported,
+            feature_health=self.collapse_callback.guard.summary(),
         )
+
+    def _last_checkpoint_line(self) -> str:
+        """Where a stopped run leaves the user: its last complete checkpoint, or that there is none."""
+        complete = complete_checkpoints(self.args.output_dir)
+        if not complete:
+            return f"no complete checkpoint in {self.args.output_dir} yet"
+        return f"the last complete checkpoint is {complete[-1]}, from before the collapse"
 
 
 def _device_name(device: torch.device) -> str:

@@ -45,6 +45,9 @@ PICKLE_WEIGHTS_FILES = (WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
 TRAINING_CONFIG_FILE = "training_config.yaml"
 #: Compute and data totals of the run so far, in output_dir and in each checkpoint.
 TRAINING_SUMMARY_FILE = "training_summary.json"
+#: The key of ``training_summary.json`` holding the collapse guard's measures of the student's patch features,
+#: ``{"mean_patch_cosine": {"start", "end"}, "effective_rank": {"start", "end"}}`` (paka_hf.training.collapse_guard).
+FEATURE_HEALTH_KEY = "feature_health"
 #: Written last into a checkpoint-N folder: only a folder holding it is complete and resumable.
 CHECKPOINT_MARKER = "paka_checkpoint_complete.json"
 #: Each process's position in the image stream, in a checkpoint-N folder (``.format(rank=...)``).
@@ -81,6 +84,7 @@ __all__ = [
     "CHECKPOINT_MARKER",
     "EVAL_RESULTS_GLOB",
     "EXPORT_FILES",
+    "FEATURE_HEALTH_KEY",
     "MODEL_CONFIG_FILE",
     "PICKLE_WEIGHTS_FILES",
     "PICTURES_DIR",
