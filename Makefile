@@ -18,8 +18,7 @@ $(VENV)/.installed: requirements-ci.txt setup.py pyproject.toml
 demo: venv
 	$(PY) -m paka_hf.apps.demo .demo
 	rm -rf out/demo
-	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-		scripts/train.py --config configs/demo.yaml
+	$(PY) scripts/train.py --config configs/demo.yaml  # plain python on a CPU: accelerate launch pins one thread
 
 test: venv
 	$(PY) -m pytest -q tests

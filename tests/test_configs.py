@@ -41,7 +41,8 @@ def stream_warnings(source, caplog, rank=0):
 
 def test_a_local_image_folder_split_between_streams_warns_nothing(tmp_path, caplog):
     """A folder of images is one shard: every stream reads the file names of all rows, which costs
-    nothing; the shard-count warning used to fire on every multi-worker run of ``make demo``."""
+    nothing, so the shard-count warning (meant for rows that carry image bytes) must stay silent, as on every
+    multi-worker run of ``make demo``."""
     write_images(tmp_path / "imgs", 8)
     assert stream_warnings(load_image_source(str(tmp_path / "imgs")), caplog) == []
 
