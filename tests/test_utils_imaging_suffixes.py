@@ -12,7 +12,7 @@ from paka_hf.training.data import PaKAViewStream, decode_image, load_image_sourc
 from paka_hf.utils.imaging import IMAGE_SUFFIXES, is_image_file, to_rgb
 from paka_hf.views.glim import GlimTransform
 
-# Upper-case suffixes and formats beyond JPEG/PNG that one reader or another used to leave out.
+# Upper-case suffixes and formats beyond JPEG/PNG: the ones a reader is most likely to leave out.
 IMAGES = {"a.webp": "WEBP", "B.JPG": "JPEG", "c.PNG": "PNG", "d.gif": "GIF", "e.tiff": "TIFF", "f.pgm": "PPM"}
 NOT_IMAGES = ("notes.txt", "labels.csv", "weights.safetensors")
 
