@@ -30,14 +30,30 @@ from paka_hf.utils.errors import ConfigError
 
 
 def closest_name(name: str, valid: Iterable[str]) -> str | None:
-    """The valid name most like ``name`` (``difflib``), or ``None`` when none is close."""
+    """The valid name most like ``name`` (``difflib``), or ``None`` when none is close.
+
+    Args:
+        name: the name as typed, e.g. ``--learning_rat``.
+        valid: the names to choose from (duplicates are ignored).
+
+    Returns:
+        The closest valid name (similarity at least 0.6), or ``None``.
+    """
     matches = difflib.get_close_matches(name, sorted(set(valid)), n=1, cutoff=0.6)
     return matches[0] if matches else None
 
 
 def unknown_arguments_error(remaining: Sequence[str], parser: argparse.ArgumentParser) -> ConfigError:
     """One line for what ``parser.parse_known_args`` left over: the first unknown option and the closest
-    option the parser has (``--learning_rat`` → did you mean ``--learning_rate``?)."""
+    option the parser has (``--learning_rat`` → did you mean ``--learning_rate``?).
+
+    Args:
+        remaining: the tokens ``parse_known_args`` did not consume.
+        parser: the parser, for its ``--`` options and its ``prog``.
+
+    Returns:
+        The error to raise (it is returned, not raised, so the caller's ``raise`` shows in its traceback).
+    """
     options = [option for action in parser._actions for option in action.option_strings if option.startswith("--")]
     for token in remaining:
         if token.startswith("--"):
@@ -51,16 +67,42 @@ def unknown_arguments_error(remaining: Sequence[str], parser: argparse.ArgumentP
 class StrictParserMixin:
     """An ``argparse`` parser that takes no abbreviation (``--max_step`` is not ``--max_steps``) and raises
     :class:`~paka_hf.utils.errors.ConfigError` instead of printing its usage, so a bad command line is one line
-    ``error: ...`` with exit status 2 like every other user error."""
+    ``error: ...`` with exit status 2 like every other user error.
+
+    Args:
+        *args: passed on to the parser class it is mixed into.
+        **kwargs: passed on likewise; ``allow_abbrev`` is always set to ``False``.
+    """
 
     def __init__(self, *args, **kwargs):
         kwargs["allow_abbrev"] = False
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):
+        """Raise argparse's message instead of printing the usage and exiting.
+
+        Args:
+            message: argparse's description of the problem.
+
+        Raises:
+            ConfigError: always, with ``message``.
+        """
         raise ConfigError(message)
 
     def parse_known_args(self, args=None, namespace=None):
+        """Parse ``args``, refusing any token the parser does not know.
+
+        Args:
+            args: the arguments; ``sys.argv[1:]`` when ``None``.
+            namespace: the namespace to fill; a new one when ``None``.
+
+        Returns:
+            ``(namespace, [])``: the parsed options and an empty list of leftovers, as ``argparse`` returns them.
+
+        Raises:
+            ConfigError: for an unknown option (naming the closest known one) or an unexpected argument, checked
+                before required options, and for any other problem ``argparse`` reports.
+        """
         # An unknown option is reported before a missing required one: ``--repo org/x`` says "did you mean
         # --repo_id?", not "--repo_id is required".
         required = [item for item in (*self._actions, *self._mutually_exclusive_groups) if item.required]
@@ -76,6 +118,18 @@ class StrictParserMixin:
         return super().parse_known_args(args, namespace)
 
     def parse_args(self, args=None, namespace=None):
+        """Parse ``args`` with :meth:`parse_known_args`'s rules.
+
+        Args:
+            args: the arguments; ``sys.argv[1:]`` when ``None``.
+            namespace: the namespace to fill; a new one when ``None``.
+
+        Returns:
+            The parsed options.
+
+        Raises:
+            ConfigError: as :meth:`parse_known_args`.
+        """
         return self.parse_known_args(args, namespace)[0]
 
 

@@ -45,7 +45,11 @@ _debug_requested: bool | None = None
 
 
 def debug_from_environment() -> bool:
-    """Whether ``PAKA_DEBUG`` is set to a true value (``1``, ``true``, ``yes``, ``on``)."""
+    """Whether ``PAKA_DEBUG`` is set to a true value (``1``, ``true``, ``yes``, ``on``).
+
+    Returns:
+        ``True`` when it is set to one of those (any case, surrounding spaces ignored).
+    """
     return os.environ.get(DEBUG_ENVIRONMENT_VARIABLE, "").strip().lower() in ("1", "true", "yes", "on")
 
 
@@ -71,6 +75,12 @@ def split_debug_flag(argv: Sequence[str]) -> tuple[list[str], bool]:
     """``argv`` without a bare ``--debug``, and whether it was there (or ``PAKA_DEBUG`` is set to a true value).
 
     ``--debug VALUE`` (``TrainingArguments.debug``) is left in place.
+
+    Args:
+        argv: the command-line arguments.
+
+    Returns:
+        ``(kept, debug)``: the arguments without the bare ``--debug``, and whether debugging was asked for.
     """
     argv = list(argv)
     debug = debug_from_environment()
@@ -85,7 +95,15 @@ def split_debug_flag(argv: Sequence[str]) -> tuple[list[str], bool]:
 
 
 def one_line(error: BaseException) -> str:
-    """The error's message on one line (newlines and runs of spaces collapsed)."""
+    """The error's message on one line (newlines and runs of spaces collapsed).
+
+    Args:
+        error: the exception to describe.
+
+    Returns:
+        Its message on one line (a ``KeyError``'s key without the quotes ``str`` adds); the exception's class name
+        when the message is empty.
+    """
     text = str(error)
     if isinstance(error, KeyError) and len(error.args) == 1:  # str(KeyError) adds quotes
         text = str(error.args[0])

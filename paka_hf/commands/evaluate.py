@@ -146,7 +146,15 @@ HELP = {
 
 def flag_name(section: str, name: str) -> str | None:
     """The command-line flag that sets field ``name`` of ``section``'s dataclass (``None``: not on the command
-    line)."""
+    line).
+
+    Args:
+        section: a key of ``SECTIONS`` (``settings``, ``linear``, ...).
+        name: a field of that section's dataclass.
+
+    Returns:
+        The flag's name without ``--``, or ``None`` for a field the runner fills in itself.
+    """
     if name in FROM_RUNNER.get(section, ()):
         return None
     return SHARED.get(section, {}).get(name) or FLAG_NAMES.get(section, {}).get(name, name)
@@ -182,7 +190,11 @@ def _default_device() -> str:
 
 
 def build_parser() -> StrictHfArgumentParser:
-    """One ``HfArgumentParser`` over :class:`EvaluationArguments` and the library's settings dataclasses."""
+    """One ``HfArgumentParser`` over :class:`EvaluationArguments` and the library's settings dataclasses.
+
+    Returns:
+        The strict parser, its ``--device`` defaulting to ``cuda`` when a GPU is visible, else ``cpu``.
+    """
     parser = StrictHfArgumentParser(
         [EvaluationArguments, *(_flags_dataclass(section) for section in SECTIONS)],
         prog="evaluate.py",
@@ -194,7 +206,14 @@ def build_parser() -> StrictHfArgumentParser:
 
 
 def evaluation_settings(args: argparse.Namespace) -> EvaluationSettings:
-    """The :class:`EvaluationSettings` (with its protocols' configs) that the parsed options describe."""
+    """The :class:`EvaluationSettings` (with its protocols' configs) that the parsed options describe.
+
+    Args:
+        args: the namespace :func:`build_parser` returned.
+
+    Returns:
+        The settings, each protocol's config built from its flags.
+    """
 
     def build(section: str, **nested: Any):
         values = {}
@@ -208,13 +227,35 @@ def evaluation_settings(args: argparse.Namespace) -> EvaluationSettings:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[EvaluationArguments, EvaluationSettings]:
+    """Parse the command line of ``evaluate.py``.
+
+    Args:
+        argv: the arguments; ``sys.argv[1:]`` when ``None``.
+
+    Returns:
+        ``(arguments, settings)``: what to evaluate on which data, and how.
+
+    Raises:
+        ConfigError: for an unknown option or a value the parser refuses.
+    """
     args = build_parser().parse_args(argv)
     names = {f.name for f in dataclasses.fields(EvaluationArguments)}
     return EvaluationArguments(**{name: getattr(args, name) for name in names}), evaluation_settings(args)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Evaluate, write ``--output_file``, print one line per result; returns the results as a dict."""
+    """Evaluate, write ``--output_file``, print one line per result.
+
+    Args:
+        argv: the command-line arguments; ``sys.argv[1:]`` when ``None``.
+
+    Returns:
+        The results as a dict (:meth:`EvaluationReport.to_dict`), as written to ``--output_file``.
+
+    Raises:
+        PaKAUserError: for a bad option, a missing ``--model_name_or_path`` folder or ``--data_dir``, or data the
+            evaluation cannot use (raised by the dataset loaders and the runner).
+    """
     args, settings = parse_args(argv)
     configure_logging()
     check_local_path(args.model_name_or_path, "--model_name_or_path")  # a mistyped folder never reaches the Hub
@@ -253,5 +294,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def cli_main() -> int:
-    """The ``paka-evaluate`` console command: :func:`main` with user errors as one line ``error: ...``, exit 2."""
+    """The ``paka-evaluate`` console command: :func:`main` with user errors as one line ``error: ...``, exit 2.
+
+    Returns:
+        The exit status (:func:`~paka_hf.commands.cli.run_script`).
+    """
     return run_script(main)

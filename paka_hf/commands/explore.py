@@ -19,6 +19,17 @@ from paka_hf.utils.errors import ConfigError
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line of ``paka-explore``.
+
+    Args:
+        argv: the arguments; ``sys.argv[1:]`` when ``None``.
+
+    Returns:
+        The options: ``model``, ``base``, ``images``, ``resolution``, ``max_pixels``, ``host``, ``port``.
+
+    Raises:
+        ConfigError: for an unknown option (naming the closest one) or a bad value.
+    """
     parser = StrictArgumentParser(  # no abbreviated options; a bad one is one line naming the closest
         prog="paka-explore",
         description="Explore base vs PaKA-adapted dense features in the browser (Gradio, on localhost).",
@@ -53,7 +64,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``paka-explore``: build the app and serve it until interrupted. User errors raise
-    :class:`~paka_hf.utils.errors.PaKAUserError` (the scripts print them as ``error: ...``, exit status 2)."""
+    :class:`~paka_hf.utils.errors.PaKAUserError` (the scripts print them as ``error: ...``, exit status 2).
+
+    Args:
+        argv: the command-line arguments; ``sys.argv[1:]`` when ``None``.
+
+    Returns:
+        0 once the server stops.
+
+    Raises:
+        ConfigError: when no ``--base`` is given and MODEL's ``training_config.yaml`` names no base model, or for
+            a bad option.
+        PaKAUserError: when Gradio is not installed, or the models or the images folder cannot be read (raised by
+            :mod:`paka_hf.apps.explorer`).
+    """
     args = parse_args(argv)
     configure_logging()
     require_gradio()
@@ -70,5 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cli_main() -> int:
-    """The ``paka-explore`` console command: :func:`main` with user errors as one line ``error: ...``, exit 2."""
+    """The ``paka-explore`` console command: :func:`main` with user errors as one line ``error: ...``, exit 2.
+
+    Returns:
+        The exit status (:func:`~paka_hf.commands.cli.run_script`).
+    """
     return run_script(main)

@@ -44,6 +44,12 @@ from paka_hf.utils.paths import check_local_path
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The strict parser of ``push_to_hub.py`` / ``paka-push``; its description and epilog are this module's
+    docstring.
+
+    Returns:
+        The parser.
+    """
     parser = StrictArgumentParser(
         prog="push_to_hub.py",
         description=__doc__.split("\n\n")[0],
@@ -110,6 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Push a training output folder (and, with ``--space``, the explorer Space), or show what would be pushed.
+
+    Everything that can be checked without the Hub is checked before the first upload.
+
+    Args:
+        argv: the command-line arguments; ``sys.argv[1:]`` when ``None``.
+
+    Returns:
+        0 after the push, or after printing the files and the model card with ``--dry_run``.
+
+    Raises:
+        MissingPathError: when OUTPUT_DIR or a file the push needs is missing.
+        ConfigError: for a bad option or a setting :mod:`paka_hf.hub` or :mod:`paka_hf.apps.space` refuses
+            (e.g. ``--space`` with a base model that is not a Hub id).
+    """
     args = build_parser().parse_args(argv)
     configure_logging()
     check_local_path(args.output_dir, "OUTPUT_DIR", always=True)
@@ -163,5 +184,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli_main() -> int:
-    """The ``paka-push`` console command: :func:`main` with user errors as one line ``error: ...``, exit 2."""
+    """The ``paka-push`` console command: :func:`main` with user errors as one line ``error: ...``, exit 2.
+
+    Returns:
+        The exit status (:func:`~paka_hf.commands.cli.run_script`).
+    """
     return run_script(main)

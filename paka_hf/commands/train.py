@@ -65,7 +65,15 @@ CHECKPOINTING_RENAMES = {
 
 def installed_name(key: str, field_names: set[str]) -> str:
     """``gradient_checkpointing`` → ``activation_checkpointing`` where ``field_names`` has the new name, the
-    reverse where it has only the old one; any other key as is."""
+    reverse where it has only the old one; any other key as is.
+
+    Args:
+        key: a field name, as written in a config file or an option.
+        field_names: the field names of the installed ``PaKAConfig``.
+
+    Returns:
+        The name the installed ``PaKAConfig`` knows.
+    """
     for old, new in CHECKPOINTING_RENAMES.items():
         if key == old and new in field_names:
             return new
@@ -76,7 +84,15 @@ def installed_name(key: str, field_names: set[str]) -> str:
 
 def to_installed_names(argv: list[str], field_names: set[str]) -> list[str]:
     """``--gradient_checkpointing true`` → ``--activation_checkpointing true`` where ``field_names`` has the new
-    name, and the reverse where it has only the old one; every other argument as is."""
+    name, and the reverse where it has only the old one; every other argument as is.
+
+    Args:
+        argv: the command-line arguments.
+        field_names: the field names of the installed ``PaKAConfig``.
+
+    Returns:
+        A new list, each ``--key`` or ``--key=value`` under :func:`installed_name`.
+    """
     out = []
     for token in argv:
         if token.startswith("--"):
@@ -87,7 +103,11 @@ def to_installed_names(argv: list[str], field_names: set[str]) -> list[str]:
 
 
 def build_parser() -> StrictHfArgumentParser:
-    """One option per ``PaKAConfig`` field, and ``--config``; no abbreviations, errors raised as ``ConfigError``."""
+    """One option per ``PaKAConfig`` field, and ``--config``; no abbreviations, errors raised as ``ConfigError``.
+
+    Returns:
+        The parser; its description is this module's docstring.
+    """
     parser = StrictHfArgumentParser(
         PaKAConfig, prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -121,7 +141,20 @@ def _typed(action: argparse.Action, value: Any) -> Any:
 
 def read_config_file(config_file: str | Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """The file's ``field: value`` mapping under the installed field names, each value typed as its option
-    would parse it. A key that is no field (an abbreviation included) is an error naming the closest field."""
+    would parse it. A key that is no field (an abbreviation included) is an error naming the closest field.
+
+    Args:
+        config_file: the YAML file given to ``--config``.
+        parser: the parser of :func:`build_parser`, whose options give each value's type and choices.
+
+    Returns:
+        ``{field name: typed value}``.
+
+    Raises:
+        MissingPathError: when the file does not exist.
+        ConfigError: when it is not valid YAML or no mapping, when a key is no ``PaKAConfig`` field (naming the
+            closest), or when a value does not fit its field's type or choices.
+    """
     check_local_path(config_file, "--config", always=True)
     config_file = Path(config_file)
     try:
@@ -147,6 +180,17 @@ def read_config_file(config_file: str | Path, parser: argparse.ArgumentParser) -
 
 
 def parse_config(argv: list[str]) -> PaKAConfig:
+    """The config from ``--config FILE`` and the command line (:func:`parse_config_and_origins` without origins).
+
+    Args:
+        argv: the command-line arguments.
+
+    Returns:
+        The config.
+
+    Raises:
+        PaKAUserError: as :func:`parse_config_and_origins`.
+    """
     return parse_config_and_origins(argv)[0]
 
 
@@ -155,7 +199,21 @@ def parse_config_and_origins(argv: list[str]) -> tuple[PaKAConfig, dict[str, str
     file and not on the command line, the file's name (for messages about the value).
 
     The file's values become the parser's defaults (as TRL's ``TrlParser`` does), so they keep their YAML
-    types and every command-line option still overrides them."""
+    types and every command-line option still overrides them.
+
+    A token (``hub_token``) given on the command line or in a file is logged as a warning.
+
+    Args:
+        argv: the command-line arguments, ``--config FILE`` among them or not.
+
+    Returns:
+        ``(config, origins)``: the config, and ``{field name: config file}`` for the fields the file set.
+
+    Raises:
+        ConfigError: for an unknown option (naming the closest) or a file :func:`read_config_file` refuses, and
+            for values ``PaKAConfig`` refuses.
+        MissingPathError: when the ``--config`` file does not exist.
+    """
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
@@ -194,7 +252,15 @@ def parse_config_and_origins(argv: list[str]) -> tuple[PaKAConfig, dict[str, str
 def main(argv: list[str] | None = None) -> None:
     """Train, export the backbone to ``output_dir``, write the run's metrics and state there, push if asked.
 
+    A run that fails or is interrupted before anything worth keeping removes what it created
+    (:class:`RunFolder`).
+
+    Args:
+        argv: the command-line arguments; ``sys.argv[1:]`` when ``None``.
+
     Raises:
+        PaKAUserError: for a bad option or config file, a missing local path, or a setting or data the trainer
+            refuses.
         Interrupted: on Ctrl-C, with where training stopped, its last complete checkpoint and the resume command
             (:func:`interrupted_message`); on every process but process zero, ``SystemExit(130)`` instead, so that
             a multi-process run prints that line once.
@@ -399,5 +465,9 @@ def interrupted_message(
 
 
 def cli_main() -> int:
-    """The ``paka-train`` console command: :func:`main` with user errors as one line ``error: ...``, exit 2."""
+    """The ``paka-train`` console command: :func:`main` with user errors as one line ``error: ...``, exit 2.
+
+    Returns:
+        The exit status (:func:`~paka_hf.commands.cli.run_script`).
+    """
     return run_script(main)

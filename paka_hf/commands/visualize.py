@@ -24,6 +24,18 @@ from paka_hf.utils.paths import check_local_path
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """Parse the command line of ``visualize.py`` / ``paka-visualize``; description and epilog are this module's
+    docstring.
+
+    Args:
+        argv: the arguments; ``sys.argv[1:]`` when ``None``.
+
+    Returns:
+        The options.
+
+    Raises:
+        ConfigError: for an unknown option, a bad value, or neither or both of ``--images`` and ``--image_dir``.
+    """
     parser = StrictArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
@@ -64,6 +76,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    """Write the PCA, cluster and retrieval pictures of base vs adapted features and print where each went.
+
+    Args:
+        argv: the command-line arguments; ``sys.argv[1:]`` when ``None``.
+
+    Returns:
+        0 once the pictures are written.
+
+    Raises:
+        ConfigError: when no base model is given or named by ``training_config.yaml``, or ``--image_dir`` holds
+            no image; and for a bad option.
+        MissingPathError: when OUTPUT_DIR, a local ``--base`` or ``--adapted``, an image or ``--image_dir`` is
+            missing.
+    """
     args = parse_args(argv)
     from paka_hf.apps.pictures import make_pictures
 
@@ -100,5 +126,9 @@ def main(argv=None) -> int:
 
 
 def cli_main() -> int:
-    """The ``paka-visualize`` console command: :func:`main` with user errors as one line ``error: ...``, exit 2."""
+    """The ``paka-visualize`` console command: :func:`main` with user errors as one line ``error: ...``, exit 2.
+
+    Returns:
+        The exit status (:func:`~paka_hf.commands.cli.run_script`).
+    """
     return run_script(main)
