@@ -115,6 +115,13 @@ def find_pictures(output_dir: str | os.PathLike) -> list[Picture]:
 
     A picture that resolves outside ``output_dir`` (a symlink, or a ``pictures`` folder that is one) is skipped
     with a warning, so neither the card nor the upload ever carries content from elsewhere on the disk.
+
+    Args:
+        output_dir: the training output (export) folder.
+
+    Returns:
+        One :class:`Picture` per PNG (path relative to ``output_dir``, title and caption); empty when there is no
+        ``pictures`` folder.
     """
     folder = Path(output_dir) / PICTURES_DIR
     order = {kind: i for i, kind in enumerate(_PICTURE_TEXT)}  # pca, clusters, retrieval, then the rest
@@ -174,7 +181,15 @@ def _fmt_value(entry: Mapping[str, Any] | None) -> str:
 
 
 def results_table(base: Sequence[Mapping[str, Any]], adapted: Sequence[Mapping[str, Any]]) -> str:
-    """Markdown table: one row per (protocol, dataset, split, metric), columns Base, PaKA and the change."""
+    """Markdown table: one row per (protocol, dataset, split, metric), columns Base, PaKA and the change.
+
+    Args:
+        base: the base model's result entries.
+        adapted: this model's result entries.
+
+    Returns:
+        The table's Markdown ("–" where a column has no value); ``""`` when there are no entries.
+    """
     rows: dict[tuple, dict[str, Any]] = {}
     for column, entries in (("base", base), ("paka", adapted)):
         for entry in entries:
@@ -198,7 +213,17 @@ def results_table(base: Sequence[Mapping[str, Any]], adapted: Sequence[Mapping[s
 
 
 def read_training_config(output_dir: str | os.PathLike) -> dict[str, Any]:
-    """``training_config.yaml`` of the output folder as a dict ({} if absent), secrets redacted."""
+    """``training_config.yaml`` of the output folder as a dict ({} if absent), secrets redacted.
+
+    Args:
+        output_dir: the training output folder.
+
+    Returns:
+        The settings, with :func:`redact_secrets` applied; ``{}`` when the file is absent or empty.
+
+    Raises:
+        ValueError: the file holds YAML that is not a mapping.
+    """
     path = Path(output_dir) / TRAINING_CONFIG_FILE
     if not path.is_file():
         return {}
@@ -209,7 +234,14 @@ def read_training_config(output_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def redact_secrets(value: Any) -> Any:
-    """Replace the values of token/secret/password-like keys (at any depth) with ``"<redacted>"``."""
+    """Replace the values of token/secret/password-like keys (at any depth) with ``"<redacted>"``.
+
+    Args:
+        value: a mapping, list or scalar, e.g. a parsed ``training_config.yaml``.
+
+    Returns:
+        A copy with every non-empty value under such a key redacted; a scalar as is.
+    """
     if isinstance(value, Mapping):
         return {
             k: (_REDACTED if _SECRET_KEY.search(str(k)) and v not in (None, "", False) else redact_secrets(v))
@@ -266,7 +298,17 @@ def _compute_table(summary: Mapping[str, Any]) -> str:
 
 def family_card_metadata(model_type: str | None) -> dict[str, Any]:
     """Card metadata of a derivative of a ``model_type`` backbone, from the registry (:mod:`paka_hf.modeling.backbones`):
-    ``license``, ``license_name``, ``license_link``, ``pipeline_tag``, ``notice``, ``tags`` and ``title``."""
+    ``license``, ``license_name``, ``license_link``, ``pipeline_tag``, ``notice``, ``tags`` and ``title``.
+
+    Args:
+        model_type: the exported ``config.json``'s ``model_type``.
+
+    Returns:
+        A dict with those keys.
+
+    Raises:
+        ConfigError: the model type is not a supported family.
+    """
     family = family_for(model_type, "the exported model")
     card = family.card
     return dict(
@@ -532,6 +574,33 @@ def render_model_card(
     :data:`LOCAL_BASE_TEXT` and logs a warning. With no results attached, the card gives the evaluation
     commands that produce them (:func:`evaluate_hint`). The card is not written to disk: call
     ``card.save(path)``.
+
+    Args:
+        output_dir: the export folder (``config.json`` at least).
+        repo_id: the Hub id the card is for; the folder path when ``None``.
+        eval_results: evaluation JSON files or dicts, for either model; ``output_dir/eval_results*.json`` when
+            empty.
+        base_eval_results: evaluation JSON files or dicts taken as the base model's.
+        base_model: the base model's Hub id for the metadata; overrides what ``training_config.yaml`` records.
+        datasets: the metadata's training datasets; ``training_config.yaml``'s ``dataset_name`` when it is a Hub
+            id.
+        license: the metadata licence; replaces the family's licence fields.
+        license_name: the name of an ``other`` licence.
+        license_link: the link to an ``other`` licence.
+        pipeline_tag: the metadata pipeline tag; the family's when ``None``.
+        notice: text under the introduction; the family's when ``None``.
+        tags: tags added to the family's and PaKA's.
+        template_path: a Jinja template of your own (:func:`read_template`).
+
+    Returns:
+        The rendered ``huggingface_hub.ModelCard``.
+
+    Raises:
+        FileNotFoundError: ``output_dir`` has no ``config.json``, or the template is missing.
+        ConfigError: ``base_model`` is not a Hub id, or the model type is not a supported family.
+        MislabelledResultsError: a results file belongs to neither model, or two measure the same thing for one
+            model.
+        ValueError: ``training_config.yaml`` is not a mapping.
     """
     from huggingface_hub import ModelCard, ModelCardData
 
