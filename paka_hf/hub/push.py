@@ -65,7 +65,14 @@ class UnsafeUploadError(PaKAUserError, ValueError):
 
 
 def resolve_endpoint(endpoint: str | None = None) -> str:
-    """``endpoint``, else ``$HF_ENDPOINT`` read now, else ``huggingface_hub``'s import-time endpoint."""
+    """``endpoint``, else ``$HF_ENDPOINT`` read at this call, else ``huggingface_hub``'s import-time endpoint.
+
+    Args:
+        endpoint: an endpoint URL, or ``None``.
+
+    Returns:
+        The endpoint URL without a trailing ``/``.
+    """
     from huggingface_hub import constants
 
     return (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
@@ -161,6 +168,16 @@ def collect_upload_files(output_dir: str | os.PathLike) -> dict[str, Path]:
     uploaded. Raises :class:`~paka_hf.utils.errors.MissingPathError` listing what is missing, and
     :class:`UnsafeUploadError` when one of these files is a symlink to content outside ``output_dir``
     (pictures of that kind are skipped with a warning by :func:`find_pictures`).
+
+    Args:
+        output_dir: the training output (export) folder.
+
+    Returns:
+        ``{path in the repository: local file}``.
+
+    Raises:
+        MissingPathError: a required file is missing (the message says how to produce it).
+        UnsafeUploadError: a required file is a symlink to content outside ``output_dir``.
     """
     out = Path(output_dir)
     required = [*EXPORT_FILES, TRAINING_CONFIG_FILE]
@@ -228,6 +245,31 @@ def push_to_hub(
     was computed from (``parent_commit``), so a concurrent commit is never silently overwritten. HTTP
     401/403 raise :class:`HubAuthenticationError`. ``token`` defaults to the logged-in token / ``HF_TOKEN``;
     it is never printed or logged.
+
+    Args:
+        output_dir: the training output (export) folder.
+        repo_id: the target model repository, ``org/name``.
+        private: the visibility of a repository this call creates, and whether an existing one must be private.
+        eval_results: evaluation JSON files or dicts for the card (:func:`~paka_hf.hub.card.render_model_card`).
+        revision: the branch to commit to; ``main`` when ``None``.
+        token: a Hub token; the logged-in one when ``None``.
+        commit_message: the commit's title.
+        commit_description: the commit's description.
+        endpoint: the Hub endpoint (:func:`resolve_endpoint`).
+        max_retries: how many times a transient failure is retried.
+        backoff_s: the first retry's wait in seconds, doubled on each retry.
+        **card_options: keyword arguments of :func:`~paka_hf.hub.card.render_model_card`.
+
+    Returns:
+        The ``huggingface_hub.CommitInfo`` of the commit.
+
+    Raises:
+        ConfigError: ``repo_id`` is not ``org/name``, or ``card_options["base_model"]`` is not a Hub id.
+        MissingPathError: a file to upload is missing (:func:`collect_upload_files`).
+        UnsafeUploadError: a file to upload is a symlink to content outside ``output_dir``.
+        MislabelledResultsError: an evaluation result belongs to neither model.
+        HubVisibilityError: ``private=True`` and the repository exists and is public.
+        HubAuthenticationError: the Hub answered 401 or 403.
     """
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
