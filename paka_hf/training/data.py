@@ -162,6 +162,26 @@ def load_image_source(
     ``dataset_name`` is a Hub id or a local path (folder of images, parquet or webdataset shards;
     ``dataset_format`` picks one in a folder that mixes them, see :func:`_local_builder`).
     With ``streaming=False`` the dataset is downloaded/prepared first and then iterated as a stream.
+
+    Args:
+        dataset_name: a Hub dataset id or a local path.
+        dataset_config_name: the Hub dataset's configuration (ignored for a local path).
+        split: the Hub dataset's split (a local path is always ``train``).
+        image_column: the column holding the images (a webdataset's image extension is found when it differs).
+        streaming: stream the dataset (``True``) or download and prepare it first.
+        revision: the Hub dataset's revision.
+        token: a Hub token; the logged-in one when ``None``.
+        dataset_format: ``auto``, ``imagefolder``, ``parquet`` or ``webdataset``, for a local folder.
+
+    Returns:
+        The ``datasets.IterableDataset`` with the single ``image`` column, undecoded.
+
+    Raises:
+        ValueError: the dataset has no ``image_column`` (the message lists its columns), or webdataset shards
+            have no image column.
+        ConfigError: a local file that is not a ``.parquet`` or ``.tar`` shard, or a ``dataset_format`` the
+            folder does not fit.
+        EmptyDatasetError: a local folder holds no images or shards of the chosen format.
     """
     import datasets
 
@@ -204,6 +224,17 @@ def open_image(source: Any, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -
     an image above it raises :class:`ImageTooLargeError`; ``None`` or 0 means no limit. Pillow's
     global is lifted for the duration of the header read only (decoding runs in data workers and
     evaluation loops, one thread each).
+
+    Args:
+        source: a path or a binary file object.
+        max_pixels: the largest image in pixels; ``None`` or 0 for no limit.
+
+    Returns:
+        The opened, not yet decoded, image.
+
+    Raises:
+        ImageTooLargeError: the header announces more than ``max_pixels`` pixels.
+        PIL.UnidentifiedImageError: Pillow cannot identify the data as an image.
     """
     previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # our limit, below, is the one that counts
@@ -250,6 +281,15 @@ def shuffle_buffer_bytes(source, shuffle_buffer_size: int, streams: int, sample_
     with ``b̄`` the mean bytes per row over the source's first ``sample_rows`` rows (undecoded: the
     encoded image, ~160 KB for COCO's JPEGs; a local image folder's rows hold a path, under 1 KB).
     Each stream (process × data-loader worker) fills its own buffer of ``shuffle_buffer_size`` rows.
+
+    Args:
+        source: the image source of :func:`load_image_source`.
+        shuffle_buffer_size: rows per shuffle buffer.
+        streams: data streams on this machine (processes × data-loader workers).
+        sample_rows: how many of the first rows to measure.
+
+    Returns:
+        The estimate :math:`M` in bytes; 0 without shuffling, streams or rows.
     """
     if shuffle_buffer_size <= 0 or streams <= 0:
         return 0
@@ -258,7 +298,11 @@ def shuffle_buffer_bytes(source, shuffle_buffer_size: int, streams: int, sample_
 
 
 def total_memory_bytes() -> int | None:
-    """Physical memory of this machine (None where the OS does not say)."""
+    """Physical memory of this machine (None where the OS does not say).
+
+    Returns:
+        The memory in bytes, or ``None``.
+    """
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
@@ -267,7 +311,16 @@ def total_memory_bytes() -> int | None:
 
 def warn_if_shuffle_buffers_exceed_memory(source, shuffle_buffer_size: int, streams: int) -> int:
     """Warn when the shuffle buffers of this machine's ``streams`` would take more than
-    :data:`SHUFFLE_MEMORY_FRACTION` of its RAM (:func:`shuffle_buffer_bytes`); returns the estimate."""
+    :data:`SHUFFLE_MEMORY_FRACTION` of its RAM (:func:`shuffle_buffer_bytes`); returns the estimate.
+
+    Args:
+        source: the image source of :func:`load_image_source`.
+        shuffle_buffer_size: rows per shuffle buffer.
+        streams: data streams on this machine (processes × data-loader workers).
+
+    Returns:
+        The estimate in bytes (the warning names a ``shuffle_buffer_size`` that fits).
+    """
     estimate = shuffle_buffer_bytes(source, shuffle_buffer_size, streams)
     memory = total_memory_bytes()
     if memory and estimate > SHUFFLE_MEMORY_FRACTION * memory:
@@ -293,6 +346,19 @@ def decode_image(value: Any, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) 
     The header's size is checked against ``max_pixels`` first (:func:`open_image`), so a
     decompression bomb is refused without being decoded. Forces the full decode (``Image.load``)
     so truncated files fail here, not later. Raises one of :data:`DECODE_ERRORS` for unreadable data.
+
+    Args:
+        value: the image value.
+        max_pixels: the largest image in pixels; ``None`` or 0 for no limit.
+
+    Returns:
+        The decoded image, in its own mode.
+
+    Raises:
+        EmptyImageError: the file or bytes are empty.
+        ImageTooLargeError: the header announces more than ``max_pixels`` pixels.
+        ValueError: a dict value holds neither bytes nor a path.
+        OSError: Pillow cannot identify or decode the data (``UnidentifiedImageError``, a truncated file).
     """
     if isinstance(value, dict):
         data, path = value.get("bytes"), value.get("path")
@@ -338,6 +404,18 @@ def decode_rgb_pixels(value: Any, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIX
     else — grayscale and CMYK JPEGs, other formats, anything libjpeg refuses — takes the Pillow path
     (:func:`decode_image` + :func:`~paka_hf.utils.imaging.to_rgb`), which raises :data:`DECODE_ERRORS`
     for unreadable data. Both paths refuse an image above ``max_pixels`` from its header, before decoding.
+
+    Args:
+        value: the image value (``{"bytes", "path"}``, raw bytes or a path).
+        max_pixels: the largest image in pixels; ``None`` or 0 for no limit.
+
+    Returns:
+        The ``(H, W, 3)`` uint8 pixels.
+
+    Raises:
+        ImageTooLargeError: the header announces more than ``max_pixels`` pixels.
+        EmptyImageError: the file or bytes are empty.
+        OSError: the data cannot be identified or decoded; this and the others are all :data:`DECODE_ERRORS`.
     """
     try:
         data = _raw_bytes(value)
@@ -361,7 +439,14 @@ def decode_rgb_pixels(value: Any, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIX
 
 
 def image_key(value: Any) -> str:
-    """A short identity for an image value: its path when it has one, else a hash of its bytes."""
+    """A short identity for an image value: its path when it has one, else a hash of its bytes.
+
+    Args:
+        value: the image value (``{"bytes", "path"}``, raw bytes or a path).
+
+    Returns:
+        The path, or the SHA-1 hex digest of the bytes.
+    """
     import hashlib
 
     if isinstance(value, dict):
@@ -474,7 +559,12 @@ def skipped_images_message(new: Sequence[dict[str, str]], total: int, path: Path
 
 @dataclass
 class StreamPosition:
-    """How far one stream has read: ``epoch`` and rows of that epoch consumed (decoded or skipped)."""
+    """How far one stream has read: ``epoch`` and rows of that epoch consumed (decoded or skipped).
+
+    Args:
+        epoch: the stream's epoch.
+        row: rows of that epoch consumed.
+    """
 
     epoch: int = 0
     row: int = 0
@@ -482,7 +572,15 @@ class StreamPosition:
 
 @dataclass
 class StreamState:
-    """Positions of all streams of one process, and how many batches it has consumed."""
+    """Positions of all streams of one process, and how many batches it has consumed.
+
+    Args:
+        num_workers: data-loader workers of the process (0: loading in the main process).
+        world_size: the number of processes.
+        batches_consumed: batches the trainer has taken from the process's stream.
+        positions: one :class:`StreamPosition` per stream (``max(1, num_workers)``).
+        images_skipped: undecodable images skipped so far.
+    """
 
     num_workers: int
     world_size: int
@@ -491,6 +589,12 @@ class StreamState:
     images_skipped: int = 0
 
     def to_dict(self) -> dict[str, Any]:
+        """The state as plain JSON types, for a checkpoint.
+
+        Returns:
+            ``{"num_workers", "world_size", "batches_consumed", "images_skipped", "positions"}``, the positions
+            as ``[epoch, row]`` pairs.
+        """
         return {
             "num_workers": self.num_workers,
             "world_size": self.world_size,
@@ -501,6 +605,17 @@ class StreamState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StreamState:
+        """The state :meth:`to_dict` wrote (``images_skipped`` optional).
+
+        Args:
+            data: the dict.
+
+        Returns:
+            The state.
+
+        Raises:
+            KeyError: a required key is missing.
+        """
         return cls(
             num_workers=int(data["num_workers"]),
             world_size=int(data["world_size"]),
@@ -511,10 +626,24 @@ class StreamState:
 
     @classmethod
     def fresh(cls, num_workers: int, world_size: int) -> StreamState:
+        """The state of a process that has read nothing.
+
+        Args:
+            num_workers: data-loader workers of the process.
+            world_size: the number of processes.
+
+        Returns:
+            The state, every stream at epoch 0, row 0.
+        """
         return cls(num_workers, world_size, 0, [StreamPosition() for _ in range(max(1, num_workers))])
 
     def record(self, batch: dict[str, torch.Tensor]) -> None:
-        """Update from a consumed batch's ``stream_*`` fields."""
+        """Update from a consumed batch's ``stream_*`` fields.
+
+        Args:
+            batch: a batch of :class:`PaKACollator` (``stream_index``, ``stream_epoch``, ``stream_position``,
+                ``num_skipped``).
+        """
         index = int(batch["stream_index"])
         self.positions[index] = StreamPosition(int(batch["stream_epoch"]), int(batch["stream_position"]))
         self.images_skipped += int(batch["num_skipped"])
@@ -522,7 +651,17 @@ class StreamState:
 
 
 def sample_seed(seed: int, epoch: int, stream: int, row: int) -> int:
-    """A 63-bit seed that depends only on (seed, epoch, stream, row)."""
+    """A 63-bit seed that depends only on (seed, epoch, stream, row).
+
+    Args:
+        seed: the run's base seed.
+        epoch: the stream's epoch.
+        stream: the stream's global index (process × workers + worker).
+        row: the row's index in that epoch.
+
+    Returns:
+        The seed, a non-negative int below :math:`2^{63}`.
+    """
     return int(
         np.random.SeedSequence([seed, epoch, stream, row]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1)
     )
@@ -542,6 +681,11 @@ class PaKAViewStream(torch.utils.data.IterableDataset):
         record_keys: also yield ``image_key`` per sample (for diagnostics).
         max_image_pixels: images whose header announces more pixels are skipped (and counted) without
             being decoded; None or 0 = no limit. Default: Pillow's ``MAX_IMAGE_PIXELS``.
+
+    Raises:
+        ValueError: ``state`` was written with another number of processes or workers.
+        RuntimeError: on iteration, when the DataLoader runs another number of workers than ``num_workers``.
+        EmptyDatasetError: on iteration, when a stream's whole epoch holds no decodable image.
     """
 
     def __init__(
@@ -640,6 +784,9 @@ class PaKAViewStream(torch.utils.data.IterableDataset):
         processes × workers) cannot. The trainer gathers these lines from every process before the
         first collective operation, so that every process stops with the same message
         (:func:`empty_stream_error`) instead of one failing and the others waiting for it.
+
+        Returns:
+            The lines, one per empty stream.
         """
         from datasets.distributed import split_dataset_by_node
 
@@ -716,7 +863,17 @@ class PaKAViewStream(torch.utils.data.IterableDataset):
 
 
 def empty_stream_error(empty: Sequence[str], world_size: int, num_workers: int) -> EmptyDatasetError:
-    """The one-line error for data streams that hold no decodable image (``empty``: their descriptions)."""
+    """The one-line error for data streams that hold no decodable image (``empty``: their descriptions).
+
+    Args:
+        empty: one description per empty stream (:meth:`PaKAViewStream.streams_without_images`); the first four
+            are shown.
+        world_size: the number of processes.
+        num_workers: data-loader workers per process.
+
+    Returns:
+        The error, for the caller to raise.
+    """
     streams = world_size * max(1, num_workers)
     shown = "; ".join(empty[:4]) + ("; ..." if len(empty) > 4 else "")
     return EmptyDatasetError(
