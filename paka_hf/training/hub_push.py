@@ -52,6 +52,13 @@ class HubSettings:
 
     ``private`` is ``args.hub_private_repo`` as given: ``None`` (unset) leaves a new repository's visibility
     to the namespace's default.
+
+    Args:
+        repo_id: ``args.hub_model_id``, the target model repository.
+        strategy: ``args.hub_strategy``, one of :data:`SUPPORTED_STRATEGIES`.
+        private: ``args.hub_private_repo``.
+        revision: ``args.hub_revision``, the branch to push to.
+        always_push: ``args.hub_always_push``: push at a save even while the previous push still runs.
     """
 
     repo_id: str
@@ -62,6 +69,18 @@ class HubSettings:
 
     @classmethod
     def from_args(cls, args: Any) -> HubSettings:
+        """Read and check the Hub settings of ``args``.
+
+        Args:
+            args: the run's ``TrainingArguments`` (a :class:`~paka_hf.training.config.PaKAConfig`).
+
+        Returns:
+            The settings.
+
+        Raises:
+            ConfigError: ``hub_strategy`` is ``checkpoint`` or ``all_checkpoints``, or ``hub_model_id`` is not
+                set.
+        """
         strategy = getattr(args, "hub_strategy", "every_save")
         strategy = getattr(strategy, "value", strategy)  # transformers.trainer_utils.HubStrategy enum
         if strategy not in SUPPORTED_STRATEGIES:
@@ -101,11 +120,25 @@ class BackgroundPusher:
         self.auth_failed = False
 
     def busy(self) -> bool:
+        """Whether a submitted push is still running or waiting.
+
+        Returns:
+            ``True`` while one is.
+        """
         with self._lock:
             return any(not future.done() for future in self._futures)
 
     def submit(self, step: int, staging: Path, push_kwargs: Mapping[str, Any]) -> Future:
-        """Push ``staging`` (then delete it) on the worker thread."""
+        """Push ``staging`` (then delete it) on the worker thread.
+
+        Args:
+            step: the training step, for the log and :attr:`errors`.
+            staging: a temporary export folder; it is deleted once the push ends.
+            push_kwargs: keyword arguments of :func:`paka_hf.hub.push_to_hub` besides the folder.
+
+        Returns:
+            The push's future; it never raises (failures go to :attr:`errors`).
+        """
 
         def job():
             try:
@@ -165,6 +198,14 @@ class HubPushMixin:
     hub_push_options: Mapping[str, Any] = {}
 
     def export_backbone(self, output_dir: str | os.PathLike) -> Any:  # pragma: no cover - the trainer defines it
+        """Write the loadable backbone to ``output_dir``; the class the mixin goes into defines it.
+
+        Args:
+            output_dir: the folder to write to.
+
+        Raises:
+            NotImplementedError: always, here.
+        """
         raise NotImplementedError(
             f"{type(self).__name__} must define export_backbone(output_dir), e.g. with paka_hf.hub.save_backbone"
         )
@@ -177,7 +218,15 @@ class HubPushMixin:
         return self._hub_pusher
 
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
-        """Check the Hub settings at start-up (not at the first save); the repository is made by the first push."""
+        """Check the Hub settings at start-up (not at the first save); the repository is made by the first push.
+
+        Args:
+            token: unused: ``Trainer``'s signature; the token is ``args.hub_token`` at push time.
+            private: unused likewise; the visibility is ``args.hub_private_repo``.
+
+        Raises:
+            ConfigError: as :meth:`HubSettings.from_args`.
+        """
         settings = HubSettings.from_args(self.args)
         self.hub_model_id = settings.repo_id
         self.push_in_progress = None
@@ -233,6 +282,22 @@ class HubPushMixin:
 
         Process zero only (others return ``None``). ``eval_results`` and ``kwargs`` (card options, retry
         settings) go to :func:`paka_hf.hub.push_to_hub`; errors are raised, unlike in-progress pushes.
+
+        Args:
+            commit_message: the commit's title; ``"End of training"`` when empty.
+            token: a Hub token overriding ``args.hub_token``.
+            revision: a branch overriding ``args.hub_revision``.
+            private: a visibility overriding ``args.hub_private_repo``.
+            eval_results: evaluation JSON files or dicts for the model card.
+            **kwargs: further keyword arguments of :func:`paka_hf.hub.push_to_hub`.
+
+        Returns:
+            The ``huggingface_hub.CommitInfo`` on process zero, ``None`` on the others.
+
+        Raises:
+            ConfigError: a bad Hub setting (:meth:`HubSettings.from_args`) or card option.
+            PaKAUserError: what :func:`paka_hf.hub.push_to_hub` raises (a missing file, a public repository for
+                a private push, refused credentials, ...).
         """
         if not self.is_world_process_zero():
             return None
