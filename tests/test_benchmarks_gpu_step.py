@@ -215,6 +215,7 @@ def test_bf16_autocast_loss_matches_fp32_eager():
     assert cosine >= BF16_GRAD_COSINE, cosine
 
 
+@pytest.mark.slow  # torch.compile: Inductor builds its kernels in compiler subprocesses (10-25 s of CPU)
 def test_compiled_backbones_give_the_eager_loss_and_gradients():
     if not torch._dynamo.is_dynamo_supported():
         pytest.skip(f"torch.compile is not supported on this Python/platform (Python {sys.version.split()[0]})")
@@ -247,6 +248,7 @@ def test_compiled_backbones_give_the_eager_loss_and_gradients():
     model.update_teacher(0.5)
 
 
+@pytest.mark.slow  # torch.compile: Inductor builds its kernels in compiler subprocesses (10-25 s of CPU)
 def test_compiled_whole_model_gives_the_eager_loss_and_gradients():
     """``torch.compile`` of the whole PaKAModel, what ``torch_compile: true`` does through Trainer and
     ``gpu_step.py --compile`` times: one graph (no break) from views and from images rendered on the

@@ -302,6 +302,7 @@ def test_fsdp_is_refused_at_the_start_with_what_to_use_instead(assets, tmp_path,
         PaKATrainer(args=run_config(assets, tmp_path))
 
 
+@pytest.mark.slow  # torch.compile: Inductor builds its kernels in compiler subprocesses (10-25 s of CPU)
 def test_torch_compile_through_the_trainer_gives_the_eager_run(assets, tmp_path):
     """``torch_compile: true`` (Trainer compiles the whole PaKAModel through accelerate) trains to the eager
     run's losses, and the EMA, checkpoints and export see the plain module's parameter names. aot_eager:
