@@ -75,7 +75,11 @@ class MeasureTrack:
         self.last: float | None = None
 
     def add(self, value: float) -> None:
-        """Record this step's value (the first one becomes :attr:`start`)."""
+        """Record this step's value (the first one becomes :attr:`start`).
+
+        Args:
+            value: the measure at this step.
+        """
         if self.start is None:
             self.start = value
         self.recent.append(value)
@@ -127,7 +131,13 @@ class CollapseGuard:
             self.cosine.start, self.rank.start = float(start_cosine), float(start_rank)
 
     def limits(self) -> tuple[float, float]:
-        """``(cosine limit, rank limit)`` for the recorded start values."""
+        r"""``(cosine limit, rank limit)`` for the recorded start values: :math:`\bar c_0 + r\,(1 - \bar c_0)`
+        and :math:`q \cdot \operatorname{erank}_0` (module docstring).
+
+        Returns:
+            The two limits; a collapse is a mean patch cosine above the first or an effective rank below the
+            second.
+        """
         return (
             self.cosine.start + self.cosine_rise * (1.0 - self.cosine.start),
             self.rank_ratio * self.rank.start,
@@ -224,6 +234,18 @@ class CollapseGuardCallback(TrainerCallback):
         self._sums = values if self._sums is None else self._sums + values
 
     def on_step_end(self, args, state, control, **kwargs):
+        """Check the step's measures, averaged over its micro-batches and the processes.
+
+        Args:
+            args: the run's training arguments (unused).
+            state: the trainer state; its ``global_step`` goes into the message.
+            control: the trainer control (unused).
+            **kwargs: the other objects ``Trainer`` passes to callbacks (unused).
+
+        Raises:
+            FeatureCollapseError: with ``collapse_action: stop``, when the features collapse; the message names
+                the last complete checkpoint.
+        """
         if self._sums is None:
             return
         sums = self._sums.double()
