@@ -42,7 +42,12 @@ import torch.nn.functional as F
 
 
 class PatchFeatureStats(NamedTuple):
-    """The two measures of a batch of patch grids, each a float32 scalar tensor (mean over views)."""
+    """The two measures of a batch of patch grids, each a float32 scalar tensor (mean over views).
+
+    Args:
+        mean_patch_cosine: the mean cosine between distinct patches of an image.
+        effective_rank: the effective rank of an image's patch features.
+    """
 
     mean_patch_cosine: torch.Tensor
     effective_rank: torch.Tensor
