@@ -186,6 +186,14 @@ class StopAt(TrainerCallback):
         self.step = step
 
     def on_step_end(self, args, state, control, **kwargs):
+        """Ask the trainer to stop once ``state.global_step`` reaches :attr:`step`.
+
+        Args:
+            args: The run's training arguments (unused).
+            state: The trainer state.
+            control: The trainer control; its ``should_training_stop`` is set.
+            **kwargs: The other objects ``Trainer`` passes to callbacks (unused).
+        """
         if state.global_step == self.step:
             control.should_training_stop = True
 
