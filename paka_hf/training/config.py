@@ -89,7 +89,14 @@ SECRET_FIELD_SUFFIX = "_token"
 
 
 def secret_fields(names) -> list[str]:
-    """The names among ``names`` that hold secrets (``hub_token``, ...)."""
+    """The names among ``names`` that hold secrets (``hub_token``, ...).
+
+    Args:
+        names: field names.
+
+    Returns:
+        Those ending in :data:`SECRET_FIELD_SUFFIX`, in their order.
+    """
     return [name for name in names if name.endswith(SECRET_FIELD_SUFFIX)]
 
 
@@ -113,6 +120,15 @@ class PaKAConfig(TrainingArguments):
         (0.9995, 224, 98)
         >>> PaKAConfig(output_dir="out", max_steps=10, loss="mse")  # doctest: +SKIP
         paka_hf.utils.errors.ConfigError: loss must be one of ('cka', 'gram', 'cosine', 'neco'), got 'mse'
+
+    Args:
+        **kwargs: every field of ``transformers.TrainingArguments`` and the PaKA fields below, each described
+            by its ``help`` metadata (``train.py --help`` prints them).
+
+    Raises:
+        ConfigError: a value out of range or not among its field's choices, or settings that do not go
+            together (checked in ``__post_init__``, so a config built in Python is checked as the command
+            line's is).
     """
 
     # ---- model ------------------------------------------------------------------------------
@@ -399,13 +415,24 @@ class PaKAConfig(TrainingArguments):
     def check_local_paths(self, origins: dict[str, str] | None = None) -> None:
         """Raise :class:`~paka_hf.utils.errors.MissingPathError` if ``model_name_or_path`` or ``dataset_name`` looks like
         a local path (``./x``, ``/x``, ``~/x``, ``a/b/c``) that does not exist, before anything asks the Hub.
-        ``origins`` maps a field to where it was set (a config file) for the message."""
+        ``origins`` maps a field to where it was set (a config file) for the message.
+
+        Args:
+            origins: ``{field name: config file}`` for fields set in a file, or ``None``.
+
+        Raises:
+            MissingPathError: such a path does not exist.
+        """
         origins = origins or {}
         for name in PATH_FIELDS:
             check_local_path(getattr(self, name), f"--{name}", origins.get(name))
 
     def neco_settings(self) -> NeCoSettings:
-        """The ``neco_*`` fields as the loss takes them."""
+        """The ``neco_*`` fields as the loss takes them.
+
+        Returns:
+            The :class:`NeCoSettings`.
+        """
         return NeCoSettings(
             student_steepness=self.neco_student_steepness,
             teacher_steepness=self.neco_teacher_steepness,
@@ -414,19 +441,34 @@ class PaKAConfig(TrainingArguments):
         )
 
     def lora_settings(self) -> LoRASettings:
-        """The ``lora_*`` fields as :func:`paka_hf.modeling.lora.add_lora` takes them."""
+        """The ``lora_*`` fields as :func:`paka_hf.modeling.lora.add_lora` takes them.
+
+        Returns:
+            The :class:`LoRASettings`.
+        """
         targets = tuple(self.lora_target_modules) if self.lora_target_modules is not None else None
         return LoRASettings(
             rank=self.lora_rank, alpha=self.lora_alpha, dropout=self.lora_dropout, target_modules=targets
         )
 
     def check_patch_size(self, patch_size: int) -> None:
-        """Raise if a view size is not a multiple of the backbone's patch size."""
+        """Raise if a view size is not a multiple of the backbone's patch size.
+
+        Args:
+            patch_size: the backbone's patch size in pixels.
+
+        Raises:
+            ConfigError: ``global_size`` or ``local_size`` is not a multiple of ``patch_size``.
+        """
         for name in ("global_size", "local_size"):
             check_patch_multiple(name, getattr(self, name), patch_size)
 
     def paka_dict(self) -> dict[str, Any]:
-        """The PaKA-specific fields plus the main optimisation settings, for the model card and YAML export."""
+        """The PaKA-specific fields plus the main optimisation settings, for the model card and YAML export.
+
+        Returns:
+            ``{field name: value}`` sorted by name, enums as their values and tokens masked.
+        """
         keep = {f.name for f in fields(PaKAConfig) if f.name not in {f.name for f in fields(TrainingArguments)}}
         keep.discard("overwrite_output_dir")  # what to do with an earlier run's folder, not a training setting
         keep |= {
