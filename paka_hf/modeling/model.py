@@ -58,7 +58,24 @@ class PaKAOutput(ModelOutput):
 
 
 class PaKAModel(nn.Module):
-    """Student backbone (+ optional head), its EMA teacher, and the PaKA loss."""
+    """Student backbone (+ optional head), its EMA teacher, and the PaKA loss.
+
+    Args:
+        backbone: the student's :class:`PatchBackbone`; the teacher is an EMA copy (of the adapters, for LoRA).
+        head: an optional projection head on the aligned tokens, with its own EMA teacher head.
+        roi_size: RoIAlign output size per side, so each pair compares ``roi_size**2`` tokens.
+        sampling_ratio: RoIAlign sampling points per output bin and side.
+        loss: the alignment loss (``cka``, ``gram``, ``cosine``, ``neco``; :class:`~paka_hf.losses.PaKALoss`).
+        kernel: the kernel of the kernel losses.
+        kernel_scope: what one kernel spans (``pair``, ...), see :class:`~paka_hf.losses.PaKALoss`.
+        student_views: ``local`` (the student sees the local views) or ``all`` (the global views too, paired
+            with the teacher's other global view).
+        neco: the NeCo loss's settings, for ``loss="neco"``.
+
+    Raises:
+        ConfigError: ``student_views`` or ``roi_size`` is out of range, or a loss setting
+            :class:`~paka_hf.losses.PaKALoss` refuses.
+    """
 
     def __init__(
         self,
@@ -102,6 +119,14 @@ class PaKAModel(nn.Module):
     accepts_loss_kwargs = False
 
     def train(self, mode: bool = True) -> PaKAModel:
+        """Set training mode on the student and head; the teacher and teacher head stay in eval mode.
+
+        Args:
+            mode: training mode (``True``) or eval mode.
+
+        Returns:
+            The module itself.
+        """
         super().train(mode)
         self.teacher.eval()  # the teacher never trains: no dropout, no drop-path
         if self.teacher_head is not None:
@@ -111,7 +136,15 @@ class PaKAModel(nn.Module):
     def activation_checkpointing_enable(self, **kwargs) -> None:
         """Activation checkpointing of the student backbone's layers (what ``Trainer`` calls for
         ``activation_checkpointing`` / ``gradient_checkpointing``); keyword arguments go to the
-        backbone's own method. The teacher runs without gradients and needs none."""
+        backbone's own method. The teacher runs without gradients and needs none.
+
+        Args:
+            **kwargs: ``activation_checkpointing_kwargs`` / ``gradient_checkpointing_kwargs`` for the backbone;
+                a LoRA student gets ``use_reentrant: False`` added.
+
+        Raises:
+            ConfigError: a LoRA student with ``use_reentrant: True``, under which its adapters would never train.
+        """
         backbone = self.student.model
         if is_lora_backbone(self.student):
             # Re-entrant checkpointing drops the gradients of parameters inside a checkpointed block whose input
@@ -139,6 +172,9 @@ class PaKAModel(nn.Module):
 
         One ``_foreach_lerp_`` over the parameter lists of both networks, matched by name once
         (:func:`~paka_hf.modeling.teacher.ema_pairs`) and kept until the module is moved or cast.
+
+        Args:
+            teacher_momentum: ``m``, in [0, 1].
         """
         if self._ema_pairs is None:
             if isinstance(self.teacher, LoRATeacher):
@@ -218,6 +254,29 @@ class PaKAModel(nn.Module):
         photometric parameters ``global_color``/``local_color`` (B, V, P) — see
         :func:`paka_hf.views.glim.render_views`. Flips are then folded into the rendering and recorded
         as usual.
+
+        Args:
+            global_views: the teacher's views, ``(B, n_global, 3, S, S)``.
+            local_views: the student's views, ``(B, n_local, 3, s, s)``.
+            global_boxes: each global view's box in its image, ``(B, n_global, 4)``.
+            local_boxes: each local view's box, ``(B, n_local, 4)``.
+            pair_index: the global view each local view is paired with, ``(B, n_local)``.
+            global_flips: whether each global view is mirrored, ``(B, n_global)``.
+            local_flips: whether each local view is mirrored, ``(B, n_local)``.
+            images: images to render the views from, ``(B, H, W, 3)`` uint8, zero-padded.
+            image_sizes: each image's true ``(height, width)``, ``(B, 2)``.
+            view_spec: ``global_size``, ``local_size``, ``blur_kernel_size`` (:meth:`GlimTransform.view_spec`).
+            global_color: the global views' photometric parameters, ``(B, n_global, P)``.
+            local_color: the local views' photometric parameters, ``(B, n_local, P)``.
+            **unused: other batch entries (stream bookkeeping, image keys), ignored.
+
+        Returns:
+            A :class:`PaKAOutput`: the loss, the mean linear CKA over the pairs with at least two tokens and their
+            number, and the student's mean patch cosine and effective rank on the local views (no gradient).
+
+        Raises:
+            ValueError: both views and images are given, images without ``image_sizes`` or ``view_spec``, or
+                neither.
         """
         geometry = ViewGeometry(global_boxes, local_boxes, pair_index, global_flips, local_flips)
         if images is not None:
