@@ -112,7 +112,18 @@ logger = logging.getLogger(__name__)
 def build_model(config: PaKAConfig) -> PaKAModel:
     """Student backbone from ``model_name_or_path`` (any family of :mod:`paka_hf.modeling.backbones`, with
     ``drop_path_rate``, ``student_rope_augment`` and the checkpoint's image processor), LoRA adapters with
-    ``use_lora`` (:mod:`paka_hf.modeling.lora`), optional head, teacher."""
+    ``use_lora`` (:mod:`paka_hf.modeling.lora`), optional head, teacher.
+
+    Args:
+        config: the run's settings.
+
+    Returns:
+        The :class:`PaKAModel`.
+
+    Raises:
+        ConfigError: the checkpoint's model type is not supported, or a view size is not a multiple of its patch
+            size.
+    """
     backbone = PatchBackbone.from_pretrained(
         config.model_name_or_path,
         drop_path_rate=config.drop_path_rate,
@@ -139,6 +150,15 @@ def build_model(config: PaKAConfig) -> PaKAModel:
 
 
 def build_transform(config: PaKAConfig, patch_size: int) -> GlimTransform:
+    """The GLIM view sampler of the config: uint8 views, normalized later by :class:`PaKAModel` on its device.
+
+    Args:
+        config: the run's settings (view sizes, scales, ratio, flips, rendering).
+        patch_size: the backbone's patch size; boxes snap to its grid.
+
+    Returns:
+        The :class:`GlimTransform`.
+    """
     return GlimTransform(
         config.global_size,
         config.local_size,
@@ -158,7 +178,14 @@ def build_transform(config: PaKAConfig, patch_size: int) -> GlimTransform:
 
 
 def state_checksum(module: torch.nn.Module) -> str:
-    """SHA-256 over the names and bytes of a module's state dict (for cross-process comparisons)."""
+    """SHA-256 over the names and bytes of a module's state dict (for cross-process comparisons).
+
+    Args:
+        module: the module.
+
+    Returns:
+        The hex digest.
+    """
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
@@ -180,6 +207,15 @@ class TeacherEMACallback(TrainerCallback):
         self.updates = 0
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
+        """Apply the EMA step with this step's momentum.
+
+        Args:
+            args: the :class:`PaKAConfig` (``teacher_momentum``).
+            state: the trainer state (``global_step``, ``max_steps``).
+            control: the trainer control (unused).
+            model: the :class:`PaKAModel`.
+            **kwargs: the other objects ``Trainer`` passes to callbacks (unused).
+        """
         self.momentum = teacher_momentum_at(state.global_step - 1, state.max_steps, args.teacher_momentum, 1.0)
         model.update_teacher(self.momentum)
         self.updates += 1
@@ -193,6 +229,15 @@ class WeightDecayScheduleCallback(TrainerCallback):
         self.value = None
 
     def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        """Set this step's weight decay on the groups marked for the schedule.
+
+        Args:
+            args: the :class:`PaKAConfig` (``weight_decay``, ``weight_decay_end``).
+            state: the trainer state (``global_step``, ``max_steps``).
+            control: the trainer control (unused).
+            optimizer: the optimizer whose groups carry the schedule's mark.
+            **kwargs: the other objects ``Trainer`` passes to callbacks (unused).
+        """
         self.value = cosine_schedule(args.weight_decay, args.weight_decay_end, state.global_step, state.max_steps)
         for group in optimizer.param_groups:
             if group.get(SCHEDULED_DECAY_KEY):
@@ -210,6 +255,14 @@ class EpochCallback(TrainerCallback):
     """
 
     def on_step_end(self, args, state, control, **kwargs):
+        """Set ``state.epoch`` from ``global_step``.
+
+        Args:
+            args: the run's training arguments (unused).
+            state: the trainer state, updated.
+            control: the trainer control (unused).
+            **kwargs: the other objects ``Trainer`` passes to callbacks (unused).
+        """
         state.epoch = state.global_step / state.max_steps
 
 
@@ -218,6 +271,14 @@ class FinalStepLogCallback(TrainerCallback):
     (``Trainer`` logs only at multiples of it: ``logging_steps`` > ``max_steps`` would log no loss at all)."""
 
     def on_step_end(self, args, state, control, **kwargs):
+        """Ask for a log at the last step.
+
+        Args:
+            args: the run's training arguments (``logging_strategy``).
+            state: the trainer state (``global_step``, ``max_steps``).
+            control: the trainer control; its ``should_log`` is set at the last step.
+            **kwargs: the other objects ``Trainer`` passes to callbacks (unused).
+        """
         if args.logging_strategy == "steps" and state.global_step >= state.max_steps:
             control.should_log = True
 
@@ -359,7 +420,11 @@ class PaKATrainer(HubPushMixin, Trainer):
         already splits data between processes and workers, and restores its position on resume).
 
         Its workers ignore Ctrl-C (:func:`ignore_interrupts_in_worker`): the main process alone handles it and
-        shuts them down, so an interrupted run prints no worker's traceback."""
+        shuts them down, so an interrupted run prints no worker's traceback.
+
+        Returns:
+            The DataLoader over a :class:`PaKAViewStream` resumed at the checkpoint's position, if any.
+        """
         stream = self._make_stream(self.args, self._resume_stream_state)
         self.stream_state = copy.deepcopy(stream.state)
         args = self.args
@@ -384,6 +449,12 @@ class PaKATrainer(HubPushMixin, Trainer):
         Not decayed: biases and every parameter with at most one dimension (norms, layer scales),
         as in DINO (:func:`~paka_hf.training.optimization.optimizer_groups`, which ``benchmarks/gpu_step.py`` uses too).
         The decayed groups carry ``paka_decay=True`` for the weight-decay schedule.
+
+        Args:
+            model: ignored (``Trainer``'s signature); the groups are made from ``self.model``.
+
+        Returns:
+            The optimizer (the existing one when already created).
         """
         if self.optimizer is not None:
             return self.optimizer
@@ -397,6 +468,17 @@ class PaKATrainer(HubPushMixin, Trainer):
     # ---- the step -------------------------------------------------------------------------------
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        """``Trainer.training_step`` after PaKA's bookkeeping: the stream position and skipped images are taken
+        out of the batch (on CPU) and recorded, and the images counted.
+
+        Args:
+            model: the model being trained.
+            inputs: the batch of :class:`PaKACollator`.
+            num_items_in_batch: passed on to ``Trainer`` (the loss does not use it).
+
+        Returns:
+            The step's loss, detached, as ``Trainer`` returns it.
+        """
         if "stream_index" in inputs:  # bookkeeping on CPU tensors, before they move to the device
             self.stream_state.record({key: inputs.pop(key) for key in STREAM_KEYS})
             self._skipped_pending.extend(inputs.pop(SKIPPED_IMAGES_KEY, ()))
@@ -409,6 +491,18 @@ class PaKATrainer(HubPushMixin, Trainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The model's own loss; in training, its CKA and feature-health measures are also accumulated for the
+        logs and handed to the collapse guard.
+
+        Args:
+            model: the (wrapped) :class:`PaKAModel`.
+            inputs: the batch's model inputs.
+            return_outputs: also return the :class:`PaKAOutput`.
+            num_items_in_batch: unused: the loss is a per-batch mean.
+
+        Returns:
+            The loss, or ``(loss, outputs)`` with ``return_outputs``.
+        """
         outputs = model(**inputs)
         if model.training:
             self._cka_sum = self._cka_sum + outputs["cka"].detach().float()
@@ -428,6 +522,14 @@ class PaKATrainer(HubPushMixin, Trainer):
         self._last_log_time = time.perf_counter()
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """``Trainer.log`` with PaKA's training figures added to a log that carries the loss: the mean CKA,
+        the student's mean patch cosine and effective rank, images per second and images skipped, each
+        gathered over the processes.
+
+        Args:
+            logs: the figures ``Trainer`` logs.
+            start_time: passed on to ``Trainer.log``.
+        """
         if "loss" in logs:
             now = time.perf_counter()
             stats = torch.tensor(
@@ -541,10 +643,36 @@ class PaKATrainer(HubPushMixin, Trainer):
 
     def resolve_checkpoint(self, resume_from_checkpoint: str | bool | None) -> str | None:
         """``True``/"latest" → newest complete checkpoint of ``output_dir``; a path must be complete
-        (:func:`~paka_hf.training.checkpoints.resolve_checkpoint`, which says what raises)."""
+        (:func:`~paka_hf.training.checkpoints.resolve_checkpoint`, which says what raises).
+
+        Args:
+            resume_from_checkpoint: ``None``/``False``, ``True``/``"latest"``, or a checkpoint folder.
+
+        Returns:
+            The checkpoint folder to resume from, or ``None`` for a fresh run.
+        """
         return resolve_checkpoint(self.args.output_dir, resume_from_checkpoint)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """``Trainer.train`` with PaKA's checks and state around it: the checkpoint is resolved (only complete
+        ones resume), the data stream's position, run totals and the collapse guard's start are restored from
+        it, the data is checked and the output folder prepared before the first step; afterwards the skipped
+        images are listed and the totals gathered over the processes.
+
+        Args:
+            resume_from_checkpoint: as :meth:`resolve_checkpoint`.
+            **kwargs: passed on to ``Trainer.train``.
+
+        Returns:
+            ``Trainer.train``'s ``TrainOutput``.
+
+        Raises:
+            ConfigError: no usable checkpoint (:meth:`resolve_checkpoint`), a checkpoint written by fewer
+                processes or of another model, or an output folder holding stale checkpoints.
+            MissingPathError: the checkpoint path does not exist.
+            EmptyDatasetError: a data stream holds no decodable image.
+            FeatureCollapseError: with ``collapse_action: stop``, the features collapse.
+        """
         checkpoint = self.resolve_checkpoint(resume_from_checkpoint)
         self._resume_stream_state = None
         self._totals_before = RunTotals()
@@ -670,7 +798,12 @@ class PaKATrainer(HubPushMixin, Trainer):
     # ---- export ---------------------------------------------------------------------------------
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Checkpoints (internal calls) keep the whole PaKAModel; a user's ``save_model`` exports the backbone."""
+        """Checkpoints (internal calls) keep the whole PaKAModel; a user's ``save_model`` exports the backbone.
+
+        Args:
+            output_dir: the folder; ``args.output_dir`` when ``None``.
+            _internal_call: ``True`` when ``Trainer`` saves a checkpoint.
+        """
         if _internal_call:
             return super().save_model(output_dir, _internal_call=True)
         self.export_backbone(output_dir)
@@ -686,7 +819,18 @@ class PaKATrainer(HubPushMixin, Trainer):
         the new ones written (atomically) after, so an interrupted export never leaves a configuration that
         describes other weights. The summary's totals are those last gathered over every process (at the
         last checkpoint save, or the end of ``train``). Process zero writes; no collective call, so the Hub
-        callback may call it from process zero alone."""
+        callback may call it from process zero alone.
+
+        Args:
+            output_dir: the folder; ``args.output_dir`` when ``None``.
+            network: ``student`` or ``teacher``; ``args.export`` when ``None``.
+
+        Returns:
+            The folder written (on every process; only process zero writes).
+
+        Raises:
+            ValueError: ``network`` is neither ``student`` nor ``teacher``.
+        """
         output_dir = Path(output_dir or self.args.output_dir)
         which = self.args.export if network is None else network
         if which not in ("student", "teacher"):
