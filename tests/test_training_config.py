@@ -13,7 +13,7 @@ from transformers import HfArgumentParser, TrainingArguments
 import paka_hf.training.config as config_module
 from paka_hf.losses import KERNELS, LOSSES, SCOPES
 from paka_hf.modeling.model import STUDENT_VIEWS
-from paka_hf.training.config import DATASET_FORMATS, PaKAConfig
+from paka_hf.training.config import COLLAPSE_ACTIONS, DATASET_FORMATS, PaKAConfig
 from paka_hf.utils.errors import ConfigError
 from paka_hf.views.glim import RENDERINGS
 
@@ -25,6 +25,7 @@ ENUMERATED = {
     "student_views": STUDENT_VIEWS,
     "view_rendering": RENDERINGS,
     "dataset_format": DATASET_FORMATS,
+    "collapse_action": COLLAPSE_ACTIONS,
 }
 
 
