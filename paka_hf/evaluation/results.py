@@ -153,6 +153,11 @@ class MetricResult:
     metric_type: str = "mean_iou"
 
     def to_dict(self) -> dict[str, Any]:
+        """This result as its JSON entry (:data:`RESULT_KEYS`; floats rounded to 4 decimals).
+
+        Returns:
+            The entry, JSON-ready.
+        """
         data = asdict(self)
         data["value"] = None if self.value is None else round(float(self.value), 4)
         for key in ("pixel_accuracy", "std"):
@@ -162,6 +167,17 @@ class MetricResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MetricResult:
+        """The result of one JSON entry (:meth:`to_dict`).
+
+        Args:
+            data: an entry of a results file's ``results`` list.
+
+        Returns:
+            The result.
+
+        Raises:
+            ValueError: the entry lacks one of :data:`RESULT_KEYS`.
+        """
         missing = [k for k in RESULT_KEYS if k not in data]
         if missing:
             raise ValueError(f"result entry lacks keys {missing}; expected {list(RESULT_KEYS)}")
@@ -173,6 +189,13 @@ def model_weights_sha256(model_name_or_path: str | os.PathLike, revision: str | 
 
     A local folder: its own file. A Hub id: the file in the local Hugging Face cache (where ``from_pretrained``
     has just put it; the network is never used). ``None`` otherwise (sharded weights, nothing cached).
+
+    Args:
+        model_name_or_path: a local folder or a Hub id.
+        revision: the Hub revision the weights were loaded at.
+
+    Returns:
+        The hex digest, or ``None``.
     """
     local = weights_sha256(model_name_or_path)
     if local is not None or os.path.isdir(os.path.expanduser(os.fspath(model_name_or_path))):
@@ -205,6 +228,11 @@ class EvaluationReport:
     paka_hf_version: str = __version__
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as the results file's JSON object (:data:`TOP_KEYS`, format :data:`RESULTS_FORMAT_VERSION`).
+
+        Returns:
+            The object, JSON-ready.
+        """
         return {
             "format_version": RESULTS_FORMAT_VERSION,
             "paka_hf_version": self.paka_hf_version,
@@ -215,9 +243,22 @@ class EvaluationReport:
         }
 
     def to_json(self, indent: int = 2) -> str:
+        """The report as JSON text (no NaN or infinity).
+
+        Args:
+            indent: JSON indentation.
+
+        Returns:
+            The text.
+        """
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
     def save(self, path: str | os.PathLike) -> None:
+        """Write the report to ``path`` (its folder is created).
+
+        Args:
+            path: the results file to write.
+        """
         directory = os.path.dirname(os.fspath(path))
         if directory:
             os.makedirs(directory, exist_ok=True)
@@ -226,11 +267,30 @@ class EvaluationReport:
 
     @classmethod
     def for_model(cls, model_name_or_path: str | os.PathLike, revision: str | None = None) -> EvaluationReport:
-        """An empty report for ``model_name_or_path`` that records the sha256 of its weights."""
+        """An empty report for ``model_name_or_path`` that records the sha256 of its weights.
+
+        Args:
+            model_name_or_path: the model evaluated, a local folder or a Hub id.
+            revision: its Hub revision.
+
+        Returns:
+            The report, with no results yet.
+        """
         return cls(model=str(model_name_or_path), model_sha256=model_weights_sha256(model_name_or_path, revision))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvaluationReport:
+        """The report of a results file's JSON object (:meth:`to_dict`).
+
+        Args:
+            data: the object.
+
+        Returns:
+            The report.
+
+        Raises:
+            ValueError: a key of :data:`TOP_KEYS` is missing (the hash and format version may be).
+        """
         # files of 0.1 have no hash and no format version (read as format 1)
         missing = [k for k in TOP_KEYS if k not in data and k not in ("model_sha256", "format_version")]
         if missing:
