@@ -508,7 +508,9 @@ class PaKATrainer(HubPushMixin, Trainer):
             self._cka_sum = self._cka_sum + outputs["cka"].detach().float()
             self._cka_batches += 1
             cosine, rank = outputs["mean_patch_cosine"], outputs["effective_rank"]
-            self._health_sum = self._health_sum + torch.stack([cosine.float(), rank.float()]).cpu()
+            # 0-dim sums on the model's device, as the CKA's: no host sync until the log step reads them
+            self._cosine_sum = self._cosine_sum + cosine.float()
+            self._rank_sum = self._rank_sum + rank.float()
             self.collapse_callback.add(cosine, rank)
         return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
 
@@ -516,7 +518,9 @@ class PaKATrainer(HubPushMixin, Trainer):
 
     def _reset_log_accumulators(self) -> None:
         self._cka_sum = torch.zeros(())
-        self._health_sum = torch.zeros(2)  # mean patch cosine, effective rank: sums over the batches of _cka_batches
+        # mean patch cosine and effective rank: sums over the same batches as _cka_sum
+        self._cosine_sum = torch.zeros(())
+        self._rank_sum = torch.zeros(())
         self._cka_batches = 0
         self._images_since_log = 0
         self._last_log_time = time.perf_counter()
@@ -536,7 +540,8 @@ class PaKATrainer(HubPushMixin, Trainer):
                 [
                     float(self._cka_sum) if self._cka_batches else 0.0,
                     float(self._cka_batches),
-                    *self._health_sum.tolist(),
+                    float(self._cosine_sum),
+                    float(self._rank_sum),
                     float(self._images_since_log),
                     float(self.stream_state.images_skipped),
                 ],
