@@ -311,8 +311,36 @@ class LoRATeacher(nn.Module):
         return EMAPairs([getattr(self, _key(name)) for name in self.names], list(sources.values()), [], [])
 
     @torch.no_grad()
+    def shard_like_student(self) -> None:
+        """Make each adapter copy a DTensor with the mesh and placements of the student's sharded adapter it copies
+        (after :func:`paka_hf.modeling.sharding.shard_paka_model` sharded the student), so that the EMA step and
+        :meth:`forward` work on local rows only.
+
+        Raises:
+            ValueError: the student's adapters are not sharded.
+        """
+        from torch.distributed.tensor import distribute_tensor
+
+        from paka_hf.modeling.sharding import is_dtensor
+
+        for name, source in adapter_parameters(self.student).items():
+            if not is_dtensor(source):
+                raise ValueError(f"the student's adapter {name} is not sharded: shard the student first")
+            mine = getattr(self, _key(name))
+            if is_dtensor(mine):
+                continue
+            sharded = distribute_tensor(mine.detach().to(source.device), source.device_mesh, source.placements)
+            setattr(self, _key(name), nn.Parameter(sharded, requires_grad=False))
+
+    @torch.no_grad()
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The teacher's patch grid: the student's backbone with the teacher's adapters, in eval mode, no gradients.
+
+        Unsharded, the teacher's adapters are passed to the student by ``torch.func.functional_call``. Sharded
+        (FSDP2), that cannot work: each block's pre-forward hook installs its own all-gathered parameters over
+        whatever was passed. There, the teacher's local rows are swapped into the student's adapter shards for
+        the forward and swapped back after it (also after an error): the student's values are unchanged, bit
+        for bit, and the swap is local (no communication beyond the forward's own all-gathers).
 
         Args:
             pixel_values: ``(B, 3, H, W)`` normalized images.
@@ -320,11 +348,32 @@ class LoRATeacher(nn.Module):
         Returns:
             ``(B, D, H / p, W / p)`` patch tokens.
         """
+        from paka_hf.modeling.sharding import is_dtensor, local_tensor
+
         student = self.student
         was_training = student.training
         student.train(False)
         try:
-            return torch.func.functional_call(student, self.adapter_state(), (pixel_values,), strict=False)
+            teacher = self.adapter_state()
+            if not any(is_dtensor(tensor) for tensor in teacher.values()):
+                return torch.func.functional_call(student, teacher, (pixel_values,), strict=False)
+            from torch.distributed.fsdp import FSDPModule
+
+            shards = adapter_parameters(student)
+            pairs = [(local_tensor(shards[name]), local_tensor(tensor)) for name, tensor in teacher.items()]
+            kept = [own.clone() for own, _ in pairs]
+            try:
+                for own, theirs in pairs:
+                    own.copy_(theirs)
+                return student(pixel_values)
+            finally:
+                # A student that keeps its gathered parameters after forward would give the teacher's adapters to
+                # its own forward: free them here, so the student's forward gathers its own.
+                for module in student.modules():
+                    if isinstance(module, FSDPModule):
+                        module.reshard()
+                for (own, _), value in zip(pairs, kept):
+                    own.copy_(value)
         finally:
             student.train(was_training)
 

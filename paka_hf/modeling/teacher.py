@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from paka_hf.modeling.sharding import local_tensor
 from paka_hf.utils.schedules import cosine_schedule
 
 #: The teacher momentum ``m_0`` at step 0 (the paper's, as DINO's): the default of :func:`teacher_momentum_at`
@@ -129,6 +130,11 @@ def ema_pairs(teacher: nn.Module, student: nn.Module) -> EMAPairs:
                 f"teacher and student differ at {name}: {tuple(target.shape)} {target.dtype} {target.device} against "
                 f"{tuple(param.shape)} {param.dtype} {param.device}; keep both on one device and dtype"
             )
+        if local_tensor(target).shape != local_tensor(param).shape:
+            raise ValueError(
+                f"teacher and student are sharded differently at {name}; shard both with "
+                "paka_hf.modeling.sharding.shard_paka_model"
+            )
     t_buffers = dict(teacher.named_buffers())
     buffers = [(t_buffers[name], buffer) for name, buffer in student.named_buffers() if name in t_buffers]
     return EMAPairs(
@@ -139,7 +145,8 @@ def ema_pairs(teacher: nn.Module, student: nn.Module) -> EMAPairs:
 @torch.no_grad()
 def ema_apply_(pairs: EMAPairs, teacher_momentum: float) -> None:
     """In place: ``θ_t ← teacher_momentum · θ_t + (1 − teacher_momentum) · θ_s`` for every pair (one
-    ``torch._foreach_lerp_`` over all parameters); buffers copied from the student.
+    ``torch._foreach_lerp_`` over all parameters); buffers copied from the student. Sharded pairs
+    (:mod:`paka_hf.modeling.sharding`) are updated shard by shard, locally: no collective.
 
     Args:
         pairs: the tensors of one EMA step (:func:`ema_pairs`).
@@ -149,10 +156,14 @@ def ema_apply_(pairs: EMAPairs, teacher_momentum: float) -> None:
         ValueError: ``teacher_momentum`` is outside [0, 1].
     """
     check_teacher_momentum(teacher_momentum)
+    # Sharded (FSDP2) pairs are updated on the rows this process holds: teacher and student are sharded alike,
+    # so the step needs no communication (paka_hf.modeling.sharding).
+    targets = [local_tensor(t) for t in pairs.targets]
+    sources = [local_tensor(s) for s in pairs.sources]
     if teacher_momentum == 0.0:
-        torch._foreach_copy_(pairs.targets, pairs.sources)
+        torch._foreach_copy_(targets, sources)
     elif teacher_momentum < 1.0:
-        torch._foreach_lerp_(pairs.targets, pairs.sources, 1.0 - teacher_momentum)
+        torch._foreach_lerp_(targets, sources, 1.0 - teacher_momentum)
     if pairs.buffer_targets:
         torch._foreach_copy_(pairs.buffer_targets, pairs.buffer_sources)
 

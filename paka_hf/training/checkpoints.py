@@ -41,7 +41,9 @@ __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
     "CHECKPOINT_MARKER",
     "RunTotals",
+    "UNSHARDED",
     "check_checkpoint_format",
+    "check_checkpoint_layout",
     "checkpoint_folders",
     "checkpoint_step",
     "complete_checkpoints",
@@ -137,7 +139,14 @@ def folder_names(folders: list[tuple[int, Path]]) -> str:
     return ", ".join(path.name for _, path in folders)
 
 
-def mark_checkpoint_complete(folder: Path, *, global_step: int, world_size: int, num_workers: int) -> None:
+#: The marker's ``sharding`` of a checkpoint whose processes each hold whole parameters (one process, or DDP);
+#: a sharded run writes ``"FSDP2"`` (:mod:`paka_hf.training.fsdp`). A marker without the key is unsharded.
+UNSHARDED = "none"
+
+
+def mark_checkpoint_complete(
+    folder: Path, *, global_step: int, world_size: int, num_workers: int, sharding: str = UNSHARDED
+) -> None:
     """Write :data:`CHECKPOINT_MARKER` into ``folder`` (atomically): from now on it can be resumed.
 
     Call it only once every file of every process is in ``folder`` and fsynced (:func:`fsync_tree`). The marker
@@ -148,6 +157,7 @@ def mark_checkpoint_complete(folder: Path, *, global_step: int, world_size: int,
         global_step: the step it was saved at (what :func:`checkpoint_step` reads back).
         world_size: the number of processes that wrote it (one stream state file each).
         num_workers: data loader workers per process when it was written.
+        sharding: :data:`UNSHARDED`, or ``"FSDP2"`` when every process wrote its shards of the model and optimizer.
     """
     write_text_atomic(
         folder / CHECKPOINT_MARKER,
@@ -157,9 +167,42 @@ def mark_checkpoint_complete(folder: Path, *, global_step: int, world_size: int,
                 "global_step": global_step,
                 "world_size": world_size,
                 "num_workers": num_workers,
+                "sharding": sharding,
             }
         ),
     )
+
+
+def check_checkpoint_layout(folder: str | os.PathLike, *, world_size: int, sharding: str) -> None:
+    """Stop before anything loads when a checkpoint was written by another number of processes or another sharding.
+
+    Each process resumes its own data stream position, so the number of processes must be the same; a sharded
+    checkpoint holds shards where an unsharded one holds whole tensors, so the sharding must be the same too.
+
+    Args:
+        folder: a complete ``checkpoint-N`` folder.
+        world_size: this run's number of processes.
+        sharding: this run's sharding (:data:`UNSHARDED` or ``"FSDP2"``).
+
+    Raises:
+        ConfigError: either differs; the message says how to launch the resume.
+    """
+    marker = json.loads((Path(folder) / CHECKPOINT_MARKER).read_text())
+    written_by, written_sharding = int(marker.get("world_size", 1)), marker.get("sharding", UNSHARDED)
+    if written_by != world_size:
+        raise ConfigError(
+            f"{folder} was written by {written_by} process(es) and this run has {world_size}: each process resumes its "
+            f"own data stream, so resume with {written_by} process(es) (accelerate launch --num_processes {written_by})"
+        )
+    if written_sharding != sharding:
+
+        def how(name: str) -> str:
+            return "without FSDP" if name == UNSHARDED else f"under {name}"
+
+        raise ConfigError(
+            f"{folder} was written {how(written_sharding)} and this run is launched {how(sharding)}: resume it "
+            "launched as the run that wrote it (the same Accelerate config)"
+        )
 
 
 def check_checkpoint_format(folder: Path) -> int:
@@ -390,6 +433,7 @@ def write_training_summary(
     num_processes: int,
     exported: str | None = None,
     feature_health: dict[str, dict[str, float | None]] | None = None,
+    parallelism: dict[str, object] | None = None,
 ) -> None:
     """Write ``training_summary.json`` (atomically): compute and data totals of the run so far.
 
@@ -402,6 +446,8 @@ def write_training_summary(
         exported: for an export, which network it holds (``"student"`` or ``"teacher"``); left out otherwise.
         feature_health: the collapse guard's measures at the start and now
             (:meth:`paka_hf.training.collapse_guard.CollapseGuard.summary`); left out when ``None``.
+        parallelism: how the processes shared the work (``{"strategy": "DDP" | "FSDP2" | "single process", ...}``,
+            with the FSDP mesh); left out when ``None``.
     """
     summary = {
         "train_runtime_s": round(totals.train_runtime_s, 1) if totals else None,
@@ -411,6 +457,8 @@ def write_training_summary(
         "device": device,
         "num_processes": num_processes,
     }
+    if parallelism is not None:
+        summary["parallelism"] = parallelism
     if exported is not None:
         summary["exported"] = exported
     if feature_health is not None:

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from paka_hf.hub.card import find_pictures
 from paka_hf.hub.push import HubAuthenticationError, push_to_hub
 from paka_hf.utils.errors import ConfigError
@@ -191,7 +193,14 @@ class HubPushMixin:
 
     ``training_config.yaml`` and ``training_summary.json`` of ``args.output_dir`` go with an in-progress push
     when ``export_backbone`` does not write them, and so do the pictures of ``output_dir/pictures``.
+
+    Where exporting needs every process (a sharded model is gathered before process zero writes it), the class
+    sets :attr:`export_is_collective`: every process then takes part in each export, and process zero's decision
+    to push (or to skip a push while the previous one runs) is sent to the others first.
     """
+
+    #: Whether ``export_backbone`` is a collective call that every process must make (see the class docstring).
+    export_is_collective: bool = False
 
     #: Extra keyword arguments of every push: card options (``license``, ``pipeline_tag``, ``notice``...)
     #: and retry settings (``max_retries``, ``backoff_s``); see :func:`paka_hf.hub.push_to_hub`.
@@ -233,18 +242,22 @@ class HubPushMixin:
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """``hub_strategy="every_save"``: export the backbone to a temporary folder and push it in the background."""
-        if not self.is_world_process_zero():
+        collective = self.export_is_collective
+        if not self.is_world_process_zero() and not collective:
             return
         settings = HubSettings.from_args(self.args)
         step = self.state.global_step
-        pusher = self.hub_pusher
         if settings.strategy != "every_save":
             return
-        if pusher.auth_failed:
-            logger.warning("Hub push at step %d skipped: the Hub refused the credentials earlier", step)
+        push = self._should_push_now(settings, step) if self.is_world_process_zero() else None
+        if collective:
+            decision = [push]
+            torch.distributed.broadcast_object_list(decision, src=0)
+            push = decision[0]
+        if not push:
             return
-        if pusher.busy() and not settings.always_push:
-            logger.info("Hub push at step %d skipped: the previous push is still running", step)
+        if not self.is_world_process_zero():
+            self.export_backbone(self.args.output_dir)  # its part of the gather; process zero alone writes
             return
         staging = None
         try:
@@ -262,7 +275,18 @@ class HubPushMixin:
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
             return
-        pusher.submit(step, staging, self._push_kwargs(settings, f"Training in progress, step {step}"))
+        self.hub_pusher.submit(step, staging, self._push_kwargs(settings, f"Training in progress, step {step}"))
+
+    def _should_push_now(self, settings: HubSettings, step: int) -> bool:
+        """Process zero: whether this save is pushed (not after refused credentials, nor while a push still runs)."""
+        pusher = self.hub_pusher
+        if pusher.auth_failed:
+            logger.warning("Hub push at step %d skipped: the Hub refused the credentials earlier", step)
+            return False
+        if pusher.busy() and not settings.always_push:
+            logger.info("Hub push at step %d skipped: the previous push is still running", step)
+            return False
+        return True
 
     def _finish_current_push(self) -> None:
         """Wait for the in-progress push (``Trainer`` calls this at the end of ``train`` and before a push)."""
@@ -299,11 +323,14 @@ class HubPushMixin:
             PaKAUserError: what :func:`paka_hf.hub.push_to_hub` raises (a missing file, a public repository for
                 a private push, refused credentials, ...).
         """
+        if self.export_is_collective:
+            self.export_backbone(self.args.output_dir)  # every process takes part; process zero writes
         if not self.is_world_process_zero():
             return None
         settings = HubSettings.from_args(self.args)
         self._finish_current_push()
-        self.export_backbone(self.args.output_dir)
+        if not self.export_is_collective:
+            self.export_backbone(self.args.output_dir)
         push_kwargs = self._push_kwargs(settings, commit_message or "End of training")
         if token is not None:
             push_kwargs["token"] = token

@@ -32,6 +32,7 @@ gradient accumulation, logging, checkpoint rotation, the progress bar — is ``T
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -48,15 +49,25 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
+from transformers.trainer import SCHEDULER_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, enable_full_determinism, set_seed
 
 from paka_hf.hub import save_backbone
 from paka_hf.modeling.backbones import PatchBackbone, ProjectionHead
 from paka_hf.modeling.lora import add_lora, export_lora_backbone, is_lora_backbone
 from paka_hf.modeling.model import PaKAModel
+from paka_hf.modeling.sharding import (
+    FSDP2,
+    gather_full_state,
+    gather_full_tensors,
+    shard_paka_model,
+    unsharded_backbone,
+)
 from paka_hf.modeling.teacher import teacher_momentum_at
 from paka_hf.training.checkpoints import (
+    UNSHARDED,
     RunTotals,
+    check_checkpoint_layout,
     complete_checkpoints,
     feature_health_start,
     folder_names,
@@ -84,11 +95,22 @@ from paka_hf.training.data import (
     skipped_images_message,
     warn_if_shuffle_buffers_exceed_memory,
 )
+from paka_hf.training.fsdp import (
+    FSDPPlan,
+    ensure_process_group,
+    fsdp_plan,
+    load_sharded_model,
+    load_sharded_optimizer,
+    save_sharded_model,
+    save_sharded_optimizer,
+)
 from paka_hf.training.hub_push import HubPushMixin
 from paka_hf.training.optimization import SCHEDULED_DECAY_KEY, optimizer_groups
 from paka_hf.utils.errors import ConfigError, MissingPathError
 from paka_hf.utils.files import (
     ADAPTER_DIR,
+    MODEL_SHARDS_DIR,
+    OPTIMIZER_SHARDS_DIR,
     RANK_DIAGNOSTICS_DIR,
     RANK_DIAGNOSTICS_FILE,
     SKIPPED_IMAGES_FILE,
@@ -177,17 +199,18 @@ def build_transform(config: PaKAConfig, patch_size: int) -> GlimTransform:
     )
 
 
-def state_checksum(module: torch.nn.Module) -> str:
+def state_checksum(module: torch.nn.Module | dict[str, torch.Tensor]) -> str:
     """SHA-256 over the names and bytes of a module's state dict (for cross-process comparisons).
 
     Args:
-        module: the module.
+        module: the module, or its state dict (whole tensors: gathered, for a sharded module).
 
     Returns:
         The hex digest.
     """
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    state = module if isinstance(module, dict) else module.state_dict()
+    for name, tensor in sorted(state.items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
@@ -381,13 +404,11 @@ class PaKATrainer(HubPushMixin, Trainer):
             ],
             **kwargs,
         )
-        if self.is_fsdp_enabled:
-            raise ConfigError(
-                "PaKATrainer does not support FSDP yet: resuming (a strict load of the whole PaKAModel) and exporting "
-                "the backbone from process zero assume that every process holds whole parameters, which FSDP shards. "
-                "Train with DDP instead (configs/accelerate/8gpu.yaml, multinode.yaml): every DINOv2 size fits on one "
-                "GPU (ViT-g/14's weights, gradients, AdamW state and EMA teacher in fp32: ~23 GB, before activations)."
-            )
+        self.fsdp: FSDPPlan | None = fsdp_plan(args, self.accelerator)
+        if self.fsdp is not None:
+            self._shard(model)
+        elif args.world_size > 1:
+            logger.info("DDP over %d processes: every process holds the whole model", args.world_size)
         self.stream_state = StreamState.fresh(args.dataloader_num_workers, args.world_size)
         self._resume_stream_state: StreamState | None = None
         self._reset_log_accumulators()
@@ -398,6 +419,50 @@ class PaKATrainer(HubPushMixin, Trainer):
         self._train_start = None
         self._totals_before = RunTotals()  # from the checkpoint resumed, over every process
         self._totals: RunTotals | None = None  # last gathered over every process (checkpoint saves, end of train)
+
+    # ---- sharding -----------------------------------------------------------------------------
+
+    def _shard(self, model: PaKAModel) -> None:
+        """Shard student and teacher with FSDP2 (:func:`~paka_hf.modeling.sharding.shard_paka_model`) and hand
+        the sharded model to ``Trainer`` as one that owns its placement and gradient reduction, so that neither
+        ``Trainer`` nor Accelerate wraps it in DDP or shards it again; checkpoints and export are this class's."""
+        plan = self.fsdp
+        ensure_process_group(plan.device_type)
+        if plan.activation_checkpointing and not self.args.activation_checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        shard_paka_model(model, plan.device_mesh(), plan.settings)
+        self.is_fsdp_enabled = False  # Accelerate's FSDP checkpoint and wrapping paths are not used
+        self.is_distributed_loading_by_transformers = True
+        logger.info(plan.describe())
+
+    @property
+    def export_is_collective(self) -> bool:
+        """Whether exporting needs every process (a sharded model is gathered first); see :class:`HubPushMixin`."""
+        return self.fsdp is not None and self.args.world_size > 1
+
+    @property
+    def sharding(self) -> str:
+        """The checkpoints' sharding (:func:`~paka_hf.training.checkpoints.check_checkpoint_layout`)."""
+        return FSDP2 if self.fsdp is not None else UNSHARDED
+
+    def parallelism(self) -> dict[str, object]:
+        """How the processes share the work, as ``training_summary.json`` records it.
+
+        Returns:
+            The FSDP plan's summary, or ``{"strategy": "DDP" | "single process", "processes": N}``.
+        """
+        if self.fsdp is not None:
+            return self.fsdp.summary()
+        return {"strategy": "DDP" if self.args.world_size > 1 else "single process", "processes": self.args.world_size}
+
+    @contextlib.contextmanager
+    def _defer_fsdp_gradient_reduction(self):
+        """Gradient accumulation of a sharded model: no reduce-scatter until the window's last micro-batch."""
+        self.model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            self.model.set_requires_gradient_sync(True)
 
     # ---- data ---------------------------------------------------------------------------------
 
@@ -608,6 +673,7 @@ class PaKATrainer(HubPushMixin, Trainer):
                 global_step=self.state.global_step,
                 world_size=self.args.world_size,
                 num_workers=self.args.dataloader_num_workers,
+                sharding=self.sharding,
             )
             self._rotate_complete_checkpoints(keep=folder)
         self.accelerator.wait_for_everyone()
@@ -631,9 +697,40 @@ class PaKATrainer(HubPushMixin, Trainer):
                 remove_checkpoint(path)
         self.accelerator.wait_for_everyone()
 
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """A checkpoint's model: ``Trainer``'s ``model.safetensors``, or, sharded, every process's shards
+        (:func:`~paka_hf.training.fsdp.save_sharded_model`) with the image processor and the pickled arguments."""
+        if self.fsdp is None:
+            return super()._save(output_dir, state_dict=state_dict)
+        out = Path(output_dir or self.args.output_dir)
+        save_sharded_model(self.model, out / MODEL_SHARDS_DIR)
+        if self.args.should_save:
+            self.processing_class.save_pretrained(out)
+            torch.save(self.args, out / TRAINING_ARGS_NAME)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """``Trainer``'s ``optimizer.pt`` and ``scheduler.pt``; sharded, every process's optimizer shards
+        (:func:`~paka_hf.training.fsdp.save_sharded_optimizer`) and the scheduler from process zero."""
+        if self.fsdp is None:
+            return super()._save_optimizer_and_scheduler(output_dir)
+        save_sharded_optimizer(self.model, self.optimizer, Path(output_dir) / OPTIMIZER_SHARDS_DIR)
+        if self.args.should_save:
+            torch.save(self.lr_scheduler.state_dict(), Path(output_dir) / SCHEDULER_NAME)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """``Trainer``'s load; sharded, the optimizer's shards and the scheduler."""
+        if self.fsdp is None or checkpoint is None:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        load_sharded_optimizer(self.model, self.optimizer, Path(checkpoint) / OPTIMIZER_SHARDS_DIR)
+        self.lr_scheduler.load_state_dict(torch.load(Path(checkpoint) / SCHEDULER_NAME, weights_only=True))
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        """Strict load of the whole PaKAModel (student, teacher, heads): a missing or renamed tensor is an error."""
+        """Strict load of the whole PaKAModel (student, teacher, heads): a missing or renamed tensor is an error.
+        Sharded, every process loads its own shards."""
         model = model if model is not None else self.model
+        if self.fsdp is not None:
+            load_sharded_model(model, Path(resume_from_checkpoint) / MODEL_SHARDS_DIR)
+            return
         weights = Path(resume_from_checkpoint) / WEIGHTS_FILE
         if not weights.is_file():
             raise MissingPathError(f"{weights} not found: {resume_from_checkpoint} is not a PaKA checkpoint")
@@ -682,6 +779,7 @@ class PaKATrainer(HubPushMixin, Trainer):
         self._resume_stream_state = None
         self._totals_before = RunTotals()
         if checkpoint is not None:
+            check_checkpoint_layout(checkpoint, world_size=self.args.world_size, sharding=self.sharding)
             state_file = Path(checkpoint) / STREAM_STATE_FILE.format(rank=self.args.process_index)
             if not state_file.is_file():
                 raise ConfigError(
@@ -786,14 +884,18 @@ class PaKATrainer(HubPushMixin, Trainer):
         folder = Path(self.args.output_dir) / RANK_DIAGNOSTICS_DIR
         folder.mkdir(parents=True, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model)
+        # sharded: every process gathers (and keeps) the whole tensors, so that the digests compare across processes
+        student, teacher = (
+            gather_full_state(net, keep=True) if self.fsdp else net for net in (model.student, model.teacher)
+        )
         write_text_atomic(
             folder / RANK_DIAGNOSTICS_FILE.format(rank=self.args.process_index),
             json.dumps(
                 {
                     "rank": self.args.process_index,
                     "images": self._seen_keys,
-                    "student_sha256": state_checksum(model.student),
-                    "teacher_sha256": state_checksum(model.teacher),
+                    "student_sha256": state_checksum(student),
+                    "teacher_sha256": state_checksum(teacher),
                     "global_step": self.state.global_step,
                 },
                 indent=1,
@@ -823,8 +925,9 @@ class PaKATrainer(HubPushMixin, Trainer):
         The configuration and summary of an earlier export are removed before the weights are written and
         the new ones written (atomically) after, so an interrupted export never leaves a configuration that
         describes other weights. The summary's totals are those last gathered over every process (at the
-        last checkpoint save, or the end of ``train``). Process zero writes; no collective call, so the Hub
-        callback may call it from process zero alone.
+        last checkpoint save, or the end of ``train``). Process zero writes. Unsharded, it is no collective
+        call, so the Hub callback may call it from process zero alone; sharded (FSDP2), every process must call it:
+        the exported network is gathered first (:meth:`_gather_for_export`, and :attr:`export_is_collective`).
 
         Args:
             output_dir: the folder; ``args.output_dir`` when ``None``.
@@ -840,25 +943,50 @@ class PaKATrainer(HubPushMixin, Trainer):
         which = self.args.export if network is None else network
         if which not in ("student", "teacher"):
             raise ValueError(f"network must be 'student' or 'teacher', got {network!r}")
+        model = self.accelerator.unwrap_model(self.model)
+        lora = is_lora_backbone(model.student)
+        if self.fsdp is not None:
+            exported, adapters = self._gather_for_export(model, which)  # every process takes part
+        else:
+            exported = model.student if lora or which == "student" else model.teacher
+            adapters = model.teacher.adapter_state() if lora and which == "teacher" else None
         if not self.args.should_save:
             return output_dir
-        model = self.accelerator.unwrap_model(self.model)
         for name in (TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE):
             (output_dir / name).unlink(missing_ok=True)
-        if is_lora_backbone(model.student):
-            adapters = model.teacher.adapter_state() if which == "teacher" else None
-            export_lora_backbone(model.student, output_dir, self.processing_class, adapter_state=adapters)
+        if lora:
+            export_lora_backbone(exported, output_dir, self.processing_class, adapter_state=adapters)
         else:
             if (output_dir / ADAPTER_DIR).is_dir():  # an earlier LoRA run's adapter would describe other weights
                 shutil.rmtree(output_dir / ADAPTER_DIR)
-            save_backbone(
-                model.student if which == "student" else model.teacher,
-                output_dir,
-                image_processor=self.processing_class,
-            )
+            save_backbone(exported, output_dir, image_processor=self.processing_class)
         self._write_training_config(output_dir)
         self._write_training_summary(output_dir, self._totals, exported=which)
         return output_dir
+
+    def _gather_for_export(self, model: PaKAModel, which: str):
+        """A sharded model's exported network, whole, on process zero (a collective call; the others get ``None``).
+
+        Tensors are gathered one at a time (:func:`~paka_hf.modeling.sharding.gather_full_state`) into a plain copy
+        of the backbone built on the meta device (:func:`~paka_hf.modeling.sharding.unsharded_backbone`): process
+        zero holds one whole copy of the exported network on its CPU, the others nothing. A LoRA teacher's export is
+        the student's base with the teacher's adapters, gathered likewise.
+
+        Returns:
+            ``(backbone, adapter_state)``: the copy (the student's for LoRA) and, for a LoRA teacher, its whole
+            adapter tensors by student names; ``(None, None)`` on the other processes.
+        """
+        keep = self.args.process_index == 0
+        lora = is_lora_backbone(model.student)
+        network = model.student if lora or which == "student" else model.teacher
+        state = gather_full_state(network, keep=keep)
+        adapters = None
+        if lora and which == "teacher":
+            adapters = gather_full_tensors(model.teacher.adapter_state(), keep=keep)
+        if not keep:
+            return None, None
+        settings = self.args.lora_settings() if lora else None
+        return unsharded_backbone(model.student, state, lora_settings=settings), adapters
 
     def _write_training_config(self, output_dir: str | os.PathLike) -> None:
         output_dir = Path(output_dir)
@@ -875,6 +1003,7 @@ class PaKATrainer(HubPushMixin, Trainer):
             num_processes=self.args.world_size,
             exported=exported,
             feature_health=self.collapse_callback.guard.summary(),
+            parallelism=self.parallelism(),
         )
 
     def _last_checkpoint_line(self) -> str:

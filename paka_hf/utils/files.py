@@ -52,6 +52,10 @@ FEATURE_HEALTH_KEY = "feature_health"
 CHECKPOINT_MARKER = "paka_checkpoint_complete.json"
 #: Each process's position in the image stream, in a checkpoint-N folder (``.format(rank=...)``).
 STREAM_STATE_FILE = "paka_stream_rank{rank}.json"
+#: In a checkpoint of a sharded (FSDP2) run, in place of model.safetensors and optimizer.pt: the model's and the
+#: optimizer's shards, one file per process and a ``.metadata`` index each (``torch.distributed.checkpoint``).
+MODEL_SHARDS_DIR = "model_shards"
+OPTIMIZER_SHARDS_DIR = "optimizer_shards"
 #: The images the data streams skipped, one JSON object a line (``image``, ``reason``, ``detail``), each image
 #: once, over every process and every resume; process zero appends at each logging step and checkpoint save,
 #: each checkpoint holds a copy, which a resume restores.
