@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from paka_hf.modeling.backbones import VISION_MODEL_TYPES, default_image_processor
+from paka_hf.modeling.backbones import VISION_MODEL_TYPES, PatchBackbone, default_image_processor
 from paka_hf.utils.files import PICKLE_WEIGHTS_FILES, WEIGHTS_FILE
 
 
@@ -39,7 +39,8 @@ def save_backbone(model: Any, output_dir: str | os.PathLike, image_processor: An
         TypeError: ``model`` is not a vision model of a supported family (e.g. the training module).
         RuntimeError: ``save_pretrained`` did not write a single ``model.safetensors``.
     """
-    backbone = getattr(model, "model", model)  # PatchBackbone -> the transformers model inside
+    # A PatchBackbone's transformers model; never a bare model's own `.model` (DINOv3ViTModel.model is its encoder).
+    backbone = model.model if isinstance(model, PatchBackbone) else model
     config = getattr(backbone, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type not in VISION_MODEL_TYPES:
