@@ -328,7 +328,7 @@ class LoRATeacher(nn.Module):
                 raise ValueError(f"the student's adapter {name} is not sharded: shard the student first")
             mine = getattr(self, _key(name))
             if is_dtensor(mine):
-                continue
+                raise ValueError(f"the teacher's adapter {name} is already sharded")
             sharded = distribute_tensor(mine.detach().to(source.device), source.device_mesh, source.placements)
             setattr(self, _key(name), nn.Parameter(sharded, requires_grad=False))
 

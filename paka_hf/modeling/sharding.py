@@ -173,7 +173,16 @@ def shard_paka_model(model: nn.Module, mesh, settings: ShardingSettings | None =
     for head, reshard in ((model.student_head, settings.reshard_after_forward), (model.teacher_head, True)):
         if head is not None:
             shard(head, reshard)
-    shard(model, settings.reshard_after_forward)
+    # The LoRA teacher's adapter copies stay out of the root's FSDP group: FSDP would gather them whole before each
+    # forward and hand the teacher plain tensors; they are sharded like the student's adapters instead.
+    ignored = set(model.teacher.parameters()) if lora_teacher else None
+    fully_shard(
+        model,
+        mesh=mesh,
+        mp_policy=policy,
+        reshard_after_forward=settings.reshard_after_forward,
+        ignored_params=ignored,
+    )
     if lora_teacher:
         model.teacher.shard_like_student()
     model._ema_pairs = None  # the EMA lists must name the sharded parameters

@@ -1,0 +1,115 @@
+"""One process of tests/test_training_fsdp.py's runs, launched by ``accelerate launch`` (DDP or FSDP2, gloo on CPU).
+
+``python fsdp_worker.py ASSETS OUT``: for each tiny backbone of ``ASSETS`` (DINOv2 and DINOv3, full and LoRA), train
+4 steps from the same seed and data, export student and teacher to ``OUT/<case>/student`` and ``.../teacher``, then
+resume a second run from its step-2 checkpoint and export its student to ``OUT/<case>/resumed``. Under FSDP it
+also counts the collectives of every EMA step and of one student forward (the counter's own check) and writes
+them to ``OUT/<case>/collectives_rank<r>.json``.
+"""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.distributed.tensor.debug import CommDebugMode
+
+from paka_hf import PaKATrainer
+from paka_hf.testing import tiny_run_config
+
+#: (case, model folder, LoRA)
+CASES = (
+    ("dinov2", "dinov2", False),
+    ("dinov2_lora", "dinov2", True),
+    ("dinov3", "dinov3", False),
+    ("dinov3_lora", "dinov3", True),
+)
+#: the c10d collectives FSDP2 and the trainer use
+COLLECTIVES = (
+    "all_reduce",
+    "all_gather",
+    "all_gather_into_tensor",
+    "reduce_scatter_tensor",
+    "broadcast",
+    "all_to_all_single",
+)
+
+
+class CollectiveCounter:
+    """Counts c10d collectives (patched ``torch.distributed`` functions) and DTensor collectives (``CommDebugMode``)."""
+
+    def __enter__(self):
+        self.calls = []
+        self.saved = {name: getattr(dist, name) for name in COLLECTIVES}
+        for name, function in self.saved.items():
+
+            def counted(*args, _name=name, _function=function, **kwargs):
+                self.calls.append(_name)
+                return _function(*args, **kwargs)
+
+            setattr(dist, name, counted)
+        self.debug = CommDebugMode()
+        self.debug.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.debug.__exit__(*exc)
+        for name, function in self.saved.items():
+            setattr(dist, name, function)
+
+    @property
+    def count(self) -> int:
+        return len(self.calls) + self.debug.get_total_counts()
+
+
+def train(assets: Path, case_out: Path, model: str, lora: bool, resume: str | None = None):
+    overrides = dict(max_steps=4, save_steps=2, logging_steps=2, per_device_train_batch_size=2, drop_path_rate=0.0)
+    if model == "dinov3":  # patch 16
+        overrides.update(global_size=64, local_size=32)
+    if lora:
+        overrides.update(use_lora=True, lora_rank=4, learning_rate=1e-2)
+    output = case_out / ("resumed_run" if resume else "run")
+    if resume:
+        if dist.get_rank() == 0:
+            shutil.copytree(case_out / "run", output, dirs_exist_ok=True)
+            shutil.rmtree(output / "checkpoint-4")
+        dist.barrier()
+    config = tiny_run_config(output, assets / model / "model", assets / "images", **overrides)
+    trainer = PaKATrainer(args=config)
+    sharded = trainer.fsdp is not None
+    counts = {"ema": [], "forward": None}
+    if sharded and not resume:
+        inner = trainer.model
+        update = inner.update_teacher
+
+        def counted_update(momentum):
+            with CollectiveCounter() as counter:
+                update(momentum)
+            counts["ema"].append(counter.count)
+
+        inner.update_teacher = counted_update
+    trainer.train(resume_from_checkpoint=resume)
+    if resume:
+        trainer.export_backbone(case_out / "resumed")
+        return
+    trainer.export_backbone(case_out / "student")
+    trainer.export_backbone(case_out / "teacher", network="teacher")
+    if sharded:
+        with CollectiveCounter() as counter, torch.no_grad():
+            trainer.model.student(torch.randn(1, 3, 112, 112))  # 112: a multiple of patch 14 and 16
+        counts["forward"] = counter.count
+        (case_out / f"collectives_rank{dist.get_rank()}.json").write_text(json.dumps(counts))
+
+
+def main():
+    assets, out = Path(sys.argv[1]), Path(sys.argv[2])
+    for case, model, lora in CASES:
+        case_out = out / case
+        train(assets, case_out, model, lora)
+        train(assets, case_out, model, lora, resume=str(case_out / "resumed_run" / "checkpoint-2"))
+
+
+if __name__ == "__main__":
+    main()
