@@ -190,6 +190,18 @@ def test_lora_targets_match_every_block_and_nothing_else(variant):
         resolve_lora_targets(backbone, ["q_proj", "query", "dense"])  # transformers 4.x names on a 5.x model
 
 
+def test_a_dinov2_with_a_swiglu_mlp_gets_its_gated_projections_as_default_lora_targets():
+    """DINOv2 ViT-g/14 (use_swiglu_ffn) has gate_proj, up_proj and down_proj where the smaller sizes have fc1, fc2."""
+    from paka_hf.testing import tiny_dinov2_config
+
+    config = tiny_dinov2_config()
+    config.use_swiglu_ffn = True
+    backbone = PatchBackbone.from_config(config)
+    targets = backbone.family.lora_targets(backbone.model.config)
+    assert {"gate_proj", "up_proj", "down_proj"} <= set(targets) and "fc1" not in targets
+    assert len(resolve_lora_targets(backbone)) == 2 * len(targets)  # the defaults: no ConfigError
+
+
 def test_dinov3_rope_jitter_is_off_for_the_student_unless_asked():
     config = tiny_config("dinov3_vit")
     assert config.pos_embed_rescale == 2.0  # what the released checkpoints train with

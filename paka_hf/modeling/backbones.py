@@ -191,6 +191,12 @@ def _dinov3_targets(config: PretrainedConfig) -> tuple[str, ...]:
     return ("q_proj", "k_proj", "v_proj", "o_proj", *mlp)
 
 
+def _dinov2_targets(config: PretrainedConfig) -> tuple[str, ...]:
+    # ViT-g/14 has a SwiGLU MLP (gate_proj, up_proj, down_proj) where the smaller sizes have fc1, fc2
+    mlp = ("gate_proj", "up_proj", "down_proj") if getattr(config, "use_swiglu_ffn", False) else ("fc1", "fc2")
+    return ("q_proj", "k_proj", "v_proj", "o_proj", *mlp)
+
+
 def _siglip_unused(config: PretrainedConfig) -> tuple[str, ...]:
     # The attention-pooling head reads the patch tokens but its output (pooler_output) is not the grid.
     return ("head.",) if getattr(config, "vision_use_head", True) else ()
@@ -220,7 +226,7 @@ _DINOV2 = BackboneFamily(
     input_mode="pixels",
     prefix_tokens=_cls_and_registers,
     block_pattern=r"encoder\.layer\.\d+",
-    lora_targets=lambda config: ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"),
+    lora_targets=_dinov2_targets,
     has_drop_path=True,
     unused_parameters=lambda config: ("embeddings.mask_token",),
     processor_class="BitImageProcessor",
