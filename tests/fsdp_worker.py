@@ -1,13 +1,17 @@
 """One process of tests/test_training_fsdp.py's runs, launched by ``accelerate launch`` (DDP or FSDP2, gloo on CPU).
 
-``python fsdp_worker.py ASSETS OUT``: for each tiny backbone of ``ASSETS`` (DINOv2 and DINOv3, full and LoRA), train
-4 steps from the same seed and data, export student and teacher to ``OUT/<case>/student`` and ``.../teacher``, then
-resume a second run from its step-2 checkpoint and export its student to ``OUT/<case>/resumed``. Under FSDP it
-also counts the collectives of every EMA step and of one student forward (the counter's own check) and writes
-them to ``OUT/<case>/collectives_rank<r>.json``.
+``python fsdp_worker.py ASSETS OUT``: for each case (DINOv2 and DINOv3, full and LoRA; DINOv2 with activation
+checkpointing and with gradient accumulation), train 4 steps from the same seed and data, export student and teacher
+to ``OUT/<case>/student`` and ``.../teacher``, then resume a second run from its step-2 checkpoint and export its
+student to ``OUT/<case>/resumed``. Under FSDP it also counts the collectives of every EMA step and of one student
+forward (the counter's own check) and writes them to ``OUT/<case>/collectives_rank<r>.json``.
+
+``python fsdp_worker.py ASSETS OUT push REPO``: one DINOv2 run that pushes every save to the Hub (``HF_ENDPOINT``)
+and pushes at the end, as ``scripts/train.py`` does.
 """
 
 import json
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -19,13 +23,16 @@ from torch.distributed.tensor.debug import CommDebugMode
 from paka_hf import PaKATrainer
 from paka_hf.testing import tiny_run_config
 
-#: (case, model folder, LoRA)
-CASES = (
-    ("dinov2", "dinov2", False),
-    ("dinov2_lora", "dinov2", True),
-    ("dinov3", "dinov3", False),
-    ("dinov3_lora", "dinov3", True),
-)
+#: case -> (model folder, settings beside the common ones)
+LORA = dict(use_lora=True, lora_rank=4, learning_rate=1e-2)
+CASES = {
+    "dinov2": ("dinov2", {}),
+    "dinov2_lora": ("dinov2", LORA),
+    "dinov3": ("dinov3", {}),
+    "dinov3_lora": ("dinov3", LORA),
+    "dinov2_checkpointed": ("dinov2", dict(activation_checkpointing=True)),
+    "dinov2_accumulated": ("dinov2", dict(per_device_train_batch_size=1, gradient_accumulation_steps=2)),
+}
 #: the c10d collectives FSDP2 and the trainer use
 COLLECTIVES = (
     "all_reduce",
@@ -64,12 +71,15 @@ class CollectiveCounter:
         return len(self.calls) + self.debug.get_total_counts()
 
 
-def train(assets: Path, case_out: Path, model: str, lora: bool, resume: str | None = None):
+def settings(model: str, extra: dict) -> dict:
     overrides = dict(max_steps=4, save_steps=2, logging_steps=2, per_device_train_batch_size=2, drop_path_rate=0.0)
     if model == "dinov3":  # patch 16
         overrides.update(global_size=64, local_size=32)
-    if lora:
-        overrides.update(use_lora=True, lora_rank=4, learning_rate=1e-2)
+    return {**overrides, **extra}
+
+
+def train(assets: Path, case_out: Path, model: str, extra: dict, resume: str | None = None):
+    overrides = settings(model, extra)
     output = case_out / ("resumed_run" if resume else "run")
     if resume:
         if dist.get_rank() == 0:
@@ -103,12 +113,27 @@ def train(assets: Path, case_out: Path, model: str, lora: bool, resume: str | No
         (case_out / f"collectives_rank{dist.get_rank()}.json").write_text(json.dumps(counts))
 
 
+def push(assets: Path, out: Path, repo: str):
+    overrides = settings(
+        "dinov2", dict(push_to_hub=True, hub_model_id=repo, hub_strategy="every_save", hub_always_push=True)
+    )
+    config = tiny_run_config(out / "run", assets / "dinov2" / "model", assets / "images", **overrides)
+    trainer = PaKATrainer(args=config)
+    trainer.train()
+    trainer.export_backbone(config.output_dir)
+    trainer.push_to_hub()
+
+
 def main():
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     assets, out = Path(sys.argv[1]), Path(sys.argv[2])
-    for case, model, lora in CASES:
+    if sys.argv[3:4] == ["push"]:
+        push(assets, out, sys.argv[4])
+        return
+    for case, (model, extra) in CASES.items():
         case_out = out / case
-        train(assets, case_out, model, lora)
-        train(assets, case_out, model, lora, resume=str(case_out / "resumed_run" / "checkpoint-2"))
+        train(assets, case_out, model, extra)
+        train(assets, case_out, model, extra, resume=str(case_out / "resumed_run" / "checkpoint-2"))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from paka_hf.utils.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).parent / "accelerate"
-CASES = ("dinov2", "dinov2_lora", "dinov3", "dinov3_lora")
+CASES = ("dinov2", "dinov2_lora", "dinov3", "dinov3_lora", "dinov2_checkpointed", "dinov2_accumulated")
 
 
 def no_plugin():
@@ -94,6 +94,19 @@ def test_bf16_under_fsdp_computes_in_bf16_and_reduces_in_fp32(tmp_path, fsdp_env
     assert plan.summary()["param_dtype"] == "bfloat16"
 
 
+@pytest.mark.parametrize("name", ["fsdp_8gpu.yaml", "fsdp_multinode.yaml"])
+def test_the_fsdp_launch_configs_ask_for_fsdp2_with_settings_paka_honours(config, fsdp_env, name):
+    """accelerate launch turns the config's fsdp_config into FSDP_* variables (fsdp_version -> FSDP_VERSION)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cluster = load_config_from_file(str(REPO_ROOT / "configs" / "accelerate" / name))
+    assert cluster.distributed_type == "FSDP" and cluster.mixed_precision == "bf16"
+    for key, value in cluster.fsdp_config.items():
+        fsdp_env.setenv(key.upper(), str(value).lower() if isinstance(value, bool) else str(value))
+    plan = fsdp_plan(config, no_plugin())
+    assert plan is not None and plan.settings.reshard_after_forward and not plan.activation_checkpointing
+
+
 def test_a_resume_with_another_process_count_or_sharding_stops_in_one_line(tmp_path):
     folder = tmp_path / "checkpoint-2"
     folder.mkdir()
@@ -113,7 +126,7 @@ def test_a_resume_with_another_process_count_or_sharding_stops_in_one_line(tmp_p
 # ---------------------------------------------------------------------------------------------
 
 
-def launch(mode: str, assets: Path, out: Path, port: int) -> subprocess.CompletedProcess:
+def launch(mode: str, assets: Path, out: Path, port: int, *extra: str, env=None) -> subprocess.CompletedProcess:
     flags = ["--multi_gpu"] if mode == "ddp" else ["--use_fsdp", "--fsdp_version", "2"]
     command = [
         str(ACCELERATE),
@@ -132,24 +145,29 @@ def launch(mode: str, assets: Path, out: Path, port: int) -> subprocess.Complete
         str(REPO_ROOT / "tests" / "fsdp_worker.py"),
         str(assets),
         str(out),
+        *extra,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), **(env or {})}
     return subprocess.run(command, cwd=out.parent, capture_output=True, text=True, timeout=900, env=env)
+
+
+def write_assets(assets: Path) -> Path:
+    from paka_hf.apps.demo import save_random_model
+    from paka_hf.testing import tiny_dinov2_config, tiny_family_config, write_random_images
+
+    save_random_model(assets / "dinov2" / "model", tiny_dinov2_config(registers=2), seed=0, image_processor=False)
+    save_random_model(assets / "dinov3" / "model", tiny_family_config("dinov3_vit"), seed=0, image_processor=False)
+    write_random_images(assets / "images", 16, (80, 96), seed=0)
+    return assets
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The worker's exports under DDP and FSDP2, for every case (one launch each)."""
-    from paka_hf.apps.demo import save_random_model
-    from paka_hf.testing import tiny_dinov2_config, tiny_family_config, write_random_images
-
     if shutil.which("accelerate", path=str(ACCELERATE.parent)) is None:
         pytest.skip("accelerate CLI not installed")
     root = tmp_path_factory.mktemp("fsdp")
-    assets = root / "assets"
-    save_random_model(assets / "dinov2" / "model", tiny_dinov2_config(registers=2), seed=0, image_processor=False)
-    save_random_model(assets / "dinov3" / "model", tiny_family_config("dinov3_vit"), seed=0, image_processor=False)
-    write_random_images(assets / "images", 16, (80, 96), seed=0)
+    assets = write_assets(root / "assets")
     outputs = {}
     for mode, port in (("ddp", 29531), ("fsdp", 29533)):
         out = root / mode
@@ -179,7 +197,7 @@ def test_fsdp2_trains_the_same_student_and_teacher_as_ddp(runs, case):
         assert expected.keys() == got.keys()
         worst = max((expected[k] - got[k]).abs().max().item() for k in expected)
         assert worst < 1e-5, f"{case} {network}: max |DDP - FSDP2| = {worst:.3g}"
-    start = weights(runs["fsdp"][0].parent / "assets" / case.removesuffix("_lora") / "model")
+    start = weights(runs["fsdp"][0].parent / "assets" / case.split("_")[0] / "model")
     trained = weights(fsdp / "student")
     assert max((trained[k] - start[k]).abs().max().item() for k in start) > 1e-4  # it did train
     if case.endswith("_lora"):  # merged weights and the adapter, as unsharded LoRA runs export
@@ -212,10 +230,10 @@ def test_fsdp2_checkpoints_hold_every_processes_shards_under_the_marker_and_the_
     for shards in ("model_shards", "optimizer_shards"):
         assert sorted(p.name for p in (checkpoint / shards).iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
     assert not (checkpoint / "model.safetensors").exists()
-    summary = json.loads((out / "dinov3" / "run" / "training_summary.json").read_text())
+    summary = json.loads((out / "dinov3" / "student" / "training_summary.json").read_text())
     assert summary["parallelism"]["strategy"] == "FSDP2" and summary["parallelism"]["mesh"] == [2]
     assert "FSDP2 over a mesh of 2 cpu process(es)" in result.stderr
-    ddp_summary = json.loads((runs["ddp"][0] / "dinov3" / "run" / "training_summary.json").read_text())
+    ddp_summary = json.loads((runs["ddp"][0] / "dinov3" / "student" / "training_summary.json").read_text())
     assert ddp_summary["parallelism"] == {"strategy": "DDP", "processes": 2}
 
 
@@ -223,7 +241,45 @@ def test_fsdp2_checkpoints_hold_every_processes_shards_under_the_marker_and_the_
 def test_the_fsdp2_export_loads_with_automodel_and_no_custom_code(runs):
     from transformers import AutoModel
 
-    folder = runs["fsdp"][0] / "dinov3" / "student"
-    model = AutoModel.from_pretrained(folder)
-    state = weights(folder)
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    for case in ("dinov3", "dinov3_lora"):
+        folder = runs["fsdp"][0] / case / "student"
+        model, info = AutoModel.from_pretrained(folder, output_loading_info=True)
+        assert type(model).__name__ == "DINOv3ViTModel"
+        assert not info["missing_keys"] and not info["unexpected_keys"]  # every tensor came from the file
+        assert len(model.state_dict()) == len(weights(folder))
+        assert torch.isfinite(model(pixel_values=torch.randn(1, 3, 64, 64)).last_hidden_state).all()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("accelerate", path=str(ACCELERATE.parent)) is None, reason="accelerate CLI not installed"
+)
+def test_an_fsdp2_run_pushes_every_save_and_the_end_with_every_process_taking_part(tmp_path):
+    """Each push of a sharded run needs every process (the export gathers the sharded tensors first): the pushes
+    happen, nothing hangs, and the Hub holds the run's export."""
+    from hub_helpers import TOKEN
+    from hub_server import HubStandIn
+
+    repo = "paka-org/fsdp-tiny"
+    assets = write_assets(tmp_path / "assets")
+    out = tmp_path / "fsdp"
+    out.mkdir()
+    with HubStandIn(max_lifetime_s=300) as server:
+        env = {
+            "HF_ENDPOINT": server.url,
+            "HF_HUB_OFFLINE": "0",
+            "HF_HOME": str(tmp_path / "hf_home"),
+            "HF_TOKEN": TOKEN,
+            "HF_HUB_DISABLE_XET": "1",
+        }
+        result = launch("fsdp", assets, out, 29535, "push", repo, env=env)
+        assert (out / "run" / "model.safetensors").is_file(), result.stderr[-4000:]
+        titles = [commit.title for commit in server.repos[repo].history("main")]
+        files = server.snapshot(repo)
+    assert titles == [
+        "End of training",
+        "Training in progress, step 4",
+        "Training in progress, step 2",
+        "initial commit",
+    ]
+    assert files["model.safetensors"] == (out / "run" / "model.safetensors").read_bytes()
