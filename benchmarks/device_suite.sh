@@ -6,7 +6,10 @@
 # under CUDA's autocast rules, at batch 64 (benchmarks/step_ops.py, seconds). Writes JSON and logs to $OUT
 # (default: ./gpu_out). Then NeCo's full step beside PaKA's, ViT-S/14, in one gpu_step.py run (neco.json),
 # and the LoRA student's step and peak memory beside full post-training's, ViT-S/14 and ViT-B/14 (lora.json).
-#   bash benchmarks/device_suite.sh            # on the GPU machine, at most ~9 minutes
+# First of all, FSDP2 on the one GPU (world size 1): the persistent memory of a sharded ViT-S/14 and ViT-B/14 step
+# beside benchmarks/memory_plan.py's prediction, and the peak (benchmarks/fsdp_memory.py, fsdp_memory.json).
+#   bash benchmarks/device_suite.sh            # on the GPU machine, at most ~10 minutes
+#   bash benchmarks/device_suite.sh --fsdp     # the FSDP2 step alone (~1 minute), e.g. as a second call
 #   bash benchmarks/device_suite.sh --smoke    # the same sequence with tiny shapes, on CPU, seconds
 set -u
 OUT=${OUT:-gpu_out}
@@ -14,6 +17,9 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
+if [ "${1:-}" = "--smoke" ]; then FSDP=(--smoke --device cpu); else FSDP=(--models s14 b14); fi
+timeout 90 $PY benchmarks/fsdp_memory.py "${FSDP[@]}" --json "$OUT/fsdp_memory.json" 2>&1 | tee "$OUT/fsdp_memory.log"
+if [ "${1:-}" = "--fsdp" ]; then exit 0; fi
 if [ "${1:-}" = "--smoke" ]; then
   EXTRA=(--smoke --device cpu); BUDGET_EAGER=60; BUDGET_COMPILE=60; COMPILE=(--compile --compile_backend aot_eager)
   BUDGET_NECO=60; NECO_MODELS=(--no_breakdown)  # the breakdown is checked by gpu_step's own smoke test

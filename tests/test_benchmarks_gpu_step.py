@@ -396,6 +396,8 @@ def test_device_suite_smoke_writes_every_figure(tmp_path):
     full, lora = json.loads((out / "lora.json").read_text())["results"]  # LoRA's step beside full's
     assert (full["loss"], lora["loss"]) == ("cka", "cka_lora") and lora["loss_finite"]
     assert lora["params_trainable"] - lora["params_head"] < 0.5 * (full["params_trainable"] - full["params_head"])
+    (fsdp,) = json.loads((out / "fsdp_memory.json").read_text())  # FSDP2's sharded step, measured beside the plan
+    assert fsdp["measured_over_planned"] == 1.0  # on the CPU: the step's tensors, byte for byte
 
 
 @pytest.mark.slow
