@@ -47,6 +47,8 @@ setup(
         "app": ["gradio>=6.0,<7"],
         # LoRA post-training (use_lora, paka_hf.modeling.lora)
         "peft": ["peft>=0.15"],
+        # the NYUv2 labelled .mat file (MATLAB v7.3 = HDF5) of the depth probe (paka_hf.evaluation.depth)
+        "depth": ["h5py>=3.0"],
     },
     entry_points={
         "console_scripts": [
