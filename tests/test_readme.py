@@ -95,3 +95,21 @@ def test_no_readme_command_pairs_a_real_checkpoint_with_the_demo_config():
             assert "--model_name_or_path" not in words, words
     text = (REPO_ROOT / "README.md").read_text()
     assert "python scripts/train.py --config configs/cpu_vits14.yaml" in text
+
+
+def test_every_readme_training_command_names_files_that_exist_and_parses():
+    """Each `scripts/train.py` command of the README (the FSDP2 one included) names an Accelerate config and a
+    training config that exist, and its flags parse into a PaKAConfig."""
+    from paka_hf.commands.train import parse_config_and_origins
+
+    text = (REPO_ROOT / "README.md").read_text()
+    launch_configs = re.findall(r"--config_file (\S+)", text)
+    assert "configs/accelerate/fsdp_8gpu.yaml" in launch_configs
+    assert all((REPO_ROOT / path).is_file() for path in launch_configs), launch_configs
+    for words in readme_commands("scripts/train.py"):
+        arguments = dict(zip(words[1::2], words[2::2]))
+        assert (REPO_ROOT / arguments["--config"]).is_file(), words
+        argv = [w if w != arguments["--config"] else str(REPO_ROOT / w) for w in words[1:]]
+        argv += ["--bf16", "false"]  # the GPU recipes ask for bf16, which this CPU cannot give
+        config, _ = parse_config_and_origins(argv)
+        assert config.output_dir == arguments["--output_dir"]
