@@ -7,7 +7,8 @@ student to ``OUT/<case>/resumed``. Under FSDP it also counts the collectives of 
 forward (the counter's own check) and writes them to ``OUT/<case>/collectives_rank<r>.json``.
 
 ``python fsdp_worker.py ASSETS OUT push REPO``: one DINOv2 run that pushes every save to the Hub (``HF_ENDPOINT``)
-and pushes at the end, as ``scripts/train.py`` does.
+and pushes at the end, as ``scripts/train.py`` does. ``... crash`` and ``... resume`` (one process, plain python with
+``ACCELERATE_USE_FSDP=true``): a run that dies while writing its second checkpoint, and its resume from ``latest``.
 """
 
 import json
@@ -124,11 +125,44 @@ def push(assets: Path, out: Path, repo: str):
     trainer.push_to_hub()
 
 
+def crash_while_saving(assets: Path, out: Path):
+    """One process asking for FSDP (world size 1): the second checkpoint save dies after the model's shards and
+    before the optimizer's, as a run killed while saving would."""
+    import paka_hf.training.trainer as trainer_module
+
+    saves = []
+    save = trainer_module.save_sharded_optimizer
+
+    def dying_save(*args, **kwargs):
+        saves.append(1)
+        if len(saves) == 2:
+            raise SystemExit("killed while saving")
+        return save(*args, **kwargs)
+
+    trainer_module.save_sharded_optimizer = dying_save
+    config = tiny_run_config(out / "run", assets / "dinov2" / "model", assets / "images", **settings("dinov2", {}))
+    PaKATrainer(args=config).train()
+
+
+def resume_latest(assets: Path, out: Path):
+    overrides = settings("dinov2", {})
+    config = tiny_run_config(out / "run", assets / "dinov2" / "model", assets / "images", **overrides)
+    trainer = PaKATrainer(args=config)
+    trainer.train(resume_from_checkpoint="latest")
+    trainer.export_backbone(config.output_dir)
+
+
 def main():
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     assets, out = Path(sys.argv[1]), Path(sys.argv[2])
     if sys.argv[3:4] == ["push"]:
         push(assets, out, sys.argv[4])
+        return
+    if sys.argv[3:4] == ["crash"]:
+        crash_while_saving(assets, out)
+        return
+    if sys.argv[3:4] == ["resume"]:
+        resume_latest(assets, out)
         return
     for case, (model, extra) in CASES.items():
         case_out = out / case

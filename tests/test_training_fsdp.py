@@ -283,3 +283,30 @@ def test_an_fsdp2_run_pushes_every_save_and_the_end_with_every_process_taking_pa
         "initial commit",
     ]
     assert files["model.safetensors"] == (out / "run" / "model.safetensors").read_bytes()
+
+
+@pytest.mark.slow
+def test_one_process_asking_for_fsdp_is_sharded_and_a_save_that_dies_leaves_no_resumable_checkpoint(tmp_path):
+    """Plain python with ACCELERATE_USE_FSDP=true: a mesh of one process. The second save dies between the model's
+    and the optimizer's shards: that folder has no marker, and the resume takes the first checkpoint and finishes."""
+    assets = write_assets(tmp_path / "assets")
+    out = tmp_path / "single"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), FSDP_ENV: "true", "FSDP_VERSION": "2"}
+    env.pop("WORLD_SIZE", None)
+
+    def run(mode: str) -> subprocess.CompletedProcess:
+        worker = str(REPO_ROOT / "tests" / "fsdp_worker.py")
+        command = [sys.executable, worker, str(assets), str(out), mode]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+
+    crashed = run("crash")
+    assert crashed.returncode != 0 and "killed while saving" in crashed.stderr
+    assert "FSDP2 over a mesh of 1 cpu" in crashed.stderr
+    assert (out / "run" / "checkpoint-4" / "model_shards").is_dir()  # torn: the model's shards, no marker
+    assert not (out / "run" / "checkpoint-4" / "paka_checkpoint_complete.json").exists()
+    assert (out / "run" / "checkpoint-2" / "paka_checkpoint_complete.json").is_file()
+    resumed = run("resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((out / "run" / "training_summary.json").read_text())
+    assert summary["global_step"] == 4 and summary["parallelism"]["mesh"] == [1]
+    assert (out / "run" / "checkpoint-4" / "paka_checkpoint_complete.json").is_file()  # rewritten whole
