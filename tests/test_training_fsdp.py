@@ -187,16 +187,16 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("case", CASES)
 def test_fsdp2_trains_the_same_student_and_teacher_as_ddp(runs, case):
     """Same seed, data and fp32 steps: FSDP2's student and teacher equal DDP's. They differ only in the order of
-    the float sums of the gradient reduction (all-reduce against reduce-scatter) and of the clipping norm, a few
-    units of float32's 1.2e-7 relative precision per step; 1e-5 absolute is 1 % of one step of learning rate
-    1e-3 and far below what any difference in data, momentum or update order gives (the trained tensors move
-    by ~1e-3 per step)."""
+    the float sums of the gradient reduction (all-reduce against reduce-scatter) and of the clipping norm: a few
+    units of float32's 1.2e-7 relative precision per step (measured: at most 2.7e-7 over these cases, 0 for
+    DINOv2 LoRA). 1e-6 is 0.1 % of one step of learning rate 1e-3, far below what any difference in data,
+    momentum or update order gives (the trained tensors move by ~1e-3 per step)."""
     ddp, fsdp = runs["ddp"][0] / case, runs["fsdp"][0] / case
     for network in ("student", "teacher"):
         expected, got = weights(ddp / network), weights(fsdp / network)
         assert expected.keys() == got.keys()
         worst = max((expected[k] - got[k]).abs().max().item() for k in expected)
-        assert worst < 1e-5, f"{case} {network}: max |DDP - FSDP2| = {worst:.3g}"
+        assert worst < 1e-6, f"{case} {network}: max |DDP - FSDP2| = {worst:.3g}"
     start = weights(runs["fsdp"][0].parent / "assets" / case.split("_")[0] / "model")
     trained = weights(fsdp / "student")
     assert max((trained[k] - start[k]).abs().max().item() for k in start) > 1e-4  # it did train
