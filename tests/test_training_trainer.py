@@ -1,4 +1,5 @@
 import json
+import logging
 import pickle
 import shutil
 import signal
@@ -597,3 +598,29 @@ def test_pushing_an_unfinished_runs_folder_says_where_its_configuration_is(asset
         "training ends .* only in its checkpoint-N folders",
     ):
         collect_upload_files(tmp_path)
+
+
+def test_every_run_logs_and_records_its_trainable_and_total_parameters(assets, tmp_path, caplog):
+    """As peft's print_trainable_parameters: the student and its head; full post-training trains all but the frozen
+    mask token, LoRA only the adapters and the head. The teacher (no optimizer sees it) is not counted."""
+    pytest.importorskip("peft")
+    counts = {}
+    for name, extra in (("full", {}), ("lora", dict(use_lora=True, lora_rank=4))):
+        with caplog.at_level(logging.INFO, logger="paka_hf.training.trainer"):
+            trainer = PaKATrainer(args=run_config(assets, tmp_path / name, max_steps=1, **extra))
+        model = trainer.model
+        head = sum(p.numel() for p in model.student_head.parameters())
+        mask = model.student.model.embeddings.mask_token.numel()
+        backbone = sum(p.numel() for p in model.student.parameters())
+        trainer.train()
+        summary = json.loads((trainer.export_backbone() / "training_summary.json").read_text())
+        counts[name] = (summary["trainable_parameters"], summary["total_parameters"])
+        assert counts[name][1] == backbone + head
+        total = f"{backbone + head:,}"
+        assert any(f"trainable parameters: {counts[name][0]:,} of {total}" in r.getMessage() for r in caplog.records)
+        if name == "full":
+            assert counts[name][0] == backbone + head - mask
+        else:
+            adapters = sum(p.numel() for n, p in model.student.named_parameters() if ".lora_" in n)
+            assert counts[name][0] == adapters + head
+    assert counts["lora"][0] < counts["full"][0] and counts["lora"][1] > counts["full"][1]  # adapters add weights

@@ -434,6 +434,7 @@ def write_training_summary(
     exported: str | None = None,
     feature_health: dict[str, dict[str, float | None]] | None = None,
     parallelism: dict[str, object] | None = None,
+    parameters: dict[str, int] | None = None,
 ) -> None:
     """Write ``training_summary.json`` (atomically): compute and data totals of the run so far.
 
@@ -448,6 +449,8 @@ def write_training_summary(
             (:meth:`paka_hf.training.collapse_guard.CollapseGuard.summary`); left out when ``None``.
         parallelism: how the processes shared the work (``{"strategy": "DDP" | "FSDP2" | "single process", ...}``,
             with the FSDP mesh); left out when ``None``.
+        parameters: ``{"trainable_parameters": ..., "total_parameters": ...}`` of the trained network (student and
+            its head), written at the top level; left out when ``None``.
     """
     summary = {
         "train_runtime_s": round(totals.train_runtime_s, 1) if totals else None,
@@ -457,6 +460,8 @@ def write_training_summary(
         "device": device,
         "num_processes": num_processes,
     }
+    if parameters is not None:
+        summary.update(parameters)
     if parallelism is not None:
         summary["parallelism"] = parallelism
     if exported is not None:

@@ -216,6 +216,25 @@ def state_checksum(module: torch.nn.Module | dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def parameter_counts(model: PaKAModel) -> dict[str, int]:
+    """What trains and what it is trained in: parameters of the student backbone and its head (the network a run
+    exports), as peft's ``print_trainable_parameters`` counts them. The EMA teacher, which no optimizer sees, is not
+    counted. Counted before sharding, or from the DTensors' global shapes: the same on every process.
+
+    Args:
+        model: the training module.
+
+    Returns:
+        ``{"trainable_parameters": T, "total_parameters": T + F}``.
+    """
+    networks = [model.student] + ([model.student_head] if model.student_head is not None else [])
+    params = [p for network in networks for p in network.parameters()]
+    return {
+        "trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
+        "total_parameters": sum(p.numel() for p in params),
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # callbacks: once per optimizer step
 # ---------------------------------------------------------------------------------------------
@@ -403,6 +422,13 @@ class PaKATrainer(HubPushMixin, Trainer):
                 *(callbacks or []),
             ],
             **kwargs,
+        )
+        self.parameter_counts = parameter_counts(model)
+        logger.info(
+            "trainable parameters: %s of %s (%.2f%%)",
+            f"{self.parameter_counts['trainable_parameters']:,}",
+            f"{self.parameter_counts['total_parameters']:,}",
+            100.0 * self.parameter_counts["trainable_parameters"] / max(1, self.parameter_counts["total_parameters"]),
         )
         self.fsdp: FSDPPlan | None = fsdp_plan(args, self.accelerator)
         if self.fsdp is not None:
@@ -1004,6 +1030,7 @@ class PaKATrainer(HubPushMixin, Trainer):
             exported=exported,
             feature_health=self.collapse_callback.guard.summary(),
             parallelism=self.parallelism(),
+            parameters=self.parameter_counts,
         )
 
     def _last_checkpoint_line(self) -> str:
