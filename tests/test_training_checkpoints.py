@@ -76,6 +76,7 @@ def test_the_marker_records_the_save_and_its_step_wins_over_the_name(tmp_path):
         "global_step": 4,
         "world_size": 1,
         "num_workers": 0,
+        "sharding": "none",  # whole parameters on every process (FSDP2 runs write "FSDP2")
     }
     renamed = folder.rename(tmp_path / "checkpoint-40")
     assert checkpoint_step(renamed) == 4  # the marker's step

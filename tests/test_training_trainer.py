@@ -288,19 +288,16 @@ def test_gradient_checkpointing_through_the_trainer(assets, tmp_path):
     assert trainer.state.global_step == 2
 
 
-def test_fsdp_is_refused_at_the_start_with_what_to_use_instead(assets, tmp_path, monkeypatch):
-    """Under FSDP resume and export would fail after hours of training (sharded parameters): refuse it when the
-    trainer is built. accelerate enables FSDP only for GPU-type setups, so its flag is set here by hand, where
-    Trainer sets it from the accelerator state."""
-    original = PaKATrainer.create_accelerator_and_postprocess
-
-    def with_fsdp(self):
-        original(self)
-        self.is_fsdp_enabled = True
-
-    monkeypatch.setattr(PaKATrainer, "create_accelerator_and_postprocess", with_fsdp)
-    with pytest.raises(ValueError, match="does not support FSDP.*8gpu.yaml"):
+def test_an_fsdp_request_paka_does_not_honour_stops_the_trainer_before_anything_is_sharded(
+    assets, tmp_path, monkeypatch
+):
+    """The trainer reads the FSDP request as it is built (paka_hf.training.fsdp): FSDP1 is refused there, in one
+    line, before a process group or a mesh exists."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(ConfigError, match="FSDP version 1 is not supported"):
         PaKATrainer(args=run_config(assets, tmp_path))
+    assert not torch.distributed.is_initialized()
 
 
 @pytest.mark.slow  # torch.compile: Inductor builds its kernels in compiler subprocesses (10-25 s of CPU)
