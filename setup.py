@@ -49,6 +49,9 @@ setup(
         "peft": ["peft>=0.15"],
         # the NYUv2 labelled .mat file (MATLAB v7.3 = HDF5) of the depth probe (paka_hf.evaluation.depth)
         "depth": ["h5py>=3.0"],
+        # the faiss k-NN backends of Hummingbird (--knn_backend faiss / faiss_ivf, paka_hf.evaluation.knn); 1.9 is the
+        # first faiss-cpu wheel built for NumPy 2 (tested with the pin of requirements-ci.txt)
+        "faiss": ["faiss-cpu>=1.9"],
     },
     entry_points={
         "console_scripts": [

@@ -201,3 +201,43 @@ def test_overclustering_needs_no_train_split(tmp_path, tiny_config):
     )
     (entry,) = json.loads(out.read_text())["results"]
     assert entry["settings"]["train_split"] is None and entry["settings"]["train_images"] == 0
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss_ivf"])
+def test_script_records_the_memory_bank_and_the_knn_search(tmp_path, tiny_config, backend):
+    """--memory_size, --memory_sampling and --knn_backend (with the IVF settings) reach the results JSON, with the
+    backend that ran and, for the approximate index, its recall@k against exact search."""
+    from transformers import Dinov2Model
+
+    from paka_hf.evaluation import EvaluationReport
+
+    if backend.startswith("faiss"):
+        pytest.importorskip("faiss", reason="faiss is not installed (pip install 'paka_hf[faiss]')")
+    model_dir = tmp_path / "tiny-model"
+    Dinov2Model(tiny_config()).save_pretrained(model_dir)
+    data_dir = tmp_path / "data"
+    _tiny_dataset(data_dir, np.random.default_rng(2))
+    out = tmp_path / "r.json"
+    argv = ["--model_name_or_path", str(model_dir), "--dataset_name", "folder", "--data_dir", str(data_dir)]
+    argv += ["--class_names", "sky,road,car", "--protocol", "hummingbird", "--input_size", "56,84"]
+    argv += ["--memory_size", "160", "--memory_sampling", "uniform", "--knn_backend", backend]
+    argv += ["--ivf_nlist", "4", "--ivf_nprobe", "2", "--recall_sample", "50", "--num_neighbors", "5"]
+    evaluate_command.main([*argv, "--output_file", str(out), "--no_progress", "--device", "cpu"])
+    (entry,) = EvaluationReport.load(out).results
+    settings = entry.settings
+    assert settings["memory_size"] == 160 and settings["memory_sampling"] == "uniform"
+    assert settings["memory_bank_size"] == 4 * 2 * (160 // 8)  # 4 images x 2 passes maps, 160 // 8 patches each
+    assert settings["backend"] == backend and settings["knn_backend_used"] == backend
+    if backend == "torch":
+        assert settings["knn_exact"] is True and settings["knn_recall_at_k"] is None
+    else:
+        assert settings["knn_exact"] is False
+        assert (settings["ivf_nlist_used"], settings["ivf_nprobe_used"]) == (4, 2)
+        assert 0.0 < settings["knn_recall_at_k"] <= 1.0 and settings["knn_recall_queries"] == 50
+
+
+def test_script_refuses_a_bad_ivf_setting(tmp_path):
+    from paka_hf.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="ivf_nprobe"):
+        evaluate_command.parse_args(["--model_name_or_path", "m", "--dataset_name", "voc", "--ivf_nprobe", "0"])

@@ -139,10 +139,11 @@ def test_hummingbird_respects_temperature_and_k():
 
 
 def test_knn_faiss_backend_wiring(monkeypatch):
-    """The faiss branch (faiss is optional): a stand-in IndexFlatIP with faiss's API must give the torch answer."""
+    """The faiss branch without faiss installed: a stand-in IndexFlatIP with faiss's API must give the torch answer
+    (tests/test_evaluation_hummingbird.py runs the real faiss)."""
     import numpy as np
 
-    from paka_hf.evaluation import hummingbird as hb  # the module (the function is hummingbird_retrieval)
+    from paka_hf.evaluation import knn as hb  # the module that imports faiss
 
     class FlatIP:
         def __init__(self, dim):

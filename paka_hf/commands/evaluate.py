@@ -16,7 +16,8 @@ Defaults are the protocols' settings (docs/EVALUATION.md): every option but the 
 a field of ``EvaluationSettings``, ``LinearProbeConfig``, ``OverclusterConfig`` or ``HummingbirdConfig``
 (``paka_hf.evaluation``) with that field's default, so the command and the library cannot drift apart.
 Where a protocol's field shares its name with another's, the flag carries the protocol's prefix
-(``--linear_batch_size``, ``--hummingbird_eval_size``; ``--knn_backend`` is Hummingbird's ``backend``);
+(``--linear_batch_size``, ``--hummingbird_eval_size``; ``--knn_backend`` is Hummingbird's ``backend``:
+``auto``, ``torch``, ``faiss``, or the approximate ``faiss_ivf`` with ``--ivf_nlist`` / ``--ivf_nprobe``);
 ``--seed`` and ``--device`` are the run's and every protocol's, ``--eval_size`` is the linear probe's and
 overclustering's. ``--published_conventions`` reproduces the published ADE20K-over-151-classes and
 Hummingbird std-0.255 conventions. ``paka-evaluate`` is the same command.
@@ -44,6 +45,8 @@ from paka_hf.evaluation import (
     read_class_names,
     run_evaluation,
 )
+from paka_hf.evaluation.hummingbird import MEMORY_SAMPLING
+from paka_hf.evaluation.knn import KNN_BACKENDS
 from paka_hf.utils.paths import check_local_path
 
 
@@ -123,7 +126,7 @@ FLAG_NAMES = {
 SHARED = {"linear": {"seed": "seed"}, "overcluster": {"eval_size": "eval_size"}, "hummingbird": {"seed": "seed"}}
 FROM_RUNNER = {"settings": ("linear", "overcluster", "hummingbird"), "linear": ("device",), "hummingbird": ("device",)}
 CONVERTERS = {"input_size": _size, "crop_scale": _floats, "num_clusters": _ints, "seeds": _ints}
-CHOICES = {"knn_backend": ("auto", "torch", "faiss")}
+CHOICES = {"knn_backend": KNN_BACKENDS, "memory_sampling": MEMORY_SAMPLING}
 HELP = {
     "input_size": "N or H,W (multiples of the patch size); default 448 (linear, overcluster) / 504 (hummingbird)",
     "crop_scale": "min,max area of the augmented training crops",
@@ -139,7 +142,15 @@ HELP = {
     "num_clusters": "comma-separated K list, default '#classes,100,300,500'",
     "seeds": "comma-separated k-means seeds",
     "max_fit_patches": "fit k-means on a random subset of tokens",
-    "memory_size": "memory-bank size; default: every labelled patch",
+    "memory_size": "memory-bank size, memory_size // (images x passes) patches per training map; default: every "
+    "labelled patch",
+    "memory_sampling": "patches a bounded bank keeps per map: rare_class (the reference evaluator's: patches of the "
+    "map's rarer classes first) or uniform",
+    "knn_backend": "Hummingbird k-NN: exact torch or faiss (auto: faiss if installed and on CPU), or approximate "
+    "faiss_ivf (IndexIVFFlat; recall@k recorded)",
+    "ivf_nlist": "faiss_ivf: inverted lists (k-means cells)",
+    "ivf_nprobe": "faiss_ivf: lists searched per query",
+    "recall_sample": "faiss_ivf: query patches on which recall@k against exact search is measured (0: none)",
     "hummingbird_eval_size": "default: the input resolution",
 }
 

@@ -301,13 +301,20 @@ def run_evaluation(
             train_f, size = features(train_ds, "train", "hummingbird", augment=cfg.augment_passes > 0, std=std)
             val_f, _ = features(val_ds, "val", "hummingbird", augment=False, std=std)
             start = time.perf_counter()
+            search: dict[str, Any] = {}  # the k-NN backend used, and an approximate index's recall
             scores, _, bank = hummingbird_retrieval(
-                train_f, val_f, cfg.hummingbird, extra_zero_classes=extra_zero, progress=cfg.progress
+                train_f,
+                val_f,
+                cfg.hummingbird,
+                extra_zero_classes=extra_zero,
+                progress=cfg.progress,
+                search_report=search,
             )
             timings["hummingbird"] = time.perf_counter() - start
             run_settings = {
                 **base_settings,
                 **cfg.hummingbird.to_dict(),
+                **search,
                 "input_size": list(size),
                 "memory_passes": cfg.augment_passes,
                 "memory_bank_size": bank,
