@@ -385,3 +385,50 @@ def test_card_records_the_collapse_guards_measures_before_and_after(tmp_path, ti
     assert "| `mean_patch_cosine` | 0.531 at the start → 0.550 at the end |" in text
     assert "| `effective_rank` | 17.550 at the start → 16.900 at the end |" in text
     assert "feature_health" not in text
+
+
+def test_card_notes_give_hummingbirds_memory_bank_and_knn_search(export_dir, tmp_path):
+    """The memory size and the k-NN backend (for the approximate index, its lists, probes and recall) are on the
+    card, per model when the base and this model were searched differently; older files say what they recorded."""
+    from paka_hf.hub.card import hummingbird_note
+
+    out, _ = export_dir
+    common = {"num_neighbors": 30, "temperature": 0.02, "memory_size": 10240, "memory_bank_size": 10240}
+    base = eval_file("facebook/dinov2-with-registers-small", linear=40.5, retrieval=35.0)
+    base["results"][1]["settings"] = {
+        **common,
+        "memory_sampling": "rare_class",
+        "backend": "auto",
+        "knn_backend_used": "faiss",
+        "knn_exact": True,
+        "knn_recall_at_k": None,
+    }
+    adapted = eval_file(str(out), linear=44.3, retrieval=39.0)
+    adapted["results"][1]["settings"] = {
+        **common,
+        "memory_sampling": "rare_class",
+        "backend": "faiss_ivf",
+        "knn_backend_used": "faiss_ivf",
+        "knn_exact": False,
+        "ivf_nlist_used": 512,
+        "ivf_nprobe_used": 32,
+        "knn_recall_at_k": 0.9734,
+        "knn_recall_queries": 1000,
+    }
+    text = hub.render_model_card(out, "paka-org/dinov2-paka-tiny", eval_results=[base, adapted]).text
+    assert (
+        "- *hummingbird* (Base, CamVid): memory bank 10,240 patches (memory_size=10240, rare_class sampling), "
+        "exact k-NN (faiss), k=30, temperature=0.02" in text
+    )
+    assert (
+        "- *hummingbird* (PaKA, CamVid): memory bank 10,240 patches (memory_size=10240, rare_class sampling), "
+        "approximate k-NN (faiss_ivf, nlist=512, nprobe=32), recall@30=0.973 against exact search on 1000 queries, "
+        "k=30, temperature=0.02" in text
+    )
+    # a file written before the search was recorded: the requested backend, and uniform sampling (the old rule)
+    assert hummingbird_note({"memory_size": 64, "backend": "auto"}) == (
+        "memory bank (memory_size=64, uniform sampling), k-NN backend=auto"
+    )
+    assert hummingbird_note({"memory_size": None, "memory_bank_size": 5, "knn_backend_used": "torch"}) == (
+        "memory bank 5 patches (full), exact k-NN (torch)"
+    )

@@ -11,6 +11,14 @@ Schema (keys fixed; ``value``, ``per_class_iou`` and ``pixel_accuracy`` in perce
                   "settings": {...}, "per_class_iou": {"Sky": 90.1, ...}, "pixel_accuracy": 80.0,
                   "std": null, "seeds": null}]}
 
+``settings`` holds what the number depends on: the protocol's config fields and what the run resolved. A Hummingbird
+entry records its memory bank and k-NN search (docs/EVALUATION.md): ``memory_size``, ``memory_sampling``,
+``memory_bank_size``, the requested ``backend`` and the ``knn_backend_used``, ``knn_exact``, ``knn_index``, and
+``knn_recall_at_k`` (recall@k against exact search in ``[0, 1]``, ``null`` for an exact search) over
+``knn_recall_queries`` queries; an IVF search adds ``ivf_nlist_used``, ``ivf_nprobe_used`` and
+``knn_exact_fallback_queries``. Older files hold only ``memory_size``, ``memory_bank_size`` and ``backend`` (their
+bounded banks were drawn uniformly); new keys in ``settings`` never change the format version.
+
 ``model`` and ``model_sha256`` say which model was measured: the push to the Hub puts a file's numbers on a
 model card only for the model it records (:mod:`paka_hf.hub.results`), so an evaluation of an earlier run
 in the same folder, or of the previous push of a repository, is never shown for new weights.

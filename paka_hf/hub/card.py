@@ -693,7 +693,7 @@ def render_model_card(
         local_base_text=LOCAL_BASE_TEXT,
         backbone_title=family["title"],
         results_table=results_table(base_entries, adapted_entries),
-        results_notes=_results_notes(base_entries + adapted_entries),
+        results_notes=_results_notes(base_entries, adapted_entries),
         pictures=find_pictures(out),
         config_table=_md_table(config_pairs, ("Setting", "Value"))
         if config_pairs
@@ -733,18 +733,70 @@ def read_template(template_path: str | os.PathLike | None = None) -> str:
     return TEMPLATE_PATH.read_text(encoding="utf-8")
 
 
-def _results_notes(entries: Sequence[Mapping[str, Any]]) -> str:
-    """One line per protocol with the settings that matter for reading the table."""
+def hummingbird_note(settings: Mapping[str, Any]) -> str:
+    """The Hummingbird settings a reader needs to compare numbers: the memory bank and the k-NN search.
+
+    Memory bank: its size, and ``memory_size`` with the per-map sampling rule (``full`` without a bound; files
+    written before ``memory_sampling`` was recorded sampled uniformly). Search: the backend that ran
+    (``knn_backend_used``; older files record only the requested ``backend``), exact or approximate, and for
+    ``faiss_ivf`` its lists, probes and recall@k against exact search.
+
+    Args:
+        settings: a Hummingbird result's ``settings`` (the results JSON).
+
+    Returns:
+        One line of Markdown-safe text, e.g. ``memory bank 256,274 patches (full), exact k-NN (faiss), k=30,
+        temperature=0.02``.
+    """
+    size, bank = settings.get("memory_size"), settings.get("memory_bank_size")
+    bound = "full" if size is None else f"memory_size={size}, {settings.get('memory_sampling', 'uniform')} sampling"
+    parts = [f"memory bank {bank:,} patches ({bound})" if isinstance(bank, int) else f"memory bank ({bound})"]
+    backend = settings.get("knn_backend_used")
+    if backend is None:
+        parts.append(f"k-NN backend={settings.get('backend', 'unrecorded')}")
+    elif settings.get("knn_exact", True):
+        parts.append(f"exact k-NN ({backend})")
+    else:
+        search = f"approximate k-NN ({backend}, nlist={settings.get('ivf_nlist_used')}, "
+        search += f"nprobe={settings.get('ivf_nprobe_used')})"
+        recall = settings.get("knn_recall_at_k")
+        if recall is not None:
+            search += f", recall@{settings.get('num_neighbors', 'k')}={recall:.3f} against exact search"
+            search += f" on {settings.get('knn_recall_queries')} queries"
+        parts.append(search)
+    for key in ("num_neighbors", "temperature"):
+        if key in settings:
+            parts.append(f"{'k' if key == 'num_neighbors' else key}={settings[key]}")
+    return ", ".join(parts)
+
+
+def _results_notes(base: Sequence[Mapping[str, Any]], adapted: Sequence[Mapping[str, Any]]) -> str:
+    """One line per protocol with the settings that matter for reading the table.
+
+    Hummingbird's line is :func:`hummingbird_note` (memory bank, k-NN backend, recall), one per distinct text,
+    named by model and dataset when the results differ in it. Other protocols show their first eight scalar
+    settings.
+    """
     seen, lines = set(), []
-    for entry in entries:
-        settings = entry.get("settings") or {}
-        protocol = entry.get("protocol")
-        if not settings or protocol in seen:
-            continue
-        seen.add(protocol)
-        shown = ", ".join(f"{k}={v}" for k, v in list(settings.items())[:8] if not isinstance(v, (dict, list)))
-        lines.append(f"- *{protocol}*: {shown}")
-    return "\n".join(lines)
+    for column, entries in (("Base", base), ("PaKA", adapted)):
+        for entry in entries:
+            settings = entry.get("settings") or {}
+            protocol = entry.get("protocol")
+            if not settings:
+                continue
+            if protocol == "hummingbird":
+                shown = hummingbird_note(settings)
+                if (protocol, shown) not in seen:
+                    seen.add((protocol, shown))
+                    lines.append((protocol, f"{column}, {entry.get('dataset_name')}", shown))
+            elif protocol not in seen:
+                seen.add(protocol)
+                shown = ", ".join(f"{k}={v}" for k, v in list(settings.items())[:8] if not isinstance(v, (dict, list)))
+                lines.append((protocol, None, shown))
+    several = {p for p, _, _ in lines if sum(q == p for q, _, _ in lines) > 1}
+    return "\n".join(
+        f"- *{protocol}*{f' ({label})' if protocol in several else ''}: {shown}" for protocol, label, shown in lines
+    )
 
 
 def _count_parameters(path: Path) -> int | None:
