@@ -101,3 +101,11 @@ def test_extraction_leaves_the_global_rng_alone(tiny_config):
     torch.manual_seed(123)
     extract_features(backbone, ColourCoded(2), input_size=28, augment=True, passes=2, progress=False)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_features_of_a_backbone_with_trainable_weights_keep_no_graph(tiny_config):
+    """extract_features runs without autograd: a trainable backbone's batches would otherwise keep their graphs."""
+    backbone = PatchBackbone.from_config(tiny_config())
+    assert any(p.requires_grad for p in backbone.parameters())
+    feats = extract_features(backbone, ColourCoded(), input_size=(28, 42), batch_size=4, progress=False)
+    assert not feats.features.requires_grad and feats.features.grad_fn is None

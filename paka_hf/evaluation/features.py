@@ -217,6 +217,7 @@ def mask_storage_dtype(num_classes: int, ignore_index: int) -> torch.dtype:
     raise ValueError(f"ignore_index {ignore_index} and {num_classes} classes do not fit in int32 masks")
 
 
+@torch.no_grad()  # frozen features: a backbone with trainable weights must not keep each batch's graph
 def extract_features(
     backbone: torch.nn.Module,
     dataset: Any,
