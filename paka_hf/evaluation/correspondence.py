@@ -86,7 +86,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
-from paka_hf.evaluation.features import as_size, backbone_normalization
+from paka_hf.evaluation.features import as_size, backbone_normalization, normalize_uint8_views
 from paka_hf.utils.errors import (
     ConfigError,
     MissingPathError,
@@ -599,11 +599,6 @@ class CorrespondenceResult:
         return "\n".join(lines)
 
 
-def _normalise(views: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 ``(B, 3, H, W)`` → float32 normalised as the other protocols do (``ToDtype(scale=True)``, ``Normalize``)."""
-    return TF.normalize(TF.to_dtype(views, torch.float32, scale=True), list(mean), list(std))
-
-
 @torch.inference_mode()
 def warp_correspondence(
     backbone: torch.nn.Module,
@@ -675,7 +670,7 @@ def warp_correspondence(
                 warps = [sample_warp(config, i, (height, width)) for i in indices]
                 sources = [source_view(source.load(i), (height, width)) for i in indices]
                 warped = [render_warp(view, warp, photometric) for view, warp in zip(sources, warps)]
-                pixels = _normalise(torch.stack(sources + warped), mean, std).to(device)
+                pixels = normalize_uint8_views(torch.stack(sources + warped), mean, std).to(device)
                 features = backbone(pixels)
                 if features.ndim != 4 or tuple(features.shape[-2:]) != grid or features.shape[0] != len(pixels):
                     raise ConfigError(

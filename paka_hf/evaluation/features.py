@@ -57,6 +57,23 @@ def published_hummingbird_std(std: Sequence[float]) -> tuple[float, ...]:
     return HUMMINGBIRD_PUBLISHED_STD if all(abs(a - b) < 1e-6 for a, b in zip(std, IMAGENET_DEFAULT_STD)) else std
 
 
+def normalize_uint8_views(views: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 ``(B, 3, H, W)`` views → float32 ``(x / 255 − mean) / std``, with the arithmetic of the protocols'
+    transforms (``ToDtype(scale=True)`` then ``Normalize``), so every protocol feeds a backbone the same numbers.
+
+    Args:
+        views: uint8 images, ``(B, 3, H, W)``.
+        mean: per-channel mean.
+        std: per-channel standard deviation.
+
+    Returns:
+        The normalized float32 views.
+    """
+    return v2.functional.normalize(
+        v2.functional.to_dtype(views, torch.float32, scale=True), [float(m) for m in mean], [float(s) for s in std]
+    )
+
+
 def backbone_normalization(backbone: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """``(mean, std)`` the backbone's inputs are normalized with (its checkpoint's image processor).
 

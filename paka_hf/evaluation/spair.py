@@ -117,7 +117,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
-from paka_hf.evaluation.features import as_size, backbone_normalization
+from paka_hf.evaluation.features import as_size, backbone_normalization, normalize_uint8_views
 from paka_hf.utils.errors import (
     ConfigError,
     MissingPathError,
@@ -822,7 +822,7 @@ def _encode_category(
             view, scale = prepare_view(image, config.input_size, config.resize)
             views.append(view)
             store.scales[name] = scale
-        pixels = TF.normalize(TF.to_dtype(torch.stack(views), torch.float32, scale=True), list(mean), list(std))
+        pixels = normalize_uint8_views(torch.stack(views), mean, std)
         features = backbone(pixels.to(device))
         if features.ndim != 4 or tuple(features.shape[-2:]) != grid or features.shape[0] != len(batch):
             raise ConfigError(
