@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from paka_hf.modeling.sharding import local_tensor
+from paka_hf.modeling.sharding import is_dtensor, local_tensor
 from paka_hf.utils.schedules import cosine_schedule
 
 #: The teacher momentum ``m_0`` at step 0 (the paper's, as DINO's): the default of :func:`teacher_momentum_at`
@@ -157,9 +157,11 @@ def ema_apply_(pairs: EMAPairs, teacher_momentum: float) -> None:
     """
     check_teacher_momentum(teacher_momentum)
     # Sharded (FSDP2) pairs are updated on the rows this process holds: teacher and student are sharded alike,
-    # so the step needs no communication (paka_hf.modeling.sharding).
-    targets = [local_tensor(t) for t in pairs.targets]
-    sources = [local_tensor(s) for s in pairs.sources]
+    # so the step needs no communication (paka_hf.modeling.sharding). A model is sharded whole or not at all, so
+    # the first tensor decides, and an unsharded step pays no per-tensor unwrapping on its hot path.
+    targets, sources = pairs.targets, pairs.sources
+    if targets and is_dtensor(targets[0]):
+        targets, sources = [local_tensor(t) for t in targets], [local_tensor(s) for s in sources]
     if teacher_momentum == 0.0:
         torch._foreach_copy_(targets, sources)
     elif teacher_momentum < 1.0:
