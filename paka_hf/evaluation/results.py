@@ -75,6 +75,20 @@ RESULT_KEYS = (
 )
 TOP_KEYS = ("format_version", "paka_hf_version", "date", "model", "model_sha256", "results")
 
+#: Every ``metric_type`` a result may carry, and whether a larger value is better (comparison tables use it to
+#: say which model wins). ``mean_iou``, ``pixel_accuracy``, ``pck`` and ``delta1`` are percentages; ``rmse`` is in
+#: metres; ``abs_rel`` is a ratio. Segmentation protocols report ``mean_iou`` (task ``semantic-segmentation``),
+#: correspondence protocols ``pck`` (task ``keypoint-matching``), the depth probe ``rmse``, ``delta1`` and
+#: ``abs_rel`` (task ``depth-estimation``); the task names are the Hub's pipeline tags.
+HIGHER_IS_BETTER = {
+    "mean_iou": True,
+    "pixel_accuracy": True,
+    "pck": True,
+    "delta1": True,
+    "rmse": False,
+    "abs_rel": False,
+}
+
 
 class ResultsFileError(PaKAUserError, ValueError):
     """An evaluation-results file that is not valid JSON, has no ``results`` list or is of a newer format."""
@@ -159,6 +173,12 @@ class MetricResult:
     dataset_config: str | None = None
     task_type: str = "semantic-segmentation"
     metric_type: str = "mean_iou"
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Whether a larger ``value`` is better (:data:`HIGHER_IS_BETTER`; an unknown metric type counts as
+        higher-is-better, as every metric of format 1 before depth was)."""
+        return HIGHER_IS_BETTER.get(self.metric_type, True)
 
     def to_dict(self) -> dict[str, Any]:
         """This result as its JSON entry (:data:`RESULT_KEYS`; floats rounded to 4 decimals).
