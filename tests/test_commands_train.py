@@ -270,6 +270,35 @@ def test_the_training_loader_s_workers_ignore_ctrl_c(assets, tmp_path):
     assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN  # the main process still handles it
 
 
+_READER_VANISHES = """
+import os, socket, sys, time
+from multiprocessing import resource_sharer
+from paka_hf.training.trainer import ignore_interrupts_in_worker
+if sys.argv[1] == "worker":
+    ignore_interrupts_in_worker(0)
+read_end, _ = os.pipe()
+shared = resource_sharer.DupFd(read_end)  # what a worker does to hand a batch's storage to the main process
+reader = socket.socket(socket.AF_UNIX)
+reader.connect(shared._id[0])
+reader.close()  # the main process, interrupted before the handshake
+time.sleep(0.5)
+sys.excepthook(ValueError, ValueError("still reported"), None)
+"""
+
+
+@pytest.mark.parametrize("process", ["plain", "worker"])
+def test_a_worker_stays_silent_when_the_interrupted_main_process_drops_a_batch_transfer(process):
+    """The resource sharer's serving thread reports a reader gone mid-handshake as a traceback; a training
+    worker does not, and still reports any other error."""
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [sys.executable, "-c", _READER_VANISHES, process], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ValueError: still reported" in done.stderr
+    assert ("resource_sharer.py" in done.stderr) == (process == "plain"), done.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # a real SIGINT
 # ---------------------------------------------------------------------------------------------

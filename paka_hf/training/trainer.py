@@ -40,6 +40,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -1055,7 +1056,29 @@ def ignore_interrupts_in_worker(worker_id: int) -> None:
     it leaves the interrupt to the main process, which ends training and shuts the workers down. Module-level so
     that it pickles for the ``spawn`` start method.
 
+    The main process may also be interrupted while it fetches a batch's tensors from the worker: those travel as
+    file descriptors through :mod:`multiprocessing.resource_sharer`, whose serving thread reports a reader that
+    vanished mid-handshake (``EOFError`` or ``ConnectionError``) through ``sys.excepthook``, as a traceback on the
+    terminal. The worker keeps ``sys.excepthook`` for everything else and stays silent about that one case
+    (:func:`_silence_vanished_reader`): the batch belonged to a run that is stopping.
+
     Args:
         worker_id: the worker's index (unused: every worker ignores SIGINT alike).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.excepthook = _silence_vanished_reader(sys.excepthook)
+
+
+def _silence_vanished_reader(excepthook):
+    """Wrap ``excepthook`` so that a reader's disconnect (``EOFError``, ``ConnectionError``) prints nothing.
+
+    Only the worker's resource-sharing thread reaches ``sys.excepthook`` with those: the worker's own errors travel
+    to the main process through the DataLoader, never through the hook.
+    """
+
+    def hook(kind, value, traceback):
+        if issubclass(kind, (EOFError, ConnectionError)):
+            return
+        excepthook(kind, value, traceback)
+
+    return hook
