@@ -109,3 +109,9 @@ def test_features_of_a_backbone_with_trainable_weights_keep_no_graph(tiny_config
     assert any(p.requires_grad for p in backbone.parameters())
     feats = extract_features(backbone, ColourCoded(), input_size=(28, 42), batch_size=4, progress=False)
     assert not feats.features.requires_grad and feats.features.grad_fn is None
+
+
+def test_feature_cache_takes_a_cache_dir_and_defaults_to_memory_only(tiny_config, tmp_path):
+    backbone = PatchBackbone.from_config(tiny_config())
+    assert FeatureCache(backbone, progress=False).cache_dir is None
+    assert FeatureCache(backbone, cache_dir=str(tmp_path), progress=False).cache_dir == tmp_path

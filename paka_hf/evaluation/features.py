@@ -24,9 +24,11 @@ so protocols run together (``--protocol all``) reuse the same features.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -342,11 +344,13 @@ class FeatureCache:
 
     Args:
         backbone: the frozen patch backbone.
+        cache_dir: a folder that keeps features across runs; None keeps them in memory only, for this run.
         **defaults: :func:`extract_features` keyword arguments for every call (``device``, ``batch_size``...).
     """
 
-    def __init__(self, backbone: torch.nn.Module, **defaults: Any):
+    def __init__(self, backbone: torch.nn.Module, *, cache_dir: str | os.PathLike | None = None, **defaults: Any):
         self.backbone = backbone
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.defaults = defaults
         self._store: dict[tuple, DenseFeatures] = {}
         self.seconds: dict[tuple, float] = {}
