@@ -432,3 +432,190 @@ def test_card_notes_give_hummingbirds_memory_bank_and_knn_search(export_dir, tmp
     assert hummingbird_note({"memory_size": None, "memory_bank_size": 5, "knn_backend_used": "torch"}) == (
         "memory bank 5 patches (full), exact k-NN (torch)"
     )
+
+
+# --- the card and model-index for every task the evaluation reports (segmentation, keypoint matching, depth) ---
+
+BASE_ID = "facebook/dinov2-with-registers-small"
+
+
+def _task_results(linear: float, warp: float, spair: float, rmse: float, abs_rel: float, delta1: float) -> list:
+    """MetricResults of every metric type, built as the evaluation runner builds them."""
+    from paka_hf.evaluation.correspondence import CorrespondenceConfig
+    from paka_hf.evaluation.depth import DepthProbeConfig
+    from paka_hf.evaluation.results import MetricResult
+    from paka_hf.evaluation.spair import SPairConfig
+
+    seg = dict(dataset_name="CamVid", dataset_type="camvid", split="val")
+    nyu = dict(dataset_name="NYUv2", dataset_type="nyu_depth_v2", split="test", task_type="depth-estimation")
+    depth_settings = {**DepthProbeConfig().to_dict(), "depth_key": "rawDepths"}
+    return [
+        MetricResult(protocol="linear", metric_name="mIoU (linear)", value=linear, settings={"epochs": 25}, **seg),
+        MetricResult(
+            protocol="linear", metric_name="pixel accuracy (linear)", value=80.0, metric_type="pixel_accuracy", **seg
+        ),
+        MetricResult(
+            protocol="warp",
+            dataset_name="my_images",
+            dataset_type="folder",
+            split="all",
+            metric_name="PCK@2 patches (known warp)",
+            value=warp,
+            settings=CorrespondenceConfig().to_dict(),
+            task_type="keypoint-matching",
+            metric_type="pck",
+        ),
+        MetricResult(
+            protocol="spair",
+            dataset_name="SPair-71k",
+            dataset_type="spair-71k",
+            split="test",
+            metric_name="PCK@0.1 bbox (mean over categories)",
+            value=spair,
+            settings=SPairConfig().to_dict(),
+            task_type="keypoint-matching",
+            metric_type="pck",
+        ),
+        MetricResult(
+            protocol="depth", metric_name="RMSE (m)", value=rmse, metric_type="rmse", settings=depth_settings, **nyu
+        ),
+        MetricResult(protocol="depth", metric_name="AbsRel", value=abs_rel, metric_type="abs_rel", **nyu),
+        MetricResult(protocol="depth", metric_name="δ1", value=delta1, metric_type="delta1", **nyu),
+    ]
+
+
+def _report(model: str, results: list) -> dict:
+    from paka_hf.evaluation.results import EvaluationReport
+
+    return EvaluationReport(model=model, results=results).to_dict()
+
+
+def test_card_has_a_table_per_task_with_units_and_lower_is_better_marked(export_dir):
+    out, _ = export_dir
+    base = _report(BASE_ID, _task_results(40.5, 55.0, 30.04, 0.5123, 0.150, 80.04))
+    adapted = _report(str(out), _task_results(44.3, 61.25, 33.0, 0.4731, 0.1321, 83.46))
+    text = hub.render_model_card(out, "paka-org/x", eval_results=[base, adapted]).text
+
+    seg, kp, depth = (
+        text.index(f"### {name}") for name in ("Semantic Segmentation", "Keypoint Matching", "Depth Estimation")
+    )
+    assert seg < kp < depth < text.index("## Pictures")
+    # segmentation rows as before, one decimal in percent
+    assert "| linear | CamVid | val | mIoU (linear) | 40.5 | 44.3 | +3.8 |" in text[seg:kp]
+    assert "| linear | CamVid | val | pixel accuracy (linear) | 80.0 | 80.0 | +0.0 |" in text[seg:kp]
+    assert "mIoU in percent; pixel accuracy in percent." in text[seg:kp]
+    # keypoint matching: both correspondence protocols in one table
+    assert "| warp | my_images | all | PCK@2 patches (known warp) | 55.0 | 61.2 | +6.2 |" in text[kp:depth]
+    assert "| spair | SPair-71k | test | PCK@0.1 bbox (mean over categories) | 30.0 | 33.0 | +3.0 |" in text[kp:depth]
+    # depth: metres and ratios keep three decimals, the lower-is-better ones carry ↓ and a negative Δ
+    assert "| depth | NYUv2 | test | RMSE (m) ↓ | 0.512 | 0.473 | -0.039 |" in text[depth:]
+    assert "| depth | NYUv2 | test | AbsRel ↓ | 0.150 | 0.132 | -0.018 |" in text[depth:]
+    assert "| depth | NYUv2 | test | δ1 | 80.0 | 83.5 | +3.4 |" in text[depth:]
+    assert "RMSE in metres" in text[depth:] and "↓: lower is better (a negative Δ is an improvement)." in text[depth:]
+    assert "↓" not in text[seg:depth] and "Numbers are in percent" not in text
+    # the settings behind the new protocols' numbers
+    assert (
+        "- *warp*: input_size=[448, 448], thresholds=[1.0, 2.0, 4.0], crop_fraction=[0.6, 1.0], flip_p=0.5, "
+        "max_rotation=10.0, perspective=0.05, border_patches=0.5, seed=0" in text
+    )
+    assert "- *spair*: split=test, layout=large, input_size=[448, 448], resize=pad, alpha=0.1, " in text
+    assert "- *depth*: crop=eigen, num_bins=256, use_cls_token=False, epochs=50, lr=0.0003, min_depth=0.001, " in text
+    assert "depth_key=rawDepths" in text
+
+
+def test_model_index_gives_each_metric_its_task_and_says_which_are_lower_is_better(export_dir, tmp_path):
+    out, _ = export_dir
+    adapted = _report(str(out), _task_results(44.3, 61.25, 33.0, 0.4731, 0.1321, 83.46))
+    card = hub.render_model_card(out, "paka-org/x", eval_results=[adapted])
+    card.save(tmp_path / "README.md")
+    loaded = ModelCard.load(tmp_path / "README.md")
+
+    got = {(r.metric_config, r.metric_type, r.dataset_name): r for r in loaded.data.eval_results}
+    assert len(got) == 7
+    expected = {
+        ("linear", "mean_iou", "CamVid"): ("semantic-segmentation", "Semantic Segmentation", "mIoU (linear)", 44.3),
+        ("linear", "pixel_accuracy", "CamVid"): (
+            "semantic-segmentation",
+            "Semantic Segmentation",
+            "pixel accuracy (linear)",
+            80.0,
+        ),
+        ("warp", "pck", "my_images"): ("keypoint-matching", "Keypoint Matching", "PCK@2 patches (known warp)", 61.25),
+        ("spair", "pck", "SPair-71k"): (
+            "keypoint-matching",
+            "Keypoint Matching",
+            "PCK@0.1 bbox (mean over categories)",
+            33.0,
+        ),
+        ("depth", "rmse", "NYUv2"): ("depth-estimation", "Depth Estimation", "RMSE (m) (lower is better)", 0.4731),
+        ("depth", "abs_rel", "NYUv2"): ("depth-estimation", "Depth Estimation", "AbsRel (lower is better)", 0.1321),
+        ("depth", "delta1", "NYUv2"): ("depth-estimation", "Depth Estimation", "δ1", 83.46),
+    }
+    for key, (task_type, task, metric_name, value) in expected.items():
+        result = got[key]
+        assert (result.task_type, result.task_name, result.metric_name, result.metric_value) == (
+            task_type,
+            task,
+            metric_name,
+            value,
+        ), key
+    depth = got[("depth", "rmse", "NYUv2")]
+    assert (depth.dataset_type, depth.dataset_split) == ("nyu_depth_v2", "test")
+    assert depth.metric_args["crop"] == "eigen" and depth.metric_args["betas"] == [0.9, 0.99]
+    # the Hub's model-index: one result per (task, dataset), its metrics together
+    index = loaded.data.to_dict()["model-index"][0]["results"]
+    tasks = [(r["task"]["type"], r["dataset"]["name"], [m["type"] for m in r["metrics"]]) for r in index]
+    assert tasks == [
+        ("semantic-segmentation", "CamVid", ["mean_iou", "pixel_accuracy"]),
+        ("keypoint-matching", "my_images", ["pck"]),
+        ("keypoint-matching", "SPair-71k", ["pck"]),
+        ("depth-estimation", "NYUv2", ["rmse", "abs_rel", "delta1"]),
+    ]
+
+
+def test_the_card_shows_new_metrics_only_for_the_model_that_measured_them(export_dir, tmp_path):
+    """Depth and keypoint numbers follow the card's rule: the base's fill its column, never the model-index, and a
+    third model's stop the push."""
+    out, _ = export_dir
+    base = _report(BASE_ID, _task_results(40.5, 55.0, 30.04, 0.5123, 0.150, 80.04))
+    only_seg = _report(str(out), _task_results(44.3, 61.25, 33.0, 0.4731, 0.1321, 83.46)[:2])
+    card = hub.render_model_card(out, "paka-org/x", eval_results=[base, only_seg])
+    assert {r.metric_type for r in card.data.eval_results} == {"mean_iou", "pixel_accuracy"}
+    assert "| depth | NYUv2 | test | RMSE (m) ↓ | 0.512 | – | – |" in card.text
+    assert "| spair | SPair-71k | test | PCK@0.1 bbox (mean over categories) | 30.0 | – | – |" in card.text
+
+    other = _report("someone/another-model", _task_results(1, 2, 3, 4, 5, 6)[4:])
+    (tmp_path / "other_depth.json").write_text(json.dumps(other))
+    with pytest.raises(hub.MislabelledResultsError, match=r"other_depth\.json measured 'someone/another-model'"):
+        hub.render_model_card(out, "paka-org/x", eval_results=[base, only_seg, tmp_path / "other_depth.json"])
+
+
+def test_a_metric_type_the_card_does_not_know_keeps_its_task_and_counts_as_higher_is_better(export_dir):
+    """Read from the code: an unknown metric type is not refused; it keeps the task its file records (a table of
+    its own, after the known tasks), four significant digits, no ↓, and its name unchanged in the model-index."""
+    from paka_hf.evaluation.results import MetricResult
+
+    out, _ = export_dir
+    custom = MetricResult(
+        protocol="mine",
+        dataset_name="Mine",
+        dataset_type="mine",
+        split="val",
+        metric_name="F-score",
+        value=0.012345,  # the results JSON keeps 4 decimals
+        task_type="edge-detection",
+        metric_type="f_score",
+    )
+    assert custom.higher_is_better
+    depth = _task_results(44.3, 61.25, 33.0, 0.4731, 0.1321, 83.46)[4]
+    card = hub.render_model_card(out, "paka-org/x", eval_results=[_report(str(out), [custom, depth])])
+    text = card.text
+    assert text.index("### Depth Estimation") < text.index("### Edge Detection")
+    assert "`f_score` as recorded." in text and "| mine | Mine | val | F-score | – | 0.0123 | – |" in text
+    (result,) = [r for r in card.data.eval_results if r.metric_type == "f_score"]
+    assert (result.task_type, result.task_name, result.metric_name, result.metric_value) == (
+        "edge-detection",
+        "Edge Detection",
+        "F-score",
+        0.0123,
+    )

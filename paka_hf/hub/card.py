@@ -20,7 +20,14 @@ from typing import Any
 
 import yaml
 
-from paka_hf.hub.results import attribute_eval_results, load_eval_results, result_key
+from paka_hf.hub.results import (
+    TASK_OF_METRIC,
+    attribute_eval_results,
+    higher_is_better,
+    load_eval_results,
+    result_key,
+    task_name,
+)
 from paka_hf.modeling.backbones import FAMILIES, family_for
 from paka_hf.modeling.export import weights_sha256
 from paka_hf.utils.errors import ConfigError
@@ -147,19 +154,28 @@ def find_pictures(output_dir: str | os.PathLike) -> list[Picture]:
 
 
 def _eval_result(entry: Mapping[str, Any]):
-    """One evaluation entry as a ``huggingface_hub.EvalResult`` (the card's ``model-index``)."""
+    """One evaluation entry as a ``huggingface_hub.EvalResult`` (the card's ``model-index``).
+
+    The task's name is the Hub's (:func:`~paka_hf.hub.results.task_name`); the ``model-index`` has no field for
+    a metric's direction, so a lower-is-better metric (RMSE, AbsRel) says so in its name.
+    """
     from huggingface_hub import EvalResult
 
     settings = entry.get("settings")
+    metric_name = entry.get("metric_name")
+    if not higher_is_better(entry["metric_type"]):
+        metric_name = metric_name or entry["metric_type"]
+        if LOWER_IS_BETTER_TEXT not in metric_name:
+            metric_name = f"{metric_name} ({LOWER_IS_BETTER_TEXT})"
     return EvalResult(
         task_type=entry["task_type"],
-        task_name=entry.get("task_name") or entry["task_type"].replace("-", " ").capitalize(),
+        task_name=entry.get("task_name") or task_name(entry["task_type"]),
         dataset_type=entry.get("dataset_type") or entry["dataset_name"],
         dataset_name=entry["dataset_name"],
         dataset_config=entry.get("dataset_config"),
         dataset_split=entry.get("split"),
         metric_type=entry["metric_type"],
-        metric_name=entry.get("metric_name"),
+        metric_name=metric_name,
         metric_value=round(float(entry["value"]), 4),
         metric_config=entry.get("protocol"),
         metric_args=_json_clean(settings) if isinstance(settings, Mapping) and settings else None,
@@ -171,45 +187,93 @@ def _json_clean(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
+#: How a lower-is-better metric is marked: in its ``model-index`` name, and (as ↓) in the card's tables.
+LOWER_IS_BETTER_TEXT = "lower is better"
+
+#: How the card writes each metric type: decimals of its values (and of the change) and what the number is,
+#: for the sentence above its task's table. Percentages get one decimal; RMSE (metres) and AbsRel (a ratio)
+#: three, as depth tables print them. Another metric type: four significant digits, "as recorded".
+METRIC_FORMATS = {
+    "mean_iou": (1, "mIoU in percent"),
+    "pixel_accuracy": (1, "pixel accuracy in percent"),
+    "pck": (1, "PCK in percent of the points whose match lands within the threshold"),
+    "rmse": (3, "RMSE in metres"),
+    "abs_rel": (3, "AbsRel (mean |d − d̂| / d) as a ratio"),
+    "delta1": (1, "δ₁ in percent of the pixels with max(d / d̂, d̂ / d) < 1.25"),
+}
+
+
+def _format_number(value: float, metric_type: str, signed: bool = False) -> str:
+    """``value`` with its metric type's decimals (:data:`METRIC_FORMATS`), a sign when ``signed``."""
+    decimals = METRIC_FORMATS.get(metric_type, (None, ""))[0]
+    sign = "+" if signed else ""
+    return f"{float(value):{sign}.{decimals}f}" if decimals is not None else f"{float(value):{sign}.4g}"
+
+
 def _fmt_value(entry: Mapping[str, Any] | None) -> str:
     if entry is None:
         return "–"
-    text = f"{float(entry['value']):.1f}"
+    metric_type = entry.get("metric_type")
+    text = _format_number(entry["value"], metric_type)
     if entry.get("std") is not None:
-        text += f" ± {float(entry['std']):.1f}"
+        text += f" ± {_format_number(entry['std'], metric_type)}"
     return text
 
 
-def results_table(base: Sequence[Mapping[str, Any]], adapted: Sequence[Mapping[str, Any]]) -> str:
-    """Markdown table: one row per (protocol, dataset, split, metric), columns Base, PaKA and the change.
-
-    Args:
-        base: the base model's result entries.
-        adapted: this model's result entries.
-
-    Returns:
-        The table's Markdown ("–" where a column has no value); ``""`` when there are no entries.
-    """
-    rows: dict[tuple, dict[str, Any]] = {}
-    for column, entries in (("base", base), ("paka", adapted)):
-        for entry in entries:
-            rows.setdefault(result_key(entry), {})[column] = entry
-    if not rows:
-        return ""
+def _task_table(rows: Mapping[tuple, Mapping[str, Any]]) -> str:
+    """One task's table: the rows of :func:`results_table` for that task, after a sentence with their units."""
+    metric_types = list(dict.fromkeys(key[4] for key in rows))
+    units = [METRIC_FORMATS[m][1] if m in METRIC_FORMATS else f"`{m}` as recorded" for m in metric_types]
+    note = "; ".join(units) + "."
+    lower = [m for m in metric_types if not higher_is_better(m)]
+    if lower:
+        note += f" ↓: {LOWER_IS_BETTER_TEXT} (a negative Δ is an improvement)."
     lines = [
+        note,
+        "",
         "| Protocol | Dataset | Split | Metric | Base | PaKA | Δ |",
         "| --- | --- | --- | --- | ---: | ---: | ---: |",
     ]
     for key, cells in rows.items():
         protocol, dataset, config, split, metric_type, metric_name = key
         b, p = cells.get("base"), cells.get("paka")
-        delta = f"{float(p['value']) - float(b['value']):+.1f}" if b is not None and p is not None else "–"
+        delta = (
+            _format_number(float(p["value"]) - float(b["value"]), metric_type, signed=True)
+            if b is not None and p is not None
+            else "–"
+        )
         dataset_text = f"{dataset} ({config})" if config else str(dataset)
+        metric_text = f"{metric_name or metric_type}" + ("" if higher_is_better(metric_type) else " ↓")
         lines.append(
-            f"| {protocol or '–'} | {dataset_text} | {split or '–'} | {metric_name or metric_type} | "
+            f"| {protocol or '–'} | {dataset_text} | {split or '–'} | {metric_text} | "
             f"{_fmt_value(b)} | {_fmt_value(p)} | {delta} |"
         )
     return "\n".join(lines)
+
+
+def results_table(base: Sequence[Mapping[str, Any]], adapted: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown tables, one per task: one row per (protocol, dataset, split, metric), columns Base, PaKA and Δ.
+
+    Tasks come in the order of :data:`~paka_hf.hub.results.TASK_OF_METRIC` (segmentation, keypoint matching,
+    depth estimation), then any other task in the order met; each table has a ``###`` heading with the task's
+    name (:func:`~paka_hf.hub.results.task_name`) and a sentence giving its metrics' units. Values keep their
+    metric's decimals (one for percentages, three for RMSE in metres and AbsRel); a lower-is-better metric is
+    marked ↓ after its name. Δ is PaKA − Base (negative is better for a ↓ metric).
+
+    Args:
+        base: the base model's result entries.
+        adapted: this model's result entries.
+
+    Returns:
+        The tables' Markdown ("–" where a column has no value); ``""`` when there are no entries.
+    """
+    tasks: dict[str, dict[tuple, dict[str, Any]]] = {task: {} for task in dict.fromkeys(TASK_OF_METRIC.values())}
+    for column, entries in (("base", base), ("paka", adapted)):
+        for entry in entries:
+            rows = tasks.setdefault(entry["task_type"], {})
+            rows.setdefault(result_key(entry), {})[column] = entry
+    sections = [f"### {task_name(task)}\n\n{_task_table(rows)}" for task, rows in tasks.items() if rows]
+    return "\n\n".join(sections)
 
 
 def read_training_config(output_dir: str | os.PathLike) -> dict[str, Any]:
@@ -770,12 +834,62 @@ def hummingbird_note(settings: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
+#: The settings the card's note gives for each protocol whose numbers depend on more than the input size, in
+#: this order (those its entry records; unset ones left out): the known-warp correspondence's warp and
+#: thresholds, SPair-71k's split, view and α, the depth probe's crop, bins and schedule. Any other protocol but
+#: Hummingbird (:func:`hummingbird_note`) shows its first eight scalar settings.
+NOTE_SETTINGS = {
+    "warp": (
+        "input_size",
+        "thresholds",
+        "crop_fraction",
+        "flip_p",
+        "max_rotation",
+        "perspective",
+        "border_patches",
+        "seed",
+    ),
+    "spair": (
+        "split",
+        "layout",
+        "input_size",
+        "resize",
+        "alpha",
+        "source_sampling",
+        "upsample",
+        "max_pairs_per_category",
+        "max_pairs",
+    ),
+    "depth": (
+        "input_size",
+        "crop",
+        "num_bins",
+        "use_cls_token",
+        "epochs",
+        "lr",
+        "min_depth",
+        "max_depth",
+        "depth_key",
+    ),
+}
+
+
+def _settings_note(protocol: str | None, settings: Mapping[str, Any]) -> str:
+    """``key=value, ...`` of a protocol's :data:`NOTE_SETTINGS` (lists as ``[a, b]``), else its first eight
+    scalar settings."""
+    keys = [k for k in NOTE_SETTINGS.get(protocol, ()) if settings.get(k) is not None]
+    if keys:
+        lists = {k: json.dumps(_json_clean(settings[k])) for k in keys if isinstance(settings[k], (list, tuple))}
+        return ", ".join(f"{k}={lists.get(k, settings[k])}" for k in keys)
+    return ", ".join(f"{k}={v}" for k, v in list(settings.items())[:8] if not isinstance(v, (dict, list)))
+
+
 def _results_notes(base: Sequence[Mapping[str, Any]], adapted: Sequence[Mapping[str, Any]]) -> str:
-    """One line per protocol with the settings that matter for reading the table.
+    """One line per protocol with the settings that matter for reading the tables.
 
     Hummingbird's line is :func:`hummingbird_note` (memory bank, k-NN backend, recall), one per distinct text,
-    named by model and dataset when the results differ in it. Other protocols show their first eight scalar
-    settings.
+    named by model and dataset when the results differ in it. The known-warp, SPair-71k and depth protocols show
+    their :data:`NOTE_SETTINGS`; other protocols their first eight scalar settings.
     """
     seen, lines = set(), []
     for column, entries in (("Base", base), ("PaKA", adapted)):
@@ -791,8 +905,7 @@ def _results_notes(base: Sequence[Mapping[str, Any]], adapted: Sequence[Mapping[
                     lines.append((protocol, f"{column}, {entry.get('dataset_name')}", shown))
             elif protocol not in seen:
                 seen.add(protocol)
-                shown = ", ".join(f"{k}={v}" for k, v in list(settings.items())[:8] if not isinstance(v, (dict, list)))
-                lines.append((protocol, None, shown))
+                lines.append((protocol, None, _settings_note(protocol, settings)))
     several = {p for p, _, _ in lines if sum(q == p for q, _, _ in lines) > 1}
     return "\n".join(
         f"- *{protocol}*{f' ({label})' if protocol in several else ''}: {shown}" for protocol, label, shown in lines

@@ -12,6 +12,12 @@ columns of the card by that record:
   model, a file naming the pushed model but recording other weights (an evaluation of an earlier run in
   the same folder or of the previous push), and two files that measure the same metric (protocol,
   dataset, split, metric) for the same model, since the card could show only one of them.
+
+Each entry's ``metric_type`` decides its task (:data:`TASK_OF_METRIC`: segmentation, keypoint matching, depth
+estimation) and whether a smaller number is better (:func:`higher_is_better`); an entry whose ``task_type``
+contradicts its metric type is refused when the file is read, so a number never lands in another task's
+``model-index`` entry. A metric type not in :data:`TASK_OF_METRIC` (a protocol of one's own) keeps the
+``task_type`` its file records and counts as higher-is-better.
 """
 
 from __future__ import annotations
@@ -25,6 +31,55 @@ from paka_hf.utils.errors import PaKAUserError
 
 #: What every result entry needs (not null) to become a ``model-index`` result on the card.
 CARD_RESULT_KEYS = ("task_type", "dataset_name", "metric_type", "value")
+
+#: The task (the Hub's ``model-index`` ``task.type``, a pipeline tag) of each metric type the evaluation writes
+#: (:data:`paka_hf.evaluation.results.HIGHER_IS_BETTER` lists the same types): segmentation protocols report
+#: mIoU and pixel accuracy, the correspondence protocols (known warp, SPair-71k) PCK, the depth probe RMSE,
+#: AbsRel and δ₁. The card shows one results table per task, in this order.
+TASK_OF_METRIC = {
+    "mean_iou": "semantic-segmentation",
+    "pixel_accuracy": "semantic-segmentation",
+    "pck": "keypoint-matching",
+    "rmse": "depth-estimation",
+    "abs_rel": "depth-estimation",
+    "delta1": "depth-estimation",
+}
+
+#: The ``model-index`` ``task.name`` of each task (the Hub's names of these pipeline tags); another task type is
+#: named by its words, title-cased.
+TASK_NAMES = {
+    "semantic-segmentation": "Semantic Segmentation",
+    "keypoint-matching": "Keypoint Matching",
+    "depth-estimation": "Depth Estimation",
+}
+
+
+def task_name(task_type: str) -> str:
+    """The display name of a ``model-index`` task type (:data:`TASK_NAMES`).
+
+    Args:
+        task_type: e.g. ``"depth-estimation"``.
+
+    Returns:
+        e.g. ``"Depth Estimation"``; an unknown type title-cased (``"my-task"`` → ``"My Task"``).
+    """
+    return TASK_NAMES.get(task_type) or task_type.replace("-", " ").replace("_", " ").title()
+
+
+def higher_is_better(metric_type: str) -> bool:
+    """Whether a larger value of ``metric_type`` is better (the evaluation's
+    :data:`~paka_hf.evaluation.results.HIGHER_IS_BETTER`; an unknown type counts as higher-is-better, as
+    :attr:`~paka_hf.evaluation.results.MetricResult.higher_is_better` does).
+
+    Args:
+        metric_type: an entry's ``metric_type``, e.g. ``"rmse"``.
+
+    Returns:
+        False for ``rmse`` and ``abs_rel``, True otherwise.
+    """
+    from paka_hf.evaluation.results import HIGHER_IS_BETTER  # lazily: see load_eval_results
+
+    return HIGHER_IS_BETTER.get(metric_type, True)
 
 
 class EvalResultsError(PaKAUserError, ValueError):
@@ -52,8 +107,9 @@ def load_eval_results(sources: Iterable[str | os.PathLike | Mapping[str, Any]]) 
 
     Raises:
         MissingPathError: naming a file that does not exist.
-        EvalResultsError: naming the file when its shape is wrong or an entry lacks what the card shows
-            (:data:`CARD_RESULT_KEYS`).
+        EvalResultsError: naming the file when its shape is wrong, an entry lacks what the card shows
+            (:data:`CARD_RESULT_KEYS`), or an entry's ``task_type`` is not its metric type's
+            (:data:`TASK_OF_METRIC`).
     """
     # Imported here: the evaluation package's __init__ brings datasets and scikit-learn, which a push or a
     # training run (both import paka_hf.hub) needs only when it reads results.
@@ -70,6 +126,13 @@ def load_eval_results(sources: Iterable[str | os.PathLike | Mapping[str, Any]]) 
             missing = [k for k in CARD_RESULT_KEYS if entry.get(k) is None]
             if missing:
                 raise EvalResultsError(f"{name}: results[{i}] lacks {', '.join(missing)}")
+            expected = TASK_OF_METRIC.get(entry["metric_type"])
+            if expected is not None and entry["task_type"] != expected:
+                raise EvalResultsError(
+                    f"{name}: results[{i}] ({entry.get('protocol')}, {entry.get('metric_name')}) is a "
+                    f"{entry['metric_type']} metric of task {expected!r} but records task_type "
+                    f"{entry['task_type']!r}; set its task_type to {expected!r} (or evaluate again)"
+                )
         data.setdefault("model", None)
         data.setdefault("model_sha256", None)
         data["_source"] = name
