@@ -147,7 +147,8 @@ def overclustering(
         val: the features and masks to cluster and score.
         config: the protocol's settings; None for the defaults.
         extra_zero_classes: classes with IoU 0 added to the mean (:func:`~paka_hf.evaluation.metrics.segmentation_scores`).
-        progress: show a progress bar.
+        progress: show a progress bar over the k-means fits (one per ``K`` and seed, with an ETA; the running
+            ``K`` and seed beside it).
 
     Returns:
         One :class:`OverclusterResult` per ``K``, in order.
@@ -165,39 +166,39 @@ def overclustering(
     n, _, h, w = val.features.shape
     z = project_tokens(val, cfg.pca_dim)
     targets = resize_masks(val.masks, cfg.eval_size)
-    results = []
-    jobs = [(k, s) for k in ks for s in cfg.seeds]
-    bar = tqdm(total=len(jobs), desc="overclustering", unit="fit", disable=not progress)
-    for k in ks:
+    for k in ks:  # checked before any fit, so a bad K costs no k-means time
         if k > z.shape[0]:
             raise ValueError(f"K={k} clusters but only {z.shape[0]} patch tokens; use fewer clusters or more images")
-        per_seed = []
-        for seed in cfg.seeds:
-            rng = np.random.default_rng(seed)
-            fit = z
-            if cfg.max_fit_patches is not None and z.shape[0] > cfg.max_fit_patches:
-                fit = z[rng.choice(z.shape[0], cfg.max_fit_patches, replace=False)]
-            kmeans = KMeans(n_clusters=k, n_init=1, random_state=seed, max_iter=cfg.kmeans_max_iter).fit(fit)
-            assign = torch.from_numpy(kmeans.predict(z).astype(np.int64)).reshape(n, 1, h, w)
-            clusters = F.interpolate(assign.float(), size=targets.shape[-2:], mode="nearest-exact")[:, 0].long()
-            overlap = confusion_matrix(clusters, targets, val.num_classes, val.ignore_index, num_pred_classes=k).T
-            mapping = match_clusters(overlap, "auto")
-            conf = matched_confusion(overlap, mapping, val.num_classes)
-            per_seed.append(segmentation_scores(conf, extra_zero_classes))
-            bar.update(1)
-        values = [s.mean_iou for s in per_seed]
-        results.append(
-            OverclusterResult(
-                num_clusters=k,
-                mean_iou=float(np.mean(values)),
-                std=float(np.std(values, ddof=1)) if len(values) > 1 else None,
-                seed_values=values,
-                seeds=list(cfg.seeds),
-                per_class_iou=_nanmean_rows(np.stack([s.per_class_iou for s in per_seed])),
-                pixel_accuracy=float(np.mean([s.pixel_accuracy for s in per_seed])),
-                matching="hungarian" if k <= val.num_classes else "greedy",
-                per_seed=per_seed,
+    results = []
+    with tqdm(total=len(ks) * len(cfg.seeds), desc="overclustering", unit="fit", disable=not progress) as bar:
+        for k in ks:
+            per_seed = []
+            for seed in cfg.seeds:
+                bar.set_postfix(K=k, seed=seed)  # a fit's time grows with K: say which one runs
+                rng = np.random.default_rng(seed)
+                fit = z
+                if cfg.max_fit_patches is not None and z.shape[0] > cfg.max_fit_patches:
+                    fit = z[rng.choice(z.shape[0], cfg.max_fit_patches, replace=False)]
+                kmeans = KMeans(n_clusters=k, n_init=1, random_state=seed, max_iter=cfg.kmeans_max_iter).fit(fit)
+                assign = torch.from_numpy(kmeans.predict(z).astype(np.int64)).reshape(n, 1, h, w)
+                clusters = F.interpolate(assign.float(), size=targets.shape[-2:], mode="nearest-exact")[:, 0].long()
+                overlap = confusion_matrix(clusters, targets, val.num_classes, val.ignore_index, num_pred_classes=k).T
+                mapping = match_clusters(overlap, "auto")
+                conf = matched_confusion(overlap, mapping, val.num_classes)
+                per_seed.append(segmentation_scores(conf, extra_zero_classes))
+                bar.update(1)
+            values = [s.mean_iou for s in per_seed]
+            results.append(
+                OverclusterResult(
+                    num_clusters=k,
+                    mean_iou=float(np.mean(values)),
+                    std=float(np.std(values, ddof=1)) if len(values) > 1 else None,
+                    seed_values=values,
+                    seeds=list(cfg.seeds),
+                    per_class_iou=_nanmean_rows(np.stack([s.per_class_iou for s in per_seed])),
+                    pixel_accuracy=float(np.mean([s.pixel_accuracy for s in per_seed])),
+                    matching="hungarian" if k <= val.num_classes else "greedy",
+                    per_seed=per_seed,
+                )
             )
-        )
-    bar.close()
     return results
