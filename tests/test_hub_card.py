@@ -448,7 +448,12 @@ def _task_results(linear: float, warp: float, spair: float, rmse: float, abs_rel
 
     seg = dict(dataset_name="CamVid", dataset_type="camvid", split="val")
     nyu = dict(dataset_name="NYUv2", dataset_type="nyu_depth_v2", split="test", task_type="depth-estimation")
-    depth_settings = {**DepthProbeConfig().to_dict(), "depth_key": "rawDepths"}
+    depth_settings = {
+        **DepthProbeConfig().to_dict(),
+        "depth_key": "rawDepths",
+        "train_images": 795,
+        "test_images": 654,
+    }
     return [
         MetricResult(protocol="linear", metric_name="mIoU (linear)", value=linear, settings={"epochs": 25}, **seg),
         MetricResult(
@@ -472,7 +477,11 @@ def _task_results(linear: float, warp: float, spair: float, rmse: float, abs_rel
             split="test",
             metric_name="PCK@0.1 bbox (mean over categories)",
             value=spair,
-            settings=SPairConfig().to_dict(),
+            settings={
+                **SPairConfig().to_dict(),
+                "num_pairs": 12234,
+                "per_category_pck": {"aeroplane": spair + 10.0, "bicycle": spair - 10.0},
+            },
             task_type="keypoint-matching",
             metric_type="pck",
         ),
@@ -518,9 +527,18 @@ def test_card_has_a_table_per_task_with_units_and_lower_is_better_marked(export_
         "- *warp*: input_size=[448, 448], thresholds=[1.0, 2.0, 4.0], crop_fraction=[0.6, 1.0], flip_p=0.5, "
         "max_rotation=10.0, perspective=0.05, border_patches=0.5, seed=0" in text
     )
-    assert "- *spair*: split=test, layout=large, input_size=[448, 448], resize=pad, alpha=0.1, " in text
-    assert "- *depth*: crop=eigen, num_bins=256, use_cls_token=False, epochs=50, lr=0.0003, min_depth=0.001, " in text
-    assert "depth_key=rawDepths" in text
+    assert (
+        "- *spair*: split=test, layout=large, input_size=[448, 448], resize=pad, alpha=0.1, source_sampling=bilinear, "
+        "upsample=1, num_pairs=12234" in text
+    )
+    assert (
+        "- *depth*: crop=eigen, num_bins=256, use_cls_token=False, epochs=50, lr=0.0003, min_depth=0.001, "
+        "max_depth=10.0, depth_key=rawDepths, train_images=795, test_images=654" in text
+    )
+    # SPair-71k's categories, whose mean is the headline, in a table of their own under the keypoint table
+    categories = text.index("PCK@0.1 bbox (mean over categories) per category (SPair-71k, test; its row")
+    assert kp < categories < depth
+    assert "| aeroplane | 40.0 | 43.0 | +3.0 |\n| bicycle | 20.0 | 23.0 | +3.0 |" in text[categories:depth]
 
 
 def test_model_index_gives_each_metric_its_task_and_says_which_are_lower_is_better(export_dir, tmp_path):
@@ -583,6 +601,7 @@ def test_the_card_shows_new_metrics_only_for_the_model_that_measured_them(export
     assert {r.metric_type for r in card.data.eval_results} == {"mean_iou", "pixel_accuracy"}
     assert "| depth | NYUv2 | test | RMSE (m) ↓ | 0.512 | – | – |" in card.text
     assert "| spair | SPair-71k | test | PCK@0.1 bbox (mean over categories) | 30.0 | – | – |" in card.text
+    assert "| aeroplane | 40.0 | – | – |" in card.text
 
     other = _report("someone/another-model", _task_results(1, 2, 3, 4, 5, 6)[4:])
     (tmp_path / "other_depth.json").write_text(json.dumps(other))

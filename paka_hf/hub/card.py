@@ -272,8 +272,47 @@ def results_table(base: Sequence[Mapping[str, Any]], adapted: Sequence[Mapping[s
         for entry in entries:
             rows = tasks.setdefault(entry["task_type"], {})
             rows.setdefault(result_key(entry), {})[column] = entry
-    sections = [f"### {task_name(task)}\n\n{_task_table(rows)}" for task, rows in tasks.items() if rows]
+    sections = []
+    for task, rows in tasks.items():
+        if rows:
+            parts = [f"### {task_name(task)}", _task_table(rows)]
+            parts += [table for key, cells in rows.items() if (table := _per_category_table(key, cells))]
+            sections.append("\n\n".join(parts))
     return "\n\n".join(sections)
+
+
+#: The ``settings`` key of a result's per-category breakdown (SPair-71k's PCK of each category, the headline being
+#: their mean), shown as a table of its own under the result's task table.
+PER_CATEGORY_KEY = "per_category_pck"
+
+
+def _per_category_table(key: tuple, cells: Mapping[str, Mapping[str, Any]]) -> str:
+    """Base / PaKA / Δ per category of one row whose entries record :data:`PER_CATEGORY_KEY`; ``""`` otherwise."""
+    columns = {c: (e.get("settings") or {}).get(PER_CATEGORY_KEY) for c, e in cells.items()}
+    columns = {c: values for c, values in columns.items() if isinstance(values, Mapping) and values}
+    if not columns:
+        return ""
+    protocol, dataset, config, split, metric_type, metric_name = key
+    names = list(dict.fromkeys(name for values in columns.values() for name in values))
+
+    def cell(column: str, name: str) -> str:
+        value = columns.get(column, {}).get(name)
+        return "–" if value is None else _format_number(value, metric_type)
+
+    lines = [
+        f"{metric_name or metric_type} per category ({dataset}{f' {config}' if config else ''}, {split or '–'}; "
+        "its row in the table above is their mean):",
+        "",
+        "| Category | Base | PaKA | Δ |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name in names:
+        b, p = (columns.get(c, {}).get(name) for c in ("base", "paka"))
+        delta = (
+            _format_number(float(p) - float(b), metric_type, signed=True) if b is not None and p is not None else "–"
+        )
+        lines.append(f"| {name} | {cell('base', name)} | {cell('paka', name)} | {delta} |")
+    return "\n".join(lines)
 
 
 def read_training_config(output_dir: str | os.PathLike) -> dict[str, Any]:
@@ -836,8 +875,8 @@ def hummingbird_note(settings: Mapping[str, Any]) -> str:
 
 #: The settings the card's note gives for each protocol whose numbers depend on more than the input size, in
 #: this order (those its entry records; unset ones left out): the known-warp correspondence's warp and
-#: thresholds, SPair-71k's split, view and α, the depth probe's crop, bins and schedule. Any other protocol but
-#: Hummingbird (:func:`hummingbird_note`) shows its first eight scalar settings.
+#: thresholds, SPair-71k's split, view and α, the depth probe's crop, bins and schedule, and what each counted.
+#: Any other protocol but Hummingbird (:func:`hummingbird_note`) shows its first eight scalar settings.
 NOTE_SETTINGS = {
     "warp": (
         "input_size",
@@ -848,6 +887,7 @@ NOTE_SETTINGS = {
         "perspective",
         "border_patches",
         "seed",
+        "num_images",
     ),
     "spair": (
         "split",
@@ -859,6 +899,7 @@ NOTE_SETTINGS = {
         "upsample",
         "max_pairs_per_category",
         "max_pairs",
+        "num_pairs",
     ),
     "depth": (
         "input_size",
@@ -870,6 +911,8 @@ NOTE_SETTINGS = {
         "min_depth",
         "max_depth",
         "depth_key",
+        "train_images",
+        "test_images",
     ),
 }
 
