@@ -245,3 +245,55 @@ def test_two_images_with_one_stem_are_an_error_naming_both(tmp_path):
     Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(tmp_path / "val" / "images" / "x1.png")
     with pytest.raises(DatasetError, match=r"x1\.jpg and .*x1\.png|x1\.png and .*x1\.jpg"):
         FolderSegmentation(tmp_path, "val", NAMES, ignore_index=255)
+
+
+def test_fingerprint_follows_the_files_and_the_label_convention(tmp_path):
+    for stem in ("x1", "x2"):
+        write_pair(tmp_path / "data", "val", stem, good_mask())
+    ds = FolderSegmentation(tmp_path / "data", "val", NAMES)
+    digest = ds.fingerprint(progress=False)
+    assert len(digest) == 64 and ds.fingerprint() == digest
+    assert FolderSegmentation(tmp_path / "data", "val", NAMES).fingerprint(progress=False) == digest  # same files
+    (tmp_path / "data").rename(tmp_path / "moved")  # relative paths: a moved dataset keeps its fingerprint
+    assert FolderSegmentation(tmp_path / "moved", "val", NAMES).fingerprint(progress=False) == digest
+    assert ds.fingerprint() == digest  # computed once per object
+
+    def fingerprint(**kwargs):
+        return FolderSegmentation(tmp_path / "moved", "val", kwargs.pop("names", NAMES), **kwargs).fingerprint(
+            progress=False
+        )
+
+    assert fingerprint(names=("a", "b", "z")) != digest
+    assert fingerprint(label_map={0: 0, 1: 2, 2: 1, 255: 255}) != digest
+    assert fingerprint(on_unknown_label="ignore") != digest
+    mask_path = tmp_path / "moved" / "val" / "masks" / "x2.png"
+    mask = good_mask()
+    mask[5, 5] = 2  # one pixel of one mask
+    Image.fromarray(mask).save(mask_path)
+    changed = fingerprint()
+    assert changed != digest
+    mask_path.rename(mask_path.with_name("x3.png"))
+    (tmp_path / "moved" / "val" / "images" / "x2.jpg").rename(tmp_path / "moved" / "val" / "images" / "x3.jpg")
+    assert fingerprint() not in (digest, changed)  # renamed, same bytes
+    write_pair(tmp_path / "moved", "val", "x4", good_mask())
+    assert len(FolderSegmentation(tmp_path / "moved", "val", NAMES)) == 3 and fingerprint() != changed
+
+
+def test_hub_fingerprint_is_the_datasets_fingerprint(tmp_path):
+    datasets = pytest.importorskip("datasets")
+
+    def hub(masks):
+        data = datasets.Dataset.from_dict({"image": [Image.new("RGB", (3, 1))] * 2, "annotation": masks})
+        return HubSegmentation(HubSpec("someone/tiny-seg"), "val", NAMES, 255, load_fn=lambda *a, **k: data)
+
+    masks = [Image.fromarray(np.array([[0, 1, 2]], np.uint8)), Image.fromarray(np.array([[2, 1, 0]], np.uint8))]
+    digest = hub(masks).fingerprint(progress=False)
+    assert hub(masks).fingerprint(progress=False) == digest
+    assert hub(masks[::-1]).fingerprint(progress=False) != digest  # another order, other features
+
+
+def test_a_dataset_that_does_not_say_what_it_reads_has_no_fingerprint():
+    from paka_hf.evaluation.datasets import SegmentationDataset
+
+    with pytest.raises(NotImplementedError, match="no fingerprint"):
+        SegmentationDataset(NAMES, 255).fingerprint(progress=False)

@@ -15,6 +15,10 @@ wrong number:
 
 What was skipped, resized or ignored is in ``dataset.stats`` (a :class:`collections.Counter`).
 
+``dataset.fingerprint()`` is a sha256 that changes whenever the pairs the dataset yields could change (its
+label convention, its files' names, sizes and bytes, or a Hub dataset's ``datasets`` fingerprint); the
+on-disk feature cache (:class:`~paka_hf.evaluation.features.FeatureCache`) keys features on it.
+
 Supported sources (see ``docs/EVALUATION.md`` for the layouts and Hub ids):
 
 =================  ==========  =======  ============================================================
@@ -34,6 +38,7 @@ name               classes     ignore   on-disk layout under ``root``
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -46,6 +51,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from paka_hf.utils.errors import PaKAUserError
 from paka_hf.utils.imaging import IMAGE_SUFFIXES, is_image_file
@@ -350,6 +356,7 @@ class SegmentationDataset(Dataset):
         self.build_stats: Counter = Counter()  # counted when the dataset is built (skipped files...)
         self._item_stats: dict[int, Counter] = {}  # per item, so reading an item twice counts it once
         self._items: list[Any] = []
+        self._fingerprint: str | None = None  # computed once per dataset object
 
     @property
     def stats(self) -> Counter:
@@ -439,6 +446,48 @@ class SegmentationDataset(Dataset):
             "split": self.split,
         }
 
+    def fingerprint(self, progress: bool = True) -> str:
+        """sha256 (hex) of everything the ``(image, mask)`` pairs depend on; computed once per dataset object.
+
+        It covers the dataset's class, name and split, its label convention (class names, ignore index, the
+        raw → class table, the ``on_*`` policies) and its content, in item order (:meth:`_hash_content`): for
+        files, each image's and mask's path relative to the dataset's common folder, byte size and sha256 (so
+        a moved dataset keeps its fingerprint and a changed, renamed, added or removed file changes it);
+        for Hub data, the ``datasets`` fingerprint. Reading every file costs about 1 s per GB of data
+        (sha256 at ~1 GB/s on one core, plus the reads): 0.12 s measured for CamVid's 468 train + val images
+        and their masks (936 files, 30 MB).
+
+        Args:
+            progress: show a progress bar while files are hashed.
+
+        Returns:
+            The hex digest.
+
+        Raises:
+            NotImplementedError: a subclass that does not say what its content is.
+        """
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            convention = {
+                "class": f"{type(self).__module__}.{type(self).__qualname__}",
+                "name": self.name,
+                "split": self.split,
+                "class_names": list(self.class_names),
+                "ignore_index": self.ignore_index,
+                "label_table": self._table.tolist(),
+                "on_size_mismatch": self.on_size_mismatch,
+                "on_unknown_label": self.on_unknown_label,
+                "items": len(self),
+            }
+            digest.update(json.dumps(convention, sort_keys=True).encode())
+            self._hash_content(digest, progress)
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    def _hash_content(self, digest: Any, progress: bool) -> None:
+        """Feed ``digest`` with what the items are read from, in item order (subclasses)."""
+        raise NotImplementedError(f"{type(self).__name__} has no fingerprint of its content")
+
     @property
     def display_name(self) -> str:
         """The dataset's name as results and messages show it (``"CamVid"``, ``"Pascal VOC 2012"``...)."""
@@ -484,6 +533,21 @@ def _pair_files(
 
 
 class _FileDataset(SegmentationDataset):
+    def _hash_content(self, digest: Any, progress: bool) -> None:
+        """Each item's image and mask: path relative to the common folder, byte size, sha256 of the bytes."""
+        # absolute, not resolved: a symlinked file keeps its own name, not its target's
+        paths = [Path(os.path.abspath(path)) for item in self._items for path in item]
+        root = Path(os.path.commonpath(paths)) if paths else Path()
+        for path in tqdm(paths, desc=f"fingerprint {self.name} {self.split}", unit="file", disable=not progress):
+            content = hashlib.sha256()
+            size = 0
+            with open(path, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    content.update(chunk)
+                    size += len(chunk)
+            relative = path.relative_to(root).as_posix()
+            digest.update(json.dumps([relative, size, content.hexdigest()]).encode())
+
     def _load_raw(self, index: int) -> tuple[Image.Image, np.ndarray, str]:
         image_path, mask_path = self._items[index]
         with Image.open(image_path) as image:
@@ -873,6 +937,17 @@ class HubSegmentation(SegmentationDataset):
         self._data, self._spec = data, spec
         self._items = list(range(len(data)))
         self._display_name = display_name or spec.repo_id
+
+    def _hash_content(self, digest: Any, progress: bool) -> None:
+        """The Hub dataset's id, config, columns and the ``datasets`` fingerprint of its (cast) table.
+
+        ``datasets`` derives that fingerprint from the table's state: for data read from its cache files, their
+        names and modification times (a re-download changes it); for a table built in memory
+        (``Dataset.from_dict``), its content. Rows that hold file paths are hashed as paths, not as file bytes.
+        """
+        spec = self._spec
+        parts = [spec.repo_id, spec.config_name, spec.image_column, spec.mask_column, self._data._fingerprint]
+        digest.update(json.dumps(parts).encode())
 
     def _load_raw(self, index: int) -> tuple[Image.Image, np.ndarray, str]:
         row = self._data[index]
