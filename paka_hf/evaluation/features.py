@@ -257,7 +257,6 @@ def build_image_mask_transform(
     return v2.Compose([*geometric, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
 
 
-@torch.inference_mode()
 def mask_storage_dtype(num_classes: int, ignore_index: int) -> torch.dtype:
     """The smallest integer dtype that holds every class id ``0..num_classes − 1`` and ``ignore_index``
     exactly: ``uint8``, ``int16`` or ``int32`` (masks of a whole split are kept in memory, so the
