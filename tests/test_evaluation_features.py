@@ -21,7 +21,7 @@ from paka_hf.evaluation.features import (
     _TransformedDataset,
     build_image_mask_transform,
     extract_features,
-    weights_sha256,
+    module_weights_sha256,
 )
 from paka_hf.modeling.backbones import PatchBackbone
 from paka_hf.testing import write_random_images
@@ -167,18 +167,18 @@ def entries(cache_dir: Path) -> list[Path]:
 
 def test_weights_sha256_sees_every_value_dtype_and_buffer(model_dir):
     one, two = PatchBackbone.from_pretrained(model_dir), PatchBackbone.from_pretrained(model_dir)
-    digest = weights_sha256(one)
-    assert len(digest) == 64 and weights_sha256(two) == digest  # same weights, another object
+    digest = module_weights_sha256(one)
+    assert len(digest) == 64 and module_weights_sha256(two) == digest  # same weights, another object
     with torch.no_grad():
         next(two.parameters()).view(-1)[0] += 1e-3  # one value of one tensor
-    assert weights_sha256(two) != digest
+    assert module_weights_sha256(two) != digest
     with torch.no_grad():
         next(two.parameters()).view(-1)[0] -= 1e-3
-    assert weights_sha256(two) == digest
-    assert weights_sha256(PatchBackbone.from_pretrained(model_dir).to(torch.float64)) != digest
+    assert module_weights_sha256(two) == digest
+    assert module_weights_sha256(PatchBackbone.from_pretrained(model_dir).to(torch.float64)) != digest
     with_buffer = PatchBackbone.from_pretrained(model_dir)
     with_buffer.register_buffer("scale", torch.ones(2), persistent=False)
-    assert weights_sha256(with_buffer) != digest
+    assert module_weights_sha256(with_buffer) != digest
 
 
 def test_a_second_run_loads_the_features_bit_identical_without_a_forward_pass(model_dir, dataset, tmp_path, caplog):
@@ -187,7 +187,7 @@ def test_a_second_run_loads_the_features_bit_identical_without_a_forward_pass(mo
     first = FeatureCache(PatchBackbone.from_pretrained(model_dir), cache_dir=cache_dir, batch_size=3, progress=False)
     fresh = first.get(dataset, **OPTIONS)
     (entry,) = entries(cache_dir)
-    assert entry.parent.name == weights_sha256(first.backbone)[:16] and entry.name.startswith("folder-val-")
+    assert entry.parent.name == module_weights_sha256(first.backbone)[:16] and entry.name.startswith("folder-val-")
     assert any("feature cache miss" in r.message and str(entry) in r.message for r in caplog.records)
     sidecar = json.loads(entry.with_suffix(".json").read_text())
     assert sidecar["key"]["extraction"] == {
@@ -260,7 +260,7 @@ def test_a_changed_weight_or_model_config_never_reuses_an_entry(model_dir, datas
     config.layer_norm_eps = 1e-3
     other = save_random_model(tmp_path / "eps", config)
     cache = FeatureCache(PatchBackbone.from_pretrained(other), cache_dir=cache_dir, progress=False)
-    assert weights_sha256(cache.backbone) == weights_sha256(PatchBackbone.from_pretrained(model_dir))
+    assert module_weights_sha256(cache.backbone) == module_weights_sha256(PatchBackbone.from_pretrained(model_dir))
     cache.get(dataset, **OPTIONS)
     assert not cache.loaded and len(entries(cache_dir)) == 3
 

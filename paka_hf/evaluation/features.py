@@ -34,7 +34,7 @@ kept on disk, one folder per model and two files per entry::
         "features_bytes" and "features_sha256", "shapes", "patch_size", "num_classes", "ignore_index",
         "extraction_seconds", "device", "batch_size", "created", "paka_hf_version"
 
-The key (``key_sha256`` is the sha256 of its canonical JSON) is: the weights (:func:`weights_sha256`), the
+The key (``key_sha256`` is the sha256 of its canonical JSON) is: the weights (:func:`module_weights_sha256`), the
 backbone's class and config (:func:`backbone_description`), the dataset's
 :meth:`~paka_hf.evaluation.datasets.SegmentationDataset.fingerprint`, and every setting that changes the
 features (input size, augment, passes, mean, std, the number of images kept, the feature dtype; for
@@ -385,7 +385,7 @@ FEATURE_CACHE_FORMAT = 1
 #: The file suffixes of an entry: the tensors, then the sidecar written last that makes the entry valid.
 FEATURES_SUFFIX, SIDECAR_SUFFIX = ".safetensors", ".json"
 # Config fields that do not change what a backbone computes: where it was loaded from, which library version
-# wrote it, its declared dtype and architecture names (the weights' own dtypes are in weights_sha256).
+# wrote it, its declared dtype and architecture names (the weights' own dtypes are in module_weights_sha256).
 _VOLATILE_CONFIG_KEYS = (
     "_name_or_path",
     "transformers_version",
@@ -396,7 +396,7 @@ _VOLATILE_CONFIG_KEYS = (
 )
 
 
-def weights_sha256(module: torch.nn.Module) -> str:
+def module_weights_sha256(module: torch.nn.Module) -> str:
     """sha256 (hex) of a module's weights: every parameter and buffer (non-persistent ones included).
 
     Tensors are taken in sorted name order; each contributes its name, dtype and shape (as a length-prefixed JSON
@@ -466,7 +466,7 @@ class FeatureCache:
     On disk (``cache_dir`` set; layout, atomic writes and clearing in the module docstring), an entry is
     keyed by:
 
-    * ``weights_sha256``: :func:`weights_sha256` of the backbone, computed once per cache (the backbone is
+    * ``weights_sha256``: :func:`module_weights_sha256` of the backbone, computed once per cache (the backbone is
       frozen for the cache's life, as the in-memory memo already assumes);
     * ``backbone``: :func:`backbone_description` (class, config, attention implementation, patch size);
     * ``dataset``: its ``fingerprint()`` (:meth:`~paka_hf.evaluation.datasets.SegmentationDataset.fingerprint`);
@@ -583,7 +583,7 @@ class FeatureCache:
 
     def _key_parts(self, dataset: Any, options: dict[str, Any]) -> dict[str, Any]:
         if self._weights_sha256 is None:
-            self._weights_sha256 = weights_sha256(self.backbone)
+            self._weights_sha256 = module_weights_sha256(self.backbone)
         augment = bool(options.get("augment", False))
         workers = int(options.get("num_workers", 0))
         max_images = options.get("max_images")
