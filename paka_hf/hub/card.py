@@ -1,8 +1,9 @@
 """The model card: ``paka_hf/hub/templates/paka_model_card.md`` rendered with ``huggingface_hub.ModelCard``.
 
-Hub metadata, a ``model-index`` with every evaluation result of the adapted model, a base-vs-PaKA
-results table, a usage snippet that runs as written, the training configuration (secrets redacted) and
-compute, pictures from :mod:`paka_hf.apps.pictures` and the paper's citation.
+Hub metadata, a ``model-index`` with every evaluation result of the adapted model, base-vs-PaKA results
+tables (one per task: segmentation, keypoint matching, depth estimation; :func:`results_table`), a usage snippet
+that runs as written, the training configuration (secrets redacted) and compute, pictures from
+:mod:`paka_hf.apps.pictures` and the paper's citation.
 """
 
 from __future__ import annotations
