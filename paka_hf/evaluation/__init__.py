@@ -1,4 +1,5 @@
-"""Dense evaluation of frozen patch features: linear probe, overclustering, Hummingbird retrieval.
+"""Dense evaluation of frozen patch features: linear probe, overclustering, Hummingbird retrieval, known-warp
+correspondence, SPair-71k keypoint transfer and a linear depth probe.
 
 Public API (see ``docs/EVALUATION.md``)::
 
@@ -6,15 +7,23 @@ Public API (see ``docs/EVALUATION.md``)::
     report = run_evaluation("facebook/dinov2-small", "camvid", ["linear", "hummingbird"], data_dir="data/camvid")
     report.save("results.json")
 
+    from paka_hf.evaluation import comparison_table, evaluate_models
+    reports = evaluate_models(["facebook/dinov2-small", "out/my_paka"], protocols=["warp"], warp_images="photos/")
+    print(comparison_table(reports))
+
 Lower-level pieces work on :class:`DenseFeatures` directly (``linear_probe``, ``overclustering``,
-``hummingbird_retrieval``), so any feature extractor can be scored.
+``hummingbird_retrieval``), so any feature extractor can be scored; the correspondence and depth protocols are
+in :mod:`.correspondence`, :mod:`.spair` and :mod:`.depth`.
 
 ``__all__`` lists what a user calls. The benchmark classes (``CamVid``, ``VOCSegmentation``...), the metric
 helpers (``confusion_matrix``, ``hungarian_match``...) and the constants (``BENCHMARKS``, ``PROTOCOLS``,
-``HUB_SPECS``, ``METRIC_PATH``) are importable from here too, and documented in their modules.
+``SEGMENTATION_PROTOCOLS``, ``HUB_SPECS``, ``METRIC_PATH``) are importable from here too, and documented in their
+modules.
 """
 
 # Importable from here as well, outside __all__: the building blocks and constants behind the calls above.
+from paka_hf.evaluation.compare import comparison_table
+from paka_hf.evaluation.correspondence import CorrespondenceConfig
 from paka_hf.evaluation.datasets import (
     ADE20K as ADE20K,
 )
@@ -49,6 +58,7 @@ from paka_hf.evaluation.datasets import (
     VOCSegmentation as VOCSegmentation,
 )
 from paka_hf.evaluation.datasets import load_segmentation_dataset, read_class_names
+from paka_hf.evaluation.depth import DepthProbeConfig
 from paka_hf.evaluation.features import DenseFeatures, extract_features
 from paka_hf.evaluation.features import (
     FeatureCache as FeatureCache,
@@ -96,15 +106,24 @@ from paka_hf.evaluation.results import (
 from paka_hf.evaluation.runner import (
     PROTOCOLS as PROTOCOLS,
 )
-from paka_hf.evaluation.runner import EvaluationSettings, run_evaluation
+from paka_hf.evaluation.runner import (
+    SEGMENTATION_PROTOCOLS as SEGMENTATION_PROTOCOLS,
+)
+from paka_hf.evaluation.runner import EvaluationSettings, evaluate_models, run_evaluation
+from paka_hf.evaluation.spair import SPairConfig
 
 __all__ = [
+    "CorrespondenceConfig",
     "DenseFeatures",
+    "DepthProbeConfig",
     "EvaluationReport",
     "EvaluationSettings",
     "HummingbirdConfig",
     "LinearProbeConfig",
     "OverclusterConfig",
+    "SPairConfig",
+    "comparison_table",
+    "evaluate_models",
     "extract_features",
     "hummingbird_retrieval",
     "linear_probe",
