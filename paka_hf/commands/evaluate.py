@@ -1,4 +1,4 @@
-r"""Dense evaluation of a supported ViT checkpoint (DINOv2, DINOv2R, DINOv3, SigLIP / SigLIP 2, CLIP): linear probe, overclustering, Hummingbird.
+r"""Evaluation of supported ViT checkpoints (DINOv2, DINOv2R, DINOv3, SigLIP / SigLIP 2, CLIP): linear probe, overclustering, Hummingbird, known-warp correspondence, SPair-71k, depth.
 
 Examples::
 
@@ -8,19 +8,41 @@ Examples::
         --class_names sky,road,car --ignore_index 255 --protocol overcluster --num_clusters 3,100
     python scripts/evaluate.py --model_name_or_path out/ --dataset_name camvid --data_dir data/camvid \
         --protocol all --input_size 224,308 --max_images 50     # a quick CPU run
+    python scripts/evaluate.py --model_name_or_path out/ --protocol warp,spair,depth --warp_images photos/ \
+        --spair_dir data/SPair-71k --depth_dir data/nyu_depth_v2_labeled.mat --depth_splits_file data/splits.mat
+    python scripts/evaluate.py --model_name_or_path facebook/dinov2-small out/ --dataset_name camvid \
+        --data_dir data/camvid --protocol all,warp --output_file cmp/results.json   # two models, compared
 
-A user error (missing folder, bad mask, missing class names) prints one line ``error: ...`` and exits
-with status 2; ``--debug`` shows its traceback.
+Protocols (``--protocol``, comma-separated): ``linear``, ``overcluster`` and ``hummingbird`` on the labelled
+segmentation benchmark ``--dataset_name`` (``all`` means these three); ``warp`` (known-warp correspondence) on
+``--warp_images DIR``, or without it on the images of ``--dataset_name``'s ``--val_split``; ``spair`` on
+``--spair_dir`` (the SPair-71k archive); ``depth`` (linear depth probe) on ``--depth_dir``: NYUv2's
+``nyu_depth_v2_labeled.mat`` with ``--depth_splits_file splits.mat``, or a folder holding
+``{train,test}/images`` and ``{train,test}/depth`` (``--depth_train_split`` / ``--depth_test_split``). A protocol
+whose data is not given stops the run with one line naming the flag.
 
-Defaults are the protocols' settings (docs/EVALUATION.md): every option but the model and data ones is
-a field of ``EvaluationSettings``, ``LinearProbeConfig``, ``OverclusterConfig`` or ``HummingbirdConfig``
-(``paka_hf.evaluation``) with that field's default, so the command and the library cannot drift apart.
-Where a protocol's field shares its name with another's, the flag carries the protocol's prefix
-(``--linear_batch_size``, ``--hummingbird_eval_size``; ``--knn_backend`` is Hummingbird's ``backend``:
-``auto``, ``torch``, ``faiss``, or the approximate ``faiss_ivf`` with ``--ivf_nlist`` / ``--ivf_nprobe``);
-``--seed`` and ``--device`` are the run's and every protocol's, ``--eval_size`` is the linear probe's and
-overclustering's. ``--published_conventions`` reproduces the published ADE20K-over-151-classes and
-Hummingbird std-0.255 conventions. ``paka-evaluate`` is the same command.
+Several models (``--model_name_or_path BASE ADAPTED ...``): each is evaluated with the same protocols and settings
+on data loaded once, its features in its own cache. ``--output_file out/results.json`` then writes one file per
+model, ``out/results.<model slug>.json`` (:func:`per_model_files`: the model's id or path with every character
+other than letters, digits, ``.``, ``_`` and ``-`` made ``_``; a slug shared by two models gets ``-<position>``),
+and ``out/results.comparison.md``, the side-by-side table (:func:`~paka_hf.evaluation.compare.comparison_table`:
+each metric, each model, and each model's difference to the first with ``better`` / ``worse``), which is also
+printed. One model writes ``--output_file`` itself, as before.
+
+A user error (missing folder, bad mask, missing class names, a protocol without its data) prints one line
+``error: ...`` and exits with status 2; ``--debug`` shows its traceback.
+
+Defaults are the protocols' settings (docs/EVALUATION.md): every option but the model and data ones is a field of
+``EvaluationSettings``, ``LinearProbeConfig``, ``OverclusterConfig``, ``HummingbirdConfig``,
+``CorrespondenceConfig`` (warp), ``SPairConfig`` or ``DepthProbeConfig`` (``paka_hf.evaluation``) with that
+field's default, so the command and the library cannot drift apart. Where a protocol's field shares its name with
+another's, the flag carries the protocol's prefix (``--linear_batch_size``, ``--hummingbird_eval_size``,
+``--warp_input_size``, ``--spair_input_size``, ``--depth_epochs``...; ``--knn_backend`` is Hummingbird's
+``backend``: ``auto``, ``torch``, ``faiss``, or the approximate ``faiss_ivf`` with ``--ivf_nlist`` /
+``--ivf_nprobe``); ``--seed`` and ``--device`` are the run's and every protocol's, ``--batch_size`` is also the
+warp's and SPair's, ``--eval_size`` is the linear probe's and overclustering's. ``--published_conventions``
+reproduces the published ADE20K-over-151-classes and Hummingbird std-0.255 conventions. ``paka-evaluate`` is the
+same command.
 """
 
 from __future__ import annotations
@@ -28,8 +50,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import re
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from paka_hf.commands import StrictHfArgumentParser
@@ -37,16 +63,26 @@ from paka_hf.commands.cli import configure_logging, run_script
 from paka_hf.evaluation import (
     BENCHMARKS,
     PROTOCOLS,
+    SEGMENTATION_PROTOCOLS,
+    CorrespondenceConfig,
+    DepthProbeConfig,
+    EvaluationReport,
     EvaluationSettings,
     HubSpec,
     HummingbirdConfig,
     LinearProbeConfig,
     OverclusterConfig,
+    SPairConfig,
+    comparison_table,
+    evaluate_models,
     read_class_names,
     run_evaluation,
 )
+from paka_hf.evaluation.compare import value_text
+from paka_hf.evaluation.depth import CROPS
 from paka_hf.evaluation.hummingbird import MEMORY_SAMPLING
 from paka_hf.evaluation.knn import KNN_BACKENDS
+from paka_hf.evaluation.spair import LAYOUTS, RESIZE_MODES, SAMPLING_MODES, SPLITS
 from paka_hf.utils.paths import check_local_path
 
 
@@ -64,6 +100,17 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
 
 
+def _pair(text: str) -> tuple[float, float]:
+    values = _floats(text)
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError(f"expected two comma-separated numbers (low,high), got {text!r}")
+    return (values[0], values[1])
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
 def _size(text: str) -> int | tuple[int, int]:
     values = _ints(text)
     if len(values) == 1:
@@ -77,16 +124,34 @@ def _size(text: str) -> int | tuple[int, int]:
 class EvaluationArguments:
     """The model and the data: what ``run_evaluation`` takes besides its ``EvaluationSettings``."""
 
-    model_name_or_path: str = field(
-        metadata={"help": "Hub id or local directory of a supported checkpoint (DINOv2, DINOv3, SigLIP, CLIP...)"}
+    model_name_or_path: list[str] = field(
+        metadata={
+            "help": "Hub id or local directory of a supported checkpoint (DINOv2, DINOv3, SigLIP, CLIP...); several "
+            "are evaluated in turn and compared with the first"
+        }
     )
-    dataset_name: str = field(metadata={"help": f"one of {', '.join(BENCHMARKS)}"})
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": f"segmentation benchmark: one of {', '.join(BENCHMARKS)}; needed by the segmentation protocols "
+            "(and by warp without --warp_images)"
+        },
+    )
     data_dir: str | None = field(default=None, metadata={"help": "on-disk dataset root; without it the Hub copy"})
     protocol: str = field(
         default="linear",
-        metadata={"help": f"{', '.join(PROTOCOLS)}, a comma-separated list, or 'all' (features are shared)"},
+        metadata={
+            "help": f"{', '.join(PROTOCOLS)}, or a comma-separated list; 'all' is the segmentation protocols "
+            f"{','.join(SEGMENTATION_PROTOCOLS)} (their features are shared)"
+        },
     )
-    output_file: str = field(default="results.json", metadata={"help": "results JSON (see docs/EVALUATION.md)"})
+    output_file: str = field(
+        default="results.json",
+        metadata={
+            "help": "results JSON (see docs/EVALUATION.md); with several models OUT.<model slug>.json each and "
+            "OUT.comparison.md (OUT: this path without .json)"
+        },
+    )
     train_split: str = "train"
     val_split: str = "val"
     class_names: str | None = field(
@@ -107,6 +172,32 @@ class EvaluationArguments:
     hub_config: str | None = None
     image_column: str = "image"
     mask_column: str = "annotation"
+    warp_images: str | None = field(
+        default=None, metadata={"help": "warp: a folder of images (default: the images of --dataset_name's val split)"}
+    )
+    spair_dir: str | None = field(
+        default=None, metadata={"help": "spair: the SPair-71k archive (the SPair-71k folder or the folder holding it)"}
+    )
+    depth_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "depth: NYUv2's nyu_depth_v2_labeled.mat (with --depth_splits_file), or a folder holding "
+            "<split>/images and <split>/depth (16-bit PNG millimetres or .npy metres)"
+        },
+    )
+    depth_splits_file: str | None = field(
+        default=None, metadata={"help": "depth on NYUv2's .mat: its splits.mat (trainNdxs, testNdxs)"}
+    )
+    depth_key: Literal["rawDepths", "depths"] = field(
+        default="rawDepths",
+        metadata={"help": "depth on NYUv2's .mat: the sensor's rawDepths or the in-painted depths"},
+    )
+    depth_train_split: str = field(
+        default="train", metadata={"help": "depth: the training split (NYUv2: train or all; a folder: its sub-folder)"}
+    )
+    depth_test_split: str = field(
+        default="test", metadata={"help": "depth: the test split (NYUv2: test or all; a folder: its sub-folder)"}
+    )
 
 
 # The options generated from the library's dataclasses. A protocol field whose name is taken on the command
@@ -118,15 +209,70 @@ SECTIONS = {
     "linear": LinearProbeConfig,
     "overcluster": OverclusterConfig,
     "hummingbird": HummingbirdConfig,
+    "warp": CorrespondenceConfig,
+    "spair": SPairConfig,
+    "depth": DepthProbeConfig,
 }
 FLAG_NAMES = {
     "linear": {"batch_size": "linear_batch_size"},
     "hummingbird": {"eval_size": "hummingbird_eval_size", "backend": "knn_backend"},
+    "warp": {"input_size": "warp_input_size", "thresholds": "warp_thresholds", "max_images": "warp_max_images"},
+    "spair": {
+        "split": "spair_split",
+        "layout": "spair_layout",
+        "input_size": "spair_input_size",
+        "resize": "spair_resize",
+        "alpha": "spair_alpha",
+        "alphas": "spair_alphas",
+        "categories": "spair_categories",
+    },
+    "depth": {
+        "input_size": "depth_input_size",
+        "crop": "depth_crop",
+        "epochs": "depth_epochs",
+        "batch_size": "depth_batch_size",
+        "lr": "depth_lr",
+        "betas": "depth_betas",
+        "weight_decay": "depth_weight_decay",
+    },
 }
-SHARED = {"linear": {"seed": "seed"}, "overcluster": {"eval_size": "eval_size"}, "hummingbird": {"seed": "seed"}}
-FROM_RUNNER = {"settings": ("linear", "overcluster", "hummingbird"), "linear": ("device",), "hummingbird": ("device",)}
-CONVERTERS = {"input_size": _size, "crop_scale": _floats, "num_clusters": _ints, "seeds": _ints}
-CHOICES = {"knn_backend": KNN_BACKENDS, "memory_sampling": MEMORY_SAMPLING}
+SHARED = {
+    "linear": {"seed": "seed"},
+    "overcluster": {"eval_size": "eval_size"},
+    "hummingbird": {"seed": "seed"},
+    "warp": {"seed": "seed", "batch_size": "batch_size"},
+    "spair": {"batch_size": "batch_size"},
+    "depth": {"seed": "seed"},
+}
+FROM_RUNNER = {
+    "settings": ("linear", "overcluster", "hummingbird", "warp", "spair", "depth"),
+    "linear": ("device",),
+    "hummingbird": ("device",),
+    "depth": ("device",),
+}
+CONVERTERS = {
+    "input_size": _size,
+    "crop_scale": _floats,
+    "num_clusters": _ints,
+    "seeds": _ints,
+    "warp_input_size": _size,
+    "warp_thresholds": _floats,
+    "crop_fraction": _pair,
+    "spair_input_size": _size,
+    "spair_alphas": _floats,
+    "spair_categories": _names,
+    "depth_input_size": _size,
+    "depth_betas": _pair,
+}
+CHOICES = {
+    "knn_backend": KNN_BACKENDS,
+    "memory_sampling": MEMORY_SAMPLING,
+    "spair_split": tuple(SPLITS),
+    "spair_layout": LAYOUTS,
+    "spair_resize": RESIZE_MODES,
+    "source_sampling": SAMPLING_MODES,
+    "depth_crop": CROPS,
+}
 HELP = {
     "input_size": "N or H,W (multiples of the patch size); default 448 (linear, overcluster) / 504 (hummingbird)",
     "crop_scale": "min,max area of the augmented training crops",
@@ -152,6 +298,46 @@ HELP = {
     "ivf_nprobe": "faiss_ivf: lists searched per query",
     "recall_sample": "faiss_ivf: query patches on which recall@k against exact search is measured (0: none)",
     "hummingbird_eval_size": "default: the input resolution",
+    "feature_cache_dir": "keep the segmentation features on disk across runs (one sub-folder per model's weights); "
+    "default: in memory, for this run",
+    "warp_input_size": "N or H,W of both views (multiples of the patch size)",
+    "warp_thresholds": "comma-separated PCK thresholds in patches (at least 0.71 for a perfect matcher to reach 100)",
+    "warp_max_images": "the first N images only; default: --max_images",
+    "crop_fraction": "low,high side fraction of the warp's crop (zoom 1/fraction)",
+    "flip_p": "probability of a left-right flip of the warped view",
+    "max_rotation": "warp rotations in [-max, max] degrees (at most 45)",
+    "perspective": "corner shift of the warp's homography, fraction of the side (at most 0.25)",
+    "brightness": "warped view's brightness jitter (0: none)",
+    "contrast": "warped view's contrast jitter (0: none)",
+    "saturation": "warped view's saturation jitter (0: none)",
+    "hue": "warped view's hue jitter in [0, 0.5] (0: none)",
+    "border_patches": "evaluate a patch when its true match is at least this many patches inside the warped view",
+    "spair_split": "SPair-71k split (test: the benchmark's 12,234 pairs)",
+    "spair_layout": "SPair-71k pair lists of Layout/<layout>/",
+    "spair_input_size": "N or H,W of the views (multiples of the patch size)",
+    "spair_resize": "pad (aspect kept, white padding; Probe3D) or stretch",
+    "spair_alpha": "the headline alpha of PCK@alpha (bbox)",
+    "spair_alphas": "comma-separated alphas reported in the settings (the headline one added)",
+    "source_sampling": "SPair source feature at a keypoint: bilinear between patch centres, or the nearest patch",
+    "upsample": "SPair: upsample the target grid by this integer factor before the search",
+    "spair_categories": "SPair: comma-separated categories only; default: all",
+    "max_pairs_per_category": "SPair: the first N pairs of each category only",
+    "max_pairs": "SPair: the first N pairs only",
+    "depth_input_size": "N or H,W (multiples of the patch size); default: 480x640 rounded to patch multiples",
+    "depth_crop": "eigen (NYUv2's evaluation crop) or none",
+    "depth_epochs": "depth probe's passes over the training images",
+    "depth_batch_size": "depth probe's images per training step",
+    "depth_lr": "depth probe's AdamW peak learning rate",
+    "depth_betas": "depth probe's AdamW betas (b1,b2)",
+    "depth_weight_decay": "depth probe's AdamW weight decay",
+    "use_cls_token": "depth: concatenate the CLS token to every patch token",
+    "num_bins": "depth bins (1: a regression)",
+    "min_depth": "smallest depth predicted and scored, metres",
+    "max_depth": "largest depth predicted and scored, metres",
+    "warmup_fraction": "depth probe: fraction of the steps of linear warm-up (cosine to 0 after)",
+    "grad_clip": "depth probe: gradient norm limit",
+    "variance_weight": "depth probe: SigLoss's lambda (0.85)",
+    "sigloss_warmup_steps": "depth probe: first steps on SigLoss's mean term only",
 }
 
 
@@ -254,24 +440,84 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvaluationArguments, Eval
     return EvaluationArguments(**{name: getattr(args, name) for name in names}), evaluation_settings(args)
 
 
+def model_slug(model: str | os.PathLike) -> str:
+    """The part of a results file's name that names ``model``: its id or path with every run of characters other
+    than letters, digits, ``.``, ``_`` and ``-`` made one ``_``, leading and trailing ``.`` and ``_`` dropped (no
+    hidden files), its last :data:`SLUG_LENGTH` characters kept.
+
+    Args:
+        model: a Hub id or a local path, as given.
+
+    Returns:
+        e.g. ``facebook_dinov2-small`` for ``facebook/dinov2-small``, ``out_my_paka`` for ``./out/my_paka/``;
+        ``model`` for a name with none of those characters.
+    """
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", os.fspath(model)).strip("._")
+    return slug[-SLUG_LENGTH:].strip("._") or "model"
+
+
+#: The longest model slug (the end of the path is kept: it names the model, the start names folders).
+SLUG_LENGTH = 100
+
+
+def per_model_files(output_file: str, models: Sequence[str]) -> tuple[list[str], str]:
+    """Where a run of several models writes: ``<base>.<slug>.json`` per model and ``<base>.comparison.md``.
+
+    ``<base>`` is ``output_file`` without its ``.json`` suffix; ``<slug>`` is :func:`model_slug`, and when two
+    models share a slug (``a/b`` and ``a_b``, or one model given twice) each of them gets ``-<position>``
+    (1-based, in the order of ``--model_name_or_path``), so no file overwrites another.
+
+    Args:
+        output_file: ``--output_file``.
+        models: the models, in order.
+
+    Returns:
+        ``(one results file per model, the comparison file)``.
+    """
+    base = output_file[: -len(".json")] if output_file.lower().endswith(".json") else output_file
+    slugs = [model_slug(model) for model in models]
+    unique = [slug if slugs.count(slug) == 1 else f"{slug}-{position}" for position, slug in enumerate(slugs, 1)]
+    return [f"{base}.{slug}.json" for slug in unique], f"{base}.comparison.md"
+
+
+def _protocols(text: str) -> list[str]:
+    """``--protocol``: a comma-separated list, ``all`` standing for the segmentation protocols."""
+    protocols: list[str] = []
+    for name in (p.strip() for p in text.split(",")):
+        protocols.extend(SEGMENTATION_PROTOCOLS if name == "all" else [name])
+    return protocols
+
+
+def _print_report(report: EvaluationReport, timings: dict[str, float], path: str) -> None:
+    for result in report.results:
+        print(f"{result.dataset_name} {result.split} {result.metric_name}: {value_text(result)}")
+    print("wall seconds:", json.dumps({k: round(v, 1) for k, v in timings.items()}))
+    print(f"results written to {path}")
+
+
 def main(argv: list[str] | None = None) -> dict:
-    """Evaluate, write ``--output_file``, print one line per result.
+    """Evaluate, write ``--output_file`` (or one file per model and the comparison), print one line per result.
 
     Args:
         argv: the command-line arguments; ``sys.argv[1:]`` when ``None``.
 
     Returns:
-        The results as a dict (:meth:`EvaluationReport.to_dict`), as written to ``--output_file``.
+        One model: its results as a dict (:meth:`EvaluationReport.to_dict`), as written to ``--output_file``.
+        Several: ``{"reports": [one such dict per model], "files": [their paths], "comparison": the table,
+        "comparison_file": its path}``.
 
     Raises:
-        PaKAUserError: for a bad option, a missing ``--model_name_or_path`` folder or ``--data_dir``, or data the
-            evaluation cannot use (raised by the dataset loaders and the runner).
+        PaKAUserError: for a bad option, a missing ``--model_name_or_path`` folder or data path, a protocol
+            without its data, or data the evaluation cannot use (raised by the dataset loaders and the runner).
     """
     args, settings = parse_args(argv)
     configure_logging()
-    check_local_path(args.model_name_or_path, "--model_name_or_path")  # a mistyped folder never reaches the Hub
-    check_local_path(args.data_dir, "--data_dir", always=True)
-    protocols = list(PROTOCOLS) if args.protocol == "all" else [p.strip() for p in args.protocol.split(",")]
+    models = args.model_name_or_path
+    for model in models:
+        check_local_path(model, "--model_name_or_path")  # a mistyped folder never reaches the Hub
+    for flag in ("data_dir", "warp_images", "spair_dir", "depth_dir", "depth_splits_file"):
+        check_local_path(getattr(args, flag), f"--{flag}", always=True)
+    protocols = _protocols(args.protocol)
     dataset_kwargs = {"on_size_mismatch": args.on_size_mismatch, "on_unknown_label": args.on_unknown_label}
     if args.data_dir is not None:
         dataset_kwargs["on_missing"] = args.on_missing
@@ -283,25 +529,56 @@ def main(argv: list[str] | None = None) -> dict:
         dataset_kwargs["ignore_index"] = args.ignore_index
     if args.hub_dataset_id:
         dataset_kwargs["hub_spec"] = HubSpec(args.hub_dataset_id, args.image_column, args.mask_column, args.hub_config)
-    timings: dict[str, float] = {}
-    report = run_evaluation(
-        args.model_name_or_path,
-        args.dataset_name,
-        protocols,
+    options = dict(
         data_dir=args.data_dir,
         train_split=args.train_split,
         val_split=args.val_split,
         settings=settings,
-        timings=timings,
+        warp_images=args.warp_images,
+        spair_dir=args.spair_dir,
+        depth_dir=args.depth_dir,
+        depth_splits_file=args.depth_splits_file,
+        depth_key=args.depth_key,
+        depth_train_split=args.depth_train_split,
+        depth_test_split=args.depth_test_split,
         **dataset_kwargs,
     )
-    report.save(args.output_file)
-    for result in report.results:
-        spread = f" ± {result.std:.2f}" if result.std is not None else ""
-        print(f"{result.dataset_name} {result.split} {result.metric_name}: {result.value:.2f}{spread}")
-    print("wall seconds:", json.dumps({k: round(v, 1) for k, v in timings.items()}))
-    print(f"results written to {args.output_file}")
-    return report.to_dict()
+    if len(models) == 1:
+        timings: dict[str, float] = {}
+        report = run_evaluation(models[0], args.dataset_name, protocols, timings=timings, **options)
+        report.save(args.output_file)
+        _print_report(report, timings, args.output_file)
+        return report.to_dict()
+
+    files, comparison_file = per_model_files(args.output_file, models)
+    saved: list[str] = []
+    per_model_timings: list[dict[str, float]] = []
+
+    def save(report: EvaluationReport) -> None:  # as each model finishes: a later failure keeps the earlier files
+        path = files[len(saved)]
+        report.save(path)
+        saved.append(path)
+        print(f"== {report.model}")
+        _print_report(report, per_model_timings[-1] if per_model_timings else {}, path)
+
+    reports = evaluate_models(
+        models, args.dataset_name, protocols, timings=per_model_timings, on_report=save, **options
+    )
+    table = comparison_table(reports)
+    Path(comparison_file).write_text(
+        f"# Evaluation of {len(models)} models\n\nThe differences are to the first model, {models[0]}; better and "
+        "worse follow each metric's direction (mIoU, PCK and δ1 up; RMSE and AbsRel down).\n\n"
+        f"{table}\n",
+        encoding="utf-8",
+    )
+    print(table)
+    print(f"comparison written to {comparison_file}")
+    return {
+        "reports": [r.to_dict() for r in reports],
+        "files": files,
+        "comparison": table,
+        "comparison_file": comparison_file,
+    }
 
 
 def cli_main() -> int:
