@@ -52,6 +52,7 @@ from paka_hf import __version__
 from paka_hf.modeling.export import weights_sha256
 from paka_hf.utils.errors import MissingPathError, PaKAUserError
 from paka_hf.utils.files import WEIGHTS_FILE
+from paka_hf.utils.metric_types import HIGHER_IS_BETTER, TASK_OF_METRIC  # noqa: F401 (re-exported)
 
 #: The version of the schema above that this package writes and the newest it reads; a change to the schema that
 #: an older reader would misread raises it (and CHANGELOG.md's "File formats" records it).
@@ -74,20 +75,6 @@ RESULT_KEYS = (
     "seeds",
 )
 TOP_KEYS = ("format_version", "paka_hf_version", "date", "model", "model_sha256", "results")
-
-#: Every ``metric_type`` a result may carry, and whether a larger value is better (comparison tables use it to
-#: say which model wins). ``mean_iou``, ``pixel_accuracy``, ``pck`` and ``delta1`` are percentages; ``rmse`` is in
-#: metres; ``abs_rel`` is a ratio. Segmentation protocols report ``mean_iou`` (task ``semantic-segmentation``),
-#: correspondence protocols ``pck`` (task ``keypoint-matching``), the depth probe ``rmse``, ``delta1`` and
-#: ``abs_rel`` (task ``depth-estimation``); the task names are the Hub's pipeline tags.
-HIGHER_IS_BETTER = {
-    "mean_iou": True,
-    "pixel_accuracy": True,
-    "pck": True,
-    "delta1": True,
-    "rmse": False,
-    "abs_rel": False,
-}
 
 
 class ResultsFileError(PaKAUserError, ValueError):

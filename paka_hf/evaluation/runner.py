@@ -65,7 +65,7 @@ from paka_hf.evaluation.features import FeatureCache, as_size, published_humming
 from paka_hf.evaluation.hummingbird import HummingbirdConfig, hummingbird_retrieval
 from paka_hf.evaluation.linear import LinearProbeConfig, linear_probe
 from paka_hf.evaluation.overcluster import OverclusterConfig, overclustering
-from paka_hf.evaluation.results import EvaluationReport, MetricResult
+from paka_hf.evaluation.results import TASK_OF_METRIC, EvaluationReport, MetricResult
 from paka_hf.evaluation.spair import ARCHIVE_FOLDER, SPairConfig, SPairResult, spair_keypoint_transfer
 from paka_hf.utils.errors import ConfigError
 
@@ -76,9 +76,6 @@ SEGMENTATION_PROTOCOLS = ("linear", "overcluster", "hummingbird")
 #: Every protocol: the segmentation ones, then known-warp correspondence, SPair-71k and the depth probe.
 PROTOCOLS = (*SEGMENTATION_PROTOCOLS, "warp", "spair", "depth")
 DEFAULT_INPUT_SIZE = {"linear": 448, "overcluster": 448, "hummingbird": 504}
-#: The Hub task (pipeline tag) of the correspondence protocols' results and of the depth probe's.
-CORRESPONDENCE_TASK = "keypoint-matching"
-DEPTH_TASK = "depth-estimation"
 #: The depth probe's reported numbers: the :class:`~.depth.DepthScores` field (also the ``metric_type``, whose
 #: direction :data:`~.results.HIGHER_IS_BETTER` gives) and the metric's name.
 DEPTH_METRICS = (("rmse", "RMSE (depth)"), ("delta1", "δ1 (depth)"), ("abs_rel", "AbsRel (depth)"))
@@ -807,7 +804,7 @@ def _warp_results(result: CorrespondenceResult, source: dict[str, Any], origin: 
                 metric_name=f"PCK@{tau:g} {'patch' if tau == 1 else 'patches'} (warp)",
                 value=result.pck[i],
                 settings=settings,
-                task_type=CORRESPONDENCE_TASK,
+                task_type=TASK_OF_METRIC["pck"],
                 metric_type="pck",
                 **source,
             )
@@ -843,7 +840,7 @@ def _spair_result(result: SPairResult, spair_dir: str | os.PathLike) -> MetricRe
         metric_name=f"PCK@{result.alpha:g} bbox (spair)",
         value=result.pck,
         settings=settings,
-        task_type=CORRESPONDENCE_TASK,
+        task_type=TASK_OF_METRIC["pck"],
         metric_type="pck",
     )
 
@@ -889,7 +886,7 @@ def _depth_results(
             metric_name=metric_name,
             value=getattr(scores, metric),
             settings=settings,
-            task_type=DEPTH_TASK,
+            task_type=TASK_OF_METRIC[metric],
             metric_type=metric,
             **source,
         )

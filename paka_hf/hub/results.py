@@ -13,7 +13,7 @@ columns of the card by that record:
   the same folder or of the previous push), and two files that measure the same metric (protocol,
   dataset, split, metric) for the same model, since the card could show only one of them.
 
-Each entry's ``metric_type`` decides its task (:data:`TASK_OF_METRIC`: segmentation, keypoint matching, depth
+Each entry's ``metric_type`` decides its task (:data:`~paka_hf.utils.metric_types.TASK_OF_METRIC`: segmentation, keypoint matching, depth
 estimation) and whether a smaller number is better (:func:`higher_is_better`); an entry whose ``task_type``
 contradicts its metric type is refused when the file is read, so a number never lands in another task's
 ``model-index`` entry. A metric type not in :data:`TASK_OF_METRIC` (a protocol of one's own) keeps the
@@ -28,22 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from paka_hf.utils.errors import PaKAUserError
+from paka_hf.utils.metric_types import HIGHER_IS_BETTER, TASK_OF_METRIC
 
 #: What every result entry needs (not null) to become a ``model-index`` result on the card.
 CARD_RESULT_KEYS = ("task_type", "dataset_name", "metric_type", "value")
-
-#: The task (the Hub's ``model-index`` ``task.type``, a pipeline tag) of each metric type the evaluation writes
-#: (:data:`paka_hf.evaluation.results.HIGHER_IS_BETTER` lists the same types): segmentation protocols report
-#: mIoU and pixel accuracy, the correspondence protocols (known warp, SPair-71k) PCK, the depth probe RMSE,
-#: AbsRel and δ₁. The card shows one results table per task, in this order.
-TASK_OF_METRIC = {
-    "mean_iou": "semantic-segmentation",
-    "pixel_accuracy": "semantic-segmentation",
-    "pck": "keypoint-matching",
-    "rmse": "depth-estimation",
-    "abs_rel": "depth-estimation",
-    "delta1": "depth-estimation",
-}
 
 #: The ``model-index`` ``task.name`` of each task (the Hub's names of these pipeline tags); another task type is
 #: named by its words, title-cased.
@@ -68,7 +56,7 @@ def task_name(task_type: str) -> str:
 
 def higher_is_better(metric_type: str) -> bool:
     """Whether a larger value of ``metric_type`` is better (the evaluation's
-    :data:`~paka_hf.evaluation.results.HIGHER_IS_BETTER`; an unknown type counts as higher-is-better, as
+    :data:`~paka_hf.utils.metric_types.HIGHER_IS_BETTER`; an unknown type counts as higher-is-better, as
     :attr:`~paka_hf.evaluation.results.MetricResult.higher_is_better` does).
 
     Args:
@@ -77,8 +65,6 @@ def higher_is_better(metric_type: str) -> bool:
     Returns:
         False for ``rmse`` and ``abs_rel``, True otherwise.
     """
-    from paka_hf.evaluation.results import HIGHER_IS_BETTER  # lazily: see load_eval_results
-
     return HIGHER_IS_BETTER.get(metric_type, True)
 
 
