@@ -79,8 +79,11 @@ def test_exact_faiss_and_torch_give_the_same_neighbours_and_miou():
     assert report_t["knn_exact"] and report_f["knn_exact"] and report_f["knn_recall_at_k"] is None
 
 
-def test_auto_picks_faiss_on_the_cpu_and_torch_on_a_gpu():
+def test_auto_picks_faiss_on_the_cpu_and_torch_on_a_gpu(monkeypatch):
     _faiss()
+    from paka_hf.evaluation import knn
+
+    monkeypatch.setattr(knn, "fast_bf16_matmul", lambda: False)  # else torch_bf16 (tests/test_evaluation_knn.py)
     assert resolve_backend("auto") == "faiss" and resolve_backend("auto", "cpu") == "faiss"
     assert resolve_backend("auto", "cuda") == "torch"  # no GPU needed: only the name is resolved
     assert resolve_backend("faiss_ivf", "cuda") == "faiss_ivf"
@@ -163,6 +166,7 @@ def test_faiss_backends_without_faiss_say_how_to_install(monkeypatch):
     from paka_hf.evaluation import knn
 
     monkeypatch.setattr(knn, "_faiss", lambda: None)
+    monkeypatch.setattr(knn, "fast_bf16_matmul", lambda: False)  # else auto is torch_bf16
     keys = torch.nn.functional.normalize(torch.randn(50, 4), dim=-1)
     for backend in ("faiss", "faiss_ivf"):
         with pytest.raises(ImportError, match=r"paka_hf\[faiss\]"):

@@ -24,7 +24,9 @@ similarity ``s_j = ⟨q, k_j⟩`` and predicts
 The ``C × h × w`` soft prediction of an image is upsampled bilinearly to the evaluation size (by
 default the input resolution, where the masks live) and its argmax scored against the ground truth.
 
-The k-NN search (:mod:`paka_hf.evaluation.knn`) is exact by default (torch, or faiss ``IndexFlatIP``); the
+The k-NN search (:mod:`paka_hf.evaluation.knn`) is exact by default: ``"auto"`` runs ``torch_bf16`` on a CPU
+with AMX (a bf16 scan whose proven error bound selects the keys re-scored in fp32: exact fp32 search's
+neighbours, ~4× faster than faiss), else faiss ``IndexFlatIP`` or torch (fp32 products; torch on a GPU); the
 approximate ``faiss_ivf`` backend (``IndexIVFFlat``, ``nlist`` / ``nprobe``) has its recall@k against exact
 search measured on a fixed sample of the queries and reported (:func:`hummingbird_retrieval`'s
 ``search_report``, the results JSON's settings). docs/EVALUATION.md lists every difference from the reference
@@ -72,14 +74,14 @@ class HummingbirdConfig:
         memory_sampling: which patches of a map a bounded bank keeps, ``"rare_class"`` (the reference
             evaluator's rule: patches of the map's rarer classes first) or ``"uniform"``.
         eval_size: the side the masks are scored at; None for the input resolution.
-        backend: the k-NN backend, ``"auto"``, ``"torch"``, ``"faiss"`` (exact) or ``"faiss_ivf"``
-            (approximate; :mod:`paka_hf.evaluation.knn`).
+        backend: the k-NN backend, ``"auto"``, ``"torch"``, ``"torch_bf16"``, ``"faiss"`` (exact) or
+            ``"faiss_ivf"`` (approximate; :mod:`paka_hf.evaluation.knn`).
         ivf_nlist: ``faiss_ivf``: the inverted lists (k-means cells); 512 as the reference's ScaNN leaves.
         ivf_nprobe: ``faiss_ivf``: the lists searched per query; 32 as the reference's ScaNN leaves searched.
         recall_sample: ``faiss_ivf``: the query patches (a fixed random sample of those searched) on which its
             recall@k against exact search is measured; 0 to skip.
-        query_chunk: query patches per search chunk.
-        key_chunk: keys per chunk of the torch search.
+        query_chunk: query patches per search chunk (``torch_bf16`` splits a chunk among its worker threads).
+        key_chunk: keys per chunk of the torch search (``torch_bf16`` uses its own cache-sized tiles).
         seed: the seed of the memory bank's draw, the IVF k-means and the recall sample.
         device: where the k-NN search runs; None for the CPU.
 
