@@ -90,9 +90,9 @@ def test_the_teacher_is_the_student_with_the_ema_adapters_in_eval_mode():
     with torch.no_grad():
         for param in adapter_parameters(backbone).values():
             param.add_(1.0)
-    old = {name: t.clone() for name, t in model.teacher.adapter_state().items()}
+    old = {name: t.clone() for name, t in model.teacher.trained_state().items()}
     model.update_teacher(0.5)
-    for name, tensor in model.teacher.adapter_state().items():
+    for name, tensor in model.teacher.trained_state().items():
         torch.testing.assert_close(tensor, old[name] + 0.5)
     assert all(torch.equal(before[n], p) for n, p in base_parameters(backbone).items())
 
@@ -108,7 +108,7 @@ def test_training_leaves_the_base_bit_identical_and_exports_merged_model_and_ada
     assert any(not torch.equal(p, adapters_before[n]) for n, p in adapter_parameters(student).items())
     # and the teacher's adapters moved too, but trail the student's
     name = next(n for n in adapters_before if ".lora_B." in n)
-    teacher_b = trainer.model.teacher.adapter_state()[name]
+    teacher_b = trainer.model.teacher.trained_state()[name]
     assert not torch.equal(teacher_b, adapters_before[name]) and not torch.equal(teacher_b, student.state_dict()[name])
 
     out = trainer.export_backbone(tmp_path / "export")

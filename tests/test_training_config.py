@@ -12,6 +12,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 import paka_hf.training.config as config_module
 from paka_hf.losses import KERNELS, LOSSES, SCOPES
+from paka_hf.modeling.lora import LORA_VARIANTS
 from paka_hf.modeling.model import STUDENT_VIEWS
 from paka_hf.training.config import COLLAPSE_ACTIONS, DATASET_FORMATS, PaKAConfig
 from paka_hf.utils.errors import ConfigError
@@ -26,6 +27,7 @@ ENUMERATED = {
     "view_rendering": RENDERINGS,
     "dataset_format": DATASET_FORMATS,
     "collapse_action": COLLAPSE_ACTIONS,
+    "lora_variant": LORA_VARIANTS,
 }
 
 

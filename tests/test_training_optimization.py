@@ -76,3 +76,82 @@ def test_optimizer_groups_of_a_paka_model():
         "student/decay",
         "student/no_decay",
     }
+
+
+def test_lora_groups_take_the_adapters_learning_rate_and_weight_decay_and_the_rest_the_backbones():
+    pytest.importorskip("peft")
+    from paka_hf.modeling.lora import LoRASettings, add_lora, is_adapter_parameter
+
+    torch.manual_seed(0)
+    backbone = PatchBackbone.from_config(tiny_dinov2_config(registers=2, layers=3))
+    add_lora(backbone, LoRASettings(rank=4, variant="dora", unfrozen_blocks=1, train_norms=True))
+    model = PaKAModel(backbone, ProjectionHead(backbone.hidden_size, 16, 8))
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = {
+        g["name"]: g
+        for g in optimizer_groups(model, 1e-5, 1e-4, 0.04, lora_learning_rate=3e-4, lora_weight_decay=0.01)
+    }
+    assert list(groups) == [
+        "student/decay",
+        "student/no_decay",
+        "student_lora/decay",
+        "student_lora/no_decay",
+        "student_head/decay",
+        "student_head/no_decay",
+    ]
+    lr_decay = {name: (g["lr"], g["weight_decay"], g[SCHEDULED_DECAY_KEY]) for name, g in groups.items()}
+    assert lr_decay == {
+        "student/decay": (1e-5, 0.04, True),  # the unfrozen block's matrices: backbone lr, on the schedule
+        "student/no_decay": (1e-5, 0.0, False),  # its biases, every trained norm and layer scale
+        "student_lora/decay": (3e-4, 0.01, False),  # lora_A, lora_B: their own lr and constant decay
+        "student_lora/no_decay": (3e-4, 0.0, False),  # DoRA's magnitudes (1-D)
+        "student_head/decay": (1e-4, 0.04, True),
+        "student_head/no_decay": (1e-4, 0.0, False),
+    }
+
+    def members(group: str) -> set[str]:
+        return {names[id(p)] for p in groups[group]["params"]}
+
+    prefix = "student.model.encoder.layer."
+    assert members("student/decay") == {
+        f"{prefix}2.{part}.weight"
+        for part in (
+            "attention.q_proj",
+            "attention.k_proj",
+            "attention.v_proj",
+            "attention.o_proj",
+            "mlp.fc1",
+            "mlp.fc2",
+        )
+    }
+    no_decay = members("student/no_decay")
+    assert f"{prefix}0.norm1.weight" in no_decay and f"{prefix}1.layer_scale2.lambda1" in no_decay
+    assert f"{prefix}2.mlp.fc1.bias" in no_decay and f"{prefix}2.norm2.bias" in no_decay
+    assert not any(is_adapter_parameter(name) for name in no_decay | members("student/decay"))
+    assert all(".lora_A." in n or ".lora_B." in n for n in members("student_lora/decay"))
+    assert members("student_lora/no_decay") and all(
+        ".lora_magnitude_vector." in n for n in members("student_lora/no_decay")
+    )
+    grouped = [id(p) for g in groups.values() for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters() if p.requires_grad)  # each once
+    # unset, the adapters follow the backbone's learning rate and the weight-decay schedule
+    default = {g["name"]: g for g in optimizer_groups(model, 1e-5, 1e-4, 0.04)}
+    assert (default["student_lora/decay"]["lr"], default["student_lora/decay"]["weight_decay"]) == (1e-5, 0.04)
+    assert default["student_lora/decay"][SCHEDULED_DECAY_KEY] is True
+
+
+def test_the_weight_decay_schedule_leaves_a_constant_lora_weight_decay_alone():
+    from types import SimpleNamespace
+
+    from paka_hf.training.trainer import WeightDecayScheduleCallback
+
+    optimizer = SimpleNamespace(
+        param_groups=[
+            {"name": "student/decay", SCHEDULED_DECAY_KEY: True, "weight_decay": 0.04},
+            {"name": "student_lora/decay", SCHEDULED_DECAY_KEY: False, "weight_decay": 0.01},
+        ]
+    )
+    args = SimpleNamespace(weight_decay=0.04, weight_decay_end=0.5)
+    WeightDecayScheduleCallback().on_step_begin(args, SimpleNamespace(global_step=50, max_steps=100), None, optimizer)
+    assert optimizer.param_groups[0]["weight_decay"] == pytest.approx(0.27)
+    assert optimizer.param_groups[1]["weight_decay"] == 0.01

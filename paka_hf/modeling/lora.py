@@ -6,33 +6,52 @@ A wrapped linear layer ``y = W x + b`` computes
 
 .. math::
 
-    y = W x + b + \frac{\alpha}{r} B A x, \qquad A \in \mathbb{R}^{r \times d_{in}},\;
+    y = W x + b + s\, B A x, \qquad A \in \mathbb{R}^{r \times d_{in}},\;
     B \in \mathbb{R}^{d_{out} \times r},
 
 with ``W``, ``b`` frozen and ``B = 0`` at the start (peft's initialisation), so the student starts as the base
 model. Only ``A`` and ``B`` (and the optional projection head) train.
 
-**The teacher shares the base.** PaKA's teacher is the EMA of the student (docs/METHOD.md). The base weights
-never change, so the teacher differs from the student only in its adapters: :class:`LoRATeacher` keeps an
-EMA copy of the adapter tensors alone,
+**Variants** (:class:`LoRASettings` ``variant``, passed to ``peft.LoraConfig``):
+
+- ``lora``: the scale is ``s = α / r``.
+- ``rslora`` (rank-stabilised LoRA, Kalajdzievski 2023, arXiv 2312.03732; ``use_rslora``): ``s = α / √r``, so
+  the update's size does not shrink as the rank grows. Same parameters and cost as ``lora``.
+- ``dora`` (weight-decomposed LoRA, Liu et al. 2024, arXiv 2402.09353; ``use_dora``): the weight is split into a
+  trained magnitude ``m ∈ R^{d_out}`` (one number per output row, initialised to the row norms of ``W``) and a
+  direction, ``W' = m ⊙ (W + s B A) / ‖W + s B A‖_row``; ``d_out`` more parameters per wrapped layer, and every
+  forward computes the row norms of ``W + s B A`` (a ``d_out × d_in`` product).
+
+**More than adapters.** ``unfrozen_blocks = N`` trains the last ``N`` transformer blocks fully, every weight of
+them, with no adapter inside them (ExPLoRA, Khanna et al. 2024, arXiv 2406.10973); ``train_norms`` trains the
+LayerNorms and LayerScales (DINOv2/v3 ``layer_scale1/2``) of the blocks that carry adapters. Those weights are
+the student's own tensors (``requires_grad``), not peft's ``modules_to_save`` copies, so training holds no second
+copy of them; the export adds them to the adapter (below).
+
+**The teacher shares the frozen base.** PaKA's teacher is the EMA of the student (docs/METHOD.md). The frozen
+weights never change, so the teacher differs from the student only in what trains: :class:`LoRATeacher` keeps
+an EMA copy of the *trained* tensors alone (:func:`trained_parameters`: adapters, DoRA magnitudes, unfrozen
+blocks, trained norms),
 
 .. math::
 
-    A_t \leftarrow m A_t + (1 - m) A_s, \qquad B_t \leftarrow m B_t + (1 - m) B_s,
+    \theta_t \leftarrow m\,\theta_t + (1 - m)\,\theta_s \quad \text{for every trained tensor } \theta,
 
-and runs the student's own modules with ``(A_t, B_t)`` put in place of ``(A_s, B_s)``
-(``torch.func.functional_call``), in eval mode and without gradients. The weights ``W`` exist once in memory,
+and runs the student's own modules with those copies put in place of the student's
+(``torch.func.functional_call``), in eval mode and without gradients. The frozen weights exist once in memory,
 not twice, and the EMA step touches ``2 r (d_in + d_out)`` numbers per wrapped layer instead of
-``d_in d_out``. (The EMA of the factors is not the EMA of the product: the teacher's update is
-``B_t A_t``, not ``EMA(B A)``. Both start at zero and both follow the student; the factor form is what
-fits in the memory of one backbone.)
+``d_in d_out``; an unfrozen block costs the teacher a full copy of it, as in full post-training. (The EMA of
+the factors is not the EMA of the product: the teacher's update is ``B_t A_t``, not ``EMA(B A)``. Both start at
+zero and both follow the student; the factor form is what fits in the memory of one backbone.)
 
-**Export** (:func:`export_lora_backbone`): the merged model ``W + (α/r) B A`` as a plain ``transformers``
-folder (no ``peft`` needed to load it), and the adapter alone in its ``adapter/`` sub-folder, which
-``PeftModel.from_pretrained(base, folder, subfolder="adapter")`` loads onto the base checkpoint.
+**Export** (:func:`export_lora_backbone`): the merged model (``W + s B A``, or DoRA's ``W'``, with the unfrozen
+blocks and trained norms as trained) as a plain ``transformers`` folder (no ``peft`` needed to load it), and the
+adapter in its ``adapter/`` sub-folder, which ``PeftModel.from_pretrained(base, folder, subfolder="adapter")``
+loads onto the base checkpoint. The unfrozen blocks and trained norms go into the adapter as peft's
+``modules_to_save`` (listed in its ``adapter_config.json``), so the adapter on the base gives the trained model.
 
-Not trained under LoRA: the patch embedding, the position embeddings, the CLS and register tokens (bare
-``nn.Parameter``s, which peft's ``modules_to_save`` cannot hold) and the norms.
+Never trained under LoRA: the patch embedding, the position embeddings, the CLS and register tokens (bare
+``nn.Parameter``s, which peft's ``modules_to_save`` cannot hold) and the final norm after the last block.
 """
 
 from __future__ import annotations
@@ -51,7 +70,7 @@ from torch import nn
 
 from paka_hf.modeling.backbones import PatchBackbone, resolve_lora_targets, vision_config
 from paka_hf.modeling.teacher import EMAPairs
-from paka_hf.utils.errors import ConfigError, check_positive_int
+from paka_hf.utils.errors import ConfigError, check_choice, check_positive_int
 from paka_hf.utils.files import ADAPTER_DIR, CARD_FILE
 
 #: How to get the optional dependency, in every error that needs it.
@@ -62,6 +81,12 @@ ADAPTER_NAME = "default"
 GRADIENT_CHECKPOINTING_DEPRECATION = r"`is_gradient_checkpointing` is deprecated"
 #: A module path with one of these parts is an attention projection (DINOv2/v3 ``attention``, CLIP/SigLIP ``self_attn``).
 _ATTENTION_PARTS = re.compile(r"(^|\.)(attention|self_attn|attn)(\.|$)")
+#: The adapter kinds (``lora_variant``): plain LoRA, DoRA (peft's ``use_dora``), rsLoRA (peft's ``use_rslora``).
+LORA_VARIANTS = ("lora", "dora", "rslora")
+#: The parts of a parameter name that peft gives an adapter tensor: the two factors and DoRA's magnitude.
+ADAPTER_NAME_PARTS = (".lora_A.", ".lora_B.", ".lora_magnitude_vector.")
+#: Class-name endings of the modules ``train_norms`` trains in the adapted blocks (beside ``nn.LayerNorm``).
+_NORM_CLASS_ENDINGS = ("LayerNorm", "RMSNorm", "LayerScale")
 
 
 def import_peft():
@@ -82,24 +107,31 @@ def import_peft():
 
 @dataclass(frozen=True)
 class LoRASettings:
-    """The adapter: ``rank`` r, ``alpha`` α (the update is scaled by α / r), ``dropout`` on the adapter's
-    input, ``target_modules`` (short names such as ``q_proj``; ``None``: the family's default from
-    :func:`paka_hf.modeling.backbones.lora_target_modules`).
+    """The adapter: ``rank`` r, ``alpha`` α (the update is scaled by α / r, or α / √r for rsLoRA), ``dropout`` on
+    the adapter's input, ``target_modules`` (short names such as ``q_proj``; ``None``: the family's default from
+    :func:`paka_hf.modeling.backbones.lora_target_modules`), the ``variant`` and what trains beside the adapters.
 
     Args:
         rank: the adapter rank r.
         alpha: the scale α.
         dropout: dropout on the adapter's input, in [0, 1).
         target_modules: short names of the layers to wrap, or None for the family's default.
+        variant: one of :data:`LORA_VARIANTS` (``lora``, ``dora``, ``rslora``; the module docstring).
+        unfrozen_blocks: the last N transformer blocks train fully and carry no adapter (0: none).
+        train_norms: the LayerNorms and LayerScales of the blocks with adapters train too.
 
     Raises:
-        ConfigError: ``rank < 1``, ``alpha <= 0`` or ``dropout`` outside [0, 1).
+        ConfigError: ``rank < 1``, ``alpha <= 0``, ``dropout`` outside [0, 1), an unknown ``variant`` or
+            ``unfrozen_blocks < 0``.
     """
 
     rank: int = 16
     alpha: float = 16.0
     dropout: float = 0.0
     target_modules: tuple[str, ...] | None = None
+    variant: str = "lora"
+    unfrozen_blocks: int = 0
+    train_norms: bool = False
 
     def __post_init__(self):
         check_positive_int("lora_rank", self.rank)
@@ -107,6 +139,71 @@ class LoRASettings:
             raise ConfigError(f"lora_alpha must be positive, got {self.alpha}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.dropout}")
+        check_choice("lora_variant", self.variant, LORA_VARIANTS)
+        if self.unfrozen_blocks < 0:
+            raise ConfigError(f"lora_unfrozen_blocks must be a whole number >= 0, got {self.unfrozen_blocks!r}")
+
+
+def block_names(backbone: PatchBackbone) -> list[str]:
+    """The names of the transformer blocks inside ``backbone.model`` (the family's ``block_pattern``), in depth order.
+
+    Args:
+        backbone: a backbone, with or without adapters (peft keeps the blocks' names).
+
+    Returns:
+        The block names, e.g. ``["encoder.layer.0", "encoder.layer.1"]``.
+    """
+    block = re.compile(rf"^{backbone.family.block_pattern}$")
+    return [name for name, _ in backbone.model.named_modules() if block.match(name)]
+
+
+def _is_norm_or_layer_scale(module: nn.Module) -> bool:
+    """Whether ``train_norms`` trains this module: a norm or a layer scale that holds parameters of its own."""
+    if not any(True for _ in module.parameters(recurse=False)):
+        return False
+    return isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)) or type(module).__name__.endswith(
+        _NORM_CLASS_ENDINGS
+    )
+
+
+def fully_trained_modules(backbone: PatchBackbone, settings: LoRASettings) -> list[str]:
+    """The modules (names inside ``backbone.model``) that ``settings`` trains whole: the last ``unfrozen_blocks``
+    blocks, then, with ``train_norms``, every norm and layer scale of the other blocks; in model order.
+
+    Args:
+        backbone: the backbone (before or after :func:`add_lora`).
+        settings: the adapter's settings.
+
+    Returns:
+        The module names.
+
+    Raises:
+        ConfigError: ``unfrozen_blocks`` leaves no block for the adapters, or ``train_norms`` finds no norm.
+    """
+    blocks = block_names(backbone)
+    count = settings.unfrozen_blocks
+    if count >= len(blocks):
+        raise ConfigError(
+            f"lora_unfrozen_blocks {count} leaves no block for the adapters: this {backbone.family.title} model has "
+            f"{len(blocks)}; set it below {len(blocks)}, or train every weight with use_lora: false"
+        )
+    adapted, unfrozen = blocks[: len(blocks) - count], blocks[len(blocks) - count :]
+    norms = []
+    if settings.train_norms:
+        for block in adapted:
+            module = backbone.model.get_submodule(block)
+            norms += [f"{block}.{name}" for name, child in module.named_modules() if _is_norm_or_layer_scale(child)]
+        if not norms:
+            raise ConfigError(
+                f"lora_train_norms found no LayerNorm or LayerScale in the blocks of this {backbone.family.title} "
+                "model; set lora_train_norms: false"
+            )
+    order = {name: index for index, (name, _) in enumerate(backbone.model.named_modules())}
+    return sorted(unfrozen + norms, key=order.__getitem__)
+
+
+def _inside(name: str, modules: list[str] | tuple[str, ...]) -> bool:
+    return any(name == module or name.startswith(module + ".") for module in modules)
 
 
 def check_lora_targets(backbone: PatchBackbone, targets: tuple[str, ...] | list[str] | None = None) -> list[str]:
@@ -132,8 +229,7 @@ def check_lora_targets(backbone: PatchBackbone, targets: tuple[str, ...] | list[
     family = backbone.family
     inner = backbone.model
     default = list(family.lora_targets(vision_config(inner.config)))
-    block = re.compile(rf"^{family.block_pattern}$")
-    blocks = [name for name, _ in inner.named_modules() if block.match(name)]
+    blocks = block_names(backbone)
 
     def short(name: str) -> str:
         return name.rsplit(".", 1)[-1]
@@ -159,12 +255,14 @@ def check_lora_targets(backbone: PatchBackbone, targets: tuple[str, ...] | list[
 
 
 def add_lora(backbone: PatchBackbone, settings: LoRASettings, base_model_name_or_path: str | None = None) -> list[str]:
-    """Put trainable LoRA adapters into ``backbone`` in place and freeze everything else; returns the wrapped names.
+    """Put trainable LoRA adapters into ``backbone`` in place and freeze everything else but the modules
+    ``settings`` trains whole (:func:`fully_trained_modules`); returns the wrapped names.
 
     The ``transformers`` model keeps its place (``backbone.model``) and its parameter names, except that a
     wrapped layer's weight becomes ``<layer>.base_layer.weight`` beside ``<layer>.lora_A.default.weight`` and
-    ``<layer>.lora_B.default.weight``. The ``peft.PeftModel`` around it is kept for export
-    (:func:`peft_model_of`), outside the module tree so that no tensor is listed twice.
+    ``<layer>.lora_B.default.weight`` (and, for DoRA, ``<layer>.lora_magnitude_vector.default.weight``). The
+    layers of the last ``unfrozen_blocks`` blocks are not wrapped. The ``peft.PeftModel`` around it is kept for
+    export (:func:`peft_model_of`), outside the module tree so that no tensor is listed twice.
 
     Args:
         backbone: the backbone, changed in place.
@@ -175,19 +273,25 @@ def add_lora(backbone: PatchBackbone, settings: LoRASettings, base_model_name_or
         The full names of the wrapped layers.
 
     Raises:
-        ConfigError: ``peft`` is missing, the backbone already has adapters, or the targets are not a whole set
-            (:func:`check_lora_targets`).
+        ConfigError: ``peft`` is missing, the backbone already has adapters, the targets are not a whole set
+            (:func:`check_lora_targets`), or ``unfrozen_blocks``/``train_norms`` do not fit the model
+            (:func:`fully_trained_modules`).
     """
     peft = import_peft()
     if is_lora_backbone(backbone):
         raise ConfigError("this backbone already has LoRA adapters")
-    targets = check_lora_targets(backbone, settings.target_modules)
+    whole = fully_trained_modules(backbone, settings)
+    # An unfrozen block trains every weight itself: an adapter inside it would only add a second path to the same
+    # update. (Its norms are in `whole` too, being inside it.)
+    targets = [name for name in check_lora_targets(backbone, settings.target_modules) if not _inside(name, whole)]
     config = peft.LoraConfig(
         r=settings.rank,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
         target_modules=targets,
         bias="none",
+        use_dora=settings.variant == "dora",
+        use_rslora=settings.variant == "rslora",
         base_model_name_or_path=base_model_name_or_path,
     )
     with warnings.catch_warnings():
@@ -198,7 +302,10 @@ def add_lora(backbone: PatchBackbone, settings: LoRASettings, base_model_name_or
         peft_model = peft.get_peft_model(backbone.model, config, adapter_name=ADAPTER_NAME)
     if base_model_name_or_path is not None:
         peft_model.peft_config[ADAPTER_NAME].base_model_name_or_path = base_model_name_or_path
+    for name in whole:  # after peft, which froze every parameter but the adapters'
+        backbone.model.get_submodule(name).requires_grad_(True)
     backbone.__dict__["_peft_model"] = peft_model  # not a submodule (see the docstring)
+    backbone.__dict__["_fully_trained_modules"] = tuple(whole)
     return targets
 
 
@@ -231,8 +338,21 @@ def peft_model_of(backbone: PatchBackbone):
     return backbone.__dict__["_peft_model"]
 
 
+def is_adapter_parameter(name: str) -> bool:
+    """Whether a parameter name is one of peft's adapter tensors (``lora_A``, ``lora_B``, DoRA's magnitude).
+
+    Args:
+        name: a parameter name.
+
+    Returns:
+        True for an adapter tensor.
+    """
+    return any(part in name for part in ADAPTER_NAME_PARTS)
+
+
 def adapter_parameters(backbone: PatchBackbone) -> dict[str, nn.Parameter]:
-    """The adapter tensors (``lora_A``/``lora_B`` weights) by their names in ``backbone``, in model order.
+    """The adapter tensors (``lora_A``/``lora_B`` weights, DoRA's ``lora_magnitude_vector``) by their names in
+    ``backbone``, in model order.
 
     Args:
         backbone: a backbone, with or without adapters.
@@ -240,20 +360,52 @@ def adapter_parameters(backbone: PatchBackbone) -> dict[str, nn.Parameter]:
     Returns:
         ``{name: parameter}``; empty without adapters.
     """
-    return {name: param for name, param in backbone.named_parameters() if ".lora_A." in name or ".lora_B." in name}
+    return {name: param for name, param in backbone.named_parameters() if is_adapter_parameter(name)}
 
 
-def base_parameters(backbone: PatchBackbone) -> dict[str, nn.Parameter]:
-    """Every other parameter of ``backbone``: the frozen base.
+def fully_trained_module_names(backbone: PatchBackbone) -> tuple[str, ...]:
+    """The modules :func:`add_lora` left trainable whole (unfrozen blocks, trained norms), names inside
+    ``backbone.model``.
 
     Args:
         backbone: a backbone, with or without adapters.
 
     Returns:
-        ``{name: parameter}`` of every parameter not in :func:`adapter_parameters`.
+        The names; empty without adapters or without such modules.
     """
-    adapters = adapter_parameters(backbone)
-    return {name: param for name, param in backbone.named_parameters() if name not in adapters}
+    return getattr(backbone, "__dict__", {}).get("_fully_trained_modules", ())
+
+
+def trained_parameters(backbone: PatchBackbone) -> dict[str, nn.Parameter]:
+    """Every tensor a LoRA run trains in ``backbone``: the adapters and the parameters of the modules trained
+    whole (:func:`fully_trained_module_names`), by their names in ``backbone``, in model order. What the
+    :class:`LoRATeacher` keeps an EMA copy of.
+
+    Args:
+        backbone: a backbone, with or without adapters.
+
+    Returns:
+        ``{name: parameter}``; empty without adapters.
+    """
+    whole = tuple(f"model.{name}" for name in fully_trained_module_names(backbone))
+    return {
+        name: param
+        for name, param in backbone.named_parameters()
+        if is_adapter_parameter(name) or _inside(name, whole)
+    }
+
+
+def base_parameters(backbone: PatchBackbone) -> dict[str, nn.Parameter]:
+    """Every other parameter of ``backbone``: the frozen base, which the student and its teacher share.
+
+    Args:
+        backbone: a backbone, with or without adapters.
+
+    Returns:
+        ``{name: parameter}`` of every parameter not in :func:`trained_parameters`.
+    """
+    trained = trained_parameters(backbone)
+    return {name: param for name, param in backbone.named_parameters() if name not in trained}
 
 
 def _key(name: str) -> str:
@@ -262,12 +414,13 @@ def _key(name: str) -> str:
 
 
 class LoRATeacher(nn.Module):
-    """The EMA teacher of a LoRA student: EMA copies of the student's adapter tensors over the student's base.
+    """The EMA teacher of a LoRA student: EMA copies of the student's trained tensors over the student's frozen base.
 
-    Holds one frozen parameter per adapter tensor (its state-dict key is the student's name with dots as
-    dashes) and a reference to the student that is not a submodule, so the base weights are stored once, in
-    the student. ``forward(pixel_values)`` runs the student's :class:`PatchBackbone` with these tensors in
-    place of the student's adapters, in eval mode (no dropout, drop-path or RoPE jitter), without gradients:
+    Holds one frozen parameter per trained tensor (:func:`trained_parameters`: adapters, DoRA magnitudes, the
+    unfrozen blocks' weights, trained norms; its state-dict key is the student's name with dots as dashes) and a
+    reference to the student that is not a submodule, so the frozen weights are stored once, in the student.
+    ``forward(pixel_values)`` runs the student's :class:`PatchBackbone` with these tensors in place of the
+    student's, in eval mode (no dropout, drop-path or RoPE jitter), without gradients:
     ``(B, 3, H, W)`` → ``(B, D, H / p, W / p)``, as a teacher copy of the whole backbone would.
 
     Args:
@@ -282,14 +435,14 @@ class LoRATeacher(nn.Module):
         if not is_lora_backbone(student):
             raise ValueError("LoRATeacher needs a backbone with LoRA adapters (paka_hf.modeling.lora.add_lora)")
         self.__dict__["student"] = student  # a reference, not a submodule: the base belongs to the student
-        adapters = adapter_parameters(student)
-        self.names = list(adapters)
-        for name, param in adapters.items():
+        trained = trained_parameters(student)
+        self.names = list(trained)
+        for name, param in trained.items():
             self.register_parameter(_key(name), nn.Parameter(param.detach().clone(), requires_grad=False))
         self.eval()
 
-    def adapter_state(self) -> dict[str, torch.Tensor]:
-        """The teacher's adapter tensors by the student's parameter names.
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """The teacher's copies of the trained tensors, by the student's parameter names.
 
         Returns:
             ``{student parameter name: teacher tensor}``.
@@ -297,48 +450,50 @@ class LoRATeacher(nn.Module):
         return {name: getattr(self, _key(name)) for name in self.names}
 
     def ema_pairs(self) -> EMAPairs:
-        """(teacher adapter, student adapter) tensors for :func:`paka_hf.modeling.teacher.ema_apply_`; no buffers.
+        """(teacher copy, student tensor) pairs of every trained tensor for
+        :func:`paka_hf.modeling.teacher.ema_apply_`; no buffers.
 
         Returns:
             The :class:`~paka_hf.modeling.teacher.EMAPairs`, with no buffers.
 
         Raises:
-            ValueError: the student's adapters are no longer those the teacher was built from.
+            ValueError: the student's trained tensors are no longer those the teacher was built from.
         """
-        sources = adapter_parameters(self.student)
+        sources = trained_parameters(self.student)
         if list(sources) != self.names:
-            raise ValueError("the student's adapters changed after the LoRA teacher was built")
+            raise ValueError("the student's trained tensors changed after the LoRA teacher was built")
         return EMAPairs([getattr(self, _key(name)) for name in self.names], list(sources.values()), [], [])
 
     @torch.no_grad()
     def shard_like_student(self) -> None:
-        """Make each adapter copy a DTensor with the mesh and placements of the student's sharded adapter it copies
+        """Make each copy a DTensor with the mesh and placements of the student's sharded tensor it copies
         (after :func:`paka_hf.modeling.sharding.shard_paka_model` sharded the student), so that the EMA step and
         :meth:`forward` work on local rows only.
 
         Raises:
-            ValueError: the student's adapters are not sharded.
+            ValueError: the student's trained tensors are not sharded.
         """
         from torch.distributed.tensor import distribute_tensor
 
         from paka_hf.modeling.sharding import is_dtensor
 
-        for name, source in adapter_parameters(self.student).items():
+        for name, source in trained_parameters(self.student).items():
             if not is_dtensor(source):
-                raise ValueError(f"the student's adapter {name} is not sharded: shard the student first")
+                raise ValueError(f"the student's {name} is not sharded: shard the student first")
             mine = getattr(self, _key(name))
             if is_dtensor(mine):
-                raise ValueError(f"the teacher's adapter {name} is already sharded")
+                raise ValueError(f"the teacher's {name} is already sharded")
             sharded = distribute_tensor(mine.detach().to(source.device), source.device_mesh, source.placements)
             setattr(self, _key(name), nn.Parameter(sharded, requires_grad=False))
 
     @torch.no_grad()
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The teacher's patch grid: the student's backbone with the teacher's adapters, in eval mode, no gradients.
+        """The teacher's patch grid: the student's backbone with the teacher's trained tensors, in eval mode, no
+        gradients.
 
-        Unsharded, the teacher's adapters are passed to the student by ``torch.func.functional_call``. Sharded
+        Unsharded, the teacher's tensors are passed to the student by ``torch.func.functional_call``. Sharded
         (FSDP2), that cannot work: each block's pre-forward hook installs its own all-gathered parameters over
-        whatever was passed. There, the teacher's local rows are swapped into the student's adapter shards for
+        whatever was passed. There, the teacher's local rows are swapped into the student's shards for
         the forward and swapped back after it (also after an error): the student's values are unchanged, bit
         for bit, and the swap is local (no communication beyond the forward's own all-gathers).
 
@@ -354,12 +509,12 @@ class LoRATeacher(nn.Module):
         was_training = student.training
         student.train(False)
         try:
-            teacher = self.adapter_state()
+            teacher = self.trained_state()
             if not any(is_dtensor(tensor) for tensor in teacher.values()):
                 return torch.func.functional_call(student, teacher, (pixel_values,), strict=False)
             from torch.distributed.fsdp import FSDPModule
 
-            shards = adapter_parameters(student)
+            shards = trained_parameters(student)
             pairs = [(local_tensor(shards[name]), local_tensor(tensor)) for name, tensor in teacher.items()]
             kept = [own.clone() for own, _ in pairs]
             try:
@@ -367,7 +522,7 @@ class LoRATeacher(nn.Module):
                     own.copy_(theirs)
                 return student(pixel_values)
             finally:
-                # A student that keeps its gathered parameters after forward would give the teacher's adapters to
+                # A student that keeps its gathered parameters after forward would give the teacher's tensors to
                 # its own forward: free them here, so the student's forward gathers its own.
                 for module in student.modules():
                     if isinstance(module, FSDPModule):
@@ -378,17 +533,30 @@ class LoRATeacher(nn.Module):
             student.train(was_training)
 
 
-def _export_copy(backbone: PatchBackbone, adapter_state: dict[str, torch.Tensor] | None):
-    """A deep copy of the ``PeftModel`` (on the CPU) with ``adapter_state`` (student names) in its adapters."""
+def _export_copy(backbone: PatchBackbone, trained_state: dict[str, torch.Tensor] | None):
+    """A deep copy of the ``PeftModel`` (on the CPU) with ``trained_state`` (student names) in its trained tensors,
+    and the modules trained whole added to the adapter as peft's ``modules_to_save``."""
+    from peft.utils import set_additional_trainable_modules
+
     peft_model = copy.deepcopy(peft_model_of(backbone)).to("cpu")
-    if adapter_state is not None:
+    if trained_state is not None:
         # backbone names are "model.<name inside the transformers model>"; the PeftModel's are
         # "base_model.model.<name inside the transformers model>"
         own = dict(peft_model.named_parameters())
         with torch.no_grad():
-            for name, tensor in adapter_state.items():
+            for name, tensor in trained_state.items():
                 inner = name.removeprefix("model.")
                 own[f"base_model.model.{inner}"].copy_(tensor.detach().to("cpu"))
+    whole = list(fully_trained_module_names(backbone))
+    if whole:
+        # Wrapped here, in the copy, not for training: a ModulesToSaveWrapper keeps the module it copies beside the
+        # copy, a second set of weights that training has no use for. Each wrapper's copy is the trained module;
+        # save_pretrained writes it, PeftModel.from_pretrained puts it over the base's module, and merge_and_unload
+        # puts it in place.
+        config = peft_model.peft_config[ADAPTER_NAME]
+        config.modules_to_save = whole
+        inner = peft_model.base_model.model
+        set_additional_trainable_modules(inner, config, getattr(inner, "config", None), ADAPTER_NAME)
     return peft_model
 
 
@@ -396,17 +564,20 @@ def export_lora_backbone(
     backbone: PatchBackbone,
     output_dir: str | os.PathLike,
     image_processor: Any = None,
-    adapter_state: dict[str, torch.Tensor] | None = None,
+    trained_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write the merged model to ``output_dir`` and the adapter to ``output_dir/adapter``.
 
-    - ``output_dir``: :func:`paka_hf.modeling.export.save_backbone` of ``W + (α/r) B A`` for every wrapped layer,
-      a plain ``transformers`` model (``AutoModel.from_pretrained(output_dir)``).
+    - ``output_dir``: :func:`paka_hf.modeling.export.save_backbone` of the merged model (``W + s B A`` for every
+      wrapped layer, DoRA's ``m ⊙ (W + s B A) / ‖W + s B A‖`` for DoRA; unfrozen blocks and trained norms as
+      trained), a plain ``transformers`` model (``AutoModel.from_pretrained(output_dir)``).
     - ``output_dir/adapter``: ``adapter_config.json`` and ``adapter_model.safetensors`` (peft's format), for
-      ``PeftModel.from_pretrained(AutoModel.from_pretrained(base), output_dir, subfolder="adapter")``.
+      ``PeftModel.from_pretrained(AutoModel.from_pretrained(base), output_dir, subfolder="adapter")``. The
+      unfrozen blocks and trained norms are in it as ``modules_to_save``: the adapter on the base is the whole
+      trained model.
 
-    ``adapter_state`` (student names → tensors, e.g. :meth:`LoRATeacher.adapter_state`) replaces the student's
-    adapters in what is written (the teacher's export); the backbone in memory is never changed. The merge
+    ``trained_state`` (student names → tensors, e.g. :meth:`LoRATeacher.trained_state`) replaces the student's
+    trained tensors in what is written (the teacher's export); the backbone in memory is never changed. The merge
     happens in a copy of the model, made where the model is and then moved to the CPU: one more backbone's
     worth of device memory for a moment, and of host memory while exporting.
 
@@ -414,7 +585,8 @@ def export_lora_backbone(
         backbone: the LoRA backbone.
         output_dir: the folder to write.
         image_processor: the processor to save; None for the backbone's.
-        adapter_state: adapter tensors by student names to write instead of the student's; None for the student's.
+        trained_state: trained tensors by student names to write instead of the student's; None for the
+            student's.
 
     Returns:
         ``output_dir`` as a :class:`~pathlib.Path`.
@@ -427,7 +599,7 @@ def export_lora_backbone(
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    peft_model = _export_copy(backbone, adapter_state)
+    peft_model = _export_copy(backbone, trained_state)
     adapter_dir = out / ADAPTER_DIR
     if adapter_dir.exists():
         shutil.rmtree(adapter_dir)

@@ -28,7 +28,7 @@ from paka_hf.losses import (
     NeCoSettings,
 )
 from paka_hf.modeling.backbones import SUPPORTED_MODEL_TYPES
-from paka_hf.modeling.lora import LoRASettings
+from paka_hf.modeling.lora import LORA_VARIANTS, LoRASettings
 from paka_hf.modeling.model import STUDENT_VIEWS
 from paka_hf.modeling.teacher import DEFAULT_TEACHER_MOMENTUM, check_teacher_momentum
 from paka_hf.utils.errors import (
@@ -81,6 +81,16 @@ def check_collapse_limits(cosine_rise: float, rank_ratio: float) -> None:
     if not 0.0 < rank_ratio < 1.0:
         raise ConfigError(f"collapse_rank_ratio must be in (0, 1) (a share of the starting rank), got {rank_ratio}")
 
+
+#: The LoRA options that mean nothing without use_lora, with their defaults: a run that changes one without
+#: use_lora stops at start-up (lora_rank, lora_alpha... predate the rule and are ignored without use_lora).
+LORA_OPTION_DEFAULTS = {
+    "lora_variant": "lora",
+    "lora_unfrozen_blocks": 0,
+    "lora_train_norms": False,
+    "lora_learning_rate": None,
+    "lora_weight_decay": None,
+}
 
 #: Fields read as a local path when they look like one (paka_hf.utils.paths.looks_like_local_path).
 PATH_FIELDS = ("model_name_or_path", "dataset_name")
@@ -299,6 +309,31 @@ class PaKAConfig(TrainingArguments):
         "family's attention and MLP projections (paka_hf.modeling.backbones.lora_target_modules).",
         default=None,
     )
+    lora_variant: str = _help(
+        "The adapter: 'lora' (update scaled by alpha / r), 'rslora' (scaled by alpha / sqrt(r); same parameters) or "
+        "'dora' (weight-decomposed: a trained magnitude per output row beside the low-rank direction; slower steps).",
+        choices=LORA_VARIANTS,
+        default="lora",
+    )
+    lora_unfrozen_blocks: int = _help(
+        "Train the last N transformer blocks fully (every weight, no adapter in them; ExPLoRA); their EMA teacher "
+        "keeps its own copy of them, and the exported adapter carries them (peft modules_to_save).",
+        default=0,
+    )
+    lora_train_norms: bool = _help(
+        "Also train the LayerNorms (and DINOv2/DINOv3 LayerScales) of the blocks that carry adapters, with their own "
+        "EMA in the teacher; the exported adapter carries them (peft modules_to_save).",
+        default=False,
+    )
+    lora_learning_rate: float | None = _help(
+        "Peak learning rate of the adapters (unset: learning_rate). Unfrozen blocks and norms train at learning_rate.",
+        default=None,
+    )
+    lora_weight_decay: float | None = _help(
+        "Constant weight decay of the adapters' matrices (unset: the weight_decay -> weight_decay_end schedule, as "
+        "every other decayed weight). DoRA magnitudes, norms and biases take none.",
+        default=None,
+    )
 
     # ---- Trainer defaults changed for PaKA --------------------------------------------------
     learning_rate: float = _help("Peak learning rate of the backbone.", default=1e-5)
@@ -400,6 +435,20 @@ class PaKAConfig(TrainingArguments):
         if self.shuffle_buffer_size < 0:
             raise ConfigError(f"shuffle_buffer_size must be >= 0, got {self.shuffle_buffer_size}")
         self.lora_settings()  # LoRASettings checks the lora_* fields
+        self._validate_lora_options()
+
+    def _validate_lora_options(self) -> None:
+        """The LoRA options beyond the adapter itself: their ranges, and use_lora when one is set."""
+        if self.lora_learning_rate is not None and self.lora_learning_rate <= 0:
+            raise ConfigError(
+                f"lora_learning_rate must be positive (unset: learning_rate), got {self.lora_learning_rate}"
+            )
+        if self.lora_weight_decay is not None and self.lora_weight_decay < 0:
+            raise ConfigError(f"lora_weight_decay must be >= 0 (unset: the schedule), got {self.lora_weight_decay}")
+        if not self.use_lora:
+            changed = [name for name, default in LORA_OPTION_DEFAULTS.items() if getattr(self, name) != default]
+            if changed:
+                raise ConfigError(f"{', '.join(changed)} apply to LoRA runs only: set use_lora: true, or remove them")
 
     def __getstate__(self) -> dict[str, Any]:
         """What pickling keeps: every field except the secrets (:data:`SECRET_FIELD_SUFFIX`), which become ``None``.
@@ -448,7 +497,13 @@ class PaKAConfig(TrainingArguments):
         """
         targets = tuple(self.lora_target_modules) if self.lora_target_modules is not None else None
         return LoRASettings(
-            rank=self.lora_rank, alpha=self.lora_alpha, dropout=self.lora_dropout, target_modules=targets
+            rank=self.lora_rank,
+            alpha=self.lora_alpha,
+            dropout=self.lora_dropout,
+            target_modules=targets,
+            variant=self.lora_variant,
+            unfrozen_blocks=self.lora_unfrozen_blocks,
+            train_norms=self.lora_train_norms,
         )
 
     def check_patch_size(self, patch_size: int) -> None:

@@ -10,8 +10,8 @@ gradient accumulation, logging, checkpoint rotation, the progress bar — is ``T
   and workers by the stream itself (the DataLoader is not re-sharded by ``accelerate``);
 - the EMA teacher update and the weight-decay schedule run once per *optimizer* step, as
   callbacks (``on_step_end`` / ``on_step_begin``), never per micro-batch;
-- AdamW parameter groups: backbone lr and head lr, no weight decay on biases and 1-D
-  parameters (norms, layer scales);
+- AdamW parameter groups: backbone lr, LoRA adapter lr (and weight decay) and head lr, no weight decay on
+  biases and 1-D parameters (norms, layer scales);
 - logs, each logging step: loss, mean CKA, teacher momentum, learning rates, weight decay,
   images/s and images skipped;
 - checkpoints are marked complete only once every file of every process is written and
@@ -400,8 +400,9 @@ class PaKATrainer(HubPushMixin, Trainer):
                 args.collapse_cosine_rise,
                 args.collapse_rank_ratio,
                 cause=(
-                    f"learning rate {args.learning_rate:g}, head learning rate {args.head_learning_rate:g}, "
-                    f"teacher momentum {args.teacher_momentum:g}"
+                    f"learning rate {args.learning_rate:g}, "
+                    + (f"LoRA learning rate {args.lora_learning_rate:g}, " if args.lora_learning_rate else "")
+                    + f"head learning rate {args.head_learning_rate:g}, teacher momentum {args.teacher_momentum:g}"
                 ),
             ),
             reduce_sum=(lambda t: self.accelerator.reduce(t, reduction="sum")) if args.world_size > 1 else None,
@@ -536,11 +537,12 @@ class PaKATrainer(HubPushMixin, Trainer):
     # ---- optimisation ---------------------------------------------------------------------------
 
     def create_optimizer(self, model=None):
-        """AdamW (or ``args.optim``) with four groups: backbone/head × decayed/not decayed.
+        """AdamW (or ``args.optim``) with backbone / LoRA adapters / head × decayed / not decayed groups.
 
-        Not decayed: biases and every parameter with at most one dimension (norms, layer scales),
+        Not decayed: biases and every parameter with at most one dimension (norms, layer scales, DoRA magnitudes),
         as in DINO (:func:`~paka_hf.training.optimization.optimizer_groups`, which ``benchmarks/gpu_step.py`` uses too).
-        The decayed groups carry ``paka_decay=True`` for the weight-decay schedule.
+        The adapters take ``lora_learning_rate`` and ``lora_weight_decay`` when set. The decayed groups on the
+        schedule carry ``paka_decay=True`` for the weight-decay schedule.
 
         Args:
             model: ignored (``Trainer``'s signature); the groups are made from ``self.model``.
@@ -551,7 +553,15 @@ class PaKATrainer(HubPushMixin, Trainer):
         if self.optimizer is not None:
             return self.optimizer
         model = self.model
-        groups = optimizer_groups(model, self.args.learning_rate, self.args.head_learning_rate, self.args.weight_decay)
+        args = self.args
+        groups = optimizer_groups(
+            model,
+            args.learning_rate,
+            args.head_learning_rate,
+            args.weight_decay,
+            lora_learning_rate=args.lora_learning_rate,
+            lora_weight_decay=args.lora_weight_decay,
+        )
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
         optimizer_kwargs = {k: v for k, v in optimizer_kwargs.items() if k not in ("lr", "weight_decay")}
         self.optimizer = optimizer_cls([g for g in groups if g["params"]], **optimizer_kwargs)
@@ -652,14 +662,33 @@ class PaKATrainer(HubPushMixin, Trainer):
             if self.weight_decay_callback.value is not None:
                 logs["weight_decay"] = round(self.weight_decay_callback.value, 6)
             if self.optimizer is not None:
-                for group in self.optimizer.param_groups:
-                    if group.get("name") == "student_head/decay":
-                        logs["learning_rate_head"] = group["lr"]
+                logs.update(self._group_learning_rates(logs.get("learning_rate")))
             logs["images_per_second"] = round(images / max(now - self._last_log_time, 1e-9), 2)
             logs["images_skipped"] = int(skipped)
             self._list_skipped_images()
             self._reset_log_accumulators()
         super().log(logs, start_time)
+
+    def _group_learning_rates(self, learning_rate: float | None) -> dict[str, float]:
+        """``learning_rate_head`` and ``learning_rate_lora``: the head's and the adapters' learning rates at the step
+        ``Trainer``'s ``learning_rate`` (the first group's, read before the scheduler stepped) was logged for.
+
+        The schedule scales every group's peak rate by the same factor (``LambdaLR``), so a group's rate at that step
+        is its peak times ``learning_rate`` / the first group's peak. (A group's ``lr`` at log time is already the
+        next step's: at the last step of a cosine it is 0 while the step just taken had ``learning_rate``.)
+        """
+        groups = self.optimizer.param_groups
+        first_peak = groups[0].get("initial_lr", groups[0]["lr"])
+        rates = {}
+        for group in groups:
+            name = str(group.get("name"))
+            key = "learning_rate_head" if name.startswith("student_head/") else None
+            key = "learning_rate_lora" if name.startswith("student_lora/") else key
+            if key is None or key in rates:
+                continue
+            peak = group.get("initial_lr", group["lr"])
+            rates[key] = peak * learning_rate / first_peak if learning_rate is not None and first_peak else group["lr"]
+        return rates
 
     # ---- checkpoints and resume -----------------------------------------------------------------
     #
@@ -976,13 +1005,13 @@ class PaKATrainer(HubPushMixin, Trainer):
             exported, adapters = self._gather_for_export(model, which)  # every process takes part
         else:
             exported = model.student if lora or which == "student" else model.teacher
-            adapters = model.teacher.adapter_state() if lora and which == "teacher" else None
+            adapters = model.teacher.trained_state() if lora and which == "teacher" else None
         if not self.args.should_save:
             return output_dir
         for name in (TRAINING_CONFIG_FILE, TRAINING_SUMMARY_FILE):
             (output_dir / name).unlink(missing_ok=True)
         if lora:
-            export_lora_backbone(exported, output_dir, self.processing_class, adapter_state=adapters)
+            export_lora_backbone(exported, output_dir, self.processing_class, trained_state=adapters)
         else:
             if (output_dir / ADAPTER_DIR).is_dir():  # an earlier LoRA run's adapter would describe other weights
                 shutil.rmtree(output_dir / ADAPTER_DIR)
@@ -997,11 +1026,11 @@ class PaKATrainer(HubPushMixin, Trainer):
         Tensors are gathered one at a time (:func:`~paka_hf.modeling.sharding.gather_full_state`) into a plain copy
         of the backbone built on the meta device (:func:`~paka_hf.modeling.sharding.unsharded_backbone`): process
         zero holds one whole copy of the exported network on its CPU, the others nothing. A LoRA teacher's export is
-        the student's base with the teacher's adapters, gathered likewise.
+        the student's frozen base with the teacher's trained tensors, gathered likewise.
 
         Returns:
-            ``(backbone, adapter_state)``: the copy (the student's for LoRA) and, for a LoRA teacher, its whole
-            adapter tensors by student names; ``(None, None)`` on the other processes.
+            ``(backbone, trained_state)``: the copy (the student's for LoRA) and, for a LoRA teacher, its whole
+            trained tensors by student names; ``(None, None)`` on the other processes.
         """
         keep = self.args.process_index == 0
         lora = is_lora_backbone(model.student)
@@ -1009,7 +1038,7 @@ class PaKATrainer(HubPushMixin, Trainer):
         state = gather_full_state(network, keep=keep)
         adapters = None
         if lora and which == "teacher":
-            adapters = gather_full_tensors(model.teacher.adapter_state(), keep=keep)
+            adapters = gather_full_tensors(model.teacher.trained_state(), keep=keep)
         if not keep:
             return None, None
         settings = self.args.lora_settings() if lora else None
