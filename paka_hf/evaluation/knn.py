@@ -7,7 +7,7 @@ indices ``m``. Backends (:data:`KNN_BACKENDS`, ``HummingbirdConfig.backend``, ``
   running top-``k`` merged per key chunk, so memory stays bounded whatever the bank size; runs on ``device``
   (the GPU with ``--device cuda``, where it computes what the reference evaluator's ``GpuIndexFlatIP`` does).
 * ``"torch_bf16"``: exact, on the CPU: a bf16 scan (one bf16 matrix product per tile of keys, which AMX runs
-  ~5× faster than fp32) selects the candidates that a proven bound on the bf16 error cannot rule out, and only
+  ~10× faster than fp32) selects the candidates that a proven bound on the bf16 error cannot rule out, and only
   those are re-scored in fp32, so the neighbours are exact fp32 search's (:class:`TorchBf16Index` gives the
   bound and the proof). On CamVid DINOv2 ViT-S/14 features ~200 of 277k keys are re-scored per query and it is
   ~4× faster than faiss ``IndexFlatIP``.
@@ -21,7 +21,7 @@ indices ``m``. Backends (:data:`KNN_BACKENDS`, ``HummingbirdConfig.backend``, ``
   on a GPU, ``"torch"``.
 
 Why ``torch_bf16`` as the exact CPU default where AMX exists: flat search costs ``2 Q M D`` flops, and faiss
-``IndexFlatIP`` spends them in fp32 BLAS (~0.1–0.25 TFLOP/s on two cores); AMX multiplies bf16 tiles at
+``IndexFlatIP`` spends them in fp32 BLAS (~0.13 TFLOP/s per core measured here); AMX multiplies bf16 tiles at
 ~1.3–1.5 TFLOP/s per core, accumulating in fp32. bf16 alone is not exact (its rounding moves similarities by up
 to ~0.008 and reorders near neighbours), so the scan only selects: the keys its error bound cannot exclude are
 re-scored in fp32. What remains costly is reading the scan's output, so the selection is built from vectorised
@@ -655,7 +655,7 @@ class FaissIVFIndex(KnnIndex):
 
 def fast_bf16_matmul() -> bool:
     """Whether this CPU multiplies bf16 matrices much faster than fp32 ones: Intel AMX (Sapphire Rapids and
-    later), which oneDNN uses for torch's bf16 ``mm`` (~1.3–1.5 TFLOP/s per core against ~0.1–0.25 for fp32).
+    later), which oneDNN uses for torch's bf16 ``mm`` (~1.3–1.5 TFLOP/s per core against ~0.13 for fp32).
 
     CPUs with AVX512-BF16 but no AMX (Cooper Lake, Zen 4) have not been measured; ``"auto"`` keeps faiss or
     torch there (``--knn_backend torch_bf16`` still runs, exactly, on any CPU).
