@@ -26,7 +26,7 @@ default the input resolution, where the masks live) and its argmax scored agains
 
 The k-NN search (:mod:`paka_hf.evaluation.knn`) is exact by default: ``"auto"`` runs ``torch_bf16`` on a CPU
 with AMX (a bf16 scan whose proven error bound selects the keys re-scored in fp32: exact fp32 search's
-neighbours, ~4× faster than faiss), else faiss ``IndexFlatIP`` or torch (fp32 products; torch on a GPU); the
+neighbours, 4–10× faster than faiss), else faiss ``IndexFlatIP`` or torch (fp32 products; torch on a GPU); the
 approximate ``faiss_ivf`` backend (``IndexIVFFlat``, ``nlist`` / ``nprobe``) has its recall@k against exact
 search measured on a fixed sample of the queries and reported (:func:`hummingbird_retrieval`'s
 ``search_report``, the results JSON's settings). docs/EVALUATION.md lists every difference from the reference
