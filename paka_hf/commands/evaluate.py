@@ -292,8 +292,9 @@ HELP = {
     "labelled patch",
     "memory_sampling": "patches a bounded bank keeps per map: rare_class (the reference evaluator's: patches of the "
     "map's rarer classes first) or uniform",
-    "knn_backend": "Hummingbird k-NN: exact torch or faiss (auto: faiss if installed and on CPU), or approximate "
-    "faiss_ivf (IndexIVFFlat; recall@k recorded)",
+    "knn_backend": "Hummingbird k-NN: exact torch, faiss or torch_bf16 (bf16 scan with a proven error bound, fp32 "
+    "re-scoring; CPU only) (auto: torch_bf16 on a CPU with AMX, else faiss if installed and on CPU, else torch), "
+    "or approximate faiss_ivf (IndexIVFFlat; recall@k recorded)",
     "ivf_nlist": "faiss_ivf: inverted lists (k-means cells)",
     "ivf_nprobe": "faiss_ivf: lists searched per query",
     "recall_sample": "faiss_ivf: query patches on which recall@k against exact search is measured (0: none)",
