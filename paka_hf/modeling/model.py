@@ -17,8 +17,8 @@ paper crops (P·N = 4·49 tokens per image instead of 2·37² + 4·7²).
 
 The teacher is a registered submodule, so ``state_dict`` and any checkpoint hold it; its
 parameters have ``requires_grad=False`` and no optimizer sees them. With a LoRA student
-(:mod:`paka_hf.modeling.lora`) the teacher is a :class:`~paka_hf.modeling.lora.LoRATeacher`: an EMA copy of the adapters
-alone, run over the student's own frozen base weights, so the base is held once.
+(:mod:`paka_hf.modeling.lora`) the teacher is a :class:`~paka_hf.modeling.lora.LoRATeacher`: an EMA copy of the tensors
+that train (adapters, unfrozen blocks, norms), run over the student's own frozen base weights, so the base is held once.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class PaKAModel(nn.Module):
     """Student backbone (+ optional head), its EMA teacher, and the PaKA loss.
 
     Args:
-        backbone: the student's :class:`PatchBackbone`; the teacher is an EMA copy (of the adapters, for LoRA).
+        backbone: the student's :class:`PatchBackbone`; the teacher is an EMA copy (for LoRA, of every tensor that trains: adapters, unfrozen blocks, norms).
         head: an optional projection head on the aligned tokens, with its own EMA teacher head.
         roi_size: RoIAlign output size per side, so each pair compares ``roi_size**2`` tokens.
         sampling_ratio: RoIAlign sampling points per output bin and side.
@@ -101,7 +101,7 @@ class PaKAModel(nn.Module):
                 param.requires_grad_(False)
         self.student = backbone
         self.student_head = head
-        # A LoRA student (paka_hf.modeling.lora.add_lora): the teacher is an EMA of its adapters over the same base weights.
+        # A LoRA student (paka_hf.modeling.lora.add_lora): the teacher is an EMA of what trains over the same base weights.
         self.teacher = LoRATeacher(backbone) if is_lora_backbone(backbone) else make_teacher(backbone)
         self.teacher_head = make_teacher(head) if head is not None else None
         # NeCo's reference queue (a buffer of the criterion, so checkpoints hold it) stores head outputs.
@@ -178,7 +178,7 @@ class PaKAModel(nn.Module):
         """
         if self._ema_pairs is None:
             if isinstance(self.teacher, LoRATeacher):
-                pairs = self.teacher.ema_pairs()  # the adapters only; the base is shared
+                pairs = self.teacher.ema_pairs()  # the trained tensors only; the frozen base is shared
             else:
                 pairs = ema_pairs(self.teacher, self.student)
             if self.student_head is not None:

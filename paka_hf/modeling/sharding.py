@@ -19,9 +19,9 @@ weight side of training then costs ``1/W`` of what DDP holds.
 3. the projection heads, then the whole module (the root: the loss's buffers, and the one place where FSDP2
    waits for the last gradient reduction of a step).
 
-A LoRA student's teacher (:class:`~paka_hf.modeling.lora.LoRATeacher`) holds only EMA copies of the adapters
-and runs over the student's own base: its tensors become DTensors with the placements of the student's adapter
-they copy (:meth:`~paka_hf.modeling.lora.LoRATeacher.shard_like_student`), so its EMA step is shard-local too.
+A LoRA student's teacher (:class:`~paka_hf.modeling.lora.LoRATeacher`) holds only EMA copies of the tensors that
+train (adapters, unfrozen blocks, norms) and runs over the student's own base: its tensors become DTensors with the
+placements of the student's tensors they copy (:meth:`~paka_hf.modeling.lora.LoRATeacher.shard_like_student`), so its EMA step is shard-local too.
 
 :func:`gather_full_state` is the way back for export: one tensor at a time is all-gathered, and only process
 zero keeps it (on the CPU), so process zero holds one full copy of the exported network and the others none.
