@@ -5,29 +5,14 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
+from evaluation_helpers import write_segmentation_folder
 from PIL import Image
 
 from paka_hf.commands import evaluate as evaluate_command
 from paka_hf.evaluation.results import RESULT_KEYS
-
-
-def _tiny_dataset(root: Path, rng: np.random.Generator):
-    for split, n in (("train", 4), ("val", 3)):
-        (root / split / "images").mkdir(parents=True)
-        (root / split / "masks").mkdir(parents=True)
-        for i in range(n):
-            mask = np.zeros((40, 50), np.uint8)
-            mask[:, 20:] = 1
-            mask[25:, :] = 2
-            mask[:3, :3] = 255
-            image = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
-            image[mask == 1] //= 4  # the classes look different
-            Image.fromarray(image).save(root / split / "images" / f"{i}.png")
-            Image.fromarray(mask).save(root / split / "masks" / f"{i}.png")
 
 
 def test_script_end_to_end_on_tiny_model(tmp_path, tiny_config):
@@ -36,7 +21,7 @@ def test_script_end_to_end_on_tiny_model(tmp_path, tiny_config):
     model_dir = tmp_path / "tiny-model"
     Dinov2Model(tiny_config()).save_pretrained(model_dir)
     data_dir = tmp_path / "data"
-    _tiny_dataset(data_dir, np.random.default_rng(0))
+    write_segmentation_folder(data_dir, seed=0)
     out = tmp_path / "results.json"
     script = evaluate_command
     result = script.main(
@@ -94,7 +79,7 @@ def test_script_published_conventions_changes_hummingbird_std(tmp_path, tiny_con
     model_dir = tmp_path / "tiny-model"
     Dinov2Model(tiny_config()).save_pretrained(model_dir)
     data_dir = tmp_path / "data"
-    _tiny_dataset(data_dir, np.random.default_rng(1))
+    write_segmentation_folder(data_dir, seed=1)
     out = tmp_path / "r.json"
     evaluate_command.main(
         [
@@ -131,7 +116,7 @@ def test_script_reports_broken_data(tmp_path, tiny_config):
     model_dir = tmp_path / "tiny-model"
     Dinov2Model(tiny_config()).save_pretrained(model_dir)
     data_dir = tmp_path / "data"
-    _tiny_dataset(data_dir, np.random.default_rng(2))
+    write_segmentation_folder(data_dir, seed=2)
     Image.fromarray(np.full((40, 50), 9, np.uint8)).save(data_dir / "val" / "masks" / "0.png")
     args = [
         "--model_name_or_path",
@@ -169,7 +154,7 @@ def test_overclustering_needs_no_train_split(tmp_path, tiny_config):
     model_dir = tmp_path / "tiny-model"
     Dinov2Model(tiny_config()).save_pretrained(model_dir)
     data_dir = tmp_path / "data"
-    _tiny_dataset(data_dir, np.random.default_rng(3))
+    write_segmentation_folder(data_dir, seed=3)
     import shutil
 
     shutil.rmtree(data_dir / "train")
@@ -216,7 +201,7 @@ def test_script_records_the_memory_bank_and_the_knn_search(tmp_path, tiny_config
     model_dir = tmp_path / "tiny-model"
     Dinov2Model(tiny_config()).save_pretrained(model_dir)
     data_dir = tmp_path / "data"
-    _tiny_dataset(data_dir, np.random.default_rng(2))
+    write_segmentation_folder(data_dir, seed=2)
     out = tmp_path / "r.json"
     argv = ["--model_name_or_path", str(model_dir), "--dataset_name", "folder", "--data_dir", str(data_dir)]
     argv += ["--class_names", "sky,road,car", "--protocol", "hummingbird", "--input_size", "56,84"]
