@@ -53,6 +53,7 @@ sys.path.insert(0, str(REPO))
 from paka_hf.evaluation import CamVid, EvaluationSettings, HummingbirdConfig, LinearProbeConfig, OverclusterConfig  # noqa: E402
 from paka_hf.modeling.backbones import PatchBackbone  # noqa: E402
 from paka_hf.testing import load_file_module  # noqa: E402
+from paka_hf.utils.host_memory import keep_freed_host_memory  # noqa: E402
 
 EVAL_CAMVID = load_file_module(REPO / "benchmarks" / "eval_camvid.py", "paka_eval_camvid")  # its evaluate_camvid
 LONG_LINEAR_EPOCHS = 100
@@ -65,8 +66,9 @@ DEFAULT_RUNS = ("paka", "cosine", "gram", "min_intersection_0", "min_intersectio
 # PaKA against NeCo (not in the default sweep): NeCo at the PaKA recipe's steps and at its wall-clock.
 # Like paka and cosine they carry a comparison, so they get every --seeds.
 NECO_RUNS = ("neco", "neco_equal_time")
-#: The LoRA recipe (rank-16 adapters on a frozen base), against the full recipe.
-LORA_RUNS = ("paka_lora",)
+#: The LoRA recipe against the full recipe, and the settings of the LoRA sweep (configs/repro/paka_lora_*.yaml, each
+#: the LoRA recipe with what its comment says changed); every one gets --seeds.
+LORA_RUNS = ("paka_lora", *sorted(p.stem for p in CONFIG_DIR.glob("paka_lora_*.yaml")))
 SEEDED_RUNS = ("paka", "cosine", *NECO_RUNS, *LORA_RUNS)
 METRICS = {  # key: (metric name in the EvaluationReport, column title)
     "linear": (f"mIoU (linear, {LONG_LINEAR_EPOCHS} epochs)", "linear (100 ep)"),
@@ -331,6 +333,7 @@ def main(argv: list[str] | None = None) -> None:
         config, seed, output_dir, *extra = argv[1:]
         train_one(Path(config), int(seed), Path(output_dir), extra)
         return
+    keep_freed_host_memory()  # this process evaluates: as paka-evaluate does (paka_hf/utils/host_memory.py)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--runs",
