@@ -53,6 +53,7 @@ student parameter with ``--bf16``; count them with the activations).
 
     python benchmarks/memory_plan.py            # the table (GiB per GPU)
     python benchmarks/memory_plan.py --json     # every count and byte, per backbone and strategy
+    python benchmarks/memory_plan.py --no_head --lora_unfrozen_blocks 1 --lora_train_norms   # another LoRA plan
 
 The functions (:func:`weight_side_bytes`, :func:`count_model`, :func:`plan`) are importable;
 ``tests/test_benchmarks_memory_plan.py`` checks the persistent bytes byte for byte against a real AdamW step, on one
@@ -432,6 +433,8 @@ def plan(
     *,
     head: tuple[int, int] | None = DEFAULT_HEAD,
     lora_rank: int = DEFAULT_LORA_RANK,
+    lora_unfrozen_blocks: int = 0,
+    lora_train_norms: bool = False,
 ) -> dict[str, dict]:
     """Counts and bytes per GPU of every backbone and column of the table.
 
@@ -439,6 +442,8 @@ def plan(
         names: keys of :data:`BACKBONES`; None for all.
         head: the projection head's ``(hidden_dim, out_dim)``, or None for none.
         lora_rank: the LoRA rank (alpha does not change memory).
+        lora_unfrozen_blocks: the last N blocks train fully under LoRA (trained, with AdamW state and an EMA copy).
+        lora_train_norms: the adapted blocks' norms and layer scales train too under LoRA.
 
     Returns:
         ``{backbone key: {"label", "counts": {"full", "lora"}, "bytes": {column key: parts}}}``.
@@ -449,7 +454,14 @@ def plan(
         models = {
             False: build_model(entry.config(), head=head),
             True: build_model(
-                entry.config(), head=head, lora=LoRASettings(rank=lora_rank, target_modules=entry.lora_targets)
+                entry.config(),
+                head=head,
+                lora=LoRASettings(
+                    rank=lora_rank,
+                    target_modules=entry.lora_targets,
+                    unfrozen_blocks=lora_unfrozen_blocks,
+                    train_norms=lora_train_norms,
+                ),
             ),
         }
         result[name] = {
@@ -471,32 +483,51 @@ def _millions(n: int) -> str:
     return f"{n / 1e6:,.1f} M"
 
 
-def format_table(result: dict[str, dict], head: tuple[int, int] | None, lora_rank: int) -> str:
+def _lora_extras(unfrozen_blocks: int, train_norms: bool) -> str:
+    """The footnote's words for what trains beside the adapters."""
+    extras = [f"the last {unfrozen_blocks} block(s) trained fully"] if unfrozen_blocks else []
+    extras += ["the adapted blocks' norms and layer scales"] if train_norms else []
+    return (", plus " + " and ".join(extras)) if extras else ""
+
+
+def format_table(
+    result: dict[str, dict],
+    head: tuple[int, int] | None,
+    lora_rank: int,
+    lora_unfrozen_blocks: int = 0,
+    lora_train_norms: bool = False,
+) -> str:
     """The Markdown table (GiB per GPU) with its parameter counts and footnotes.
 
     Args:
         result: what :func:`plan` returns.
         head: the head used, for the footnote.
         lora_rank: the LoRA rank used, for the footnote.
+        lora_unfrozen_blocks: the LoRA plan's fully trained last blocks, for the footnote.
+        lora_train_norms: whether the LoRA plan trains the norms, for the footnote.
 
     Returns:
         The table as text.
     """
     headings = [heading for _, heading, *_ in COLUMNS]
     lines = [
-        "| backbone | parameters | head | LoRA adapters | " + " | ".join(headings) + " |",
-        "| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in headings) + " |",
+        "| backbone | parameters | head | LoRA trainable | " + " | ".join(headings) + " | LoRA ÷ full (1 GPU) |",
+        "| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in headings) + " | ---: |",
     ]
     for entry in result.values():
         gib = [f"{entry['bytes'][key]['total'] / GIB:.2f}" for key, *_ in COLUMNS]
         full, lora = entry["counts"]["full"], entry["counts"]["lora"]
         numbers = [full["backbone"], full["head"], lora["trainable"] - lora["head"]]
-        lines.append(f"| {entry['label']} | " + " | ".join([*map(_millions, numbers), *gib]) + " |")
+        ratio = entry["bytes"]["lora_1gpu"]["total"] / entry["bytes"]["full_1gpu"]["total"]
+        share = (lora["trainable"] - lora["head"]) / full["backbone"]
+        cells = [*map(_millions, numbers[:2]), f"{_millions(numbers[2])} ({share:.1%})", *gib, f"{ratio:.2f}"]
+        lines.append(f"| {entry['label']} | " + " | ".join(cells) + " |")
     head_text = f"ProjectionHead(D, {head[0]}, {head[1]}) and its EMA copy" if head else "no projection head"
     lines += [
         "",
         f"GiB per GPU of the weight side only: fp32 weights, gradients, AdamW (2 moments), EMA teacher; {head_text}; "
-        f"LoRA rank {lora_rank} on every attention and MLP projection (trainable: adapters + head). Frozen mask "
+        f"LoRA rank {lora_rank} on every attention and MLP projection{_lora_extras(lora_unfrozen_blocks, lora_train_norms)} "
+        "(LoRA trainable: everything but the head, and its share of the backbone's parameters). Frozen mask "
         "token: no gradient, no AdamW state. DDP adds its gradient buckets (W >= 2); FSDP2 (GPU 0, bf16 mixed "
         "precision) divides weights, gradients, AdamW and teacher by W, row-wise, and adds the all-gathered working "
         "set of two units. Activations are NOT included: they come on top and depend on batch, view sizes and activation "
@@ -512,6 +543,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--head_out_dim", type=int, default=DEFAULT_HEAD[1])
     parser.add_argument("--no_head", action="store_true", help="train without the projection head")
     parser.add_argument("--lora_rank", type=int, default=DEFAULT_LORA_RANK)
+    parser.add_argument(
+        "--lora_unfrozen_blocks",
+        type=int,
+        default=0,
+        help="LoRA: the last N blocks train fully (lora_unfrozen_blocks)",
+    )
+    parser.add_argument(
+        "--lora_train_norms", action="store_true", help="LoRA: the adapted blocks' norms train too (lora_train_norms)"
+    )
     parser.add_argument("--json", action="store_true", help="print every count and byte as JSON")
     return parser.parse_args(argv)
 
@@ -519,14 +559,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     head = None if args.no_head else (args.head_hidden_dim, args.head_out_dim)
-    result = plan(args.backbones, head=head, lora_rank=args.lora_rank)
+    lora_extras = dict(lora_unfrozen_blocks=args.lora_unfrozen_blocks, lora_train_norms=args.lora_train_norms)
+    result = plan(args.backbones, head=head, lora_rank=args.lora_rank, **lora_extras)
     if args.json:
         columns = {key: dict(heading=h, lora=lora, strategy=s, world_size=w) for key, h, lora, s, w in COLUMNS}
-        print(
-            json.dumps({"columns": columns, "head": head, "lora_rank": args.lora_rank, "backbones": result}, indent=1)
-        )
+        header = {"columns": columns, "head": head, "lora_rank": args.lora_rank, **lora_extras}
+        print(json.dumps({**header, "backbones": result}, indent=1))
     else:
-        print(format_table(result, head, args.lora_rank))
+        print(format_table(result, head, args.lora_rank, **lora_extras))
     return result
 
 

@@ -97,6 +97,32 @@ def test_the_lora_plan_is_what_one_adamw_step_holds(memory_plan):
     check_prediction(memory_plan, LoRASettings(rank=4, alpha=8.0))
 
 
+def test_the_lora_plan_with_an_unfrozen_block_and_norms_is_what_one_adamw_step_holds(memory_plan):
+    pytest.importorskip("peft")
+    from paka_hf.modeling.lora import LoRASettings
+
+    settings = LoRASettings(rank=4, alpha=8.0, unfrozen_blocks=1, train_norms=True)
+    check_prediction(memory_plan, settings)
+    plain = memory_plan.count_model(tiny_model(LoRASettings(rank=4, alpha=8.0)))
+    extended = memory_plan.count_model(tiny_model(settings))
+    # the unfrozen block and the norms train, with AdamW state and their own EMA copy in the teacher
+    assert extended.trainable > plain.trainable and extended.teacher > plain.teacher
+
+
+def test_the_lora_options_reach_the_plan_and_the_table(memory_plan, capsys):
+    pytest.importorskip("peft")
+    memory_plan.main(["--json", "--backbones", "dinov2_s14", "--no_head", "--lora_unfrozen_blocks", "1"])
+    out = json.loads(capsys.readouterr().out)
+    assert (out["lora_unfrozen_blocks"], out["lora_train_norms"]) == (1, False)
+    counts = out["backbones"]["dinov2_s14"]["counts"]
+    # rank-16 adapters on 11 blocks (4·(384+384)·16 + 2·(384+1536)·16 per block) plus one whole block of ViT-S/14
+    block = 4 * 384 * 384 + 4 * 384 + 2 * 384 * 1536 + 1536 + 384 + 2 * 2 * 384 + 2 * 384
+    assert counts["lora"]["trainable"] == 11 * (4 * 768 * 16 + 2 * 1920 * 16) + block
+    memory_plan.main(["--backbones", "dinov2_s14", "--no_head", "--lora_unfrozen_blocks", "1"])
+    table = capsys.readouterr().out
+    assert "the last 1 block(s) trained fully" in table and "LoRA ÷ full (1 GPU)" in table
+
+
 def test_the_released_architectures_have_their_published_sizes(memory_plan):
     # DINOv2: the facebook/dinov2-small and -giant checkpoints' sizes. DINOv3, by hand (no key bias, RoPE):
     # H+ 32 blocks of 4·1280² + 3·1280·5120 + 3·1280 + 2·5120 + 1280 + 8·1280 = 26,237,440, plus the patch embedding
