@@ -88,6 +88,7 @@ device when the data workers only decode JPEGs (``view_rendering: device``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import math
@@ -101,6 +102,7 @@ from pathlib import Path
 
 import torch
 import transformers
+import yaml
 from torch import nn
 from transformers import (
     CLIPVisionConfig,
@@ -151,13 +153,37 @@ MODELS = {
     "tiny_clip": ("tiny CLIP", "clip", _TINY),
 }
 LABELS = {name: label for name, (label, _, _) in MODELS.items()}
-# appended to the model's label in the rows; "cka_lora": PaKA's loss on a LoRA student (rank 16 on every attention
-# and MLP projection, paka_hf.modeling.lora), whose teacher shares the frozen base
-LOSS_LABELS = {"cka": "", "neco": " NeCo", "cka_lora": " LoRA r16"}
-LORA_RANK = 16
+#: The parameter-efficient recipe "cka_lora" times: the repository's default LoRA recipe, whose lora_* fields
+#: (rank, alpha, variant, unfrozen blocks, norms...) are read from this file, so a change of default is timed as is.
+LORA_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "repro" / "paka_lora.yaml"
+# appended to the model's label in the rows; "cka_lora": PaKA's loss on a student adapted as LORA_RECIPE says
+# (paka_hf.modeling.lora), whose teacher shares the frozen base
+LOSS_LABELS = {"cka": "", "neco": " NeCo", "cka_lora": " LoRA"}
+
+
+def lora_recipe_settings(path: Path = LORA_RECIPE) -> LoRASettings:
+    """The :class:`LoRASettings` of a run config's ``lora_*`` fields (``lora_rank`` → ``rank`` ...); the fields it
+    leaves out keep their defaults, which are :class:`~paka_hf.training.config.PaKAConfig`'s."""
+    values = yaml.safe_load(path.read_text())
+    kwargs = {f.name: values[f"lora_{f.name}"] for f in dataclasses.fields(LoRASettings) if f"lora_{f.name}" in values}
+    if kwargs.get("target_modules") is not None:
+        kwargs["target_modules"] = tuple(kwargs["target_modules"])
+    return LoRASettings(**kwargs)
+
+
+def lora_label(settings: LoRASettings) -> str:
+    """Short words for what a LoRA student trains, e.g. ``LoRA r16 +1 block +norms``."""
+    words = [f"{'DoRA' if settings.variant == 'dora' else 'LoRA'} r{settings.rank}"]
+    if settings.unfrozen_blocks:
+        words.append(f"+{settings.unfrozen_blocks} block{'s' if settings.unfrozen_blocks > 1 else ''}")
+    if settings.train_norms:
+        words.append("+norms")
+    return " ".join(words)
 
 
 def label(name: str, loss: str) -> str:
+    if loss == "cka_lora":
+        return f"{LABELS[name]} {lora_label(lora_recipe_settings())}"
     return LABELS[name] + LOSS_LABELS[loss]
 
 
@@ -217,7 +243,7 @@ def build_model(name: str, args, loss: str = "cka") -> PaKAModel:
         log(f"{LABELS[name]}: {backbone.family.title} has no stochastic depth; --drop_path does not apply")
     head = ProjectionHead(backbone.hidden_size, args.head_hidden, args.head_out)
     if loss == "cka_lora":
-        add_lora(backbone, LoRASettings(rank=LORA_RANK, alpha=float(LORA_RANK)))
+        add_lora(backbone, lora_recipe_settings())
         loss = "cka"
     # roi 7, linear kernel: the defaults of the trainer; NeCo with its published settings (steepness 100,
     # a 16384-token queue fed 20 tokens per image: NeCo's at its batch of 64)
@@ -681,7 +707,8 @@ def parse_args(argv=None):
         default=["cka"],
         choices=list(LOSS_LABELS),
         help="the full step's loss: 'cka' (PaKA), 'neco' (NeCo's sorting loss, its published "
-        "settings), 'cka_lora' (PaKA on a rank-16 LoRA student whose teacher shares the base); "
+        "settings), 'cka_lora' (PaKA on a student adapted as configs/repro/paka_lora.yaml says: LoRA, whose "
+        "teacher shares the base); "
         "each model is measured once per choice, in this order",
     )
     parser.add_argument("--batch", type=int, default=64, help="images per step")

@@ -191,6 +191,21 @@ def test_importing_the_script_leaves_sys_modules_alone():
     assert script.STAND_INS == []
 
 
+def test_cka_lora_times_the_lora_recipe_as_training_reads_it(tmp_path):
+    """cka_lora's adapter is configs/repro/paka_lora.yaml's, read as the trainer reads that file (same settings)."""
+    pytest.importorskip("peft")
+    from paka_hf.commands import train
+
+    script = gpu_step()
+    config = train.parse_config(["--config", str(script.LORA_RECIPE), "--output_dir", str(tmp_path)])
+    assert script.lora_recipe_settings() == config.lora_settings()
+    other = tmp_path / "other.yaml"
+    other.write_text("use_lora: true\nlora_rank: 8\nlora_unfrozen_blocks: 2\nlora_train_norms: true\n")
+    settings = script.lora_recipe_settings(other)
+    assert (settings.rank, settings.alpha, settings.unfrozen_blocks, settings.train_norms) == (8, 16.0, 2, True)
+    assert script.lora_label(settings) == "LoRA r8 +2 blocks +norms"
+
+
 def test_gpu_step_times_the_trainers_optimizer_groups():
     """The benchmark's AdamW has PaKATrainer's groups (paka_hf.training.optimization.optimizer_groups), not a copy."""
     from paka_hf.training.optimization import optimizer_groups

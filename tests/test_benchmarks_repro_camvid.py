@@ -22,14 +22,26 @@ def driver():
 NECO_CHANGES = {"neco": {"loss", "use_head"}, "neco_equal_time": {"loss", "use_head", "max_steps"}}
 # The LoRA recipe: the adapters' own fields, and the learning rate that adapters need.
 LORA_CHANGES = {"paka_lora": {"learning_rate"}}
+# The LoRA sweep: each setting against the LoRA recipe, with what it changes there.
+LORA_SWEEP_CHANGES = {
+    "paka_lora_last_block": {"lora_unfrozen_blocks", "lora_train_norms", "lora_learning_rate", "learning_rate"},
+}
 
 
 def test_every_run_has_a_config_that_changes_exactly_one_field_of_the_main_recipe(driver):
     main = yaml.safe_load((REPRO / "paka.yaml").read_text())
     configs = {p.stem for p in REPRO.glob("*.yaml")}
     assert set(driver.DEFAULT_RUNS) | set(driver.NECO_RUNS) | set(driver.LORA_RUNS) <= configs
+    assert set(LORA_SWEEP_CHANGES) == {run for run in configs if run.startswith("paka_lora_")}
+    lora = yaml.safe_load((REPRO / "paka_lora.yaml").read_text())
     for run in configs:
         if run == "paka":
+            continue
+        if run in LORA_SWEEP_CHANGES:
+            values = yaml.safe_load((REPRO / f"{run}.yaml").read_text())
+            assert lora.keys() <= values.keys() and values["use_lora"], run
+            changed = {k for k in values if values[k] != lora.get(k) and k != "output_dir"}
+            assert changed == LORA_SWEEP_CHANGES[run], (run, changed)
             continue
         values = yaml.safe_load((REPRO / f"{run}.yaml").read_text())
         if run in NECO_CHANGES:
