@@ -25,7 +25,7 @@ LORA_CHANGES = {"paka_lora": {"learning_rate"}}
 # The LoRA sweep: each setting against the LoRA recipe, with what it changes there.
 LORA_SWEEP_CHANGES = {
     "paka_lora_last_block": {"lora_unfrozen_blocks", "lora_train_norms", "lora_learning_rate", "learning_rate"},
-    "paka_lora_last_2_blocks": {"lora_unfrozen_blocks", "lora_train_norms", "lora_learning_rate", "learning_rate"},
+    "paka_lora_lr_1e-3": {"learning_rate"},
 }
 
 
