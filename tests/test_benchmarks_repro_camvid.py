@@ -26,6 +26,7 @@ LORA_CHANGES = {"paka_lora": {"learning_rate"}}
 LORA_SWEEP_CHANGES = {
     "paka_lora_last_block": {"lora_unfrozen_blocks", "lora_train_norms", "lora_learning_rate", "learning_rate"},
     "paka_lora_lr_1e-3": {"learning_rate"},
+    "paka_lora_r64_lr_1e-3": {"learning_rate", "lora_rank", "lora_alpha"},
 }
 
 
