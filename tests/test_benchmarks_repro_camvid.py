@@ -30,6 +30,7 @@ LORA_SWEEP_CHANGES = {
     "paka_lora_r64": {"lora_rank", "lora_alpha"},
     "paka_lora_attention": {"lora_target_modules"},
     "paka_lora_dora": {"lora_variant"},
+    "paka_lora_dora_r32": {"lora_variant", "lora_rank", "lora_alpha"},
     "paka_lora_two_blocks": {"lora_unfrozen_blocks", "lora_train_norms", "lora_learning_rate", "learning_rate"},
 }
 
