@@ -49,11 +49,14 @@ set, not a bound: a reduce-scatter still in flight for the previous unit adds up
 **Not counted**: activations (they depend on batch size, view sizes and activation checkpointing), the CUDA
 context and cuDNN/cuBLAS workspaces (~0.5–1 GiB), allocator fragmentation, and — without FSDP — the bf16 copies
 that autocast makes of each weight, which autograd keeps from a layer's forward to its backward (2 bytes per
-student parameter with ``--bf16``; count them with the activations).
+student parameter with ``--bf16``; count them with the activations). Under DoRA, each wrapped layer's forward
+also builds ``W + (α/r)·B A`` to take its row norms, a weight-sized temporary that its backward keeps: activation
+side too.
 
     python benchmarks/memory_plan.py            # the table (GiB per GPU)
     python benchmarks/memory_plan.py --json     # every count and byte, per backbone and strategy
     python benchmarks/memory_plan.py --no_head --lora_unfrozen_blocks 1 --lora_train_norms   # another LoRA plan
+    python benchmarks/memory_plan.py --no_head --lora_variant dora --lora_target_modules q_proj k_proj v_proj o_proj
 
 The functions (:func:`weight_side_bytes`, :func:`count_model`, :func:`plan`) are importable;
 ``tests/test_benchmarks_memory_plan.py`` checks the persistent bytes byte for byte against a real AdamW step, on one
@@ -76,7 +79,7 @@ from transformers import Dinov2Config, DINOv3ViTConfig, PretrainedConfig
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from paka_hf.modeling.backbones import PatchBackbone, ProjectionHead  # noqa: E402
-from paka_hf.modeling.lora import LoRASettings, add_lora  # noqa: E402
+from paka_hf.modeling.lora import LORA_VARIANTS, LoRASettings, add_lora  # noqa: E402
 from paka_hf.modeling.model import PaKAModel  # noqa: E402
 
 GIB = 2**30
@@ -433,6 +436,8 @@ def plan(
     *,
     head: tuple[int, int] | None = DEFAULT_HEAD,
     lora_rank: int = DEFAULT_LORA_RANK,
+    lora_variant: str = "lora",
+    lora_target_modules: tuple[str, ...] | None = None,
     lora_unfrozen_blocks: int = 0,
     lora_train_norms: bool = False,
 ) -> dict[str, dict]:
@@ -442,6 +447,10 @@ def plan(
         names: keys of :data:`BACKBONES`; None for all.
         head: the projection head's ``(hidden_dim, out_dim)``, or None for none.
         lora_rank: the LoRA rank (alpha does not change memory).
+        lora_variant: ``lora``, ``dora`` (adds a trained magnitude per output row of each wrapped layer) or
+            ``rslora`` (the same tensors as ``lora``).
+        lora_target_modules: the short names of the wrapped layers; None for each family's default (every
+            attention and MLP projection).
         lora_unfrozen_blocks: the last N blocks train fully under LoRA (trained, with AdamW state and an EMA copy).
         lora_train_norms: the adapted blocks' norms and layer scales train too under LoRA.
 
@@ -458,7 +467,8 @@ def plan(
                 head=head,
                 lora=LoRASettings(
                     rank=lora_rank,
-                    target_modules=entry.lora_targets,
+                    variant=lora_variant,
+                    target_modules=lora_target_modules or entry.lora_targets,
                     unfrozen_blocks=lora_unfrozen_blocks,
                     train_norms=lora_train_norms,
                 ),
@@ -483,17 +493,27 @@ def _millions(n: int) -> str:
     return f"{n / 1e6:,.1f} M"
 
 
-def _lora_extras(unfrozen_blocks: int, train_norms: bool) -> str:
-    """The footnote's words for what trains beside the adapters."""
+def _lora_words(
+    rank: int,
+    variant: str = "lora",
+    target_modules: tuple[str, ...] | None = None,
+    unfrozen_blocks: int = 0,
+    train_norms: bool = False,
+) -> str:
+    """The footnote's words for the LoRA plan: variant, rank, wrapped layers and what trains beside the adapters."""
+    name = {"lora": "LoRA", "dora": "DoRA", "rslora": "rsLoRA"}[variant]
+    where = ", ".join(target_modules) if target_modules else "every attention and MLP projection"
     extras = [f"the last {unfrozen_blocks} block(s) trained fully"] if unfrozen_blocks else []
     extras += ["the adapted blocks' norms and layer scales"] if train_norms else []
-    return (", plus " + " and ".join(extras)) if extras else ""
+    return f"{name} rank {rank} on {where}" + ((", plus " + " and ".join(extras)) if extras else "")
 
 
 def format_table(
     result: dict[str, dict],
     head: tuple[int, int] | None,
     lora_rank: int,
+    lora_variant: str = "lora",
+    lora_target_modules: tuple[str, ...] | None = None,
     lora_unfrozen_blocks: int = 0,
     lora_train_norms: bool = False,
 ) -> str:
@@ -503,6 +523,8 @@ def format_table(
         result: what :func:`plan` returns.
         head: the head used, for the footnote.
         lora_rank: the LoRA rank used, for the footnote.
+        lora_variant: the LoRA variant used, for the footnote.
+        lora_target_modules: the wrapped layers (None: the families' defaults), for the footnote.
         lora_unfrozen_blocks: the LoRA plan's fully trained last blocks, for the footnote.
         lora_train_norms: whether the LoRA plan trains the norms, for the footnote.
 
@@ -526,7 +548,7 @@ def format_table(
     lines += [
         "",
         f"GiB per GPU of the weight side only: fp32 weights, gradients, AdamW (2 moments), EMA teacher; {head_text}; "
-        f"LoRA rank {lora_rank} on every attention and MLP projection{_lora_extras(lora_unfrozen_blocks, lora_train_norms)} "
+        f"{_lora_words(lora_rank, lora_variant, lora_target_modules, lora_unfrozen_blocks, lora_train_norms)} "
         "(LoRA trainable: everything but the head, and its share of the backbone's parameters). Frozen mask "
         "token: no gradient, no AdamW state. DDP adds its gradient buckets (W >= 2); FSDP2 (GPU 0, bf16 mixed "
         "precision) divides weights, gradients, AdamW and teacher by W, row-wise, and adds the all-gathered working "
@@ -544,6 +566,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no_head", action="store_true", help="train without the projection head")
     parser.add_argument("--lora_rank", type=int, default=DEFAULT_LORA_RANK)
     parser.add_argument(
+        "--lora_variant",
+        choices=LORA_VARIANTS,
+        default="lora",
+        help="LoRA: the adapter variant (lora_variant); dora adds a trained magnitude per output row",
+    )
+    parser.add_argument(
+        "--lora_target_modules",
+        nargs="+",
+        default=None,
+        help="LoRA: short names of the wrapped layers (lora_target_modules); default: each family's own",
+    )
+    parser.add_argument(
         "--lora_unfrozen_blocks",
         type=int,
         default=0,
@@ -559,7 +593,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     head = None if args.no_head else (args.head_hidden_dim, args.head_out_dim)
-    lora_extras = dict(lora_unfrozen_blocks=args.lora_unfrozen_blocks, lora_train_norms=args.lora_train_norms)
+    lora_extras = dict(
+        lora_variant=args.lora_variant,
+        lora_target_modules=tuple(args.lora_target_modules) if args.lora_target_modules else None,
+        lora_unfrozen_blocks=args.lora_unfrozen_blocks,
+        lora_train_norms=args.lora_train_norms,
+    )
     result = plan(args.backbones, head=head, lora_rank=args.lora_rank, **lora_extras)
     if args.json:
         columns = {key: dict(heading=h, lora=lora, strategy=s, world_size=w) for key, h, lora, s, w in COLUMNS}

@@ -109,6 +109,30 @@ def test_the_lora_plan_with_an_unfrozen_block_and_norms_is_what_one_adamw_step_h
     assert extended.trainable > plain.trainable and extended.teacher > plain.teacher
 
 
+def test_the_dora_plan_is_what_one_adamw_step_holds(memory_plan):
+    pytest.importorskip("peft")
+    from paka_hf.modeling.lora import LoRASettings
+
+    settings = LoRASettings(rank=4, alpha=8.0, variant="dora")
+    check_prediction(memory_plan, settings)
+    plain = memory_plan.count_model(tiny_model(LoRASettings(rank=4, alpha=8.0)))
+    dora = memory_plan.count_model(tiny_model(settings))
+    # one trained magnitude per output row of each wrapped layer (tiny DINOv2: 2 blocks, D = 32, MLP 64)
+    assert dora.trainable - plain.trainable == 2 * (4 * 32 + 64 + 32)
+
+
+def test_the_variant_and_targets_reach_the_plan_and_the_table(memory_plan, capsys):
+    pytest.importorskip("peft")
+    args = ["--backbones", "dinov2_s14", "--no_head", "--lora_variant", "dora", "--lora_target_modules", "q_proj"]
+    memory_plan.main(["--json", *args])
+    out = json.loads(capsys.readouterr().out)
+    assert (out["lora_variant"], out["lora_target_modules"]) == ("dora", ["q_proj"])
+    # rank-16 A and B plus 384 magnitudes on the 12 query projections of ViT-S/14
+    assert out["backbones"]["dinov2_s14"]["counts"]["lora"]["trainable"] == 12 * (2 * 384 * 16 + 384)
+    memory_plan.main(args)
+    assert "DoRA rank 16 on q_proj" in capsys.readouterr().out
+
+
 def test_the_lora_options_reach_the_plan_and_the_table(memory_plan, capsys):
     pytest.importorskip("peft")
     memory_plan.main(["--json", "--backbones", "dinov2_s14", "--no_head", "--lora_unfrozen_blocks", "1"])
