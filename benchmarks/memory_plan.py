@@ -69,7 +69,7 @@ import math
 import re
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -92,6 +92,7 @@ STRATEGIES = ("single", "ddp", "fsdp")
 # ProjectionHead(D, 2048, 256), trained, with an EMA copy; LoRA adapters of rank 16 on the family's default targets.
 DEFAULT_HEAD = (2048, 256)
 DEFAULT_LORA_RANK = 16
+DEFAULT_LORA = LoRASettings(rank=DEFAULT_LORA_RANK)
 
 # ---------------------------------------------------------------------------------------------
 # the architectures
@@ -435,24 +436,17 @@ def plan(
     names: Iterable[str] | None = None,
     *,
     head: tuple[int, int] | None = DEFAULT_HEAD,
-    lora_rank: int = DEFAULT_LORA_RANK,
-    lora_variant: str = "lora",
-    lora_target_modules: tuple[str, ...] | None = None,
-    lora_unfrozen_blocks: int = 0,
-    lora_train_norms: bool = False,
+    lora: LoRASettings = DEFAULT_LORA,
 ) -> dict[str, dict]:
     """Counts and bytes per GPU of every backbone and column of the table.
 
     Args:
         names: keys of :data:`BACKBONES`; None for all.
         head: the projection head's ``(hidden_dim, out_dim)``, or None for none.
-        lora_rank: the LoRA rank (alpha does not change memory).
-        lora_variant: ``lora``, ``dora`` (adds a trained magnitude per output row of each wrapped layer) or
-            ``rslora`` (the same tensors as ``lora``).
-        lora_target_modules: the short names of the wrapped layers; None for each family's default (every
-            attention and MLP projection).
-        lora_unfrozen_blocks: the last N blocks train fully under LoRA (trained, with AdamW state and an EMA copy).
-        lora_train_norms: the adapted blocks' norms and layer scales train too under LoRA.
+        lora: the LoRA plan. What changes memory: the rank (alpha does not), the variant (``dora`` adds a trained
+            magnitude per output row of each wrapped layer; ``rslora`` holds the same tensors as ``lora``), the
+            targets (None: each backbone's default, every attention and MLP projection), the last
+            ``unfrozen_blocks`` trained fully (with AdamW state and an EMA copy) and ``train_norms``.
 
     Returns:
         ``{backbone key: {"label", "counts": {"full", "lora"}, "bytes": {column key: parts}}}``.
@@ -465,20 +459,15 @@ def plan(
             True: build_model(
                 entry.config(),
                 head=head,
-                lora=LoRASettings(
-                    rank=lora_rank,
-                    variant=lora_variant,
-                    target_modules=lora_target_modules or entry.lora_targets,
-                    unfrozen_blocks=lora_unfrozen_blocks,
-                    train_norms=lora_train_norms,
-                ),
+                lora=replace(lora, target_modules=lora.target_modules or entry.lora_targets),
             ),
         }
         result[name] = {
             "label": entry.label,
             "counts": {"full": asdict(count_model(models[False])), "lora": asdict(count_model(models[True]))},
             "bytes": {
-                key: plan_bytes(models[lora], strategy, world_size) for key, _, lora, strategy, world_size in COLUMNS
+                key: plan_bytes(models[is_lora], strategy, world_size)
+                for key, _, is_lora, strategy, world_size in COLUMNS
             },
         }
     return result
@@ -493,40 +482,26 @@ def _millions(n: int) -> str:
     return f"{n / 1e6:,.1f} M"
 
 
-def _lora_words(
-    rank: int,
-    variant: str = "lora",
-    target_modules: tuple[str, ...] | None = None,
-    unfrozen_blocks: int = 0,
-    train_norms: bool = False,
-) -> str:
+def _lora_words(lora: LoRASettings) -> str:
     """The footnote's words for the LoRA plan: variant, rank, wrapped layers and what trains beside the adapters."""
-    name = {"lora": "LoRA", "dora": "DoRA", "rslora": "rsLoRA"}[variant]
-    where = ", ".join(target_modules) if target_modules else "every attention and MLP projection"
-    extras = [f"the last {unfrozen_blocks} block(s) trained fully"] if unfrozen_blocks else []
-    extras += ["the adapted blocks' norms and layer scales"] if train_norms else []
-    return f"{name} rank {rank} on {where}" + ((", plus " + " and ".join(extras)) if extras else "")
+    name = {"lora": "LoRA", "dora": "DoRA", "rslora": "rsLoRA"}[lora.variant]
+    where = ", ".join(lora.target_modules) if lora.target_modules else "every attention and MLP projection"
+    extras = [f"the last {lora.unfrozen_blocks} block(s) trained fully"] if lora.unfrozen_blocks else []
+    extras += ["the adapted blocks' norms and layer scales"] if lora.train_norms else []
+    return f"{name} rank {lora.rank} on {where}" + ((", plus " + " and ".join(extras)) if extras else "")
 
 
 def format_table(
     result: dict[str, dict],
     head: tuple[int, int] | None,
-    lora_rank: int,
-    lora_variant: str = "lora",
-    lora_target_modules: tuple[str, ...] | None = None,
-    lora_unfrozen_blocks: int = 0,
-    lora_train_norms: bool = False,
+    lora: LoRASettings = DEFAULT_LORA,
 ) -> str:
     """The Markdown table (GiB per GPU) with its parameter counts and footnotes.
 
     Args:
         result: what :func:`plan` returns.
         head: the head used, for the footnote.
-        lora_rank: the LoRA rank used, for the footnote.
-        lora_variant: the LoRA variant used, for the footnote.
-        lora_target_modules: the wrapped layers (None: the families' defaults), for the footnote.
-        lora_unfrozen_blocks: the LoRA plan's fully trained last blocks, for the footnote.
-        lora_train_norms: whether the LoRA plan trains the norms, for the footnote.
+        lora: the LoRA plan used, for the footnote.
 
     Returns:
         The table as text.
@@ -538,17 +513,17 @@ def format_table(
     ]
     for entry in result.values():
         gib = [f"{entry['bytes'][key]['total'] / GIB:.2f}" for key, *_ in COLUMNS]
-        full, lora = entry["counts"]["full"], entry["counts"]["lora"]
-        numbers = [full["backbone"], full["head"], lora["trainable"] - lora["head"]]
+        full, adapted = entry["counts"]["full"], entry["counts"]["lora"]
+        numbers = [full["backbone"], full["head"], adapted["trainable"] - adapted["head"]]
         ratio = entry["bytes"]["lora_1gpu"]["total"] / entry["bytes"]["full_1gpu"]["total"]
-        share = (lora["trainable"] - lora["head"]) / full["backbone"]
+        share = (adapted["trainable"] - adapted["head"]) / full["backbone"]
         cells = [*map(_millions, numbers[:2]), f"{_millions(numbers[2])} ({share:.1%})", *gib, f"{ratio:.2f}"]
         lines.append(f"| {entry['label']} | " + " | ".join(cells) + " |")
     head_text = f"ProjectionHead(D, {head[0]}, {head[1]}) and its EMA copy" if head else "no projection head"
     lines += [
         "",
         f"GiB per GPU of the weight side only: fp32 weights, gradients, AdamW (2 moments), EMA teacher; {head_text}; "
-        f"{_lora_words(lora_rank, lora_variant, lora_target_modules, lora_unfrozen_blocks, lora_train_norms)} "
+        f"{_lora_words(lora)} "
         "(LoRA trainable: everything but the head, and its share of the backbone's parameters). Frozen mask "
         "token: no gradient, no AdamW state. DDP adds its gradient buckets (W >= 2); FSDP2 (GPU 0, bf16 mixed "
         "precision) divides weights, gradients, AdamW and teacher by W, row-wise, and adds the all-gathered working "
@@ -593,19 +568,22 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     head = None if args.no_head else (args.head_hidden_dim, args.head_out_dim)
-    lora_extras = dict(
-        lora_variant=args.lora_variant,
-        lora_target_modules=tuple(args.lora_target_modules) if args.lora_target_modules else None,
-        lora_unfrozen_blocks=args.lora_unfrozen_blocks,
-        lora_train_norms=args.lora_train_norms,
+    lora = LoRASettings(
+        rank=args.lora_rank,
+        variant=args.lora_variant,
+        target_modules=tuple(args.lora_target_modules) if args.lora_target_modules else None,
+        unfrozen_blocks=args.lora_unfrozen_blocks,
+        train_norms=args.lora_train_norms,
     )
-    result = plan(args.backbones, head=head, lora_rank=args.lora_rank, **lora_extras)
+    result = plan(args.backbones, head=head, lora=lora)
     if args.json:
-        columns = {key: dict(heading=h, lora=lora, strategy=s, world_size=w) for key, h, lora, s, w in COLUMNS}
-        header = {"columns": columns, "head": head, "lora_rank": args.lora_rank, **lora_extras}
+        columns = {key: dict(heading=h, lora=is_lora, strategy=s, world_size=w) for key, h, is_lora, s, w in COLUMNS}
+        # the plan's LoRA settings as the training config names them (alpha and dropout do not change memory)
+        fields = ("rank", "variant", "target_modules", "unfrozen_blocks", "train_norms")
+        header = {"columns": columns, "head": head, **{f"lora_{name}": getattr(lora, name) for name in fields}}
         print(json.dumps({**header, "backbones": result}, indent=1))
     else:
-        print(format_table(result, head, args.lora_rank, **lora_extras))
+        print(format_table(result, head, lora))
     return result
 
 
