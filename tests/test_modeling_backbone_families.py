@@ -190,6 +190,24 @@ def test_lora_targets_match_every_block_and_nothing_else(variant):
         resolve_lora_targets(backbone, ["q_proj", "query", "dense"])  # transformers 4.x names on a 5.x model
 
 
+@pytest.mark.parametrize("variant", VISION_VARIANTS)
+def test_the_attention_and_mlp_groups_name_each_familys_own_projections(variant):
+    """``attention`` is the attention's four projections in the family's names (CLIP and SigLIP: out_proj, the DINOs:
+    o_proj), ``mlp`` the rest of the default; together, in either order and with a repeat, they are the default."""
+    backbone = tiny_backbone(variant)
+    short = lambda names: [name.rsplit(".", 1)[1] for name in names]  # noqa: E731
+    attention = short(resolve_lora_targets(backbone, ["attention"]))
+    output = "out_proj" if variant.startswith(("siglip", "clip")) else "o_proj"
+    assert set(attention) == {"q_proj", "k_proj", "v_proj", output} and len(attention) == 8  # 2 blocks
+    mlp = set(short(resolve_lora_targets(backbone, ["mlp"])))
+    expected = {"gate_proj", "up_proj", "down_proj"} if variant == "dinov3_vit_gated" else {"fc1", "fc2"}
+    expected = {"up_proj", "down_proj"} if variant == "dinov3_vit" else expected
+    assert mlp == expected
+    assert resolve_lora_targets(backbone, ["mlp", "attention", "q_proj"]) == resolve_lora_targets(backbone)
+    with pytest.raises(ConfigError, match=r"\['fc9'\] match no linear layer"):
+        resolve_lora_targets(backbone, ["attention", "fc9"])
+
+
 def test_a_dinov2_with_a_swiglu_mlp_gets_its_gated_projections_as_default_lora_targets():
     """DINOv2 ViT-g/14 (use_swiglu_ffn) has gate_proj, up_proj and down_proj where the smaller sizes have fc1, fc2."""
     from paka_hf.testing import tiny_dinov2_config

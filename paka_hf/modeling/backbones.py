@@ -55,7 +55,9 @@ Choices made per family (each is a field of the entry, so a new family is one en
   exported model, so the exported folder always carries its own.
 - **LoRA targets.** The attention and MLP projections of the transformer blocks, by their in-memory
   names in ``transformers`` 5.x (:func:`lora_target_modules` matches them against the loaded model;
-  :func:`resolve_lora_targets` fails loudly when a configured target matches nothing).
+  :func:`resolve_lora_targets` fails loudly when a configured target matches nothing). The group names
+  ``attention`` and ``mlp`` (:data:`LORA_TARGET_GROUPS`) name the same layers in every family, so one
+  recipe (``configs/repro/paka_lora.yaml``: ``attention``) fits DINOv2, DINOv3, SigLIP and CLIP alike.
 - **Model card.** Licence, ``pipeline_tag`` and tags of a derivative (:class:`CardMetadata`).
 
 Example::
@@ -144,7 +146,9 @@ class BackboneFamily:
         unused_parameters: ``config → name prefixes`` of parameters that never reach the patch grid.
         rope_module: name of the RoPE module whose ``.train()`` randomizes the coordinates (DINOv3).
         block_pattern: regex of the transformer blocks' module names (LoRA targets live inside them).
-        lora_targets: ``config → in-memory names`` of the LoRA target ``nn.Linear``s of each block.
+        lora_targets: ``config → in-memory names`` of the LoRA target ``nn.Linear``s of each block (the default).
+        attention_targets: the names among those of the attention's projections (what the ``attention`` group of
+            ``lora_target_modules`` means for this family; the rest of ``lora_targets`` is the ``mlp`` group).
         processor_class / processor_kwargs: the reference image processor for a checkpoint without one
             (empty kwargs: the ``transformers`` class defaults are the reference checkpoints' values).
         card: licence and metadata of a derivative's model card.
@@ -158,6 +162,7 @@ class BackboneFamily:
     prefix_tokens: Callable[[PretrainedConfig], int]
     block_pattern: str
     lora_targets: Callable[[PretrainedConfig], tuple[str, ...]]
+    attention_targets: tuple[str, ...]
     processor_class: str
     card: CardMetadata
     example_ids: tuple[str, ...]
@@ -184,17 +189,21 @@ def _cls_and_registers(config: PretrainedConfig) -> int:
     return 1 + int(getattr(config, "num_register_tokens", 0) or 0)
 
 
+_DINO_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+_CLIP_LIKE_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
 def _dinov3_targets(config: PretrainedConfig) -> tuple[str, ...]:
     mlp = (
         ("gate_proj", "up_proj", "down_proj") if getattr(config, "use_gated_mlp", False) else ("up_proj", "down_proj")
     )
-    return ("q_proj", "k_proj", "v_proj", "o_proj", *mlp)
+    return (*_DINO_ATTENTION, *mlp)
 
 
 def _dinov2_targets(config: PretrainedConfig) -> tuple[str, ...]:
     # ViT-g/14 has a SwiGLU MLP (gate_proj, up_proj, down_proj) where the smaller sizes have fc1, fc2
     mlp = ("gate_proj", "up_proj", "down_proj") if getattr(config, "use_swiglu_ffn", False) else ("fc1", "fc2")
-    return ("q_proj", "k_proj", "v_proj", "o_proj", *mlp)
+    return (*_DINO_ATTENTION, *mlp)
 
 
 def _siglip_unused(config: PretrainedConfig) -> tuple[str, ...]:
@@ -217,7 +226,7 @@ _DINOV2_PROCESSOR = dict(  # preprocessor_config.json of the facebook/dinov2-* c
 )
 _APACHE = CardMetadata(license="apache-2.0")
 _VIT_BLOCKS = r"encoder\.layers\.\d+"
-_CLIP_LIKE_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+_CLIP_LIKE_TARGETS = (*_CLIP_LIKE_ATTENTION, "fc1", "fc2")
 
 _DINOV2 = BackboneFamily(
     name="dinov2",
@@ -227,6 +236,7 @@ _DINOV2 = BackboneFamily(
     prefix_tokens=_cls_and_registers,
     block_pattern=r"encoder\.layer\.\d+",
     lora_targets=_dinov2_targets,
+    attention_targets=_DINO_ATTENTION,
     has_drop_path=True,
     unused_parameters=lambda config: ("embeddings.mask_token",),
     processor_class="BitImageProcessor",
@@ -257,6 +267,7 @@ FAMILIES: dict[str, BackboneFamily] = {
             prefix_tokens=_cls_and_registers,
             block_pattern=r"model\.layer\.\d+",
             lora_targets=_dinov3_targets,
+            attention_targets=_DINO_ATTENTION,
             has_drop_path=True,
             unused_parameters=lambda config: ("embeddings.mask_token",),
             rope_module="rope_embeddings",
@@ -286,6 +297,7 @@ FAMILIES: dict[str, BackboneFamily] = {
             prefix_tokens=lambda config: 0,
             block_pattern=_VIT_BLOCKS,
             lora_targets=lambda config: _CLIP_LIKE_TARGETS,
+            attention_targets=_CLIP_LIKE_ATTENTION,
             unused_parameters=_siglip_unused,
             processor_class="SiglipImageProcessor",
             card=CardMetadata(license="apache-2.0", tags=("siglip",)),
@@ -305,6 +317,7 @@ FAMILIES: dict[str, BackboneFamily] = {
             prefix_tokens=lambda config: 0,
             block_pattern=_VIT_BLOCKS,
             lora_targets=lambda config: _CLIP_LIKE_TARGETS,
+            attention_targets=_CLIP_LIKE_ATTENTION,
             unused_parameters=_siglip_unused,
             processor_class="Siglip2ImageProcessor",
             card=CardMetadata(license="apache-2.0", tags=("siglip2",)),
@@ -320,6 +333,7 @@ FAMILIES: dict[str, BackboneFamily] = {
             final_norm="post_layernorm",
             block_pattern=_VIT_BLOCKS,
             lora_targets=lambda config: _CLIP_LIKE_TARGETS,
+            attention_targets=_CLIP_LIKE_ATTENTION,
             processor_class="CLIPImageProcessor",
             # OpenAI released CLIP's code and weights under the MIT licence; pass --license for other bases.
             card=CardMetadata(license="mit", tags=("clip",)),
@@ -557,12 +571,41 @@ def lora_target_modules(model: PreTrainedModel | nn.Module) -> tuple[str, ...]:
     return family_for(config.model_type).lora_targets(config)
 
 
+#: The group names ``lora_target_modules`` accepts beside module names, each in the family's own module names:
+#: ``attention`` is every projection of a block's attention (``q_proj k_proj v_proj o_proj`` in DINOv2 and DINOv3,
+#: ``... out_proj`` in SigLIP and CLIP), ``mlp`` every other default target (``fc1 fc2``, or the SwiGLU's three).
+LORA_TARGET_GROUPS = ("attention", "mlp")
+
+
+def expand_lora_targets(family: BackboneFamily, config: PretrainedConfig, targets: tuple[str, ...]) -> tuple[str, ...]:
+    """``targets`` with each group name of :data:`LORA_TARGET_GROUPS` replaced by the family's module names.
+
+    Args:
+        family: the model's family.
+        config: the vision model's config (the MLP's names depend on it).
+        targets: short module names and group names.
+
+    Returns:
+        Short module names, in the given order, each once.
+    """
+    default = family.lora_targets(config)
+    groups = {
+        "attention": family.attention_targets,
+        "mlp": tuple(name for name in default if name not in family.attention_targets),
+    }
+    expanded: list[str] = []
+    for target in targets:
+        expanded += [name for name in groups.get(target, (target,)) if name not in expanded]
+    return tuple(expanded)
+
+
 def resolve_lora_targets(
     model: PreTrainedModel | nn.Module, targets: list[str] | tuple[str, ...] | None = None
 ) -> list[str]:
     """Full names of the ``nn.Linear`` modules LoRA should wrap, matched against the loaded model.
 
-    ``targets`` are short names (``q_proj``, ``fc1``...; default: :func:`lora_target_modules`); a module
+    ``targets`` are short names (``q_proj``, ``fc1``...; default: :func:`lora_target_modules`) or the group
+    names ``attention`` and ``mlp`` (:func:`expand_lora_targets`), which name the same layers in every family; a module
     matches when its name is ``<block>.<...>.<target>`` inside one of the transformer blocks (so SigLIP's
     pooling head, whose MLP is also named ``fc1``/``fc2``, is never wrapped). Returns the names in model
     order, to pass to ``peft.LoraConfig(target_modules=...)``. Raises :class:`ConfigError` naming the
@@ -582,7 +625,7 @@ def resolve_lora_targets(
     inner = model.model if isinstance(model, PatchBackbone) else model
     config = vision_config(inner.config)
     family = family_for(config.model_type)
-    targets = tuple(targets) if targets is not None else family.lora_targets(config)
+    targets = expand_lora_targets(family, config, tuple(targets)) if targets is not None else family.lora_targets(config)
     if not targets:
         raise ConfigError(
             "lora_target_modules is empty; leave it unset for the family's default or name modules to wrap"

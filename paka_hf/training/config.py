@@ -305,8 +305,9 @@ class PaKAConfig(TrainingArguments):
     lora_alpha: float = _help("LoRA scaling alpha: the adapter's update is scaled by alpha / r.", default=16.0)
     lora_dropout: float = _help("Dropout on the adapters' input (student only).", default=0.0)
     lora_target_modules: list[str] | None = _help(
-        "Short names of the linear layers to wrap in every transformer block (e.g. q_proj v_proj); default: the "
-        "family's attention and MLP projections (paka_hf.modeling.backbones.lora_target_modules).",
+        "Short names of the linear layers to wrap in every transformer block (e.g. q_proj v_proj), or the group "
+        "names 'attention' (every attention projection, in any family's names) and 'mlp'; default: the family's "
+        "attention and MLP projections (paka_hf.modeling.backbones.lora_target_modules).",
         default=None,
     )
     lora_variant: str = _help(
