@@ -172,8 +172,11 @@ def lora_recipe_settings(path: Path = LORA_RECIPE) -> LoRASettings:
 
 
 def lora_label(settings: LoRASettings) -> str:
-    """Short words for what a LoRA student trains, e.g. ``LoRA r16 +1 block +norms``."""
+    """Short words for what a LoRA student trains, e.g. ``LoRA r16 attention +1 block +norms`` (no targets named:
+    the family's default, every attention and MLP projection)."""
     words = [f"{'DoRA' if settings.variant == 'dora' else 'LoRA'} r{settings.rank}"]
+    if settings.target_modules:
+        words.append(" ".join(settings.target_modules))
     if settings.unfrozen_blocks:
         words.append(f"+{settings.unfrozen_blocks} block{'s' if settings.unfrozen_blocks > 1 else ''}")
     if settings.train_norms:

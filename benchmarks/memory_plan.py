@@ -485,7 +485,12 @@ def _millions(n: int) -> str:
 def _lora_words(lora: LoRASettings) -> str:
     """The footnote's words for the LoRA plan: variant, rank, wrapped layers and what trains beside the adapters."""
     name = {"lora": "LoRA", "dora": "DoRA", "rslora": "rsLoRA"}[lora.variant]
-    where = ", ".join(lora.target_modules) if lora.target_modules else "every attention and MLP projection"
+    groups = {"attention": "the attention projections", "mlp": "the MLP projections"}  # LORA_TARGET_GROUPS
+    where = (
+        ", ".join(groups.get(name, name) for name in lora.target_modules)
+        if lora.target_modules
+        else "every attention and MLP projection"
+    )
     extras = [f"the last {lora.unfrozen_blocks} block(s) trained fully"] if lora.unfrozen_blocks else []
     extras += ["the adapted blocks' norms and layer scales"] if lora.train_norms else []
     return f"{name} rank {lora.rank} on {where}" + ((", plus " + " and ".join(extras)) if extras else "")

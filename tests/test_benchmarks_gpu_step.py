@@ -204,6 +204,7 @@ def test_cka_lora_times_the_lora_recipe_as_training_reads_it(tmp_path):
     settings = script.lora_recipe_settings(other)
     assert (settings.rank, settings.alpha, settings.unfrozen_blocks, settings.train_norms) == (8, 16.0, 2, True)
     assert script.lora_label(settings) == "LoRA r8 +2 blocks +norms"
+    assert script.lora_label(script.lora_recipe_settings()) == "LoRA r16 attention"  # the default recipe
 
 
 def test_gpu_step_times_the_trainers_optimizer_groups():
@@ -417,7 +418,8 @@ def test_device_suite_smoke_writes_every_figure(tmp_path):
 
 @pytest.mark.slow
 def test_gpu_step_smoke_times_every_backbone_family(tmp_path):
-    """``--models`` takes the registry's families: each tiny variant runs one smoke step with its own patch size."""
+    """``--models`` takes the registry's families: each tiny variant runs one smoke step with its own patch size, in
+    full post-training and in the default LoRA recipe (whose ``attention`` targets are out_proj in SigLIP and CLIP)."""
     out = tmp_path / "families.json"
     models = ["tiny_dinov3", "tiny_siglip", "tiny_siglip2", "tiny_clip"]
     result = subprocess.run(
@@ -433,6 +435,9 @@ def test_gpu_step_smoke_times_every_backbone_family(tmp_path):
             str(out),
             "--models",
             *models,
+            "--loss",
+            "cka",
+            "cka_lora",
         ],
         capture_output=True,
         text=True,
@@ -441,7 +446,8 @@ def test_gpu_step_smoke_times_every_backbone_family(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = json.loads(out.read_text())["results"]
-    assert [row["model"] for row in rows] == ["tiny DINOv3", "tiny SigLIP", "tiny SigLIP2", "tiny CLIP"]
+    families = ["tiny DINOv3", "tiny SigLIP", "tiny SigLIP2", "tiny CLIP"]
+    assert [row["model"] for row in rows] == [f"{m}{s}" for m in families for s in ("", " LoRA r16 attention")]
     for row in rows:
         assert "error" not in row, row
         assert row["loss_finite"] and row["view_sizes"] == [64, 32]  # 56/28 rounded to multiples of patch 16

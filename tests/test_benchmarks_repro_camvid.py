@@ -21,14 +21,15 @@ def driver():
 # the equal-wall-clock run also the step count.
 NECO_CHANGES = {"neco": {"loss", "use_head"}, "neco_equal_time": {"loss", "use_head", "max_steps"}}
 # The LoRA recipe: the adapters' own fields, and the learning rate that adapters need.
-LORA_CHANGES = {"paka_lora": {"learning_rate"}}
-# The LoRA sweep: each setting against the LoRA recipe, with what it changes there.
+# Plain LoRA, the LoRA sweep's reference, against the main recipe: the adapters' learning rate.
+LORA_CHANGES = {"paka_lora_all_projections": {"learning_rate"}}
+# The LoRA sweep: each setting against plain LoRA, with what it changes there (the default, paka_lora, is one).
 LORA_SWEEP_CHANGES = {
+    "paka_lora": {"lora_target_modules"},
     "paka_lora_last_block": {"lora_unfrozen_blocks", "lora_train_norms", "lora_learning_rate", "learning_rate"},
     "paka_lora_lr_1e-3": {"learning_rate"},
     "paka_lora_r64_lr_1e-3": {"learning_rate", "lora_rank", "lora_alpha"},
     "paka_lora_r64": {"lora_rank", "lora_alpha"},
-    "paka_lora_attention": {"lora_target_modules"},
     "paka_lora_attention_lr_5e-4": {"lora_target_modules", "learning_rate", "warmup_steps"},
     "paka_lora_dora": {"lora_variant"},
     "paka_lora_dora_r32": {"lora_variant", "lora_rank", "lora_alpha"},
@@ -40,8 +41,8 @@ def test_every_run_has_a_config_that_changes_exactly_one_field_of_the_main_recip
     main = yaml.safe_load((REPRO / "paka.yaml").read_text())
     configs = {p.stem for p in REPRO.glob("*.yaml")}
     assert set(driver.DEFAULT_RUNS) | set(driver.NECO_RUNS) | set(driver.LORA_RUNS) <= configs
-    assert set(LORA_SWEEP_CHANGES) == {run for run in configs if run.startswith("paka_lora_")}
-    lora = yaml.safe_load((REPRO / "paka_lora.yaml").read_text())
+    assert set(LORA_SWEEP_CHANGES) | set(LORA_CHANGES) == {run for run in configs if run.startswith("paka_lora")}
+    lora = yaml.safe_load((REPRO / "paka_lora_all_projections.yaml").read_text())
     for run in configs:
         if run == "paka":
             continue
@@ -172,3 +173,4 @@ def test_the_lora_recipe_parses_with_adapters_and_the_main_recipes_steps(tmp_pat
     config = train.parse_config(["--config", str(REPRO / "paka_lora.yaml"), "--output_dir", str(tmp_path)])
     assert (config.use_lora, config.lora_rank, config.lora_alpha, config.learning_rate) == (True, 16, 16.0, 2e-4)
     assert config.max_steps == 160 and config.per_device_train_batch_size == 8 and config.loss == "cka"
+    assert config.lora_settings().target_modules == ("attention",)  # the group: the same layers in every family
