@@ -31,7 +31,6 @@ LORA_SWEEP_CHANGES = {
     "paka_lora_r64_lr_1e-3": {"learning_rate", "lora_rank", "lora_alpha"},
     "paka_lora_r64": {"lora_rank", "lora_alpha"},
     "paka_lora_attention_lr_5e-4": {"lora_target_modules", "learning_rate", "warmup_steps"},
-    "paka_lora_attention_lr_1e-4": {"lora_target_modules", "learning_rate"},
     "paka_lora_attention_dora": {"lora_target_modules", "lora_variant"},
     "paka_lora_dora": {"lora_variant"},
     "paka_lora_dora_r32": {"lora_variant", "lora_rank", "lora_alpha"},
