@@ -625,7 +625,9 @@ def resolve_lora_targets(
     inner = model.model if isinstance(model, PatchBackbone) else model
     config = vision_config(inner.config)
     family = family_for(config.model_type)
-    targets = expand_lora_targets(family, config, tuple(targets)) if targets is not None else family.lora_targets(config)
+    targets = (
+        expand_lora_targets(family, config, tuple(targets)) if targets is not None else family.lora_targets(config)
+    )
     if not targets:
         raise ConfigError(
             "lora_target_modules is empty; leave it unset for the family's default or name modules to wrap"
