@@ -487,7 +487,7 @@ def _lora_words(lora: LoRASettings) -> str:
     name = {"lora": "LoRA", "dora": "DoRA", "rslora": "rsLoRA"}[lora.variant]
     groups = {"attention": "the attention projections", "mlp": "the MLP projections"}  # LORA_TARGET_GROUPS
     where = (
-        ", ".join(groups.get(name, name) for name in lora.target_modules)
+        ", ".join(groups.get(target, target) for target in lora.target_modules)
         if lora.target_modules
         else "every attention and MLP projection"
     )
