@@ -39,6 +39,30 @@ VIT_S14 = dict(
 )
 
 
+#: :func:`tiny_run_config`'s fields beside the paths: 6 steps of 2 images, 56/28-pixel views, a checkpoint every 3 steps.
+TINY_RUN_FIELDS = dict(
+    max_steps=6,
+    per_device_train_batch_size=2,
+    global_size=56,
+    local_size=28,
+    n_local=2,
+    head_hidden_dim=32,
+    head_out_dim=16,
+    learning_rate=1e-3,
+    head_learning_rate=1e-2,
+    teacher_momentum=0.9,
+    drop_path_rate=0.1,
+    dataloader_num_workers=0,
+    shuffle_buffer_size=8,
+    logging_steps=2,
+    save_steps=3,
+    save_total_limit=3,
+    use_cpu=True,
+    disable_tqdm=True,
+    seed=0,
+)
+
+
 def tiny_run_config(output_dir, model_dir, images, **overrides):
     """A :class:`~paka_hf.PaKAConfig` for a few CPU steps of a tiny model on a folder of images.
 
@@ -46,40 +70,15 @@ def tiny_run_config(output_dir, model_dir, images, **overrides):
         output_dir: The run's output folder.
         model_dir: The backbone (a folder such as :func:`write_tiny_run_assets` writes).
         images: The folder of training images.
-        **overrides: Fields that replace the defaults (6 steps of 2 images, 56/28-pixel views, a checkpoint
-            every 3 steps).
+        **overrides: Fields that replace :data:`TINY_RUN_FIELDS`.
 
     Returns:
         The config.
     """
     from paka_hf import PaKAConfig
 
-    values = dict(
-        output_dir=str(output_dir),
-        model_name_or_path=str(model_dir),
-        dataset_name=str(images),
-        max_steps=6,
-        per_device_train_batch_size=2,
-        global_size=56,
-        local_size=28,
-        n_local=2,
-        head_hidden_dim=32,
-        head_out_dim=16,
-        learning_rate=1e-3,
-        head_learning_rate=1e-2,
-        teacher_momentum=0.9,
-        drop_path_rate=0.1,
-        dataloader_num_workers=0,
-        shuffle_buffer_size=8,
-        logging_steps=2,
-        save_steps=3,
-        save_total_limit=3,
-        use_cpu=True,
-        disable_tqdm=True,
-        seed=0,
-    )
-    values.update(overrides)
-    return PaKAConfig(**values)
+    values = dict(output_dir=str(output_dir), model_name_or_path=str(model_dir), dataset_name=str(images))
+    return PaKAConfig(**{**values, **TINY_RUN_FIELDS, **overrides})
 
 
 def tiny_dinov2_config(registers: int = 0, patch_size: int = 14, hidden_size: int = 32, layers: int = 2):

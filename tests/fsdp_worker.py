@@ -6,13 +6,15 @@ to ``OUT/<case>/student`` and ``.../teacher``, then resume a second run from its
 student to ``OUT/<case>/resumed``. Under FSDP it also counts the collectives of every EMA step and of one student
 forward (the counter's own check) and writes them to ``OUT/<case>/collectives_rank<r>.json``.
 
-``python fsdp_worker.py ASSETS OUT push REPO``: one DINOv2 run that pushes every save to the Hub (``HF_ENDPOINT``)
-and pushes at the end, as ``scripts/train.py`` does. ``... crash`` and ``... resume`` (one process, plain python with
+``python fsdp_worker.py ASSETS OUT push REPO``: one DINOv2 run of the training program itself (``scripts/train.py``'s
+``main``) that pushes every save to the Hub (``HF_ENDPOINT``) and pushes at the end; each process then writes whether
+its process group is still alive to ``OUT/process_group_alive_rank<r>.json``. ``... crash`` and ``... resume`` (one process, plain python with
 ``ACCELERATE_USE_FSDP=true``): a run that dies while writing its second checkpoint, and its resume from ``latest``.
 """
 
 import json
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -22,7 +24,8 @@ import torch.distributed as dist
 from torch.distributed.tensor.debug import CommDebugMode
 
 from paka_hf import PaKATrainer
-from paka_hf.testing import tiny_run_config
+from paka_hf.commands.train import main as train_main
+from paka_hf.testing import TINY_RUN_FIELDS, tiny_run_config
 
 #: case -> (model folder, settings beside the common ones)
 LORA = dict(use_lora=True, lora_rank=4, learning_rate=1e-2)
@@ -115,14 +118,19 @@ def train(assets: Path, case_out: Path, model: str, extra: dict, resume: str | N
 
 
 def push(assets: Path, out: Path, repo: str):
+    """The training program itself (``scripts/train.py``'s ``main``); then whether this process left its group."""
     overrides = settings(
         "dinov2", dict(push_to_hub=True, hub_model_id=repo, hub_strategy="every_save", hub_always_push=True)
     )
-    config = tiny_run_config(out / "run", assets / "dinov2" / "model", assets / "images", **overrides)
-    trainer = PaKATrainer(args=config)
-    trainer.train()
-    trainer.export_backbone(config.output_dir)
-    trainer.push_to_hub()
+    paths = dict(
+        output_dir=out / "run", model_name_or_path=assets / "dinov2" / "model", dataset_name=assets / "images"
+    )
+    argv = []
+    for name, value in {**paths, **TINY_RUN_FIELDS, **overrides}.items():
+        argv += [f"--{name}", str(value).lower() if isinstance(value, bool) else str(value)]
+    train_main(argv)
+    alive = dist.is_available() and dist.is_initialized()
+    (out / f"process_group_alive_rank{os.environ['RANK']}.json").write_text(json.dumps(alive))
 
 
 def crash_while_saving(assets: Path, out: Path):
@@ -168,6 +176,7 @@ def main():
         case_out = out / case
         train(assets, case_out, model, extra)
         train(assets, case_out, model, extra, resume=str(case_out / "resumed_run" / "checkpoint-2"))
+    dist.destroy_process_group()  # as the training program does: exiting with the group alive can abort
 
 
 if __name__ == "__main__":

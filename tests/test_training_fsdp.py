@@ -256,7 +256,9 @@ def test_the_fsdp2_export_loads_with_automodel_and_no_custom_code(runs):
 )
 def test_an_fsdp2_run_pushes_every_save_and_the_end_with_every_process_taking_part(tmp_path):
     """Each push of a sharded run needs every process (the export gathers the sharded tensors first): the pushes
-    happen, nothing hangs, and the Hub holds the run's export."""
+    happen, nothing hangs, and the Hub holds the run's export. Every process of the training program leaves its
+    process group before it exits: one that exits with it alive can abort in the interpreter's shutdown, and the
+    launcher then stops process zero in the middle of the final push."""
     from hub_helpers import TOKEN
     from hub_server import HubStandIn
 
@@ -283,6 +285,7 @@ def test_an_fsdp2_run_pushes_every_save_and_the_end_with_every_process_taking_pa
         "initial commit",
     ], f"rc {result.returncode}\n{result.stderr[-4000:]}"  # the workers' own account of a missing push
     assert files["model.safetensors"] == (out / "run" / "model.safetensors").read_bytes()
+    assert [json.loads((out / f"process_group_alive_rank{rank}.json").read_text()) for rank in (0, 1)] == [False] * 2
 
 
 @pytest.mark.slow

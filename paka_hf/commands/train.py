@@ -250,7 +250,8 @@ def parse_config_and_origins(argv: list[str]) -> tuple[PaKAConfig, dict[str, str
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Train, export the backbone to ``output_dir``, write the run's metrics and state there, push if asked.
+    """Train, export the backbone to ``output_dir``, write the run's metrics and state there, push if asked, then
+    leave the process group (every process of a multi-process run).
 
     A run that fails or is interrupted before anything worth keeping removes what it created
     (:class:`RunFolder`).
@@ -315,6 +316,12 @@ def main(argv: list[str] | None = None) -> None:
         info = trainer.push_to_hub(eval_results=results)
         if info is not None:
             print(f"pushed to {config.hub_model_id}: {getattr(info, 'commit_url', info)}")
+    # Every process leaves its process group before it exits. One that exits with the group alive can abort while
+    # the interpreter shuts down (gloo's pending work objects hold tensors: SIGABRT, "terminate called without an
+    # active exception"), and the launcher then stops the processes still at work: process zero in the middle of
+    # the final push. Only here, after the last collective: on an error or Ctrl-C a process may have stopped inside
+    # one, and tearing the group down then could block.
+    trainer.accelerator.end_training()
 
 
 # ---------------------------------------------------------------------------------------------
