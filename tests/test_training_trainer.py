@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from transformers import AutoModel, pipeline
+from transformers import AutoModel, TrainerCallback, pipeline
 
 from paka_hf import PaKAConfig, PaKATrainer
 from paka_hf.testing import StopAt, tiny_dinov2_config, tiny_run_config, write_random_images
@@ -193,6 +193,37 @@ def test_a_run_killed_while_checkpointing_never_leaves_a_resumable_broken_checkp
     assert trainer.resolve_checkpoint("latest").endswith("checkpoint-2")
     trainer.train(resume_from_checkpoint="latest")
     assert trainer.state.global_step == 6
+
+
+class InterruptInAFinalizer(TrainerCallback):
+    """At step ``step``, SIGINT arrives while a finalizer runs: Python raises KeyboardInterrupt inside ``__del__``,
+    prints "Exception ignored" and drops it, as it does when Ctrl-C lands in a DataLoader iterator's cleanup."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+
+            class Finalized:
+                def __del__(self):
+                    signal.raise_signal(signal.SIGINT)  # the handler runs here, inside __del__
+
+            Finalized()
+
+
+def test_ctrl_c_that_a_finalizer_swallows_still_stops_training_at_the_next_step(assets, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: None)  # the drop's "Exception ignored" report
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, as a script starts with
+    try:
+        trainer = PaKATrainer(args=run_config(assets, tmp_path, max_steps=6, save_steps=100))
+        trainer.add_callback(InterruptInAFinalizer(step=2))
+        with pytest.raises(KeyboardInterrupt):
+            trainer.train()
+        assert trainer.state.global_step == 2  # stopped before step 3, not after the sixth
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the guard's handler is gone
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_config_errors_say_what_to_change(assets, tmp_path):

@@ -25,6 +25,8 @@ gradient accumulation, logging, checkpoint rotation, the progress bar — is ``T
 - every checkpoint and every export carries its own ``training_config.yaml`` and
   ``training_summary.json`` (written atomically, totals over every process and every resume);
   pickled arguments (``training_args.bin``) never hold a token;
+- Ctrl-C stops training where it is, and one that a finalizer swallowed stops it at the next step
+  (:mod:`paka_hf.training.interrupts`);
 - ``save_model(dir)`` writes the bare backbone (student or teacher, ``export``) as a plain
   ``transformers`` model with its image processor: ``AutoModel.from_pretrained(dir)`` works with
   no custom code.
@@ -106,6 +108,7 @@ from paka_hf.training.fsdp import (
     save_sharded_optimizer,
 )
 from paka_hf.training.hub_push import HubPushMixin
+from paka_hf.training.interrupts import InterruptGuard
 from paka_hf.training.optimization import SCHEDULED_DECAY_KEY, optimizer_groups
 from paka_hf.utils.errors import ConfigError, MissingPathError
 from paka_hf.utils.files import (
@@ -394,6 +397,7 @@ class PaKATrainer(HubPushMixin, Trainer):
         self.view_transform = build_transform(args, model.student.patch_size)
         self.ema_callback = TeacherEMACallback()
         self.weight_decay_callback = WeightDecayScheduleCallback()
+        self.interrupt_guard = InterruptGuard()
         self.collapse_callback = CollapseGuardCallback(
             CollapseGuard(
                 args.collapse_action,
@@ -421,6 +425,7 @@ class PaKATrainer(HubPushMixin, Trainer):
                 self.weight_decay_callback,
                 self.collapse_callback,
                 FinalStepLogCallback(),
+                self.interrupt_guard,
                 *(callbacks or []),
             ],
             **kwargs,
@@ -830,6 +835,8 @@ class PaKATrainer(HubPushMixin, Trainer):
             MissingPathError: the checkpoint path does not exist.
             EmptyDatasetError: a data stream holds no decodable image.
             FeatureCollapseError: with ``collapse_action: stop``, the features collapse.
+            KeyboardInterrupt: on Ctrl-C (SIGINT), at once or, where a finalizer swallowed it, at the next step
+                boundary or the end of the loop (:class:`~paka_hf.training.interrupts.InterruptGuard`).
         """
         checkpoint = self.resolve_checkpoint(resume_from_checkpoint)
         self._resume_stream_state = None
@@ -853,7 +860,9 @@ class PaKATrainer(HubPushMixin, Trainer):
         self._totals = None
         self._train_start = time.perf_counter()
         self._reset_log_accumulators()
-        output = super().train(resume_from_checkpoint=checkpoint, **kwargs)
+        with self.interrupt_guard:  # a Ctrl-C that a finalizer swallowed still stops the run at the next step
+            output = super().train(resume_from_checkpoint=checkpoint, **kwargs)
+        self.interrupt_guard.raise_if_requested()
         self._list_skipped_images()
         self._totals = self._gather_totals()
         if self.args.record_rank_diagnostics:
