@@ -39,7 +39,8 @@ VIT_S14 = dict(
 )
 
 
-#: :func:`tiny_run_config`'s fields beside the paths: 6 steps of 2 images, 56/28-pixel views, a checkpoint every 3 steps.
+#: :func:`tiny_run_config`'s fields beside the paths: 6 steps of 2 images, 56/28-pixel views, a checkpoint every
+#: 3 steps.
 TINY_RUN_FIELDS = dict(
     max_steps=6,
     per_device_train_batch_size=2,

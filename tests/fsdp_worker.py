@@ -8,8 +8,10 @@ forward (the counter's own check) and writes them to ``OUT/<case>/collectives_ra
 
 ``python fsdp_worker.py ASSETS OUT push REPO``: one DINOv2 run of the training program itself (``scripts/train.py``'s
 ``main``) that pushes every save to the Hub (``HF_ENDPOINT``) and pushes at the end; each process then writes whether
-its process group is still alive to ``OUT/process_group_alive_rank<r>.json``. ``... crash`` and ``... resume`` (one process, plain python with
-``ACCELERATE_USE_FSDP=true``): a run that dies while writing its second checkpoint, and its resume from ``latest``.
+its process group is still alive to ``OUT/process_group_alive_rank<r>.json``.
+
+``... crash`` and ``... resume`` (one process, plain python with ``ACCELERATE_USE_FSDP=true``): a run that dies while
+writing its second checkpoint, and its resume from ``latest``.
 """
 
 import json

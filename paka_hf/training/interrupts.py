@@ -40,9 +40,9 @@ class InterruptGuard(TrainerCallback):
         may set signal handlers)."""
         self.requested = False
         self._previous = None
-        if threading.current_thread() is threading.main_thread():
-            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-                self._previous = signal.signal(signal.SIGINT, self._handle)
+        main_thread = threading.current_thread() is threading.main_thread()
+        if main_thread and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
